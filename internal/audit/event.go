@@ -1,0 +1,85 @@
+package audit
+
+// Stage names of audit.k8s.io/v1.
+const (
+	StageRequestReceived  = "RequestReceived"
+	StageResponseStarted  = "ResponseStarted"
+	StageResponseComplete = "ResponseComplete"
+	StagePanic            = "Panic"
+)
+
+// Event is the subset of an audit.k8s.io/v1 Event that tokenwatch uses.
+// The response body (responseObject), which holds a minted token at the
+// RequestResponse level, is deliberately not part of it: it is never decoded.
+type Event struct {
+	Level                    string            `json:"level"`
+	AuditID                  string            `json:"auditID"`
+	Stage                    string            `json:"stage"`
+	RequestURI               string            `json:"requestURI"`
+	Verb                     string            `json:"verb"`
+	User                     *UserInfo         `json:"user"`
+	ImpersonatedUser         *UserInfo         `json:"impersonatedUser"`
+	SourceIPs                []string          `json:"sourceIPs"`
+	UserAgent                string            `json:"userAgent"`
+	ObjectRef                *ObjectReference  `json:"objectRef"`
+	ResponseStatus           *Status           `json:"responseStatus"`
+	RequestObject            *TokenRequest     `json:"requestObject"`
+	RequestReceivedTimestamp string            `json:"requestReceivedTimestamp"`
+	StageTimestamp           string            `json:"stageTimestamp"`
+	Annotations              map[string]string `json:"annotations"`
+}
+
+// UserInfo is authentication.k8s.io/v1 UserInfo.
+type UserInfo struct {
+	Username string              `json:"username"`
+	UID      string              `json:"uid"`
+	Groups   []string            `json:"groups"`
+	Extra    map[string][]string `json:"extra"`
+}
+
+// ObjectReference is audit.k8s.io/v1 ObjectReference.
+type ObjectReference struct {
+	Resource    string `json:"resource"`
+	Namespace   string `json:"namespace"`
+	Name        string `json:"name"`
+	UID         string `json:"uid"`
+	APIGroup    string `json:"apiGroup"`
+	APIVersion  string `json:"apiVersion"`
+	Subresource string `json:"subresource"`
+}
+
+// Status is the part of meta/v1 Status kept from responseStatus.
+type Status struct {
+	Status  string `json:"status"`
+	Message string `json:"message"`
+	Reason  string `json:"reason"`
+	Code    int32  `json:"code"`
+}
+
+// TokenRequest is the part of an authentication.k8s.io/v1 TokenRequest request
+// body that tokenwatch reports. Its status (the token) is not decoded.
+type TokenRequest struct {
+	Spec TokenRequestSpec `json:"spec"`
+}
+
+// TokenRequestSpec is authentication.k8s.io/v1 TokenRequestSpec.
+type TokenRequestSpec struct {
+	Audiences         []string              `json:"audiences"`
+	ExpirationSeconds *int64                `json:"expirationSeconds"`
+	BoundObjectRef    *BoundObjectReference `json:"boundObjectRef"`
+}
+
+// BoundObjectReference is authentication.k8s.io/v1 BoundObjectReference.
+type BoundObjectReference struct {
+	Kind       string `json:"kind"`
+	APIVersion string `json:"apiVersion"`
+	Name       string `json:"name"`
+	UID        string `json:"uid"`
+}
+
+// IsTokenCreate reports whether e is a create on serviceaccounts/token, the
+// request the TokenRequest API serves. It does not look at the user.
+func (e *Event) IsTokenCreate() bool {
+	return e.Verb == "create" && e.ObjectRef != nil &&
+		e.ObjectRef.Resource == "serviceaccounts" && e.ObjectRef.Subresource == "token"
+}
