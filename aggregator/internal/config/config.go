@@ -1,0 +1,216 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Platforms accepted by exclusions.platform.
+const (
+	PlatformSelfManaged = "self-managed"
+	PlatformAny         = "any"
+)
+
+// Config is the aggregator's configuration file.
+type Config struct {
+	Exclusions  Exclusions  `yaml:"exclusions"`
+	Alerting    Alerting    `yaml:"alerting"`
+	Correlation Correlation `yaml:"correlation"`
+	Budget      Budget      `yaml:"budget"`
+	Silence     Silence     `yaml:"silence"`
+}
+
+// Exclusions tunes which identities do not alert.
+type Exclusions struct {
+	// StrictGroups requires the matching group for system:node:* and
+	// system:serviceaccount:<ns>:* exclusions.
+	StrictGroups bool `yaml:"strict_groups"`
+	// Platform is self-managed (managed-cloud identities not excluded) or any.
+	Platform string `yaml:"platform"`
+	// ReplaceDefaults drops the seed list; only Add remains.
+	ReplaceDefaults bool `yaml:"replace_defaults"`
+	// Add lists extra exclusions.
+	Add []Pattern `yaml:"add"`
+}
+
+// Pattern is one added exclusion: a user pattern, optionally narrowed to
+// target service-account namespaces and names. Patterns are exact and
+// case-sensitive; '*' matches any run of characters.
+type Pattern struct {
+	User            string   `yaml:"user"`
+	Namespaces      []string `yaml:"namespaces"`
+	ServiceAccounts []string `yaml:"service_accounts"`
+}
+
+// Alerting tunes how token requests become alerts.
+type Alerting struct {
+	// StageGrace is how long a RequestReceived waits for its completion.
+	StageGrace time.Duration `yaml:"stage_grace"`
+	// DedupeRetention is how long a request is remembered as alerted.
+	DedupeRetention time.Duration `yaml:"dedupe_retention"`
+}
+
+// Correlation tunes the cross-cluster correlation.
+type Correlation struct {
+	Window          time.Duration `yaml:"window"`
+	Lateness        time.Duration `yaml:"lateness"`
+	Clusters        int           `yaml:"clusters"`
+	ServiceAccounts int           `yaml:"service_accounts"`
+	IgnoreUsers     []string      `yaml:"ignore_users"`
+}
+
+// Budget caps base alerts per window, fleet-wide. MaxAlerts 0 is off.
+type Budget struct {
+	MaxAlerts int           `yaml:"max_alerts"`
+	Window    time.Duration `yaml:"window"`
+}
+
+// Silence tunes the silent-cluster detection.
+type Silence struct {
+	After time.Duration `yaml:"after"`
+}
+
+// Default returns the contract's defaults.
+func Default() Config {
+	return Config{
+		Exclusions: Exclusions{
+			StrictGroups: true,
+			Platform:     PlatformSelfManaged,
+		},
+		Alerting: Alerting{
+			StageGrace:      2 * time.Second,
+			DedupeRetention: 24 * time.Hour,
+		},
+		Correlation: Correlation{
+			Window:          10 * time.Minute,
+			Lateness:        5 * time.Minute,
+			Clusters:        2,
+			ServiceAccounts: 5,
+		},
+		Budget: Budget{
+			MaxAlerts: 0,
+			Window:    5 * time.Minute,
+		},
+		Silence: Silence{
+			After: 5 * time.Minute,
+		},
+	}
+}
+
+// Parse decodes a configuration file over the defaults and validates it.
+// Keys that are absent keep their default; unknown keys are errors; an empty
+// file gives the defaults.
+func Parse(data []byte) (Config, error) {
+	cfg := Default()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("decode: %s", oneLine(err))
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return Config{}, errors.New("decode: more than one YAML document")
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Load reads and parses the file at path.
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config %s: %w", path, err)
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Validate reports every invalid field on one line, each naming its field.
+func (c Config) Validate() error {
+	var errs []string
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
+	}
+	switch c.Exclusions.Platform {
+	case PlatformSelfManaged, PlatformAny:
+	default:
+		bad("exclusions.platform", "must be %q or %q, got %q", PlatformSelfManaged, PlatformAny, c.Exclusions.Platform)
+	}
+	for i, p := range c.Exclusions.Add {
+		field := fmt.Sprintf("exclusions.add[%d]", i)
+		if p.User == "" {
+			bad(field+".user", "must not be empty")
+		}
+		for j, ns := range p.Namespaces {
+			if ns == "" {
+				bad(fmt.Sprintf("%s.namespaces[%d]", field, j), "must not be empty")
+			}
+		}
+		for j, sa := range p.ServiceAccounts {
+			if sa == "" {
+				bad(fmt.Sprintf("%s.service_accounts[%d]", field, j), "must not be empty")
+			}
+		}
+	}
+	if c.Alerting.StageGrace <= 0 {
+		bad("alerting.stage_grace", "must be > 0")
+	}
+	if c.Alerting.DedupeRetention <= 0 {
+		bad("alerting.dedupe_retention", "must be > 0")
+	} else if c.Alerting.DedupeRetention < c.Alerting.StageGrace {
+		bad("alerting.dedupe_retention", "must be >= alerting.stage_grace (%s)", c.Alerting.StageGrace)
+	}
+	if c.Correlation.Window <= 0 {
+		bad("correlation.window", "must be > 0")
+	}
+	if c.Correlation.Lateness < 0 {
+		bad("correlation.lateness", "must be >= 0")
+	}
+	if c.Correlation.Clusters < 2 {
+		bad("correlation.clusters", "must be >= 2")
+	}
+	if c.Correlation.ServiceAccounts < 1 {
+		bad("correlation.service_accounts", "must be >= 1")
+	}
+	for i, u := range c.Correlation.IgnoreUsers {
+		if u == "" {
+			bad(fmt.Sprintf("correlation.ignore_users[%d]", i), "must not be empty")
+		}
+	}
+	if c.Budget.MaxAlerts < 0 {
+		bad("budget.max_alerts", "must be >= 0 (0 = off)")
+	}
+	if c.Budget.Window <= 0 {
+		bad("budget.window", "must be > 0")
+	}
+	if c.Silence.After <= 0 {
+		bad("silence.after", "must be > 0")
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(errs, "; "))
+}
+
+// oneLine folds a multi-line yaml error into one line.
+func oneLine(err error) string {
+	s := strings.TrimPrefix(err.Error(), "yaml: ")
+	s = strings.ReplaceAll(s, "unmarshal errors:\n", "")
+	fields := strings.Split(s, "\n")
+	for i := range fields {
+		fields[i] = strings.TrimSpace(fields[i])
+	}
+	return strings.Join(fields, "; ")
+}
