@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly what CI runs: unit and integration tests of
+# the product, the proto contract check, short fuzz runs, the e2e suite
+# (real processes, a real OpenTelemetry Collector receiver, a real
+# kube-apiserver built from the Go module proxy) and the deploy-kit checks.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh unit       product tests only (fast)
+#
+# FUZZTIME (default 10s) sets each fuzz target's run; longer runs on demand:
+#   FUZZTIME=10m scripts/test.sh fuzz
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what=${1:-all}
+fuzztime=${FUZZTIME:-10s}
+
+step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+
+unit() {
+	step "go vet"
+	go vet ./...
+	step "go test ./... (race detector)"
+	go test -count=1 -race -timeout 15m ./...
+	step "proto contract: buf lint + generated code fresh"
+	(cd tools/buf && go test -count=1 -timeout 10m ./...)
+}
+
+fuzz() {
+	step "fuzz targets, $fuzztime each"
+	# Every Fuzz* function in the product module, one run each.
+	grep -rl --include='*_test.go' '^func Fuzz' . | grep -v '^./e2e/\|^./deploy/\|^./tools/' | sort | while read -r f; do
+		pkg=./$(dirname "${f#./}")
+		for fn in $(grep -o '^func Fuzz[A-Za-z0-9_]*' "$f" | cut -d' ' -f2); do
+			echo "--- $pkg $fn"
+			go test -run='^$' -fuzz="^${fn}\$" -fuzztime="$fuzztime" "$pkg"
+		done
+	done
+}
+
+e2e() {
+	step "e2e suite"
+	e2e/run.sh
+}
+
+deploy() {
+	step "deploy kit checks"
+	deploy/check/run.sh
+}
+
+case $what in
+all) unit; fuzz; e2e; deploy ;;
+unit) unit ;;
+fuzz) fuzz ;;
+e2e) e2e ;;
+deploy) deploy ;;
+*) echo "usage: scripts/test.sh [all|unit|fuzz|e2e|deploy]" >&2; exit 2 ;;
+esac
+step "all requested checks passed"
