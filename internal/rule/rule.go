@@ -1,0 +1,274 @@
+// Package rule decides whether an audit event is a token mint that alerts:
+// the seed rule's match and its exclusions, with tokenwatch's two hardenings
+// (strict_groups, platform). It is pure: no I/O, no clock.
+package rule
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/tokenwatch/tokenwatch/internal/audit"
+)
+
+// Platforms.
+const (
+	PlatformSelfManaged = "self-managed"
+	PlatformAny         = "any"
+)
+
+// seed is the exclusion list of the seed rule (Elastic's "Kubernetes Service
+// Account Token Created via TokenRequest API", rule 4df91789), verbatim and in
+// order. managed marks the managed-cloud identities that cannot exist on a
+// self-managed control plane.
+var seed = []struct {
+	pattern string
+	managed bool
+}{
+	{"system:kube-controller-manager", false},
+	{"system:kube-scheduler", false},
+	{"system:node:*", false},
+	{"system:serviceaccount:kube-system:*", false},
+	{"eks:*", true},
+	{"aksService", true},
+	{"aks-service", true},
+	{"masterclient", true},
+	{"nodeclient", true},
+	{"system:serviceaccount:gke-managed-system:*", true},
+	{"system:serviceaccount:gke-connect:*", true},
+	{"system:serviceaccount:anthos-identity-service:*", true},
+	{"system:gke-controller-manager", true},
+	{"system:serviceaccount:tigera-operator:*", false},
+	{"system:serviceaccount:calico-system:*", false},
+}
+
+// DefaultPatterns returns the seed rule's exclusion list, verbatim.
+func DefaultPatterns() []string {
+	out := make([]string, len(seed))
+	for i, s := range seed {
+		out[i] = s.pattern
+	}
+	return out
+}
+
+// Pattern is an added exclusion: a user pattern, optionally narrowed to the
+// target service account's namespace and name. Empty narrowing lists match
+// any target. Patterns match like KQL keyword queries: exact,
+// case-sensitive, '*' matches any run of characters (possibly empty).
+type Pattern struct {
+	User            string   `json:"user" yaml:"user"`
+	Namespaces      []string `json:"namespaces,omitempty" yaml:"namespaces,omitempty"`
+	ServiceAccounts []string `json:"service_accounts,omitempty" yaml:"service_accounts,omitempty"`
+}
+
+// Config is the exclusions section of the aggregator's configuration.
+type Config struct {
+	// StrictGroups excludes a system:node:* name only with the group
+	// system:nodes, and a system:serviceaccount:<ns>:* name only with the
+	// group system:serviceaccounts:<ns>.
+	StrictGroups bool
+	// Platform is "self-managed" (managed-cloud identities of the seed list
+	// are not excluded) or "any" (the seed list whole).
+	Platform string
+	// ReplaceDefaults drops the seed list; only Add remains.
+	ReplaceDefaults bool
+	// Add holds exclusions added to (or replacing) the seed list.
+	Add []Pattern
+}
+
+// DefaultConfig returns the contract's defaults: both hardenings on, the seed
+// list kept, nothing added.
+func DefaultConfig() Config {
+	return Config{StrictGroups: true, Platform: PlatformSelfManaged}
+}
+
+// Validate checks cfg, naming the offending field.
+func (cfg Config) Validate() error {
+	var errs []error
+	switch cfg.Platform {
+	case PlatformSelfManaged, PlatformAny:
+	default:
+		errs = append(errs, fmt.Errorf("exclusions.platform: %q is not %q or %q", cfg.Platform, PlatformSelfManaged, PlatformAny))
+	}
+	for i, p := range cfg.Add {
+		if p.User == "" {
+			errs = append(errs, fmt.Errorf("exclusions.add[%d].user: empty pattern", i))
+		}
+		for j, n := range p.Namespaces {
+			if n == "" {
+				errs = append(errs, fmt.Errorf("exclusions.add[%d].namespaces[%d]: empty pattern", i, j))
+			}
+		}
+		for j, n := range p.ServiceAccounts {
+			if n == "" {
+				errs = append(errs, fmt.Errorf("exclusions.add[%d].service_accounts[%d]: empty pattern", i, j))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Rule evaluates audit events. It is immutable and safe for concurrent use.
+type Rule struct {
+	strict   bool
+	platform string
+	entries  []entry
+}
+
+type entry struct {
+	user       string
+	namespaces []string
+	names      []string
+	managed    bool // a managed-cloud identity of the seed list
+}
+
+// New builds a Rule from cfg after validating it.
+func New(cfg Config) (*Rule, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Rule{strict: cfg.StrictGroups, platform: cfg.Platform}
+	if !cfg.ReplaceDefaults {
+		for _, s := range seed {
+			r.entries = append(r.entries, entry{user: s.pattern, managed: s.managed})
+		}
+	}
+	for _, p := range cfg.Add {
+		r.entries = append(r.entries, entry{
+			user:       p.User,
+			namespaces: append([]string(nil), p.Namespaces...),
+			names:      append([]string(nil), p.ServiceAccounts...),
+		})
+	}
+	return r, nil
+}
+
+// Verdict is the outcome of Evaluate.
+type Verdict struct {
+	// Match: a create on serviceaccounts/token with a user.username present.
+	Match bool `json:"match"`
+	// Excluded: Match, and excluded by a pattern.
+	Excluded bool `json:"excluded,omitempty"`
+	// By is the pattern that excluded the event.
+	By string `json:"by,omitempty"`
+	// Mismatch says why a hardening kept a pattern from excluding the event
+	// (reported as tokenwatch.exclusion.mismatch); "" otherwise.
+	Mismatch string `json:"mismatch,omitempty"`
+}
+
+// Alerts reports whether the verdict calls for an alert.
+func (v Verdict) Alerts() bool { return v.Match && !v.Excluded }
+
+// Evaluate decides about e. Only the authenticated user.username counts,
+// never impersonatedUser. An empty username counts as absent: the apiserver
+// always logs a name (system:anonymous for anonymous requests).
+func (r *Rule) Evaluate(e *audit.Event) Verdict {
+	user := e.Username()
+	if !e.IsTokenCreate() || user == "" {
+		return Verdict{}
+	}
+	v := Verdict{Match: true}
+	for _, en := range r.entries {
+		if !Wildcard(en.user, user) || !en.targets(e.ObjectRef) {
+			continue
+		}
+		if en.managed && r.platform == PlatformSelfManaged {
+			if v.Mismatch == "" {
+				v.Mismatch = fmt.Sprintf("exclusion %q is a managed-cloud identity, not applied with platform %s", en.user, r.platform)
+			}
+			continue
+		}
+		if r.strict {
+			if want := requiredGroup(user); want != "" && !hasGroup(e.User.Groups, want) {
+				if v.Mismatch == "" {
+					v.Mismatch = fmt.Sprintf("exclusion %q not applied: user %q lacks group %q (strict_groups)", en.user, user, want)
+				}
+				continue
+			}
+		}
+		v.Excluded, v.By, v.Mismatch = true, en.user, ""
+		return v
+	}
+	return v
+}
+
+func (en entry) targets(ref *audit.ObjectReference) bool {
+	if len(en.namespaces) == 0 && len(en.names) == 0 {
+		return true
+	}
+	var ns, name string
+	if ref != nil {
+		ns, name = ref.Namespace, ref.Name
+	}
+	return anyWildcard(en.namespaces, ns) && anyWildcard(en.names, name)
+}
+
+// anyWildcard reports whether one of patterns matches s; an empty list
+// matches anything.
+func anyWildcard(patterns []string, s string) bool {
+	if len(patterns) == 0 {
+		return true
+	}
+	for _, p := range patterns {
+		if Wildcard(p, s) {
+			return true
+		}
+	}
+	return false
+}
+
+const (
+	nodePrefix = "system:node:"
+	saPrefix   = "system:serviceaccount:"
+)
+
+// requiredGroup is the group strict_groups requires for user to be excluded
+// as a system identity, "" when none is required.
+func requiredGroup(user string) string {
+	if strings.HasPrefix(user, nodePrefix) {
+		return "system:nodes"
+	}
+	if rest, ok := strings.CutPrefix(user, saPrefix); ok {
+		ns, _, _ := strings.Cut(rest, ":")
+		return "system:serviceaccounts:" + ns
+	}
+	return ""
+}
+
+func hasGroup(groups []string, want string) bool {
+	for _, g := range groups {
+		if g == want {
+			return true
+		}
+	}
+	return false
+}
+
+// Wildcard reports whether s matches pattern, in which '*' matches any run of
+// characters (possibly empty) and every other byte matches itself exactly.
+func Wildcard(pattern, s string) bool {
+	// Iterative glob with single-star backtracking: linear in practice, no
+	// exponential blow-up on many stars.
+	p, i := 0, 0
+	star, mark := -1, 0
+	for i < len(s) {
+		switch {
+		case p < len(pattern) && pattern[p] == '*':
+			star, mark = p, i
+			p++
+		case p < len(pattern) && pattern[p] == s[i]:
+			p++
+			i++
+		case star >= 0:
+			p = star + 1
+			mark++
+			i = mark
+		default:
+			return false
+		}
+	}
+	for p < len(pattern) && pattern[p] == '*' {
+		p++
+	}
+	return p == len(pattern)
+}
