@@ -1,5 +1,10 @@
 package audit
 
+import (
+	"net/url"
+	"slices"
+)
+
 // Stage names of audit.k8s.io/v1.
 const (
 	StageRequestReceived  = "RequestReceived"
@@ -82,4 +87,40 @@ type BoundObjectReference struct {
 func (e *Event) IsTokenCreate() bool {
 	return e.Verb == "create" && e.ObjectRef != nil &&
 		e.ObjectRef.Resource == "serviceaccounts" && e.ObjectRef.Subresource == "token"
+}
+
+// Username returns the authenticated user.username, "" when absent. It never
+// looks at impersonatedUser.
+func (e *Event) Username() string {
+	if e.User == nil {
+		return ""
+	}
+	return e.User.Username
+}
+
+// SourceIP returns the last entry of sourceIPs: the connection's remote
+// address. Earlier entries come from client-settable headers
+// (X-Forwarded-For, X-Real-Ip). It is "" when sourceIPs is empty.
+func (e *Event) SourceIP() string {
+	if len(e.SourceIPs) == 0 {
+		return ""
+	}
+	return e.SourceIPs[len(e.SourceIPs)-1]
+}
+
+// DryRun reports whether the request asked for ?dryRun=All, the only dry-run
+// value kube-apiserver accepts.
+func (e *Event) DryRun() bool {
+	u, err := url.ParseRequestURI(e.RequestURI)
+	if err != nil {
+		return false
+	}
+	q, _ := url.ParseQuery(u.RawQuery) // keep what parses, as the apiserver's handlers do
+	return slices.Contains(q["dryRun"], "All")
+}
+
+// Final reports whether stage is the last stage of a request
+// (ResponseComplete or Panic).
+func Final(stage string) bool {
+	return stage == StageResponseComplete || stage == StagePanic
 }

@@ -1,0 +1,193 @@
+package audit
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// canonical is a RequestResponse-level token create as kube-apiserver writes it.
+const canonical = `{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"a1","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/team-a/serviceaccounts/app/token?dryRun=All\u0026x=1","verb":"create","user":{"username":"alice","uid":"u1","groups":["dev","system:authenticated"],"extra":{"authentication.kubernetes.io/credential-id":["X509SHA256=ab"]}},"impersonatedUser":{"username":"bob","groups":["system:authenticated"]},"sourceIPs":["10.0.0.9","192.0.2.7"],"userAgent":"kubectl/v1.35.4","objectRef":{"resource":"serviceaccounts","namespace":"team-a","name":"app","apiVersion":"v1","subresource":"token"},"responseStatus":{"metadata":{},"code":201},"requestObject":{"kind":"TokenRequest","apiVersion":"authentication.k8s.io/v1","metadata":{},"spec":{"audiences":["vault"],"expirationSeconds":3600,"boundObjectRef":{"kind":"Pod","apiVersion":"v1","name":"app-0","uid":"p1"}},"status":{"token":"","expirationTimestamp":null}},"responseObject":{"kind":"TokenRequest","status":{"token":"eyJSECRET.TOKEN.VALUE","expirationTimestamp":"2026-11-27T00:00:00Z"}},"requestReceivedTimestamp":"2026-11-26T23:09:13.821930Z","stageTimestamp":"2026-11-26T23:09:13.826405Z","annotations":{"authentication.kubernetes.io/issued-credential-id":"JTI=j1","authorization.k8s.io/decision":"allow","authorization.k8s.io/reason":""}}`
+
+func wantCanonical() *Event {
+	exp := int64(3600)
+	return &Event{
+		Level:            "RequestResponse",
+		AuditID:          "a1",
+		Stage:            StageResponseComplete,
+		RequestURI:       "/api/v1/namespaces/team-a/serviceaccounts/app/token?dryRun=All&x=1",
+		Verb:             "create",
+		User:             &UserInfo{Username: "alice", UID: "u1", Groups: []string{"dev", "system:authenticated"}, Extra: map[string][]string{"authentication.kubernetes.io/credential-id": {"X509SHA256=ab"}}},
+		ImpersonatedUser: &UserInfo{Username: "bob", Groups: []string{"system:authenticated"}},
+		SourceIPs:        []string{"10.0.0.9", "192.0.2.7"},
+		UserAgent:        "kubectl/v1.35.4",
+		ObjectRef:        &ObjectReference{Resource: "serviceaccounts", Namespace: "team-a", Name: "app", APIVersion: "v1", Subresource: "token"},
+		ResponseStatus:   &Status{Code: 201},
+		RequestObject: &TokenRequest{Spec: TokenRequestSpec{
+			Audiences: []string{"vault"}, ExpirationSeconds: &exp,
+			BoundObjectRef: &BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: "app-0", UID: "p1"},
+		}},
+		RequestReceivedTimestamp: "2026-11-26T23:09:13.821930Z",
+		StageTimestamp:           "2026-11-26T23:09:13.826405Z",
+		Annotations: map[string]string{
+			"authentication.kubernetes.io/issued-credential-id": "JTI=j1",
+			"authorization.k8s.io/decision":                     "allow",
+			"authorization.k8s.io/reason":                       "",
+		},
+	}
+}
+
+func TestDecodeCanonical(t *testing.T) {
+	got, err := Decode([]byte(canonical + "\n"))
+	if err != nil {
+		t.Fatalf("Decode: %v", err)
+	}
+	if diff := cmp.Diff(wantCanonical(), got); diff != "" {
+		t.Errorf("Decode mismatch (-want +got):\n%s", diff)
+	}
+	if !got.IsTokenCreate() || got.SourceIP() != "192.0.2.7" || !got.DryRun() || got.Username() != "alice" {
+		t.Errorf("helpers: IsTokenCreate %v SourceIP %q DryRun %v Username %q", got.IsTokenCreate(), got.SourceIP(), got.DryRun(), got.Username())
+	}
+}
+
+// TestDecodeFormattingVariants: the JSON meaning decides, not its spelling.
+func TestDecodeFormattingVariants(t *testing.T) {
+	tests := []struct {
+		name string
+		give string
+	}{
+		{"spaces and newlines", strings.NewReplacer(`":`, `" :  `, `,"`, " ,\n\t\"", `{`, "{ ", `}`, " }").Replace(canonical)},
+		{"escaped keys", strings.NewReplacer(`"verb"`, `"\u0076erb"`, `"subresource"`, `"sub\u0072esource"`, `"username"`, `"user\u006eame"`).Replace(canonical)},
+		{"escaped values", strings.NewReplacer(`"create"`, `"\u0063reate"`, `"token"}`, `"t\u006fken"}`, `"alice"`, `"\u0061lice"`, `"serviceaccounts"`, `"service\u0061ccounts"`).Replace(canonical)},
+		{"escaped slash", strings.NewReplacer(`/api/v1/`, `\/api\/v1\/`).Replace(canonical)},
+		{"key order", reorder(canonical)},
+		{"leading whitespace", "  \t" + canonical + " \r\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.give == canonical {
+				t.Fatal("variant equals canonical: the test would prove nothing")
+			}
+			got, err := Decode([]byte(tt.give))
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			if diff := cmp.Diff(wantCanonical(), got); diff != "" {
+				t.Errorf("Decode mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// reorder moves "verb" and "user" to the end and objectRef's fields around.
+func reorder(s string) string {
+	s = strings.Replace(s, `"verb":"create",`, ``, 1)
+	s = strings.Replace(s, `{"resource":"serviceaccounts","namespace":"team-a","name":"app","apiVersion":"v1","subresource":"token"}`,
+		`{"subresource":"token","name":"app","apiVersion":"v1","namespace":"team-a","resource":"serviceaccounts"}`, 1)
+	return strings.TrimSuffix(s, "}") + `,"verb":"create"}`
+}
+
+func TestDecodeExactKeys(t *testing.T) {
+	tests := []struct {
+		name, give string
+		check      func(*Event) bool
+	}{
+		{"case differs is another key", `{"Verb":"create","verb":"get"}`, func(e *Event) bool { return e.Verb == "get" }},
+		{"case differs only", `{"Verb":"create"}`, func(e *Event) bool { return e.Verb == "" }},
+		{"nested case differs", `{"objectRef":{"Subresource":"token","resource":"serviceaccounts"}}`, func(e *Event) bool { return e.ObjectRef.Subresource == "" }},
+		{"kelvin sign is not k", "{\"\u212aind\":\"x\",\"user\":{\"userna\u212ae\":\"x\"}}", func(e *Event) bool { return e.User.Username == "" }},
+		{"last duplicate wins", `{"verb":"get","verb":"create"}`, func(e *Event) bool { return e.Verb == "create" }},
+		{"null user", `{"user":null}`, func(e *Event) bool { return e.User == nil }},
+		{"empty user", `{"user":{}}`, func(e *Event) bool { return e.User != nil && e.Username() == "" }},
+		{"requestObject only for token creates", `{"verb":"create","objectRef":{"resource":"pods"},"requestObject":{"spec":{"audiences":5}}}`, func(e *Event) bool { return e.RequestObject == nil }},
+		{"requestObject null", `{"verb":"create","objectRef":{"resource":"serviceaccounts","subresource":"token"},"requestObject":null}`, func(e *Event) bool { return e.RequestObject == nil }},
+		{"responseObject of any shape", `{"verb":"create","responseObject":[1,{"a":null}]}`, func(e *Event) bool { return e.Verb == "create" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Decode([]byte(tt.give))
+			if err != nil {
+				t.Fatalf("Decode(%s): %v", tt.give, err)
+			}
+			if !tt.check(got) {
+				t.Errorf("Decode(%s) = %+v", tt.give, got)
+			}
+		})
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	tests := []struct {
+		name, give, want string
+	}{
+		{"empty", "", "empty line"},
+		{"blank", " \n", "empty line"},
+		{"torn", canonical[:len(canonical)/2], "decode audit event"},
+		{"garbage", "\x00\xff garbage", "not a JSON object"},
+		{"array", `[{"verb":"create"}]`, "not a JSON object"},
+		{"null", `null`, "not a JSON object"},
+		{"two objects", `{"verb":"create"}{"verb":"get"}`, "invalid character"},
+		{"wrong type", `{"verb":5}`, "field verb"},
+		{"wrong nested type", `{"user":{"groups":"a"}}`, "user: field groups"},
+		{"user not object", `{"user":"alice"}`, "field user"},
+		{"bad spec", `{"verb":"create","objectRef":{"resource":"serviceaccounts","subresource":"token"},"requestObject":{"spec":{"expirationSeconds":"x"}}}`, "requestObject: field expirationSeconds"},
+		{"code overflow", `{"responseStatus":{"code":99999999999}}`, "field code"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Decode([]byte(tt.give))
+			if err == nil {
+				t.Fatalf("Decode(%q) = %+v, want error", tt.give, got)
+			}
+			if !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), "decode audit event") {
+				t.Errorf("Decode(%q) error = %q, want it to start with %q and contain %q", tt.give, err, "decode audit event", tt.want)
+			}
+		})
+	}
+}
+
+func TestDryRun(t *testing.T) {
+	tests := []struct {
+		uri  string
+		want bool
+	}{
+		{"/api/v1/namespaces/a/serviceaccounts/b/token?dryRun=All", true},
+		{"/api/v1/namespaces/a/serviceaccounts/b/token?timeout=5s&dryRun=All", true},
+		{"/api/v1/namespaces/a/serviceaccounts/b/token?dryRun=all", false},
+		{"/api/v1/namespaces/a/serviceaccounts/b/token?dryRun=", false},
+		{"/api/v1/namespaces/a/serviceaccounts/b/token?dryRun=%41ll", true},
+		{"/api/v1/namespaces/a/serviceaccounts/b/token", false},
+		{"/api/v1/namespaces/dryRun=All/serviceaccounts/b/token", false},
+		{"", false},
+	}
+	for _, tt := range tests {
+		if got := (&Event{RequestURI: tt.uri}).DryRun(); got != tt.want {
+			t.Errorf("DryRun(%q) = %v, want %v", tt.uri, got, tt.want)
+		}
+	}
+}
+
+// FuzzDecode: Decode never panics, and what it accepts it accepts again
+// with the same meaning when re-spaced.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(canonical))
+	f.Add([]byte(`{"verb":"create","objectRef":{"resource":"serviceaccounts","subresource":"token"},"user":{"username":"a"}}`))
+	f.Add([]byte(`{"a":`))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		e, err := Decode(line)
+		if err != nil {
+			if e != nil {
+				t.Fatalf("Decode returned %+v with error %v", e, err)
+			}
+			return
+		}
+		again, err := Decode(append([]byte(" \n"), append(line, '\n')...))
+		if err != nil {
+			t.Fatalf("re-spaced: %v", err)
+		}
+		if diff := cmp.Diff(e, again); diff != "" {
+			t.Errorf("re-spaced decode differs:\n%s", diff)
+		}
+	})
+}
