@@ -1,0 +1,19 @@
+// Package state is the aggregator's durable state: one embedded bbolt file
+// under the state directory holding
+//
+//   - the outbox: alert records waiting for export, in insertion order, keyed
+//     by a monotonic sequence; a record ID is outboxed at most once, and an
+//     exported ID is remembered for the dedupe retention so that a re-delivered
+//     request never produces a second export;
+//   - the dedupe record: request key -> Pending or Done with the time it was
+//     recorded, pruned after the retention;
+//   - pending requests: non-final stages held for the stage grace, with their
+//     deadline and serialized event, so that a restart resumes them.
+//
+// The ack rule of the aggregator rests on Commit: everything a batch changes
+// (records, dedupe marks, pending entries) is written in one transaction, and
+// Commit returns only after that transaction is durable (fsync), so a batch can
+// be acknowledged to its agent as soon as Commit returns nil. Concurrent
+// Commits from several streams are grouped into one transaction (group commit)
+// so that one fsync serves them all.
+package state

@@ -1,0 +1,627 @@
+package state
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/tokenwatch/tokenwatch/internal/alert"
+)
+
+// FileName is the name of the store's file inside the state directory.
+const FileName = "aggregator.db"
+
+// schemaVersion is the layout of the buckets below; Open refuses other versions.
+const schemaVersion = "1"
+
+// Buckets.
+var (
+	bucketMeta       = []byte("meta")
+	bucketOutbox     = []byte("outbox")      // seq (8 bytes BE) -> JSON alert.Record
+	bucketIDs        = []byte("ids")         // record ID -> idState, seq, time
+	bucketExportedAt = []byte("exported_at") // time (8 bytes BE) + record ID -> nil
+	bucketDedupe     = []byte("dedupe")      // request key -> RequestState, time
+	bucketDedupeAt   = []byte("dedupe_at")   // time (8 bytes BE) + request key -> nil
+	bucketPending    = []byte("pending")     // request key -> encoded Pending
+	bucketPendingDue = []byte("pending_due") // deadline (8 bytes BE) + request key -> nil
+
+	allBuckets = [][]byte{bucketMeta, bucketOutbox, bucketIDs, bucketExportedAt,
+		bucketDedupe, bucketDedupeAt, bucketPending, bucketPendingDue}
+
+	keySchema = []byte("schema")
+)
+
+// RequestState is what the dedupe record knows about a request. Its values
+// are those of the detection core's state (None 0, Pending 1, Done 2), so a
+// conversion is a plain type conversion.
+type RequestState int
+
+// Request states.
+const (
+	StateNone    RequestState = 0 // never seen (or pruned)
+	StatePending RequestState = 1 // a non-final stage is held for the stage grace
+	StateDone    RequestState = 2 // alerted (or decided) once: never again
+)
+
+// String returns the state's name.
+func (s RequestState) String() string {
+	switch s {
+	case StateNone:
+		return "none"
+	case StatePending:
+		return "pending"
+	case StateDone:
+		return "done"
+	}
+	return fmt.Sprintf("RequestState(%d)", int(s))
+}
+
+// ID states in bucketIDs.
+const (
+	idOutboxed byte = 1
+	idExported byte = 2
+)
+
+// Options tune a Store. The zero value is the safe default.
+type Options struct {
+	// LockTimeout is how long Open waits for the file lock held by another
+	// process (default 1s).
+	LockTimeout time.Duration
+	// NoSync skips fsync on commit. A process crash loses nothing (the data
+	// is in the page cache), but a power loss or kernel crash can lose
+	// batches already acknowledged to agents, or corrupt the file. Off by
+	// default: durability of acknowledged data is the point of the store.
+	NoSync bool
+	// Now is the clock used for dedupe and export times (default time.Now).
+	Now func() time.Time
+}
+
+// Store is the aggregator's durable state. It is safe for concurrent use.
+type Store struct {
+	db    *bolt.DB
+	path  string
+	now   func() time.Time
+	depth atomic.Int64
+	added chan struct{}
+
+	// Group commit: writers queue their work; one leader runs a transaction
+	// for everything queued, then hands over to the next waiter.
+	qmu     sync.Mutex
+	queue   []*op
+	leading bool
+}
+
+// OpenDir creates dir if needed (mode 0700) and opens the store file in it.
+func OpenDir(dir string, opts Options) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir %s: %w", dir, err)
+	}
+	return Open(filepath.Join(dir, FileName), opts)
+}
+
+// Open opens (or creates) the store file at path. It fails with a clear error
+// when another process holds the file.
+func Open(path string, opts Options) (*Store, error) {
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        opts.LockTimeout,
+		NoSync:         opts.NoSync,
+		NoFreelistSync: true, // rebuilt on open; halves the pages written per commit
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open state %s: locked by another process (waited %s): is another aggregator running with this --state-dir?", path, opts.LockTimeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
+	s := &Store{db: db, path: path, now: opts.Now, added: make(chan struct{}, 1)}
+	var depth int
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		switch v := meta.Get(keySchema); {
+		case v == nil:
+			if err := meta.Put(keySchema, []byte(schemaVersion)); err != nil {
+				return fmt.Errorf("write schema version: %w", err)
+			}
+		case string(v) != schemaVersion:
+			return fmt.Errorf("unsupported schema version %q (want %q)", v, schemaVersion)
+		}
+		depth = tx.Bucket(bucketOutbox).Stats().KeyN
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
+	s.depth.Store(int64(depth))
+	return s, nil
+}
+
+// Path returns the store's file.
+func (s *Store) Path() string { return s.path }
+
+// Close closes the store. Commits in progress finish first.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("close state %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// Added returns a channel that receives a value after a Commit that added
+// records to the outbox (coalesced: one value may stand for several
+// commits). It is meant for one consumer, the exporter's drain loop.
+func (s *Store) Added() <-chan struct{} { return s.added }
+
+// Depth returns the number of records in the outbox.
+func (s *Store) Depth() int { return int(s.depth.Load()) }
+
+// States returns the dedupe state of each key; keys absent from the result
+// are StateNone.
+func (s *Store) States(keys []string) (map[string]RequestState, error) {
+	m := make(map[string]RequestState, len(keys))
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDedupe)
+		for _, k := range keys {
+			if v := b.Get([]byte(k)); len(v) > 0 {
+				m[k] = RequestState(v[0])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read dedupe states: %w", err)
+	}
+	return m, nil
+}
+
+// Pending is a non-final stage held for the stage grace.
+type Pending struct {
+	Key      string
+	Deadline time.Time
+	Cluster  string
+	Node     string
+	// Event is the serialized event (proto bytes of a tokenwatchv1.TokenEvent).
+	Event []byte
+}
+
+// Change is the outcome of one batch, committed atomically.
+type Change struct {
+	// Records go to the outbox; one whose ID is already outboxed or was
+	// exported within the retention is skipped.
+	Records []alert.Record
+	// Pending entries are stored (replacing one with the same key) and mark
+	// their key Pending, unless the key is already Done.
+	Pending []Pending
+	// Done marks keys Done and removes their pending entries.
+	Done []string
+}
+
+// Empty reports whether c changes nothing.
+func (c *Change) Empty() bool {
+	return len(c.Records) == 0 && len(c.Pending) == 0 && len(c.Done) == 0
+}
+
+// Commit writes c in one transaction and returns once it is durable. It
+// returns the number of records added to the outbox. An empty change returns
+// at once without touching the file.
+func (s *Store) Commit(c Change) (added int, err error) {
+	if c.Empty() {
+		return 0, nil
+	}
+	type encoded struct {
+		id  []byte
+		val []byte
+	}
+	recs := make([]encoded, len(c.Records))
+	for i := range c.Records {
+		r := &c.Records[i]
+		if r.ID == "" {
+			return 0, fmt.Errorf("commit: record %d (%s) has no ID", i, r.EventName)
+		}
+		v, err := json.Marshal(r)
+		if err != nil {
+			return 0, fmt.Errorf("commit: encode record %s: %w", r.ID, err)
+		}
+		recs[i] = encoded{id: []byte(r.ID), val: v}
+	}
+	pend := make([]encoded, len(c.Pending))
+	for i := range c.Pending {
+		p := &c.Pending[i]
+		if p.Key == "" {
+			return 0, fmt.Errorf("commit: pending entry %d has no key", i)
+		}
+		pend[i] = encoded{id: []byte(p.Key), val: encodePending(p)}
+	}
+
+	err = s.update(func(tx *bolt.Tx) error {
+		added = 0
+		now := s.now()
+		outbox, ids := tx.Bucket(bucketOutbox), tx.Bucket(bucketIDs)
+		for _, r := range recs {
+			if ids.Get(r.id) != nil {
+				continue
+			}
+			seq, err := outbox.NextSequence()
+			if err != nil {
+				return fmt.Errorf("next outbox sequence: %w", err)
+			}
+			if err := outbox.Put(u64(seq), r.val); err != nil {
+				return fmt.Errorf("put outbox %d: %w", seq, err)
+			}
+			if err := ids.Put(r.id, idValue(idOutboxed, seq, now)); err != nil {
+				return fmt.Errorf("put record id: %w", err)
+			}
+			added++
+		}
+		for i, p := range pend {
+			if st, _ := dedupeMark(tx, p.id); st == StateDone {
+				continue
+			}
+			if err := deletePending(tx, p.id); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketPending).Put(p.id, p.val); err != nil {
+				return fmt.Errorf("put pending: %w", err)
+			}
+			if err := tx.Bucket(bucketPendingDue).Put(timeKey(c.Pending[i].Deadline, p.id), nil); err != nil {
+				return fmt.Errorf("put pending deadline: %w", err)
+			}
+			if err := setDedupeMark(tx, p.id, StatePending, now); err != nil {
+				return err
+			}
+		}
+		for _, k := range c.Done {
+			key := []byte(k)
+			if err := deletePending(tx, key); err != nil {
+				return err
+			}
+			if err := setDedupeMark(tx, key, StateDone, now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("commit to state %s: %w", s.path, err)
+	}
+	if added > 0 {
+		s.depth.Add(int64(added))
+		select {
+		case s.added <- struct{}{}:
+		default:
+		}
+	}
+	return added, nil
+}
+
+// DuePending returns up to max pending entries (all if max <= 0) whose
+// deadline is not after now, earliest first. They stay stored until a Commit
+// marks their key Done.
+func (s *Store) DuePending(now time.Time, max int) ([]Pending, error) {
+	var out []Pending
+	limit := timeKey(now, nil)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		pb := tx.Bucket(bucketPending)
+		c := tx.Bucket(bucketPendingDue).Cursor()
+		for k, _ := c.First(); k != nil && bytes.Compare(k[:8], limit) <= 0; k, _ = c.Next() {
+			if max > 0 && len(out) >= max {
+				break
+			}
+			key := k[8:]
+			v := pb.Get(key)
+			if v == nil {
+				continue // cannot happen: index and entries change together
+			}
+			p, err := decodePending(string(key), v)
+			if err != nil {
+				return err
+			}
+			out = append(out, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read due pending entries: %w", err)
+	}
+	return out, nil
+}
+
+// NextDeadline returns the earliest pending deadline, if any.
+func (s *Store) NextDeadline() (time.Time, bool, error) {
+	var (
+		t  time.Time
+		ok bool
+	)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if k, _ := tx.Bucket(bucketPendingDue).Cursor().First(); k != nil {
+			t, ok = keyTime(k), true
+		}
+		return nil
+	})
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("read next pending deadline: %w", err)
+	}
+	return t, ok, nil
+}
+
+// Outbox returns up to max records (all if max <= 0), oldest first.
+func (s *Store) Outbox(max int) ([]alert.Record, error) {
+	var out []alert.Record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketOutbox).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if max > 0 && len(out) >= max {
+				break
+			}
+			var r alert.Record
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("decode outbox record %d: %w", binary.BigEndian.Uint64(k), err)
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	return out, nil
+}
+
+// Exported removes the records with these IDs from the outbox and remembers
+// the IDs as exported (for the retention), so that the same record is never
+// outboxed again. Unknown or already exported IDs are ignored.
+func (s *Store) Exported(ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	var removed int
+	err := s.update(func(tx *bolt.Tx) error {
+		removed = 0
+		now := s.now()
+		outbox, idb, at := tx.Bucket(bucketOutbox), tx.Bucket(bucketIDs), tx.Bucket(bucketExportedAt)
+		for _, id := range ids {
+			key := []byte(id)
+			v := idb.Get(key)
+			if len(v) != 17 || v[0] != idOutboxed {
+				continue
+			}
+			seq := binary.BigEndian.Uint64(v[1:9])
+			if err := outbox.Delete(u64(seq)); err != nil {
+				return fmt.Errorf("delete outbox %d: %w", seq, err)
+			}
+			if err := idb.Put(key, idValue(idExported, seq, now)); err != nil {
+				return fmt.Errorf("put record id: %w", err)
+			}
+			if err := at.Put(timeKey(now, key), nil); err != nil {
+				return fmt.Errorf("put export time: %w", err)
+			}
+			removed++
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("mark exported in state %s: %w", s.path, err)
+	}
+	s.depth.Add(-int64(removed))
+	return nil
+}
+
+// pruneChunk bounds the size of one prune transaction.
+const pruneChunk = 10000
+
+// Prune forgets dedupe marks and exported record IDs recorded before
+// now-retention and returns how many it removed. Marks of keys with a pending
+// entry are kept, and so are records still in the outbox.
+func (s *Store) Prune(now time.Time, retention time.Duration) (int, error) {
+	cutoff := timeKey(now.Add(-retention), nil)
+	total := 0
+	for {
+		var n int
+		var more bool
+		err := s.update(func(tx *bolt.Tx) error {
+			n, more = 0, false
+			var err error
+			n, more, err = pruneIndex(tx, bucketDedupeAt, cutoff, pruneChunk, func(key []byte, at []byte) (bool, error) {
+				if tx.Bucket(bucketPending).Get(key) != nil {
+					return false, nil
+				}
+				b := tx.Bucket(bucketDedupe)
+				if v := b.Get(key); len(v) == 9 && bytes.Equal(v[1:], at) {
+					return true, b.Delete(key)
+				}
+				return true, nil // stale index entry
+			})
+			if err != nil || more {
+				return err
+			}
+			m, more2, err := pruneIndex(tx, bucketExportedAt, cutoff, pruneChunk-n, func(key []byte, at []byte) (bool, error) {
+				b := tx.Bucket(bucketIDs)
+				if v := b.Get(key); len(v) == 17 && v[0] == idExported && bytes.Equal(v[9:], at) {
+					return true, b.Delete(key)
+				}
+				return true, nil
+			})
+			n += m
+			more = more2
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("prune state %s: %w", s.path, err)
+		}
+		total += n
+		if !more {
+			return total, nil
+		}
+	}
+}
+
+// pruneIndex walks a time index up to cutoff, calling drop for each entry;
+// when drop says so, the index entry goes too. It stops after limit entries
+// and reports whether more remain.
+func pruneIndex(tx *bolt.Tx, index, cutoff []byte, limit int, drop func(key, at []byte) (bool, error)) (n int, more bool, err error) {
+	var keys [][]byte
+	c := tx.Bucket(index).Cursor()
+	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], cutoff) < 0; k, _ = c.Next() {
+		if len(keys) >= limit {
+			more = true
+			break
+		}
+		keys = append(keys, bytes.Clone(k))
+	}
+	b := tx.Bucket(index)
+	for _, k := range keys {
+		del, err := drop(k[8:], k[:8])
+		if err != nil {
+			return n, false, err
+		}
+		if del {
+			if err := b.Delete(k); err != nil {
+				return n, false, err
+			}
+			n++
+		}
+	}
+	// Entries kept (pending keys) do not count: if all were kept, stop.
+	if n == 0 {
+		more = false
+	}
+	return n, more, nil
+}
+
+func dedupeMark(tx *bolt.Tx, key []byte) (RequestState, []byte) {
+	v := tx.Bucket(bucketDedupe).Get(key)
+	if len(v) != 9 {
+		return StateNone, nil
+	}
+	return RequestState(v[0]), v[1:]
+}
+
+func setDedupeMark(tx *bolt.Tx, key []byte, st RequestState, now time.Time) error {
+	_, old := dedupeMark(tx, key)
+	at := tx.Bucket(bucketDedupeAt)
+	if old != nil {
+		if err := at.Delete(append(bytes.Clone(old), key...)); err != nil {
+			return fmt.Errorf("delete dedupe time: %w", err)
+		}
+	}
+	v := make([]byte, 9)
+	v[0] = byte(st)
+	binary.BigEndian.PutUint64(v[1:], timeBits(now))
+	if err := tx.Bucket(bucketDedupe).Put(key, v); err != nil {
+		return fmt.Errorf("put dedupe mark: %w", err)
+	}
+	if err := at.Put(timeKey(now, key), nil); err != nil {
+		return fmt.Errorf("put dedupe time: %w", err)
+	}
+	return nil
+}
+
+func deletePending(tx *bolt.Tx, key []byte) error {
+	pb := tx.Bucket(bucketPending)
+	v := pb.Get(key)
+	if len(v) < 8 {
+		return nil
+	}
+	if err := tx.Bucket(bucketPendingDue).Delete(append(bytes.Clone(v[:8]), key...)); err != nil {
+		return fmt.Errorf("delete pending deadline: %w", err)
+	}
+	if err := pb.Delete(key); err != nil {
+		return fmt.Errorf("delete pending: %w", err)
+	}
+	return nil
+}
+
+func u64(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}
+
+// timeBits orders times as unsigned big-endian integers (times before 1970
+// clamp to 0).
+func timeBits(t time.Time) uint64 {
+	n := t.UnixNano()
+	if n < 0 {
+		return 0
+	}
+	return uint64(n)
+}
+
+func timeKey(t time.Time, key []byte) []byte {
+	b := make([]byte, 8, 8+len(key))
+	binary.BigEndian.PutUint64(b, timeBits(t))
+	return append(b, key...)
+}
+
+func keyTime(k []byte) time.Time {
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
+}
+
+func idValue(st byte, seq uint64, at time.Time) []byte {
+	v := make([]byte, 17)
+	v[0] = st
+	binary.BigEndian.PutUint64(v[1:9], seq)
+	binary.BigEndian.PutUint64(v[9:], timeBits(at))
+	return v
+}
+
+// encodePending lays out deadline (8 bytes), cluster and node (uvarint
+// length + bytes), then the event bytes.
+func encodePending(p *Pending) []byte {
+	b := make([]byte, 8, 8+2*binary.MaxVarintLen64+len(p.Cluster)+len(p.Node)+len(p.Event))
+	binary.BigEndian.PutUint64(b, timeBits(p.Deadline))
+	b = binary.AppendUvarint(b, uint64(len(p.Cluster)))
+	b = append(b, p.Cluster...)
+	b = binary.AppendUvarint(b, uint64(len(p.Node)))
+	b = append(b, p.Node...)
+	return append(b, p.Event...)
+}
+
+func decodePending(key string, v []byte) (Pending, error) {
+	bad := fmt.Errorf("decode pending entry %q: truncated", key)
+	if len(v) < 8 {
+		return Pending{}, bad
+	}
+	p := Pending{Key: key, Deadline: keyTime(v)}
+	rest := v[8:]
+	str := func() (string, bool) {
+		n, w := binary.Uvarint(rest)
+		if w <= 0 || uint64(len(rest)-w) < n {
+			return "", false
+		}
+		s := string(rest[w : w+int(n)])
+		rest = rest[w+int(n):]
+		return s, true
+	}
+	var ok bool
+	if p.Cluster, ok = str(); !ok {
+		return Pending{}, bad
+	}
+	if p.Node, ok = str(); !ok {
+		return Pending{}, bad
+	}
+	p.Event = bytes.Clone(rest)
+	return p, nil
+}

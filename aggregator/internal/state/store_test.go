@@ -1,0 +1,523 @@
+package state
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/goleak"
+
+	"github.com/tokenwatch/tokenwatch/internal/alert"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(crashEnv) != "" {
+		crashChild(os.Getenv(crashEnv))
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// clock is a settable test clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
+var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+
+func open(t testing.TB, path string, clk *clock) *Store {
+	t.Helper()
+	opts := Options{}
+	if clk != nil {
+		opts.Now = clk.Now
+	}
+	s, err := Open(path, opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func rec(id string) alert.Record {
+	return alert.Record{
+		ID:        id,
+		EventName: alert.EventTokenRequest,
+		Time:      t0.Add(time.Microsecond * 123),
+		Severity:  alert.Medium,
+		Body:      "user minted a token for " + id,
+		Attrs: []alert.Attr{
+			alert.String("user.name", "mallory"),
+			alert.Int("event.risk_score", 47),
+			alert.Bool("tokenwatch.dry_run", false),
+			alert.Strings("kubernetes.audit.sourceIPs", []string{"10.0.0.1", "192.0.2.7"}),
+		},
+	}
+}
+
+func ids(recs []alert.Record) []string {
+	out := make([]string, len(recs))
+	for i, r := range recs {
+		out[i] = r.ID
+	}
+	return out
+}
+
+func mustCommit(t testing.TB, s *Store, c Change) int {
+	t.Helper()
+	n, err := s.Commit(c)
+	if err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	return n
+}
+
+func mustOutbox(t testing.TB, s *Store) []alert.Record {
+	t.Helper()
+	r, err := s.Outbox(0)
+	if err != nil {
+		t.Fatalf("Outbox: %v", err)
+	}
+	return r
+}
+
+func mustStates(t testing.TB, s *Store, keys ...string) map[string]RequestState {
+	t.Helper()
+	m, err := s.States(keys)
+	if err != nil {
+		t.Fatalf("States: %v", err)
+	}
+	return m
+}
+
+func TestCommitSurvivesReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	clk := &clock{t: t0}
+	s := open(t, path, clk)
+	want := []alert.Record{rec("a"), rec("b"), rec("c")}
+	ev := []byte{0x0a, 0x03, 'i', 'd', '1'}
+	n := mustCommit(t, s, Change{
+		Records: want,
+		Done:    []string{"k-a", "k-b", "k-c"},
+		Pending: []Pending{{Key: "k-p", Deadline: t0.Add(2 * time.Second), Cluster: "prod", Node: "cp-1", Event: ev}},
+	})
+	if n != 3 {
+		t.Fatalf("Commit added %d, want 3", n)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = open(t, path, clk)
+	defer s.Close()
+	if d := s.Depth(); d != 3 {
+		t.Errorf("Depth() after reopen = %d, want 3", d)
+	}
+	if diff := cmp.Diff(want, mustOutbox(t, s)); diff != "" {
+		t.Errorf("Outbox after reopen (-want +got):\n%s", diff)
+	}
+	got := mustStates(t, s, "k-a", "k-b", "k-c", "k-p", "k-unknown")
+	wantStates := map[string]RequestState{"k-a": StateDone, "k-b": StateDone, "k-c": StateDone, "k-p": StatePending}
+	if diff := cmp.Diff(wantStates, got); diff != "" {
+		t.Errorf("States after reopen (-want +got):\n%s", diff)
+	}
+	due, err := s.DuePending(t0.Add(time.Second), 0)
+	if err != nil || len(due) != 0 {
+		t.Errorf("DuePending(before deadline) = %v, %v, want none", due, err)
+	}
+	due, err = s.DuePending(t0.Add(2*time.Second), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantDue := []Pending{{Key: "k-p", Deadline: t0.Add(2 * time.Second), Cluster: "prod", Node: "cp-1", Event: ev}}
+	if diff := cmp.Diff(wantDue, due, cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })); diff != "" {
+		t.Errorf("DuePending after reopen (-want +got):\n%s", diff)
+	}
+}
+
+func TestDuplicateRecordsAreOutboxedOnce(t *testing.T) {
+	clk := &clock{t: t0}
+	s := open(t, filepath.Join(t.TempDir(), FileName), clk)
+	defer s.Close()
+
+	steps := []struct {
+		name      string
+		do        func() (int, error)
+		wantAdded int
+		wantIDs   []string
+	}{
+		{"first insert", func() (int, error) { return s.Commit(Change{Records: []alert.Record{rec("a"), rec("b")}}) }, 2, []string{"a", "b"}},
+		{"same ID twice in one change", func() (int, error) { return s.Commit(Change{Records: []alert.Record{rec("c"), rec("c")}}) }, 1, []string{"a", "b", "c"}},
+		{"ID already outboxed", func() (int, error) { return s.Commit(Change{Records: []alert.Record{rec("a"), rec("d")}}) }, 1, []string{"a", "b", "c", "d"}},
+		{"export a and c", func() (int, error) { return 0, s.Exported([]string{"a", "c", "unknown"}) }, 0, []string{"b", "d"}},
+		{"ID already exported", func() (int, error) { return s.Commit(Change{Records: []alert.Record{rec("a"), rec("c")}}) }, 0, []string{"b", "d"}},
+		{"exported twice", func() (int, error) { return 0, s.Exported([]string{"a"}) }, 0, []string{"b", "d"}},
+	}
+	for _, st := range steps {
+		n, err := st.do()
+		if err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if n != st.wantAdded {
+			t.Errorf("%s: added %d, want %d", st.name, n, st.wantAdded)
+		}
+		if diff := cmp.Diff(st.wantIDs, ids(mustOutbox(t, s))); diff != "" {
+			t.Errorf("%s: outbox IDs (-want +got):\n%s", st.name, diff)
+		}
+		if d := s.Depth(); d != len(st.wantIDs) {
+			t.Errorf("%s: Depth() = %d, want %d", st.name, d, len(st.wantIDs))
+		}
+	}
+}
+
+func TestOutboxOrderAndLimit(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), FileName), nil)
+	defer s.Close()
+	var want []string
+	for i := range 30 {
+		id := fmt.Sprintf("r%02d", 29-i) // IDs sort opposite to insertion order
+		want = append(want, id)
+		mustCommit(t, s, Change{Records: []alert.Record{rec(id)}})
+	}
+	got, err := s.Outbox(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want[:10], ids(got)); diff != "" {
+		t.Errorf("Outbox(10) (-want +got):\n%s", diff)
+	}
+	if err := s.Exported(want[:10]); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.Outbox(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want[10:], ids(got)); diff != "" {
+		t.Errorf("Outbox(0) after export (-want +got):\n%s", diff)
+	}
+}
+
+func TestDedupeStates(t *testing.T) {
+	clk := &clock{t: t0}
+	s := open(t, filepath.Join(t.TempDir(), FileName), clk)
+	defer s.Close()
+	p := func(k string, d time.Duration) Pending {
+		return Pending{Key: k, Deadline: t0.Add(d), Cluster: "c", Node: "n"}
+	}
+
+	steps := []struct {
+		name    string
+		change  Change
+		want    map[string]RequestState
+		wantDue []string
+	}{
+		{"hold two", Change{Pending: []Pending{p("k1", time.Second), p("k2", 2*time.Second)}},
+			map[string]RequestState{"k1": StatePending, "k2": StatePending}, []string{"k1", "k2"}},
+		{"completion of k1", Change{Records: []alert.Record{rec("r1")}, Done: []string{"k1"}},
+			map[string]RequestState{"k1": StateDone, "k2": StatePending}, []string{"k2"}},
+		{"k1 held again is ignored", Change{Pending: []Pending{p("k1", time.Second)}},
+			map[string]RequestState{"k1": StateDone, "k2": StatePending}, []string{"k2"}},
+		{"k2 held again moves its deadline", Change{Pending: []Pending{p("k2", 5*time.Second)}},
+			map[string]RequestState{"k1": StateDone, "k2": StatePending}, nil},
+		{"k3 done without pending", Change{Done: []string{"k3"}},
+			map[string]RequestState{"k1": StateDone, "k2": StatePending, "k3": StateDone}, nil},
+	}
+	for _, st := range steps {
+		mustCommit(t, s, st.change)
+		if diff := cmp.Diff(st.want, mustStates(t, s, "k1", "k2", "k3", "k4")); diff != "" {
+			t.Errorf("%s: States (-want +got):\n%s", st.name, diff)
+		}
+		due, err := s.DuePending(t0.Add(2*time.Second), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for _, d := range due {
+			keys = append(keys, d.Key)
+		}
+		if diff := cmp.Diff(st.wantDue, keys); diff != "" {
+			t.Errorf("%s: DuePending keys (-want +got):\n%s", st.name, diff)
+		}
+	}
+	next, ok, err := s.NextDeadline()
+	if err != nil || !ok || !next.Equal(t0.Add(5*time.Second)) {
+		t.Errorf("NextDeadline() = %v, %v, %v, want %v", next, ok, err, t0.Add(5*time.Second))
+	}
+	// max limits the answer, earliest first.
+	mustCommit(t, s, Change{Pending: []Pending{p("k5", 4*time.Second), p("k6", 3*time.Second)}})
+	due, err := s.DuePending(t0.Add(time.Hour), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(due) != 2 || due[0].Key != "k6" || due[1].Key != "k5" {
+		t.Errorf("DuePending(max 2) = %v, want k6, k5", due)
+	}
+}
+
+func TestPrune(t *testing.T) {
+	clk := &clock{t: t0}
+	path := filepath.Join(t.TempDir(), FileName)
+	s := open(t, path, clk)
+	defer func() { s.Close() }()
+	const retention = 24 * time.Hour
+
+	mustCommit(t, s, Change{Records: []alert.Record{rec("old")}, Done: []string{"k-old"}})
+	if err := s.Exported([]string{"old"}); err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, s, Change{Pending: []Pending{{Key: "k-held", Deadline: t0.Add(time.Second)}}})
+	mustCommit(t, s, Change{Records: []alert.Record{rec("unexported")}, Done: []string{"k-unexported"}})
+	clk.Set(t0.Add(12 * time.Hour))
+	mustCommit(t, s, Change{Records: []alert.Record{rec("new")}, Done: []string{"k-new"}})
+	if err := s.Exported([]string{"new"}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Within retention nothing goes.
+	n, err := s.Prune(t0.Add(retention-time.Nanosecond), retention)
+	if err != nil || n != 0 {
+		t.Fatalf("Prune(within retention) = %d, %v, want 0", n, err)
+	}
+	// Just after: the old dedupe marks and the exported ID go; the pending
+	// key's mark and the unexported record stay.
+	n, err = s.Prune(t0.Add(retention+time.Nanosecond), retention)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 3 { // k-old, k-unexported, exported ID "old"
+		t.Errorf("Prune = %d, want 3", n)
+	}
+	want := map[string]RequestState{"k-held": StatePending, "k-new": StateDone}
+	if diff := cmp.Diff(want, mustStates(t, s, "k-old", "k-held", "k-unexported", "k-new")); diff != "" {
+		t.Errorf("States after prune (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"unexported"}, ids(mustOutbox(t, s))); diff != "" {
+		t.Errorf("outbox after prune (-want +got):\n%s", diff)
+	}
+	// A pruned exported ID can be outboxed again (it is beyond retention);
+	// one within retention cannot.
+	if n := mustCommit(t, s, Change{Records: []alert.Record{rec("old"), rec("new"), rec("unexported")}}); n != 1 {
+		t.Errorf("Commit after prune added %d, want 1 (only the pruned ID)", n)
+	}
+	// Prune survives a reopen, and pruning many entries works in chunks.
+	s.Close()
+	s = open(t, path, clk)
+	var keys []string
+	for i := range pruneChunk + 10 {
+		keys = append(keys, fmt.Sprintf("bulk-%d", i))
+	}
+	mustCommit(t, s, Change{Done: keys})
+	n, err = s.Prune(clk.Now().Add(retention+time.Second), retention)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != len(keys)+2 { // + k-new and the exported ID "new"
+		t.Errorf("bulk Prune = %d, want %d", n, len(keys)+2)
+	}
+}
+
+func TestOpenLocked(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	s := open(t, path, nil)
+	defer s.Close()
+	_, err := Open(path, Options{LockTimeout: 50 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "locked by another process") {
+		t.Fatalf("second Open = %v, want a locked error", err)
+	}
+}
+
+func TestOpenDirCreatesPrivateDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "a", "b")
+	s, err := OpenDir(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	fi, err := os.Stat(filepath.Join(dir, FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("file mode = %v, want 0600", fi.Mode().Perm())
+	}
+}
+
+func TestCommitRejectsRecordWithoutID(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), FileName), nil)
+	defer s.Close()
+	if _, err := s.Commit(Change{Records: []alert.Record{{EventName: "x"}}}); err == nil {
+		t.Fatal("Commit(record without ID) = nil error")
+	}
+	if d := s.Depth(); d != 0 {
+		t.Errorf("Depth() = %d, want 0", d)
+	}
+}
+
+func TestAddedNotifies(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), FileName), nil)
+	defer s.Close()
+	mustCommit(t, s, Change{Done: []string{"k"}})
+	select {
+	case <-s.Added():
+		t.Fatal("Added fired for a change without records")
+	default:
+	}
+	mustCommit(t, s, Change{Records: []alert.Record{rec("a")}})
+	mustCommit(t, s, Change{Records: []alert.Record{rec("b")}})
+	select {
+	case <-s.Added():
+	default:
+		t.Fatal("Added did not fire after a commit with records")
+	}
+	select {
+	case <-s.Added():
+		t.Fatal("Added fired twice: it should coalesce")
+	default:
+	}
+}
+
+// TestConcurrentCommits runs many writers at once (group commit) and checks
+// that every record is there exactly once and every writer got its count.
+func TestConcurrentCommits(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), FileName), nil)
+	defer s.Close()
+	const writers, perWriter = 8, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWriter {
+				id := fmt.Sprintf("w%d-%d", w, i)
+				// Every writer also re-sends the record of writer 0 (a duplicate).
+				n, err := s.Commit(Change{Records: []alert.Record{rec(id), rec(fmt.Sprintf("w0-%d", i))}, Done: []string{"k-" + id}})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if n > 2 || (w != 0 && n < 1) {
+					errs <- fmt.Errorf("writer %d commit %d added %d", w, i, n)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	got := mustOutbox(t, s)
+	seen := map[string]int{}
+	for _, r := range got {
+		seen[r.ID]++
+	}
+	if len(got) != writers*perWriter || len(seen) != writers*perWriter {
+		t.Errorf("outbox holds %d records (%d distinct), want %d", len(got), len(seen), writers*perWriter)
+	}
+	if d := s.Depth(); d != writers*perWriter {
+		t.Errorf("Depth() = %d, want %d", d, writers*perWriter)
+	}
+}
+
+// Crash safety: a child process commits and reports each acknowledged
+// commit on stdout, then is killed with SIGKILL mid-stream. Everything it
+// reported must be in the store when reopened.
+const crashEnv = "TOKENWATCH_STATE_CRASH_CHILD"
+
+func crashChild(path string) {
+	s, err := Open(path, Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	w := bufio.NewWriter(os.Stdout)
+	for i := 0; ; i++ {
+		if _, err := s.Commit(Change{Records: []alert.Record{rec(fmt.Sprintf("c%06d", i))}, Done: []string{fmt.Sprintf("k%06d", i)}}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		fmt.Fprintln(w, i) // acknowledged
+		w.Flush()
+	}
+}
+
+func TestCrashKeepsAcknowledgedCommits(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), crashEnv+"="+path)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	last := -1
+	for sc.Scan() {
+		n, err := strconv.Atoi(sc.Text())
+		if err != nil {
+			t.Fatalf("child said %q", sc.Text())
+		}
+		last = n
+		if last == 50 {
+			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	// Drain what the child said before dying: those were acknowledged too.
+	for sc.Scan() {
+		if n, err := strconv.Atoi(sc.Text()); err == nil {
+			last = n
+		}
+	}
+	cmd.Wait()
+	if last < 50 {
+		t.Fatalf("child acknowledged only %d commits before exiting", last+1)
+	}
+
+	s := open(t, path, nil)
+	defer s.Close()
+	got := mustOutbox(t, s)
+	if len(got) < last+1 {
+		t.Fatalf("after SIGKILL the outbox holds %d records, want at least the %d acknowledged", len(got), last+1)
+	}
+	for i := 0; i <= last; i++ {
+		if got[i].ID != fmt.Sprintf("c%06d", i) {
+			t.Fatalf("record %d is %s, want c%06d", i, got[i].ID, i)
+		}
+	}
+	keys := []string{}
+	for i := 0; i <= last; i++ {
+		keys = append(keys, fmt.Sprintf("k%06d", i))
+	}
+	for k, st := range mustStates(t, s, keys...) {
+		if st != StateDone {
+			t.Errorf("after SIGKILL %s is %v, want done", k, st)
+		}
+	}
+	if len(mustStates(t, s, keys...)) != len(keys) {
+		t.Errorf("after SIGKILL some acknowledged dedupe marks are missing")
+	}
+}
