@@ -1,0 +1,12 @@
+// Package export turns alert records into OpenTelemetry log records and
+// delivers them: over OTLP/gRPC with the OpenTelemetry Go logs SDK and its
+// otlploggrpc exporter, or, when no endpoint is configured, to stdout in the
+// OTLP JSON file format (one ExportLogsServiceRequest per line, as the
+// Collector's file exporter writes and its otlpjsonfile receiver reads).
+//
+// Exports are synchronous: an Exporter reports success only when the
+// endpoint accepted the records. The Drainer moves records from the durable
+// outbox (package state) to an Exporter and marks them exported only then,
+// retrying with capped exponential backoff and jitter, so a collector outage
+// delays alerts but never loses them.
+package export
