@@ -66,6 +66,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if err != nil {
 		w.logger.Warn("config watch: fsnotify unavailable, polling only", "path", w.path, "poll", w.poll, "err", err)
 	}
+	// A change between the initial load and the watch being set up would
+	// otherwise wait for the poll.
+	w.Check()
 	ticker := time.NewTicker(w.poll)
 	defer ticker.Stop()
 	for {
@@ -109,7 +112,7 @@ func (w *Watcher) Check() bool {
 		w.logger.Error("config reload: invalid file rejected, keeping the previous configuration", "path", w.path, "err", err)
 		return false
 	}
-	w.logger.Info("config reloaded", "path", w.path)
 	w.onChange(cfg)
+	w.logger.Info("config reloaded", "path", w.path)
 	return true
 }
