@@ -1,0 +1,218 @@
+package prefilter
+
+import (
+	"bytes"
+
+	"github.com/tokenwatch/tokenwatch/internal/audit"
+)
+
+// Span is one line of a block: block[Start:End], without its newline.
+type Span struct {
+	Start, End int
+}
+
+// Candidates appends to dst the lines of block that may hold a token create,
+// in block order, each once. block holds whole lines separated by '\n'; a
+// last line without a newline is treated as a line too.
+func Candidates(dst []Span, block []byte) []Span {
+	base := len(dst)
+	dst = literal(dst, block)
+	nlit := len(dst)
+	dst = escaped(dst, block)
+	if len(dst) > nlit && nlit > base {
+		dst = merge(dst, base, nlit)
+	}
+	return dst
+}
+
+// literal finds lines holding `"token"` by searching for its rarest byte.
+func literal(dst []Span, block []byte) []Span {
+	i := 0
+	for {
+		k := bytes.IndexByte(block[i:], 'k')
+		if k < 0 {
+			return dst
+		}
+		k += i
+		if k >= 3 && k+3 < len(block) &&
+			block[k-3] == '"' && block[k-2] == 't' && block[k-1] == 'o' &&
+			block[k+1] == 'e' && block[k+2] == 'n' && block[k+3] == '"' {
+			s := lineAt(block, k)
+			dst = append(dst, s)
+			i = s.End
+			if i >= len(block) {
+				return dst
+			}
+			continue
+		}
+		i = k + 1
+	}
+}
+
+// escaped finds lines holding a \u escape of one of the letters of "token".
+func escaped(dst []Span, block []byte) []Span {
+	i := 0
+	for {
+		b := indexEscape(block[i:], &tokenLetters)
+		if b < 0 {
+			return dst
+		}
+		s := lineAt(block, i+b)
+		dst = append(dst, s)
+		i = s.End
+		if i >= len(block) {
+			return dst
+		}
+	}
+}
+
+// letters is a set of bytes.
+type letters [256]bool
+
+func letterSet(word string) letters {
+	var l letters
+	for i := 0; i < len(word); i++ {
+		l[word[i]] = true
+	}
+	return l
+}
+
+var (
+	tokenLetters  = letterSet("token")
+	createLetters = letterSet("create")
+	saLetters     = letterSet("serviceaccounts")
+)
+
+// indexEscape returns the index of the first \u00XX escape in b that writes
+// a byte of set, or -1. It may report an escaped backslash followed by
+// "u00XX": a false candidate, never a missed one.
+func indexEscape(b []byte, set *letters) int {
+	i := 0
+	for {
+		k := bytes.IndexByte(b[i:], '\\')
+		if k < 0 {
+			return -1
+		}
+		k += i
+		if k+5 < len(b) && b[k+1] == 'u' && b[k+2] == '0' && b[k+3] == '0' {
+			hi, ok1 := unhex(b[k+4])
+			lo, ok2 := unhex(b[k+5])
+			if ok1 && ok2 && set[hi<<4|lo] {
+				return k
+			}
+		}
+		i = k + 1
+	}
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+// mayHold reports whether line can hold the JSON string value written
+// quoted: it has the literal or an escape of one of its letters.
+func mayHold(line []byte, quoted []byte, set *letters) bool {
+	return bytes.Contains(line, quoted) || indexEscape(line, set) >= 0
+}
+
+var (
+	quotedCreate = []byte(`"create"`)
+	quotedSA     = []byte(`"serviceaccounts"`)
+)
+
+// Plausible reports whether a candidate line can hold the other two values
+// of a token create, "create" (verb) and "serviceaccounts" (resource),
+// literally or escaped. It drops most decoys without decoding them.
+func Plausible(line []byte) bool {
+	return mayHold(line, quotedCreate, &createLetters) && mayHold(line, quotedSA, &saLetters)
+}
+
+// lineAt returns the line of block that holds byte i.
+func lineAt(block []byte, i int) Span {
+	start := bytes.LastIndexByte(block[:i], '\n') + 1
+	end := bytes.IndexByte(block[i:], '\n')
+	if end < 0 {
+		end = len(block)
+	} else {
+		end += i
+	}
+	return Span{Start: start, End: end}
+}
+
+// merge sorts dst[base:] given that dst[base:mid] and dst[mid:] are each
+// sorted and duplicate-free, and removes duplicates across the two.
+func merge(dst []Span, base, mid int) []Span {
+	a := append([]Span(nil), dst[base:mid]...)
+	b := append([]Span(nil), dst[mid:]...)
+	out := dst[:base]
+	for len(a) > 0 || len(b) > 0 {
+		switch {
+		case len(b) == 0 || (len(a) > 0 && a[0].Start < b[0].Start):
+			out = append(out, a[0])
+			a = a[1:]
+		case len(a) == 0 || b[0].Start < a[0].Start:
+			out = append(out, b[0])
+			b = b[1:]
+		default: // same line found by both searches
+			out = append(out, a[0])
+			a, b = a[1:], b[1:]
+		}
+	}
+	return out
+}
+
+// Match is a decoded token create and the offset of its line in the block.
+type Match struct {
+	Offset int
+	Event  *audit.Event
+}
+
+// Counts tells what a Filter saw in one block.
+type Counts struct {
+	// Candidates is the number of lines that may hold "token".
+	Candidates int
+	// Decoded is the number of candidates that were decoded.
+	Decoded int
+	// Matches is the number of token creates among them.
+	Matches int
+	// Malformed is the number of decoded candidates that were not valid.
+	Malformed int
+}
+
+// Filter finds the token creates of blocks. Its zero value is ready to use;
+// it reuses its buffers between calls and is not safe for concurrent use.
+type Filter struct {
+	spans []Span
+}
+
+// Block appends to dst the token creates of block, in order.
+func (f *Filter) Block(dst []Match, block []byte) ([]Match, Counts) {
+	f.spans = Candidates(f.spans[:0], block)
+	c := Counts{Candidates: len(f.spans)}
+	for _, s := range f.spans {
+		line := block[s.Start:s.End]
+		if !Plausible(line) {
+			continue
+		}
+		c.Decoded++
+		ev, err := audit.Decode(line)
+		if err != nil {
+			c.Malformed++
+			continue
+		}
+		if !ev.IsTokenCreate() {
+			continue
+		}
+		c.Matches++
+		dst = append(dst, Match{Offset: s.Start, Event: ev})
+	}
+	return dst, c
+}
