@@ -1,0 +1,90 @@
+package wire
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tokenwatch/tokenwatch/internal/audit"
+	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
+)
+
+const full = `{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"a1","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/team-a/serviceaccounts/app/token?dryRun=All","verb":"create","user":{"username":"alice","uid":"u1","groups":["dev"],"extra":{"authentication.kubernetes.io/credential-id":["X509SHA256=ab"]}},"impersonatedUser":{"username":"bob","groups":["system:authenticated"]},"sourceIPs":["10.0.0.9","192.0.2.7"],"userAgent":"kubectl","objectRef":{"resource":"serviceaccounts","namespace":"team-a","name":"app","uid":"o1","apiGroup":"","apiVersion":"v1","subresource":"token"},"responseStatus":{"metadata":{},"status":"Failure","message":"m","reason":"Forbidden","code":403},"requestObject":{"spec":{"audiences":["vault"],"expirationSeconds":0,"boundObjectRef":{"kind":"Pod","apiVersion":"v1","name":"app-0","uid":"p1"}}},"responseObject":{"status":{"token":"eyJhbGciOiJSUzI1NiJ9.SECRETPAYLOAD.SIG"}},"requestReceivedTimestamp":"2026-11-26T23:09:13.821930Z","stageTimestamp":"2026-11-26T23:09:13.826405Z","annotations":{"authorization.k8s.io/decision":"allow"}}`
+
+func roundTrip(t *testing.T, e *audit.Event) {
+	t.Helper()
+	b, err := proto.Marshal(ToProto(e))
+	if err != nil {
+		t.Fatalf("marshal: %v", err)
+	}
+	var p tokenwatchv1.TokenEvent
+	if err := proto.Unmarshal(b, &p); err != nil {
+		t.Fatalf("unmarshal: %v", err)
+	}
+	if diff := cmp.Diff(e, FromProto(&p), cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	e, err := audit.Decode([]byte(full))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := int64(0)
+	tests := []struct {
+		name string
+		give *audit.Event
+	}{
+		{"full", e},
+		{"empty", &audit.Event{}},
+		{"empty user is not absent", &audit.Event{User: &audit.UserInfo{}}},
+		{"request body without spec fields", &audit.Event{RequestObject: &audit.TokenRequest{}}},
+		{"zero expiration is kept", &audit.Event{RequestObject: &audit.TokenRequest{Spec: audit.TokenRequestSpec{ExpirationSeconds: &zero}}}},
+		{"status without code", &audit.Event{ResponseStatus: &audit.Status{}}},
+		{"objectRef empty", &audit.Event{ObjectRef: &audit.ObjectReference{}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { roundTrip(t, tt.give) })
+	}
+}
+
+func TestNoToken(t *testing.T) {
+	e, err := audit.Decode([]byte(full))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := proto.Marshal(ToProto(e))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := string(b); strings.Contains(s, "SECRETPAYLOAD") || strings.Contains(s, "eyJhbGci") {
+		t.Errorf("the minted token is on the wire")
+	}
+}
+
+func TestFromProtoUserWithoutPresent(t *testing.T) {
+	got := FromProto(&tokenwatchv1.TokenEvent{User: &tokenwatchv1.UserInfo{Username: "alice"}})
+	if got.Username() != "alice" {
+		t.Errorf("Username() = %q, want alice: a name without Present still counts", got.Username())
+	}
+	if got := FromProto(&tokenwatchv1.TokenEvent{User: &tokenwatchv1.UserInfo{}}); got.User != nil {
+		t.Errorf("User = %+v, want nil for an empty, not-present user", got.User)
+	}
+}
+
+// FuzzRoundTrip: whatever Decode accepts crosses the wire unchanged.
+func FuzzRoundTrip(f *testing.F) {
+	f.Add([]byte(full))
+	f.Add([]byte(`{"user":{"username":"\u00ff\ud800"},"annotations":{"\u0000":""}}`))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		e, err := audit.Decode(line)
+		if err != nil {
+			return
+		}
+		roundTrip(t, e)
+	})
+}
