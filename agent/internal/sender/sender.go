@@ -1,0 +1,551 @@
+package sender
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
+)
+
+// Config configures a Sender. Zero durations and sizes take the defaults.
+type Config struct {
+	// Target is the aggregator's HOST:PORT.
+	Target string
+	// Credentials secure the connection (TLS, or insecure on loopback).
+	Credentials credentials.TransportCredentials
+	// Hello is sent first on every stream; MaxBatchEvents is filled in.
+	Hello *tokenwatchv1.Hello
+
+	// MaxBatchEvents bounds the events of one batch (default 512).
+	MaxBatchEvents int
+	// MaxBatchBytes bounds the encoded size of one batch (default 1 MiB);
+	// a single larger event travels alone.
+	MaxBatchBytes int
+	// MaxUnacked bounds the batches held until acknowledged (default 16).
+	MaxUnacked int
+	// HeartbeatInterval is used unless the Welcome names one (default 10s).
+	HeartbeatInterval time.Duration
+	// WelcomeTimeout bounds connecting and waiting for the Welcome (default 10s).
+	WelcomeTimeout time.Duration
+	// BackoffMin and BackoffMax bound the wait between attempts (200ms, 30s).
+	BackoffMin, BackoffMax time.Duration
+	// GiveUpAfter makes Run fail when no stream has been welcomed for this
+	// long (since start or since the last stream ended); 0 retries forever.
+	GiveUpAfter time.Duration
+
+	// Status, when set, fills the position fields of heartbeats.
+	Status func() *tokenwatchv1.Heartbeat
+	// OnAck receives the marks of acknowledged items, in order. It is called
+	// with the sender's lock held: it must be quick and must not call the Sender.
+	OnAck func(mark any)
+	// Logger receives connection events (never event contents).
+	Logger *slog.Logger
+	// DialOptions are added to the client's options (tests).
+	DialOptions []grpc.DialOption
+}
+
+func (c *Config) setDefaults() {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defd := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.MaxBatchEvents, 512)
+	def(&c.MaxBatchBytes, 1<<20)
+	def(&c.MaxUnacked, 16)
+	defd(&c.HeartbeatInterval, 10*time.Second)
+	defd(&c.WelcomeTimeout, 10*time.Second)
+	defd(&c.BackoffMin, 200*time.Millisecond)
+	defd(&c.BackoffMax, 30*time.Second)
+	if c.BackoffMax < c.BackoffMin {
+		c.BackoffMax = c.BackoffMin
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.OnAck == nil {
+		c.OnAck = func(any) {}
+	}
+}
+
+// ErrClosed is returned by Enqueue after Close.
+var ErrClosed = errors.New("sender closed")
+
+// batch is a unit of acknowledgement.
+type batch struct {
+	events  []*tokenwatchv1.TokenEvent
+	losses  []*tokenwatchv1.LossReport
+	bytes   int
+	mark    any
+	hasMark bool
+	seq     uint64 // on the current stream; 0 = not sent on it
+}
+
+// Stats are the sender's counters since New.
+type Stats struct {
+	EventsSent, EventsAcked   uint64 // EventsSent counts re-sends too
+	LossesSent, LossesAcked   uint64
+	BatchesSent, BatchesAcked uint64
+	Streams, Reconnects       uint64 // welcomed streams; those after the first
+	UnackedEvents             uint64
+	Connected                 bool
+}
+
+// Sender is the agent's side of the stream. Create it with New, run it with
+// Run, feed it with Enqueue.
+type Sender struct {
+	cfg Config
+
+	mu      sync.Mutex
+	queue   []*batch // unacknowledged, in order; queue[:sent] are on the current stream
+	sent    int
+	nextSeq uint64
+	closed  bool
+	room    chan struct{} // closed and replaced when the queue shrinks or the sender closes
+	wake    chan struct{} // capacity 1: there is something to send
+
+	ready                     atomic.Bool
+	eventsSent, eventsAcked   atomic.Uint64
+	lossesSent, lossesAcked   atomic.Uint64
+	batchesSent, batchesAcked atomic.Uint64
+	streams                   atomic.Uint64
+	unacked                   atomic.Uint64
+}
+
+// New checks cfg and returns a Sender. It does not connect.
+func New(cfg Config) (*Sender, error) {
+	if cfg.Target == "" {
+		return nil, errors.New("sender: no target")
+	}
+	if cfg.Credentials == nil {
+		return nil, errors.New("sender: no transport credentials")
+	}
+	if cfg.Hello == nil {
+		return nil, errors.New("sender: no hello")
+	}
+	cfg.setDefaults()
+	hello := proto.Clone(cfg.Hello).(*tokenwatchv1.Hello)
+	hello.MaxBatchEvents = uint32(cfg.MaxBatchEvents)
+	cfg.Hello = hello
+	return &Sender{
+		cfg:  cfg,
+		room: make(chan struct{}),
+		wake: make(chan struct{}, 1),
+	}, nil
+}
+
+// Ready reports whether a stream is open and welcomed.
+func (s *Sender) Ready() bool { return s.ready.Load() }
+
+// Stats returns the sender's counters.
+func (s *Sender) Stats() Stats {
+	st := s.streams.Load()
+	var re uint64
+	if st > 0 {
+		re = st - 1
+	}
+	return Stats{
+		EventsSent: s.eventsSent.Load(), EventsAcked: s.eventsAcked.Load(),
+		LossesSent: s.lossesSent.Load(), LossesAcked: s.lossesAcked.Load(),
+		BatchesSent: s.batchesSent.Load(), BatchesAcked: s.batchesAcked.Load(),
+		Streams: st, Reconnects: re,
+		UnackedEvents: s.unacked.Load(),
+		Connected:     s.ready.Load(),
+	}
+}
+
+// Enqueue queues events and losses, in order, and the mark that OnAck
+// reports once they and everything before them are acknowledged. With no
+// events and no losses the mark alone moves: at once when nothing is
+// unacknowledged. A nil mark is not reported. Enqueue blocks while
+// MaxUnacked batches are held; it returns ctx's error when ctx ends first,
+// and ErrClosed after Close.
+func (s *Sender) Enqueue(ctx context.Context, events []*tokenwatchv1.TokenEvent, losses []*tokenwatchv1.LossReport, mark any) error {
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return ErrClosed
+		}
+		if len(events) == 0 && len(losses) == 0 {
+			s.placeMark(mark)
+			s.mu.Unlock()
+			return nil
+		}
+		b := s.openBatch()
+		if b == nil {
+			room := s.room
+			s.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-room:
+			}
+			continue
+		}
+		// Fill b; what does not fit goes around the loop again.
+		for len(losses) > 0 && s.fits(b, proto.Size(losses[0])) {
+			b.bytes += proto.Size(losses[0])
+			b.losses = append(b.losses, losses[0])
+			losses = losses[1:]
+		}
+		for len(losses) == 0 && len(events) > 0 && s.fits(b, proto.Size(events[0])) {
+			b.bytes += proto.Size(events[0])
+			b.events = append(b.events, events[0])
+			s.unacked.Add(1)
+			events = events[1:]
+		}
+		if len(events) == 0 && len(losses) == 0 {
+			if mark != nil {
+				b.mark, b.hasMark = mark, true
+			}
+		}
+		s.mu.Unlock()
+		s.signal()
+	}
+}
+
+// openBatch returns a batch that can take more items: the last one if it
+// has not been sent on the current stream and has room, else a new one, or
+// nil when MaxUnacked batches are held. Called with mu held.
+func (s *Sender) openBatch() *batch {
+	if n := len(s.queue); n > s.sent && n > 0 {
+		if b := s.queue[n-1]; len(b.events) < s.cfg.MaxBatchEvents && b.bytes < s.cfg.MaxBatchBytes {
+			return b
+		}
+	}
+	if len(s.queue) >= s.cfg.MaxUnacked {
+		return nil
+	}
+	b := &batch{}
+	s.queue = append(s.queue, b)
+	return b
+}
+
+// fits reports whether an item of size n may join b; an empty batch takes
+// any one item.
+func (s *Sender) fits(b *batch, n int) bool {
+	if len(b.events)+len(b.losses) == 0 {
+		return true
+	}
+	return len(b.events) < s.cfg.MaxBatchEvents && b.bytes+n <= s.cfg.MaxBatchBytes
+}
+
+// placeMark attaches mark to the newest held batch, or reports it at once
+// when nothing is held. Called with mu held.
+func (s *Sender) placeMark(mark any) {
+	if mark == nil {
+		return
+	}
+	if n := len(s.queue); n > 0 {
+		s.queue[n-1].mark, s.queue[n-1].hasMark = mark, true
+		return
+	}
+	s.cfg.OnAck(mark)
+}
+
+// Close stops Enqueue; Run sends what is held, waits for its
+// acknowledgement, ends the stream and returns nil. Close is safe twice.
+func (s *Sender) Close() {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.room)
+		s.room = make(chan struct{})
+	}
+	s.mu.Unlock()
+	s.signal()
+}
+
+func (s *Sender) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// drained reports whether Close was called and everything is acknowledged.
+func (s *Sender) drained() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed && len(s.queue) == 0
+}
+
+// Run connects and streams until ctx ends (returning its error), until the
+// sender is closed and drained (returning nil), or until GiveUpAfter passes
+// without a welcomed stream (returning why).
+func (s *Sender) Run(ctx context.Context) error {
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(s.cfg.Credentials)}, s.cfg.DialOptions...)
+	conn, err := grpc.NewClient(s.cfg.Target, opts...)
+	if err != nil {
+		return fmt.Errorf("create client for %s: %w", s.cfg.Target, err)
+	}
+	defer conn.Close()
+	client := tokenwatchv1.NewAuditStreamServiceClient(conn)
+
+	backoff := s.cfg.BackoffMin
+	downSince := time.Now()
+	for {
+		if s.drained() {
+			return nil
+		}
+		welcomed, err := s.session(ctx, client)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if welcomed {
+			backoff = s.cfg.BackoffMin
+			downSince = time.Now()
+		}
+		down := time.Since(downSince)
+		if s.cfg.GiveUpAfter > 0 && down >= s.cfg.GiveUpAfter {
+			return fmt.Errorf("aggregator %s not reachable for %s: %w", s.cfg.Target, down.Round(time.Second), err)
+		}
+		wait := backoff/2 + rand.N(backoff/2+1) // equal jitter
+		if s.cfg.GiveUpAfter > 0 {
+			wait = min(wait, s.cfg.GiveUpAfter-down)
+		}
+		s.cfg.Logger.Warn("aggregator stream ended; reconnecting", "aggregator", s.cfg.Target, "error", err, "retry_in", wait.Round(time.Millisecond))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, s.cfg.BackoffMax)
+	}
+}
+
+var errNoWelcome = errors.New("no welcome")
+
+// session runs one stream. It returns nil once the sender is drained and the
+// stream closed, else the error that ended the stream, and whether the
+// stream was welcomed.
+func (s *Sender) session(ctx context.Context, client tokenwatchv1.AuditStreamServiceClient) (welcomed bool, err error) {
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	timer := time.AfterFunc(s.cfg.WelcomeTimeout, func() {
+		cancel(fmt.Errorf("%w within %s", errNoWelcome, s.cfg.WelcomeTimeout))
+	})
+	defer timer.Stop()
+
+	cause := func(err error) error {
+		if c := context.Cause(sctx); c != nil && !errors.Is(c, context.Canceled) {
+			return c
+		}
+		return err
+	}
+	stream, err := client.Stream(sctx)
+	if err != nil {
+		return false, cause(fmt.Errorf("open stream: %w", err))
+	}
+	if err := stream.Send(&tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Hello{Hello: s.cfg.Hello}}); err != nil {
+		return false, cause(fmt.Errorf("send hello: %w", s.sendErr(stream, err)))
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return false, cause(fmt.Errorf("wait for welcome: %w", err))
+	}
+	w := resp.GetWelcome()
+	if w == nil {
+		return false, fmt.Errorf("first response is not a welcome: %T", resp.GetMsg())
+	}
+	timer.Stop()
+	interval := s.cfg.HeartbeatInterval
+	if w.HeartbeatIntervalMs > 0 {
+		interval = time.Duration(w.HeartbeatIntervalMs) * time.Millisecond
+	}
+	if s.streams.Add(1) > 1 {
+		s.cfg.Logger.Info("reconnected to aggregator", "aggregator", s.cfg.Target, "cluster", w.Cluster)
+	} else {
+		s.cfg.Logger.Info("connected to aggregator", "aggregator", s.cfg.Target, "cluster", w.Cluster, "aggregator_version", w.AggregatorVersion)
+	}
+	s.ready.Store(true)
+	defer s.ready.Store(false)
+
+	// Everything held is sent again on this stream, numbered from 1.
+	s.mu.Lock()
+	s.sent = 0
+	s.nextSeq = 1
+	for _, b := range s.queue {
+		b.seq = 0
+	}
+	s.mu.Unlock()
+	s.signal()
+
+	// Either side's failure ends the stream, which unblocks the other side.
+	var g errgroup.Group
+	g.Go(func() error {
+		err := s.receive(stream)
+		if err != nil {
+			cancel(err)
+		}
+		return err
+	})
+	g.Go(func() error {
+		err := s.send(sctx, stream, interval)
+		if err != nil {
+			cancel(err)
+		}
+		return err
+	})
+	return true, g.Wait()
+}
+
+// sendErr returns the stream's real status when Send reports io.EOF.
+func (s *Sender) sendErr(stream grpc.BidiStreamingClient[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse], err error) error {
+	if errors.Is(err, io.EOF) {
+		if _, rerr := stream.Recv(); rerr != nil && !errors.Is(rerr, io.EOF) {
+			return rerr
+		}
+	}
+	return err
+}
+
+// receive handles acknowledgements until the stream ends.
+func (s *Sender) receive(stream grpc.BidiStreamingClient[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse]) error {
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			if s.drained() {
+				return nil
+			}
+			return errors.New("aggregator closed the stream")
+		}
+		if err != nil {
+			return fmt.Errorf("receive: %w", err)
+		}
+		ack := resp.GetAck()
+		if ack == nil {
+			return fmt.Errorf("unexpected %T from aggregator", resp.GetMsg())
+		}
+		if err := s.acked(ack.Seq); err != nil {
+			return err
+		}
+	}
+}
+
+// acked drops the batches up to seq and reports the newest mark among them.
+func (s *Sender) acked(seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if seq >= s.nextSeq {
+		return fmt.Errorf("aggregator acknowledged batch %d, only %d sent", seq, s.nextSeq-1)
+	}
+	n := 0
+	var mark any
+	hasMark := false
+	for n < s.sent && s.queue[n].seq <= seq {
+		b := s.queue[n]
+		s.eventsAcked.Add(uint64(len(b.events)))
+		s.lossesAcked.Add(uint64(len(b.losses)))
+		s.unacked.Add(^uint64(len(b.events) - 1))
+		s.batchesAcked.Add(1)
+		if b.hasMark {
+			mark, hasMark = b.mark, true
+		}
+		s.queue[n] = nil
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	s.queue = s.queue[n:]
+	s.sent -= n
+	if hasMark {
+		s.cfg.OnAck(mark)
+	}
+	close(s.room)
+	s.room = make(chan struct{})
+	if s.closed && len(s.queue) == 0 {
+		s.signal()
+	}
+	return nil
+}
+
+// send writes batches and heartbeats; it closes the send side once the
+// sender is closed and everything is acknowledged.
+func (s *Sender) send(ctx context.Context, stream grpc.BidiStreamingClient[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse], interval time.Duration) error {
+	hb := time.NewTicker(interval)
+	defer hb.Stop()
+	if err := s.heartbeat(stream); err != nil {
+		return err
+	}
+	for {
+		s.mu.Lock()
+		var req *tokenwatchv1.StreamRequest
+		var b *batch
+		if s.sent < len(s.queue) {
+			b = s.queue[s.sent]
+			b.seq = s.nextSeq
+			s.nextSeq++
+			s.sent++
+			req = &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: &tokenwatchv1.Batch{
+				Seq: b.seq, Events: b.events, Losses: b.losses,
+			}}}
+		}
+		done := s.closed && len(s.queue) == 0
+		s.mu.Unlock()
+		if req != nil {
+			if err := stream.Send(req); err != nil {
+				return fmt.Errorf("send batch: %w", s.sendErr(stream, err))
+			}
+			s.eventsSent.Add(uint64(len(b.events)))
+			s.lossesSent.Add(uint64(len(b.losses)))
+			s.batchesSent.Add(1)
+			continue
+		}
+		if done {
+			if err := stream.CloseSend(); err != nil {
+				return fmt.Errorf("close stream: %w", err)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-s.wake:
+		case <-hb.C:
+			if err := s.heartbeat(stream); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Sender) heartbeat(stream grpc.BidiStreamingClient[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse]) error {
+	h := &tokenwatchv1.Heartbeat{}
+	if s.cfg.Status != nil {
+		if st := s.cfg.Status(); st != nil {
+			h = st
+		}
+	}
+	h.Sent = timestamppb.Now()
+	h.Unacked = s.unacked.Load()
+	if err := stream.Send(&tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Heartbeat{Heartbeat: h}}); err != nil {
+		return fmt.Errorf("send heartbeat: %w", s.sendErr(stream, err))
+	}
+	return nil
+}
