@@ -213,13 +213,15 @@ func (s *Sender) Enqueue(ctx context.Context, events []*tokenwatchv1.TokenEvent,
 			s.unacked.Add(1)
 			events = events[1:]
 		}
-		if len(events) == 0 && len(losses) == 0 {
-			if mark != nil {
-				b.mark, b.hasMark = mark, true
-			}
+		done := len(events) == 0 && len(losses) == 0
+		if done && mark != nil {
+			b.mark, b.hasMark = mark, true
 		}
 		s.mu.Unlock()
 		s.signal()
+		if done {
+			return nil
+		}
 	}
 }
 
