@@ -15,6 +15,10 @@ import (
 // DefaultPoll is how often a Watcher re-reads the file when no event came.
 const DefaultPoll = 10 * time.Second
 
+// Settle is how long the file's directory must be quiet after a change
+// before the file is read again.
+const Settle = 100 * time.Millisecond
+
 // Watcher re-reads a configuration file when it changes and hands every new
 // valid configuration to a callback. An invalid file is logged and ignored:
 // the previous configuration stays in force.
@@ -71,11 +75,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 	w.Check()
 	ticker := time.NewTicker(w.poll)
 	defer ticker.Stop()
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	defer settle.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-ticker.C:
+			w.Check()
+		case <-settle.C:
 			w.Check()
 		case _, ok := <-events:
 			if !ok {
@@ -83,8 +92,10 @@ func (w *Watcher) Run(ctx context.Context) error {
 				continue
 			}
 			// Any event in the directory may be a swap of the file or of a
-			// symlink on its path: re-read and compare contents.
-			w.Check()
+			// symlink on its path: re-read and compare contents once the
+			// directory has been quiet for Settle, so that a file written
+			// in place is not read half-written.
+			settle.Reset(Settle)
 		case err, ok := <-errs:
 			if !ok {
 				errs = nil
