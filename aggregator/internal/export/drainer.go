@@ -155,7 +155,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 			return nil
 		default:
 		}
-		recs, err := d.src.Outbox(d.cfg.BatchSize)
+		recs, err := d.src.Outbox(d.batchSize(failures))
 		if err != nil {
 			return fmt.Errorf("drain outbox: %w", err)
 		}
@@ -246,6 +246,13 @@ func (d *Drainer) export(ctx context.Context, recs []alert.Record) error {
 		d.onExport(len(recs), err)
 	}
 	return err
+}
+
+// batchSize halves the batch per consecutive failure (down to one record),
+// so that a request the endpoint refuses for its size gets through, and a
+// record that always fails is isolated and logged. One success restores it.
+func (d *Drainer) batchSize(failures int) int {
+	return max(1, d.cfg.BatchSize>>min(failures, 30))
 }
 
 // backoff is the wait after the n-th consecutive failure: MinBackoff

@@ -328,3 +328,13 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+func TestBatchSizeShrinksOnFailure(t *testing.T) {
+	d := &Drainer{cfg: DrainerConfig{BatchSize: 512}}
+	tests := []struct{ give, want int }{{0, 512}, {1, 256}, {3, 64}, {9, 1}, {10, 1}, {1000, 1}}
+	for _, tt := range tests {
+		if got := d.batchSize(tt.give); got != tt.want {
+			t.Errorf("batchSize(%d) = %d, want %d", tt.give, got, tt.want)
+		}
+	}
+}

@@ -152,7 +152,7 @@ func (s *sink) waitRecords(t *testing.T, n int) []*logspb.LogRecord {
 
 // startSink serves a sink on addr ("127.0.0.1:0" for any port) until the
 // test ends or stop is called.
-func startSink(t *testing.T, addr string) (s *sink, endpoint string, stop func()) {
+func startSink(t testing.TB, addr string) (s *sink, endpoint string, stop func()) {
 	t.Helper()
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {

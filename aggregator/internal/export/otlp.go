@@ -148,7 +148,8 @@ func (o *OTLP) Export(ctx context.Context, recs []alert.Record) error {
 	o.coll.records = o.coll.records[:0]
 	now := o.now()
 	for i := range recs {
-		o.logger.Emit(ctx, apiRecord(&recs[i], now))
+		// Not ctx: no span context of the caller belongs on an alert.
+		o.logger.Emit(context.Background(), apiRecord(&recs[i], now))
 	}
 	built := o.coll.records
 	o.coll.records = nil

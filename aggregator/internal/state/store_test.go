@@ -2,6 +2,7 @@ package state
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -520,4 +521,17 @@ func TestCrashKeepsAcknowledgedCommits(t *testing.T) {
 	if len(mustStates(t, s, keys...)) != len(keys) {
 		t.Errorf("after SIGKILL some acknowledged dedupe marks are missing")
 	}
+}
+
+func TestRunPruneStopsWithContext(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), FileName), nil)
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.RunPrune(ctx, time.Millisecond, func() time.Duration { return time.Hour }, nil)
+	}()
+	cancel()
+	<-done
 }
