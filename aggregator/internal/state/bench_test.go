@@ -3,6 +3,7 @@ package state
 import (
 	"fmt"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -51,6 +52,29 @@ func BenchmarkCommitParallel(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if _, err := s.Commit(benchChange(n.Add(1))); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkSubmitUnderLock is the ingest pattern: several streams decide
+// under one lock, Submit, and wait for durability outside the lock.
+func BenchmarkSubmitUnderLock(b *testing.B) {
+	s := open(b, filepath.Join(b.TempDir(), FileName), nil)
+	defer s.Close()
+	var (
+		mu sync.Mutex
+		n  int64
+	)
+	b.SetParallelism(4)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			mu.Lock()
+			n++
+			wait := s.Submit(benchChange(n))
+			mu.Unlock()
+			if _, err := wait(); err != nil {
 				b.Fatal(err)
 			}
 		}

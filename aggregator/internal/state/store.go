@@ -227,9 +227,19 @@ func (c *Change) Empty() bool {
 // returns the number of records added to the outbox. An empty change returns
 // at once without touching the file.
 func (s *Store) Commit(c Change) (added int, err error) {
+	return s.Submit(c)()
+}
+
+// Submit queues c for commit and returns at once; wait returns what Commit
+// returns, once c is durable. Changes are committed in Submit order, so a
+// caller can decide under its own lock, Submit, release the lock and wait
+// outside it: concurrent batches then share one transaction and one fsync.
+// The effects of a change are not visible to States before it committed.
+func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 	if c.Empty() {
-		return 0, nil
+		return func() (int, error) { return 0, nil }
 	}
+	fail := func(err error) func() (int, error) { return func() (int, error) { return 0, err } }
 	type encoded struct {
 		id  []byte
 		val []byte
@@ -238,11 +248,11 @@ func (s *Store) Commit(c Change) (added int, err error) {
 	for i := range c.Records {
 		r := &c.Records[i]
 		if r.ID == "" {
-			return 0, fmt.Errorf("commit: record %d (%s) has no ID", i, r.EventName)
+			return fail(fmt.Errorf("commit: record %d (%s) has no ID", i, r.EventName))
 		}
 		v, err := json.Marshal(r)
 		if err != nil {
-			return 0, fmt.Errorf("commit: encode record %s: %w", r.ID, err)
+			return fail(fmt.Errorf("commit: encode record %s: %w", r.ID, err))
 		}
 		recs[i] = encoded{id: []byte(r.ID), val: v}
 	}
@@ -250,12 +260,13 @@ func (s *Store) Commit(c Change) (added int, err error) {
 	for i := range c.Pending {
 		p := &c.Pending[i]
 		if p.Key == "" {
-			return 0, fmt.Errorf("commit: pending entry %d has no key", i)
+			return fail(fmt.Errorf("commit: pending entry %d has no key", i))
 		}
 		pend[i] = encoded{id: []byte(p.Key), val: encodePending(p)}
 	}
 
-	err = s.update(func(tx *bolt.Tx) error {
+	var added int
+	o := s.enqueue(func(tx *bolt.Tx) error {
 		added = 0
 		now := s.now()
 		outbox, ids := tx.Bucket(bucketOutbox), tx.Bucket(bucketIDs)
@@ -302,18 +313,21 @@ func (s *Store) Commit(c Change) (added int, err error) {
 			}
 		}
 		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("commit to state %s: %w", s.path, err)
-	}
-	if added > 0 {
-		s.depth.Add(int64(added))
-		select {
-		case s.added <- struct{}{}:
-		default:
+	}, func() {
+		if added > 0 {
+			s.depth.Add(int64(added))
+			select {
+			case s.added <- struct{}{}:
+			default:
+			}
 		}
-	}
-	return added, nil
+	})
+	return sync.OnceValues(func() (int, error) {
+		if err := s.await(o); err != nil {
+			return 0, fmt.Errorf("commit to state %s: %w", s.path, err)
+		}
+		return added, nil
+	})
 }
 
 // DuePending returns up to max pending entries (all if max <= 0) whose

@@ -535,3 +535,59 @@ func TestRunPruneStopsWithContext(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestSubmitCommitsInOrder: changes submitted one after the other commit in
+// that order, whatever order their owners wait in.
+func TestSubmitCommitsInOrder(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), FileName), nil)
+	defer s.Close()
+	w1 := s.Submit(Change{Records: []alert.Record{rec("first")}, Done: []string{"k"}})
+	w2 := s.Submit(Change{Records: []alert.Record{rec("second")}, Pending: []Pending{{Key: "k", Deadline: t0}}})
+	w3 := s.Submit(Change{Records: []alert.Record{rec("first")}})
+	for i, w := range []func() (int, error){w3, w2, w1, w1} {
+		n, err := w()
+		want := []int{0, 1, 1, 1}[i]
+		if err != nil || n != want {
+			t.Errorf("wait %d = %d, %v, want %d", i, n, err, want)
+		}
+	}
+	if diff := cmp.Diff([]string{"first", "second"}, ids(mustOutbox(t, s))); diff != "" {
+		t.Errorf("outbox (-want +got):\n%s", diff)
+	}
+	if st := mustStates(t, s, "k")["k"]; st != StateDone {
+		t.Errorf("k is %v, want done (Done committed before the later Pending)", st)
+	}
+	if _, err := s.Submit(Change{Records: []alert.Record{{}}})(); err == nil {
+		t.Error("Submit(record without ID) waited to nil error")
+	}
+}
+
+// TestSubmitUnderCallerLock is the pattern for the ingest path: decide and
+// Submit under the caller's lock, wait outside it.
+func TestSubmitUnderCallerLock(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), FileName), nil)
+	defer s.Close()
+	var mu sync.Mutex
+	var order []string
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				id := fmt.Sprintf("w%d-%d", w, i)
+				mu.Lock()
+				wait := s.Submit(Change{Records: []alert.Record{rec(id)}})
+				order = append(order, id)
+				mu.Unlock()
+				if n, err := wait(); err != nil || n != 1 {
+					t.Errorf("wait(%s) = %d, %v", id, n, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if diff := cmp.Diff(order, ids(mustOutbox(t, s))); diff != "" {
+		t.Errorf("outbox is not in Submit order (-want +got):\n%s", diff)
+	}
+}
