@@ -1,0 +1,172 @@
+package guard
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config holds the limits. The zero value of a field means its default
+// (DefaultConfig); Validate rejects negative values and impossible
+// combinations.
+type Config struct {
+	// MaxRecvMsgBytes bounds one received gRPC message (default 4 MiB; the
+	// agent's batches are at most 1 MiB unless one event is larger).
+	MaxRecvMsgBytes int
+	// MaxEventsPerBatch and MaxLossesPerBatch bound one Batch (defaults
+	// 4096 and 1024; the agent sends at most 512 events per batch).
+	MaxEventsPerBatch int
+	MaxLossesPerBatch int
+
+	// MaxStreams bounds the concurrent gRPC streams of the whole server,
+	// health watches included (default 1024).
+	MaxStreams int
+	// MaxStreamsPerCluster bounds the concurrent agent streams that name one
+	// cluster in their Hello (default 32: one per control-plane node, plus
+	// replays and reconnects that overlap a dying stream).
+	MaxStreamsPerCluster int
+	// MaxStreamsPerConn is HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (default
+	// 8; an agent uses one stream per connection).
+	MaxStreamsPerConn uint32
+	// MaxAgents bounds the (cluster, node) keys whose rate state is kept;
+	// idle keys whose budget has refilled are forgotten first (default 10000).
+	MaxAgents int
+
+	// EventsPerSecond and EventBurst are each agent's (cluster, node) token
+	// bucket for events (defaults 2000/s, burst 20000: a busy control plane
+	// writes a few thousand audit events a second, of which token creates
+	// are a fraction; the burst covers a reconnect's resend and replays).
+	EventsPerSecond float64
+	EventBurst      int
+	// MessagesPerSecond and MessageBurst bound each agent's stream messages
+	// (batches, heartbeats, hellos) (defaults 200/s, burst 1000).
+	MessagesPerSecond float64
+	MessageBurst      int
+	// MaxThrottle is how long a message may be held back to fit the rate
+	// before the stream is cut off with ResourceExhausted instead (default
+	// 5s). Holding back is backpressure: a real agent just batches more.
+	// A negative value is invalid; use a tiny duration to refuse at once.
+	MaxThrottle time.Duration
+
+	// KeepaliveMinTime is the shortest client ping interval tolerated;
+	// faster pings get the connection closed with GOAWAY too_many_pings
+	// (default 10s; agents must ping no more often).
+	KeepaliveMinTime time.Duration
+	// KeepaliveDenyWithoutStream refuses pings on connections without an
+	// active stream (default false: pings are permitted, as agents between
+	// streams may keep their connection warm).
+	KeepaliveDenyWithoutStream bool
+	// KeepaliveTime and KeepaliveTimeout: the server pings an idle
+	// connection after KeepaliveTime and closes it when no answer comes
+	// within KeepaliveTimeout (defaults 30s and 10s), so dead peers free
+	// their stream slots.
+	KeepaliveTime    time.Duration
+	KeepaliveTimeout time.Duration
+	// HandshakeTimeout bounds the connection handshake, TLS included
+	// (default 10s), against peers that connect and stall.
+	HandshakeTimeout time.Duration
+	// MaxHeaderListBytes bounds the HTTP/2 header list (default 64 KiB).
+	MaxHeaderListBytes uint32
+}
+
+// DefaultConfig returns the defaults, sized for real agents.
+func DefaultConfig() Config {
+	return Config{
+		MaxRecvMsgBytes:      4 << 20,
+		MaxEventsPerBatch:    4096,
+		MaxLossesPerBatch:    1024,
+		MaxStreams:           1024,
+		MaxStreamsPerCluster: 32,
+		MaxStreamsPerConn:    8,
+		MaxAgents:            10000,
+		EventsPerSecond:      2000,
+		EventBurst:           20000,
+		MessagesPerSecond:    200,
+		MessageBurst:         1000,
+		MaxThrottle:          5 * time.Second,
+		KeepaliveMinTime:     10 * time.Second,
+		KeepaliveTime:        30 * time.Second,
+		KeepaliveTimeout:     10 * time.Second,
+		HandshakeTimeout:     10 * time.Second,
+		MaxHeaderListBytes:   64 << 10,
+	}
+}
+
+// Validate reports every negative or inconsistent field by name.
+func (c Config) Validate() error {
+	var errs []error
+	neg := func(name string, v float64) {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("guard: %s must not be negative (0 means the default), got %v", name, v))
+		}
+	}
+	neg("MaxRecvMsgBytes", float64(c.MaxRecvMsgBytes))
+	neg("MaxEventsPerBatch", float64(c.MaxEventsPerBatch))
+	neg("MaxLossesPerBatch", float64(c.MaxLossesPerBatch))
+	neg("MaxStreams", float64(c.MaxStreams))
+	neg("MaxStreamsPerCluster", float64(c.MaxStreamsPerCluster))
+	neg("MaxAgents", float64(c.MaxAgents))
+	neg("EventsPerSecond", c.EventsPerSecond)
+	neg("EventBurst", float64(c.EventBurst))
+	neg("MessagesPerSecond", c.MessagesPerSecond)
+	neg("MessageBurst", float64(c.MessageBurst))
+	neg("MaxThrottle", float64(c.MaxThrottle))
+	neg("KeepaliveMinTime", float64(c.KeepaliveMinTime))
+	neg("KeepaliveTime", float64(c.KeepaliveTime))
+	neg("KeepaliveTimeout", float64(c.KeepaliveTimeout))
+	neg("HandshakeTimeout", float64(c.HandshakeTimeout))
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	d := c.withDefaults()
+	if d.MaxStreamsPerCluster > d.MaxStreams {
+		errs = append(errs, fmt.Errorf("guard: MaxStreamsPerCluster (%d) exceeds MaxStreams (%d)", d.MaxStreamsPerCluster, d.MaxStreams))
+	}
+	if d.EventBurst < d.MaxEventsPerBatch {
+		errs = append(errs, fmt.Errorf("guard: EventBurst (%d) is below MaxEventsPerBatch (%d): a full batch could never pass", d.EventBurst, d.MaxEventsPerBatch))
+	}
+	return errors.Join(errs...)
+}
+
+// withDefaults fills zero (and, defensively, negative) fields from
+// DefaultConfig.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	pick := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	pickf := func(v *float64, def float64) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	pickd := func(v *time.Duration, def time.Duration) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	pick(&c.MaxRecvMsgBytes, d.MaxRecvMsgBytes)
+	pick(&c.MaxEventsPerBatch, d.MaxEventsPerBatch)
+	pick(&c.MaxLossesPerBatch, d.MaxLossesPerBatch)
+	pick(&c.MaxStreams, d.MaxStreams)
+	pick(&c.MaxStreamsPerCluster, d.MaxStreamsPerCluster)
+	pick(&c.MaxAgents, d.MaxAgents)
+	pick(&c.EventBurst, d.EventBurst)
+	pick(&c.MessageBurst, d.MessageBurst)
+	pickf(&c.EventsPerSecond, d.EventsPerSecond)
+	pickf(&c.MessagesPerSecond, d.MessagesPerSecond)
+	pickd(&c.MaxThrottle, d.MaxThrottle)
+	pickd(&c.KeepaliveMinTime, d.KeepaliveMinTime)
+	pickd(&c.KeepaliveTime, d.KeepaliveTime)
+	pickd(&c.KeepaliveTimeout, d.KeepaliveTimeout)
+	pickd(&c.HandshakeTimeout, d.HandshakeTimeout)
+	if c.MaxStreamsPerConn == 0 {
+		c.MaxStreamsPerConn = d.MaxStreamsPerConn
+	}
+	if c.MaxHeaderListBytes == 0 {
+		c.MaxHeaderListBytes = d.MaxHeaderListBytes
+	}
+	return c
+}

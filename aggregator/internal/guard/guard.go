@@ -1,0 +1,326 @@
+package guard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
+)
+
+// Violation reasons, the values of the reason label.
+const (
+	ReasonMessageTooLarge     = "message_too_large"
+	ReasonMalformedMessage    = "malformed_message"
+	ReasonBatchTooLarge       = "batch_too_large"
+	ReasonTooManyStreams      = "too_many_streams"
+	ReasonTooManyClusterStreams = "too_many_cluster_streams"
+	ReasonTooManyAgents       = "too_many_agents"
+	ReasonEventRate           = "event_rate"
+	ReasonMessageRate         = "message_rate"
+)
+
+// Guard holds the limits' shared state: stream counts and per-agent rate
+// limiters. Use one Guard per gRPC server.
+type Guard struct {
+	cfg     Config
+	m       *metrics
+	now     func() time.Time
+	streams chan struct{} // semaphore of MaxStreams
+
+	mu       sync.Mutex
+	clusters map[string]int // cluster -> open agent streams
+	agents   map[agentKey]*agent
+}
+
+type agentKey struct{ cluster, node string }
+
+// agent is one (cluster, node)'s rate state.
+type agent struct {
+	events   *rate.Limiter
+	messages *rate.Limiter
+	streams  int // open streams using this state
+}
+
+// New returns a Guard with cfg (zero fields take defaults) whose metrics are
+// registered with reg (nil: not registered). It fails when cfg is invalid
+// or the metrics cannot be registered.
+func New(cfg Config, reg prometheus.Registerer) (*Guard, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	g, err := newGuard(cfg.withDefaults(), reg)
+	if err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+func newGuard(cfg Config, reg prometheus.Registerer) (*Guard, error) {
+	m, err := newMetrics(reg)
+	g := &Guard{
+		cfg:      cfg,
+		m:        m,
+		now:      time.Now,
+		streams:  make(chan struct{}, cfg.MaxStreams),
+		clusters: map[string]int{},
+		agents:   map[agentKey]*agent{},
+	}
+	return g, err
+}
+
+// ServerOptions returns the gRPC server options that enforce cfg, with
+// metrics registered with reg. Validate cfg at start-up: fields it would
+// reject take their defaults here, and a metric that cannot be registered
+// is still counted, unexported (New reports both).
+func ServerOptions(cfg Config, reg prometheus.Registerer) []grpc.ServerOption {
+	g, _ := newGuard(cfg.withDefaults(), reg)
+	return g.ServerOptions()
+}
+
+// ServerOptions returns the gRPC server options that enforce g's limits.
+func (g *Guard) ServerOptions() []grpc.ServerOption {
+	c := g.cfg
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(c.MaxRecvMsgBytes),
+		grpc.MaxConcurrentStreams(c.MaxStreamsPerConn),
+		grpc.MaxHeaderListSize(c.MaxHeaderListBytes),
+		grpc.ConnectionTimeout(c.HandshakeTimeout),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             c.KeepaliveMinTime,
+			PermitWithoutStream: !c.KeepaliveDenyWithoutStream,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    c.KeepaliveTime,
+			Timeout: c.KeepaliveTimeout,
+		}),
+		grpc.ChainStreamInterceptor(g.StreamInterceptor),
+	}
+}
+
+// StreamInterceptor enforces the stream and message limits. It is part of
+// ServerOptions; it is exported for servers that assemble their own chain.
+func (g *Guard) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	select {
+	case g.streams <- struct{}{}:
+	default:
+		g.m.violation(ReasonTooManyStreams)
+		return status.Errorf(codes.ResourceExhausted, "too many concurrent streams (limit %d)", g.cfg.MaxStreams)
+	}
+	g.m.open.Inc()
+	defer func() {
+		g.m.open.Dec()
+		<-g.streams
+	}()
+	if info.FullMethod != tokenwatchv1.AuditStreamService_Stream_FullMethodName {
+		return handler(srv, ss)
+	}
+	w := &stream{ServerStream: ss, g: g}
+	err := handler(srv, w)
+	w.release()
+	if w.violation != nil {
+		return w.violation
+	}
+	return err
+}
+
+// stream watches one agent stream's messages.
+type stream struct {
+	grpc.ServerStream
+	g *Guard
+
+	// Only the handler's goroutine calls RecvMsg; release runs after it.
+	cluster   string
+	key       agentKey
+	agent     *agent
+	violation error
+}
+
+func (s *stream) RecvMsg(m any) error {
+	if s.violation != nil {
+		return s.violation
+	}
+	err := s.ServerStream.RecvMsg(m)
+	if err != nil {
+		return s.recvError(err)
+	}
+	req, ok := m.(*tokenwatchv1.StreamRequest)
+	if !ok {
+		return nil
+	}
+	switch msg := req.GetMsg().(type) {
+	case *tokenwatchv1.StreamRequest_Hello:
+		if s.agent == nil {
+			if err := s.hello(msg.Hello); err != nil {
+				return err
+			}
+		}
+		return s.admit(0)
+	case *tokenwatchv1.StreamRequest_Batch:
+		b := msg.Batch
+		if n := len(b.GetEvents()); n > s.g.cfg.MaxEventsPerBatch {
+			return s.fail(ReasonBatchTooLarge, codes.ResourceExhausted,
+				"batch %d has %d events, more than the limit of %d", b.GetSeq(), n, s.g.cfg.MaxEventsPerBatch)
+		}
+		if n := len(b.GetLosses()); n > s.g.cfg.MaxLossesPerBatch {
+			return s.fail(ReasonBatchTooLarge, codes.ResourceExhausted,
+				"batch %d has %d loss reports, more than the limit of %d", b.GetSeq(), n, s.g.cfg.MaxLossesPerBatch)
+		}
+		return s.admit(len(b.GetEvents()))
+	default:
+		return s.admit(0)
+	}
+}
+
+// recvError classifies a receive error: oversized and undecodable messages
+// are violations; end of stream and cancellation are not.
+func (s *stream) recvError(err error) error {
+	if errors.Is(err, io.EOF) {
+		return err
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	switch {
+	case st.Code() == codes.ResourceExhausted:
+		s.g.m.violation(ReasonMessageTooLarge)
+		s.violation = status.Errorf(codes.ResourceExhausted, "message too large (limit %d bytes): %s", s.g.cfg.MaxRecvMsgBytes, st.Message())
+		return s.violation
+	case st.Code() == codes.Internal && strings.Contains(st.Message(), "unmarshal"):
+		s.g.m.violation(ReasonMalformedMessage)
+		s.violation = status.Errorf(codes.InvalidArgument, "malformed message: %s", st.Message())
+		return s.violation
+	}
+	return err
+}
+
+func (s *stream) fail(reason string, code codes.Code, format string, args ...any) error {
+	s.g.m.violation(reason)
+	s.violation = status.Errorf(code, format, args...)
+	return s.violation
+}
+
+// hello takes a per-cluster stream slot and the agent's rate state.
+func (s *stream) hello(h *tokenwatchv1.Hello) error {
+	g := s.g
+	key := agentKey{cluster: h.GetCluster(), node: h.GetNode()}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.clusters[key.cluster] >= g.cfg.MaxStreamsPerCluster {
+		return s.fail(ReasonTooManyClusterStreams, codes.ResourceExhausted,
+			"too many concurrent streams for cluster %q (limit %d)", key.cluster, g.cfg.MaxStreamsPerCluster)
+	}
+	a := g.agents[key]
+	if a == nil {
+		if len(g.agents) >= g.cfg.MaxAgents {
+			g.sweepLocked()
+		}
+		if len(g.agents) >= g.cfg.MaxAgents {
+			return s.fail(ReasonTooManyAgents, codes.ResourceExhausted,
+				"too many distinct agents with recent traffic (limit %d)", g.cfg.MaxAgents)
+		}
+		a = &agent{
+			events:   rate.NewLimiter(rate.Limit(g.cfg.EventsPerSecond), g.cfg.EventBurst),
+			messages: rate.NewLimiter(rate.Limit(g.cfg.MessagesPerSecond), g.cfg.MessageBurst),
+		}
+		g.agents[key] = a
+	}
+	a.streams++
+	g.clusters[key.cluster]++
+	s.cluster, s.key, s.agent = key.cluster, key, a
+	return nil
+}
+
+// sweepLocked forgets agents without open streams whose buckets have
+// refilled: a fresh limiter would behave the same, so nothing is lost.
+func (g *Guard) sweepLocked() {
+	now := g.now()
+	for k, a := range g.agents {
+		if a.streams == 0 &&
+			a.events.TokensAt(now) >= float64(a.events.Burst()) &&
+			a.messages.TokensAt(now) >= float64(a.messages.Burst()) {
+			delete(g.agents, k)
+		}
+	}
+}
+
+// admit charges one message and events events to the agent's buckets,
+// waiting up to MaxThrottle for them. Messages before the Hello are not
+// charged (the handler refuses them).
+func (s *stream) admit(events int) error {
+	a := s.agent
+	if a == nil {
+		return nil
+	}
+	now := s.g.now()
+	msg := a.messages.ReserveN(now, 1)
+	if !msg.OK() {
+		return s.fail(ReasonMessageRate, codes.ResourceExhausted, "message rate limit exceeded")
+	}
+	delay := msg.DelayFrom(now)
+	var ev *rate.Reservation
+	if events > 0 {
+		ev = a.events.ReserveN(now, events)
+		if !ev.OK() {
+			msg.CancelAt(now)
+			return s.fail(ReasonEventRate, codes.ResourceExhausted,
+				"batch of %d events exceeds the event burst of %d", events, s.g.cfg.EventBurst)
+		}
+		delay = max(delay, ev.DelayFrom(now))
+	}
+	if delay > s.g.cfg.MaxThrottle {
+		msg.CancelAt(now)
+		reason, what := ReasonMessageRate, fmt.Sprintf("%g messages/s", s.g.cfg.MessagesPerSecond)
+		if ev != nil {
+			if ev.DelayFrom(now) >= msg.DelayFrom(now) {
+				reason, what = ReasonEventRate, fmt.Sprintf("%g events/s", s.g.cfg.EventsPerSecond)
+			}
+			ev.CancelAt(now)
+		}
+		return s.fail(reason, codes.ResourceExhausted,
+			"rate limit of %s for cluster %q node %q exceeded", what, s.key.cluster, s.key.node)
+	}
+	if delay <= 0 {
+		return nil
+	}
+	s.g.m.throttled.Inc()
+	return wait(s.Context(), delay)
+}
+
+func wait(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// release returns the stream's per-cluster slot.
+func (s *stream) release() {
+	if s.agent == nil {
+		return
+	}
+	g := s.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	s.agent.streams--
+	if g.clusters[s.cluster]--; g.clusters[s.cluster] <= 0 {
+		delete(g.clusters, s.cluster)
+	}
+	s.agent = nil
+}
