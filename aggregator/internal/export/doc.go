@@ -9,4 +9,11 @@
 // outbox (package state) to an Exporter and marks them exported only then,
 // retrying with capped exponential backoff and jitter, so a collector outage
 // delays alerts but never loses them.
+//
+// Delivery is at least once: a record exported just before the aggregator
+// is killed (SIGKILL), and not yet marked exported, is exported again after
+// the restart; that is the contract's one exception to "exactly one record
+// per request". A partial success (the endpoint accepted the request but
+// rejected some records) is counted and not retried, since resending would
+// duplicate the accepted records.
 package export
