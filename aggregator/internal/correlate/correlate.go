@@ -1,0 +1,407 @@
+// Package correlate finds what no single cluster's log shows: one actor or
+// one source minting tokens across clusters, or for many service accounts.
+// It works on event time with sliding windows and bounded lateness, and is
+// pure: no I/O, no clock (time is given). Its state does not survive a
+// restart; after one, agents re-send what was not acknowledged and a crossing
+// formed again from the same events gets the same record ID.
+package correlate
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/tokenwatch/tokenwatch/internal/alert"
+)
+
+// Kinds (tokenwatch.correlation.kind).
+const (
+	KindMultiClusterActor  = "multi_cluster_actor"
+	KindTokenSpray         = "token_spray"
+	KindMultiClusterSource = "multi_cluster_source"
+)
+
+// MaxListed caps each array attribute of a record; the counts say how many
+// there were in all.
+const MaxListed = 1000
+
+// maxPerSeries bounds the events kept per (kind, key): the oldest go first,
+// a tenth at a time.
+const maxPerSeries = 20000
+
+// Config tunes the correlator (the configuration file's correlation section).
+type Config struct {
+	// Window is the length of the sliding event-time window.
+	Window time.Duration
+	// Lateness is how far behind the newest event of its cluster an event
+	// may arrive and still count.
+	Lateness time.Duration
+	// Clusters is the threshold of multi_cluster_actor and
+	// multi_cluster_source; <= 0 turns them off.
+	Clusters int
+	// ServiceAccounts is the threshold of token_spray; <= 0 turns it off.
+	ServiceAccounts int
+	// IgnoreUsers are user names never correlated by the user-keyed kinds.
+	IgnoreUsers []string
+}
+
+// Event is one alerting token request (failures, dry runs and budget-held
+// ones included).
+type Event struct {
+	Time      time.Time // requestReceivedTimestamp
+	Cluster   string
+	User      string // user.name
+	SourceIP  string // source.ip: the last sourceIPs entry
+	Namespace string // target service account
+	Name      string
+	AuditID   string
+}
+
+// Stats counts what the correlator did not use.
+type Stats struct {
+	// Late counts events more than Lateness behind the newest event of
+	// their cluster (or without a time): dropped.
+	Late int64
+	// Evicted counts events dropped because a series was full.
+	Evicted int64
+}
+
+// Correlator holds the windows. It is not safe for concurrent use.
+type Correlator struct {
+	cfg       Config
+	ignore    map[string]bool
+	newest    map[string]time.Time // per cluster
+	newestAll time.Time
+	series    map[seriesKey]*series
+	stats     Stats
+}
+
+type seriesKey struct{ kind, key string }
+
+type series struct {
+	distinct func(item) string
+	items    []item // by time, then id
+	ids      map[string]bool
+	// cnt counts the distinct values of items[head:], the trailing window
+	// [newest-Window, newest] of the newest item, kept incrementally so
+	// that in-order events cost O(1).
+	cnt  map[string]int
+	head int
+	// last is the most recent record emitted, with what it covered.
+	last      *alert.Record
+	lastTime  time.Time
+	lastCover map[string]bool
+}
+
+type item struct {
+	t       time.Time
+	id      string // the request: cluster, auditID, time
+	cluster string
+	target  string // cluster/namespace/name
+	auditID string
+}
+
+// New returns a correlator for cfg.
+func New(cfg Config) *Correlator {
+	c := &Correlator{
+		cfg:    cfg,
+		ignore: map[string]bool{},
+		newest: map[string]time.Time{},
+		series: map[seriesKey]*series{},
+	}
+	for _, u := range cfg.IgnoreUsers {
+		c.ignore[u] = true
+	}
+	return c
+}
+
+// Stats returns the counters.
+func (c *Correlator) Stats() Stats { return c.stats }
+
+// Observe counts ev and returns the tokenwatch.correlation records of keys
+// that cross their threshold with it. A (kind, key) is not emitted again
+// until one window length of event time has passed since its last record.
+// Observing the same request again returns the records it already
+// contributed to, with the same IDs (so a retried batch re-creates, never
+// loses, them).
+func (c *Correlator) Observe(ev Event) []alert.Record {
+	if ev.Time.IsZero() {
+		c.stats.Late++
+		return nil
+	}
+	if n, ok := c.newest[ev.Cluster]; ok && ev.Time.Before(n.Add(-c.cfg.Lateness)) {
+		c.stats.Late++
+		return nil
+	}
+	if n := c.newest[ev.Cluster]; ev.Time.After(n) {
+		c.newest[ev.Cluster] = ev.Time
+	}
+	if ev.Time.After(c.newestAll) {
+		c.newestAll = ev.Time
+	}
+	it := item{
+		t:       ev.Time,
+		id:      fmt.Sprintf("%q/%q/%s", ev.Cluster, ev.AuditID, ev.Time.UTC().Format(time.RFC3339Nano)),
+		cluster: ev.Cluster,
+		target:  ev.Cluster + "/" + ev.Namespace + "/" + ev.Name,
+		auditID: ev.AuditID,
+	}
+	var out []alert.Record
+	emit := func(kind, key string, threshold int, distinct func(item) string) {
+		if threshold <= 0 || key == "" {
+			return
+		}
+		if r := c.observe(seriesKey{kind, key}, it, threshold, distinct); r != nil {
+			out = append(out, *r)
+		}
+	}
+	if !c.ignore[ev.User] {
+		emit(KindMultiClusterActor, ev.User, c.cfg.Clusters, byCluster)
+		emit(KindTokenSpray, ev.User, c.cfg.ServiceAccounts, byTarget)
+	}
+	if Correlatable(ev.SourceIP) {
+		emit(KindMultiClusterSource, ev.SourceIP, c.cfg.Clusters, byCluster)
+	}
+	return out
+}
+
+func byCluster(it item) string { return it.cluster }
+func byTarget(it item) string  { return it.target }
+
+func (c *Correlator) observe(k seriesKey, it item, threshold int, distinct func(item) string) *alert.Record {
+	s := c.series[k]
+	if s == nil {
+		s = &series{distinct: distinct, ids: map[string]bool{}, cnt: map[string]int{}}
+		c.series[k] = s
+	}
+	if s.ids[it.id] {
+		if s.last != nil && s.lastCover[it.id] {
+			r := *s.last
+			return &r
+		}
+		return nil
+	}
+	s.ids[it.id] = true
+	pos := s.insert(it, c.cfg.Window)
+	if len(s.items) > maxPerSeries {
+		// Evict a tenth at once: the copy is amortized over many events.
+		n := maxPerSeries / 10
+		s.dropFront(n)
+		pos -= n
+		c.stats.Evicted += int64(n)
+	}
+	if pos < 0 {
+		return nil
+	}
+	var win []item
+	if pos == len(s.items)-1 {
+		// In order: the only window to check is the trailing one.
+		if len(s.cnt) >= threshold && !c.suppressed(s, it.t) {
+			win = s.items[s.head:]
+		}
+	} else {
+		win = c.sweep(s, pos, threshold)
+	}
+	if win == nil {
+		return nil
+	}
+	r := c.record(k, win, distinct)
+	s.last, s.lastTime = &r, win[len(win)-1].t
+	s.lastCover = make(map[string]bool, len(win))
+	for _, w := range win {
+		s.lastCover[w.id] = true
+	}
+	return &r
+}
+
+// suppressed reports whether a record whose newest event is at newest would
+// come within one window of the key's last record.
+func (c *Correlator) suppressed(s *series, newest time.Time) bool {
+	return s.last != nil && absDuration(newest.Sub(s.lastTime)) < c.cfg.Window
+}
+
+// insert adds it in order and keeps the trailing window's counts; it
+// returns its index.
+func (s *series) insert(it item, window time.Duration) int {
+	pos := sort.Search(len(s.items), func(i int) bool {
+		return s.items[i].t.After(it.t) || (s.items[i].t.Equal(it.t) && s.items[i].id > it.id)
+	})
+	s.items = slices.Insert(s.items, pos, it)
+	if pos == len(s.items)-1 {
+		s.cnt[s.distinct(it)]++
+		start := it.t.Add(-window)
+		for s.items[s.head].t.Before(start) {
+			s.dec(s.items[s.head])
+			s.head++
+		}
+		return pos
+	}
+	if newest := s.items[len(s.items)-1].t; it.t.Before(newest.Add(-window)) {
+		s.head++ // before the trailing window
+	} else {
+		s.cnt[s.distinct(it)]++
+	}
+	return pos
+}
+
+func (s *series) dec(it item) {
+	v := s.distinct(it)
+	if s.cnt[v]--; s.cnt[v] <= 0 {
+		delete(s.cnt, v)
+	}
+}
+
+// dropFront removes the n oldest items.
+func (s *series) dropFront(n int) {
+	for i := s.head; i < n; i++ {
+		s.dec(s.items[i])
+	}
+	for _, it := range s.items[:n] {
+		delete(s.ids, it.id)
+	}
+	s.head = max(0, s.head-n)
+	s.items = slices.Delete(s.items, 0, n)
+}
+
+// sweep checks, for an event inserted out of order at pos, the windows
+// [e-Window, e] ending at each item e within one window after it (every
+// window holding the event lies inside one of those), earliest first, and
+// returns the first that crosses threshold and is not suppressed.
+func (c *Correlator) sweep(s *series, pos, threshold int) []item {
+	t := s.items[pos].t
+	lo := sort.Search(len(s.items), func(i int) bool { return !s.items[i].t.Before(t.Add(-c.cfg.Window)) })
+	count := map[string]int{}
+	for i := lo; i < pos; i++ {
+		count[s.distinct(s.items[i])]++
+	}
+	for e := pos; e < len(s.items) && !s.items[e].t.After(t.Add(c.cfg.Window)); e++ {
+		count[s.distinct(s.items[e])]++
+		if e+1 < len(s.items) && s.items[e+1].t.Equal(s.items[e].t) {
+			continue // a window ends after all items of its end time
+		}
+		start := s.items[e].t.Add(-c.cfg.Window)
+		for s.items[lo].t.Before(start) {
+			v := s.distinct(s.items[lo])
+			if count[v]--; count[v] == 0 {
+				delete(count, v)
+			}
+			lo++
+		}
+		if len(count) >= threshold && !c.suppressed(s, s.items[e].t) {
+			return s.items[lo : e+1]
+		}
+	}
+	return nil
+}
+
+func absDuration(d time.Duration) time.Duration {
+	if d < 0 {
+		return -d
+	}
+	return d
+}
+
+// Expire drops state that can no longer join a window: events older than
+// Window+Lateness before now. now is capped at the newest event time seen,
+// so a replay of old logs is not expired by the wall clock.
+func (c *Correlator) Expire(now time.Time) {
+	ref := now
+	if c.newestAll.Before(ref) {
+		ref = c.newestAll
+	}
+	cut := ref.Add(-c.cfg.Window - c.cfg.Lateness)
+	for k, s := range c.series {
+		n := sort.Search(len(s.items), func(i int) bool { return !s.items[i].t.Before(cut) })
+		s.dropFront(n)
+		if s.last != nil && s.lastTime.Before(cut.Add(-c.cfg.Window)) {
+			s.last, s.lastCover = nil, nil
+		}
+		if len(s.items) == 0 && s.last == nil {
+			delete(c.series, k)
+		}
+	}
+}
+
+func (c *Correlator) record(k seriesKey, win []item, distinct func(item) string) alert.Record {
+	clusters, targets, auditIDs, ids := set{}, set{}, set{}, make([]string, 0, len(win))
+	for _, w := range win {
+		clusters.add(w.cluster)
+		targets.add(w.target)
+		auditIDs.add(w.auditID)
+		ids = append(ids, w.id)
+	}
+	sort.Strings(ids)
+	sum := sha256.Sum256([]byte(k.kind + "\x00" + k.key + "\x00" + strings.Join(ids, "\x00")))
+	start, end := win[0].t.UTC(), win[len(win)-1].t.UTC()
+	keyAttr := "user.name"
+	if k.kind == KindMultiClusterSource {
+		keyAttr = "source.ip"
+	}
+	n := len(set{}.fill(win, distinct))
+	var body string
+	switch k.kind {
+	case KindTokenSpray:
+		body = fmt.Sprintf("%s minted tokens for %d service accounts within %s (%s to %s).", k.key, n, c.cfg.Window, start.Format(time.RFC3339), end.Format(time.RFC3339))
+	case KindMultiClusterSource:
+		body = fmt.Sprintf("Requests from %s minted tokens in %d clusters (%s) within %s.", k.key, n, strings.Join(clusters.sorted(MaxListed), ", "), c.cfg.Window)
+	default:
+		body = fmt.Sprintf("%s minted tokens in %d clusters (%s) within %s.", k.key, n, strings.Join(clusters.sorted(MaxListed), ", "), c.cfg.Window)
+	}
+	return alert.Record{
+		ID:        "co-" + hex.EncodeToString(sum[:16]),
+		EventName: alert.EventCorrelation,
+		Time:      end,
+		Severity:  alert.High,
+		Body:      body,
+		Attrs: []alert.Attr{
+			alert.String("tokenwatch.correlation.kind", k.kind),
+			alert.String(keyAttr, k.key),
+			alert.Strings("k8s.cluster.names", clusters.sorted(MaxListed)),
+			alert.Strings("kubernetes.audit.auditIDs", auditIDs.sorted(MaxListed)),
+			alert.Strings("tokenwatch.service_accounts", targets.sorted(MaxListed)),
+			alert.String("tokenwatch.window.start", start.Format(time.RFC3339Nano)),
+			alert.String("tokenwatch.window.end", end.Format(time.RFC3339Nano)),
+			alert.Int("tokenwatch.correlation.events", int64(len(win))),
+			alert.Int("tokenwatch.correlation.distinct", int64(n)),
+		},
+	}
+}
+
+type set map[string]struct{}
+
+func (s set) add(v string) { s[v] = struct{}{} }
+
+func (s set) fill(win []item, f func(item) string) set {
+	for _, w := range win {
+		s.add(f(w))
+	}
+	return s
+}
+
+func (s set) sorted(limit int) []string {
+	out := make([]string, 0, len(s))
+	for v := range s {
+		out = append(out, v)
+	}
+	sort.Strings(out)
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
+// Correlatable reports whether ip may key multi_cluster_source: a valid
+// address that is not loopback, link-local or unspecified.
+func Correlatable(ip string) bool {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	addr = addr.Unmap()
+	return !addr.IsLoopback() && !addr.IsLinkLocalUnicast() && !addr.IsLinkLocalMulticast() && !addr.IsUnspecified()
+}

@@ -1,0 +1,385 @@
+package correlate
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/tokenwatch/tokenwatch/internal/alert"
+)
+
+var t0 = time.Date(2026, 11, 26, 23, 0, 0, 0, time.UTC)
+
+func at(m float64) time.Time { return t0.Add(time.Duration(m * float64(time.Minute))) }
+
+func defaults() Config {
+	return Config{Window: 10 * time.Minute, Lateness: 5 * time.Minute, Clusters: 2, ServiceAccounts: 5}
+}
+
+var seq int
+
+func mint(min float64, cluster, user, ip, ns, name string) Event {
+	seq++
+	return Event{Time: at(min), Cluster: cluster, User: user, SourceIP: ip, Namespace: ns, Name: name, AuditID: fmt.Sprintf("id-%d", seq)}
+}
+
+// summary is what a scenario asserts about a record.
+type summary struct {
+	Kind, Key string
+	Clusters  []string
+	SAs       []string
+	Time      time.Time
+}
+
+func summarize(recs []alert.Record) []summary {
+	var out []summary
+	for _, r := range recs {
+		kind, _ := r.Attr("tokenwatch.correlation.kind")
+		key, ok := r.Attr("user.name")
+		if !ok {
+			key, _ = r.Attr("source.ip")
+		}
+		cl, _ := r.Attr("k8s.cluster.names")
+		sa, _ := r.Attr("tokenwatch.service_accounts")
+		out = append(out, summary{kind.Str, key.Str, cl.Strings, sa.Strings, r.Time})
+	}
+	return out
+}
+
+func TestScenarios(t *testing.T) {
+	const ip = "198.51.100.7"
+	tests := []struct {
+		name   string
+		cfg    Config
+		events []Event
+		want   [][]summary // per event
+		late   int64
+	}{
+		{
+			name:   "actor in two clusters",
+			cfg:    defaults(),
+			events: []Event{mint(0, "a", "alice", "127.0.0.1", "ns", "x"), mint(1, "b", "alice", "127.0.0.1", "ns", "x")},
+			want:   [][]summary{nil, {{KindMultiClusterActor, "alice", []string{"a", "b"}, []string{"a/ns/x", "b/ns/x"}, at(1)}}},
+		},
+		{
+			name:   "two clusters further apart than the window",
+			cfg:    defaults(),
+			events: []Event{mint(0, "a", "alice", "", "ns", "x"), mint(10.5, "b", "alice", "", "ns", "x")},
+			want:   [][]summary{nil, nil},
+		},
+		{
+			name:   "exactly one window apart counts",
+			cfg:    defaults(),
+			events: []Event{mint(0, "a", "alice", "", "ns", "x"), mint(10, "b", "alice", "", "ns", "x")},
+			want:   [][]summary{nil, {{KindMultiClusterActor, "alice", []string{"a", "b"}, []string{"a/ns/x", "b/ns/x"}, at(10)}}},
+		},
+		{
+			name: "out of order across clusters",
+			cfg:  defaults(),
+			events: []Event{
+				mint(5, "b", "alice", "", "ns", "x"),
+				mint(0, "a", "alice", "", "ns", "x"), // a's first event: nothing newer from a
+			},
+			want: [][]summary{nil, {{KindMultiClusterActor, "alice", []string{"a", "b"}, []string{"a/ns/x", "b/ns/x"}, at(5)}}},
+		},
+		{
+			name: "late within lateness",
+			cfg:  defaults(),
+			events: []Event{
+				mint(8, "a", "bob", "", "ns", "y"),
+				mint(0.5, "b", "alice", "", "ns", "x"),
+				mint(4, "a", "alice", "", "ns", "x"), // 4m behind a's newest: accepted
+			},
+			want: [][]summary{nil, nil, {{KindMultiClusterActor, "alice", []string{"a", "b"}, []string{"a/ns/x", "b/ns/x"}, at(4)}}},
+		},
+		{
+			name: "late beyond lateness",
+			cfg:  defaults(),
+			events: []Event{
+				mint(20, "a", "bob", "", "ns", "y"),
+				mint(1, "b", "alice", "", "ns", "x"),
+				mint(0, "a", "alice", "", "ns", "x"), // 20m behind a's newest: dropped
+			},
+			want: [][]summary{nil, nil, nil},
+			late: 1,
+		},
+		{
+			name: "suppressed for one window, then again",
+			cfg:  defaults(),
+			events: []Event{
+				mint(0, "a", "alice", "", "ns", "x"),
+				mint(1, "b", "alice", "", "ns", "x"),
+				mint(2, "c", "alice", "", "ns", "x"), // same key within a window: suppressed
+				mint(10.5, "b", "alice", "", "ns", "x"),
+				mint(11.5, "a", "alice", "", "ns", "x"), // 10.5m after the last record: emitted
+			},
+			want: [][]summary{nil,
+				{{KindMultiClusterActor, "alice", []string{"a", "b"}, []string{"a/ns/x", "b/ns/x"}, at(1)}},
+				nil, nil,
+				{{KindMultiClusterActor, "alice", []string{"a", "b", "c"}, []string{"a/ns/x", "b/ns/x", "c/ns/x"}, at(11.5)}},
+			},
+		},
+		{
+			name: "token spray",
+			cfg:  defaults(),
+			events: []Event{
+				mint(0, "a", "mallory", "", "n1", "s1"),
+				mint(1, "a", "mallory", "", "n1", "s1"), // the same target again
+				mint(2, "a", "mallory", "", "n1", "s2"),
+				mint(3, "a", "mallory", "", "n2", "s1"),
+				mint(4, "a", "mallory", "", "n2", "s2"),
+				mint(5, "a", "mallory", "", "n3", "s1"),
+			},
+			want: [][]summary{nil, nil, nil, nil, nil,
+				{{KindTokenSpray, "mallory", []string{"a"}, []string{"a/n1/s1", "a/n1/s2", "a/n2/s1", "a/n2/s2", "a/n3/s1"}, at(5)}}},
+		},
+		{
+			name: "spray targets in other clusters are distinct",
+			cfg:  Config{Window: 10 * time.Minute, Lateness: time.Minute, Clusters: 0, ServiceAccounts: 2},
+			events: []Event{
+				mint(0, "a", "mallory", "", "n", "s"),
+				mint(1, "b", "mallory", "", "n", "s"),
+			},
+			want: [][]summary{nil, {{KindTokenSpray, "mallory", []string{"a", "b"}, []string{"a/n/s", "b/n/s"}, at(1)}}},
+		},
+		{
+			name: "source in two clusters, both kinds",
+			cfg:  defaults(),
+			events: []Event{
+				mint(0, "a", "alice", ip, "ns", "x"),
+				mint(1, "b", "carol", ip, "ns", "x"),
+				mint(2, "b", "alice", ip, "ns", "x"),
+			},
+			want: [][]summary{nil,
+				{{KindMultiClusterSource, ip, []string{"a", "b"}, []string{"a/ns/x", "b/ns/x"}, at(1)}},
+				{{KindMultiClusterActor, "alice", []string{"a", "b"}, []string{"a/ns/x", "b/ns/x"}, at(2)}},
+			},
+		},
+		{
+			name: "loopback and link-local sources are not correlated",
+			cfg:  Config{Window: 10 * time.Minute, Lateness: time.Minute, Clusters: 2, ServiceAccounts: 0},
+			events: []Event{
+				mint(0, "a", "u1", "127.0.0.1", "ns", "x"), mint(0, "b", "u2", "127.0.0.1", "ns", "x"),
+				mint(0, "a", "u3", "::1", "ns", "x"), mint(0, "b", "u4", "::1", "ns", "x"),
+				mint(0, "a", "u5", "169.254.1.1", "ns", "x"), mint(0, "b", "u6", "169.254.1.1", "ns", "x"),
+				mint(0, "a", "u7", "fe80::1", "ns", "x"), mint(0, "b", "u8", "fe80::1", "ns", "x"),
+				mint(0, "a", "u9", "::ffff:127.0.0.1", "ns", "x"), mint(0, "b", "u10", "::ffff:127.0.0.1", "ns", "x"),
+				mint(0, "a", "u11", "not-an-ip", "ns", "x"), mint(0, "b", "u12", "not-an-ip", "ns", "x"),
+			},
+			want: make([][]summary, 12),
+		},
+		{
+			name: "ignored users only leave the user-keyed kinds",
+			cfg:  Config{Window: 10 * time.Minute, Lateness: time.Minute, Clusters: 2, ServiceAccounts: 2, IgnoreUsers: []string{"ci-bot"}},
+			events: []Event{
+				mint(0, "a", "ci-bot", ip, "n", "s1"),
+				mint(1, "b", "ci-bot", ip, "n", "s2"),
+			},
+			want: [][]summary{nil, {{KindMultiClusterSource, ip, []string{"a", "b"}, []string{"a/n/s1", "b/n/s2"}, at(1)}}},
+		},
+		{
+			name:   "no user",
+			cfg:    defaults(),
+			events: []Event{mint(0, "a", "", "", "ns", "x"), mint(1, "b", "", "", "ns", "x")},
+			want:   [][]summary{nil, nil},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := New(tt.cfg)
+			for i, ev := range tt.events {
+				got := summarize(c.Observe(ev))
+				if diff := cmp.Diff(tt.want[i], got); diff != "" {
+					t.Errorf("Observe(#%d %s %s at %v) (-want +got):\n%s", i, ev.Cluster, ev.User, ev.Time.Sub(t0), diff)
+				}
+			}
+			if got := c.Stats().Late; got != tt.late {
+				t.Errorf("Stats().Late = %d, want %d", got, tt.late)
+			}
+		})
+	}
+}
+
+func TestRecord(t *testing.T) {
+	c := New(defaults())
+	a := Event{Time: at(0), Cluster: "a", User: "alice", SourceIP: "10.1.1.1", Namespace: "ns", Name: "x", AuditID: "A"}
+	b := Event{Time: at(1).Add(123456 * time.Nanosecond), Cluster: "b", User: "alice", SourceIP: "10.2.2.2", Namespace: "ns", Name: "y", AuditID: "B"}
+	c.Observe(a)
+	recs := c.Observe(b)
+	if len(recs) != 1 {
+		t.Fatalf("Observe = %d records, want 1", len(recs))
+	}
+	r := recs[0]
+	want := alert.Record{
+		ID:        r.ID,
+		EventName: alert.EventCorrelation,
+		Time:      b.Time,
+		Severity:  alert.High,
+		Body:      "alice minted tokens in 2 clusters (a, b) within 10m0s.",
+		Attrs: []alert.Attr{
+			alert.String("tokenwatch.correlation.kind", KindMultiClusterActor),
+			alert.String("user.name", "alice"),
+			alert.Strings("k8s.cluster.names", []string{"a", "b"}),
+			alert.Strings("kubernetes.audit.auditIDs", []string{"A", "B"}),
+			alert.Strings("tokenwatch.service_accounts", []string{"a/ns/x", "b/ns/y"}),
+			alert.String("tokenwatch.window.start", "2026-11-26T23:00:00Z"),
+			alert.String("tokenwatch.window.end", "2026-11-26T23:01:00.000123456Z"),
+			alert.Int("tokenwatch.correlation.events", 2),
+			alert.Int("tokenwatch.correlation.distinct", 2),
+		},
+	}
+	if diff := cmp.Diff(want, r); diff != "" {
+		t.Errorf("record (-want +got):\n%s", diff)
+	}
+
+	// A retried batch re-creates the same record; a fresh correlator (after
+	// a restart) fed the same events in another order does too.
+	again := c.Observe(b)
+	if len(again) != 1 || again[0].ID != r.ID {
+		t.Errorf("Observe(same event) = %v, want the record %s again", summarize(again), r.ID)
+	}
+	if again := c.Observe(a); len(again) != 1 || again[0].ID != r.ID {
+		t.Errorf("Observe(same first event) = %v, want the record %s again", summarize(again), r.ID)
+	}
+	fresh := New(defaults())
+	fresh.Observe(b)
+	if recs := fresh.Observe(a); len(recs) != 1 || recs[0].ID != r.ID {
+		t.Errorf("after restart: %v, want ID %s", summarize(recs), r.ID)
+	}
+}
+
+func TestExpire(t *testing.T) {
+	c := New(defaults())
+	c.Observe(mint(0, "a", "alice", "", "ns", "x"))
+	c.Observe(mint(30, "c", "bob", "", "ns", "x"))
+	c.Expire(at(30)) // alice's event is 30m old: more than window+lateness
+	if recs := c.Observe(mint(1, "b", "alice", "", "ns", "x")); len(recs) != 0 {
+		t.Errorf("expired state still correlated: %v", summarize(recs))
+	}
+	if n := len(c.series); n != 4 { // bob's two, alice's two (re-created)
+		t.Errorf("series = %d, want 4", n)
+	}
+}
+
+// TestExpireReplay: replaying day-old logs is not expired by the wall clock.
+func TestExpireReplay(t *testing.T) {
+	c := New(defaults())
+	c.Observe(mint(0, "a", "alice", "", "ns", "x"))
+	c.Expire(at(24 * 60))
+	if recs := c.Observe(mint(1, "b", "alice", "", "ns", "x")); len(recs) != 1 {
+		t.Errorf("replayed events did not correlate after Expire(wall clock): %v", summarize(recs))
+	}
+}
+
+func TestSeriesBounded(t *testing.T) {
+	c := New(Config{Window: time.Hour, Lateness: time.Hour, Clusters: 0, ServiceAccounts: maxPerSeries + 100})
+	for i := 0; i < maxPerSeries+10; i++ {
+		c.Observe(Event{Time: t0.Add(time.Duration(i) * time.Millisecond), Cluster: "a", User: "u", Name: fmt.Sprint(i), AuditID: fmt.Sprint(i)})
+	}
+	if got, want := c.Stats().Evicted, int64(maxPerSeries/10); got != want {
+		t.Errorf("Evicted = %d, want %d", got, want)
+	}
+	if n := len(c.series[seriesKey{KindTokenSpray, "u"}].items); n != maxPerSeries+10-maxPerSeries/10 {
+		t.Errorf("kept %d items", n)
+	}
+}
+
+func TestCorrelatable(t *testing.T) {
+	for ip, want := range map[string]bool{
+		"198.51.100.7": true, "10.0.0.1": true, "2001:db8::1": true, "::ffff:198.51.100.7": true,
+		"127.0.0.1": false, "127.5.5.5": false, "::1": false, "169.254.169.254": false, "fe80::1": false,
+		"0.0.0.0": false, "::": false, "": false, "x": false, "ff02::1": false,
+	} {
+		if got := Correlatable(ip); got != want {
+			t.Errorf("Correlatable(%q) = %v, want %v", ip, got, want)
+		}
+	}
+}
+
+// TestIncrementalMatchesBruteForce drives random, partly out-of-order
+// token_spray traffic and checks every Observe against a brute-force
+// evaluation of the same windows, and the incremental counts against a
+// recount.
+func TestIncrementalMatchesBruteForce(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	cfg := Config{Window: 10 * time.Minute, Lateness: 30 * time.Minute, ServiceAccounts: 4}
+	c := New(cfg)
+	k := seriesKey{KindTokenSpray, "u"}
+	var clock time.Duration
+	for n := 0; n < 3000; n++ {
+		clock += time.Duration(rng.IntN(90)) * time.Second
+		ts := clock - time.Duration(rng.IntN(20))*time.Minute*time.Duration(rng.IntN(2)) // some arrive late
+		ev := Event{Time: t0.Add(ts), Cluster: fmt.Sprint("c", rng.IntN(2)), User: "u", Name: fmt.Sprint(rng.IntN(6)), AuditID: fmt.Sprint(n)}
+		if c.newest[ev.Cluster].Add(-cfg.Lateness).After(ev.Time) {
+			continue
+		}
+		var want []string
+		if s := c.series[k]; s != nil {
+			want = brute(s, ev, cfg)
+		} else {
+			want = brute(&series{distinct: byTarget}, ev, cfg)
+		}
+		recs := c.Observe(ev)
+		var got []string
+		if len(recs) == 1 {
+			v, _ := recs[0].Attr("kubernetes.audit.auditIDs")
+			got = v.Strings
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Fatalf("event %d at %v: (-brute +got):\n%s", n, ts, diff)
+		}
+		s := c.series[k]
+		recount := map[string]int{}
+		newest := s.items[len(s.items)-1].t
+		for i, it := range s.items {
+			if !it.t.Before(newest.Add(-cfg.Window)) {
+				recount[byTarget(it)]++
+				if i < s.head {
+					t.Fatalf("event %d: item %d in the trailing window but head is %d", n, i, s.head)
+				}
+			} else if i >= s.head {
+				t.Fatalf("event %d: item %d outside the trailing window but head is %d", n, i, s.head)
+			}
+		}
+		if diff := cmp.Diff(recount, s.cnt); diff != "" {
+			t.Fatalf("event %d: trailing counts (-recount +incremental):\n%s", n, diff)
+		}
+		if n%500 == 499 {
+			c.Expire(t0.Add(clock))
+		}
+	}
+}
+
+// brute returns the sorted audit IDs of the record Observe(ev) should emit
+// for s, nil for none: the windows [e-W, e] ending at each item e within W
+// after ev, earliest first; the first that crosses and is not suppressed.
+func brute(s *series, ev Event, cfg Config) []string {
+	all := append([]item(nil), s.items...)
+	all = append(all, item{t: ev.Time, cluster: ev.Cluster, target: ev.Cluster + "/" + ev.Namespace + "/" + ev.Name, auditID: ev.AuditID,
+		id: fmt.Sprintf("%q/%q/%s", ev.Cluster, ev.AuditID, ev.Time.UTC().Format(time.RFC3339Nano))})
+	sort.Slice(all, func(i, j int) bool {
+		return all[i].t.Before(all[j].t) || (all[i].t.Equal(all[j].t) && all[i].id < all[j].id)
+	})
+	for _, e := range all {
+		if e.t.Before(ev.Time) || e.t.After(ev.Time.Add(cfg.Window)) {
+			continue
+		}
+		var win []string
+		d := map[string]bool{}
+		for _, it := range all {
+			if !it.t.Before(e.t.Add(-cfg.Window)) && !it.t.After(e.t) {
+				win = append(win, it.auditID)
+				d[byTarget(it)] = true
+			}
+		}
+		if len(d) >= cfg.ServiceAccounts && !(s.last != nil && absDuration(e.t.Sub(s.lastTime)) < cfg.Window) {
+			sort.Strings(win)
+			return win
+		}
+	}
+	return nil
+}
