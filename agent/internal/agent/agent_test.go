@@ -1,0 +1,317 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+
+	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
+	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// aggregator is a recording stub: it welcomes, records event audit IDs and
+// acknowledges batches unless holding.
+type aggregator struct {
+	tokenwatchv1.UnimplementedAuditStreamServiceServer
+
+	mu      sync.Mutex
+	hold    bool
+	hellos  []*tokenwatchv1.Hello
+	events  []string
+	sources []*tokenwatchv1.SourcePosition
+	changed chan struct{}
+}
+
+func newAggregator(t *testing.T, hold bool) (*aggregator, string) {
+	t.Helper()
+	a := &aggregator{hold: hold, changed: make(chan struct{})}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	tokenwatchv1.RegisterAuditStreamServiceServer(srv, a)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		srv.Stop()
+		<-done
+	})
+	return a, lis.Addr().String()
+}
+
+func (a *aggregator) Stream(stream grpc.BidiStreamingServer[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse]) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.hellos = append(a.hellos, first.GetHello())
+	a.mu.Unlock()
+	if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Welcome{Welcome: &tokenwatchv1.Welcome{}}}); err != nil {
+		return err
+	}
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		b := req.GetBatch()
+		if b == nil {
+			continue
+		}
+		a.mu.Lock()
+		for _, e := range b.Events {
+			a.events = append(a.events, e.AuditId)
+			a.sources = append(a.sources, e.Source)
+		}
+		for _, l := range b.Losses {
+			a.events = append(a.events, "loss:"+l.Reason)
+		}
+		hold := a.hold
+		close(a.changed)
+		a.changed = make(chan struct{})
+		a.mu.Unlock()
+		if !hold {
+			if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Ack{Ack: &tokenwatchv1.Ack{Seq: b.Seq}}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (a *aggregator) waitEvents(t *testing.T, n int) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		a.mu.Lock()
+		got, ch := append([]string(nil), a.events...), a.changed
+		a.mu.Unlock()
+		if len(got) >= n {
+			return got
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			t.Fatalf("aggregator received %v, want %d events", got, n)
+		}
+	}
+}
+
+func tokenLine(id string) string {
+	return `{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Request","auditID":"` + id +
+		`","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/team-a/serviceaccounts/app/token","verb":"create",` +
+		`"user":{"username":"alice","groups":["system:authenticated"]},"sourceIPs":["10.0.0.9"],` +
+		`"objectRef":{"resource":"serviceaccounts","namespace":"team-a","name":"app","apiVersion":"v1","subresource":"token"},` +
+		`"responseStatus":{"metadata":{},"code":201},"requestReceivedTimestamp":"2026-11-26T23:09:25.383216Z","stageTimestamp":"2026-11-26T23:09:25.386281Z"}` + "\n"
+}
+
+const noise = `{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"n","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/team-a/serviceaccounts/app/token","verb":"get","user":{"username":"bob"},"objectRef":{"resource":"serviceaccounts","subresource":"token"}}` + "\n"
+
+// recordingStore records every checkpoint written.
+type recordingStore struct {
+	mu    sync.Mutex
+	saved []follow.Position
+	inner checkpoints
+}
+
+func (r *recordingStore) Load() (*follow.Position, error) { return r.inner.Load() }
+func (r *recordingStore) Save(p follow.Position) error {
+	r.mu.Lock()
+	r.saved = append(r.saved, p)
+	r.mu.Unlock()
+	return r.inner.Save(p)
+}
+
+func (r *recordingStore) offsets() []int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var o []int64
+	for _, p := range r.saved {
+		o = append(o, p.Offset)
+	}
+	return o
+}
+
+// withStore makes Run use rec over the real store of dir.
+func withStore(t *testing.T, rec *recordingStore) {
+	t.Helper()
+	orig := openCheckpoints
+	openCheckpoints = func(dir string) (checkpoints, error) {
+		inner, err := orig(dir)
+		if err != nil {
+			return nil, err
+		}
+		rec.inner = inner
+		return rec, nil
+	}
+	t.Cleanup(func() { openCheckpoints = orig })
+}
+
+func config(logPath, addr, state string) Config {
+	return Config{
+		AuditLog: logPath, Cluster: "prod", NodeName: "cp-1", Aggregator: addr, Insecure: true,
+		StateDir: state, StartAt: follow.StartBeginning, OnceTimeout: time.Minute,
+		ShutdownTimeout: 300 * time.Millisecond, CheckpointInterval: 5 * time.Millisecond,
+	}
+}
+
+func appendFile(t *testing.T, path, s string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCheckpointMovesOnlyOnAck follows a file into an aggregator that never
+// acknowledges (no checkpoint may be written), replays it into one that does
+// (the checkpoint reaches the end of the file), then resumes from the
+// checkpoint and sends only what was appended.
+func TestCheckpointMovesOnlyOnAck(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "audit.log")
+	state := filepath.Join(dir, "state")
+	appendFile(t, logPath, noise+tokenLine("a1")+noise+tokenLine("a2")+tokenLine("a3")+noise)
+
+	// 1: nothing acknowledged, nothing saved.
+	rec := &recordingStore{}
+	withStore(t, rec)
+	holding, addr := newAggregator(t, true)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- Run(ctx, config(logPath, addr, state)) }()
+	if got := holding.waitEvents(t, 3); !cmp.Equal(got, []string{"a1", "a2", "a3"}) {
+		t.Fatalf("events = %v, want a1 a2 a3", got)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("Run after stop = %v, want nil", err)
+	}
+	if o := rec.offsets(); len(o) > 0 {
+		t.Fatalf("checkpoints written without any acknowledgement: %v", o)
+	}
+
+	// 2: --once with the state dir: everything acknowledged, checkpoint at the end.
+	acking, addr := newAggregator(t, false)
+	cfg := config(logPath, addr, state)
+	cfg.Once = true
+	if err := Run(context.Background(), cfg); err != nil {
+		t.Fatalf("Run --once = %v", err)
+	}
+	if got := acking.waitEvents(t, 3); !cmp.Equal(got, []string{"a1", "a2", "a3"}) {
+		t.Errorf("events = %v, want a1 a2 a3", got)
+	}
+	fi, err := os.Stat(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := rec.offsets()
+	if len(o) == 0 || o[len(o)-1] != fi.Size() {
+		t.Fatalf("checkpoints %v, want the last at the end of the file (%d)", o, fi.Size())
+	}
+	acking.mu.Lock()
+	src := acking.sources[0]
+	replay := acking.hellos[0].Replay
+	acking.mu.Unlock()
+	if src.GetFile() == "" || src.GetOffset() != uint64(len(noise)) {
+		t.Errorf("source of a1 = %v, want offset %d in a named file", src, len(noise))
+	}
+	if !replay {
+		t.Error("hello of --once is not marked replay")
+	}
+
+	// 3: resume from the checkpoint: only the appended event is sent.
+	resumed, addr := newAggregator(t, false)
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	go func() { errc <- Run(ctx, config(logPath, addr, state)) }()
+	appendFile(t, logPath, noise+tokenLine("b1"))
+	if got := resumed.waitEvents(t, 1); !cmp.Equal(got, []string{"b1"}) {
+		t.Errorf("events after resume = %v, want only b1", got)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("Run after stop = %v, want nil", err)
+	}
+}
+
+func TestOnceUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "audit.log")
+	appendFile(t, logPath, tokenLine("a1"))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	cfg := config(logPath, addr, "")
+	cfg.Once = true
+	cfg.OnceTimeout = 200 * time.Millisecond
+	err = Run(context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "not reachable") {
+		t.Errorf("Run --once without an aggregator = %v, want a not reachable error", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	good := Config{AuditLog: "/a/audit.log", Cluster: "prod", NodeName: "cp-1", Aggregator: "agg.example:7443",
+		TLSCert: "c.pem", TLSKey: "k.pem", TLSCA: "ca.pem", StartAt: "end", OnceTimeout: time.Minute}
+	tests := []struct {
+		name string
+		mod  func(*Config)
+		want string
+	}{
+		{"good", func(*Config) {}, ""},
+		{"good insecure", func(c *Config) {
+			c.TLSCert, c.TLSKey, c.TLSCA, c.Insecure, c.Aggregator = "", "", "", true, "[::1]:7443"
+		}, ""},
+		{"no audit log", func(c *Config) { c.AuditLog = "" }, "--audit-log: must not be empty"},
+		{"cluster with slash", func(c *Config) { c.Cluster = "a/b" }, `--cluster "a/b": must not contain spaces or '/'`},
+		{"no node", func(c *Config) { c.NodeName = "" }, "--node-name is required when $NODE_NAME and the hostname are empty"},
+		{"bad port", func(c *Config) { c.Aggregator = "agg:https" }, `--aggregator "agg:https": port "https" is not a number`},
+		{"no ca", func(c *Config) { c.TLSCA = "" }, "--tls-ca is required with --tls-cert and --tls-key"},
+		{"no cert", func(c *Config) { c.TLSCert = "" }, "--tls-cert is required with --tls-key and --tls-ca"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := good
+			tt.mod(&c)
+			err := c.Validate()
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if got != tt.want {
+				t.Errorf("Validate() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,14 @@
+package agent
+
+import (
+	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
+)
+
+// checkpoints keeps the acknowledged position across restarts.
+type checkpoints interface {
+	Load() (*follow.Position, error)
+	Save(follow.Position) error
+}
+
+// openCheckpoints opens the checkpoint store in dir.
+var openCheckpoints = func(dir string) (checkpoints, error) { return openStandIn(dir) }

@@ -1,0 +1,322 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
+	"github.com/tokenwatch/tokenwatch/agent/internal/metrics"
+	"github.com/tokenwatch/tokenwatch/agent/internal/prefilter"
+	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
+	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
+	"github.com/tokenwatch/tokenwatch/internal/version"
+	"github.com/tokenwatch/tokenwatch/internal/wire"
+	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
+)
+
+// Run runs the agent until ctx ends (a stop signal: it drains for up to
+// ShutdownTimeout, writes the checkpoint and returns nil), or, with Once,
+// until everything read is acknowledged (nil) or the aggregator stays
+// unreachable for OnceTimeout (an error saying so). Other failures are
+// returned with their context.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	c := cfg.withDefaults()
+	log := c.Logger
+
+	creds, err := transport(c)
+	if err != nil {
+		return err
+	}
+	var store checkpoints
+	var resume *follow.Position
+	if c.StateDir != "" {
+		if store, err = openCheckpoints(c.StateDir); err != nil {
+			return err
+		}
+		if resume, err = store.Load(); err != nil {
+			return err
+		}
+	}
+	fol, err := follow.New(follow.Config{Path: c.AuditLog, StartAt: c.StartAt, Resume: resume, Once: c.Once, Logger: log})
+	if err != nil {
+		return fmt.Errorf("--audit-log: %w", err)
+	}
+	p := &pipeline{store: store, log: log}
+	var giveUp time.Duration
+	if c.Once {
+		giveUp = c.OnceTimeout
+	}
+	snd, err := sender.New(sender.Config{
+		Target:      c.Aggregator,
+		Credentials: creds,
+		Hello: &tokenwatchv1.Hello{
+			Cluster: c.Cluster, Node: c.NodeName, AgentVersion: version.Version,
+			Replay: c.Once, SessionId: sessionID(),
+		},
+		GiveUpAfter: giveUp,
+		Status:      func() *tokenwatchv1.Heartbeat { return heartbeat(fol.Stats()) },
+		OnAck:       p.onAck,
+		Logger:      log,
+	})
+	if err != nil {
+		return err
+	}
+	p.snd = snd
+	p.m = metrics.New(metrics.Sources{Follow: fol.Stats, Send: snd.Stats})
+
+	// Background work: metrics endpoint and periodic checkpoints.
+	bg, stopBG := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
+		stopBG()
+		wg.Wait()
+	}()
+	if c.MetricsAddr != "" {
+		lis, err := net.Listen("tcp", c.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr %s: %w", c.MetricsAddr, err)
+		}
+		wg.Go(func() {
+			if err := metrics.ServeListener(bg, lis, p.m.Handler(snd.Ready)); err != nil {
+				log.Error("metrics endpoint stopped", "error", err)
+			}
+		})
+	}
+	if store != nil {
+		wg.Go(func() { p.saveEvery(bg, c.CheckpointInterval) })
+	}
+
+	args := []any{"version", version.Version, "cluster", c.Cluster, "node", c.NodeName, "aggregator", c.Aggregator,
+		"audit_log", c.AuditLog, "once", c.Once, "mtls", !c.Insecure, "state_dir", c.StateDir}
+	if resume != nil {
+		args = append(args, "resume_file", resume.Name, "resume_offset", resume.Offset)
+	} else {
+		args = append(args, "start_at", c.StartAt)
+	}
+	log.Info("agent starting", args...)
+
+	sctx, stopSender := context.WithCancel(context.Background())
+	defer stopSender()
+	senderDone := make(chan error, 1)
+	go func() { senderDone <- snd.Run(sctx) }()
+	fctx, stopFollow := context.WithCancel(ctx)
+	defer stopFollow()
+	followDone := make(chan error, 1)
+	go func() { followDone <- fol.Run(fctx, p) }()
+
+	// drain waits for the sender to deliver what it holds, at most timeout.
+	drain := func(timeout time.Duration) error {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		select {
+		case err := <-senderDone:
+			return err
+		case <-t.C:
+			stopSender()
+			<-senderDone
+			n := snd.Stats().UnackedEvents
+			log.Warn("stopped before the aggregator acknowledged everything; the checkpoint stays before it", "unacked_events", n)
+			return nil
+		}
+	}
+
+	var runErr error
+	select {
+	case ferr := <-followDone:
+		snd.Close()
+		switch {
+		case ctx.Err() != nil:
+			log.Info("stopping: delivering what was read", "timeout", c.ShutdownTimeout)
+			runErr = drain(c.ShutdownTimeout)
+		case ferr != nil:
+			runErr = errors.Join(fmt.Errorf("follow %s: %w", c.AuditLog, ferr), drain(c.ShutdownTimeout))
+		default: // Once: read to the end
+			log.Info("read to the end; waiting for acknowledgements")
+			select {
+			case runErr = <-senderDone:
+			case <-ctx.Done():
+				runErr = drain(c.ShutdownTimeout)
+			}
+		}
+	case serr := <-senderDone:
+		stopFollow()
+		<-followDone
+		runErr = serr
+	}
+	if errors.Is(runErr, context.Canceled) {
+		runErr = nil
+	}
+	if store != nil {
+		if err := p.save(); err != nil {
+			runErr = errors.Join(runErr, err)
+		}
+	}
+	st := fol.Stats()
+	ss := snd.Stats()
+	log.Info("agent stopped", "lines_read", st.Lines, "events_sent", ss.EventsSent, "events_acked", ss.EventsAcked,
+		"unacked_events", ss.UnackedEvents, "losses", st.Losses)
+	return runErr
+}
+
+// transport returns the connection's credentials: mTLS unless Insecure.
+func transport(c Config) (credentials.TransportCredentials, error) {
+	if c.Insecure {
+		return insecure.NewCredentials(), nil
+	}
+	creds, err := tlsconf.ClientCredentials(c.TLSCert, c.TLSKey, c.TLSCA, c.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
+	}
+	return creds, nil
+}
+
+func sessionID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func heartbeat(st follow.Stats) *tokenwatchv1.Heartbeat {
+	h := &tokenwatchv1.Heartbeat{
+		File:        st.File,
+		Offset:      uint64(max(st.Offset, 0)),
+		Size:        uint64(max(st.Size, 0)),
+		BytesBehind: uint64(max(st.Behind, 0)),
+		LinesRead:   uint64(max(st.Lines, 0)),
+	}
+	if !st.LastGrowth.IsZero() {
+		h.LastGrowth = timestamppb.New(st.LastGrowth)
+	}
+	return h
+}
+
+// pipeline is the follower's handler: pre-filter, decode, convert, send.
+// It also keeps the newest acknowledged position for the checkpoint.
+type pipeline struct {
+	snd   *sender.Sender
+	m     *metrics.Agent
+	store checkpoints
+	log   *slog.Logger
+
+	// Used only from the follower's goroutine.
+	filter  prefilter.Filter
+	matches []prefilter.Match
+	events  []*tokenwatchv1.TokenEvent
+
+	mu       sync.Mutex
+	acked    *follow.Position // newest acknowledged; nil before the first
+	ackedVer uint64
+	savedVer uint64
+	saveMu   sync.Mutex // one Save at a time
+}
+
+var _ follow.Handler = (*pipeline)(nil)
+
+// Block finds the token creates of b and queues them with b's end as mark:
+// once they (and everything before) are acknowledged, the checkpoint may
+// move past b.
+func (p *pipeline) Block(ctx context.Context, b follow.Block) error {
+	var c prefilter.Counts
+	p.matches, c = p.filter.Block(p.matches[:0], b.Data)
+	if c.Candidates > 0 {
+		p.m.Candidates.Add(float64(c.Candidates))
+		p.m.Decoded.Add(float64(c.Decoded))
+		p.m.Malformed.Add(float64(c.Malformed))
+		p.m.Matches.Add(float64(c.Matches))
+	}
+	p.events = p.events[:0]
+	for i, m := range p.matches {
+		e := wire.ToProto(m.Event)
+		e.Source = &tokenwatchv1.SourcePosition{File: b.Pos.Name, Offset: uint64(b.Pos.Offset) + uint64(m.Offset)}
+		p.events = append(p.events, e)
+		p.matches[i].Event = nil
+	}
+	end := b.End()
+	end.ID.FP = bytes.Clone(end.ID.FP)
+	return p.snd.Enqueue(ctx, p.events, nil, end)
+}
+
+// Loss reports data the follower could not deliver; it travels to the
+// aggregator like an event.
+func (p *pipeline) Loss(ctx context.Context, l follow.Loss) error {
+	p.m.Losses.WithLabelValues(l.Reason).Inc()
+	p.log.Warn("audit data lost", "reason", l.Reason, "file", l.File, "offset", l.Offset,
+		"bytes", l.Bytes, "bytes_known", l.BytesKnown, "lines", l.Lines, "lines_known", l.LinesKnown, "detail", l.Detail)
+	r := &tokenwatchv1.LossReport{
+		Reason: l.Reason, File: l.File, Detail: l.Detail,
+		BytesLost: uint64(max(l.Bytes, 0)), BytesKnown: l.BytesKnown,
+		LinesLost: uint64(max(l.Lines, 0)), LinesKnown: l.LinesKnown,
+		Offset:   uint64(max(l.Offset, 0)),
+		Observed: timestamppb.Now(),
+	}
+	return p.snd.Enqueue(ctx, nil, []*tokenwatchv1.LossReport{r}, nil)
+}
+
+// onAck is the sender's OnAck: marks arrive in order.
+func (p *pipeline) onAck(mark any) {
+	pos, ok := mark.(follow.Position)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	p.acked = &pos
+	p.ackedVer++
+	p.mu.Unlock()
+}
+
+// Acked returns the newest acknowledged position, if any.
+func (p *pipeline) ackedPos() (follow.Position, uint64, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.acked == nil {
+		return follow.Position{}, 0, false
+	}
+	return *p.acked, p.ackedVer, true
+}
+
+// save writes the acknowledged position when it moved since the last save.
+func (p *pipeline) save() error {
+	p.saveMu.Lock()
+	defer p.saveMu.Unlock()
+	pos, ver, ok := p.ackedPos()
+	if !ok || ver == p.savedVer {
+		return nil
+	}
+	if err := p.store.Save(pos); err != nil {
+		p.m.SaveErrors.Inc()
+		return err
+	}
+	p.m.Saves.Inc()
+	p.savedVer = ver
+	return nil
+}
+
+func (p *pipeline) saveEvery(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := p.save(); err != nil {
+				p.log.Error("checkpoint not written", "error", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,153 @@
+// Package metrics exposes the agent's counters in the Prometheus text format
+// and its health on HTTP: /metrics, /healthz and /readyz.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
+	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
+)
+
+// Sources are read at every scrape.
+type Sources struct {
+	Follow func() follow.Stats
+	Send   func() sender.Stats
+}
+
+// Agent holds the agent's metrics.
+type Agent struct {
+	Registry *prometheus.Registry
+
+	Candidates prometheus.Counter     // lines that passed the byte pre-filter
+	Decoded    prometheus.Counter     // candidates decoded as JSON
+	Malformed  prometheus.Counter     // decoded candidates that were not valid events
+	Matches    prometheus.Counter     // token creates found
+	Losses     *prometheus.CounterVec // loss reports, by reason
+	Saves      prometheus.Counter     // checkpoints written
+	SaveErrors prometheus.Counter     // checkpoint writes that failed
+}
+
+// New registers the agent's metrics on a fresh registry.
+func New(src Sources) *Agent {
+	reg := prometheus.NewRegistry()
+	a := &Agent{Registry: reg}
+	counter := func(name, help string) prometheus.Counter {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "tokenwatch_agent", Name: name, Help: help})
+		reg.MustRegister(c)
+		return c
+	}
+	a.Candidates = counter("candidate_lines_total", "Lines that passed the byte pre-filter.")
+	a.Decoded = counter("decoded_lines_total", "Candidate lines decoded as JSON.")
+	a.Malformed = counter("malformed_lines_total", "Decoded candidate lines that were not valid audit events.")
+	a.Matches = counter("token_creates_total", "Token-create events found.")
+	a.Saves = counter("checkpoint_saves_total", "Checkpoints written.")
+	a.SaveErrors = counter("checkpoint_save_errors_total", "Checkpoint writes that failed.")
+	a.Losses = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "tokenwatch_agent", Name: "losses_total", Help: "Audit data the agent could not deliver, by reason.",
+	}, []string{"reason"})
+	reg.MustRegister(a.Losses)
+
+	fn := func(kind prometheus.ValueType, name, help string, v func() float64) {
+		desc := prometheus.NewDesc("tokenwatch_agent_"+name, help, nil, nil)
+		reg.MustRegister(funcCollector{desc: desc, kind: kind, v: v})
+	}
+	if f := src.Follow; f != nil {
+		fn(prometheus.CounterValue, "lines_read_total", "Audit log lines read.", func() float64 { return float64(f().Lines) })
+		fn(prometheus.CounterValue, "bytes_read_total", "Audit log bytes read.", func() float64 { return float64(f().Bytes) })
+		fn(prometheus.CounterValue, "rotations_total", "Times the live audit log was rotated away or truncated.", func() float64 { return float64(f().Rotations) })
+		fn(prometheus.CounterValue, "lines_too_long_total", "Lines longer than the limit, skipped and reported.", func() float64 { return float64(f().LinesTooLong) })
+		fn(prometheus.GaugeValue, "bytes_behind", "Audit data not read yet: the rest of the file and newer rotated files.", func() float64 { return float64(f().Behind) })
+		fn(prometheus.GaugeValue, "last_growth_timestamp_seconds", "When audit data was last read.", func() float64 {
+			if t := f().LastGrowth; !t.IsZero() {
+				return float64(t.UnixNano()) / 1e9
+			}
+			return 0
+		})
+	}
+	if s := src.Send; s != nil {
+		fn(prometheus.CounterValue, "events_sent_total", "Token events sent, re-sends included.", func() float64 { return float64(s().EventsSent) })
+		fn(prometheus.CounterValue, "events_acked_total", "Token events acknowledged by the aggregator.", func() float64 { return float64(s().EventsAcked) })
+		fn(prometheus.CounterValue, "reconnects_total", "Streams opened after the first.", func() float64 { return float64(s().Reconnects) })
+		fn(prometheus.GaugeValue, "unacked_events", "Token events sent or queued and not acknowledged.", func() float64 { return float64(s().UnackedEvents) })
+		fn(prometheus.GaugeValue, "connected", "1 while a stream to the aggregator is open and welcomed.", func() float64 {
+			if s().Connected {
+				return 1
+			}
+			return 0
+		})
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return a
+}
+
+// funcCollector reads one value at scrape time.
+type funcCollector struct {
+	desc *prometheus.Desc
+	kind prometheus.ValueType
+	v    func() float64
+}
+
+func (c funcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c funcCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.desc, c.kind, c.v())
+}
+
+// Handler serves /metrics, /healthz (always 200 while the process serves)
+// and /readyz (200 when ready reports true, else 503).
+func (a *Agent) Handler(ready func() bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if ready != nil && ready() {
+			fmt.Fprintln(w, "ready")
+			return
+		}
+		http.Error(w, "not connected to the aggregator", http.StatusServiceUnavailable)
+	})
+	return mux
+}
+
+// Serve listens on addr and serves h until ctx ends, then shuts down
+// within a second.
+func Serve(ctx context.Context, addr string, h http.Handler) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for metrics on %s: %w", addr, err)
+	}
+	return ServeListener(ctx, lis, h)
+}
+
+// ServeListener is Serve on an open listener.
+func ServeListener(ctx context.Context, lis net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve metrics: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	if err != nil {
+		return fmt.Errorf("stop metrics server: %w", err)
+	}
+	return nil
+}

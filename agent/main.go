@@ -1,0 +1,97 @@
+// Command agent follows a kube-apiserver audit log on a control-plane node
+// and streams its service-account token creates to the tokenwatch aggregator.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tokenwatch/tokenwatch/agent/internal/agent"
+	"github.com/tokenwatch/tokenwatch/internal/version"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// run parses args, runs the agent and returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, logLevel, showVersion, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "agent:", err)
+		return 2
+	}
+	if showVersion {
+		fmt.Fprintln(stdout, "tokenwatch agent", version.Version)
+		return 0
+	}
+	cfg.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(stderr, "agent:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := agent.Run(ctx, cfg); err != nil {
+		cfg.Logger.Error("agent failed", "error", err)
+		fmt.Fprintln(stderr, "agent:", err)
+		return 1
+	}
+	return 0
+}
+
+// parseFlags fills the agent's Config from the command line, applying the
+// defaults that depend on other flags (--once changes --start-at and
+// --state-dir).
+func parseFlags(args []string, stderr io.Writer) (agent.Config, slog.Level, bool, error) {
+	var c agent.Config
+	var level slog.Level
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.AuditLog, "audit-log", agent.DefaultAuditLog, "the kube-apiserver audit log `PATH`; rotated siblings (audit-<time>.log, .1, .gz) are found by identity")
+	fs.StringVar(&c.Cluster, "cluster", "", "the cluster `NAME` this agent reports for (required; with mTLS it must match the certificate)")
+	fs.StringVar(&c.NodeName, "node-name", defaultNode(), "this control-plane node's `NAME` (default from $NODE_NAME, else the hostname)")
+	fs.StringVar(&c.Aggregator, "aggregator", "", "the aggregator's `HOST:PORT` (required)")
+	fs.BoolVar(&c.Insecure, "insecure", false, "plaintext to an aggregator on loopback")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "agent certificate `FILE` (PEM; reloaded when it changes)")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "agent private key `FILE` (PEM)")
+	fs.StringVar(&c.TLSCA, "tls-ca", "", "`FILE` with the CA certificates of the aggregator")
+	fs.StringVar(&c.StateDir, "state-dir", agent.DefaultStateDir, "checkpoint `DIR` (with --once: none unless given)")
+	fs.StringVar(&c.StartAt, "start-at", "end", "`beginning|end`: where to begin in the live file without a checkpoint (with --once: beginning)")
+	fs.BoolVar(&c.Once, "once", false, "replay: read the file (plain or .gz) to its end, wait for every acknowledgement, exit")
+	fs.DurationVar(&c.OnceTimeout, "once-timeout", agent.DefaultOnceTimeout, "with --once, exit 1 when the aggregator cannot be reached for this `DURATION`")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `HOST:PORT` (default: off)")
+	fs.TextVar(&level, "log-level", slog.LevelInfo, "log `LEVEL`: debug, info, warn or error")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return c, level, false, err
+	}
+	if fs.NArg() > 0 {
+		return c, level, false, fmt.Errorf("unexpected argument %q: every setting is a flag", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if c.Once && !set["start-at"] {
+		c.StartAt = "beginning"
+	}
+	if c.Once && !set["state-dir"] {
+		c.StateDir = ""
+	}
+	return c, level, *showVersion, nil
+}
+
+func defaultNode() string {
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return n
+	}
+	h, _ := os.Hostname()
+	return h
+}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func TestFlagErrors(t *testing.T) {
+	base := []string{"--cluster", "prod", "--node-name", "cp-1", "--aggregator", "127.0.0.1:7443", "--insecure"}
+	with := func(extra ...string) []string { return append(append([]string{}, base...), extra...) }
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no cluster", []string{"--aggregator", "127.0.0.1:1", "--insecure"}, "agent: --cluster is required"},
+		{"no aggregator", []string{"--cluster", "prod", "--insecure"}, "agent: --aggregator HOST:PORT is required"},
+		{"aggregator without port", []string{"--cluster", "prod", "--aggregator", "agg", "--insecure"}, `agent: --aggregator "agg": want HOST:PORT`},
+		{"no transport security", []string{"--cluster", "prod", "--aggregator", "agg.example:7443"},
+			"agent: no transport security: give --tls-cert, --tls-key and --tls-ca for mTLS, or --insecure for an aggregator on loopback"},
+		{"insecure off loopback", []string{"--cluster", "prod", "--aggregator", "10.0.0.1:7443", "--insecure"},
+			`agent: --insecure is for loopback only: --aggregator: address "10.0.0.1:7443" is not a loopback address (want 127.0.0.0/8, ::1 or localhost)`},
+		{"insecure with tls", with("--tls-ca", "ca.pem"), "agent: --insecure cannot be combined with --tls-cert, --tls-key or --tls-ca"},
+		{"tls without key", []string{"--cluster", "prod", "--aggregator", "agg:7443", "--tls-cert", "a.pem", "--tls-ca", "ca.pem"},
+			"agent: --tls-key is required with --tls-cert and --tls-ca"},
+		{"bad start-at", with("--start-at", "middle"), `agent: --start-at "middle": want "beginning" or "end"`},
+		{"gz without once", with("--audit-log", "/x/audit.log.gz"), "agent: --audit-log /x/audit.log.gz: a compressed file can only be replayed with --once"},
+		{"bad once-timeout", with("--once", "--once-timeout", "0s"), "agent: --once-timeout 0s: must be positive"},
+		{"bad metrics-addr", with("--metrics-addr", "localhost"), `agent: --metrics-addr "localhost": want HOST:PORT`},
+		{"stray argument", with("audit.log"), `agent: unexpected argument "audit.log": every setting is a flag`},
+		{"unknown flag", with("--nope"), "flag provided but not defined: -nope"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(tt.args, &stdout, &stderr)
+			if code == 0 {
+				t.Errorf("run(%q) = 0, want non-zero", tt.args)
+			}
+			first, _, _ := strings.Cut(stderr.String(), "\n")
+			if first != tt.want {
+				t.Errorf("run(%q) printed %q, want %q", tt.args, first, tt.want)
+			}
+		})
+	}
+}
+
+func TestHelpListsEveryFlag(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"--help"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("--help exit code %d", code)
+	}
+	for _, f := range []string{"audit-log", "cluster", "node-name", "aggregator", "insecure", "tls-cert", "tls-key", "tls-ca",
+		"state-dir", "start-at", "once", "once-timeout", "metrics-addr", "log-level", "version"} {
+		if !strings.Contains(stderr.String(), "-"+f+" ") && !strings.Contains(stderr.String(), "-"+f+"\n") {
+			t.Errorf("--help does not list --%s", f)
+		}
+	}
+}
+
+func TestOnceDefaults(t *testing.T) {
+	c, _, _, err := parseFlags([]string{"--once"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StartAt != "beginning" || c.StateDir != "" {
+		t.Errorf("--once: start-at %q, state-dir %q; want beginning and none", c.StartAt, c.StateDir)
+	}
+	c, _, _, err = parseFlags([]string{"--once", "--state-dir", "/s", "--start-at", "end"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StartAt != "end" || c.StateDir != "/s" {
+		t.Errorf("--once with explicit flags: start-at %q, state-dir %q; want end and /s", c.StartAt, c.StateDir)
+	}
+	c, _, _, err = parseFlags(nil, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StartAt != "end" || c.StateDir != "/var/lib/tokenwatch" || c.AuditLog != "/var/log/kubernetes/audit/audit.log" {
+		t.Errorf("defaults: %+v", c)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"--version"}, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "tokenwatch agent ") {
+		t.Errorf("--version: code %d, stdout %q", code, stdout.String())
+	}
+}
