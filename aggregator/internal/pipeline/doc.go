@@ -1,0 +1,19 @@
+// Package pipeline turns the batches agents stream into durable alert
+// records: exclusions, the one-alert-per-request stage logic with its grace
+// period, correlation, the alert budget, loss reports and silence.
+//
+// For every event of a batch the rule decides; excluded events (the vast
+// majority: system identities) cost one evaluation and are counted, nothing
+// is stored. A matching event is keyed by request (cluster, auditID,
+// requestReceivedTimestamp) and the request's stored state picks the action:
+// a RequestReceived is held as pending with a deadline of now+stage_grace, a
+// completion (or a lone RequestReceived whose deadline passed, with
+// event.outcome=unknown) becomes the alert and marks the request done, a
+// late completion is dropped and counted. Every alerting request feeds the
+// correlator and passes the budget. All records of a batch are written in
+// one state commit, after which the batch may be acknowledged.
+//
+// The pipeline never reads the clock itself: Now is injected, and Tick does
+// one round of the periodic work (due pendings, budget flush, silence) at a
+// given time, so tests drive it without sleeping.
+package pipeline

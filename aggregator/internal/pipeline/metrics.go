@@ -1,0 +1,76 @@
+package pipeline
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type eventCounters struct {
+	excluded, notMatched, held, alerted, droppedLate, ignored, suppressed prometheus.Counter
+}
+
+type metrics struct {
+	events        eventCounters
+	recordsAdded  prometheus.Counter
+	losses        prometheus.Counter
+	expired       prometheus.Counter
+	pendingBroken prometheus.Counter
+	tickErrors    prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	ev := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tokenwatch_aggregator_events_total",
+		Help: "Token-create events processed, by result: excluded, not_matched, held (pending its completion), alerted, dropped_late (completion after the grace), ignored (duplicate), suppressed (held back by the budget).",
+	}, []string{"result"})
+	m := &metrics{
+		events: eventCounters{
+			excluded:    ev.WithLabelValues("excluded"),
+			notMatched:  ev.WithLabelValues("not_matched"),
+			held:        ev.WithLabelValues("held"),
+			alerted:     ev.WithLabelValues("alerted"),
+			droppedLate: ev.WithLabelValues("dropped_late"),
+			ignored:     ev.WithLabelValues("ignored"),
+			suppressed:  ev.WithLabelValues("suppressed"),
+		},
+		recordsAdded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenwatch_aggregator_records_added_total",
+			Help: "Alert records newly added to the outbox.",
+		}),
+		losses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenwatch_aggregator_loss_reports_total",
+			Help: "Loss reports received from agents.",
+		}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenwatch_aggregator_pending_expired_total",
+			Help: "RequestReceived events alerted alone (event.outcome=unknown) after stage_grace.",
+		}),
+		pendingBroken: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenwatch_aggregator_pending_unreadable_total",
+			Help: "Stored pending events that could not be decoded and were dropped.",
+		}),
+		tickErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenwatch_aggregator_tick_errors_total",
+			Help: "Failed rounds of the periodic work (due pendings, budget, silence).",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(ev, m.recordsAdded, m.losses, m.expired, m.pendingBroken, m.tickErrors)
+	}
+	return m
+}
+
+func (m *metrics) count(r *Result) {
+	add := func(c prometheus.Counter, n int) {
+		if n > 0 {
+			c.Add(float64(n))
+		}
+	}
+	add(m.events.excluded, r.Excluded)
+	add(m.events.notMatched, r.NotMatched)
+	add(m.events.held, r.Held)
+	add(m.events.alerted, r.Alerted)
+	add(m.events.droppedLate, r.DroppedLate)
+	add(m.events.ignored, r.Ignored)
+	add(m.events.suppressed, r.Suppressed)
+	add(m.recordsAdded, r.Records)
+}

@@ -1,0 +1,567 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/config"
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/correlate"
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/state"
+	"github.com/tokenwatch/tokenwatch/internal/alert"
+	"github.com/tokenwatch/tokenwatch/internal/audit"
+	"github.com/tokenwatch/tokenwatch/internal/detect"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
+	"github.com/tokenwatch/tokenwatch/internal/wire"
+	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
+)
+
+// Defaults of Options.
+const (
+	DefaultTickInterval  = 100 * time.Millisecond
+	DefaultPruneInterval = time.Minute
+	// maxDuePerTick bounds the pendings turned into alerts per commit.
+	maxDuePerTick = 1000
+	// expireInterval is how often Tick lets the correlator drop old events.
+	expireInterval = time.Second
+)
+
+// Options configure a Pipeline.
+type Options struct {
+	// Store is the durable state; required.
+	Store *state.Store
+	// Config is the initial configuration file; it must be valid.
+	Config config.Config
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// Logger; discarded when nil.
+	Logger *slog.Logger
+	// Registerer receives the pipeline's metrics; none when nil.
+	Registerer prometheus.Registerer
+	// TickInterval is how often Run calls Tick; DefaultTickInterval when 0.
+	TickInterval time.Duration
+	// PruneInterval is how often Run prunes the state; DefaultPruneInterval when 0.
+	PruneInterval time.Duration
+}
+
+// Loss is one agent loss report.
+type Loss struct {
+	Reason     string
+	File       string
+	Offset     uint64
+	BytesLost  uint64
+	LinesLost  uint64
+	BytesKnown bool
+	LinesKnown bool
+	Observed   time.Time // the agent's clock
+	Detail     string
+}
+
+// Batch is one acknowledged unit from an agent.
+type Batch struct {
+	Source detect.Source
+	Events []*audit.Event
+	Losses []Loss
+}
+
+// Result tells what one batch did.
+type Result struct {
+	Excluded, NotMatched, Held, Alerted, DroppedLate, Ignored, Suppressed int
+	// Records is the number of records newly added to the outbox.
+	Records int
+}
+
+// Pipeline is safe for concurrent use by many streams.
+type Pipeline struct {
+	store  *state.Store
+	now    func() time.Time
+	logger *slog.Logger
+	m      *metrics
+	every  time.Duration // tick interval
+	prune  time.Duration
+
+	rule  atomic.Pointer[rule.Rule]
+	grace atomic.Int64 // time.Duration
+
+	// Locking. A batch holds tick for reading and the stripe of its
+	// cluster: batches of different clusters read, decide and commit
+	// concurrently (the store groups their commits), while two batches that
+	// could hold the same request (request keys start with the cluster)
+	// never interleave. Tick holds tick for writing, so turning a due
+	// pending into an alert never races with its completion arriving.
+	tick    sync.RWMutex
+	stripes [64]sync.Mutex
+
+	// mu guards the configuration and the fleet components below, which are
+	// not safe for concurrent use; it is never held across a batch's commit.
+	mu        sync.Mutex
+	cfg       config.Config
+	corr      *correlate.Correlator
+	budget    budgeter // nil when off
+	silence   silencer
+	carry     []alert.Record // periodic records whose commit failed, retried
+	retention time.Duration
+	// alone remembers, for the dedupe retention, requests alerted from a
+	// lone RequestReceived: the store marks them Done like any other, and
+	// this tells a late completion (dropped_late) from a duplicate. It is
+	// not durable: after a restart a late completion counts as ignored
+	// (either way it makes no record).
+	alone map[string]time.Time
+	// lastExpire is when the correlator last dropped old events.
+	lastExpire time.Time
+}
+
+// stripe returns the lock of cluster's batches.
+func (p *Pipeline) stripe(cluster string) *sync.Mutex {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(cluster); i++ {
+		h ^= uint32(cluster[i])
+		h *= 16777619
+	}
+	return &p.stripes[h%uint32(len(p.stripes))]
+}
+
+// New returns a Pipeline over opts.Store with opts.Config in force.
+func New(opts Options) (*Pipeline, error) {
+	if opts.Store == nil {
+		return nil, errors.New("new pipeline: no state store")
+	}
+	p := &Pipeline{
+		store:  opts.Store,
+		now:    opts.Now,
+		logger: opts.Logger,
+		every:  opts.TickInterval,
+		prune:  opts.PruneInterval,
+		alone:  make(map[string]time.Time),
+	}
+	if p.now == nil {
+		p.now = time.Now
+	}
+	if p.logger == nil {
+		p.logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if p.every <= 0 {
+		p.every = DefaultTickInterval
+	}
+	if p.prune <= 0 {
+		p.prune = DefaultPruneInterval
+	}
+	p.m = newMetrics(opts.Registerer)
+	if err := p.Apply(opts.Config); err != nil {
+		return nil, fmt.Errorf("new pipeline: %w", err)
+	}
+	return p, nil
+}
+
+// RuleConfig converts the configuration file's exclusions for the rule.
+func RuleConfig(c config.Exclusions) rule.Config {
+	rc := rule.Config{
+		StrictGroups:    c.StrictGroups,
+		Platform:        c.Platform,
+		ReplaceDefaults: c.ReplaceDefaults,
+	}
+	for _, a := range c.Add {
+		rc.Add = append(rc.Add, rule.Pattern{User: a.User, Namespaces: a.Namespaces, ServiceAccounts: a.ServiceAccounts})
+	}
+	return rc
+}
+
+// Apply puts a new configuration in force without a restart. The rule and
+// grace apply to the next batch; correlation, budget and silence are rebuilt
+// only when their section changed (their windows start afresh then).
+func (p *Pipeline) Apply(c config.Config) error {
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("apply config: %w", err)
+	}
+	r, err := rule.New(RuleConfig(c.Exclusions))
+	if err != nil {
+		return fmt.Errorf("apply config: exclusions: %w", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	first := p.corr == nil
+	if c.Exclusions.ReplaceDefaults && (first || !p.cfg.Exclusions.ReplaceDefaults) {
+		p.logger.Warn("exclusions.replace_defaults is true: the seed rule's exclusion list is DROPPED, only exclusions.add applies",
+			"added", len(c.Exclusions.Add))
+	}
+	if first || !equalCorrelation(p.cfg.Correlation, c.Correlation) {
+		p.corr = correlate.New(correlate.Config{
+			Window:          c.Correlation.Window,
+			Lateness:        c.Correlation.Lateness,
+			Clusters:        c.Correlation.Clusters,
+			ServiceAccounts: c.Correlation.ServiceAccounts,
+			IgnoreUsers:     append([]string(nil), c.Correlation.IgnoreUsers...),
+		})
+	}
+	if first || p.cfg.Budget != c.Budget {
+		if p.budget != nil {
+			// Do not lose the summary of a window cut short.
+			p.carry = append(p.carry, p.budget.Flush(p.now())...)
+		}
+		p.budget = nil
+		if c.Budget.MaxAlerts > 0 {
+			p.budget = newBudget(c.Budget.MaxAlerts, c.Budget.Window)
+		}
+	}
+	if first || p.cfg.Silence != c.Silence {
+		p.silence = newSilence(c.Silence.After)
+	}
+	p.rule.Store(r)
+	p.grace.Store(int64(c.Alerting.StageGrace))
+	p.retention = c.Alerting.DedupeRetention
+	p.cfg = c
+	return nil
+}
+
+func equalCorrelation(a, b config.Correlation) bool {
+	if a.Window != b.Window || a.Lateness != b.Lateness || a.Clusters != b.Clusters ||
+		a.ServiceAccounts != b.ServiceAccounts || len(a.IgnoreUsers) != len(b.IgnoreUsers) {
+		return false
+	}
+	for i := range a.IgnoreUsers {
+		if a.IgnoreUsers[i] != b.IgnoreUsers[i] {
+			return false
+		}
+	}
+	return true
+}
+
+type alerting struct {
+	e   *audit.Event
+	rec alert.Record
+}
+
+// wasAlone reports whether key was alerted from a lone RequestReceived.
+func (p *Pipeline) wasAlone(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.alone[key]
+	return ok
+}
+
+type candidate struct {
+	e   *audit.Event
+	v   rule.Verdict
+	key string
+}
+
+// Process records one batch. When it returns nil, everything the batch
+// implies is durably recorded and the batch may be acknowledged; on error
+// nothing of it should be acknowledged (a re-send is deduplicated).
+func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
+	var res Result
+	r := p.rule.Load()
+	var cands []candidate
+	for _, e := range b.Events {
+		if e == nil || !e.IsTokenCreate() {
+			res.NotMatched++
+			continue
+		}
+		v := r.Evaluate(e)
+		if !v.Alerts() {
+			if v.Excluded {
+				res.Excluded++
+			} else {
+				res.NotMatched++
+			}
+			continue
+		}
+		cands = append(cands, candidate{e: e, v: v, key: detect.KeyOf(b.Source.Cluster, e).String()})
+	}
+	if len(cands) == 0 && len(b.Losses) == 0 {
+		p.m.count(&res)
+		return res, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+
+	p.tick.RLock()
+	defer p.tick.RUnlock()
+	lock := p.stripe(b.Source.Cluster)
+	lock.Lock()
+	defer lock.Unlock()
+	now := p.now()
+	keys := make([]string, len(cands))
+	for i, c := range cands {
+		keys[i] = c.key
+	}
+	var states map[string]state.RequestState
+	if len(keys) > 0 {
+		var err error
+		states, err = p.store.States(keys)
+		if err != nil {
+			return Result{}, fmt.Errorf("process batch: %w", err)
+		}
+	}
+	local := make(map[string]detect.State, len(cands))
+	var ch state.Change
+	var alerts []alerting
+	grace := time.Duration(p.grace.Load())
+	for _, c := range cands {
+		s, ok := local[c.key]
+		if !ok {
+			// state.RequestState shares detect.State's values; the store
+			// has no StateDoneAlone, p.alone has.
+			s = detect.State(states[c.key])
+			if s == detect.StateDone && p.wasAlone(c.key) {
+				s = detect.StateDoneAlone
+			}
+		}
+		act := detect.Next(s, c.e.Stage)
+		local[c.key] = detect.After(s, act)
+		switch act {
+		case detect.ActionHold:
+			raw, err := proto.Marshal(wire.ToProto(c.e))
+			if err != nil {
+				return Result{}, fmt.Errorf("process batch: encode pending %s: %w", c.key, err)
+			}
+			ch.Pending = append(ch.Pending, state.Pending{
+				Key: c.key, Deadline: now.Add(grace),
+				Cluster: b.Source.Cluster, Node: b.Source.Node, Event: raw,
+			})
+			res.Held++
+		case detect.ActionAlert:
+			alerts = append(alerts, alerting{e: c.e, rec: detect.TokenRecord(b.Source, c.e, c.v, false)})
+			ch.Done = append(ch.Done, c.key)
+			res.Alerted++
+		case detect.ActionDropLate:
+			res.DroppedLate++
+		default:
+			res.Ignored++
+		}
+	}
+	if len(alerts) > 0 {
+		p.mu.Lock()
+		for _, a := range alerts {
+			if !p.alertLocked(&ch, now, b.Source.Cluster, a.e, a.rec) {
+				res.Suppressed++
+			}
+		}
+		p.mu.Unlock()
+	}
+	for _, l := range b.Losses {
+		ch.Records = append(ch.Records, LossRecord(b.Source, l, now))
+	}
+	added, err := p.store.Commit(ch)
+	if err != nil {
+		return Result{}, fmt.Errorf("process batch: %w", err)
+	}
+	res.Records = added
+	p.m.count(&res)
+	p.m.losses.Add(float64(len(b.Losses)))
+	return res, nil
+}
+
+// alertLocked feeds an alerting request to correlation and the budget and
+// adds what results to ch. It reports whether rec itself was admitted.
+// p.mu must be held.
+func (p *Pipeline) alertLocked(ch *state.Change, now time.Time, cluster string, e *audit.Event, rec alert.Record) bool {
+	ev := correlate.Event{Time: rec.Time, Cluster: cluster, User: e.Username(), SourceIP: e.SourceIP(), AuditID: e.AuditID}
+	if e.ObjectRef != nil {
+		ev.Namespace, ev.Name = e.ObjectRef.Namespace, e.ObjectRef.Name
+	}
+	ch.Records = append(ch.Records, p.corr.Observe(ev)...)
+	if p.budget != nil && !p.budget.Admit(now, ev.User, e.AuditID) {
+		return false
+	}
+	ch.Records = append(ch.Records, rec)
+	return true
+}
+
+// Heard records a heartbeat of a (non-replay) agent. lastGrowth is when the
+// agent last saw its audit log grow (zero when unknown).
+func (p *Pipeline) Heard(cluster, node string, lastGrowth time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.silence.Heard(p.now(), cluster, node, lastGrowth)
+}
+
+// Tick does one round of the periodic work at the clock's now: pendings whose
+// grace has passed become event.outcome=unknown alerts, the budget's window
+// summaries and silence records are written. It returns the number of
+// records added.
+func (p *Pipeline) Tick(ctx context.Context) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	p.tick.Lock()
+	defer p.tick.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	due, err := p.store.DuePending(now, maxDuePerTick)
+	if err != nil {
+		return 0, fmt.Errorf("tick: %w", err)
+	}
+	ch := state.Change{Records: p.carry}
+	r := p.rule.Load()
+	var expired, suppressed int
+	var alone []string
+	for _, pd := range due {
+		ch.Done = append(ch.Done, pd.Key)
+		var pe tokenwatchv1.TokenEvent
+		if err := proto.Unmarshal(pd.Event, &pe); err != nil {
+			p.logger.Error("pending event unreadable, dropped", "key", pd.Key, "err", err)
+			p.m.pendingBroken.Inc()
+			continue
+		}
+		e := *wire.FromProto(&pe)
+		v := r.Evaluate(&e)
+		if !v.Alerts() {
+			// The exclusions changed while it waited.
+			continue
+		}
+		src := detect.Source{Cluster: pd.Cluster, Node: pd.Node}
+		rec := detect.TokenRecord(src, &e, v, true)
+		alone = append(alone, pd.Key)
+		if !p.alertLocked(&ch, now, pd.Cluster, &e, rec) {
+			suppressed++
+		}
+		expired++
+	}
+	if p.budget != nil {
+		ch.Records = append(ch.Records, p.budget.Flush(now)...)
+	}
+	ch.Records = append(ch.Records, p.silence.Check(now)...)
+	if now.Sub(p.lastExpire) >= expireInterval || now.Before(p.lastExpire) {
+		p.corr.Expire(now)
+		p.lastExpire = now
+	}
+	if len(ch.Records) == 0 && len(ch.Done) == 0 {
+		return 0, nil
+	}
+	added, err := p.store.Commit(ch)
+	if err != nil {
+		// Periodic records exist only in memory: keep them for the next try.
+		// Due pendings are still in the store and come back by themselves.
+		p.carry = periodic(ch.Records, due)
+		return 0, fmt.Errorf("tick: %w", err)
+	}
+	p.carry = nil
+	for _, k := range alone {
+		p.alone[k] = now
+	}
+	p.m.expired.Add(float64(expired))
+	p.m.events.suppressed.Add(float64(suppressed))
+	p.m.recordsAdded.Add(float64(added))
+	return added, nil
+}
+
+// periodic keeps the records that are not token-request alerts of due
+// pendings (those are rebuilt from the store on the next tick).
+func periodic(recs []alert.Record, due []state.Pending) []alert.Record {
+	if len(due) == 0 {
+		return recs
+	}
+	var out []alert.Record
+	for _, r := range recs {
+		if r.EventName != alert.EventTokenRequest {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Prune forgets requests and exported records older than the dedupe retention.
+func (p *Pipeline) Prune(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	retention := p.retention
+	now := p.now()
+	for k, at := range p.alone {
+		if now.Sub(at) > retention {
+			delete(p.alone, k)
+		}
+	}
+	p.mu.Unlock()
+	if _, err := p.store.Prune(now, retention); err != nil {
+		return fmt.Errorf("prune state: %w", err)
+	}
+	return nil
+}
+
+// Run calls Tick and Prune periodically until ctx is done, then ticks once
+// more so that what is due is not left behind.
+func (p *Pipeline) Run(ctx context.Context) error {
+	tick := time.NewTicker(p.every)
+	defer tick.Stop()
+	prune := time.NewTicker(p.prune)
+	defer prune.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if _, err := p.Tick(context.WithoutCancel(ctx)); err != nil {
+				p.logger.Error("final tick", "err", err)
+			}
+			return nil
+		case <-tick.C:
+			if _, err := p.Tick(ctx); err != nil && ctx.Err() == nil {
+				p.m.tickErrors.Inc()
+				p.logger.Error("pipeline tick", "err", err)
+			}
+		case <-prune.C:
+			if err := p.Prune(ctx); err != nil && ctx.Err() == nil {
+				p.logger.Error("pipeline prune", "err", err)
+			}
+		}
+	}
+}
+
+// LossRecord is the tokenwatch.pipeline audit_data_lost record of a loss
+// report. Its ID depends only on the report, so a re-sent batch does not
+// create it twice.
+func LossRecord(src detect.Source, l Loss, now time.Time) alert.Record {
+	h := sha256.New()
+	for _, s := range []string{src.Cluster, src.Node, l.Reason, l.File,
+		strconv.FormatUint(l.Offset, 10), strconv.FormatUint(l.BytesLost, 10),
+		strconv.FormatUint(l.LinesLost, 10), l.Observed.UTC().Format(time.RFC3339Nano)} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	attrs := []alert.Attr{
+		alert.String("tokenwatch.pipeline.kind", "audit_data_lost"),
+		alert.String("k8s.cluster.name", src.Cluster),
+		alert.String("k8s.node.name", src.Node),
+		alert.String("tokenwatch.loss.reason", l.Reason),
+		alert.String("log.file.name", l.File),
+	}
+	what := "audit data"
+	if l.BytesKnown {
+		attrs = append(attrs, alert.Int("tokenwatch.bytes_lost", int64(l.BytesLost)))
+		what = fmt.Sprintf("%d bytes of audit data", l.BytesLost)
+	}
+	if l.LinesKnown {
+		attrs = append(attrs, alert.Int("tokenwatch.lines_lost", int64(l.LinesLost)))
+		if l.BytesKnown {
+			what = fmt.Sprintf("%d bytes (%d lines) of audit data", l.BytesLost, l.LinesLost)
+		} else {
+			what = fmt.Sprintf("%d lines of audit data", l.LinesLost)
+		}
+	}
+	if l.Detail != "" {
+		attrs = append(attrs, alert.String("tokenwatch.loss.detail", l.Detail))
+	}
+	return alert.Record{
+		ID:        "loss-" + hex.EncodeToString(h.Sum(nil)[:16]),
+		EventName: alert.EventPipeline,
+		Time:      now,
+		Severity:  alert.High,
+		Body: fmt.Sprintf("The tokenwatch agent on node %s of cluster %s lost %s from %s (%s): token requests in it were not checked.",
+			src.Node, src.Cluster, what, l.File, l.Reason),
+		Attrs: attrs,
+	}
+}
