@@ -1,0 +1,229 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
+	"github.com/tokenwatch/tokenwatch/internal/audit"
+	"github.com/tokenwatch/tokenwatch/internal/detect"
+	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
+	"github.com/tokenwatch/tokenwatch/internal/version"
+	"github.com/tokenwatch/tokenwatch/internal/wire"
+	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
+)
+
+// DefaultHeartbeatInterval is what the Welcome asks agents for.
+const DefaultHeartbeatInterval = 10 * time.Second
+
+// Processor records batches and heartbeats; *pipeline.Pipeline is one.
+type Processor interface {
+	Process(ctx context.Context, b pipeline.Batch) (pipeline.Result, error)
+	Heard(cluster, node string, lastGrowth time.Time)
+}
+
+// Options configure a Server.
+type Options struct {
+	Processor Processor
+	// Insecure takes the cluster name claimed in the Hello as is. Otherwise
+	// it comes from the peer certificate's spiffe://<TrustDomain>/cluster/<name>.
+	Insecure    bool
+	TrustDomain string
+	// HeartbeatInterval is sent in the Welcome; DefaultHeartbeatInterval when 0.
+	HeartbeatInterval time.Duration
+	Logger            *slog.Logger
+	Registerer        prometheus.Registerer
+}
+
+// Server implements AuditStreamService.
+type Server struct {
+	tokenwatchv1.UnimplementedAuditStreamServiceServer
+
+	opts   Options
+	logger *slog.Logger
+	health *health.Server
+	m      *metrics
+
+	// closing is set under a write lock of drain; batches run under a read
+	// lock, so Drain waits for every batch in flight to be committed and
+	// acknowledged.
+	drain   sync.RWMutex
+	closing atomic.Bool
+}
+
+var _ tokenwatchv1.AuditStreamServiceServer = (*Server)(nil)
+
+// New returns a Server.
+func New(opts Options) *Server {
+	if opts.HeartbeatInterval <= 0 {
+		opts.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := &Server{opts: opts, logger: logger, health: health.NewServer(), m: newMetrics(opts.Registerer)}
+	s.health.SetServingStatus(tokenwatchv1.AuditStreamService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return s
+}
+
+// Register registers the stream service and the health service on g.
+func (s *Server) Register(g *grpc.Server) {
+	tokenwatchv1.RegisterAuditStreamServiceServer(g, s)
+	healthpb.RegisterHealthServer(g, s.health)
+}
+
+// Drain stops accepting batches (new ones fail with Unavailable, so agents
+// resend them elsewhere or later) and waits for those in flight to finish.
+// It also marks the health service NOT_SERVING. It is safe to call twice.
+func (s *Server) Drain() {
+	s.health.Shutdown()
+	s.drain.Lock()
+	s.closing.Store(true)
+	s.drain.Unlock()
+}
+
+// Stream serves one agent session.
+func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		s.m.refused.WithLabelValues("no_hello").Inc()
+		return status.Error(codes.InvalidArgument, "the first message of a stream must be a Hello")
+	}
+	if hello.GetNode() == "" {
+		s.m.refused.WithLabelValues("no_node").Inc()
+		return status.Error(codes.InvalidArgument, "hello: node is empty")
+	}
+	cluster, err := s.bindCluster(ctx, hello)
+	if err != nil {
+		return err
+	}
+	src := detect.Source{Cluster: cluster, Node: hello.GetNode()}
+	log := s.logger.With("cluster", cluster, "node", src.Node, "session", hello.GetSessionId(), "replay", hello.GetReplay())
+	if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Welcome{Welcome: &tokenwatchv1.Welcome{
+		Cluster:             cluster,
+		AggregatorVersion:   version.Version,
+		HeartbeatIntervalMs: uint32(s.opts.HeartbeatInterval / time.Millisecond),
+	}}}); err != nil {
+		return err
+	}
+	log.Info("agent connected", "agent_version", hello.GetAgentVersion())
+	s.m.streams.Inc()
+	defer s.m.streams.Dec()
+	if !hello.GetReplay() {
+		s.opts.Processor.Heard(src.Cluster, src.Node, time.Time{})
+	}
+
+	var last uint64
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			log.Info("agent disconnected")
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch msg := req.GetMsg().(type) {
+		case *tokenwatchv1.StreamRequest_Batch:
+			b := msg.Batch
+			if b.GetSeq() != last+1 {
+				s.m.refused.WithLabelValues("bad_seq").Inc()
+				return status.Errorf(codes.InvalidArgument, "batch seq %d out of order: want %d", b.GetSeq(), last+1)
+			}
+			if err := s.batch(ctx, stream, src, b, log); err != nil {
+				return err
+			}
+			last = b.GetSeq()
+		case *tokenwatchv1.StreamRequest_Heartbeat:
+			s.m.heartbeats.Inc()
+			if !hello.GetReplay() {
+				var growth time.Time
+				if hb := msg.Heartbeat; hb.GetLastGrowth() != nil {
+					growth = hb.GetLastGrowth().AsTime()
+				}
+				s.opts.Processor.Heard(src.Cluster, src.Node, growth)
+			}
+		case *tokenwatchv1.StreamRequest_Hello:
+			s.m.refused.WithLabelValues("second_hello").Inc()
+			return status.Error(codes.InvalidArgument, "hello is allowed only as the first message")
+		default:
+			return status.Error(codes.InvalidArgument, "empty stream message")
+		}
+	}
+}
+
+// batch processes one batch and acknowledges it once it is recorded.
+func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, b *tokenwatchv1.Batch, log *slog.Logger) error {
+	s.drain.RLock()
+	defer s.drain.RUnlock()
+	if s.closing.Load() {
+		return status.Error(codes.Unavailable, "aggregator shutting down")
+	}
+	pb := pipeline.Batch{Source: src, Events: make([]*audit.Event, 0, len(b.GetEvents()))}
+	for _, e := range b.GetEvents() {
+		pb.Events = append(pb.Events, wire.FromProto(e))
+	}
+	for _, l := range b.GetLosses() {
+		loss := pipeline.Loss{
+			Reason: l.GetReason(), File: l.GetFile(), Offset: l.GetOffset(),
+			BytesLost: l.GetBytesLost(), LinesLost: l.GetLinesLost(),
+			BytesKnown: l.GetBytesKnown(), LinesKnown: l.GetLinesKnown(),
+			Detail: l.GetDetail(),
+		}
+		if l.GetObserved() != nil {
+			loss.Observed = l.GetObserved().AsTime()
+		}
+		pb.Losses = append(pb.Losses, loss)
+	}
+	// A batch is committed whole even when the stream goes away meanwhile:
+	// the agent resends what it did not see acknowledged and dedupe absorbs it.
+	if _, err := s.opts.Processor.Process(context.WithoutCancel(ctx), pb); err != nil {
+		s.m.batchErrors.Inc()
+		log.Error("batch not recorded", "seq", b.GetSeq(), "err", err)
+		return status.Error(codes.Unavailable, "batch not recorded; resend")
+	}
+	s.m.batches.Inc()
+	s.m.events.Add(float64(len(b.GetEvents())))
+	return stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Ack{Ack: &tokenwatchv1.Ack{Seq: b.GetSeq()}}})
+}
+
+// bindCluster returns the cluster of the stream.
+func (s *Server) bindCluster(ctx context.Context, hello *tokenwatchv1.Hello) (string, error) {
+	claimed := hello.GetCluster()
+	if s.opts.Insecure {
+		if claimed == "" {
+			s.m.refused.WithLabelValues("no_cluster").Inc()
+			return "", status.Error(codes.InvalidArgument, "hello: cluster is empty")
+		}
+		return claimed, nil
+	}
+	cluster, err := tlsconf.ClusterFromContext(ctx, s.opts.TrustDomain)
+	if err != nil {
+		s.m.refused.WithLabelValues("no_identity").Inc()
+		return "", status.Errorf(codes.Unauthenticated, "agent certificate: %v", err)
+	}
+	if claimed != "" && claimed != cluster {
+		s.m.refused.WithLabelValues("cluster_mismatch").Inc()
+		s.logger.Warn("agent refused: claimed cluster differs from its certificate", "claimed", claimed, "certificate", cluster, "node", hello.GetNode())
+		return "", status.Errorf(codes.PermissionDenied, "cluster %q does not match the agent certificate's cluster %q", claimed, cluster)
+	}
+	return cluster, nil
+}

@@ -1,0 +1,354 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
+	"github.com/tokenwatch/tokenwatch/internal/devca"
+	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
+	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// recorder is a Processor that records what it is given.
+type recorder struct {
+	mu      sync.Mutex
+	batches []pipeline.Batch
+	heard   []string
+	fail    error
+	block   chan struct{} // when set, Process waits for it
+	entered chan struct{} // when set, Process signals entry
+}
+
+func (r *recorder) Process(_ context.Context, b pipeline.Batch) (pipeline.Result, error) {
+	if r.entered != nil {
+		r.entered <- struct{}{}
+	}
+	if r.block != nil {
+		<-r.block
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail != nil {
+		return pipeline.Result{}, r.fail
+	}
+	r.batches = append(r.batches, b)
+	return pipeline.Result{}, nil
+}
+
+func (r *recorder) Heard(cluster, node string, lastGrowth time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.heard = append(r.heard, cluster+"/"+node+"@"+lastGrowth.UTC().Format(time.RFC3339))
+}
+
+func (r *recorder) snapshot() ([]pipeline.Batch, []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]pipeline.Batch(nil), r.batches...), append([]string(nil), r.heard...)
+}
+
+type harness struct {
+	srv  *Server
+	conn *grpc.ClientConn
+}
+
+// start serves s on loopback and dials it with creds.
+func start(t *testing.T, s *Server, serverOpts []grpc.ServerOption, creds credentials.TransportCredentials) *harness {
+	t.Helper()
+	g := grpc.NewServer(serverOpts...)
+	s.Register(g)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = g.Serve(lis) })
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		g.Stop()
+		wg.Wait()
+	})
+	return &harness{srv: s, conn: conn}
+}
+
+func insecureHarness(t *testing.T, p Processor) *harness {
+	return start(t, New(Options{Processor: p, Insecure: true}), nil, insecure.NewCredentials())
+}
+
+func (h *harness) stream(t *testing.T) tokenwatchv1.AuditStreamService_StreamClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	st, err := tokenwatchv1.NewAuditStreamServiceClient(h.conn).Stream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func hello(cluster, node string, replay bool) *tokenwatchv1.StreamRequest {
+	return &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Hello{Hello: &tokenwatchv1.Hello{
+		Cluster: cluster, Node: node, Replay: replay, AgentVersion: "test", SessionId: "s1",
+	}}}
+}
+
+func batchMsg(seq uint64, auditIDs ...string) *tokenwatchv1.StreamRequest {
+	b := &tokenwatchv1.Batch{Seq: seq}
+	for _, id := range auditIDs {
+		b.Events = append(b.Events, &tokenwatchv1.TokenEvent{
+			AuditId: id, Stage: "ResponseComplete", Verb: "create",
+			RequestReceivedTimestamp: "2026-11-26T23:09:13.821930Z",
+			ObjectRef:                &tokenwatchv1.ObjectRef{Resource: "serviceaccounts", Subresource: "token", Namespace: "team-a", Name: "builder"},
+			User:                     &tokenwatchv1.UserInfo{Present: true, Username: "alice"},
+		})
+	}
+	return &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: b}}
+}
+
+var growth = time.Date(2026, 11, 26, 23, 0, 0, 0, time.UTC)
+
+func heartbeat() *tokenwatchv1.StreamRequest {
+	return &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Heartbeat{Heartbeat: &tokenwatchv1.Heartbeat{
+		Sent: timestamppb.Now(), LastGrowth: timestamppb.New(growth),
+	}}}
+}
+
+func send(t *testing.T, st tokenwatchv1.AuditStreamService_StreamClient, msgs ...*tokenwatchv1.StreamRequest) {
+	t.Helper()
+	for _, m := range msgs {
+		if err := st.Send(m); err != nil {
+			t.Fatalf("Send: %v", err)
+		}
+	}
+}
+
+func recv(t *testing.T, st tokenwatchv1.AuditStreamService_StreamClient) *tokenwatchv1.StreamResponse {
+	t.Helper()
+	r, err := st.Recv()
+	if err != nil {
+		t.Fatalf("Recv: %v", err)
+	}
+	return r
+}
+
+// recvErr receives until the stream ends and returns its status code.
+func recvErr(t *testing.T, st tokenwatchv1.AuditStreamService_StreamClient) codes.Code {
+	t.Helper()
+	for {
+		if _, err := st.Recv(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return codes.OK
+			}
+			return status.Code(err)
+		}
+	}
+}
+
+func TestStreamAcksAfterProcess(t *testing.T) {
+	rec := &recorder{}
+	h := insecureHarness(t, rec)
+	st := h.stream(t)
+	send(t, st, hello("prod", "cp-1", false))
+	w := recv(t, st).GetWelcome()
+	if w == nil || w.GetCluster() != "prod" || w.GetHeartbeatIntervalMs() != uint32(DefaultHeartbeatInterval/time.Millisecond) {
+		t.Fatalf("first response = %v, want a Welcome for prod", w)
+	}
+	send(t, st, batchMsg(1, "a1", "a2"), heartbeat(), batchMsg(2, "a3"))
+	for _, want := range []uint64{1, 2} {
+		if got := recv(t, st).GetAck().GetSeq(); got != want {
+			t.Fatalf("ack = %d, want %d", got, want)
+		}
+	}
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if code := recvErr(t, st); code != codes.OK {
+		t.Errorf("stream ended with %v, want OK", code)
+	}
+	batches, heard := rec.snapshot()
+	if len(batches) != 2 || len(batches[0].Events) != 2 || len(batches[1].Events) != 1 {
+		t.Fatalf("processed %d batches, want 2 with 2 and 1 events", len(batches))
+	}
+	if src := batches[0].Source; src.Cluster != "prod" || src.Node != "cp-1" {
+		t.Errorf("source = %+v, want prod/cp-1", src)
+	}
+	if e := batches[0].Events[0]; e.AuditID != "a1" || e.Username() != "alice" || !e.IsTokenCreate() {
+		t.Errorf("event = %+v, want a1 by alice, a token create", e)
+	}
+	want := []string{"prod/cp-1@0001-01-01T00:00:00Z", "prod/cp-1@" + growth.Format(time.RFC3339)}
+	if len(heard) != 2 || heard[0] != want[0] || heard[1] != want[1] {
+		t.Errorf("heard = %q, want %q", heard, want)
+	}
+}
+
+func TestStreamReplayNotTracked(t *testing.T) {
+	rec := &recorder{}
+	h := insecureHarness(t, rec)
+	st := h.stream(t)
+	send(t, st, hello("prod", "cp-1", true))
+	recv(t, st)
+	send(t, st, heartbeat(), batchMsg(1, "a1"))
+	recv(t, st)
+	if _, heard := rec.snapshot(); len(heard) != 0 {
+		t.Errorf("replay agent heard = %q, want none", heard)
+	}
+}
+
+func TestStreamProtocolErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		msgs []*tokenwatchv1.StreamRequest
+		want codes.Code
+	}{
+		{"batch before hello", []*tokenwatchv1.StreamRequest{batchMsg(1, "a1")}, codes.InvalidArgument},
+		{"hello without node", []*tokenwatchv1.StreamRequest{hello("prod", "", false)}, codes.InvalidArgument},
+		{"hello without cluster", []*tokenwatchv1.StreamRequest{hello("", "cp-1", false)}, codes.InvalidArgument},
+		{"seq gap", []*tokenwatchv1.StreamRequest{hello("prod", "cp-1", false), batchMsg(2, "a1")}, codes.InvalidArgument},
+		{"seq repeat", []*tokenwatchv1.StreamRequest{hello("prod", "cp-1", false), batchMsg(1, "a1"), batchMsg(1, "a1")}, codes.InvalidArgument},
+		{"second hello", []*tokenwatchv1.StreamRequest{hello("prod", "cp-1", false), hello("prod", "cp-1", false)}, codes.InvalidArgument},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := insecureHarness(t, &recorder{})
+			st := h.stream(t)
+			send(t, st, tt.msgs...)
+			if code := recvErr(t, st); code != tt.want {
+				t.Errorf("stream ended with %v, want %v", code, tt.want)
+			}
+		})
+	}
+}
+
+func TestStreamProcessFailureNotAcked(t *testing.T) {
+	rec := &recorder{fail: errors.New("disk full")}
+	h := insecureHarness(t, rec)
+	st := h.stream(t)
+	send(t, st, hello("prod", "cp-1", false))
+	recv(t, st)
+	send(t, st, batchMsg(1, "a1"))
+	if code := recvErr(t, st); code != codes.Unavailable {
+		t.Errorf("stream ended with %v, want Unavailable (and no ack)", code)
+	}
+}
+
+func TestDrainFinishesInFlight(t *testing.T) {
+	rec := &recorder{block: make(chan struct{}), entered: make(chan struct{}, 1)}
+	h := insecureHarness(t, rec)
+	st := h.stream(t)
+	send(t, st, hello("prod", "cp-1", false))
+	recv(t, st)
+	send(t, st, batchMsg(1, "a1"))
+	<-rec.entered // the batch is in flight
+
+	drained := make(chan struct{})
+	go func() { h.srv.Drain(); close(drained) }()
+	select {
+	case <-drained:
+		t.Fatal("Drain returned while a batch was in flight")
+	default:
+	}
+	close(rec.block)
+	<-drained
+	if got := recv(t, st).GetAck().GetSeq(); got != 1 {
+		t.Fatalf("in-flight batch ack = %d, want 1", got)
+	}
+	rec.entered, rec.block = nil, nil
+	send(t, st, batchMsg(2, "a2"))
+	if code := recvErr(t, st); code != codes.Unavailable {
+		t.Errorf("batch after Drain: stream ended with %v, want Unavailable", code)
+	}
+	batches, _ := rec.snapshot()
+	if len(batches) != 1 {
+		t.Errorf("processed %d batches, want 1", len(batches))
+	}
+	resp, err := healthpb.NewHealthClient(h.conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("health after Drain = %v, %v, want NOT_SERVING", resp.GetStatus(), err)
+	}
+}
+
+func TestHealthServing(t *testing.T) {
+	h := insecureHarness(t, &recorder{})
+	for _, svc := range []string{"", tokenwatchv1.AuditStreamService_ServiceDesc.ServiceName} {
+		resp, err := healthpb.NewHealthClient(h.conn).Check(context.Background(), &healthpb.HealthCheckRequest{Service: svc})
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("health(%q) = %v, %v, want SERVING", svc, resp.GetStatus(), err)
+		}
+	}
+}
+
+func TestMTLSClusterBinding(t *testing.T) {
+	dir := t.TempDir()
+	_, files, err := devca.WriteSet(dir, devca.Set{Clusters: []string{"prod"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stc, err := tlsconf.Server(files.ServerCert, files.ServerKey, files.CA, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctc, err := tlsconf.Client(files.AgentCert["prod"], files.AgentKey["prod"], files.CA, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctc.ServerName = "localhost"
+	rec := &recorder{}
+	srv := New(Options{Processor: rec, TrustDomain: "tokenwatch"})
+	h := start(t, srv, []grpc.ServerOption{grpc.Creds(credentials.NewTLS(stc))}, credentials.NewTLS(ctc))
+
+	tests := []struct {
+		name    string
+		claimed string
+		want    codes.Code
+	}{
+		{"matching claim", "prod", codes.OK},
+		{"no claim takes the certificate's", "", codes.OK},
+		{"claim differs from the certificate", "staging", codes.PermissionDenied},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := h.stream(t)
+			send(t, st, hello(tt.claimed, "cp-1", false))
+			r, err := st.Recv()
+			if tt.want != codes.OK {
+				if status.Code(err) != tt.want {
+					t.Fatalf("Recv = %v, %v, want %v", r, err, tt.want)
+				}
+				return
+			}
+			if err != nil || r.GetWelcome().GetCluster() != "prod" {
+				t.Fatalf("Recv = %v, %v, want a Welcome for prod", r, err)
+			}
+			_ = st.CloseSend()
+			recvErr(t, st)
+		})
+	}
+	// An insecure client gets nowhere near the service.
+	plain := start(t, New(Options{Processor: rec, TrustDomain: "tokenwatch"}), nil, insecure.NewCredentials())
+	st := plain.stream(t)
+	send(t, st, hello("prod", "cp-1", false))
+	if code := recvErr(t, st); code != codes.Unauthenticated {
+		t.Errorf("stream without a client certificate ended with %v, want Unauthenticated", code)
+	}
+}

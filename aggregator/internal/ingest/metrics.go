@@ -1,0 +1,48 @@
+package ingest
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	streams     prometheus.Gauge
+	batches     prometheus.Counter
+	events      prometheus.Counter
+	heartbeats  prometheus.Counter
+	batchErrors prometheus.Counter
+	refused     *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tokenwatch_aggregator_streams",
+			Help: "Agent streams currently open.",
+		}),
+		batches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenwatch_aggregator_batches_acked_total",
+			Help: "Batches recorded and acknowledged.",
+		}),
+		events: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenwatch_aggregator_events_received_total",
+			Help: "Events received in acknowledged batches.",
+		}),
+		heartbeats: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenwatch_aggregator_heartbeats_total",
+			Help: "Heartbeats received.",
+		}),
+		batchErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenwatch_aggregator_batch_errors_total",
+			Help: "Batches that could not be recorded (the stream is ended; the agent resends).",
+		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwatch_aggregator_streams_refused_total",
+			Help: "Streams refused, by reason (cluster_mismatch: the claimed cluster differs from the certificate).",
+		}, []string{"reason"}),
+	}
+	for _, r := range []string{"no_hello", "no_node", "no_cluster", "no_identity", "cluster_mismatch", "bad_seq", "second_hello"} {
+		m.refused.WithLabelValues(r)
+	}
+	if reg != nil {
+		reg.MustRegister(m.streams, m.batches, m.events, m.heartbeats, m.batchErrors, m.refused)
+	}
+	return m
+}
