@@ -1,0 +1,109 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/export"
+	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
+)
+
+// Defaults of the aggregator's flags.
+const (
+	DefaultListen      = ":8443"
+	DefaultTrustDomain = "tokenwatch"
+	DefaultStateDir    = "/var/lib/tokenwatch-aggregator"
+	// ShutdownTimeout bounds a graceful stop (the contract allows 10 s).
+	ShutdownTimeout = 8 * time.Second
+)
+
+// Config is everything the aggregator's flags say.
+type Config struct {
+	Listen       string // --listen
+	Insecure     bool   // --insecure
+	TLSCert      string // --tls-cert
+	TLSKey       string // --tls-key
+	TLSClientCA  string // --tls-client-ca
+	TrustDomain  string // --trust-domain
+	OTLPEndpoint string // --otlp-endpoint
+	OTLPInsecure bool   // --otlp-insecure
+	StateDir     string // --state-dir
+	ConfigFile   string // --config
+	MetricsAddr  string // --metrics-addr
+
+	// Logger; discarded when nil.
+	Logger *slog.Logger
+	// Stdout receives OTLP JSON lines when no OTLP endpoint is configured.
+	Stdout io.Writer
+	// Getenv reads the environment (OTEL_EXPORTER_OTLP_*); os.Getenv when nil.
+	Getenv func(string) string
+	// Now is the clock; time.Now when nil (tests inject one).
+	Now func() time.Time
+	// TickInterval overrides the pipeline's periodic work interval (tests).
+	TickInterval time.Duration
+	// ConfigPoll overrides how often the config file is polled (tests).
+	ConfigPoll time.Duration
+	// Started, when set, is called once the gRPC and metrics listeners are
+	// bound, with their addresses (metrics "" when off).
+	Started func(grpcAddr, metricsAddr string)
+}
+
+// Validate checks the flags, each error naming its flag, on one line.
+func (c *Config) Validate() error {
+	var errs []string
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Sprintf(format, args...)) }
+	if c.Listen == "" {
+		bad("--listen: required")
+	} else if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("--listen %q: want HOST:PORT", c.Listen)
+	}
+	tlsFlags := c.TLSCert != "" || c.TLSKey != "" || c.TLSClientCA != ""
+	switch {
+	case c.Insecure && tlsFlags:
+		bad("--insecure: cannot be combined with --tls-cert/--tls-key/--tls-client-ca")
+	case c.Insecure:
+		if c.Listen != "" {
+			if err := tlsconf.CheckLoopback(c.Listen); err != nil {
+				bad("--insecure: refusing plaintext on --listen %s: only a loopback address (127.0.0.1, ::1, localhost) may be insecure", c.Listen)
+			}
+		}
+	case !tlsFlags:
+		bad("no transport security: give --tls-cert, --tls-key and --tls-client-ca for mTLS, or --insecure with a loopback --listen")
+	default:
+		if c.TLSCert == "" {
+			bad("--tls-cert: required for mTLS")
+		}
+		if c.TLSKey == "" {
+			bad("--tls-key: required for mTLS")
+		}
+		if c.TLSClientCA == "" {
+			bad("--tls-client-ca: required for mTLS (the CA that signs agent certificates)")
+		}
+	}
+	if c.TrustDomain == "" && !c.Insecure {
+		bad("--trust-domain: required")
+	}
+	if c.OTLPEndpoint != "" {
+		ec := export.Config{Endpoint: c.OTLPEndpoint, Insecure: c.OTLPInsecure}
+		if err := ec.Validate(); err != nil {
+			bad("--otlp-endpoint: %v", err)
+		}
+	}
+	if c.StateDir == "" {
+		bad("--state-dir: required")
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			bad("--metrics-addr %q: want HOST:PORT", c.MetricsAddr)
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(errs, "; "))
+}

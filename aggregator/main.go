@@ -1,0 +1,77 @@
+// Command aggregator receives token-create audit events from tokenwatch
+// agents, applies exclusions, deduplicates, correlates across clusters and
+// exports alerts as OTLP log records.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/server"
+	"github.com/tokenwatch/tokenwatch/internal/version"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run is the whole program: it returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var c server.Config
+	fs := flag.NewFlagSet("aggregator", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.Listen, "listen", server.DefaultListen, "gRPC `HOST:PORT` agents connect to (also serves the gRPC health service)")
+	fs.BoolVar(&c.Insecure, "insecure", false, "accept plaintext agents; only with a loopback --listen")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "server certificate `file` (PEM)")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "server private key `file` (PEM)")
+	fs.StringVar(&c.TLSClientCA, "tls-client-ca", "", "CA bundle `file` that signs agent certificates")
+	fs.StringVar(&c.TrustDomain, "trust-domain", server.DefaultTrustDomain, "SPIFFE trust domain of agent certificates (spiffe://<domain>/cluster/<name>)")
+	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC logs endpoint `HOST:PORT`; OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT work too; none: OTLP JSON on stdout")
+	fs.BoolVar(&c.OTLPInsecure, "otlp-insecure", false, "plaintext OTLP")
+	fs.StringVar(&c.StateDir, "state-dir", server.DefaultStateDir, "durable state `dir`ectory: outbox of alerts not yet exported, dedupe record")
+	fs.StringVar(&c.ConfigFile, "config", "", "YAML configuration `file`; re-read when it changes")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "HTTP `HOST:PORT` for /metrics, /healthz, /readyz (off when empty)")
+	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "aggregator: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "tokenwatch aggregator", version.Version)
+		return 0
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "aggregator: --log-level %q: want debug, info, warn or error\n", *logLevel)
+		return 2
+	}
+	c.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	c.Stdout = stdout
+	if err := c.Validate(); err != nil {
+		fmt.Fprintf(stderr, "aggregator: %v\n", err)
+		return 2
+	}
+	if err := server.Run(ctx, c); err != nil {
+		fmt.Fprintf(stderr, "aggregator: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
+		return 1
+	}
+	return 0
+}
