@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/budget"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/config"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/correlate"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/state"
@@ -108,7 +109,7 @@ type Pipeline struct {
 	mu        sync.Mutex
 	cfg       config.Config
 	corr      *correlate.Correlator
-	budget    budgeter // nil when off
+	budget    *budget.Budget // nil when off
 	silence   silencer
 	carry     []alert.Record // periodic records whose commit failed, retried
 	retention time.Duration
@@ -207,11 +208,11 @@ func (p *Pipeline) Apply(c config.Config) error {
 	if first || p.cfg.Budget != c.Budget {
 		if p.budget != nil {
 			// Do not lose the summary of a window cut short.
-			p.carry = append(p.carry, p.budget.Flush(p.now())...)
+			p.carry = append(p.carry, p.budget.Close(p.now())...)
 		}
 		p.budget = nil
 		if c.Budget.MaxAlerts > 0 {
-			p.budget = newBudget(c.Budget.MaxAlerts, c.Budget.Window)
+			p.budget = budget.New(budget.Config{MaxAlerts: c.Budget.MaxAlerts, Window: c.Budget.Window})
 		}
 	}
 	if first || p.cfg.Silence != c.Silence {
@@ -393,6 +394,12 @@ func (p *Pipeline) Heard(cluster, node string, lastGrowth time.Time) {
 // summaries and silence records are written. It returns the number of
 // records added.
 func (p *Pipeline) Tick(ctx context.Context) (int, error) {
+	return p.tickAt(ctx, false)
+}
+
+// tickAt is Tick; final also closes the budget's current window (shutdown),
+// so that the summary of alerts it held back is not lost.
+func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -431,7 +438,10 @@ func (p *Pipeline) Tick(ctx context.Context) (int, error) {
 		}
 		expired++
 	}
-	if p.budget != nil {
+	switch {
+	case p.budget != nil && final:
+		ch.Records = append(ch.Records, p.budget.Close(now)...)
+	case p.budget != nil:
 		ch.Records = append(ch.Records, p.budget.Flush(now)...)
 	}
 	ch.Records = append(ch.Records, p.silence.Check(now)...)
@@ -504,7 +514,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			if _, err := p.Tick(context.WithoutCancel(ctx)); err != nil {
+			if _, err := p.tickAt(context.WithoutCancel(ctx), true); err != nil {
 				p.logger.Error("final tick", "err", err)
 			}
 			return nil

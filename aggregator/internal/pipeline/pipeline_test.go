@@ -390,6 +390,37 @@ func TestBudget(t *testing.T) {
 	if got := len(summary(t, f.outbox(t), alert.EventTokenRequest)); got != 2 {
 		t.Errorf("token_request records = %d, want 2", got)
 	}
+	for _, r := range f.outbox(t) {
+		if r.EventName != alert.EventPipeline {
+			continue
+		}
+		if v, _ := r.Attr("tokenwatch.suppressed.count"); v.Int != 2 {
+			t.Errorf("tokenwatch.suppressed.count = %d, want 2", v.Int)
+		}
+		if got := str(t, r, "tokenwatch.suppressed.users"); got != "alice=2" {
+			t.Errorf("tokenwatch.suppressed.users = %q, want alice=2", got)
+		}
+		if got := str(t, r, "tokenwatch.suppressed.auditIDs"); got != "b3,b4" {
+			t.Errorf("tokenwatch.suppressed.auditIDs = %q, want b3,b4", got)
+		}
+	}
+}
+
+// TestBudgetClosedAtShutdown: the summary of a window cut short by a stop
+// is written by Run's last tick.
+func TestBudgetClosedAtShutdown(t *testing.T) {
+	cfg := config.Default()
+	cfg.Budget.MaxAlerts = 1
+	f := newFixture(t, cfg)
+	f.process(t, batch("prod", "cp-1", completed("alice", "s1", rrt1, 201), completed("alice", "s2", rrt1, 201)))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := f.p.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := summary(t, f.outbox(t), alert.EventPipeline), []string{"alerts_suppressed"}; !equal(got, want) {
+		t.Errorf("pipeline records after shutdown = %q, want %q", got, want)
+	}
 }
 
 func TestCorrelation(t *testing.T) {

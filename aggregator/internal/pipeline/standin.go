@@ -1,8 +1,7 @@
 package pipeline
 
-// Minimal stand-ins for the alert budget and the silence tracker, used until
-// the packages aggregator/internal/budget and aggregator/internal/silence
-// land: newBudget and newSilence then return budget.New and silence.New,
+// A minimal stand-in for the silence tracker, used until the package
+// aggregator/internal/silence lands: newSilence then returns silence.New,
 // and this file goes.
 
 import (
@@ -14,79 +13,14 @@ import (
 	"github.com/tokenwatch/tokenwatch/internal/alert"
 )
 
-// budgeter caps base alerts per window; *budget.Budget is one.
-type budgeter interface {
-	Admit(now time.Time, user, auditID string) bool
-	Flush(now time.Time) []alert.Record
-}
-
 // silencer tracks heartbeats per (cluster, node); *silence.Tracker is one.
 type silencer interface {
 	Heard(now time.Time, cluster, node string, lastGrowth time.Time)
 	Check(now time.Time) []alert.Record
 }
 
-func newBudget(maxAlerts int, window time.Duration) budgeter {
-	return &standinBudget{max: maxAlerts, window: window, users: map[string]int{}}
-}
-
 func newSilence(after time.Duration) silencer {
 	return &standinSilence{after: after, nodes: map[[2]string]*standinNode{}}
-}
-
-// standinBudget counts admissions per fixed window starting at the first.
-type standinBudget struct {
-	max    int
-	window time.Duration
-	start  time.Time
-	n      int
-	users  map[string]int
-	ids    []string
-}
-
-func (b *standinBudget) Admit(now time.Time, user, auditID string) bool {
-	if b.start.IsZero() {
-		b.start = now
-	}
-	b.n++
-	if b.n <= b.max {
-		return true
-	}
-	b.users[user]++
-	if len(b.ids) < 1000 {
-		b.ids = append(b.ids, auditID)
-	}
-	return false
-}
-
-func (b *standinBudget) Flush(now time.Time) []alert.Record {
-	if b.start.IsZero() || now.Before(b.start.Add(b.window)) {
-		return nil
-	}
-	start, suppressed := b.start, b.n-b.max
-	users, ids := b.users, b.ids
-	b.start, b.n, b.users, b.ids = time.Time{}, 0, map[string]int{}, nil
-	if suppressed <= 0 {
-		return nil
-	}
-	var list []string
-	for u, n := range users {
-		list = append(list, u+"="+strconv.Itoa(n))
-	}
-	sort.Strings(list)
-	return []alert.Record{{
-		ID:        "suppressed-" + start.UTC().Format(time.RFC3339Nano),
-		EventName: alert.EventPipeline,
-		Time:      now,
-		Severity:  alert.Low,
-		Body:      fmt.Sprintf("%d token request alerts were held back by the alert budget since %s.", suppressed, start.UTC().Format(time.RFC3339)),
-		Attrs: []alert.Attr{
-			alert.String("tokenwatch.pipeline.kind", "alerts_suppressed"),
-			alert.Int("tokenwatch.suppressed.count", int64(suppressed)),
-			alert.Strings("tokenwatch.suppressed.users", list),
-			alert.Strings("tokenwatch.suppressed.auditIDs", ids),
-		},
-	}}
 }
 
 type standinNode struct {

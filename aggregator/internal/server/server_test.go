@@ -604,6 +604,40 @@ func TestCorrelationAcrossClusters(t *testing.T) {
 	}
 }
 
+func TestBudgetOverGRPC(t *testing.T) {
+	s := newSetup(t)
+	s.configFile = filepath.Join(t.TempDir(), "aggregator.yaml")
+	writeConfig(t, s.configFile, "budget:\n  max_alerts: 1\n  window: 1m\n")
+	agg := s.start(t)
+	a := dial(t, agg.addr, "prod", "cp-1", false)
+	a.send(t, []*tokenwatchv1.TokenEvent{
+		event("alice", "b1", audit.StageResponseComplete, 201, "team-a", "builder", "10.1.2.3"),
+		event("alice", "b2", audit.StageResponseComplete, 201, "team-a", "deployer", "10.1.2.3"),
+		event("bob", "b3", audit.StageResponseComplete, 403, "team-b", "builder", "10.1.2.4"),
+	})
+	s.clk.Add(time.Minute) // the window ends
+	recs := agg.out.waitFor(t, "alerts_suppressed", func(r []record) bool {
+		for _, x := range r {
+			if x.Attrs["tokenwatch.pipeline.kind"] == "alerts_suppressed" {
+				return true
+			}
+		}
+		return false
+	})
+	if got, want := summarize(recs), []string{"b1 alice success"}; !equalStrings(got, want) {
+		t.Errorf("token_request records = %q, want %q", got, want)
+	}
+	for _, r := range recs {
+		if r.Attrs["tokenwatch.pipeline.kind"] != "alerts_suppressed" {
+			continue
+		}
+		if r.Severity != "low" || r.Attrs["tokenwatch.suppressed.count"] != "2" ||
+			r.Attrs["tokenwatch.suppressed.users"] != "[alice=1,bob=1]" || r.Attrs["tokenwatch.suppressed.auditIDs"] != "[b2,b3]" {
+			t.Errorf("alerts_suppressed = %v %v, want low, count 2, users [alice=1,bob=1], auditIDs [b2,b3]", r.Severity, r.Attrs)
+		}
+	}
+}
+
 func TestSilence(t *testing.T) {
 	s := newSetup(t)
 	agg := s.start(t)
