@@ -1,0 +1,86 @@
+package metrics
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
+	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func TestEndpoints(t *testing.T) {
+	a := New(Sources{
+		Follow: func() follow.Stats { return follow.Stats{Lines: 42, Rotations: 3, LinesTooLong: 1, Behind: 7} },
+		Send:   func() sender.Stats { return sender.Stats{EventsSent: 5, EventsAcked: 4, Reconnects: 2, Connected: true} },
+	})
+	a.Candidates.Add(9)
+	a.Losses.WithLabelValues("rotated_file_gone").Inc()
+	var ready atomic.Bool
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- ServeListener(ctx, lis, a.Handler(ready.Load)) }()
+	base := "http://" + lis.Addr().String()
+
+	code, body := get(t, base+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics status %d", code)
+	}
+	for _, want := range []string{
+		"tokenwatch_agent_lines_read_total 42",
+		"tokenwatch_agent_candidate_lines_total 9",
+		"tokenwatch_agent_events_sent_total 5",
+		"tokenwatch_agent_events_acked_total 4",
+		"tokenwatch_agent_bytes_behind 7",
+		"tokenwatch_agent_rotations_total 3",
+		"tokenwatch_agent_lines_too_long_total 1",
+		"tokenwatch_agent_reconnects_total 2",
+		`tokenwatch_agent_losses_total{reason="rotated_file_gone"} 1`,
+		"tokenwatch_agent_connected 1",
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if code, _ := get(t, base+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz status %d, want 200", code)
+	}
+	if code, _ := get(t, base+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz before connecting: status %d, want 503", code)
+	}
+	ready.Store(true)
+	if code, _ := get(t, base+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz when connected: status %d, want 200", code)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Errorf("ServeListener = %v, want nil after its context ends", err)
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
