@@ -34,7 +34,9 @@ func get(t *testing.T, url string) (int, string) {
 func TestEndpoints(t *testing.T) {
 	a := New(Sources{
 		Follow: func() follow.Stats { return follow.Stats{Lines: 42, Rotations: 3, LinesTooLong: 1, Behind: 7} },
-		Send:   func() sender.Stats { return sender.Stats{EventsSent: 5, EventsAcked: 4, Reconnects: 2, Connected: true} },
+		Send: func() sender.Stats {
+			return sender.Stats{EventsSent: 5, EventsAcked: 4, Reconnects: 2, Connected: true}
+		},
 	})
 	a.Candidates.Add(9)
 	a.Losses.WithLabelValues("rotated_file_gone").Inc()
