@@ -2,8 +2,8 @@
 // broken peer: it bounds received message size, events and loss reports per
 // batch, concurrent streams (server-wide and per cluster) and each agent's
 // rate of events and messages, and it enforces keepalive policy. Every
-// violation ends only the offending stream, with ResourceExhausted (a
-// limit) or InvalidArgument (a malformed message), and is counted in
+// violation ends only the offending stream with ResourceExhausted (gRPC
+// itself answers an undecodable message with Internal) and is counted in
 // tokenwatch_aggregator_limit_violations_total{reason}.
 //
 // All of it is installed through ServerOptions: the stream interceptor sees

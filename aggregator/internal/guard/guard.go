@@ -21,14 +21,14 @@ import (
 
 // Violation reasons, the values of the reason label.
 const (
-	ReasonMessageTooLarge     = "message_too_large"
-	ReasonMalformedMessage    = "malformed_message"
-	ReasonBatchTooLarge       = "batch_too_large"
-	ReasonTooManyStreams      = "too_many_streams"
+	ReasonMessageTooLarge       = "message_too_large"
+	ReasonMalformedMessage      = "malformed_message"
+	ReasonBatchTooLarge         = "batch_too_large"
+	ReasonTooManyStreams        = "too_many_streams"
 	ReasonTooManyClusterStreams = "too_many_cluster_streams"
-	ReasonTooManyAgents       = "too_many_agents"
-	ReasonEventRate           = "event_rate"
-	ReasonMessageRate         = "message_rate"
+	ReasonTooManyAgents         = "too_many_agents"
+	ReasonEventRate             = "event_rate"
+	ReasonMessageRate           = "message_rate"
 )
 
 // Guard holds the limits' shared state: stream counts and per-agent rate
@@ -183,8 +183,10 @@ func (s *stream) RecvMsg(m any) error {
 	}
 }
 
-// recvError classifies a receive error: oversized and undecodable messages
-// are violations; end of stream and cancellation are not.
+// recvError counts oversized and undecodable messages. gRPC itself has
+// already ended the stream with its status (ResourceExhausted "received
+// message larger than max", Internal "failed to unmarshal"); the handler's
+// return value cannot change what the peer sees.
 func (s *stream) recvError(err error) error {
 	if errors.Is(err, io.EOF) {
 		return err
@@ -196,12 +198,8 @@ func (s *stream) recvError(err error) error {
 	switch {
 	case st.Code() == codes.ResourceExhausted:
 		s.g.m.violation(ReasonMessageTooLarge)
-		s.violation = status.Errorf(codes.ResourceExhausted, "message too large (limit %d bytes): %s", s.g.cfg.MaxRecvMsgBytes, st.Message())
-		return s.violation
 	case st.Code() == codes.Internal && strings.Contains(st.Message(), "unmarshal"):
 		s.g.m.violation(ReasonMalformedMessage)
-		s.violation = status.Errorf(codes.InvalidArgument, "malformed message: %s", st.Message())
-		return s.violation
 	}
 	return err
 }
