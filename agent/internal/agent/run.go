@@ -161,6 +161,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if errors.Is(runErr, context.Canceled) {
 		runErr = nil
 	}
+	if c.Once && runErr == nil && ctx.Err() != nil {
+		runErr = errors.New("--once replay interrupted by a stop signal before everything was read and acknowledged")
+	}
 	if store != nil {
 		if err := p.save(); err != nil {
 			runErr = errors.Join(runErr, err)

@@ -220,7 +220,11 @@ func TestDeliverAllThenDrain(t *testing.T) {
 	st := newStub(false)
 	addr, _ := serve(t, "127.0.0.1:0", st)
 	rec := &recorder{}
-	s := newSender(t, addr, rec, func(c *Config) { c.MaxBatchEvents = 7; c.MaxUnacked = 3 })
+	s := newSender(t, addr, rec, func(c *Config) {
+		c.MaxBatchEvents = 7
+		c.MaxUnacked = 3
+		c.Status = func() *tokenwatchv1.Heartbeat { return &tokenwatchv1.Heartbeat{File: "audit.log", Offset: 42} }
+	})
 	wait := start(s, context.Background())
 
 	var want []string
@@ -263,7 +267,10 @@ func TestDeliverAllThenDrain(t *testing.T) {
 		t.Errorf("hello = %v, want cluster c1 and max_batch_events 7", h)
 	}
 	if len(st.heartbeats) == 0 {
-		t.Error("no heartbeat")
+		t.Fatal("no heartbeat")
+	}
+	if h := st.heartbeats[0]; h.File != "audit.log" || h.Offset != 42 || h.Sent == nil {
+		t.Errorf("heartbeat = %v, want the Status fields and a send time", h)
 	}
 	stats := s.Stats()
 	if stats.EventsAcked != uint64(len(want)-1) || stats.LossesAcked != 1 || stats.UnackedEvents != 0 {
