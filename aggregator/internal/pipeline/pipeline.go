@@ -19,6 +19,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/budget"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/config"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/correlate"
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/silence"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/state"
 	"github.com/tokenwatch/tokenwatch/internal/alert"
 	"github.com/tokenwatch/tokenwatch/internal/audit"
@@ -110,7 +111,7 @@ type Pipeline struct {
 	cfg       config.Config
 	corr      *correlate.Correlator
 	budget    *budget.Budget // nil when off
-	silence   silencer
+	silence   *silence.Tracker
 	carry     []alert.Record // periodic records whose commit failed, retried
 	retention time.Duration
 	// alone remembers, for the dedupe retention, requests alerted from a
@@ -216,7 +217,7 @@ func (p *Pipeline) Apply(c config.Config) error {
 		}
 	}
 	if first || p.cfg.Silence != c.Silence {
-		p.silence = newSilence(c.Silence.After)
+		p.silence = silence.New(silence.Config{After: c.Silence.After})
 	}
 	p.rule.Store(r)
 	p.grace.Store(int64(c.Alerting.StageGrace))
