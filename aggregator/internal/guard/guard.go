@@ -13,7 +13,9 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
@@ -40,11 +42,19 @@ type Guard struct {
 	streams chan struct{} // semaphore of MaxStreams
 
 	mu       sync.Mutex
-	clusters map[string]int // cluster -> open agent streams
+	clusters map[clusterKey]int // open agent streams
 	agents   map[agentKey]*agent
 }
 
-type agentKey struct{ cluster, node string }
+// agentKey identifies an agent for rate and stream accounting: the cluster
+// and node its Hello claims, and with mTLS the identity of its verified
+// certificate. A peer whose certificate binds cluster X but who claims
+// cluster Y (and is refused by the handler right after the Hello) is thus
+// charged to its own budget, never to the real agents of Y.
+type agentKey struct{ cluster, node, peer string }
+
+// clusterKey counts concurrent streams per claimed cluster and certificate.
+type clusterKey struct{ cluster, peer string }
 
 // agent is one (cluster, node)'s rate state.
 type agent struct {
@@ -74,7 +84,7 @@ func newGuard(cfg Config, reg prometheus.Registerer) (*Guard, error) {
 		m:        m,
 		now:      time.Now,
 		streams:  make(chan struct{}, cfg.MaxStreams),
-		clusters: map[string]int{},
+		clusters: map[clusterKey]int{},
 		agents:   map[agentKey]*agent{},
 	}
 	return g, err
@@ -141,7 +151,6 @@ type stream struct {
 	g *Guard
 
 	// Only the handler's goroutine calls RecvMsg; release runs after it.
-	cluster   string
 	key       agentKey
 	agent     *agent
 	violation error
@@ -213,10 +222,11 @@ func (s *stream) fail(reason string, code codes.Code, format string, args ...any
 // hello takes a per-cluster stream slot and the agent's rate state.
 func (s *stream) hello(h *tokenwatchv1.Hello) error {
 	g := s.g
-	key := agentKey{cluster: h.GetCluster(), node: h.GetNode()}
+	key := agentKey{cluster: h.GetCluster(), node: h.GetNode(), peer: peerIdentity(s.Context())}
+	ck := clusterKey{cluster: key.cluster, peer: key.peer}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.clusters[key.cluster] >= g.cfg.MaxStreamsPerCluster {
+	if g.clusters[ck] >= g.cfg.MaxStreamsPerCluster {
 		return s.fail(ReasonTooManyClusterStreams, codes.ResourceExhausted,
 			"too many concurrent streams for cluster %q (limit %d)", key.cluster, g.cfg.MaxStreamsPerCluster)
 	}
@@ -236,9 +246,32 @@ func (s *stream) hello(h *tokenwatchv1.Hello) error {
 		g.agents[key] = a
 	}
 	a.streams++
-	g.clusters[key.cluster]++
-	s.cluster, s.key, s.agent = key.cluster, key, a
+	g.clusters[ck]++
+	s.key, s.agent = key, a
 	return nil
+}
+
+// peerIdentity names the verified client certificate of a TLS peer by its
+// URI SANs (its SPIFFE ID), or by its subject when it has none; "" without
+// TLS.
+func peerIdentity(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return ""
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.PeerCertificates) == 0 {
+		return ""
+	}
+	leaf := info.State.PeerCertificates[0]
+	if len(leaf.URIs) == 0 {
+		return "subject:" + leaf.Subject.String()
+	}
+	ids := make([]string, len(leaf.URIs))
+	for i, u := range leaf.URIs {
+		ids[i] = u.String()
+	}
+	return strings.Join(ids, ",")
 }
 
 // sweepLocked forgets agents without open streams whose buckets have
@@ -317,8 +350,9 @@ func (s *stream) release() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	s.agent.streams--
-	if g.clusters[s.cluster]--; g.clusters[s.cluster] <= 0 {
-		delete(g.clusters, s.cluster)
+	ck := clusterKey{cluster: s.key.cluster, peer: s.key.peer}
+	if g.clusters[ck]--; g.clusters[ck] <= 0 {
+		delete(g.clusters, ck)
 	}
 	s.agent = nil
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/health"
@@ -22,6 +23,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/guard"
+	"github.com/tokenwatch/tokenwatch/internal/devca"
+	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
 
@@ -68,6 +71,13 @@ type fixture struct {
 
 func start(t *testing.T, cfg guard.Config) *fixture {
 	t.Helper()
+	return startWith(t, cfg, insecure.NewCredentials(), nil)
+}
+
+// startWith serves with the given server options (TLS) and dials the first
+// connection with client credentials.
+func startWith(t *testing.T, cfg guard.Config, client credentials.TransportCredentials, extra []grpc.ServerOption) *fixture {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	g, err := guard.New(cfg, reg)
 	if err != nil {
@@ -77,7 +87,7 @@ func start(t *testing.T, cfg guard.Config) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(g.ServerOptions()...)
+	gs := grpc.NewServer(append(g.ServerOptions(), extra...)...)
 	tokenwatchv1.RegisterAuditStreamServiceServer(gs, ackServer{})
 	healthpb.RegisterHealthServer(gs, health.NewServer())
 	done := make(chan struct{})
@@ -86,7 +96,7 @@ func start(t *testing.T, cfg guard.Config) *fixture {
 		_ = gs.Serve(lis)
 	}()
 	f := &fixture{addr: lis.Addr().String(), reg: reg}
-	f.conn = f.dial(t)
+	f.conn = f.dialWith(t, client)
 	t.Cleanup(func() {
 		gs.Stop()
 		<-done
@@ -96,7 +106,12 @@ func start(t *testing.T, cfg guard.Config) *fixture {
 
 func (f *fixture) dial(t *testing.T) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return f.dialWith(t, insecure.NewCredentials())
+}
+
+func (f *fixture) dialWith(t *testing.T, creds credentials.TransportCredentials) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -451,4 +466,48 @@ func TestServerOptionsTwiceOnOneRegistry(t *testing.T) {
 	if _, err := guard.New(guard.Config{}, reg); err != nil {
 		t.Fatalf("second Guard on the same registry: %v", err)
 	}
+}
+
+// TestImpostorDoesNotDrainRealAgent: over mTLS, a peer whose certificate
+// binds cluster x but who claims prod/n1 (the handler would refuse it right
+// after the Hello; this stub does not) spends its own budget and stream
+// slots, not those of the real prod/n1 agent.
+func TestImpostorDoesNotDrainRealAgent(t *testing.T) {
+	dir := t.TempDir()
+	_, files, err := devca.WriteSet(dir, devca.Set{Clusters: []string{"prod", "x"}, Hosts: []string{"127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTLS, err := tlsconf.Server(files.ServerCert, files.ServerKey, files.CA, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := func(cluster string) credentials.TransportCredentials {
+		c, err := tlsconf.ClientCredentials(files.AgentCert[cluster], files.AgentKey[cluster], files.CA, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	f := startWith(t, guard.Config{MessagesPerSecond: 1e-6, MessageBurst: 3, MaxThrottle: time.Nanosecond, MaxStreamsPerCluster: 1},
+		creds("x"), []grpc.ServerOption{grpc.Creds(credentials.NewTLS(serverTLS))})
+
+	impostor := mustOpen(t, f.conn, "prod", "n1")
+	for i := 0; i < 2; i++ {
+		if err := impostor.send(1, 0); err != nil {
+			t.Fatalf("impostor batch %d: %v", i+1, err)
+		}
+	}
+	wantCode(t, "impostor over its budget", impostor.send(1, 0), codes.ResourceExhausted, "messages/s")
+	holder := mustOpen(t, f.conn, "prod", "n2") // holds the impostor's one prod slot
+
+	real := mustOpen(t, f.dialWith(t, creds("prod")), "prod", "n1")
+	for i := 0; i < 2; i++ {
+		if err := real.send(1, 0); err != nil {
+			t.Fatalf("real agent batch %d: %v", i+1, err)
+		}
+	}
+	_, err = open(t, f.conn, "prod", "n3")
+	wantCode(t, "impostor's second prod stream", err, codes.ResourceExhausted, `cluster "prod"`)
+	_ = holder
 }
