@@ -29,9 +29,10 @@ func Server(certFile, keyFile, clientCAFile string, logger *slog.Logger) (*tls.C
 		return nil, fmt.Errorf("server TLS client CA: %w", err)
 	}
 	base := &tls.Config{
-		MinVersion: MinVersion,
-		ClientAuth: tls.RequireAndVerifyClientCert,
-		NextProtos: []string{"h2"},
+		MinVersion:             MinVersion,
+		ClientAuth:             tls.RequireAndVerifyClientCert,
+		NextProtos:             []string{"h2"},
+		SessionTicketsDisabled: true,
 	}
 	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		cert, err := kp.current()
@@ -48,6 +49,10 @@ func Server(certFile, keyFile, clientCAFile string, logger *slog.Logger) (*tls.C
 			Certificates: []tls.Certificate{*cert},
 			ClientCAs:    pool,
 			NextProtos:   []string{"h2"},
+			// A resumed session is not verified against the current CA
+			// bundle; agents hold long-lived connections and gain nothing
+			// from resumption.
+			SessionTicketsDisabled: true,
 		}, nil
 	}
 	return base, nil

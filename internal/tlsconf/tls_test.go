@@ -394,3 +394,57 @@ func TestClientConfig(t *testing.T) {
 		t.Fatalf("hello via localhost = %q, %v, want a", got, err)
 	}
 }
+
+// TestNoSessionResumption: a resumed TLS session would skip verifying the
+// client certificate against the current CA bundle, so a peer holding a
+// ticket could outlive a CA rotation. The server issues no tickets.
+func TestNoSessionResumption(t *testing.T) {
+	dir := t.TempDir()
+	_, files, err := devca.WriteSet(dir, devca.Set{Clusters: []string{"a"}, Hosts: []string{"127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverCfg, err := tlsconf.Server(files.ServerCert, files.ServerKey, files.CA, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", serverCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("x")) // completes the handshake, sends any ticket
+			_ = c.Close()
+		}
+	}()
+	defer func() {
+		lis.Close()
+		<-done
+	}()
+	clientCfg, err := tlsconf.Client(files.AgentCert["a"], files.AgentKey["a"], files.CA, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCfg.ServerName = "127.0.0.1"
+	clientCfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	for i := range 2 {
+		c, err := tls.Dial("tcp", lis.Addr().String(), clientCfg)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if c.ConnectionState().DidResume {
+			t.Fatalf("connection %d resumed a TLS session", i)
+		}
+		c.Close()
+	}
+}
