@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -136,6 +137,10 @@ func TestIdentityOverMTLS(t *testing.T) {
 	writePair(t, must(t)(ca.Agent("other-domain", "a")), dir, "foreign-td")
 	writePair(t, must(t)(ca.Issue(devca.Leaf{CommonName: "a", ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})), dir, "no-san")
 	writePair(t, must(t)(ca.Server("localhost")), dir, "server-only")
+	expiredID, _ := url.Parse(tlsconf.ClusterID("tokenwatch", "a"))
+	writePair(t, must(t)(ca.Issue(devca.Leaf{CommonName: "a", URIs: []*url.URL{expiredID},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		NotBefore:   time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})), dir, "expired")
 
 	p := func(n string) string { return filepath.Join(dir, n) }
 	tests := []struct {
@@ -157,6 +162,8 @@ func TestIdentityOverMTLS(t *testing.T) {
 		{name: "foreign CA", creds: clientCreds(t, p("foreign-ca.crt"), p("foreign-ca.key"), files.CA), claim: "a",
 			wantCode: codes.Unavailable},
 		{name: "server-auth-only certificate as client", creds: clientCreds(t, p("server-only.crt"), p("server-only.key"), files.CA), claim: "a",
+			wantCode: codes.Unavailable},
+		{name: "expired agent certificate", creds: clientCreds(t, p("expired.crt"), p("expired.key"), files.CA), claim: "a",
 			wantCode: codes.Unavailable},
 		{name: "no client certificate", creds: noClientCert(t, files.CA), claim: "a", wantCode: codes.Unavailable},
 		{name: "plaintext", creds: insecure.NewCredentials(), claim: "a", wantCode: codes.Unavailable},
