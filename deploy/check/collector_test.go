@@ -1,0 +1,266 @@
+package check
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	_ "google.golang.org/grpc/encoding/gzip" // the collector's OTLP exporter compresses
+)
+
+// collector builds (or finds in the cache) the collector that
+// deploy/collector's builder manifest describes. A cold build takes several
+// minutes; -short skips it.
+func collector(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("SKIP (visible): -short: the collector build takes minutes cold")
+	}
+	return runScript(t, 20*time.Minute, filepath.Join(repoRoot(t), "deploy", "collector", "build.sh"))
+}
+
+// TestCollectorConfigValidates runs the built collector's own `validate` on
+// deploy/otelcol/config.yaml: components, OTTL conditions, pipelines.
+func TestCollectorConfigValidates(t *testing.T) {
+	bin := collector(t)
+	cmd := exec.Command(bin, "validate", "--config", deployPath(t, "otelcol", "config.yaml"))
+	cmd.Env = os.Environ()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("tokenwatch-otelcol validate: %v\n%s", err, out)
+	}
+}
+
+// logSink is an OTLP/gRPC logs receiver that records event names.
+type logSink struct {
+	collogspb.UnimplementedLogsServiceServer
+	mu    sync.Mutex
+	names []string
+}
+
+func (s *logSink) Export(_ context.Context, req *collogspb.ExportLogsServiceRequest) (*collogspb.ExportLogsServiceResponse, error) {
+	s.mu.Lock()
+	for _, rl := range req.GetResourceLogs() {
+		for _, sl := range rl.GetScopeLogs() {
+			for _, lr := range sl.GetLogRecords() {
+				s.names = append(s.names, recordKey(lr.GetEventName(), lr.GetAttributes()))
+			}
+		}
+	}
+	s.mu.Unlock()
+	return &collogspb.ExportLogsServiceResponse{}, nil
+}
+
+func (s *logSink) got() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.names)
+}
+
+// recordKey names a record by its event name and, for pipeline records, kind.
+func recordKey(event string, attrs []*commonpb.KeyValue) string {
+	for _, a := range attrs {
+		if a.GetKey() == "tokenwatch.pipeline.kind" {
+			return event + "/" + a.GetValue().GetStringValue()
+		}
+	}
+	return event
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestCollectorRoutes runs the collector with deploy/otelcol/config.yaml,
+// sends it one record of every tokenwatch kind, and checks that each record
+// reaches exactly the destination the config promises: security records the
+// OTLP exporter (a recording OTLP receiver here), the rest the file.
+func TestCollectorRoutes(t *testing.T) {
+	bin := collector(t)
+	dir := t.TempDir()
+
+	// The "SIEM": a recording OTLP/gRPC receiver.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &logSink{}
+	srv := grpc.NewServer()
+	collogspb.RegisterLogsServiceServer(srv, sink)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	defer func() {
+		srv.Stop()
+		<-served
+	}()
+
+	listen := freeAddr(t)
+	opsPath := filepath.Join(dir, "operations.jsonl")
+	var stderr bytes.Buffer
+	cmd := exec.Command(bin, "--config", deployPath(t, "otelcol", "config.yaml"))
+	cmd.Env = append(os.Environ(),
+		"OTLP_GRPC_ENDPOINT="+listen,
+		"SIEM_OTLP_ENDPOINT="+lis.Addr().String(),
+		"SIEM_OTLP_INSECURE=true",
+		"OPERATIONS_LOG_PATH="+opsPath,
+	)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	}
+	defer func() {
+		stop()
+		if t.Failed() {
+			t.Logf("collector stderr:\n%s", lastLines(stderr.String(), 40))
+		}
+	}()
+
+	type rec struct {
+		event, kind string
+		sev         logspb.SeverityNumber
+		text        string
+	}
+	records := []rec{
+		{"tokenwatch.token_request", "", logspb.SeverityNumber_SEVERITY_NUMBER_WARN, "medium"},
+		{"tokenwatch.correlation", "", logspb.SeverityNumber_SEVERITY_NUMBER_ERROR, "high"},
+		{"tokenwatch.pipeline", "cluster_silent", logspb.SeverityNumber_SEVERITY_NUMBER_ERROR, "high"},
+		{"tokenwatch.pipeline", "audit_data_lost", logspb.SeverityNumber_SEVERITY_NUMBER_ERROR, "high"},
+		{"tokenwatch.pipeline", "cluster_resumed", logspb.SeverityNumber_SEVERITY_NUMBER_INFO, "low"},
+		{"tokenwatch.pipeline", "alerts_suppressed", logspb.SeverityNumber_SEVERITY_NUMBER_INFO, "low"},
+	}
+	wantSecurity := []string{"tokenwatch.correlation", "tokenwatch.pipeline/audit_data_lost", "tokenwatch.pipeline/cluster_silent", "tokenwatch.token_request"}
+	wantOperations := []string{"tokenwatch.pipeline/alerts_suppressed", "tokenwatch.pipeline/cluster_resumed"}
+
+	var lrs []*logspb.LogRecord
+	now := uint64(time.Now().UnixNano())
+	for _, r := range records {
+		lr := &logspb.LogRecord{
+			TimeUnixNano: now, ObservedTimeUnixNano: now, EventName: r.event,
+			SeverityNumber: r.sev, SeverityText: r.text,
+			Body: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "test record " + r.event + " " + r.kind}},
+		}
+		if r.kind != "" {
+			lr.Attributes = []*commonpb.KeyValue{{Key: "tokenwatch.pipeline.kind", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: r.kind}}}}
+		}
+		lrs = append(lrs, lr)
+	}
+	req := &collogspb.ExportLogsServiceRequest{ResourceLogs: []*logspb.ResourceLogs{{
+		Resource: &resourcepb.Resource{Attributes: []*commonpb.KeyValue{
+			{Key: "service.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "tokenwatch-aggregator"}}},
+		}},
+		ScopeLogs: []*logspb.ScopeLogs{{LogRecords: lrs}},
+	}}}
+
+	conn, err := grpc.NewClient(listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// WaitForReady: the collector is still starting; the RPC waits for it.
+	if _, err := collogspb.NewLogsServiceClient(conn).Export(ctx, req, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("export to the collector: %v", err)
+	}
+
+	// A graceful stop flushes the batch processors, the exporter's queue and
+	// the file: then both destinations are complete and compared exactly.
+	stop()
+	got := sink.got()
+	sort.Strings(got)
+	if !slices.Equal(got, wantSecurity) {
+		t.Errorf("SIEM (otlp_grpc/siem) received %v, want %v", got, wantSecurity)
+	}
+	ops := readOperations(t, opsPath)
+	if !slices.Equal(ops, wantOperations) {
+		t.Errorf("operations file received %v, want %v", ops, wantOperations)
+	}
+}
+
+// readOperations reads the file exporter's OTLP JSON lines.
+func readOperations(t *testing.T, path string) []string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("operations file: %v", err)
+	}
+	defer f.Close()
+	var names []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		var doc struct {
+			ResourceLogs []struct {
+				ScopeLogs []struct {
+					LogRecords []struct {
+						EventName  string `json:"eventName"`
+						Attributes []struct {
+							Key   string `json:"key"`
+							Value struct {
+								StringValue string `json:"stringValue"`
+							} `json:"value"`
+						} `json:"attributes"`
+					} `json:"logRecords"`
+				} `json:"scopeLogs"`
+			} `json:"resourceLogs"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &doc); err != nil {
+			t.Fatalf("operations file line: %v", err)
+		}
+		for _, rl := range doc.ResourceLogs {
+			for _, sl := range rl.ScopeLogs {
+				for _, lr := range sl.LogRecords {
+					var attrs []*commonpb.KeyValue
+					for _, a := range lr.Attributes {
+						attrs = append(attrs, &commonpb.KeyValue{Key: a.Key, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: a.Value.StringValue}}})
+					}
+					names = append(names, recordKey(lr.EventName, attrs))
+				}
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(names)
+	return names
+}
