@@ -1,0 +1,64 @@
+package logfile
+
+import (
+	"bytes"
+	"os"
+	"testing"
+)
+
+func TestEnsureGeneratesOnceAndCaches(t *testing.T) {
+	dir := t.TempDir()
+	const size = 256 << 10
+	path, err := Ensure(dir, 7, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := int64(len(first)); n < size/2 || n > size*2 {
+		t.Errorf("generated %d bytes, want about %d", n, size)
+	}
+	if c := bytes.Count(first, []byte(`"subresource":"token"`)); c == 0 {
+		t.Error("generated log holds no token subresource")
+	}
+	// A second call must reuse the file, not regenerate it.
+	if err := os.WriteFile(path, []byte("cached\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	again, err := Ensure(dir, 7, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(again)
+	if again != path || string(got) != "cached\n" {
+		t.Errorf("Ensure regenerated the cached log (%s, %q)", again, got[:min(len(got), 20)])
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("cache holds %d entries, want only the log", len(entries))
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		give string
+		want int64
+	}{
+		{"1GiB", 1 << 30}, {"1G", 1 << 30}, {"256MiB", 256 << 20}, {"300M", 300 << 20}, {"4096", 4096}, {"2K", 2048},
+		{"", 0}, {"-1M", 0}, {"xM", 0},
+	}
+	for _, tt := range tests {
+		got, err := ParseSize(tt.give)
+		if (err != nil) != (tt.want == 0) || got != tt.want {
+			t.Errorf("ParseSize(%q) = %d, %v, want %d", tt.give, got, err, tt.want)
+		}
+	}
+}
+
+func TestName(t *testing.T) {
+	if got := Name(1, 1<<30); got != "audit-bench-s1-1GiB.log" {
+		t.Errorf("Name(1, 1GiB) = %q", got)
+	}
+}
