@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Decode decodes one audit log line: a JSON object holding an
@@ -27,6 +28,19 @@ func Decode(line []byte) (*Event, error) {
 	if line[0] != '{' {
 		return nil, fmt.Errorf("decode audit event: not a JSON object (starts with %q)", truncate(line, 16))
 	}
+	// Fast path: encoding/json into a struct, one pass. It matches keys
+	// case-insensitively and merges duplicate objects, so it is used only
+	// when a scan of the keys shows neither can matter; otherwise (and on
+	// any error) the exact decoder decides.
+	if e, ok := decodeFast(line); ok {
+		return e, nil
+	}
+	return decodeExact(line)
+}
+
+// decodeExact decodes line level by level through maps, so keys match
+// exactly and the last of duplicate keys wins, whole.
+func decodeExact(line []byte) (*Event, error) {
 	top, err := object(line)
 	if err != nil {
 		return nil, fmt.Errorf("decode audit event: %w", err)
@@ -36,6 +50,143 @@ func Decode(line []byte) (*Event, error) {
 		return nil, fmt.Errorf("decode audit event: %w", err)
 	}
 	return e, nil
+}
+
+// fastEvent is Event with requestObject kept raw: it is decoded only for
+// token creates.
+type fastEvent struct {
+	Level                    string            `json:"level"`
+	AuditID                  string            `json:"auditID"`
+	Stage                    string            `json:"stage"`
+	RequestURI               string            `json:"requestURI"`
+	Verb                     string            `json:"verb"`
+	User                     *UserInfo         `json:"user"`
+	ImpersonatedUser         *UserInfo         `json:"impersonatedUser"`
+	SourceIPs                []string          `json:"sourceIPs"`
+	UserAgent                string            `json:"userAgent"`
+	ObjectRef                *ObjectReference  `json:"objectRef"`
+	ResponseStatus           *Status           `json:"responseStatus"`
+	RequestObject            json.RawMessage   `json:"requestObject"`
+	RequestReceivedTimestamp string            `json:"requestReceivedTimestamp"`
+	StageTimestamp           string            `json:"stageTimestamp"`
+	Annotations              map[string]string `json:"annotations"`
+}
+
+func decodeFast(line []byte) (*Event, bool) {
+	var f fastEvent
+	if err := json.Unmarshal(line, &f); err != nil {
+		return nil, false
+	}
+	if ambiguousKeys(line) {
+		return nil, false
+	}
+	e := &Event{
+		Level: f.Level, AuditID: f.AuditID, Stage: f.Stage, RequestURI: f.RequestURI, Verb: f.Verb,
+		User: f.User, ImpersonatedUser: f.ImpersonatedUser, SourceIPs: f.SourceIPs, UserAgent: f.UserAgent,
+		ObjectRef: f.ObjectRef, ResponseStatus: f.ResponseStatus,
+		RequestReceivedTimestamp: f.RequestReceivedTimestamp, StageTimestamp: f.StageTimestamp,
+		Annotations: f.Annotations,
+	}
+	if e.IsTokenCreate() && len(f.RequestObject) > 0 && !bytes.Equal(f.RequestObject, []byte("null")) {
+		tr := &TokenRequest{}
+		if err := json.Unmarshal(f.RequestObject, tr); err != nil {
+			return nil, false
+		}
+		e.RequestObject = tr
+	}
+	return e, true
+}
+
+// fieldBits numbers the JSON names of every field Event decodes, at any
+// level.
+var fieldBits = func() map[string]uint64 {
+	names := []string{
+		"level", "auditID", "stage", "requestURI", "verb", "user", "impersonatedUser", "sourceIPs",
+		"userAgent", "objectRef", "responseStatus", "requestObject", "requestReceivedTimestamp",
+		"stageTimestamp", "annotations", "username", "uid", "groups", "extra", "resource",
+		"namespace", "name", "apiGroup", "apiVersion", "subresource", "status", "message", "reason",
+		"code", "spec", "audiences", "expirationSeconds", "boundObjectRef", "kind",
+	}
+	m := make(map[string]uint64, len(names))
+	for i, n := range names {
+		m[n] = 1 << i
+	}
+	return m
+}()
+
+// foldedFields holds the lower-case forms of fieldBits' names.
+var foldedFields = func() map[string]bool {
+	m := make(map[string]bool, len(fieldBits))
+	for n := range fieldBits {
+		m[strings.ToLower(n)] = true
+	}
+	return m
+}()
+
+const maxFieldLen = len("requestReceivedTimestamp")
+
+// maxScanDepth bounds the nesting the key scan follows.
+const maxScanDepth = 64
+
+// ambiguousKeys reports whether line, valid JSON, has a key on which
+// encoding/json's struct decoding could differ from exact decoding: a key
+// equal to a field name only up to case, an escaped or non-ASCII key, a
+// field name twice in one object, or nesting deeper than maxScanDepth.
+func ambiguousKeys(line []byte) bool {
+	var seen [maxScanDepth]uint64
+	var lower [maxFieldLen]byte
+	depth := -1
+	for i := 0; i < len(line); i++ {
+		switch line[i] {
+		case '{', '[':
+			depth++
+			if depth >= maxScanDepth {
+				return true
+			}
+			seen[depth] = 0
+		case '}', ']':
+			depth--
+		case '"':
+			j, plain := i+1, true
+			for ; j < len(line) && line[j] != '"'; j++ {
+				switch {
+				case line[j] == '\\':
+					plain = false
+					j++
+				case line[j] >= 0x80:
+					plain = false
+				}
+			}
+			k := j + 1
+			for k < len(line) && (line[k] == ' ' || line[k] == '\t' || line[k] == '\n' || line[k] == '\r') {
+				k++
+			}
+			if k < len(line) && line[k] == ':' && depth >= 0 {
+				if !plain {
+					return true
+				}
+				key := line[i+1 : j]
+				if bit, ok := fieldBits[string(key)]; ok {
+					if seen[depth]&bit != 0 {
+						return true
+					}
+					seen[depth] |= bit
+				} else if len(key) <= maxFieldLen {
+					for n, c := range key {
+						if 'A' <= c && c <= 'Z' {
+							c += 'a' - 'A'
+						}
+						lower[n] = c
+					}
+					if foldedFields[string(lower[:len(key)])] {
+						return true
+					}
+				}
+			}
+			i = j
+		}
+	}
+	return false
 }
 
 type fields map[string]json.RawMessage

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 
@@ -98,6 +99,13 @@ func TestDecodeExactKeys(t *testing.T) {
 		{"nested case differs", `{"objectRef":{"Subresource":"token","resource":"serviceaccounts"}}`, func(e *Event) bool { return e.ObjectRef.Subresource == "" }},
 		{"kelvin sign is not k", "{\"\u212aind\":\"x\",\"user\":{\"userna\u212ae\":\"x\"}}", func(e *Event) bool { return e.User.Username == "" }},
 		{"last duplicate wins", `{"verb":"get","verb":"create"}`, func(e *Event) bool { return e.Verb == "create" }},
+		{"duplicate object replaced whole", `{"user":{"username":"a","groups":["x"]},"user":{"username":"b"}}`, func(e *Event) bool { return e.Username() == "b" && e.User.Groups == nil }},
+		{"duplicate map replaced whole", `{"annotations":{"a":"1"},"annotations":{"b":"2"}}`, func(e *Event) bool { return len(e.Annotations) == 1 && e.Annotations["b"] == "2" }},
+		{"escaped duplicate", `{"verb":"get","\u0076erb":"create"}`, func(e *Event) bool { return e.Verb == "create" }},
+		{"wrong type overwritten", `{"verb":5,"verb":"create"}`, func(e *Event) bool { return e.Verb == "create" }},
+		{"same names in other objects", `{"verb":"create","objectRef":{"name":"a","resource":"serviceaccounts","subresource":"token"},"requestObject":{"metadata":{"name":"x"},"spec":{"boundObjectRef":{"name":"p","kind":"Pod"}}},"responseObject":{"spec":{"boundObjectRef":{"name":"q"}}}}`, func(e *Event) bool {
+			return e.ObjectRef.Name == "a" && e.RequestObject.Spec.BoundObjectRef.Name == "p"
+		}},
 		{"null user", `{"user":null}`, func(e *Event) bool { return e.User == nil }},
 		{"empty user", `{"user":{}}`, func(e *Event) bool { return e.User != nil && e.Username() == "" }},
 		{"requestObject only for token creates", `{"verb":"create","objectRef":{"resource":"pods"},"requestObject":{"spec":{"audiences":5}}}`, func(e *Event) bool { return e.RequestObject == nil }},
@@ -168,7 +176,8 @@ func TestDryRun(t *testing.T) {
 	}
 }
 
-// FuzzDecode: Decode never panics, and what it accepts it accepts again
+// FuzzDecode: Decode never panics, agrees with the exact decoder (the fast
+// path must not change any result), and what it accepts it accepts again
 // with the same meaning when re-spaced.
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte(canonical))
@@ -180,7 +189,19 @@ func FuzzDecode(f *testing.F) {
 			if e != nil {
 				t.Fatalf("Decode returned %+v with error %v", e, err)
 			}
+			if trimmed := bytes.TrimSpace(line); len(trimmed) > 0 && trimmed[0] == '{' {
+				if x, xerr := decodeExact(trimmed); xerr == nil {
+					t.Fatalf("Decode rejected (%v) what the exact decoder accepts (%+v): %q", err, x, line)
+				}
+			}
 			return
+		}
+		exact, xerr := decodeExact(bytes.TrimSpace(line))
+		if xerr != nil {
+			t.Fatalf("Decode accepted what the exact decoder rejects (%v): %q", xerr, line)
+		}
+		if diff := cmp.Diff(exact, e); diff != "" {
+			t.Fatalf("Decode differs from the exact decoder on %q (-exact +Decode):\n%s", line, diff)
 		}
 		again, err := Decode(append([]byte(" \n"), append(line, '\n')...))
 		if err != nil {
@@ -190,4 +211,39 @@ func FuzzDecode(f *testing.F) {
 			t.Errorf("re-spaced decode differs:\n%s", diff)
 		}
 	})
+}
+
+func BenchmarkDecode(b *testing.B) {
+	line := []byte(canonical)
+	b.SetBytes(int64(len(line)))
+	for b.Loop() {
+		if _, err := Decode(line); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestFastPath: lines as kube-apiserver writes them take the one-pass path;
+// ambiguous ones go to the exact decoder.
+func TestFastPath(t *testing.T) {
+	tests := []struct {
+		give string
+		want bool // ambiguous
+	}{
+		{canonical, false},
+		{`{"Verb":"create"}`, true},
+		{`{"objectRef":{"Name":"x"}}`, true},
+		{`{"verb":"a","verb":"b"}`, true},
+		{`{"\u0076erb":"create"}`, true},
+		{"{\"v\u00e9rb\":1}", true},
+		{`{"a":{"verb":1},"b":{"verb":2}}`, false},
+		{`{"s":"\"Verb\":1"}`, false},
+		{`{"labels":{"Team":"a"}}`, false},
+		{strings.Repeat(`{"a":`, 70) + "1" + strings.Repeat("}", 70), true},
+	}
+	for _, tt := range tests {
+		if got := ambiguousKeys([]byte(tt.give)); got != tt.want {
+			t.Errorf("ambiguousKeys(%.40s) = %v, want %v", tt.give, got, tt.want)
+		}
+	}
 }
