@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/export"
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/guard"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 )
 
@@ -48,6 +49,9 @@ type Config struct {
 	TickInterval time.Duration
 	// ConfigPoll overrides how often the config file is polled (tests).
 	ConfigPoll time.Duration
+	// Guard overrides the gRPC limits (benchmarks raise the per-agent
+	// rates); guard.DefaultConfig() when nil.
+	Guard *guard.Config
 	// Started, when set, is called once the gRPC and metrics listeners are
 	// bound, with their addresses (metrics "" when off).
 	Started func(grpcAddr, metricsAddr string)

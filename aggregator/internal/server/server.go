@@ -103,7 +103,11 @@ func Run(ctx context.Context, c Config) error {
 		}
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
 	}
-	g, err := guard.New(guard.DefaultConfig(), reg)
+	gc := guard.DefaultConfig()
+	if c.Guard != nil {
+		gc = *c.Guard
+	}
+	g, err := guard.New(gc, reg)
 	if err != nil {
 		return fmt.Errorf("grpc limits: %w", err)
 	}
