@@ -182,6 +182,40 @@ func TestScenarios(t *testing.T) {
 			want: [][]summary{nil, {{KindMultiClusterSource, ip, []string{"a", "b"}, []string{"a/n/s1", "b/n/s2"}, at(1)}}},
 		},
 		{
+			name: "three clusters needed",
+			cfg:  Config{Window: 10 * time.Minute, Lateness: 5 * time.Minute, Clusters: 3},
+			events: []Event{
+				mint(0, "a", "alice", "", "ns", "x"),
+				mint(1, "b", "alice", "", "ns", "x"),
+				mint(2, "a", "alice", "", "ns", "y"),
+				mint(3, "c", "alice", "", "ns", "z"),
+			},
+			want: [][]summary{nil, nil, nil,
+				{{KindMultiClusterActor, "alice", []string{"a", "b", "c"}, []string{"a/ns/x", "a/ns/y", "b/ns/x", "c/ns/z"}, at(3)}}},
+		},
+		{
+			name: "event late in its cluster completes a window",
+			cfg:  Config{Window: 10 * time.Minute, Lateness: 5 * time.Minute, Clusters: 2},
+			events: []Event{
+				mint(10, "a", "alice", "", "ns", "x"),
+				mint(20, "b", "carol", "", "ns", "x"),
+				mint(15, "b", "alice", "", "ns", "w"), // 5m behind b's newest: still accepted
+			},
+			want: [][]summary{nil, nil,
+				{{KindMultiClusterActor, "alice", []string{"a", "b"}, []string{"a/ns/x", "b/ns/w"}, at(15)}}},
+		},
+		{
+			name: "out-of-order event bridges two clusters",
+			cfg:  Config{Window: 10 * time.Minute, Lateness: 5 * time.Minute, Clusters: 2},
+			events: []Event{
+				mint(0, "a", "alice", "", "ns", "x"),
+				mint(14, "b", "alice", "", "ns", "x"),
+				mint(9, "a", "alice", "", "ns", "y"), // 9m: in the window of b's 14m
+			},
+			want: [][]summary{nil, nil,
+				{{KindMultiClusterActor, "alice", []string{"a", "b"}, []string{"a/ns/y", "b/ns/x"}, at(14)}}},
+		},
+		{
 			name:   "no user",
 			cfg:    defaults(),
 			events: []Event{mint(0, "a", "", "", "ns", "x"), mint(1, "b", "", "", "ns", "x")},
