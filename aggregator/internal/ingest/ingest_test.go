@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -343,6 +344,13 @@ func TestMTLSClusterBinding(t *testing.T) {
 			_ = st.CloseSend()
 			recvErr(t, st)
 		})
+	}
+	var m dto.Metric
+	if err := srv.m.refused.WithLabelValues("cluster_mismatch").Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.GetCounter().GetValue(); n != 1 {
+		t.Errorf("refused{cluster_mismatch} = %v, want 1", n)
 	}
 	// An insecure client gets nowhere near the service.
 	plain := start(t, New(Options{Processor: rec, TrustDomain: "tokenwatch"}), nil, insecure.NewCredentials())
