@@ -153,6 +153,71 @@ func TestGoldenRealLogs(t *testing.T) {
 	}
 }
 
+// TestRealLogsVariants: the same logs re-encoded (keys sorted, no HTML
+// escaping) or logged at RequestResponse level (the minted token in
+// responseObject) give exactly the same records, and the token appears in
+// none of them.
+func TestRealLogsVariants(t *testing.T) {
+	const token = "eyJhbGciOiJSUzI1NiIsImtpZCI6InR3In0.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6dGVhbS1hOmFwcCJ9.c2lnbmF0dXJlLW5vdC1yZWFs"
+	lines := logLines(t)
+	records := func(lines [][]byte) []byte {
+		r := newRun(t, rule.DefaultConfig())
+		for i, line := range lines {
+			e, err := audit.Decode(line)
+			if err != nil {
+				t.Fatalf("line %d: %v", i+1, err)
+			}
+			r.feed(e)
+		}
+		r.expire()
+		b, err := json.Marshal(r.records)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	want := records(lines)
+	reencoded := make([][]byte, len(lines))
+	withToken := make([][]byte, len(lines))
+	for i, line := range lines {
+		var m map[string]any
+		if err := json.Unmarshal(line, &m); err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(m); err != nil {
+			t.Fatal(err)
+		}
+		reencoded[i] = buf.Bytes()
+		if ref, _ := m["objectRef"].(map[string]any); ref["subresource"] == "token" && m["stage"] == "ResponseComplete" {
+			m["responseObject"] = map[string]any{"kind": "TokenRequest", "status": map[string]any{"token": token, "expirationTimestamp": "2026-11-27T00:09:13Z"}}
+			m["level"] = "RequestResponse"
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		withToken[i] = b
+	}
+	if !bytes.Contains(bytes.Join(withToken, nil), []byte(token)) {
+		t.Fatal("the token was not injected: the test would prove nothing")
+	}
+	for _, v := range []struct {
+		name  string
+		lines [][]byte
+	}{{"reencoded", reencoded}, {"RequestResponse", withToken}} {
+		got := records(v.lines)
+		if !bytes.Equal(want, got) {
+			t.Errorf("%s: records differ from the original logs'", v.name)
+		}
+		if bytes.Contains(got, []byte(token)) || bytes.Contains(got, []byte("c2lnbmF0dXJl")) {
+			t.Errorf("%s: the minted token is in the records", v.name)
+		}
+	}
+}
+
 // jwt matches a JWS compact serialization (a minted token).
 var jwt = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.`)
 
