@@ -21,12 +21,13 @@ import (
 // is never decoded. requestObject is decoded only for token creates
 // (IsTokenCreate), where it is a TokenRequest.
 func Decode(line []byte) (*Event, error) {
-	line = bytes.TrimSpace(line)
+	line = bytes.Trim(line, jsonSpace)
 	if len(line) == 0 {
 		return nil, errors.New("decode audit event: empty line")
 	}
 	if line[0] != '{' {
-		return nil, fmt.Errorf("decode audit event: not a JSON object (starts with %q)", truncate(line, 16))
+		// No excerpt of the line: a torn line may start inside a token.
+		return nil, errors.New("decode audit event: not a JSON object")
 	}
 	// Fast path: encoding/json into a struct, one pass. It matches keys
 	// case-insensitively and merges duplicate objects, so it is used only
@@ -37,6 +38,9 @@ func Decode(line []byte) (*Event, error) {
 	}
 	return decodeExact(line)
 }
+
+// jsonSpace is JSON's whitespace (RFC 8259), nothing more.
+const jsonSpace = " \t\r\n"
 
 // decodeExact decodes line level by level through maps, so keys match
 // exactly and the last of duplicate keys wins, whole.
@@ -313,11 +317,4 @@ func (d *decoder) user(top fields, key string) *UserInfo {
 		d.err = fmt.Errorf("%s: %w", key, d.err)
 	}
 	return u
-}
-
-func truncate(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[:n]
-	}
-	return b
 }

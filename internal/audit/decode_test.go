@@ -132,8 +132,11 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty", "", "empty line"},
 		{"blank", " \n", "empty line"},
 		{"torn", canonical[:len(canonical)/2], "decode audit event"},
+		{"torn in the token", canonical[:strings.Index(canonical, "SECRET")+3], "unexpected end of JSON input"},
 		{"garbage", "\x00\xff garbage", "not a JSON object"},
 		{"array", `[{"verb":"create"}]`, "not a JSON object"},
+		{"unicode space", "\u00a0{}", "not a JSON object"},
+		{"torn inside a token", `eyJhbGciOiJSUzI1NiJ9.payload"}}}`, "not a JSON object"},
 		{"null", `null`, "not a JSON object"},
 		{"two objects", `{"verb":"create"}{"verb":"get"}`, "invalid character"},
 		{"wrong type", `{"verb":5}`, "field verb"},
@@ -147,6 +150,9 @@ func TestDecodeErrors(t *testing.T) {
 			got, err := Decode([]byte(tt.give))
 			if err == nil {
 				t.Fatalf("Decode(%q) = %+v, want error", tt.give, got)
+			}
+			if strings.Contains(err.Error(), "eyJ") || strings.Contains(err.Error(), "payload") {
+				t.Errorf("Decode(%q) error %q quotes the line", tt.give, err)
 			}
 			if !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), "decode audit event") {
 				t.Errorf("Decode(%q) error = %q, want it to start with %q and contain %q", tt.give, err, "decode audit event", tt.want)
@@ -189,14 +195,14 @@ func FuzzDecode(f *testing.F) {
 			if e != nil {
 				t.Fatalf("Decode returned %+v with error %v", e, err)
 			}
-			if trimmed := bytes.TrimSpace(line); len(trimmed) > 0 && trimmed[0] == '{' {
+			if trimmed := bytes.Trim(line, jsonSpace); len(trimmed) > 0 && trimmed[0] == '{' {
 				if x, xerr := decodeExact(trimmed); xerr == nil {
 					t.Fatalf("Decode rejected (%v) what the exact decoder accepts (%+v): %q", err, x, line)
 				}
 			}
 			return
 		}
-		exact, xerr := decodeExact(bytes.TrimSpace(line))
+		exact, xerr := decodeExact(bytes.Trim(line, jsonSpace))
 		if xerr != nil {
 			t.Fatalf("Decode accepted what the exact decoder rejects (%v): %q", xerr, line)
 		}
