@@ -273,3 +273,21 @@ func naive(p, s string) bool {
 	}
 	return s != "" && p[0] == s[0] && naive(p[1:], s[1:])
 }
+
+func BenchmarkEvaluate(b *testing.B) {
+	r, err := New(DefaultConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	events := []*audit.Event{
+		mint("system:node:cp-1", nodes, "team-a", "app"),
+		mint("system:kube-controller-manager", nil, "kube-system", "x"),
+		mint("system:serviceaccount:calico-system:calico-node", sa("calico-system"), "calico-system", "x"),
+		mint("alice", nil, "team-a", "app"),
+	}
+	for b.Loop() {
+		for _, e := range events {
+			r.Evaluate(e)
+		}
+	}
+}
