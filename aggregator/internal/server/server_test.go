@@ -363,10 +363,15 @@ func realEvents(t *testing.T) ([]*audit.Event, []*tokenwatchv1.TokenEvent) {
 
 // event builds one token-create event.
 func event(user, auditID, stage string, code int32, ns, sa, ip string) *tokenwatchv1.TokenEvent {
+	return eventAt(user, auditID, stage, code, ns, sa, ip, "2026-11-26T23:09:30.000001Z")
+}
+
+// eventAt builds one token-create event received at rrt.
+func eventAt(user, auditID, stage string, code int32, ns, sa, ip, rrt string) *tokenwatchv1.TokenEvent {
 	e := &tokenwatchv1.TokenEvent{
 		AuditId: auditID, Stage: stage, Verb: "create", Level: "Request",
 		RequestUri:               "/api/v1/namespaces/" + ns + "/serviceaccounts/" + sa + "/token",
-		RequestReceivedTimestamp: "2026-11-26T23:09:30.000001Z", StageTimestamp: "2026-11-26T23:09:30.000001Z",
+		RequestReceivedTimestamp: rrt, StageTimestamp: rrt,
 		ObjectRef: &tokenwatchv1.ObjectRef{Resource: "serviceaccounts", Subresource: "token", Namespace: ns, Name: sa, ApiVersion: "v1"},
 		User:      &tokenwatchv1.UserInfo{Present: true, Username: user, Groups: []string{"system:authenticated"}},
 		SourceIps: []string{ip},
@@ -578,8 +583,9 @@ func TestCorrelationAcrossClusters(t *testing.T) {
 	agg := s.start(t)
 	prod := dial(t, agg.addr, "prod", "cp-1", false)
 	staging := dial(t, agg.addr, "staging", "cp-a", false)
-	prod.send(t, []*tokenwatchv1.TokenEvent{event("mallory", "m1", audit.StageResponseComplete, 201, "team-a", "builder", "203.0.113.9")})
-	staging.send(t, []*tokenwatchv1.TokenEvent{event("mallory", "m2", audit.StageResponseComplete, 201, "team-b", "deployer", "203.0.113.9")})
+	prod.send(t, []*tokenwatchv1.TokenEvent{eventAt("mallory", "m1", audit.StageResponseComplete, 201, "team-a", "builder", "203.0.113.9", "2026-11-26T23:09:30Z")})
+	// Earlier in event time than prod's, first of its cluster: it counts.
+	staging.send(t, []*tokenwatchv1.TokenEvent{eventAt("mallory", "m2", audit.StageResponseComplete, 201, "team-b", "deployer", "203.0.113.9", "2026-11-26T23:05:00Z")})
 	recs := agg.out.waitFor(t, "two correlation records", func(r []record) bool {
 		n := 0
 		for _, x := range r {
@@ -591,16 +597,93 @@ func TestCorrelationAcrossClusters(t *testing.T) {
 	})
 	var kinds []string
 	for _, r := range recs {
-		if r.EventName == "tokenwatch.correlation" {
-			kinds = append(kinds, r.Attrs["tokenwatch.correlation.kind"])
-			if r.Severity != "high" {
-				t.Errorf("correlation severity = %q, want high", r.Severity)
+		if r.EventName != "tokenwatch.correlation" {
+			continue
+		}
+		kind := r.Attrs["tokenwatch.correlation.kind"]
+		kinds = append(kinds, kind)
+		want := map[string]string{
+			"k8s.cluster.names":           "[prod,staging]",
+			"kubernetes.audit.auditIDs":   "[m1,m2]",
+			"tokenwatch.service_accounts": "[prod/team-a/builder,staging/team-b/deployer]",
+			"tokenwatch.window.start":     "2026-11-26T23:05:00Z",
+			"tokenwatch.window.end":       "2026-11-26T23:09:30Z",
+		}
+		if kind == "multi_cluster_source" {
+			want["source.ip"] = "203.0.113.9"
+		} else {
+			want["user.name"] = "mallory"
+		}
+		for k, v := range want {
+			if r.Attrs[k] != v {
+				t.Errorf("%s %s = %q, want %q", kind, k, r.Attrs[k], v)
 			}
+		}
+		if r.Severity != "high" {
+			t.Errorf("correlation severity = %q, want high", r.Severity)
 		}
 	}
 	sort.Strings(kinds)
 	if want := []string{"multi_cluster_actor", "multi_cluster_source"}; !equalStrings(kinds, want) {
 		t.Errorf("correlation kinds = %q, want %q", kinds, want)
+	}
+}
+
+// TestTokenSprayAcrossNodes: one user minting for several service accounts
+// through two nodes of a cluster, out of order, one event too late to count.
+func TestTokenSprayAcrossNodes(t *testing.T) {
+	s := newSetup(t)
+	s.configFile = filepath.Join(t.TempDir(), "aggregator.yaml")
+	if err := os.WriteFile(s.configFile, []byte("correlation:\n  service_accounts: 3\n  lateness: 1m\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	agg := s.start(t)
+	cp1 := dial(t, agg.addr, "prod", "cp-1", false)
+	cp2 := dial(t, agg.addr, "prod", "cp-2", false)
+	spray := func(id, sa, rrt string) []*tokenwatchv1.TokenEvent {
+		return []*tokenwatchv1.TokenEvent{eventAt("sprayer", id, audit.StageResponseComplete, 201, "team-a", sa, "10.9.9.9", rrt)}
+	}
+	cp1.send(t, spray("s1", "sa-a", "2026-11-26T23:10:00Z"))
+	cp2.send(t, spray("s2", "sa-b", "2026-11-26T23:09:30Z")) // out of order, within lateness
+	cp1.send(t, spray("s3", "sa-c", "2026-11-26T23:08:00Z")) // 2m behind the cluster's newest: late
+	cp1.send(t, []*tokenwatchv1.TokenEvent{event("bob", "marker-5", audit.StageResponseComplete, 201, "team-a", "builder", "10.1.2.3")})
+	recs := agg.out.waitFor(t, "the marker", hasAuditID("marker-5"))
+	for _, r := range recs {
+		if r.EventName == "tokenwatch.correlation" {
+			t.Fatalf("correlation before the threshold: %v", r.Attrs)
+		}
+	}
+	cp2.send(t, spray("s4", "sa-c", "2026-11-26T23:09:45Z"))
+	recs = agg.out.waitFor(t, "token_spray", func(r []record) bool {
+		for _, x := range r {
+			if x.Attrs["tokenwatch.correlation.kind"] == "token_spray" {
+				return true
+			}
+		}
+		return false
+	})
+	for _, r := range recs {
+		if r.EventName != "tokenwatch.correlation" {
+			continue
+		}
+		want := map[string]string{
+			"tokenwatch.correlation.kind": "token_spray",
+			"user.name":                   "sprayer",
+			"k8s.cluster.names":           "[prod]",
+			"kubernetes.audit.auditIDs":   "[s1,s2,s4]",
+			"tokenwatch.service_accounts": "[prod/team-a/sa-a,prod/team-a/sa-b,prod/team-a/sa-c]",
+			"tokenwatch.window.start":     "2026-11-26T23:09:30Z",
+			"tokenwatch.window.end":       "2026-11-26T23:10:00Z",
+		}
+		for k, v := range want {
+			if r.Attrs[k] != v {
+				t.Errorf("%s = %q, want %q", k, r.Attrs[k], v)
+			}
+		}
+	}
+	// Every request alerted on its own, the late one included.
+	if got := len(tokenRequests(recs)); got != 5 {
+		t.Errorf("token_request records = %d, want 5", got)
 	}
 }
 
