@@ -1,0 +1,685 @@
+package follow
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// errRewritten reports a live file truncated and rewritten in place.
+var errRewritten = errors.New("file truncated and rewritten in place")
+
+// handlerError carries an error returned by the Handler out of Run.
+type handlerError struct{ err error }
+
+func (e handlerError) Error() string { return e.err.Error() }
+func (e handlerError) Unwrap() error { return e.err }
+
+// Run follows the file until ctx ends (returning ctx's error), the handler
+// returns an error (returned as is), or, with Once, the end of the file
+// (returning nil). Run may be called once.
+func (f *Follower) Run(ctx context.Context, h Handler) error {
+	if !f.running.CompareAndSwap(false, true) {
+		return errors.New("follow: Run called twice")
+	}
+	f.buf = make([]byte, f.cfg.BlockSize)
+	err := f.run(ctx, h)
+	var he handlerError
+	if errors.As(err, &he) {
+		return he.err
+	}
+	return err
+}
+
+func (f *Follower) run(ctx context.Context, h Handler) error {
+	if f.cfg.Once {
+		return f.runOnce(ctx, h)
+	}
+	wk := newWaker(f.lay.dir, f.cfg.Poll, f.log)
+	defer wk.close()
+
+	var cur *source
+	defer func() { cur.close() }()
+	var err error
+	if cur, err = f.start(ctx, h, wk); err != nil {
+		return err
+	}
+	f.markStarted()
+	for {
+		err := f.drain(ctx, h, cur)
+		if errors.Is(err, errRewritten) {
+			ns, err := f.truncated(ctx, h, cur)
+			if err != nil {
+				return err
+			}
+			cur.close()
+			if cur = ns; cur == nil {
+				if cur, err = f.next(ctx, h, wk); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if err != nil {
+			if errors.As(err, new(handlerError)) || ctx.Err() != nil {
+				return err
+			}
+			if cur.live {
+				// A plain live file we hold open failed to read: retry later.
+				f.log.Warn("read live file", "err", err)
+				if err := wk.wait(ctx); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := f.loss(ctx, h, Loss{Reason: ReasonUnreadable, File: cur.path, Offset: cur.off, Detail: err.Error()}); err != nil {
+				return err
+			}
+			f.resetBuffer()
+		}
+		if cur.live {
+			next, err := f.checkLive(ctx, h, cur)
+			if err != nil {
+				return err
+			}
+			switch {
+			case next == stIdle:
+				if err := wk.wait(ctx); err != nil {
+					return err
+				}
+			case next == stRotated:
+				cur.live, cur.rotated, cur.since = false, true, time.Now().UnixNano()
+				f.updateStats(func(s *Stats) { s.Rotations++ })
+				f.log.Debug("live file rotated away", "id", cur.id.String())
+				f.placeRotated(cur)
+				f.notePending(ctx, h)
+			case next == stTruncated:
+				ns, err := f.truncated(ctx, h, cur)
+				if err != nil {
+					return err
+				}
+				cur.close()
+				cur = ns
+				if cur == nil {
+					if cur, err = f.next(ctx, h, wk); err != nil {
+						return err
+					}
+				}
+			}
+			continue
+		}
+		if cur.rotated && !f.liveMovedOn(cur) && time.Since(time.Unix(0, cur.since)) < rotateGrace {
+			if err := wk.wait(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := f.finish(ctx, h, cur); err != nil {
+			return err
+		}
+		cur.close()
+		cur = nil
+		if cur, err = f.next(ctx, h, wk); err != nil {
+			return err
+		}
+	}
+}
+
+// runOnce reads the file at Path (plain or compressed) to its end.
+func (f *Follower) runOnce(ctx context.Context, h Handler) error {
+	gz := strings.HasSuffix(f.cfg.Path, ".gz")
+	var cur *source
+	var err error
+	if gz {
+		cur, err = openGzip(f.cfg.Path, 0)
+	} else {
+		cur, err = openPlain(f.cfg.Path, 0)
+	}
+	if err != nil {
+		return fmt.Errorf("open %s: %w", f.cfg.Path, err)
+	}
+	defer cur.close()
+	var off int64
+	switch {
+	case f.cfg.Resume != nil && cur.matchesID(f.cfg.Resume.ID):
+		off = f.cfg.Resume.Offset
+	case f.cfg.StartAt == StartEnd && !gz:
+		if off, err = lastLineEnd(cur.f, cur.size); err != nil {
+			return fmt.Errorf("read %s: %w", cur.path, err)
+		}
+	case f.cfg.StartAt == StartEnd:
+		return nil // the end of a compressed file: nothing to read
+	}
+	if off > 0 {
+		cur.close()
+		if gz {
+			cur, err = openGzip(f.cfg.Path, off)
+		} else {
+			cur, err = openPlain(f.cfg.Path, off)
+		}
+		if err != nil {
+			return fmt.Errorf("open %s: %w", f.cfg.Path, err)
+		}
+	}
+	if err := f.drain(ctx, h, cur); err != nil {
+		return err
+	}
+	return f.finish(ctx, h, cur)
+}
+
+// start opens the first file to read: the checkpointed one, else the live
+// file at StartAt. Siblings present now are history unless they come after
+// the checkpointed file.
+func (f *Follower) start(ctx context.Context, h Handler, wk *waker) (*source, error) {
+	live, err := f.openLive(0)
+	if err != nil {
+		return nil, err
+	}
+	sibs, err := f.lay.scan()
+	if err != nil {
+		live.close()
+		return nil, fmt.Errorf("scan %s: %w", f.lay.dir, err)
+	}
+	historyUpTo := func() {
+		if len(sibs) > 0 {
+			f.floor, f.hasFloor = sibs[len(sibs)-1].key, true
+		}
+	}
+	if r := f.cfg.Resume; r != nil {
+		if live != nil && live.matchesID(r.ID) {
+			historyUpTo()
+			if _, err := live.f.Seek(r.Offset, io.SeekStart); err != nil {
+				live.close()
+				return nil, fmt.Errorf("seek %s to %d: %w", live.path, r.Offset, err)
+			}
+			live.off, live.readOff = r.Offset, r.Offset
+			return live, nil
+		}
+		if s, ok := find(sibs, r.ID, true); ok {
+			src, err := openSibling(s, r.Offset)
+			if err == nil {
+				live.close()
+				f.floor, f.hasFloor = s.key, true
+				f.log.Info("resuming in rotated file", "rotated", s.path, "offset", r.Offset)
+				f.notePending(ctx, h)
+				return src, nil
+			}
+			f.log.Warn("open checkpointed file", "rotated", s.path, "err", err)
+		}
+		if live != nil && r.ID.Plain() && live.id.Dev == r.ID.Dev && live.id.Ino == r.ID.Ino {
+			// Truncated in place while we were away, and no copy found.
+			historyUpTo()
+			if err := f.loss(ctx, h, Loss{
+				Reason: ReasonFileTruncated, File: r.Name, Offset: r.Offset,
+				Detail: "truncated in place since the checkpoint and no copy holding the unread data was found",
+			}); err != nil {
+				live.close()
+				return nil, err
+			}
+			return live, nil
+		}
+		live.close()
+		if err := f.loss(ctx, h, Loss{
+			Reason: ReasonRotatedFileGone, File: r.Name, Offset: r.Offset,
+			Detail: "the checkpointed file is gone; the rest of it was not read",
+		}); err != nil {
+			return nil, err
+		}
+		// lumberjack and logrotate delete oldest first: what remains is newer.
+		if ok, _, k, fromName := f.lay.parse(baseName(r.Name)); ok && fromName {
+			f.floor, f.hasFloor = k, true
+		}
+		f.markStarted()
+		return f.next(ctx, h, wk)
+	}
+	historyUpTo()
+	if live == nil {
+		f.markStarted()
+		return f.next(ctx, h, wk)
+	}
+	if f.cfg.StartAt == StartEnd {
+		off, err := lastLineEnd(live.f, live.size)
+		if err != nil {
+			live.close()
+			return nil, fmt.Errorf("read %s: %w", live.path, err)
+		}
+		if _, err := live.f.Seek(off, io.SeekStart); err != nil {
+			live.close()
+			return nil, fmt.Errorf("seek %s to %d: %w", live.path, off, err)
+		}
+		live.off, live.readOff = off, off
+	}
+	return live, nil
+}
+
+func baseName(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[i+1:]
+	}
+	return p
+}
+
+// markStarted tells tests that what exists at the start has been seen.
+func (f *Follower) markStarted() {
+	if f.started != nil {
+		close(f.started)
+		f.started = nil
+	}
+}
+
+// openLive opens the live file at off; nil when it does not exist.
+func (f *Follower) openLive(off int64) (*source, error) {
+	s, err := openPlain(f.cfg.Path, off)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", f.cfg.Path, err)
+	}
+	s.live = true
+	return s, nil
+}
+
+// next returns the file to read after the current one: the oldest sibling
+// newer than the floor that was not read yet, else the live file from its
+// start, waiting for one to exist.
+func (f *Follower) next(ctx context.Context, h Handler, wk *waker) (*source, error) {
+	for {
+		// Open the live file before listing: a rotation in between then
+		// shows the file we hold among the siblings instead of hiding one.
+		live, err := f.openLive(0)
+		if err != nil {
+			f.log.Warn("open live file", "err", err)
+		}
+		cands, err := f.candidates(ctx, h)
+		if err != nil {
+			live.close()
+			return nil, err
+		}
+		for len(cands) > 0 && f.isDone(cands[0]) {
+			f.floor, f.hasFloor = cands[0].key, true
+			cands = cands[1:]
+		}
+		if len(cands) > 0 {
+			live.close()
+			c := cands[0]
+			src, err := openSibling(c, 0)
+			if errors.Is(err, os.ErrNotExist) {
+				continue // renamed or compressed meanwhile: list again
+			}
+			if err != nil {
+				// Unreadable: report it and step over it.
+				delete(f.pending, c.path)
+				f.floor, f.hasFloor = c.key, true
+				if err := f.loss(ctx, h, Loss{Reason: ReasonUnreadable, File: c.path, Bytes: c.size, BytesKnown: !c.gz, Detail: err.Error()}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			delete(f.pending, c.path)
+			f.floor, f.hasFloor = c.key, true // it is the current file now
+			f.updateStats(func(s *Stats) { s.File, s.Offset, s.Size = src.path, 0, c.size })
+			return src, nil
+		}
+		if live != nil {
+			f.updateStats(func(s *Stats) { s.File, s.Offset, s.Size = live.path, 0, live.size })
+			return live, nil
+		}
+		if err := wk.wait(ctx); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// candidates lists the siblings to read, oldest first, and reports those
+// seen earlier that vanished before they were read.
+func (f *Follower) candidates(ctx context.Context, h Handler) ([]sibling, error) {
+	sibs, err := f.lay.scan()
+	if err != nil {
+		f.log.Warn("scan siblings", "err", err)
+		return nil, nil
+	}
+	f.lastScan = time.Now()
+	present := map[string]bool{}
+	var out []sibling
+	for _, s := range sibs {
+		present[s.path] = true
+		if f.hasFloor && s.key.compare(f.floor) <= 0 {
+			continue
+		}
+		if s.gz && present[strings.TrimSuffix(s.path, ".gz")] {
+			continue // its plain original is still there and listed first
+		}
+		out = append(out, s)
+		if _, ok := f.pending[s.path]; !ok {
+			e := entry{sib: s}
+			if src, err := openSibling(s, 0); err == nil {
+				e.id = src.id
+				src.close()
+			}
+			f.pending[s.path] = e
+		}
+	}
+	var behind int64
+	for path, e := range f.pending {
+		if f.hasFloor && e.sib.key.compare(f.floor) <= 0 {
+			delete(f.pending, path)
+			continue
+		}
+		if present[path] {
+			behind += e.sib.size
+			continue
+		}
+		delete(f.pending, path)
+		if _, ok := find(sibs, e.id, false); ok && e.id.FPLen > 0 {
+			continue // compressed meanwhile: listed under its new name
+		}
+		l := Loss{Reason: ReasonRotatedFileGone, File: path, Detail: "rotated file deleted before it was read"}
+		if !e.sib.gz {
+			l.Bytes, l.BytesKnown = e.sib.size, true
+		}
+		if err := f.loss(ctx, h, l); err != nil {
+			return nil, err
+		}
+	}
+	f.updateStats(func(s *Stats) { s.Behind = behind })
+	return out, nil
+}
+
+// notePending lists siblings so that one deleted before it is read is
+// noticed and reported.
+func (f *Follower) notePending(ctx context.Context, h Handler) {
+	if _, err := f.candidates(ctx, h); err != nil {
+		f.log.Warn("note pending siblings", "err", err)
+	}
+}
+
+func (f *Follower) isDone(s sibling) bool {
+	for _, id := range f.done {
+		if s.matches(id, false) {
+			return true
+		}
+	}
+	return false
+}
+
+// liveMovedOn reports whether the writer has visibly moved on from a file
+// renamed away: the live name holds another, non-empty file.
+func (f *Follower) liveMovedOn(cur *source) bool {
+	fi, err := os.Stat(f.cfg.Path)
+	if err != nil {
+		return false
+	}
+	dev, ino := devIno(fi)
+	return (dev != cur.id.Dev || ino != cur.id.Ino) && fi.Size() > 0
+}
+
+type liveState int
+
+const (
+	stIdle liveState = iota
+	stGrew
+	stRotated
+	stTruncated
+)
+
+// checkLive looks at the live name after the held file was read to its end.
+func (f *Follower) checkLive(ctx context.Context, h Handler, cur *source) (liveState, error) {
+	fi, err := os.Stat(f.cfg.Path)
+	if errors.Is(err, os.ErrNotExist) {
+		return stRotated, nil
+	}
+	if err != nil {
+		f.log.Warn("stat live file", "err", err)
+		return stIdle, nil
+	}
+	dev, ino := devIno(fi)
+	if dev != cur.id.Dev || ino != cur.id.Ino {
+		return stRotated, nil
+	}
+	size := fi.Size()
+	cur.size = size
+	f.updateStats(func(s *Stats) {
+		s.Size = size
+		s.Behind = size - cur.off
+	})
+	if size < cur.readOff {
+		return stTruncated, nil
+	}
+	if cur.id.FPLen > 0 {
+		sum, ok, err := fingerprintHandle(cur.f, cur.id.FPLen)
+		if err == nil && (!ok || !bytes.Equal(sum, cur.id.FP)) {
+			return stTruncated, nil
+		}
+	}
+	if size > cur.readOff {
+		return stGrew, nil
+	}
+	return stIdle, nil
+}
+
+// truncated handles a live file truncated in place (copytruncate): the
+// data not yet read is in the copy, which holds the same leading bytes;
+// read it from where we were, then the live file from its start.
+func (f *Follower) truncated(ctx context.Context, h Handler, cur *source) (*source, error) {
+	f.updateStats(func(s *Stats) { s.Rotations++ })
+	at := cur.off
+	sibs, err := f.lay.scan()
+	if err != nil {
+		f.log.Warn("scan siblings", "err", err)
+	}
+	f.resetBuffer()
+	for i := len(sibs) - 1; i >= 0; i-- {
+		s := sibs[i]
+		if f.hasFloor && s.key.compare(f.floor) <= 0 {
+			break
+		}
+		if !s.gz && s.dev == cur.id.Dev && s.ino == cur.id.Ino {
+			continue // a hard link to the live file itself
+		}
+		if (!s.gz && s.size < at) || !s.matches(cur.id, true) {
+			continue
+		}
+		src, err := openSibling(s, at)
+		if err != nil {
+			f.log.Warn("open copy of truncated file", "copy", s.path, "err", err)
+			continue
+		}
+		f.floor, f.hasFloor = s.key, true
+		f.log.Info("live file truncated: finishing from its copy", "copy", s.path, "offset", at)
+		return src, nil
+	}
+	if err := f.loss(ctx, h, Loss{
+		Reason: ReasonFileTruncated, File: cur.path, Offset: at,
+		Detail: "truncated in place and no copy holding the unread data was found",
+	}); err != nil {
+		return nil, err
+	}
+	live, err := f.openLive(0)
+	if err != nil {
+		return nil, err
+	}
+	return live, nil // nil when gone as well: the caller waits for it
+}
+
+// finish ends the current file: a line left open is lost.
+func (f *Follower) finish(ctx context.Context, h Handler, cur *source) error {
+	var l *Loss
+	switch {
+	case f.skipping:
+		l = &Loss{Reason: ReasonLineTooLong, File: cur.path, Offset: f.skipFrom, Bytes: f.skipBytes + int64(f.n),
+			Lines: 1, BytesKnown: true, LinesKnown: true, Detail: "the file ended inside an over-long line"}
+		f.updateStats(func(s *Stats) { s.LinesTooLong++ })
+	case f.n > 0:
+		l = &Loss{Reason: ReasonIncompleteLine, File: cur.path, Offset: cur.off, Bytes: int64(f.n),
+			Lines: 1, BytesKnown: true, LinesKnown: true, Detail: "the file ended without a newline"}
+	}
+	f.resetBuffer()
+	if l != nil {
+		if err := f.loss(ctx, h, *l); err != nil {
+			return err
+		}
+	}
+	if cur.id.FPLen > 0 || cur.id.Plain() {
+		f.done = append(f.done, cur.id)
+		if len(f.done) > 16 {
+			f.done = f.done[1:]
+		}
+	}
+	// Everything up to it in the order of siblings is read.
+	if !cur.hasKey && cur.rotated {
+		f.placeRotated(cur)
+	}
+	if cur.hasKey && (!f.hasFloor || cur.key.compare(f.floor) > 0) {
+		f.floor, f.hasFloor = cur.key, true
+	}
+	return nil
+}
+
+// placeRotated finds the file renamed away from the live name among the
+// siblings: its place in their order is where reading goes on after it.
+func (f *Follower) placeRotated(cur *source) {
+	sibs, err := f.lay.scan()
+	if err != nil {
+		return
+	}
+	if s, ok := find(sibs, cur.id, false); ok {
+		cur.key, cur.hasKey = s.key, true
+		if !f.hasFloor || s.key.compare(f.floor) > 0 {
+			f.floor, f.hasFloor = s.key, true
+		}
+	}
+}
+
+func (f *Follower) loss(ctx context.Context, h Handler, l Loss) error {
+	f.updateStats(func(s *Stats) { s.Losses++ })
+	f.log.Warn("audit data lost", "reason", l.Reason, "lost_file", l.File, "offset", l.Offset, "bytes", l.Bytes, "detail", l.Detail)
+	if err := h.Loss(ctx, l); err != nil {
+		return handlerError{err}
+	}
+	return nil
+}
+
+func (f *Follower) resetBuffer() {
+	f.n, f.skipping, f.skipFrom, f.skipBytes = 0, false, 0, 0
+	if len(f.buf) > f.cfg.BlockSize {
+		f.buf = make([]byte, f.cfg.BlockSize)
+	}
+}
+
+// drain reads cur to its current end, handing out whole lines.
+func (f *Follower) drain(ctx context.Context, h Handler, cur *source) error {
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if f.n == len(f.buf) {
+			f.full(cur)
+		}
+		k, err := cur.r.Read(f.buf[f.n:])
+		if k > 0 && cur.live && cur.zr == nil && cur.id.FPLen > 0 {
+			// Truncated and rewritten in place since the last look? Then
+			// what was just read may be new data at an old offset. Checked
+			// after the read: a match proves the read saw the old data.
+			sum, ok, ferr := fingerprintHandle(cur.f, cur.id.FPLen)
+			if ferr == nil && (!ok || !bytes.Equal(sum, cur.id.FP)) {
+				return errRewritten
+			}
+		}
+		if k > 0 {
+			f.n += k
+			cur.readOff += int64(k)
+			if err := f.emit(ctx, h, cur); err != nil {
+				return err
+			}
+			if !cur.live && time.Since(f.lastScan) > f.cfg.Poll {
+				f.notePending(ctx, h) // catch siblings deleted while we are behind
+			}
+		}
+		if err == io.EOF || (k == 0 && err == nil) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read %s at %d: %w", cur.path, cur.readOff, err)
+		}
+	}
+}
+
+// full makes room when the buffer holds part of one line only: it grows up
+// to MaxLine+1 bytes, after which the line is skipped.
+func (f *Follower) full(cur *source) {
+	limit := f.cfg.MaxLine + 1
+	if !f.skipping && len(f.buf) < limit {
+		nb := make([]byte, min(2*len(f.buf), limit))
+		copy(nb, f.buf[:f.n])
+		f.buf = nb
+		return
+	}
+	if !f.skipping {
+		f.skipping, f.skipFrom, f.skipBytes = true, cur.off, 0
+	}
+	f.skipBytes += int64(f.n)
+	cur.off += int64(f.n)
+	f.n = 0
+}
+
+// emit hands out the whole lines in the buffer.
+func (f *Follower) emit(ctx context.Context, h Handler, cur *source) error {
+	if f.skipping {
+		i := bytes.IndexByte(f.buf[:f.n], '\n')
+		if i < 0 {
+			return nil // drain discards the buffer when it is full
+		}
+		l := Loss{Reason: ReasonLineTooLong, File: cur.path, Offset: f.skipFrom, Bytes: f.skipBytes + int64(i) + 1,
+			Lines: 1, BytesKnown: true, LinesKnown: true,
+			Detail: fmt.Sprintf("line longer than %d bytes skipped", f.cfg.MaxLine)}
+		f.consume(cur, i+1)
+		f.skipping, f.skipBytes = false, 0
+		f.updateStats(func(s *Stats) { s.LinesTooLong++ })
+		if err := f.loss(ctx, h, l); err != nil {
+			return err
+		}
+	}
+	last := bytes.LastIndexByte(f.buf[:f.n], '\n')
+	if last < 0 {
+		return nil
+	}
+	end := cur.off + int64(last) + 1
+	if cur.zr == nil && cur.id.FPLen < FPMax && end > int64(cur.id.FPLen) {
+		if err := cur.refreshFP(min(int64(FPMax), end)); err != nil {
+			return err
+		}
+	}
+	data := f.buf[:last+1]
+	b := Block{Pos: Position{ID: cur.id, Name: cur.path, Offset: cur.off}, Data: data}
+	if err := h.Block(ctx, b); err != nil {
+		return handlerError{err}
+	}
+	lines := int64(bytes.Count(data, []byte{'\n'}))
+	f.consume(cur, last+1)
+	now := time.Now()
+	f.updateStats(func(s *Stats) {
+		s.Lines += lines
+		s.Bytes += int64(last + 1)
+		s.File, s.Offset = cur.path, cur.off
+		s.LastGrowth = now
+	})
+	return nil
+}
+
+// consume drops the first k bytes of the buffer.
+func (f *Follower) consume(cur *source, k int) {
+	copy(f.buf, f.buf[k:f.n])
+	f.n -= k
+	cur.off += int64(k)
+	if len(f.buf) > 4*f.cfg.BlockSize && f.n <= f.cfg.BlockSize {
+		nb := make([]byte, f.cfg.BlockSize)
+		copy(nb, f.buf[:f.n])
+		f.buf = nb
+	}
+}
