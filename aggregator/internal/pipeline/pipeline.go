@@ -96,12 +96,16 @@ type Pipeline struct {
 	rule  atomic.Pointer[rule.Rule]
 	grace atomic.Int64 // time.Duration
 
-	// Locking. A batch holds tick for reading and the stripe of its
-	// cluster: batches of different clusters read, decide and commit
-	// concurrently (the store groups their commits), while two batches that
-	// could hold the same request (request keys start with the cluster)
-	// never interleave. Tick holds tick for writing, so turning a due
-	// pending into an alert never races with its completion arriving.
+	// Locking. A batch holds tick for reading and the stripe of its source
+	// (cluster, node): batches of different agents read, decide and commit
+	// concurrently (the store groups their commits into one fsync), while
+	// two batches of one agent (a re-send on a new stream racing the old
+	// one) never interleave. Both stages of a request are logged by the one
+	// apiserver that served it, so they come from one agent; should two
+	// sources ever carry the same request, the record ID (a digest of the
+	// request key) still keeps the outbox to one record. Tick holds tick for
+	// writing, so turning a due pending into an alert never races with its
+	// completion arriving.
 	tick    sync.RWMutex
 	stripes [64]sync.Mutex
 
@@ -124,13 +128,18 @@ type Pipeline struct {
 	lastExpire time.Time
 }
 
-// stripe returns the lock of cluster's batches.
-func (p *Pipeline) stripe(cluster string) *sync.Mutex {
+// stripe returns the lock of src's batches.
+func (p *Pipeline) stripe(src detect.Source) *sync.Mutex {
 	h := uint32(2166136261) // FNV-1a
-	for i := 0; i < len(cluster); i++ {
-		h ^= uint32(cluster[i])
-		h *= 16777619
+	add := func(s string) {
+		for i := 0; i < len(s); i++ {
+			h ^= uint32(s[i])
+			h *= 16777619
+		}
 	}
+	add(src.Cluster)
+	add("\x00")
+	add(src.Node)
 	return &p.stripes[h%uint32(len(p.stripes))]
 }
 
@@ -291,7 +300,7 @@ func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
 
 	p.tick.RLock()
 	defer p.tick.RUnlock()
-	lock := p.stripe(b.Source.Cluster)
+	lock := p.stripe(b.Source)
 	lock.Lock()
 	defer lock.Unlock()
 	now := p.now()

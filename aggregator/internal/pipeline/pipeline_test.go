@@ -522,11 +522,18 @@ func TestConcurrentOneRecordPerRequest(t *testing.T) {
 	})
 	for s := range senders {
 		wg.Go(func() {
-			cluster := []string{"c0", "c1", "c2", "c3"}[s%4] // two senders per cluster: re-sends
+			// Two senders per cluster send the same requests: a re-send
+			// (same node) and, for c2 and c3, the same request arriving
+			// from two nodes, which real apiservers never do.
+			cluster := []string{"c0", "c1", "c2", "c3"}[s%4]
+			node := "cp-1"
+			if s%4 >= 2 {
+				node = "cp-" + strconv.Itoa(s)
+			}
 			for i := range requests {
 				id := cluster + "-" + strconv.Itoa(i)
 				for _, e := range []ev{received("alice", id, rrt1), completed("alice", id, rrt1, 201)} {
-					if _, err := f.p.Process(context.Background(), batch(cluster, "cp-1", e)); err != nil {
+					if _, err := f.p.Process(context.Background(), batch(cluster, node, e)); err != nil {
 						t.Error(err)
 						return
 					}
