@@ -2,6 +2,8 @@ package pipeline
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/correlate"
 )
 
 type eventCounters struct {
@@ -17,7 +19,7 @@ type metrics struct {
 	tickErrors    prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, corr func() correlate.Stats) *metrics {
 	ev := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tokenwatch_aggregator_events_total",
 		Help: "Token-create events processed, by result: excluded, not_matched, held (pending its completion), alerted, dropped_late (completion after the grace), ignored (duplicate), suppressed (held back by the budget).",
@@ -54,7 +56,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(ev, m.recordsAdded, m.losses, m.expired, m.pendingBroken, m.tickErrors)
+		reg.MustRegister(ev, m.recordsAdded, m.losses, m.expired, m.pendingBroken, m.tickErrors,
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "tokenwatch_aggregator_correlation_late_events_total",
+				Help: "Alerting events not correlated: more than correlation.lateness behind the newest event of their cluster.",
+			}, func() float64 { return float64(corr().Late) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "tokenwatch_aggregator_correlation_evicted_events_total",
+				Help: "Events dropped from a full correlation series (the oldest go first).",
+			}, func() float64 { return float64(corr().Evicted) }))
 	}
 	return m
 }

@@ -114,7 +114,8 @@ type Pipeline struct {
 	mu        sync.Mutex
 	cfg       config.Config
 	corr      *correlate.Correlator
-	budget    *budget.Budget // nil when off
+	corrBase  correlate.Stats // of correlators replaced by a reload
+	budget    *budget.Budget  // nil when off
 	silence   *silence.Tracker
 	carry     []alert.Record // periodic records whose commit failed, retried
 	retention time.Duration
@@ -168,7 +169,7 @@ func New(opts Options) (*Pipeline, error) {
 	if p.prune <= 0 {
 		p.prune = DefaultPruneInterval
 	}
-	p.m = newMetrics(opts.Registerer)
+	p.m = newMetrics(opts.Registerer, p.correlationStats)
 	if err := p.Apply(opts.Config); err != nil {
 		return nil, fmt.Errorf("new pipeline: %w", err)
 	}
@@ -207,6 +208,11 @@ func (p *Pipeline) Apply(c config.Config) error {
 			"added", len(c.Exclusions.Add))
 	}
 	if first || !equalCorrelation(p.cfg.Correlation, c.Correlation) {
+		if p.corr != nil {
+			st := p.corr.Stats()
+			p.corrBase.Late += st.Late
+			p.corrBase.Evicted += st.Evicted
+		}
 		p.corr = correlate.New(correlate.Config{
 			Window:          c.Correlation.Window,
 			Lateness:        c.Correlation.Lateness,
@@ -246,6 +252,19 @@ func equalCorrelation(a, b config.Correlation) bool {
 		}
 	}
 	return true
+}
+
+// correlationStats returns what the correlators dropped since the start.
+func (p *Pipeline) correlationStats() correlate.Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.corrBase
+	if p.corr != nil {
+		cur := p.corr.Stats()
+		st.Late += cur.Late
+		st.Evicted += cur.Evicted
+	}
+	return st
 }
 
 type alerting struct {
