@@ -144,21 +144,23 @@ func Run(ctx context.Context, c Config) error {
 		}), ReadHeaderTimeout: 10 * time.Second}
 	}
 
-	// Components run until ctx is done; ingest and HTTP until shut down.
-	var wg sync.WaitGroup
+	// Components run until shut down, in the order below. Each group has its
+	// WaitGroup so that shutdown can wait for one before stopping the next.
+	var compWG, wg sync.WaitGroup
 	errc := make(chan error, 8)
-	run := func(name string, f func() error) {
-		wg.Go(func() {
+	runIn := func(g *sync.WaitGroup, name string, f func() error) {
+		g.Go(func() {
 			if err := f(); err != nil {
 				errc <- fmt.Errorf("%s: %w", name, err)
 			}
 		})
 	}
+	run := func(name string, f func() error) { runIn(&wg, name, f) }
 	compCtx, stopComponents := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopComponents()
-	run("pipeline", func() error { return pl.Run(compCtx) })
+	runIn(&compWG, "pipeline", func() error { return pl.Run(compCtx) })
 	if watcher != nil {
-		run("config watch", func() error { return watcher.Run(compCtx) })
+		runIn(&compWG, "config watch", func() error { return watcher.Run(compCtx) })
 	}
 	expCtx, stopExporter := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopExporter()
@@ -203,6 +205,7 @@ func Run(ctx context.Context, c Config) error {
 	gs.Stop()  // close agent streams (they reconnect elsewhere or later)
 	grpcDone.Wait()
 	stopComponents() // the pipeline runs its last tick on the way out
+	compWG.Wait()
 	if err := exp.Shutdown(sctx); err != nil {
 		logger.Error("exporter shutdown", "err", err)
 	}

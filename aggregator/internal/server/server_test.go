@@ -721,6 +721,30 @@ func TestBudgetOverGRPC(t *testing.T) {
 	}
 }
 
+// TestShutdownFlushes: what the pipeline's last tick writes (here the
+// summary of a budget window cut short) is exported before Run returns.
+func TestShutdownFlushes(t *testing.T) {
+	s := newSetup(t)
+	s.configFile = filepath.Join(t.TempDir(), "aggregator.yaml")
+	writeConfig(t, s.configFile, "budget:\n  max_alerts: 1\n  window: 1h\n")
+	agg := s.start(t)
+	a := dial(t, agg.addr, "prod", "cp-1", false)
+	a.send(t, []*tokenwatchv1.TokenEvent{
+		event("alice", "f1", audit.StageResponseComplete, 201, "team-a", "builder", "10.1.2.3"),
+		event("alice", "f2", audit.StageResponseComplete, 201, "team-a", "deployer", "10.1.2.3"),
+	})
+	a.close()
+	agg.stop(t)
+	var kinds []string
+	for _, r := range agg.out.records() {
+		kinds = append(kinds, r.EventName+"/"+r.Attrs["tokenwatch.pipeline.kind"])
+	}
+	sort.Strings(kinds)
+	if want := []string{"tokenwatch.pipeline/alerts_suppressed", "tokenwatch.token_request/"}; !equalStrings(kinds, want) {
+		t.Errorf("exported by the time Run returned: %q, want %q", kinds, want)
+	}
+}
+
 func TestSilence(t *testing.T) {
 	s := newSetup(t)
 	agg := s.start(t)
