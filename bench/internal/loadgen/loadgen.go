@@ -75,10 +75,13 @@ type Config struct {
 	// cluster "bench-<i mod Clusters>" and node "node-<i>".
 	Streams  int
 	Clusters int // default min(Streams, 100)
-	// EventsPerStream is how many events each stream sends.
+	// EventsPerStream is how many events each stream sends at most.
 	EventsPerStream int
-	BatchEvents     int // default 512, as the agent
-	Window          int // unacknowledged batches per stream, default 8
+	// Duration, when set, stops sending new batches after this long; the
+	// load then waits for the acknowledgements of what was sent.
+	Duration    time.Duration
+	BatchEvents int // default 512, as the agent
+	Window      int // unacknowledged batches per stream, default 8
 	// AlertEvery makes every AlertEvery-th event an alerting one (default
 	// 100: 99% excluded system identities).
 	AlertEvery int
@@ -232,7 +235,20 @@ func (s *stream) send(ctx context.Context, cfg Config) (int64, int64, error) {
 		}
 	}()
 	sent, alerts := 0, 0
+	var deadline <-chan time.Time
+	if cfg.Duration > 0 {
+		t := time.NewTimer(cfg.Duration)
+		defer t.Stop()
+		deadline = t.C
+	}
+	var last uint64
+sending:
 	for seq := uint64(1); seq <= uint64(nb); seq++ {
+		select {
+		case <-deadline:
+			break sending
+		default:
+		}
 		for {
 			mu.Lock()
 			room := seq-acked <= uint64(cfg.Window)
@@ -267,14 +283,25 @@ func (s *stream) send(ctx context.Context, cfg Config) (int64, int64, error) {
 		if err := s.rpc.Send(&tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: b}}); err != nil {
 			return 0, 0, fmt.Errorf("stream %d: send batch %d: %w", s.id, seq, err)
 		}
+		last = seq
 	}
-	select {
-	case err := <-recvErr:
-		if err != nil {
-			return 0, 0, fmt.Errorf("stream %d: %w", s.id, orEOF(err))
+	// Wait for the acknowledgement of the last batch sent.
+	for {
+		mu.Lock()
+		done := acked >= last
+		mu.Unlock()
+		if done {
+			break
 		}
-	case <-ctx.Done():
-		return 0, 0, ctx.Err()
+		select {
+		case <-ackedCh:
+		case err := <-recvErr:
+			if err != nil {
+				return 0, 0, fmt.Errorf("stream %d: %w", s.id, orEOF(err))
+			}
+		case <-ctx.Done():
+			return 0, 0, ctx.Err()
+		}
 	}
 	_ = s.rpc.CloseSend()
 	return int64(sent), int64(alerts), nil

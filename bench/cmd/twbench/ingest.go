@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tokenwatch/tokenwatch/bench/internal/loadgen"
+	"github.com/tokenwatch/tokenwatch/bench/internal/otlpsink"
+	"github.com/tokenwatch/tokenwatch/bench/internal/procmem"
+	"github.com/tokenwatch/tokenwatch/internal/devca"
+	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
+)
+
+func ingest(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("ingest", flag.ContinueOnError)
+	bin := fs.String("bin", "", "directory holding the aggregator binary (required)")
+	streamsFlag := fs.String("streams", "1,100,1000", "concurrent agent streams, comma separated")
+	transports := fs.String("transports", "plaintext,mtls", "plaintext and/or mtls")
+	dur := fs.Duration("duration", 10*time.Second, "how long each load sends")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *bin == "" {
+		return fmt.Errorf("-bin is required")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	mix, err := loadgen.NewMix(1)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Each load sends for %v, then waits for the last acknowledgement. Events: ResponseComplete token creates from the generator, 99%% by system identities the default exclusions drop, 1%% alerting (unique audit IDs). Batches of 512 events, 8 unacknowledged per stream; stream i is node-i of cluster bench-(i mod 100). The aggregator runs with its durable outbox (bbolt state dir) and exports alerts over OTLP/gRPC to a receiver in the harness; its guard limits are the defaults (2,000 events/s per agent, burst 20,000: they bind the 1-stream load). Baseline: an ack-only AuditStreamService server (separate process, same gRPC and TLS set-up, no decoding beyond gRPC's, no state) shows the transport's ceiling on this machine with the same load generator.\n\n", *dur)
+	fmt.Fprintln(out, "| transport | streams | baseline: ack-only server, events/s | aggregator events/s | aggregator vs target 300,000/s | alerts exported | aggregator peak RSS (VmHWM) |")
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|")
+	for _, tr := range strings.Split(*transports, ",") {
+		if tr != "plaintext" && tr != "mtls" {
+			return fmt.Errorf("-transports: %q is neither plaintext nor mtls", tr)
+		}
+		for _, sf := range strings.Split(*streamsFlag, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(sf))
+			if err != nil || n <= 0 {
+				return fmt.Errorf("-streams %q: want positive integers", *streamsFlag)
+			}
+			base, _, err := ingestRun(ctx, *bin, self, tr, n, *dur, mix, true)
+			if err != nil {
+				return fmt.Errorf("baseline %s %d streams: %w", tr, n, err)
+			}
+			agg, st, err := ingestRun(ctx, *bin, self, tr, n, *dur, mix, false)
+			if err != nil {
+				return fmt.Errorf("aggregator %s %d streams: %w", tr, n, err)
+			}
+			fmt.Fprintf(out, "| %s | %d | %.0f | %.0f | %.2fx | %d | %s |\n", tr, n, base.PerSecond(), agg.PerSecond(),
+				agg.PerSecond()/300000, st.records, mib(st.mem.HWM))
+		}
+	}
+	return nil
+}
+
+type ingestStats struct {
+	mem     procmem.Mem
+	records int64
+}
+
+// ingestRun runs one load against a fresh aggregator, or against the
+// ack-only baseline server.
+func ingestRun(ctx context.Context, bin, self, transport string, streams int, dur time.Duration, mix loadgen.Mix, baseline bool) (loadgen.Result, ingestStats, error) {
+	dir, err := os.MkdirTemp("", "twbench-ingest-")
+	if err != nil {
+		return loadgen.Result{}, ingestStats{}, err
+	}
+	defer os.RemoveAll(dir)
+	creds := func(string) (credentials.TransportCredentials, error) { return insecure.NewCredentials(), nil }
+	var tlsFlags []string
+	if transport == "mtls" {
+		ca, files, err := devca.WriteSet(filepath.Join(dir, "certs"), devca.Set{})
+		if err != nil {
+			return loadgen.Result{}, ingestStats{}, err
+		}
+		tlsFlags = []string{"--tls-cert", files.ServerCert, "--tls-key", files.ServerKey, "--tls-client-ca", files.CA}
+		pool := x509.NewCertPool()
+		pool.AddCert(ca.Certificate())
+		cache := map[string]credentials.TransportCredentials{}
+		creds = func(cluster string) (credentials.TransportCredentials, error) {
+			if c, ok := cache[cluster]; ok {
+				return c, nil
+			}
+			p, err := ca.Agent("tokenwatch", cluster)
+			if err != nil {
+				return nil, err
+			}
+			cert, err := tls.X509KeyPair(p.CertPEM, p.KeyPEM)
+			if err != nil {
+				return nil, err
+			}
+			c := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12})
+			cache[cluster] = c
+			return c, nil
+		}
+		// Issue the certificates before the load starts (Creds is called
+		// concurrently while connecting).
+		for i := range min(streams, 100) {
+			if _, err := creds("bench-" + strconv.Itoa(i)); err != nil {
+				return loadgen.Result{}, ingestStats{}, err
+			}
+		}
+	}
+	var p *proc
+	var target string
+	var sink *otlpsink.Sink
+	if baseline {
+		if target, err = freeAddr(); err != nil {
+			return loadgen.Result{}, ingestStats{}, err
+		}
+		args := append([]string{"acksrv", "-listen", target}, tlsFlags...)
+		if p, err = start("acksrv", dir, self, args...); err != nil {
+			return loadgen.Result{}, ingestStats{}, err
+		}
+		if err := waitTCP(ctx, p, target); err != nil {
+			p.stop()
+			return loadgen.Result{}, ingestStats{}, err
+		}
+	} else {
+		if sink, err = otlpsink.Start("127.0.0.1:0"); err != nil {
+			return loadgen.Result{}, ingestStats{}, err
+		}
+		defer sink.Stop()
+		if p, target, err = startAggregator(ctx, bin, dir, sink.Addr(), tlsFlags...); err != nil {
+			return loadgen.Result{}, ingestStats{}, err
+		}
+	}
+	defer p.stop()
+	res, err := loadgen.Run(ctx, loadgen.Config{
+		Target: target, Creds: creds, Streams: streams, EventsPerStream: 1 << 40, Duration: dur, Mix: mix,
+	})
+	if err != nil {
+		return res, ingestStats{}, fmt.Errorf("%w\n%s", err, p.tail())
+	}
+	var st ingestStats
+	if st.mem, err = procmem.Read(p.cmd.Process.Pid); err != nil {
+		return res, st, err
+	}
+	if sink != nil {
+		// Alerts of the last batches may still be in the outbox: wait for the
+		// count the load sent, briefly.
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_ = sink.WaitRecords(wctx, res.Alerting)
+		cancel()
+		st.records = sink.Records()
+	}
+	return res, st, nil
+}
+
+// waitTCP waits until addr accepts connections.
+func waitTCP(ctx context.Context, p *proc, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.tail())
+		case <-ctx.Done():
+			return fmt.Errorf("%s not listening on %s: %w", p.name, addr, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// ackServer is the ingest baseline: it welcomes and acknowledges every
+// batch, nothing else.
+type ackServer struct {
+	tokenwatchv1.UnimplementedAuditStreamServiceServer
+}
+
+func (ackServer) Stream(st grpc.BidiStreamingServer[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse]) error {
+	if _, err := st.Recv(); err != nil {
+		return err
+	}
+	if err := st.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Welcome{Welcome: &tokenwatchv1.Welcome{}}}); err != nil {
+		return err
+	}
+	for {
+		req, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if b := req.GetBatch(); b != nil {
+			if err := st.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Ack{Ack: &tokenwatchv1.Ack{Seq: b.Seq}}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// acksrv serves the ack-only baseline until ctx ends.
+func acksrv(ctx context.Context, args []string, _ io.Writer) error {
+	fs := flag.NewFlagSet("acksrv", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:0", "gRPC address")
+	cert := fs.String("tls-cert", "", "server certificate (mTLS when given)")
+	key := fs.String("tls-key", "", "server key")
+	clientCA := fs.String("tls-client-ca", "", "CA of client certificates")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var opts []grpc.ServerOption
+	if *cert != "" {
+		pair, err := tls.LoadX509KeyPair(*cert, *key)
+		if err != nil {
+			return err
+		}
+		caPEM, err := os.ReadFile(*clientCA)
+		if err != nil {
+			return err
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(caPEM)
+		opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{
+			Certificates: []tls.Certificate{pair}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert,
+			MinVersion: tls.VersionTLS12,
+		})))
+	}
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer(opts...)
+	tokenwatchv1.RegisterAuditStreamServiceServer(srv, ackServer{})
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(lis) }()
+	select {
+	case <-ctx.Done():
+		srv.Stop()
+		<-done
+		return nil
+	case err := <-done:
+		return err
+	}
+}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tokenwatch/tokenwatch/bench/internal/otlpsink"
+	"github.com/tokenwatch/tokenwatch/internal/auditgen"
+)
+
+// alertLine is a token create by a non-system user: it must alert.
+func alertLine(id string, sa int, now time.Time) []byte {
+	ts := now.UTC().Format("2006-01-02T15:04:05.000000Z")
+	return fmt.Appendf(nil, `{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Request","auditID":%q,"stage":"ResponseComplete",`+
+		`"requestURI":"/api/v1/namespaces/team-a/serviceaccounts/sa-%d/token","verb":"create",`+
+		`"user":{"username":"bench-attacker","groups":["system:authenticated"]},"sourceIPs":["10.0.0.9"],"userAgent":"kubectl/v1.35.4",`+
+		`"objectRef":{"resource":"serviceaccounts","namespace":"team-a","name":"sa-%d","apiVersion":"v1","subresource":"token"},`+
+		`"responseStatus":{"metadata":{},"code":201},"requestReceivedTimestamp":%q,"stageTimestamp":%q,`+
+		`"annotations":{"authorization.k8s.io/decision":"allow","authorization.k8s.io/reason":""}}`+"\n", id, sa, sa, ts, ts)
+}
+
+func latency(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("latency", flag.ContinueOnError)
+	bin := fs.String("bin", "", "directory holding the agent and aggregator binaries (required)")
+	rates := fs.String("rates", "1000,20000", "audit lines per second, comma separated")
+	dur := fs.Duration("duration", 20*time.Second, "how long each rate is written")
+	every := fs.Int("alert-every", 100, "one alerting token create every this many lines")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *bin == "" {
+		return fmt.Errorf("-bin is required")
+	}
+	var routine [][]byte
+	var buf bytes.Buffer
+	cfg := auditgen.Config{Seed: 2, Lines: 50000, TokenRate: 0.005, Step: time.Millisecond, Pad: 1100}
+	if _, _, err := auditgen.Generate(&buf, cfg); err != nil {
+		return err
+	}
+	for l := range bytes.Lines(buf.Bytes()) {
+		routine = append(routine, l)
+	}
+	fmt.Fprintf(out, "Each rate for %v: a paced writer appends ~1.1 KB lines to the live file every 5 ms; one line in %d is a token create that must alert; latency is from just before the write(2) that appends it to the arrival of its OTLP record at an OTLP/gRPC receiver in the harness (agent -> aggregator -> outbox -> OTLP export, loopback, plaintext).\n\n", *dur, *every)
+	fmt.Fprintln(out, "| rate (lines/s) | alerts measured | p50 | p99 | max | missing | baseline: seed rule every 5 min (p50 / p99 / max) |")
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|")
+	for _, f := range strings.Split(*rates, ",") {
+		rate, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || rate <= 0 {
+			return fmt.Errorf("-rates %q: want positive integers", *rates)
+		}
+		r, err := latencyRun(ctx, *bin, rate, *dur, *every, routine)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "| %d | %d | %s | %s | %s | %d | 150 s / 297 s / 300 s (+ SIEM ingest delay) |\n",
+			rate, len(r.lat), ms(pct(r.lat, 50)), ms(pct(r.lat, 99)), ms(slices.Max(r.lat)), r.missing)
+	}
+	return nil
+}
+
+type latencyResult struct {
+	lat     []time.Duration
+	missing int
+}
+
+func latencyRun(ctx context.Context, bin string, rate int, dur time.Duration, every int, routine [][]byte) (latencyResult, error) {
+	dir, err := os.MkdirTemp("", "twbench-latency-")
+	if err != nil {
+		return latencyResult{}, err
+	}
+	defer os.RemoveAll(dir)
+	live := filepath.Join(dir, "log", "audit.log")
+	if err := os.MkdirAll(filepath.Dir(live), 0o755); err != nil {
+		return latencyResult{}, err
+	}
+	f, err := os.OpenFile(live, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return latencyResult{}, err
+	}
+	defer f.Close()
+	sink, err := otlpsink.Start("127.0.0.1:0")
+	if err != nil {
+		return latencyResult{}, err
+	}
+	defer sink.Stop()
+	agg, listen, err := startAggregator(ctx, bin, dir, sink.Addr())
+	if err != nil {
+		return latencyResult{}, err
+	}
+	defer agg.stop()
+	maddr, err := freeAddr()
+	if err != nil {
+		return latencyResult{}, err
+	}
+	agent, err := start("agent", dir, filepath.Join(bin, "agent"), "--audit-log", live, "--cluster", "bench",
+		"--node-name", "cp-1", "--aggregator", listen, "--insecure", "--state-dir", filepath.Join(dir, "agent-state"),
+		"--start-at", "end", "--metrics-addr", maddr, "--log-level", "warn")
+	if err != nil {
+		return latencyResult{}, err
+	}
+	defer agent.stop()
+	if err := waitReady(ctx, agent, maddr); err != nil {
+		return latencyResult{}, err
+	}
+	// One alert end to end before measuring: the follower is at the end of
+	// the file and every connection is up.
+	warmID := fmt.Sprintf("warm-%d", rate)
+	if _, err := f.Write(alertLine(warmID, 0, time.Now())); err != nil {
+		return latencyResult{}, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	err = sink.WaitIDs(wctx, []string{warmID})
+	cancel()
+	if err != nil {
+		return latencyResult{}, fmt.Errorf("warm-up alert: %w\nagent: %s\naggregator: %s", err, agent.tail(), agg.tail())
+	}
+
+	sent := map[string]time.Time{}
+	var ids []string
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	written := 0
+	var chunk bytes.Buffer
+	for {
+		now := time.Now()
+		el := now.Sub(start)
+		if el >= dur {
+			break
+		}
+		due := int(float64(rate)*el.Seconds()) - written
+		chunk.Reset()
+		var chunkIDs []string
+		for k := written; k < written+due; k++ {
+			if k%every == every-1 {
+				id := fmt.Sprintf("lat-%d-%d", rate, k)
+				chunk.Write(alertLine(id, k%50, now))
+				chunkIDs = append(chunkIDs, id)
+			} else {
+				chunk.Write(routine[k%len(routine)])
+			}
+		}
+		written += due
+		if chunk.Len() > 0 {
+			t := time.Now()
+			if _, err := f.Write(chunk.Bytes()); err != nil {
+				return latencyResult{}, fmt.Errorf("append to %s: %w", live, err)
+			}
+			for _, id := range chunkIDs {
+				sent[id] = t
+				ids = append(ids, id)
+			}
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return latencyResult{}, ctx.Err()
+		}
+	}
+	wctx, cancel = context.WithTimeout(ctx, 60*time.Second)
+	_ = sink.WaitIDs(wctx, ids)
+	cancel()
+	var r latencyResult
+	for _, id := range ids {
+		at, ok := sink.Arrival(id)
+		if !ok {
+			r.missing++
+			continue
+		}
+		r.lat = append(r.lat, at.Sub(sent[id]))
+	}
+	if len(r.lat) == 0 {
+		return r, fmt.Errorf("no alert arrived of %d\nagent: %s\naggregator: %s", len(ids), agent.tail(), agg.tail())
+	}
+	slices.Sort(r.lat)
+	return r, nil
+}
+
+// pct returns the p-th percentile (nearest rank) of sorted ds.
+func pct(ds []time.Duration, p int) time.Duration {
+	i := (len(ds)*p + 99) / 100
+	return ds[max(0, min(len(ds)-1, i-1))]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
