@@ -136,7 +136,7 @@ func (c Config) withDefaults() Config {
 type Stats struct {
 	Lines        int64 // lines delivered
 	Bytes        int64 // bytes delivered
-	Rotations    int64 // times the live file was rotated away or truncated
+	Rotations    int64 // rotated (or truncated) files read to their end and left
 	LinesTooLong int64
 	Losses       int64 // Loss reports
 	File         string

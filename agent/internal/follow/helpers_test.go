@@ -226,32 +226,49 @@ func texts(ls []line) []string {
 	return out
 }
 
-// fileData returns every file's data in dir (decompressed for .gz).
+// fileData returns every file's data in dir (decompressed for .gz). A
+// writer may still be compressing backups (lumberjack does it in the
+// background, with no signal to wait for): a file vanishing or a gzip
+// stream still incomplete means reading the folder again.
 func fileData(t *testing.T, dir string) map[string][]byte {
 	t.Helper()
+	deadline := time.Now().Add(failAfter)
+	for {
+		out, err := readAll(dir)
+		if err == nil {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func readAll(dir string) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	for _, e := range entries {
 		p := filepath.Join(dir, e.Name())
 		data, err := os.ReadFile(p)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		if strings.HasSuffix(p, ".gz") {
 			zr, err := gzip.NewReader(bytes.NewReader(data))
 			if err != nil {
-				t.Fatalf("%s: %v", p, err)
+				return nil, fmt.Errorf("%s: %w", p, err)
 			}
 			if data, err = io.ReadAll(zr); err != nil {
-				t.Fatalf("%s: %v", p, err)
+				return nil, fmt.Errorf("%s: %w", p, err)
 			}
 		}
 		out[p] = data
 	}
-	return out
+	return out, nil
 }
 
 // checkOffsets asserts that every delivered line sits at its offset in
@@ -299,3 +316,5 @@ func sha(b []byte) []byte {
 	s := sha256.Sum256(b)
 	return s[:]
 }
+
+func timeAt(hour int) time.Time { return time.Date(2026, 11, 27, hour, 0, 0, 0, time.UTC) }

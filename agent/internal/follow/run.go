@@ -94,7 +94,6 @@ func (f *Follower) run(ctx context.Context, h Handler) error {
 				}
 			case next == stRotated:
 				cur.live, cur.rotated, cur.since = false, true, time.Now().UnixNano()
-				f.updateStats(func(s *Stats) { s.Rotations++ })
 				f.log.Debug("live file rotated away", "id", cur.id.String())
 				f.placeRotated(cur)
 				f.notePending(ctx, h)
@@ -467,7 +466,6 @@ func (f *Follower) checkLive(ctx context.Context, h Handler, cur *source) (liveS
 // data not yet read is in the copy, which holds the same leading bytes;
 // read it from where we were, then the live file from its start.
 func (f *Follower) truncated(ctx context.Context, h Handler, cur *source) (*source, error) {
-	f.updateStats(func(s *Stats) { s.Rotations++ })
 	at := cur.off
 	sibs, err := f.lay.scan()
 	if err != nil {
@@ -494,6 +492,7 @@ func (f *Follower) truncated(ctx context.Context, h Handler, cur *source) (*sour
 		f.log.Info("live file truncated: finishing from its copy", "copy", s.path, "offset", at)
 		return src, nil
 	}
+	f.updateStats(func(s *Stats) { s.Rotations++ })
 	if err := f.loss(ctx, h, Loss{
 		Reason: ReasonFileTruncated, File: cur.path, Offset: at,
 		Detail: "truncated in place and no copy holding the unread data was found",
@@ -520,6 +519,9 @@ func (f *Follower) finish(ctx context.Context, h Handler, cur *source) error {
 			Lines: 1, BytesKnown: true, LinesKnown: true, Detail: "the file ended without a newline"}
 	}
 	f.resetBuffer()
+	if !f.cfg.Once {
+		f.updateStats(func(s *Stats) { s.Rotations++ })
+	}
 	if l != nil {
 		if err := f.loss(ctx, h, *l); err != nil {
 			return err

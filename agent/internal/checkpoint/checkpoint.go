@@ -1,0 +1,139 @@
+// Package checkpoint keeps the agent's acknowledged position in the audit
+// log durably: a versioned JSON file replaced atomically (write a temporary
+// file, fsync it, rename it over the old one, fsync the folder), so a crash
+// at any moment leaves either the old or the new checkpoint, never a mix.
+package checkpoint
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
+)
+
+// FileName is the checkpoint's name in its folder.
+const FileName = "checkpoint.json"
+
+// version is the format written; Load refuses others.
+const version = 1
+
+// Store reads and writes the checkpoint in one folder. A Store is not safe
+// for concurrent Saves.
+type Store struct {
+	dir, path string
+}
+
+// file is the on-disk format.
+type file struct {
+	Version int    `json:"version"`
+	Dev     uint64 `json:"dev"`
+	Ino     uint64 `json:"ino"`
+	FP      string `json:"fingerprint"` // hex SHA-256 of the first FPLen bytes
+	FPLen   int    `json:"fingerprint_len"`
+	Name    string `json:"name"`
+	Offset  int64  `json:"offset"`
+}
+
+// Open makes dir if needed and removes temporary files a crash left behind.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open checkpoint dir %s: %w", dir, err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open checkpoint dir %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), FileName+".tmp") {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+	return &Store{dir: dir, path: filepath.Join(dir, FileName)}, nil
+}
+
+// Path returns the checkpoint file's path.
+func (s *Store) Path() string { return s.path }
+
+// Load returns the saved position, or nil and no error when there is none.
+// A file that cannot be understood is an error naming it.
+func (s *Store) Load() (*follow.Position, error) {
+	data, err := os.ReadFile(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint %s: %w", s.path, err)
+	}
+	var f file
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("read checkpoint %s: corrupt (remove it to start over at --start-at): %w", s.path, err)
+	}
+	if f.Version != version {
+		return nil, fmt.Errorf("read checkpoint %s: version %d, want %d", s.path, f.Version, version)
+	}
+	fp, err := hex.DecodeString(f.FP)
+	if err != nil || len(fp) != len(f.FP)/2 || f.FPLen < 0 || f.Offset < 0 || (f.FPLen > 0) != (len(fp) > 0) {
+		return nil, fmt.Errorf("read checkpoint %s: corrupt (remove it to start over at --start-at): bad fingerprint or offset", s.path)
+	}
+	if len(fp) == 0 {
+		fp = nil
+	}
+	return &follow.Position{
+		ID:     follow.Identity{Dev: f.Dev, Ino: f.Ino, FP: fp, FPLen: f.FPLen},
+		Name:   f.Name,
+		Offset: f.Offset,
+	}, nil
+}
+
+// Save replaces the checkpoint with p durably.
+func (s *Store) Save(p follow.Position) error {
+	data, err := json.Marshal(file{
+		Version: version, Dev: p.ID.Dev, Ino: p.ID.Ino, FP: hex.EncodeToString(p.ID.FP), FPLen: p.ID.FPLen,
+		Name: p.Name, Offset: p.Offset,
+	})
+	if err != nil {
+		return fmt.Errorf("write checkpoint %s: %w", s.path, err)
+	}
+	tmp, err := os.CreateTemp(s.dir, FileName+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write checkpoint %s: %w", s.path, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		return fmt.Errorf("write checkpoint %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("sync checkpoint %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close checkpoint %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), s.path); err != nil {
+		return fmt.Errorf("replace checkpoint %s: %w", s.path, err)
+	}
+	ok = true
+	if err := syncDir(s.dir); err != nil {
+		return fmt.Errorf("sync checkpoint dir %s: %w", s.dir, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

@@ -1,0 +1,127 @@
+package checkpoint
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
+)
+
+func TestSaveLoad(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := s.Load(); p != nil || err != nil {
+		t.Fatalf("Load on an empty dir = %v, %v; want nil, nil", p, err)
+	}
+	tests := []follow.Position{
+		{ID: follow.Identity{Dev: 2049, Ino: 1234567, FP: []byte{1, 2, 3, 0xff}, FPLen: 1024}, Name: "/var/log/audit.log", Offset: 99},
+		{ID: follow.Identity{FP: []byte("0123456789abcdef0123456789abcdef"), FPLen: 17}, Name: "/l/audit-2026-11-27T00-00-01.000.log.gz", Offset: 1 << 40},
+		{ID: follow.Identity{Dev: 1, Ino: 2}, Name: "x", Offset: 0},
+	}
+	for _, want := range tests {
+		if err := s.Save(want); err != nil {
+			t.Fatal(err)
+		}
+		// A new Store on the same dir, as after a restart.
+		s2, err := Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := s2.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(&want, got); diff != "" {
+			t.Errorf("Load after Save (-want +got):\n%s", diff)
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 || entries[0].Name() != FileName {
+		t.Errorf("dir holds %v, want only %s", entries, FileName)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	tests := []struct {
+		name, give, want string
+	}{
+		{name: "not json", give: "{\"version\":1,", want: "corrupt"},
+		{name: "empty", give: "", want: "corrupt"},
+		{name: "other version", give: `{"version":2,"offset":1}`, want: "version 2, want 1"},
+		{name: "bad fingerprint", give: `{"version":1,"fingerprint":"zz","fingerprint_len":1}`, want: "bad fingerprint"},
+		{name: "negative offset", give: `{"version":1,"offset":-1}`, want: "bad fingerprint or offset"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, FileName), []byte(tt.give), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s, err := Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := s.Load()
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), FileName) {
+				t.Errorf("Load(%q) = %v, %v; want an error naming the file and saying %q", tt.give, p, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestOpenRemovesStaleTemporaries(t *testing.T) {
+	dir := t.TempDir()
+	stale := filepath.Join(dir, FileName+".tmp123")
+	if err := os.WriteFile(stale, []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale temporary still there: %v", err)
+	}
+}
+
+func TestOpenUnwritable(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o600)
+	if _, err := Open(filepath.Join(file, "sub")); err == nil {
+		t.Error("Open under a regular file succeeded")
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	f.Add([]byte(`{"version":1,"dev":1,"ino":2,"fingerprint":"0102","fingerprint_len":2,"name":"a","offset":3}`))
+	f.Add([]byte(`{"version":1}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, FileName), data, 0o600)
+		s, err := Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := s.Load()
+		if err != nil {
+			return
+		}
+		if p == nil {
+			t.Fatal("nil position without error for an existing file")
+		}
+		// What loads, saves and loads the same.
+		if err := s.Save(*p); err != nil {
+			t.Fatal(err)
+		}
+		q, err := s.Load()
+		if err != nil || !cmp.Equal(p, q) {
+			t.Fatalf("round trip: %v, %v; want %v", q, err, p)
+		}
+	})
+}
