@@ -33,7 +33,7 @@ func collector(t *testing.T) string {
 	if testing.Short() {
 		t.Skip("SKIP (visible): -short: the collector build takes minutes cold")
 	}
-	return runScript(t, 20*time.Minute, filepath.Join(repoRoot(t), "deploy", "collector", "build.sh"))
+	return runScript(t, 20*time.Minute, nil, filepath.Join(repoRoot(t), "deploy", "collector", "build.sh"))
 }
 
 // TestCollectorConfigValidates runs the built collector's own `validate` on

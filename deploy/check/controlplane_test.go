@@ -33,7 +33,7 @@ func k8sBinaries(t *testing.T) string {
 	if testing.Short() {
 		t.Skip("SKIP (visible): -short: building kube-apiserver, etcd and kubeadm takes minutes cold")
 	}
-	return runScript(t, 30*time.Minute, filepath.Join(repoRoot(t), "e2e", "k8s", "build.sh"))
+	return runScript(t, 30*time.Minute, nil, filepath.Join(repoRoot(t), "e2e", "k8s", "build.sh"))
 }
 
 // process is a child process stopped (SIGTERM, then SIGKILL) at cleanup.

@@ -127,8 +127,9 @@ func cacheDir(t testing.TB) string {
 }
 
 // runScript runs a build script that prints a path as its last line of
-// stdout, and returns that path. Its stderr goes to the test log.
-func runScript(t testing.TB, timeout time.Duration, script string, args ...string) string {
+// stdout, and returns that line. Its stderr goes to the test log. env adds
+// environment variables.
+func runScript(t testing.TB, timeout time.Duration, env []string, script string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -136,7 +137,7 @@ func runScript(t testing.TB, timeout time.Duration, script string, args ...strin
 	cmd := exec.CommandContext(ctx, "bash", append([]string{script}, args...)...)
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
-	cmd.Env = append(os.Environ(), "TOKENWATCH_CACHE="+cacheDir(t))
+	cmd.Env = append(append(os.Environ(), "TOKENWATCH_CACHE="+cacheDir(t)), env...)
 	start := time.Now()
 	err := cmd.Run()
 	if s := strings.TrimSpace(stderr.String()); s != "" {

@@ -1,0 +1,570 @@
+package check
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// docker runs the docker CLI and returns its trimmed stdout.
+func docker(ctx context.Context, args ...string) (string, error) {
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "docker", args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("docker %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return strings.TrimSpace(stdout.String()), nil
+}
+
+func mustDocker(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := docker(ctx, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// requireDocker skips, visibly, when no Docker daemon answers.
+func requireDocker(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("SKIP (visible): -short: the image test builds and runs containers")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := exec.LookPath("docker"); err != nil {
+		t.Skip("SKIP (visible): no docker CLI on this machine: the image test cannot run")
+	}
+	if v, err := docker(ctx, "version", "--format", "{{.Server.Version}}"); err != nil {
+		t.Skipf("SKIP (visible): no Docker daemon answers: %v", err)
+	} else {
+		t.Logf("Docker engine %s", v)
+	}
+}
+
+// podRun turns a rendered pod's container into `docker run` options, with
+// the manifest's security settings: user, read-only root filesystem,
+// dropped capabilities, no privilege escalation (Docker's default seccomp
+// profile is the runtime default). volumes maps each volume name to the host
+// directory that stands for it; env overrides resolved variables.
+func podRun(t *testing.T, objs []object, spec corev1.PodSpec, c corev1.Container, volumes map[string]string, env map[string]string) (opts, args []string) {
+	t.Helper()
+	sc := c.SecurityContext
+	uid, gid := spec.SecurityContext.RunAsUser, spec.SecurityContext.RunAsGroup
+	if sc.RunAsUser != nil {
+		uid = sc.RunAsUser
+	}
+	if sc.RunAsGroup != nil {
+		gid = sc.RunAsGroup
+	}
+	if uid == nil {
+		t.Fatalf("%s: no runAsUser", c.Name)
+	}
+	user := strconv.FormatInt(*uid, 10)
+	if gid != nil {
+		user += ":" + strconv.FormatInt(*gid, 10)
+	}
+	opts = append(opts, "--user", user)
+	if spec.SecurityContext.FSGroup != nil {
+		opts = append(opts, "--group-add", strconv.FormatInt(*spec.SecurityContext.FSGroup, 10))
+	}
+	if sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem {
+		opts = append(opts, "--read-only")
+	}
+	if sc.Capabilities != nil {
+		for _, d := range sc.Capabilities.Drop {
+			opts = append(opts, "--cap-drop", string(d))
+		}
+	}
+	if sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation {
+		opts = append(opts, "--security-opt", "no-new-privileges")
+	}
+	for _, m := range c.VolumeMounts {
+		host, ok := volumes[m.Name]
+		if !ok {
+			t.Fatalf("%s: no host directory for volume %q", c.Name, m.Name)
+		}
+		mount := host + ":" + m.MountPath
+		if m.ReadOnly {
+			mount += ":ro"
+		}
+		opts = append(opts, "-v", mount)
+	}
+	vars := map[string]string{}
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil:
+			vars[e.Name] = configMapValue(t, objs, e.ValueFrom.ConfigMapKeyRef)
+		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil:
+			// Set by the caller (the downward API).
+		default:
+			vars[e.Name] = e.Value
+		}
+	}
+	for k, v := range env {
+		vars[k] = v
+	}
+	names := make([]string, 0, len(vars))
+	for k := range vars {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		opts = append(opts, "-e", k+"="+vars[k])
+	}
+	for _, a := range c.Args {
+		for k, v := range vars {
+			a = strings.ReplaceAll(a, "$("+k+")", v)
+		}
+		args = append(args, a)
+	}
+	return opts, args
+}
+
+// certificateSpec reads the dnsNames and URIs of a rendered Certificate.
+func certificateSpec(t *testing.T, objs []object, name string) (dns []string, uris []*url.URL) {
+	t.Helper()
+	cert := find(objs, "Certificate", name)
+	if cert == nil {
+		t.Fatalf("Certificate %s not rendered", name)
+	}
+	for _, d := range asStrings(cert.path("spec", "dnsNames")) {
+		dns = append(dns, d)
+	}
+	for _, u := range asStrings(cert.path("spec", "uris")) {
+		p, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		uris = append(uris, p)
+	}
+	return dns, uris
+}
+
+func asStrings(v any) []string {
+	l, _ := v.([]any)
+	var out []string
+	for _, x := range l {
+		if s, ok := x.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// writeSecret writes ca.crt, tls.crt and tls.key into a new directory, with
+// the ownership and mode the kubelet gives a Secret volume (defaultMode,
+// group fsGroup).
+func writeSecret(t *testing.T, dir, caFile, certFile, keyFile string, mode os.FileMode, gid int) string {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, src := range map[string]string{"ca.crt": caFile, "tls.crt": certFile, "tls.key": keyFile} {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(p, 0, gid); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+var timestampRE = regexp.MustCompile(`"(requestReceivedTimestamp|stageTimestamp)":"([^"]+)"`)
+
+// shiftTimestamps moves a genuine audit log's timestamps so that its first
+// event happened now, as if the apiserver were writing it.
+func shiftTimestamps(t *testing.T, data []byte) []byte {
+	t.Helper()
+	m := timestampRE.FindSubmatch(data)
+	if m == nil {
+		t.Fatal("no timestamps in the audit log")
+	}
+	first, err := time.Parse(time.RFC3339Nano, string(m[2]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	delta := time.Since(first)
+	return timestampRE.ReplaceAllFunc(data, func(b []byte) []byte {
+		sm := timestampRE.FindSubmatch(b)
+		ts, err := time.Parse(time.RFC3339Nano, string(sm[2]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []byte(fmt.Sprintf(`"%s":"%s"`, sm[1], ts.Add(delta).UTC().Format("2006-01-02T15:04:05.000000Z")))
+	})
+}
+
+// alertRecord is what the test reads of one exported token_request record.
+type alertRecord struct {
+	auditID, cluster, node, user, outcome string
+}
+
+// TestImages builds the agent and aggregator images FROM scratch with the
+// local Docker engine, runs them as the single-cluster overlay's manifests
+// say (its args and environment, read-only root filesystem, every capability
+// dropped, no privilege escalation, the manifests' users, the audit
+// directory read-only and root's with mode 0600 files, mTLS certificates
+// with the cert-manager Certificates' names and SPIFFE URI, on a
+// user-defined network under the Service's DNS name) and checks that the
+// alerts of a genuine audit log arrive, exactly, in the aggregator's OTLP
+// JSON output (the embedded default: the OTLP endpoint is left empty here).
+func TestImages(t *testing.T) {
+	requireDocker(t)
+	objs := kustomizeBuild(t, deployPath(t, "overlays", "single-cluster"))
+	var ds appsv1.DaemonSet
+	var dep appsv1.Deployment
+	decode(t, find(objs, "DaemonSet", "tokenwatch-agent"), &ds)
+	decode(t, find(objs, "Deployment", "tokenwatch-aggregator"), &dep)
+	agentC, aggC := ds.Spec.Template.Spec.Containers[0], dep.Spec.Template.Spec.Containers[0]
+
+	// Build the images the overlay names, so the manifests run unchanged.
+	prefix, tag, ok := strings.Cut(agentC.Image, ":")
+	if !ok || !strings.HasSuffix(prefix, "/agent") || aggC.Image != strings.TrimSuffix(prefix, "/agent")+"/aggregator:"+tag {
+		t.Fatalf("unexpected images %q, %q", agentC.Image, aggC.Image)
+	}
+	runScript(t, 15*time.Minute, []string{"IMAGE_PREFIX=" + strings.TrimSuffix(prefix, "/agent"), "TAG=" + tag},
+		filepath.Join(repoRoot(t), "deploy", "images", "build.sh"))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, _ = docker(ctx, "rmi", agentC.Image, aggC.Image)
+	})
+	for _, img := range []string{agentC.Image, aggC.Image} {
+		var layers []string
+		if err := json.Unmarshal([]byte(mustDocker(t, "image", "inspect", "--format", "{{json .RootFS.Layers}}", img)), &layers); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %s, %d layers", img, mustDocker(t, "image", "inspect", "--format", "{{.Size}} bytes", img), len(layers))
+	}
+
+	// Certificates as cert-manager would issue them from the overlay.
+	dir := t.TempDir()
+	p := newPKI(t, dir)
+	aggDNS, _ := certificateSpec(t, objs, "tokenwatch-aggregator")
+	_, agentURIs := certificateSpec(t, objs, "tokenwatch-agent")
+	aggCert, aggKey := p.issue(t, "aggregator", &x509.Certificate{
+		Subject: pkix.Name{CommonName: "tokenwatch-aggregator"}, DNSNames: aggDNS,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	agentCert, agentKey := p.issue(t, "agent", &x509.Certificate{
+		URIs: agentURIs, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+
+	// Host directories standing for the pods' volumes.
+	fsGroup := int(*dep.Spec.Template.Spec.SecurityContext.FSGroup)
+	auditDir := filepath.Join(dir, "audit")
+	if err := os.Mkdir(auditDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	history, err := os.ReadFile(filepath.Join("testdata", "audit", "audit-2026-11-26T23-09-39.805.log.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A rotated backup that exists at first start is history: not read.
+	if err := os.WriteFile(filepath.Join(auditDir, "audit-2026-11-26T23-09-39.805.log.gz"), history, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	auditLog := filepath.Join(auditDir, "audit.log")
+	if err := os.WriteFile(auditLog, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agentState := filepath.Join(dir, "agent-state")
+	aggState := filepath.Join(dir, "aggregator-state")
+	configDir := filepath.Join(dir, "config")
+	for _, d := range []string{agentState, aggState, configDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A PersistentVolume with fsGroup: group-owned and group-writable.
+	if err := os.Chown(aggState, 0, fsGroup); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(aggState, 0o2770); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range dep.Spec.Template.Spec.Volumes {
+		if v.ConfigMap != nil {
+			cm := find(objs, "ConfigMap", v.ConfigMap.Name)
+			for k, val := range cm["data"].(map[string]any) {
+				if err := os.WriteFile(filepath.Join(configDir, k), []byte(val.(string)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	agentTLS := writeSecret(t, filepath.Join(dir, "agent-tls"), p.caFile, agentCert, agentKey,
+		os.FileMode(*ds.Spec.Template.Spec.Volumes[slices.IndexFunc(ds.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil })].Secret.DefaultMode), 0)
+	aggTLS := writeSecret(t, filepath.Join(dir, "aggregator-tls"), p.caFile, aggCert, aggKey,
+		os.FileMode(*dep.Spec.Template.Spec.Volumes[slices.IndexFunc(dep.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil })].Secret.DefaultMode), fsGroup)
+
+	// A user-defined network; the aggregator answers to the name the agents
+	// dial (the Service's DNS name).
+	network := fmt.Sprintf("tokenwatch-check-%d", time.Now().UnixNano())
+	mustDocker(t, "network", "create", network)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, _ = docker(ctx, "network", "rm", network)
+	})
+	run := func(name string, opts []string, image string, args []string) string {
+		t.Helper()
+		full := append([]string{"run", "-d", "--name", name, "--network", network}, opts...)
+		full = append(append(full, image), args...)
+		id := mustDocker(t, full...)
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if t.Failed() {
+				logs, _ := exec.CommandContext(ctx, "docker", "logs", "--tail", "40", id).CombinedOutput()
+				t.Logf("%s logs:\n%s", name, logs)
+			}
+			_, _ = docker(ctx, "rm", "-f", "-v", id)
+		})
+		return id
+	}
+
+	aggregatorAddr := ""
+	for _, e := range agentC.Env {
+		if e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil && e.Name == "TOKENWATCH_AGGREGATOR" {
+			aggregatorAddr = configMapValue(t, objs, e.ValueFrom.ConfigMapKeyRef)
+		}
+	}
+	aggHost, _, _ := strings.Cut(aggregatorAddr, ":")
+	aggOpts, aggArgs := podRun(t, objs, dep.Spec.Template.Spec, aggC,
+		map[string]string{"state": aggState, "config": configDir, "tls": aggTLS},
+		// No collector here: the embedded default writes OTLP JSON to stdout.
+		map[string]string{"TOKENWATCH_OTLP_ENDPOINT": "", "TOKENWATCH_OTLP_INSECURE": "false"})
+	aggID := run(network+"-aggregator", append(aggOpts, "--network-alias", aggHost), aggC.Image, aggArgs)
+
+	const node = "cp-1"
+	agentOpts, agentArgs := podRun(t, objs, ds.Spec.Template.Spec, agentC,
+		map[string]string{"audit": auditDir, "state": agentState, "tls": agentTLS},
+		map[string]string{"NODE_NAME": node})
+	metricsPort := port(t, "agent --metrics-addr", args(t, "agent", agentC, agentFlags)["metrics-addr"])
+	agentID := run(network+"-agent", append(agentOpts, "-p", fmt.Sprintf("127.0.0.1::%d", metricsPort)), agentC.Image, agentArgs)
+
+	// What Docker applied is what the manifests ask for.
+	for _, id := range []string{aggID, agentID} {
+		var hc struct {
+			ReadonlyRootfs bool
+			CapDrop        []string
+			SecurityOpt    []string
+		}
+		if err := json.Unmarshal([]byte(mustDocker(t, "inspect", "--format", "{{json .HostConfig}}", id)), &hc); err != nil {
+			t.Fatal(err)
+		}
+		if !hc.ReadonlyRootfs || !slices.Contains(hc.CapDrop, "ALL") || !slices.Contains(hc.SecurityOpt, "no-new-privileges") {
+			t.Fatalf("container %s: HostConfig %+v", id[:12], hc)
+		}
+	}
+
+	// The agent is ready once connected to the aggregator (mTLS accepted).
+	hostPort := mustDocker(t, "port", agentID, fmt.Sprintf("%d/tcp", metricsPort))
+	waitContainer(t, agentID, "agent /readyz", 90*time.Second, func() error {
+		resp, err := http.Get("http://" + strings.TrimSpace(strings.Split(hostPort, "\n")[0]) + "/readyz")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(body))
+		}
+		return nil
+	})
+
+	// The apiserver appends: genuine events, timestamps moved to now.
+	live, err := os.ReadFile(filepath.Join("testdata", "audit", "live.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(auditLog, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(shiftTimestamps(t, live)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	var expected []struct {
+		AuditID string `json:"auditID"`
+		User    string `json:"user"`
+		Code    int    `json:"code"`
+	}
+	data, err := os.ReadFile(filepath.Join("testdata", "audit", "live.expected.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &expected); err != nil {
+		t.Fatal(err)
+	}
+	cluster := ""
+	for _, e := range agentC.Env {
+		if e.Name == "TOKENWATCH_CLUSTER" {
+			cluster = configMapValue(t, objs, e.ValueFrom.ConfigMapKeyRef)
+		}
+	}
+	want := map[string]alertRecord{}
+	for _, e := range expected {
+		outcome := "success"
+		if e.Code >= 400 {
+			outcome = "failure"
+		}
+		want[e.AuditID] = alertRecord{auditID: e.AuditID, cluster: cluster, node: node, user: e.User, outcome: outcome}
+	}
+
+	got := followAlerts(t, aggID, len(want), 2*time.Minute)
+	for id, w := range want {
+		if g, ok := got[id]; !ok {
+			t.Errorf("no alert for %s (%s)", id, w.user)
+		} else if g != w {
+			t.Errorf("alert %s = %+v, want %+v", id, g, w)
+		}
+	}
+	for id, g := range got {
+		if _, ok := want[id]; !ok {
+			t.Errorf("unexpected alert %+v (history or an excluded identity)", g)
+		}
+	}
+	t.Logf("%d alerts received from the images, %d expected", len(got), len(want))
+}
+
+// waitContainer polls ready until it succeeds, the container stops, or the
+// deadline passes (a container gives no other signal of readiness).
+func waitContainer(t *testing.T, id, what string, timeout time.Duration, ready func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = ready(); err == nil {
+			return
+		}
+		if running := mustDocker(t, "inspect", "--format", "{{.State.Running}}", id); running != "true" {
+			t.Fatalf("%s: container stopped", what)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Fatalf("%s: not ready after %s: %v", what, timeout, err)
+}
+
+// followAlerts reads the aggregator container's stdout (OTLP JSON, one
+// object a line) as it is written, and returns the token_request records by
+// auditID once want of them have arrived (or at the deadline).
+func followAlerts(t *testing.T, id string, want int, timeout time.Duration) map[string]alertRecord {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "docker", "logs", "--follow", id)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		_ = cmd.Wait()
+	}()
+	got := map[string]alertRecord{}
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if !bytes.HasPrefix(line, []byte(`{"resourceLogs"`)) {
+			continue
+		}
+		for _, r := range parseOTLPJSON(t, line) {
+			got[r.auditID] = r
+		}
+		if len(got) >= want {
+			return got
+		}
+	}
+	if ctx.Err() != nil {
+		t.Errorf("after %s: %d of %d alerts", timeout, len(got), want)
+	}
+	return got
+}
+
+// parseOTLPJSON extracts token_request records from one OTLP JSON line.
+func parseOTLPJSON(t *testing.T, line []byte) []alertRecord {
+	t.Helper()
+	var doc struct {
+		ResourceLogs []struct {
+			ScopeLogs []struct {
+				LogRecords []struct {
+					EventName  string `json:"eventName"`
+					Attributes []struct {
+						Key   string                     `json:"key"`
+						Value map[string]json.RawMessage `json:"value"`
+					} `json:"attributes"`
+				} `json:"logRecords"`
+			} `json:"scopeLogs"`
+		} `json:"resourceLogs"`
+	}
+	if err := json.Unmarshal(line, &doc); err != nil {
+		t.Fatalf("aggregator output is not OTLP JSON: %v", err)
+	}
+	var out []alertRecord
+	for _, rl := range doc.ResourceLogs {
+		for _, sl := range rl.ScopeLogs {
+			for _, lr := range sl.LogRecords {
+				if lr.EventName != "tokenwatch.token_request" {
+					continue
+				}
+				attrs := map[string]string{}
+				for _, a := range lr.Attributes {
+					var s string
+					if raw, ok := a.Value["stringValue"]; ok && json.Unmarshal(raw, &s) == nil {
+						attrs[a.Key] = s
+					}
+				}
+				out = append(out, alertRecord{
+					auditID: attrs["kubernetes.audit.auditID"], cluster: attrs["k8s.cluster.name"],
+					node: attrs["k8s.node.name"], user: attrs["user.name"], outcome: attrs["event.outcome"],
+				})
+			}
+		}
+	}
+	return out
+}
