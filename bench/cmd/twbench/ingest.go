@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -32,6 +33,7 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 	streamsFlag := fs.String("streams", "1,100,1000", "concurrent agent streams, comma separated")
 	transports := fs.String("transports", "plaintext,mtls", "plaintext and/or mtls")
 	dur := fs.Duration("duration", 10*time.Second, "how long each load sends")
+	profile := fs.String("cpuprofile", "", "with $TWBENCH_PPROF (an aggregator built by bench/run.sh profile), write the aggregator's CPU profile of each load to this prefix")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -58,11 +60,15 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 			if err != nil || n <= 0 {
 				return fmt.Errorf("-streams %q: want positive integers", *streamsFlag)
 			}
-			base, _, err := ingestRun(ctx, *bin, self, tr, n, *dur, mix, true)
+			base, _, err := ingestRun(ctx, *bin, self, tr, n, *dur, mix, "-")
 			if err != nil {
 				return fmt.Errorf("baseline %s %d streams: %w", tr, n, err)
 			}
-			agg, st, err := ingestRun(ctx, *bin, self, tr, n, *dur, mix, false)
+			prof := ""
+			if *profile != "" {
+				prof = fmt.Sprintf("%s-%s-%d.pprof", *profile, tr, n)
+			}
+			agg, st, err := ingestRun(ctx, *bin, self, tr, n, *dur, mix, prof)
 			if err != nil {
 				return fmt.Errorf("aggregator %s %d streams: %w", tr, n, err)
 			}
@@ -78,9 +84,11 @@ type ingestStats struct {
 	records int64
 }
 
-// ingestRun runs one load against a fresh aggregator, or against the
-// ack-only baseline server.
-func ingestRun(ctx context.Context, bin, self, transport string, streams int, dur time.Duration, mix loadgen.Mix, baseline bool) (loadgen.Result, ingestStats, error) {
+// ingestRun runs one load against a fresh aggregator (profiled into
+// profile when set), or, with profile "-", against the ack-only baseline
+// server.
+func ingestRun(ctx context.Context, bin, self, transport string, streams int, dur time.Duration, mix loadgen.Mix, profile string) (loadgen.Result, ingestStats, error) {
+	baseline := profile == "-"
 	dir, err := os.MkdirTemp("", "twbench-ingest-")
 	if err != nil {
 		return loadgen.Result{}, ingestStats{}, err
@@ -146,6 +154,12 @@ func ingestRun(ctx context.Context, bin, self, transport string, streams int, du
 		}
 	}
 	defer p.stop()
+	profDone := make(chan error, 1)
+	if profile != "" && !baseline {
+		go func() { profDone <- fetchProfile(ctx, profile, dur) }()
+	} else {
+		profDone <- nil
+	}
 	res, err := loadgen.Run(ctx, loadgen.Config{
 		Target: target, Creds: creds, Streams: streams, EventsPerStream: 1 << 40, Duration: dur, Mix: mix,
 	})
@@ -154,6 +168,9 @@ func ingestRun(ctx context.Context, bin, self, transport string, streams int, du
 	}
 	var st ingestStats
 	if st.mem, err = procmem.Read(p.cmd.Process.Pid); err != nil {
+		return res, st, err
+	}
+	if err := <-profDone; err != nil {
 		return res, st, err
 	}
 	if sink != nil {
@@ -258,4 +275,39 @@ func acksrv(ctx context.Context, args []string, _ io.Writer) error {
 	case err := <-done:
 		return err
 	}
+}
+
+// fetchProfile writes the CPU profile of the process serving pprof at
+// $TWBENCH_PPROF over most of the load to path.
+func fetchProfile(ctx context.Context, path string, dur time.Duration) error {
+	addr := os.Getenv("TWBENCH_PPROF")
+	if addr == "" {
+		return fmt.Errorf("-cpuprofile needs $TWBENCH_PPROF and an aggregator built by bench/run.sh profile")
+	}
+	secs := max(1, int(dur.Seconds())-1)
+	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs)
+	var lastErr error
+	for range 50 { // the server comes up with the process
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			lastErr = err
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(f, resp.Body); err != nil {
+			f.Close()
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		return f.Close()
+	}
+	return fmt.Errorf("GET %s: %w", url, lastErr)
 }
