@@ -210,13 +210,14 @@ func startAPIServer(t *testing.T, bins string, extra ...string) *apiServer {
 	p := newPKI(t, dir)
 
 	client, peer := loopbackPort(t), loopbackPort(t)
+	etcdProbe := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	etcd := startProcess(t, dir, "etcd", filepath.Join(bins, "etcd"),
 		"--name=check", "--data-dir="+filepath.Join(dir, "etcd"),
 		"--listen-client-urls=http://127.0.0.1:"+client, "--advertise-client-urls=http://127.0.0.1:"+client,
 		"--listen-peer-urls=http://127.0.0.1:"+peer, "--initial-advertise-peer-urls=http://127.0.0.1:"+peer,
 		"--initial-cluster=check=http://127.0.0.1:"+peer, "--unsafe-no-fsync", "--log-level=warn")
 	waitFor(t, etcd, "etcd /health", time.Minute, func() error {
-		resp, err := http.Get("http://127.0.0.1:" + client + "/health")
+		resp, err := etcdProbe.Get("http://127.0.0.1:" + client + "/health")
 		if err != nil {
 			return err
 		}

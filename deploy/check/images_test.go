@@ -395,8 +395,9 @@ func TestImages(t *testing.T) {
 
 	// The agent is ready once connected to the aggregator (mTLS accepted).
 	hostPort := mustDocker(t, "port", agentID, fmt.Sprintf("%d/tcp", metricsPort))
+	probe := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	waitContainer(t, agentID, "agent /readyz", 90*time.Second, func() error {
-		resp, err := http.Get("http://" + strings.TrimSpace(strings.Split(hostPort, "\n")[0]) + "/readyz")
+		resp, err := probe.Get("http://" + strings.TrimSpace(strings.Split(hostPort, "\n")[0]) + "/readyz")
 		if err != nil {
 			return err
 		}
