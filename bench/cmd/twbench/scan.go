@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"flag"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenwatch/tokenwatch/bench/internal/logfile"
 	"github.com/tokenwatch/tokenwatch/bench/internal/otlpsink"
 	"github.com/tokenwatch/tokenwatch/bench/internal/procmem"
 )
@@ -19,8 +21,26 @@ import (
 func genlog(_ context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("genlog", flag.ContinueOnError)
 	size := fs.String("size", "1GiB", "size of the generated log")
+	genuine := fs.String("genuine", "", "instead of generating, repeat this genuine audit log (plain or .gz) to -size")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *genuine != "" {
+		n, err := logfile.ParseSize(*size)
+		if err != nil {
+			return err
+		}
+		src, err := readMaybeGzip(*genuine)
+		if err != nil {
+			return err
+		}
+		name := fmt.Sprintf("genuine-%s-%s.log", strings.TrimSuffix(filepath.Base(*genuine), ".gz"), *size)
+		path, err := logfile.EnsureRepeat(filepath.Join(cacheDir(), "logs"), name, src, n)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, path)
+		return nil
 	}
 	path, err := resolveLog("", *size)
 	if err != nil {
@@ -108,6 +128,28 @@ func once(ctx context.Context, args []string, out io.Writer) error {
 			c.elapsed.Seconds(), mbps(fi.Size(), c.elapsed), c.elapsed.Seconds()/g.Median.Seconds(), mib(c.peak), c.lines)
 	}
 	return nil
+}
+
+// readMaybeGzip reads a file, decompressing it when its name ends in .gz.
+func readMaybeGzip(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var r io.Reader = f
+	if strings.HasSuffix(path, ".gz") {
+		zr, err := gzip.NewReader(f)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		r = zr
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return b, nil
 }
 
 type onceResult struct {

@@ -65,6 +65,40 @@ func Ensure(dir string, seed uint64, size int64) (string, error) {
 	return path, nil
 }
 
+// EnsureRepeat returns the path of dir/name, writing it first when it is
+// missing: the lines of src repeated until the file holds at least size
+// bytes (a genuine log stretched to benchmark size).
+func EnsureRepeat(dir, name string, src []byte, size int64) (string, error) {
+	if len(src) == 0 || src[len(src)-1] != '\n' {
+		return "", fmt.Errorf("repeat log %s: source must be whole lines", name)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("create log cache %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, name)
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	tmp, err := os.CreateTemp(dir, ".rep-*.log")
+	if err != nil {
+		return "", fmt.Errorf("create audit log in %s: %w", dir, err)
+	}
+	defer os.Remove(tmp.Name())
+	for n := int64(0); n < size; n += int64(len(src)) {
+		if _, err := tmp.Write(src); err != nil {
+			tmp.Close()
+			return "", fmt.Errorf("write %s: %w", path, err)
+		}
+	}
+	if err := tmp.Close(); err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	return path, nil
+}
+
 // Name is the cached file's name for (seed, size).
 func Name(seed uint64, size int64) string {
 	return fmt.Sprintf("audit-bench-s%d-%s.log", seed, human(size))

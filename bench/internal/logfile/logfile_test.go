@@ -62,3 +62,19 @@ func TestName(t *testing.T) {
 		t.Errorf("Name(1, 1GiB) = %q", got)
 	}
 }
+
+func TestEnsureRepeat(t *testing.T) {
+	dir := t.TempDir()
+	src := []byte("{\"a\":1}\n{\"b\":2}\n")
+	path, err := EnsureRepeat(dir, "rep.log", src, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(path)
+	if want := bytes.Repeat(src, 4); !bytes.Equal(got, want) {
+		t.Errorf("EnsureRepeat wrote %q, want %q", got, want)
+	}
+	if _, err := EnsureRepeat(dir, "bad.log", []byte("no newline"), 50); err == nil {
+		t.Error("EnsureRepeat of a torn line succeeded")
+	}
+}
