@@ -19,13 +19,18 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
+	var opts []goleak.Option
+	if os.Getenv("TOKENWATCH_FOLLOW_COMPARE") != "" {
+		// nxadm/tail keeps a process-wide inotify watcher.
+		opts = append(opts, goleak.IgnoreAnyFunction("github.com/fsnotify/fsnotify.(*inotify).readEvents"))
+	}
+	goleak.VerifyTestMain(m, append(opts,
 		// lumberjack's compression goroutine lives as long as the process.
 		goleak.IgnoreAnyFunction("gopkg.in/natefinch/lumberjack%2ev2.(*Logger).millRun"),
 		// nxadm/tail's shared inotify tracker (comparison test only).
 		goleak.IgnoreAnyFunction("github.com/nxadm/tail/watch.(*InotifyTracker).run"),
 		goleak.IgnoreAnyFunction("gopkg.in/tomb%2ev1.(*Tomb).Wait"),
-	)
+	)...)
 }
 
 // failAfter bounds every wait on a signal: reaching it is a failure, not a

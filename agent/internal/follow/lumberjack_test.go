@@ -16,6 +16,13 @@ import (
 // kube-apiserver does with --audit-log-maxsize=1 --audit-log-compress.
 func writeRotating(t testing.TB, path string, n, size int) {
 	t.Helper()
+	writeRotatingRate(t, path, n, size, 0)
+}
+
+// writeRotatingRate is writeRotating at about mbps MB/s (0: at full speed).
+func writeRotatingRate(t testing.TB, path string, n, size int, mbps float64) {
+	t.Helper()
+	start := time.Now()
 	lj := &lumberjack.Logger{Filename: path, MaxSize: 1, Compress: true}
 	defer lj.Close()
 	const max = 1 << 20
@@ -33,6 +40,10 @@ func writeRotating(t testing.TB, path string, n, size int) {
 			t.Fatal(err)
 		}
 		cur += int64(len(l))
+		if mbps > 0 && i%100 == 99 {
+			due := start.Add(time.Duration(float64((i+1)*size) / (mbps * 1e6) * float64(time.Second)))
+			time.Sleep(time.Until(due)) // pacing the writer, not synchronisation
+		}
 	}
 }
 

@@ -356,12 +356,12 @@ func (f *Follower) candidates(ctx context.Context, h Handler) ([]sibling, error)
 		}
 		out = append(out, s)
 		if _, ok := f.pending[s.path]; !ok {
-			e := entry{sib: s}
+			// Remembered with its identity, to be found again if it is
+			// compressed; one that vanished already is seen next time.
 			if src, err := openSibling(s, 0); err == nil {
-				e.id = src.id
+				f.pending[s.path] = entry{sib: s, id: src.id}
 				src.close()
 			}
-			f.pending[s.path] = e
 		}
 	}
 	var behind int64
