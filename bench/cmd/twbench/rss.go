@@ -38,7 +38,7 @@ func rss(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	scan, err := onceRun(ctx, *bin, path)
+	scan, err := onceRun(ctx, *bin, path, nil)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@
 package logfile
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -32,8 +33,9 @@ func Config(seed uint64, size int64) auditgen.Config {
 }
 
 // Ensure returns the path of the cached log for (seed, size) in dir,
-// generating it first when it is missing. The file is written under a
-// temporary name and renamed, so a crash never leaves a short log behind.
+// generating it first when it or its expectation file (ExpectPath) is
+// missing. Files are written under temporary names and renamed, so a crash
+// never leaves a short log behind.
 func Ensure(dir string, seed uint64, size int64) (string, error) {
 	if size <= 0 {
 		return "", fmt.Errorf("audit log size %d: must be positive", size)
@@ -42,19 +44,38 @@ func Ensure(dir string, seed uint64, size int64) (string, error) {
 		return "", fmt.Errorf("create log cache %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, Name(seed, size))
-	if _, err := os.Stat(path); err == nil {
+	_, err := os.Stat(path)
+	_, errx := os.Stat(ExpectPath(path))
+	if err == nil && errx == nil {
 		return path, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("stat %s: %w", path, err)
+	}
+	for _, err := range []error{err, errx} {
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("stat cached log: %w", err)
+		}
 	}
 	tmp, err := os.CreateTemp(dir, ".gen-*.log")
 	if err != nil {
 		return "", fmt.Errorf("create audit log in %s: %w", dir, err)
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
-	if _, _, err := auditgen.Generate(tmp, Config(seed, size)); err != nil {
+	want, _, err := auditgen.Generate(tmp, Config(seed, size))
+	if err != nil {
 		tmp.Close()
 		return "", fmt.Errorf("generate %s: %w", path, err)
+	}
+	b, err := json.Marshal(want)
+	if err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("encode expected alerts of %s: %w", path, err)
+	}
+	if err := os.WriteFile(ExpectPath(path)+".tmp", b, 0o644); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("write expected alerts of %s: %w", path, err)
+	}
+	if err := os.Rename(ExpectPath(path)+".tmp", ExpectPath(path)); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("write expected alerts of %s: %w", path, err)
 	}
 	if err := tmp.Close(); err != nil {
 		return "", fmt.Errorf("write %s: %w", path, err)
@@ -63,6 +84,23 @@ func Ensure(dir string, seed uint64, size int64) (string, error) {
 		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	return path, nil
+}
+
+// ExpectPath is where Ensure keeps the requests that must alert of the log
+// at path (auditgen's truth, a JSON array of auditgen.Expected).
+func ExpectPath(path string) string { return strings.TrimSuffix(path, ".log") + ".expect.json" }
+
+// Expected reads the requests that must alert of a log Ensure generated.
+func Expected(path string) ([]auditgen.Expected, error) {
+	b, err := os.ReadFile(ExpectPath(path))
+	if err != nil {
+		return nil, fmt.Errorf("read expected alerts: %w", err)
+	}
+	var want []auditgen.Expected
+	if err := json.Unmarshal(b, &want); err != nil {
+		return nil, fmt.Errorf("read expected alerts %s: %w", ExpectPath(path), err)
+	}
+	return want, nil
 }
 
 // EnsureRepeat returns the path of dir/name, writing it first when it is

@@ -23,6 +23,15 @@ func TestEnsureGeneratesOnceAndCaches(t *testing.T) {
 	if c := bytes.Count(first, []byte(`"subresource":"token"`)); c == 0 {
 		t.Error("generated log holds no token subresource")
 	}
+	want, err := Expected(path)
+	if err != nil || len(want) == 0 {
+		t.Fatalf("Expected = %d requests, %v; want the attack scenario's", len(want), err)
+	}
+	for _, w := range want {
+		if !bytes.Contains(first, []byte(`"auditID":"`+w.AuditID+`"`)) {
+			t.Errorf("expected request %s is not in the log", w.AuditID)
+		}
+	}
 	// A second call must reuse the file, not regenerate it.
 	if err := os.WriteFile(path, []byte("cached\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -36,8 +45,8 @@ func TestEnsureGeneratesOnceAndCaches(t *testing.T) {
 		t.Errorf("Ensure regenerated the cached log (%s, %q)", again, got[:min(len(got), 20)])
 	}
 	entries, _ := os.ReadDir(dir)
-	if len(entries) != 1 {
-		t.Errorf("cache holds %d entries, want only the log", len(entries))
+	if len(entries) != 2 {
+		t.Errorf("cache holds %d entries, want the log and its expectations", len(entries))
 	}
 }
 

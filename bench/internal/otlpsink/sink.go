@@ -118,6 +118,13 @@ func (s *Sink) Arrival(auditID string) (time.Time, bool) {
 	return t, ok
 }
 
+// IDs returns how many distinct audit IDs arrived.
+func (s *Sink) IDs() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.arrived)
+}
+
 // WaitRecords waits until at least n records arrived or ctx ends.
 func (s *Sink) WaitRecords(ctx context.Context, n int64) error {
 	for {
