@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -313,5 +314,25 @@ func TestValidate(t *testing.T) {
 				t.Errorf("Validate() = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestOversizedEventReportedAsLoss: a token create too large for the stream
+// travels as a loss report instead of stalling delivery.
+func TestOversizedEventReportedAsLoss(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "audit.log")
+	huge := strings.Replace(tokenLine("big"), `"sourceIPs"`, `"userAgent":"`+strings.Repeat("x", 4<<20)+`","sourceIPs"`, 1)
+	appendFile(t, logPath, tokenLine("a1")+huge+tokenLine("a2"))
+	agg, addr := newAggregator(t, false)
+	cfg := config(logPath, addr, "")
+	cfg.Once = true
+	if err := Run(context.Background(), cfg); err != nil {
+		t.Fatalf("Run --once = %v", err)
+	}
+	got := agg.waitEvents(t, 3)
+	slices.Sort(got)
+	if want := []string{"a1", "a2", "loss:event_too_large"}; !cmp.Equal(got, want) {
+		t.Errorf("aggregator received %v, want %v", got, want)
 	}
 }

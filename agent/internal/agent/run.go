@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
@@ -25,6 +26,9 @@ import (
 	"github.com/tokenwatch/tokenwatch/internal/wire"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
+
+// reasonEventTooLarge is the loss reason of a token create too large to send.
+const reasonEventTooLarge = "event_too_large"
 
 // Run runs the agent until ctx ends (a stop signal: it drains for up to
 // ShutdownTimeout, writes the checkpoint and returns nil), or, with Once,
@@ -243,14 +247,33 @@ func (p *pipeline) Block(ctx context.Context, b follow.Block) error {
 		p.m.Matches.Add(float64(c.Matches))
 	}
 	p.events = p.events[:0]
+	var losses []*tokenwatchv1.LossReport
 	for i, m := range p.matches {
 		e := wire.ToProto(m.Event)
-		e.Source = &tokenwatchv1.SourcePosition{File: b.Pos.Name, Offset: uint64(b.Pos.Offset) + uint64(m.Offset)}
-		p.events = append(p.events, e)
+		off := uint64(b.Pos.Offset) + uint64(m.Offset)
+		e.Source = &tokenwatchv1.SourcePosition{File: b.Pos.Name, Offset: off}
 		p.matches[i].Event = nil
+		if n := proto.Size(e); n > sender.MaxEventBytes {
+			// Too large for the stream: report it rather than stall on it.
+			p.m.Losses.WithLabelValues(reasonEventTooLarge).Inc()
+			losses = append(losses, &tokenwatchv1.LossReport{
+				Reason: reasonEventTooLarge, File: b.Pos.Name, Offset: off,
+				LinesLost: 1, LinesKnown: true, Observed: timestamppb.Now(),
+				Detail: fmt.Sprintf("token-create event of %d bytes exceeds the %d-byte limit", n, sender.MaxEventBytes),
+			})
+			continue
+		}
+		p.events = append(p.events, e)
 	}
 	end := b.End()
 	end.ID.FP = bytes.Clone(end.ID.FP)
+	if len(losses) > 0 {
+		// Losses go first; the order among one block's items does not
+		// matter to the aggregator.
+		if err := p.snd.Enqueue(ctx, nil, losses, nil); err != nil {
+			return err
+		}
+	}
 	return p.snd.Enqueue(ctx, p.events, nil, end)
 }
 

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -85,6 +86,11 @@ func (c *Config) setDefaults() {
 		c.OnAck = func(any) {}
 	}
 }
+
+// MaxEventBytes is the largest encoded event worth sending: the
+// aggregator refuses messages over 4 MiB by default, and a refused event
+// would be re-sent forever. Callers report larger events as losses.
+const MaxEventBytes = 3 << 20
 
 // ErrClosed is returned by Enqueue after Close.
 var ErrClosed = errors.New("sender closed")
@@ -295,7 +301,12 @@ func (s *Sender) drained() bool {
 // sender is closed and drained (returning nil), or until GiveUpAfter passes
 // without a welcomed stream (returning why).
 func (s *Sender) Run(ctx context.Context) error {
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(s.cfg.Credentials)}, s.cfg.DialOptions...)
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(s.cfg.Credentials),
+		// A cut network is noticed within Time+Timeout even while idle;
+		// the aggregator tolerates pings every 10 s or more.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
+	}, s.cfg.DialOptions...)
 	conn, err := grpc.NewClient(s.cfg.Target, opts...)
 	if err != nil {
 		return fmt.Errorf("create client for %s: %w", s.cfg.Target, err)
