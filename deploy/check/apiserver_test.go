@@ -105,7 +105,7 @@ func TestKubeadmAuditWiring(t *testing.T) {
 
 // TestControlPlane runs the real tools: kubeadm validates the kubeadm
 // configuration; a kube-apiserver started with its audit flags and the audit
-// policy accepts every overlay's objects (server-side apply, dry run, strict
+// policy accepts every overlay's objects and deploy/otelcol's (server-side apply, dry run, strict
 // field validation, cert-manager's CRDs installed) and logs a real
 // TokenRequest at Request level without the token.
 func TestControlPlane(t *testing.T) {
@@ -143,9 +143,13 @@ func TestControlPlane(t *testing.T) {
 	if t.Failed() {
 		return
 	}
+	kits := []string{"otelcol"}
 	for _, name := range overlays(t) {
-		t.Run("overlay "+name, func(t *testing.T) {
-			objs := kustomizeBuild(t, deployPath(t, "overlays", name))
+		kits = append(kits, "overlays/"+name)
+	}
+	for _, kit := range kits {
+		t.Run(kit, func(t *testing.T) {
+			objs := kustomizeBuild(t, deployPath(t, filepath.FromSlash(kit)))
 			// The Namespace for real (namespaced dry runs need it), the rest dry.
 			for _, o := range objs {
 				if o.kind() == "Namespace" {
@@ -166,9 +170,9 @@ func TestControlPlane(t *testing.T) {
 				for _, w := range r.warnings {
 					t.Logf("%s: warning: %s", o, w)
 				}
-				// The namespace warns at the restricted Pod Security level:
-				// the aggregator must meet it (the agent's hostPath volumes
-				// and uid 0 cannot).
+				// The namespaces warn or enforce at the restricted Pod
+				// Security level: the aggregator and the collector must meet
+				// it (the agent's hostPath volumes and uid 0 cannot).
 				if o.kind() == "Deployment" && len(r.warnings) > 0 {
 					t.Errorf("%s: warnings from the server: %q", o, r.warnings)
 				}

@@ -48,30 +48,48 @@ func TestCollectorConfigValidates(t *testing.T) {
 	}
 }
 
-// logSink is an OTLP/gRPC logs receiver that records event names.
+// logSink is an OTLP/gRPC logs receiver that records what it receives and
+// signals each arrival on notify (when not nil).
 type logSink struct {
 	collogspb.UnimplementedLogsServiceServer
-	mu    sync.Mutex
-	names []string
+	mu      sync.Mutex
+	records []*logspb.LogRecord
+	notify  chan struct{}
 }
 
 func (s *logSink) Export(_ context.Context, req *collogspb.ExportLogsServiceRequest) (*collogspb.ExportLogsServiceResponse, error) {
 	s.mu.Lock()
 	for _, rl := range req.GetResourceLogs() {
 		for _, sl := range rl.GetScopeLogs() {
-			for _, lr := range sl.GetLogRecords() {
-				s.names = append(s.names, recordKey(lr.GetEventName(), lr.GetAttributes()))
-			}
+			s.records = append(s.records, sl.GetLogRecords()...)
 		}
 	}
 	s.mu.Unlock()
+	if s.notify != nil {
+		select {
+		case s.notify <- struct{}{}:
+		default:
+		}
+	}
 	return &collogspb.ExportLogsServiceResponse{}, nil
 }
 
+// got returns the received records' keys (event name and pipeline kind).
 func (s *logSink) got() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Clone(s.names)
+	var keys []string
+	for _, lr := range s.records {
+		keys = append(keys, recordKey(lr.GetEventName(), lr.GetAttributes()))
+	}
+	return keys
+}
+
+// received returns the records received so far.
+func (s *logSink) received() []*logspb.LogRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.records)
 }
 
 // recordKey names a record by its event name and, for pipeline records, kind.

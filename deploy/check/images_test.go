@@ -1,7 +1,6 @@
 package check
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/x509"
@@ -9,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,6 +22,9 @@ import (
 	"testing"
 	"time"
 
+	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
+	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
+	"google.golang.org/grpc"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -115,6 +118,18 @@ func podRun(t *testing.T, objs []object, spec corev1.PodSpec, c corev1.Container
 		opts = append(opts, "-v", mount)
 	}
 	vars := map[string]string{}
+	for _, ef := range c.EnvFrom {
+		if ef.ConfigMapRef == nil {
+			t.Fatalf("%s: envFrom other than a ConfigMap", c.Name)
+		}
+		cm := find(objs, "ConfigMap", ef.ConfigMapRef.Name)
+		if cm == nil {
+			t.Fatalf("%s: ConfigMap %s not rendered", c.Name, ef.ConfigMapRef.Name)
+		}
+		for k, v := range cm["data"].(map[string]any) {
+			vars[k] = v.(string)
+		}
+	}
 	for _, e := range c.Env {
 		switch {
 		case e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil:
@@ -233,15 +248,17 @@ type alertRecord struct {
 	auditID, cluster, node, user, outcome string
 }
 
-// TestImages builds the agent and aggregator images FROM scratch with the
-// local Docker engine, runs them as the single-cluster overlay's manifests
-// say (its args and environment, read-only root filesystem, every capability
-// dropped, no privilege escalation, the manifests' users, the audit
-// directory read-only and root's with mode 0600 files, mTLS certificates
-// with the cert-manager Certificates' names and SPIFFE URI, on a
-// user-defined network under the Service's DNS name) and checks that the
-// alerts of a genuine audit log arrive, exactly, in the aggregator's OTLP
-// JSON output (the embedded default: the OTLP endpoint is left empty here).
+// TestImages builds the agent, aggregator and collector images FROM scratch
+// with the local Docker engine and runs them as the manifests of
+// overlays/single-cluster and deploy/otelcol say: their args and
+// environment, read-only root filesystems, every capability dropped, no
+// privilege escalation, the manifests' users, the audit directory read-only
+// and root's (mode 0600 files), mTLS certificates with the cert-manager
+// Certificates' names and SPIFFE URI, on a user-defined network under the
+// Services' DNS names. Genuine audit events appended to the log must arrive,
+// exactly, as token_request records at the collector's SIEM exporter (a
+// recording OTLP receiver on the host), routed there by deploy/otelcol's
+// config.
 func TestImages(t *testing.T) {
 	requireDocker(t)
 	objs := kustomizeBuild(t, deployPath(t, "overlays", "single-cluster"))
@@ -256,14 +273,21 @@ func TestImages(t *testing.T) {
 	if !ok || !strings.HasSuffix(prefix, "/agent") || aggC.Image != strings.TrimSuffix(prefix, "/agent")+"/aggregator:"+tag {
 		t.Fatalf("unexpected images %q, %q", agentC.Image, aggC.Image)
 	}
-	runScript(t, 15*time.Minute, []string{"IMAGE_PREFIX=" + strings.TrimSuffix(prefix, "/agent"), "TAG=" + tag},
+	colObjs := kustomizeBuild(t, deployPath(t, "otelcol"))
+	var col appsv1.Deployment
+	decode(t, find(colObjs, "Deployment", "otel-collector"), &col)
+	colC := col.Spec.Template.Spec.Containers[0]
+	if colC.Image != strings.TrimSuffix(prefix, "/agent")+"/otelcol:"+tag {
+		t.Fatalf("collector image %q does not match %q", colC.Image, agentC.Image)
+	}
+	runScript(t, 20*time.Minute, []string{"IMAGES=agent aggregator otelcol", "IMAGE_PREFIX=" + strings.TrimSuffix(prefix, "/agent"), "TAG=" + tag},
 		filepath.Join(repoRoot(t), "deploy", "images", "build.sh"))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		_, _ = docker(ctx, "rmi", agentC.Image, aggC.Image)
+		_, _ = docker(ctx, "rmi", agentC.Image, aggC.Image, colC.Image)
 	})
-	for _, img := range []string{agentC.Image, aggC.Image} {
+	for _, img := range []string{agentC.Image, aggC.Image, colC.Image} {
 		var layers []string
 		if err := json.Unmarshal([]byte(mustDocker(t, "image", "inspect", "--format", "{{json .RootFS.Layers}}", img)), &layers); err != nil {
 			t.Fatal(err)
@@ -317,15 +341,19 @@ func TestImages(t *testing.T) {
 	if err := os.Chmod(aggState, 0o2770); err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range dep.Spec.Template.Spec.Volumes {
-		if v.ConfigMap != nil {
-			cm := find(objs, "ConfigMap", v.ConfigMap.Name)
-			for k, val := range cm["data"].(map[string]any) {
-				if err := os.WriteFile(filepath.Join(configDir, k), []byte(val.(string)), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
+	writeConfigMaps(t, objs, dep.Spec.Template.Spec, configDir)
+	colConfig, colData := filepath.Join(dir, "otelcol-config"), filepath.Join(dir, "otelcol-data")
+	for _, d := range []string{colConfig, colData} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
 		}
+	}
+	writeConfigMaps(t, colObjs, col.Spec.Template.Spec, colConfig)
+	if err := os.Chown(colData, 0, int(*col.Spec.Template.Spec.SecurityContext.FSGroup)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(colData, 0o2770); err != nil {
+		t.Fatal(err)
 	}
 	agentTLS := writeSecret(t, filepath.Join(dir, "agent-tls"), p.caFile, agentCert, agentKey,
 		os.FileMode(*ds.Spec.Template.Spec.Volumes[slices.IndexFunc(ds.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil })].Secret.DefaultMode), 0)
@@ -358,17 +386,46 @@ func TestImages(t *testing.T) {
 		return id
 	}
 
-	aggregatorAddr := ""
+	// The "SIEM": a recording OTLP receiver on the host, reached from the
+	// network through its gateway address.
+	gateway := mustDocker(t, "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Gateway}}{{end}}", network)
+	lis, err := net.Listen("tcp", net.JoinHostPort(gateway, "0"))
+	if err != nil {
+		t.Fatalf("listen on the network's gateway %s: %v", gateway, err)
+	}
+	sink := &logSink{notify: make(chan struct{}, 1)}
+	srv := grpc.NewServer()
+	collogspb.RegisterLogsServiceServer(srv, sink)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	t.Cleanup(func() {
+		srv.Stop()
+		<-served
+	})
+
+	aggregatorAddr, otlpEndpoint := "", ""
 	for _, e := range agentC.Env {
 		if e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil && e.Name == "TOKENWATCH_AGGREGATOR" {
 			aggregatorAddr = configMapValue(t, objs, e.ValueFrom.ConfigMapKeyRef)
 		}
 	}
+	for _, e := range aggC.Env {
+		if e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil && e.Name == "TOKENWATCH_OTLP_ENDPOINT" {
+			otlpEndpoint = configMapValue(t, objs, e.ValueFrom.ConfigMapKeyRef)
+		}
+	}
+	colHost, _, _ := strings.Cut(otlpEndpoint, ":")
+	if colHost != "otel-collector.observability.svc" {
+		t.Fatalf("the overlay sends OTLP to %q, not deploy/otelcol's Service", otlpEndpoint)
+	}
+	colOpts, colArgs := podRun(t, colObjs, col.Spec.Template.Spec, colC,
+		map[string]string{"config": colConfig, "operations": colData},
+		map[string]string{"SIEM_OTLP_ENDPOINT": lis.Addr().String(), "SIEM_OTLP_INSECURE": "true"})
+	colID := run(network+"-otelcol", append(colOpts, "--network-alias", colHost), colC.Image, colArgs)
+
 	aggHost, _, _ := strings.Cut(aggregatorAddr, ":")
 	aggOpts, aggArgs := podRun(t, objs, dep.Spec.Template.Spec, aggC,
-		map[string]string{"state": aggState, "config": configDir, "tls": aggTLS},
-		// No collector here: the embedded default writes OTLP JSON to stdout.
-		map[string]string{"TOKENWATCH_OTLP_ENDPOINT": "", "TOKENWATCH_OTLP_INSECURE": "false"})
+		map[string]string{"state": aggState, "config": configDir, "tls": aggTLS}, nil)
 	aggID := run(network+"-aggregator", append(aggOpts, "--network-alias", aggHost), aggC.Image, aggArgs)
 
 	const node = "cp-1"
@@ -379,7 +436,7 @@ func TestImages(t *testing.T) {
 	agentID := run(network+"-agent", append(agentOpts, "-p", fmt.Sprintf("127.0.0.1::%d", metricsPort)), agentC.Image, agentArgs)
 
 	// What Docker applied is what the manifests ask for.
-	for _, id := range []string{aggID, agentID} {
+	for _, id := range []string{colID, aggID, agentID} {
 		var hc struct {
 			ReadonlyRootfs bool
 			CapDrop        []string
@@ -452,7 +509,38 @@ func TestImages(t *testing.T) {
 		want[e.AuditID] = alertRecord{auditID: e.AuditID, cluster: cluster, node: node, user: e.User, outcome: outcome}
 	}
 
-	got := followAlerts(t, aggID, len(want), 2*time.Minute)
+	got := map[string]alertRecord{}
+	deadline := time.After(2 * time.Minute)
+	for len(got) < len(want) {
+		select {
+		case <-sink.notify:
+		case <-deadline:
+			t.Fatalf("after 2m: %d of %d alerts at the SIEM: %v", len(got), len(want), got)
+		}
+		for _, lr := range sink.received() {
+			if r, ok := tokenRequestRecord(lr); ok {
+				got[r.auditID] = r
+			}
+		}
+	}
+	// Stop upstream first, as Kubernetes would on a rollout (SIGTERM, then
+	// the grace period): each flushes and exits 0, and then everything sent
+	// has reached the SIEM and is compared exactly.
+	for _, c := range []struct{ name, id string }{{"agent", agentID}, {"aggregator", aggID}, {"collector", colID}} {
+		mustDocker(t, "stop", "--time", "15", c.id)
+		if code := mustDocker(t, "inspect", "--format", "{{.State.ExitCode}}", c.id); code != "0" {
+			t.Errorf("%s exited %s on SIGTERM, want 0", c.name, code)
+		}
+	}
+	clear(got)
+	for _, lr := range sink.received() {
+		if r, ok := tokenRequestRecord(lr); ok {
+			if _, dup := got[r.auditID]; dup {
+				t.Errorf("alert %s exported twice", r.auditID)
+			}
+			got[r.auditID] = r
+		}
+	}
 	for id, w := range want {
 		if g, ok := got[id]; !ok {
 			t.Errorf("no alert for %s (%s)", id, w.user)
@@ -465,7 +553,7 @@ func TestImages(t *testing.T) {
 			t.Errorf("unexpected alert %+v (history or an excluded identity)", g)
 		}
 	}
-	t.Logf("%d alerts received from the images, %d expected", len(got), len(want))
+	t.Logf("%d alerts received at the SIEM through agent, aggregator and collector images, %d expected", len(got), len(want))
 }
 
 // waitContainer polls ready until it succeeds, the container stops, or the
@@ -486,86 +574,36 @@ func waitContainer(t *testing.T, id, what string, timeout time.Duration, ready f
 	t.Fatalf("%s: not ready after %s: %v", what, timeout, err)
 }
 
-// followAlerts reads the aggregator container's stdout (OTLP JSON, one
-// object a line) as it is written, and returns the token_request records by
-// auditID once want of them have arrived (or at the deadline).
-func followAlerts(t *testing.T, id string, want int, timeout time.Duration) map[string]alertRecord {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "docker", "logs", "--follow", id)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
+// tokenRequestRecord reads a token_request record's identifying attributes.
+func tokenRequestRecord(lr *logspb.LogRecord) (alertRecord, bool) {
+	if lr.GetEventName() != "tokenwatch.token_request" {
+		return alertRecord{}, false
 	}
-	cmd.Stderr = io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	attrs := map[string]string{}
+	for _, a := range lr.GetAttributes() {
+		attrs[a.GetKey()] = a.GetValue().GetStringValue()
 	}
-	defer func() {
-		cancel()
-		_ = cmd.Wait()
-	}()
-	got := map[string]alertRecord{}
-	sc := bufio.NewScanner(stdout)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if !bytes.HasPrefix(line, []byte(`{"resourceLogs"`)) {
-			continue
-		}
-		for _, r := range parseOTLPJSON(t, line) {
-			got[r.auditID] = r
-		}
-		if len(got) >= want {
-			return got
-		}
-	}
-	if ctx.Err() != nil {
-		t.Errorf("after %s: %d of %d alerts", timeout, len(got), want)
-	}
-	return got
+	return alertRecord{
+		auditID: attrs["kubernetes.audit.auditID"], cluster: attrs["k8s.cluster.name"],
+		node: attrs["k8s.node.name"], user: attrs["user.name"], outcome: attrs["event.outcome"],
+	}, true
 }
 
-// parseOTLPJSON extracts token_request records from one OTLP JSON line.
-func parseOTLPJSON(t *testing.T, line []byte) []alertRecord {
+// writeConfigMaps writes the data of the ConfigMaps a pod mounts into dir.
+func writeConfigMaps(t *testing.T, objs []object, spec corev1.PodSpec, dir string) {
 	t.Helper()
-	var doc struct {
-		ResourceLogs []struct {
-			ScopeLogs []struct {
-				LogRecords []struct {
-					EventName  string `json:"eventName"`
-					Attributes []struct {
-						Key   string                     `json:"key"`
-						Value map[string]json.RawMessage `json:"value"`
-					} `json:"attributes"`
-				} `json:"logRecords"`
-			} `json:"scopeLogs"`
-		} `json:"resourceLogs"`
-	}
-	if err := json.Unmarshal(line, &doc); err != nil {
-		t.Fatalf("aggregator output is not OTLP JSON: %v", err)
-	}
-	var out []alertRecord
-	for _, rl := range doc.ResourceLogs {
-		for _, sl := range rl.ScopeLogs {
-			for _, lr := range sl.LogRecords {
-				if lr.EventName != "tokenwatch.token_request" {
-					continue
-				}
-				attrs := map[string]string{}
-				for _, a := range lr.Attributes {
-					var s string
-					if raw, ok := a.Value["stringValue"]; ok && json.Unmarshal(raw, &s) == nil {
-						attrs[a.Key] = s
-					}
-				}
-				out = append(out, alertRecord{
-					auditID: attrs["kubernetes.audit.auditID"], cluster: attrs["k8s.cluster.name"],
-					node: attrs["k8s.node.name"], user: attrs["user.name"], outcome: attrs["event.outcome"],
-				})
+	for _, v := range spec.Volumes {
+		if v.ConfigMap == nil {
+			continue
+		}
+		cm := find(objs, "ConfigMap", v.ConfigMap.Name)
+		if cm == nil {
+			t.Fatalf("ConfigMap %s not rendered", v.ConfigMap.Name)
+		}
+		for k, val := range cm["data"].(map[string]any) {
+			if err := os.WriteFile(filepath.Join(dir, k), []byte(val.(string)), 0o644); err != nil {
+				t.Fatal(err)
 			}
 		}
 	}
-	return out
 }

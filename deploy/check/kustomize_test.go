@@ -30,7 +30,7 @@ var (
 
 // TestKustomizeBuild renders every base and overlay with the kustomize API.
 func TestKustomizeBuild(t *testing.T) {
-	dirs := []string{"base/namespace", "base/agent", "base/aggregator", "config"}
+	dirs := []string{"base/namespace", "base/agent", "base/aggregator", "config", "otelcol"}
 	for _, o := range overlays(t) {
 		dirs = append(dirs, "overlays/"+o)
 	}
