@@ -1,14 +1,16 @@
 package agent
 
 import (
+	"github.com/tokenwatch/tokenwatch/agent/internal/checkpoint"
 	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
 )
 
-// checkpoints keeps the acknowledged position across restarts.
+// checkpoints keeps the acknowledged position across restarts;
+// *checkpoint.Store is one. Tests wrap it to record every save.
 type checkpoints interface {
 	Load() (*follow.Position, error)
 	Save(follow.Position) error
 }
 
 // openCheckpoints opens the checkpoint store in dir.
-var openCheckpoints = func(dir string) (checkpoints, error) { return openStandIn(dir) }
+var openCheckpoints = func(dir string) (checkpoints, error) { return checkpoint.Open(dir) }
