@@ -145,7 +145,7 @@ func Run(ctx context.Context, cfg Config) error {
 		snd.Close()
 		switch {
 		case ctx.Err() != nil:
-			log.Info("stopping: delivering what was read", "timeout", c.ShutdownTimeout)
+			log.Info("stopping: delivering what was read", "timeout", c.ShutdownTimeout.String())
 			runErr = drain(c.ShutdownTimeout)
 		case ferr != nil:
 			runErr = errors.Join(fmt.Errorf("follow %s: %w", c.AuditLog, ferr), drain(c.ShutdownTimeout))

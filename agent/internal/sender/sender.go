@@ -339,7 +339,7 @@ func (s *Sender) Run(ctx context.Context) error {
 		if s.cfg.GiveUpAfter > 0 {
 			wait = min(wait, s.cfg.GiveUpAfter-down)
 		}
-		s.cfg.Logger.Warn("aggregator stream ended; reconnecting", "aggregator", s.cfg.Target, "error", err, "retry_in", wait.Round(time.Millisecond))
+		s.cfg.Logger.Warn("aggregator stream ended; reconnecting", "aggregator", s.cfg.Target, "error", err, "retry_in", wait.Round(time.Millisecond).String())
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
