@@ -295,7 +295,7 @@ func TestValidate(t *testing.T) {
 			c.TLSCert, c.TLSKey, c.TLSCA, c.Insecure, c.Aggregator = "", "", "", true, "[::1]:7443"
 		}, ""},
 		{"no audit log", func(c *Config) { c.AuditLog = "" }, "--audit-log: must not be empty"},
-		{"cluster with slash", func(c *Config) { c.Cluster = "a/b" }, `--cluster "a/b": must not contain spaces or '/'`},
+		{"cluster with slash", func(c *Config) { c.Cluster = "a/b" }, `--cluster: cluster name "a/b": character '/' not allowed (want a-z A-Z 0-9 . - _)`},
 		{"no node", func(c *Config) { c.NodeName = "" }, "--node-name is required when $NODE_NAME and the hostname are empty"},
 		{"bad port", func(c *Config) { c.Aggregator = "agg:https" }, `--aggregator "agg:https": port "https" is not a number`},
 		{"no ca", func(c *Config) { c.TLSCA = "" }, "--tls-ca is required with --tls-cert and --tls-key"},

@@ -55,12 +55,13 @@ func (c *Config) Validate() error {
 		return errors.New("--audit-log: must not be empty")
 	case c.Cluster == "":
 		return errors.New("--cluster is required")
-	case strings.ContainsAny(c.Cluster, " \t\n/"):
-		return fmt.Errorf("--cluster %q: must not contain spaces or '/'", c.Cluster)
 	case c.NodeName == "":
 		return errors.New("--node-name is required when $NODE_NAME and the hostname are empty")
 	case c.Aggregator == "":
 		return errors.New("--aggregator HOST:PORT is required")
+	}
+	if err := tlsconf.ValidateClusterName(c.Cluster); err != nil {
+		return fmt.Errorf("--cluster: %w", err)
 	}
 	if err := checkHostPort(c.Aggregator); err != nil {
 		return fmt.Errorf("--aggregator %q: %w", c.Aggregator, err)
