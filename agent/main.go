@@ -41,7 +41,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := agent.Run(ctx, cfg); err != nil {
-		cfg.Logger.Error("agent failed", "error", err)
 		fmt.Fprintln(stderr, "agent:", err)
 		return 1
 	}
