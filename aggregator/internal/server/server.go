@@ -220,7 +220,7 @@ func Run(ctx context.Context, c Config) error {
 	for err := range errc {
 		runErr = errors.Join(runErr, err)
 	}
-	logger.Info("aggregator stopped", "took", time.Since(start).Round(time.Millisecond), "outbox_depth", store.Depth())
+	logger.Info("aggregator stopped", "took", time.Since(start).Round(time.Millisecond).String(), "outbox_depth", store.Depth())
 	return runErr
 }
 
