@@ -63,6 +63,19 @@ func rotationsWanted(t *testing.T) int {
 	return 110
 }
 
+// rate is the writer's pace in MB/s: TOKENWATCH_E2E_RATE, default 6 (about
+// 5,400 audit events a second, a busy control plane).
+func rate(t *testing.T) float64 {
+	if v := os.Getenv("TOKENWATCH_E2E_RATE"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 0 {
+			t.Fatalf("TOKENWATCH_E2E_RATE=%q: want a non-negative number", v)
+		}
+		return f
+	}
+	return 6
+}
+
 func TestLosslessLumberjack(t *testing.T) {
 	run(t, auditwrite.Lumberjack)
 }
@@ -105,7 +118,7 @@ func run(t *testing.T, mode auditwrite.Mode) {
 		defer close(milestones)
 		res, err := auditwrite.Run(ctx, auditwrite.Config{Path: auditLog, Mode: mode, MaxSizeMB: 1,
 			Compress: mode == auditwrite.Lumberjack, Events: events, AlertEvery: 97, SystemEvery: 89,
-			Cluster: "c1", Milestones: milestones})
+			Cluster: "c1", Milestones: milestones, RateMBps: rate(t)})
 		done <- written{res, err}
 	}()
 
@@ -171,10 +184,13 @@ func run(t *testing.T, mode auditwrite.Mode) {
 	}
 
 	keys := harness.KeysOf(w.res.Wants)
-	if !sink.WaitFor(5*time.Minute, func(r []harness.Record) bool { return harness.CountDistinct(r, keys) == len(keys) }) {
-		t.Logf("not every expected alert arrived within 5 minutes of the end of writing")
+	// Slow is fine, stalled is not: give up after 90 s without a new record.
+	if !sink.WaitProgress(90*time.Second, 10*time.Minute, func(r []harness.Record) bool {
+		return harness.CountDistinct(r, keys) == len(keys)
+	}) {
+		t.Logf("alerts stopped arriving (90 s without a record) before the expected set was complete")
 	}
-	t.Logf("%s: all alerts in %v after the end of writing", mode, (time.Since(start) - writeTime).Round(time.Millisecond))
+	t.Logf("%s: waited %v after the end of writing", mode, (time.Since(start) - writeTime).Round(time.Millisecond))
 	sink.Quiet(4*time.Second, 30*time.Second)
 	recs := sink.Records()
 	res := harness.Compare(recs, w.res.Wants)

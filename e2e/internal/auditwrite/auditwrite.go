@@ -47,6 +47,8 @@ type Config struct {
 	AlertEvery  int  // every n-th request is an attacker's token create
 	SystemEvery int  // every n-th request is a system identity's token create (no alert)
 	Cluster     string
+	// RateMBps paces the writer (0: as fast as it can).
+	RateMBps float64
 	// Milestones receives i when i tenths of Events have been written
 	// (1..10); it is never blocked on (buffered by the caller).
 	Milestones chan<- int
@@ -89,7 +91,17 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	var res Result
 	pad := strings.Repeat("p", 520)
 	next := 1
+	began := time.Now()
 	for i := 0; i < c.Events && ctx.Err() == nil; i++ {
+		if c.RateMBps > 0 && i%64 == 0 {
+			due := began.Add(time.Duration(float64(counter.n) / (c.RateMBps * 1e6) * float64(time.Second)))
+			if d := time.Until(due); d > 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(d):
+				}
+			}
+		}
 		now := time.Now()
 		id := uuid()
 		switch {

@@ -173,6 +173,36 @@ func (s *Sink) WaitFor(timeout time.Duration, cond func([]Record) bool) bool {
 	}
 }
 
+// WaitProgress waits until cond holds, or no record has arrived for stall,
+// or max has passed; it reports whether cond held. Use it where a slow
+// pipeline is fine but a stalled one should fail fast.
+func (s *Sink) WaitProgress(stall, max time.Duration, cond func([]Record) bool) bool {
+	end := time.Now().Add(max)
+	for {
+		s.mu.Lock()
+		recs := append([]Record(nil), s.records...)
+		ch := s.changed
+		s.mu.Unlock()
+		if cond(recs) {
+			return true
+		}
+		left := time.Until(end)
+		if left <= 0 {
+			return false
+		}
+		select {
+		case <-ch:
+		case <-time.After(min(stall, left)):
+			s.mu.Lock()
+			moved := s.changed != ch
+			s.mu.Unlock()
+			if !moved {
+				return cond(s.Records())
+			}
+		}
+	}
+}
+
 // Quiet waits until no record has arrived for d, or until max passes. Use it
 // after the expected set is complete to catch late duplicates.
 func (s *Sink) Quiet(d, max time.Duration) {
