@@ -30,7 +30,7 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c server.Config
 	fs := flag.NewFlagSet("aggregator", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors are printed on one line below
 	fs.StringVar(&c.Listen, "listen", server.DefaultListen, "gRPC `HOST:PORT` agents connect to (also serves the gRPC health service)")
 	fs.BoolVar(&c.Insecure, "insecure", false, "accept plaintext agents; only with a loopback --listen")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "server certificate `file` (PEM)")
@@ -46,8 +46,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fmt.Fprintln(stdout, "Usage of aggregator:")
+			fs.PrintDefaults()
 			return 0
 		}
+		fmt.Fprintf(stderr, "aggregator: %v (see --help)\n", err)
 		return 2
 	}
 	if fs.NArg() > 0 {

@@ -27,7 +27,7 @@ func TestRunExits(t *testing.T) {
 		stderrOne string // substring of the one-line reason
 	}{
 		{"version", []string{"--version"}, 0, "tokenwatch aggregator", ""},
-		{"help lists every flag", []string{"--help"}, 0, "", "-otlp-endpoint"},
+		{"help lists every flag", []string{"--help"}, 0, "-otlp-endpoint", ""},
 		{"no transport security", []string{"--listen", "127.0.0.1:0", "--state-dir", dir}, 2, "", "no transport security"},
 		{"insecure on all interfaces", []string{"--insecure", "--listen", ":8443", "--state-dir", dir}, 2, "", "--insecure: refusing plaintext on --listen :8443"},
 		{"unknown flag", []string{"--bogus"}, 2, "", "flag provided but not defined: -bogus"},
@@ -48,7 +48,13 @@ func TestRunExits(t *testing.T) {
 			if !strings.Contains(stderr.String(), tt.stderrOne) {
 				t.Errorf("stderr = %q, want it to contain %q", stderr.String(), tt.stderrOne)
 			}
-			if tt.code != 0 && tt.name != "unknown flag" {
+			if tt.code == 2 {
+				// Bad flags: exactly one line, the reason.
+				if got := stderr.String(); strings.Count(got, "\n") != 1 || !strings.HasPrefix(got, "aggregator: ") {
+					t.Errorf("stderr = %q, want one line starting with \"aggregator: \"", got)
+				}
+			}
+			if tt.code != 0 {
 				lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
 				last := lines[len(lines)-1]
 				if !strings.HasPrefix(last, "aggregator: ") || !strings.Contains(last, tt.stderrOne) {
