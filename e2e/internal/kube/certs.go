@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -79,6 +80,40 @@ func (ca *CA) Issue(cn string, groups []string, hosts ...string) (KeyPair, error
 				tmpl.DNSNames = append(tmpl.DNSNames, h)
 			}
 		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	if err != nil {
+		return KeyPair{}, fmt.Errorf("sign certificate for %s: %w", cn, err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return KeyPair{}, fmt.Errorf("marshal key for %s: %w", cn, err)
+	}
+	return KeyPair{
+		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}),
+	}, nil
+}
+
+// IssueSPIFFE signs a client certificate whose URI SAN is uri (a tokenwatch
+// agent's spiffe://<trust-domain>/cluster/<name>).
+func (ca *CA) IssueSPIFFE(cn, uri string) (KeyPair, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return KeyPair{}, fmt.Errorf("parse URI SAN %q: %w", uri, err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return KeyPair{}, fmt.Errorf("generate key for %s: %w", cn, err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		URIs:         []*url.URL{u},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {
