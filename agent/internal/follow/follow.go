@@ -167,6 +167,7 @@ type Follower struct {
 	done      []Identity       // files read to their end, newest last
 	pending   map[string]entry // newer siblings seen but not read yet
 	lastScan  time.Time
+	lastWarn  string
 	started   chan struct{} // tests: closed once the first file is chosen
 }
 

@@ -277,3 +277,35 @@ func TestLongLines(t *testing.T) {
 }
 
 var cmpIgnoreDetail = cmp.FilterPath(func(p cmp.Path) bool { return p.Last().String() == ".Detail" }, cmp.Ignore())
+
+// kube-apiserver keeps writing into a deleted audit.log through its open
+// descriptor until it rotates; those lines are read too.
+func TestDeletedFileStillWritten(t *testing.T) {
+	dir := t.TempDir()
+	live := filepath.Join(dir, "audit.log")
+	w, err := os.OpenFile(live, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	w.WriteString(strings.Join(lines("a", 0, 2, 100), ""))
+	rec := newRecorder()
+	runFollower(t, Config{Path: live, StartAt: StartBeginning}, rec)
+	rec.waitLines(t, 2)
+	if err := os.Remove(live); err != nil {
+		t.Fatal(err)
+	}
+	w.WriteString(strings.Join(lines("a", 2, 4, 100), ""))
+	rec.waitLines(t, 4) // read from the deleted file while no successor exists
+	w.WriteString(strings.Join(lines("a", 4, 6, 100), ""))
+	appendFile(t, live, lines("b", 0, 2, 100)...)
+	want := append(lines("a", 0, 6, 100), lines("b", 0, 2, 100)...)
+	rec.waitLines(t, len(want))
+	got, losses := rec.snapshot()
+	if diff := cmp.Diff(want, texts(got)); diff != "" {
+		t.Errorf("lines (-want +got):\n%s", diff)
+	}
+	if len(losses) != 0 {
+		t.Errorf("losses = %+v, want none", losses)
+	}
+}

@@ -122,7 +122,7 @@ func (r *recorder) waitFor(t *testing.T, what string, cond func(lines []line, lo
 		select {
 		case <-r.signal:
 		case <-deadline:
-			t.Fatalf("waiting for %s: have %d lines, %d losses", what, len(lines), len(losses))
+			t.Fatalf("waiting for %s: have %d lines, losses %+v", what, len(lines), losses)
 		}
 	}
 }

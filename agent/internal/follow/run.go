@@ -71,7 +71,7 @@ func (f *Follower) run(ctx context.Context, h Handler) error {
 			}
 			if cur.live {
 				// A plain live file we hold open failed to read: retry later.
-				f.log.Warn("read live file", "err", err)
+				f.warnOnce("read live file", err)
 				if err := wk.wait(ctx); err != nil {
 					return err
 				}
@@ -112,10 +112,19 @@ func (f *Follower) run(ctx context.Context, h Handler) error {
 			}
 			continue
 		}
-		if cur.rotated && !f.liveMovedOn(cur) && time.Since(time.Unix(0, cur.since)) < rotateGrace {
+		if moved, missing := f.liveMovedOn(cur); cur.rotated && !moved && (missing || time.Since(time.Unix(0, cur.since)) < rotateGrace) {
+			// Deleted without a successor yet: the writer may still hold
+			// it (the apiserver writes on into a deleted file until it
+			// rotates), so it is followed until a new live file has data.
 			if err := wk.wait(ctx); err != nil {
 				return err
 			}
+			continue
+		}
+		if cur.rotated && !cur.lastRead {
+			// The writer has moved on: read once more what it wrote
+			// before it did, since the last read.
+			cur.lastRead = true
 			continue
 		}
 		if err := f.finish(ctx, h, cur); err != nil {
@@ -293,7 +302,7 @@ func (f *Follower) next(ctx context.Context, h Handler, wk *waker) (*source, err
 		// shows the file we hold among the siblings instead of hiding one.
 		live, err := f.openLive(0)
 		if err != nil {
-			f.log.Warn("open live file", "err", err)
+			f.warnOnce("open live file", err)
 		}
 		cands, err := f.candidates(ctx, h)
 		if err != nil {
@@ -340,7 +349,7 @@ func (f *Follower) next(ctx context.Context, h Handler, wk *waker) (*source, err
 func (f *Follower) candidates(ctx context.Context, h Handler) ([]sibling, error) {
 	sibs, err := f.lay.scan()
 	if err != nil {
-		f.log.Warn("scan siblings", "err", err)
+		f.warnOnce("scan siblings", err)
 		return nil, nil
 	}
 	f.lastScan = time.Now()
@@ -408,14 +417,25 @@ func (f *Follower) isDone(s sibling) bool {
 }
 
 // liveMovedOn reports whether the writer has visibly moved on from a file
-// renamed away: the live name holds another, non-empty file.
-func (f *Follower) liveMovedOn(cur *source) bool {
+// renamed away (the live name holds another, non-empty file), and whether
+// the live name is missing.
+func (f *Follower) liveMovedOn(cur *source) (moved, missing bool) {
 	fi, err := os.Stat(f.cfg.Path)
 	if err != nil {
-		return false
+		return false, errors.Is(err, os.ErrNotExist)
 	}
 	dev, ino := devIno(fi)
-	return (dev != cur.id.Dev || ino != cur.id.Ino) && fi.Size() > 0
+	return (dev != cur.id.Dev || ino != cur.id.Ino) && fi.Size() > 0, false
+}
+
+// warnOnce logs a recurring problem when it first appears or changes.
+func (f *Follower) warnOnce(msg string, err error) {
+	key := msg + ": " + err.Error()
+	if key == f.lastWarn {
+		return
+	}
+	f.lastWarn = key
+	f.log.Warn(msg, "err", err)
 }
 
 type liveState int
@@ -434,7 +454,7 @@ func (f *Follower) checkLive(ctx context.Context, h Handler, cur *source) (liveS
 		return stRotated, nil
 	}
 	if err != nil {
-		f.log.Warn("stat live file", "err", err)
+		f.warnOnce("stat live file", err)
 		return stIdle, nil
 	}
 	dev, ino := devIno(fi)

@@ -85,23 +85,41 @@ func (l layout) parse(name string) (isSib, gz bool, k orderKey, fromName bool) {
 
 // scan lists the siblings of the live file, oldest first. A missing
 // directory is an empty list.
+//
+// A listing is retried when a listed file is gone by the time it is
+// looked at: a backup can be compressed in between (x.log listed, then
+// x.log.gz created and x.log removed), and such a listing would show
+// neither.
 func (l layout) scan() ([]sibling, error) {
+	for attempt := 0; ; attempt++ {
+		out, consistent, err := l.scanOnce()
+		if err != nil || consistent || attempt == 20 {
+			return out, err
+		}
+	}
+}
+
+func (l layout) scanOnce() (out []sibling, consistent bool, err error) {
 	entries, err := os.ReadDir(l.dir)
 	if err != nil {
 		if os.IsNotExist(err) {
-			return nil, nil
+			return nil, true, nil
 		}
-		return nil, err
+		return nil, false, err
 	}
-	var out []sibling
+	consistent = true
 	for _, e := range entries {
 		isSib, gz, k, fromName := l.parse(e.Name())
 		if !isSib {
 			continue
 		}
 		fi, err := e.Info()
-		if err != nil || !fi.Mode().IsRegular() {
-			continue // gone since the listing, or not a file
+		if err != nil {
+			consistent = false // gone since the listing
+			continue
+		}
+		if !fi.Mode().IsRegular() {
+			continue
 		}
 		if !fromName {
 			k.t = fi.ModTime()
@@ -124,7 +142,7 @@ func (l layout) scan() ([]sibling, error) {
 		}
 		return strings.Compare(a.path, b.path)
 	})
-	return out, nil
+	return out, consistent, nil
 }
 
 // matches reports whether the sibling holds the data named by id: same

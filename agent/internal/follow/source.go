@@ -13,19 +13,20 @@ import (
 
 // source is one open file being read.
 type source struct {
-	path    string
-	id      Identity
-	f       *os.File
-	zr      *gzip.Reader // set for a compressed file
-	r       io.Reader
-	off     int64 // offset of the follower's buf[0]: the next byte to deliver
-	readOff int64 // offset of the next byte to read
-	size    int64 // plain: size at the last stat
-	live    bool  // opened by the live name and not seen rotated away
-	rotated bool  // was live, then renamed or deleted
-	key     orderKey
-	hasKey  bool
-	since   int64 // unix nanos when rotation away was noticed
+	path     string
+	id       Identity
+	f        *os.File
+	zr       *gzip.Reader // set for a compressed file
+	r        io.Reader
+	off      int64 // offset of the follower's buf[0]: the next byte to deliver
+	readOff  int64 // offset of the next byte to read
+	size     int64 // plain: size at the last stat
+	live     bool  // opened by the live name and not seen rotated away
+	rotated  bool  // was live, then renamed or deleted
+	key      orderKey
+	hasKey   bool
+	since    int64 // unix nanos when rotation away was noticed
+	lastRead bool  // read once more after the writer moved on
 }
 
 func (s *source) close() {
