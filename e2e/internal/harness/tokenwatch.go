@@ -88,6 +88,8 @@ type Agent struct {
 	StartAt    string // beginning | end | "" (default)
 	TLS        *ClientTLS
 	Extra      []string
+	// NetNS, when set, runs the agent inside that network namespace.
+	NetNS *NetNS
 
 	Proc *Proc
 }
@@ -128,8 +130,12 @@ func (g *Agent) Start(t testing.TB) {
 	if name == "" {
 		name = "agent-" + g.Cluster
 	}
-	g.Proc = Start(t, g.LogDir, name, g.Bin, g.Args()...)
-	if g.Metrics != "" && !g.Once {
+	bin, args := g.Bin, g.Args()
+	if g.NetNS != nil {
+		bin, args = g.NetNS.Command(bin, args...)
+	}
+	g.Proc = Start(t, g.LogDir, name, bin, args...)
+	if g.Metrics != "" && !g.Once && g.NetNS == nil {
 		if err := g.Proc.WaitHTTP("http://"+g.Metrics+"/readyz", 30*time.Second); err != nil {
 			t.Fatalf("agent: %v", err)
 		}
