@@ -364,6 +364,37 @@ func TestApplyGrace(t *testing.T) {
 	}
 }
 
+// TestApplyFleetSections: correlation, budget and silence changes take
+// effect without a restart.
+func TestApplyFleetSections(t *testing.T) {
+	f := newFixture(t, config.Default())
+	cfg := config.Default()
+	cfg.Correlation.Clusters = 3
+	cfg.Budget.MaxAlerts = 1
+	cfg.Silence.After = time.Minute
+	if err := f.p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	// Two clusters no longer correlate (the threshold is now 3)...
+	f.process(t, batch("prod", "cp-1", completed("mallory", "x1", rrt1, 201)))
+	f.process(t, batch("staging", "cp-1", completed("mallory", "x2", rrt2, 201)))
+	if got := summary(t, f.outbox(t), alert.EventCorrelation); len(got) != 0 {
+		t.Errorf("correlation with 2 of 3 clusters: %q, want none", got)
+	}
+	// ...the budget admitted one alert of the two...
+	if got := len(summary(t, f.outbox(t), alert.EventTokenRequest)); got != 1 {
+		t.Errorf("token_request records = %d, want 1 (max_alerts 1)", got)
+	}
+	// ...and a node is silent after one minute, not five. (The minute also
+	// ends the aligned 5m budget window: its summary comes with it.)
+	f.p.Heard("prod", "cp-1", f.clk.Now())
+	f.clk.Add(time.Minute)
+	f.tick(t)
+	if got, want := summary(t, f.outbox(t), alert.EventPipeline), []string{"alerts_suppressed", "cluster_silent"}; !equal(got, want) {
+		t.Errorf("pipeline records = %q, want %q", got, want)
+	}
+}
+
 func TestBudget(t *testing.T) {
 	cfg := config.Default()
 	cfg.Budget.MaxAlerts = 2
