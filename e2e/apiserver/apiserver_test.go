@@ -107,20 +107,24 @@ func TestRealAPIServer(t *testing.T) {
 	logs := harness.LogDir(t)
 	etcd := kube.StartEtcd(t, k8sDir, logs)
 	sink := harness.StartSink(t)
+	// Processes started in a scenario live on to the next ones: the top
+	// test owns them.
+	top := t
 	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
+	agg.Owner = top
 	agg.Start(t)
 
-	startAgent := func(c *kube.Cluster) *harness.Agent {
+	startAgent := func(t *testing.T, c *kube.Cluster) *harness.Agent {
 		a := &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: c.Name, Node: "cp-" + c.Name,
-			AuditLog: c.AuditLog, Aggregator: agg.Listen, StateDir: filepath.Join(t.TempDir(), "agent-state"),
-			Metrics: harness.Addr(harness.FreePort(t)), StartAt: "beginning"}
+			AuditLog: c.AuditLog, Aggregator: agg.Listen, StateDir: filepath.Join(top.TempDir(), "agent-state"),
+			Metrics: harness.Addr(harness.FreePort(t)), StartAt: "beginning", Owner: top}
 		a.Start(t)
 		return a
 	}
 	ctx := context.Background()
 
 	c1 := kube.StartCluster(t, k8sDir, logs, etcd, kube.Options{Name: "c1", Compress: true})
-	agent1 := startAgent(c1)
+	agent1 := startAgent(t, c1)
 	if err := c1.Setup(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -260,8 +264,8 @@ func TestRealAPIServer(t *testing.T) {
 
 	t.Run("two_clusters_correlation", func(t *testing.T) {
 		n := len(l.wants)
-		c2 := kube.StartCluster(t, k8sDir, logs, etcd, kube.Options{Name: "c2"})
-		startAgent(c2)
+		c2 := kube.StartCluster(t, k8sDir, logs, etcd, kube.Options{Name: "c2", Owner: top})
+		startAgent(t, c2)
 		if err := c2.Setup(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -299,8 +303,8 @@ func TestRealAPIServer(t *testing.T) {
 
 	t.Run("request_response_policy_no_leak", func(t *testing.T) {
 		n := len(l.wants)
-		c3 := kube.StartCluster(t, k8sDir, logs, etcd, kube.Options{Name: "c3", Policy: kube.PolicyRequestResponse})
-		agent3 := startAgent(c3)
+		c3 := kube.StartCluster(t, k8sDir, logs, etcd, kube.Options{Name: "c3", Policy: kube.PolicyRequestResponse, Owner: top})
+		agent3 := startAgent(t, c3)
 		if err := c3.Setup(ctx); err != nil {
 			t.Fatal(err)
 		}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/tokenwatch/tokenwatch/e2e/internal/auditwrite"
 	"github.com/tokenwatch/tokenwatch/e2e/internal/harness"
 	"github.com/tokenwatch/tokenwatch/e2e/internal/kube"
@@ -33,6 +35,12 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(harness.GoleakOptions()...); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
 	os.Exit(code)
 }
 

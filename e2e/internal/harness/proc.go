@@ -55,14 +55,21 @@ var runCount sync.Map // name -> *int counter per test log dir
 // still running; its output is printed when the test failed.
 func Start(t testing.TB, logDir, name, bin string, args ...string) *Proc {
 	t.Helper()
+	return StartOwned(t, t, logDir, name, bin, args...)
+}
+
+// StartOwned is Start for a process that outlives the (sub)test t that
+// starts it: owner's end kills it and shows its output on failure.
+func StartOwned(t, owner testing.TB, logDir, name, bin string, args ...string) *Proc {
+	t.Helper()
 	p, err := StartErr(logDir, name, bin, args...)
 	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	t.Cleanup(func() {
+	owner.Cleanup(func() {
 		p.Kill()
-		if t.Failed() {
-			p.Dump(t)
+		if owner.Failed() {
+			p.Dump(owner)
 		}
 	})
 	return p

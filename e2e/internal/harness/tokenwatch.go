@@ -23,6 +23,8 @@ type Aggregator struct {
 	Extra    []string
 	// TLS, when set, replaces --insecure.
 	TLS *ServerTLS
+	// Owner, when set, owns the processes (for starts from subtests).
+	Owner testing.TB
 
 	Proc *Proc
 }
@@ -58,7 +60,7 @@ func (a *Aggregator) Args() []string {
 // Start starts the aggregator and waits for /readyz.
 func (a *Aggregator) Start(t testing.TB) {
 	t.Helper()
-	a.Proc = Start(t, a.LogDir, "aggregator", a.Bin, a.Args()...)
+	a.Proc = StartOwned(t, ownerOr(a.Owner, t), a.LogDir, "aggregator", a.Bin, a.Args()...)
 	if err := a.Proc.WaitHTTP("http://"+a.Metrics+"/readyz", 30*time.Second); err != nil {
 		t.Fatalf("aggregator: %v", err)
 	}
@@ -90,6 +92,8 @@ type Agent struct {
 	Extra      []string
 	// NetNS, when set, runs the agent inside that network namespace.
 	NetNS *NetNS
+	// Owner, when set, owns the processes (for starts from subtests).
+	Owner testing.TB
 
 	Proc *Proc
 }
@@ -134,7 +138,7 @@ func (g *Agent) Start(t testing.TB) {
 	if g.NetNS != nil {
 		bin, args = g.NetNS.Command(bin, args...)
 	}
-	g.Proc = Start(t, g.LogDir, name, bin, args...)
+	g.Proc = StartOwned(t, ownerOr(g.Owner, t), g.LogDir, name, bin, args...)
 	if g.Metrics != "" && !g.Once && g.NetNS == nil {
 		if err := g.Proc.WaitHTTP("http://"+g.Metrics+"/readyz", 30*time.Second); err != nil {
 			t.Fatalf("agent: %v", err)
@@ -188,4 +192,11 @@ func GoleakOptions() []goleak.Option {
 		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
 		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
 	}
+}
+
+func ownerOr(owner, t testing.TB) testing.TB {
+	if owner != nil {
+		return owner
+	}
+	return t
 }

@@ -101,6 +101,8 @@ type Options struct {
 	MaxSizeMB int    // --audit-log-maxsize (default 1)
 	MaxBackup int    // --audit-log-maxbackup (default 1000)
 	Compress  bool   // --audit-log-compress
+	// Owner, when set, owns the apiserver process (for starts from subtests).
+	Owner testing.TB
 }
 
 // Cluster is one kube-apiserver with its audit log.
@@ -128,7 +130,11 @@ func StartCluster(t testing.TB, binDir, logDir string, etcd *Etcd, o Options) *C
 	if o.MaxBackup == 0 {
 		o.MaxBackup = 1000
 	}
-	dir := t.TempDir()
+	owner := o.Owner
+	if owner == nil {
+		owner = t
+	}
+	dir := owner.TempDir()
 	ca, err := NewCA("e2e-" + o.Name)
 	must(t, err)
 	caFile := filepath.Join(dir, "ca.crt")
@@ -160,7 +166,7 @@ func StartCluster(t testing.TB, binDir, logDir string, etcd *Etcd, o Options) *C
 		"--endpoint-reconciler-type", "none", "--enable-priority-and-fairness=false",
 		"--v", "1",
 	}
-	p := harness.Start(t, logDir, "kube-apiserver-"+o.Name, filepath.Join(binDir, "kube-apiserver"), args...)
+	p := harness.StartOwned(t, owner, logDir, "kube-apiserver-"+o.Name, filepath.Join(binDir, "kube-apiserver"), args...)
 	c := &Cluster{Name: o.Name, AuditLog: filepath.Join(auditDir, "audit.log"), Host: "https://" + harness.Addr(port),
 		CA: ca, Proc: p, dir: dir}
 	c.Admin = c.CertClient(t, "admin-"+o.Name, "system:masters")
