@@ -270,6 +270,9 @@ func TestRealAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		alice2 := c2.CertClient(t, "alice")
+		// Correlation state need not survive the aggregator restart above:
+		// alice mints in c1 again, then in c2.
+		l.mint(t, "c1", alice, "team-a", "app", true, false)
 		l.mint(t, "c2", alice2, "team-a", "app", true, false)
 		l.check(t, sink, "two_clusters_correlation", len(l.wants)-n)
 
