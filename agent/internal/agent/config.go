@@ -41,7 +41,8 @@ type Config struct {
 	// inside the contract's 10 s).
 	ShutdownTimeout time.Duration
 	// CheckpointInterval is how often an advanced checkpoint is written
-	// (default 2s); it is also written on shutdown.
+	// (default 200ms: a SIGKILL re-sends at most that much); it is also
+	// written on shutdown.
 	CheckpointInterval time.Duration
 	// Logger receives the agent's logs (never a token or a raw line).
 	Logger *slog.Logger
@@ -126,7 +127,7 @@ func (c *Config) withDefaults() Config {
 		d.ShutdownTimeout = 7 * time.Second
 	}
 	if d.CheckpointInterval <= 0 {
-		d.CheckpointInterval = 2 * time.Second
+		d.CheckpointInterval = 200 * time.Millisecond
 	}
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)

@@ -60,7 +60,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("--audit-log: %w", err)
 	}
-	p := &pipeline{store: store, log: log}
+	p := &pipeline{store: store, log: log, needFirst: store != nil && resume == nil}
 	var giveUp time.Duration
 	if c.Once {
 		giveUp = c.OnceTimeout
@@ -221,9 +221,10 @@ type pipeline struct {
 	log   *slog.Logger
 
 	// Used only from the follower's goroutine.
-	filter  prefilter.Filter
-	matches []prefilter.Match
-	events  []*tokenwatchv1.TokenEvent
+	needFirst bool // no checkpoint yet: save where reading starts
+	filter    prefilter.Filter
+	matches   []prefilter.Match
+	events    []*tokenwatchv1.TokenEvent
 
 	mu       sync.Mutex
 	acked    *follow.Position // newest acknowledged; nil before the first
@@ -238,6 +239,17 @@ var _ follow.Handler = (*pipeline)(nil)
 // once they (and everything before) are acknowledged, the checkpoint may
 // move past b.
 func (p *pipeline) Block(ctx context.Context, b follow.Block) error {
+	if p.needFirst {
+		// Where reading starts needs no acknowledgement. Saving it at once
+		// means a restart, however early, resumes here by identity rather
+		// than at --start-at, which would take rotated files for history.
+		start := b.Pos
+		start.ID.FP = bytes.Clone(start.ID.FP)
+		if err := p.saveFirst(start); err != nil {
+			return err
+		}
+		p.needFirst = false
+	}
 	var c prefilter.Counts
 	p.matches, c = p.filter.Block(p.matches[:0], b.Data)
 	if c.Candidates > 0 {
@@ -329,6 +341,22 @@ func (p *pipeline) save() error {
 	}
 	p.m.Saves.Inc()
 	p.savedVer = ver
+	return nil
+}
+
+// saveFirst writes the position reading starts at, unless an
+// acknowledged position was saved meanwhile.
+func (p *pipeline) saveFirst(pos follow.Position) error {
+	p.saveMu.Lock()
+	defer p.saveMu.Unlock()
+	if _, _, ok := p.ackedPos(); ok {
+		return nil
+	}
+	if err := p.store.Save(pos); err != nil {
+		p.m.SaveErrors.Inc()
+		return err
+	}
+	p.m.Saves.Inc()
 	return nil
 }
 
