@@ -129,7 +129,21 @@ func (r *recorder) waitFor(t *testing.T, what string, cond func(lines []line, lo
 
 func (r *recorder) waitLines(t *testing.T, n int) {
 	t.Helper()
-	r.waitFor(t, fmt.Sprintf("%d lines", n), func(l []line, _ []Loss) bool { return len(l) >= n })
+	deadline := time.After(failAfter)
+	for {
+		r.mu.Lock()
+		have := len(r.lines)
+		r.mu.Unlock()
+		if have >= n {
+			return
+		}
+		select {
+		case <-r.signal:
+		case <-deadline:
+			_, losses := r.snapshot()
+			t.Fatalf("waiting for %d lines: have %d lines, losses %+v", n, have, losses)
+		}
+	}
 }
 
 // runFollower starts Run in a goroutine; the returned stop cancels it and

@@ -580,7 +580,7 @@ func (f *Follower) placeRotated(cur *source) {
 
 func (f *Follower) loss(ctx context.Context, h Handler, l Loss) error {
 	f.updateStats(func(s *Stats) { s.Losses++ })
-	f.log.Warn("audit data lost", "reason", l.Reason, "lost_file", l.File, "offset", l.Offset, "bytes", l.Bytes, "detail", l.Detail)
+	f.log.Debug("audit data lost", "reason", l.Reason, "lost_file", l.File, "offset", l.Offset, "bytes", l.Bytes, "detail", l.Detail)
 	if err := h.Loss(ctx, l); err != nil {
 		return handlerError{err}
 	}
