@@ -192,6 +192,12 @@ func run(t *testing.T, mode auditwrite.Mode) {
 	}
 	t.Logf("%s: waited %v after the end of writing", mode, (time.Since(start) - writeTime).Round(time.Millisecond))
 	sink.Quiet(4*time.Second, 30*time.Second)
+	for _, l := range harness.MetricLines(agent.Metrics, "tokenwatch_") {
+		t.Logf("agent metric %s", l)
+	}
+	for _, l := range harness.MetricLines(agg.Metrics, "tokenwatch_") {
+		t.Logf("aggregator metric %s", l)
+	}
 	recs := sink.Records()
 	res := harness.Compare(recs, w.res.Wants)
 

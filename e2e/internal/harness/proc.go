@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -267,3 +268,23 @@ func FreePort(t testing.TB) int {
 
 // Addr returns "127.0.0.1:port".
 func Addr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// MetricLines fetches http://addr/metrics and returns the sample lines whose
+// names start with prefix (histogram buckets left out), for scenario logs.
+func MetricLines(addr, prefix string) []string {
+	client := &http.Client{Timeout: 3 * time.Second}
+	resp, err := client.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return []string{"metrics: " + err.Error()}
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(resp.Body)
+	var out []string
+	for _, l := range strings.Split(buf.String(), "\n") {
+		if strings.HasPrefix(l, prefix) && !strings.Contains(l, "_bucket{") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
