@@ -95,6 +95,19 @@ func TestResume(t *testing.T) {
 				File: "audit-2026-11-27T00-00-01.000.log"}},
 		},
 		{
+			name: "inode of the checkpointed file reused by the live file",
+			setup: func(t *testing.T, dir string) Position {
+				live := filepath.Join(dir, "audit.log")
+				appendFile(t, live, c...)
+				id := identityOf(t, live)
+				id.FP = sha([]byte("other data")) // same inode, other content
+				appendFile(t, filepath.Join(dir, "audit-2026-11-27T00-00-02.000.log"), b...)
+				return Position{ID: id, Name: live, Offset: at}
+			},
+			want:       append(append([]string(nil), b...), c...),
+			wantLosses: []Loss{{Reason: ReasonRotatedFileGone, Offset: at, File: "audit.log"}},
+		},
+		{
 			name: "live file truncated in place, copy kept",
 			setup: func(t *testing.T, dir string) Position {
 				live := filepath.Join(dir, "audit.log")

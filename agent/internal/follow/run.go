@@ -219,22 +219,14 @@ func (f *Follower) start(ctx context.Context, h Handler, wk *waker) (*source, er
 			}
 			f.log.Warn("open checkpointed file", "rotated", s.path, "err", err)
 		}
-		if live != nil && r.ID.Plain() && live.id.Dev == r.ID.Dev && live.id.Ino == r.ID.Ino {
-			// Truncated in place while we were away, and no copy found.
-			historyUpTo()
-			if err := f.loss(ctx, h, Loss{
-				Reason: ReasonFileTruncated, File: r.Name, Offset: r.Offset,
-				Detail: "truncated in place since the checkpoint and no copy holding the unread data was found",
-			}); err != nil {
-				live.close()
-				return nil, err
-			}
-			return live, nil
-		}
+		// Gone, or its inode now holds other data: truncated in place with
+		// no copy left, or reused by a newer file. Either way every
+		// sibling that may be newer is read (at least once: the
+		// aggregator deduplicates), then the live file from its start.
 		live.close()
 		if err := f.loss(ctx, h, Loss{
 			Reason: ReasonRotatedFileGone, File: r.Name, Offset: r.Offset,
-			Detail: "the checkpointed file is gone; the rest of it was not read",
+			Detail: "the checkpointed file is gone (or truncated in place without a copy); the rest of it was not read",
 		}); err != nil {
 			return nil, err
 		}
