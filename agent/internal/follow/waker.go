@@ -17,7 +17,12 @@ type waker struct {
 	poll     time.Duration
 	watching bool
 	log      *slog.Logger
+	last     time.Time // when the last wait returned
 }
+
+// minGap spaces wake-ups on events: a busy apiserver writes thousands of
+// lines a second, each an event, and one read per gap takes them all.
+const minGap = 10 * time.Millisecond
 
 func newWaker(dir string, poll time.Duration, log *slog.Logger) *waker {
 	k := &waker{dir: dir, poll: poll, log: log}
@@ -80,8 +85,17 @@ func (k *waker) wait(ctx context.Context) error {
 			}
 			break
 		}
+		if d := minGap - time.Since(k.last); d > 0 {
+			t.Reset(d)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
 	case <-errs:
 	}
+	k.last = time.Now()
 	return nil
 }
 
