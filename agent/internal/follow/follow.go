@@ -142,7 +142,7 @@ type Stats struct {
 	File         string
 	Offset       int64     // next byte to deliver in File
 	Size         int64     // File's size when last seen
-	Behind       int64     // bytes not yet delivered: rest of File and of known newer files
+	Behind       int64     // bytes not yet delivered: rest of File (plain) and newer rotated files (as stored)
 	LastGrowth   time.Time // when data was last read
 }
 
@@ -157,18 +157,19 @@ type Follower struct {
 	stats Stats
 
 	// Run's own state.
-	buf       []byte
-	n         int // valid bytes in buf; buf[0] is at cur.off
-	skipping  bool
-	skipFrom  int64
-	skipBytes int64
-	floor     orderKey // siblings at or below it are read or history
-	hasFloor  bool
-	done      []Identity       // files read to their end, newest last
-	pending   map[string]entry // newer siblings seen but not read yet
-	lastScan  time.Time
-	lastWarn  string
-	started   chan struct{} // tests: closed once the first file is chosen
+	buf          []byte
+	n            int // valid bytes in buf; buf[0] is at cur.off
+	skipping     bool
+	skipFrom     int64
+	skipBytes    int64
+	floor        orderKey // siblings at or below it are read or history
+	hasFloor     bool
+	done         []Identity       // files read to their end, newest last
+	pending      map[string]entry // newer siblings seen but not read yet
+	lastScan     time.Time
+	lastWarn     string
+	pendingBytes int64         // size of the newer siblings not read yet
+	started      chan struct{} // tests: closed once the first file is chosen
 }
 
 // entry is a sibling waiting to be read, remembered to notice if it vanishes.

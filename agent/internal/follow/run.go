@@ -387,7 +387,7 @@ func (f *Follower) candidates(ctx context.Context, h Handler) ([]sibling, error)
 			return nil, err
 		}
 	}
-	f.updateStats(func(s *Stats) { s.Behind = behind })
+	f.pendingBytes = behind
 	return out, nil
 }
 
@@ -457,7 +457,7 @@ func (f *Follower) checkLive(ctx context.Context, h Handler, cur *source) (liveS
 	cur.size = size
 	f.updateStats(func(s *Stats) {
 		s.Size = size
-		s.Behind = size - cur.off
+		s.Behind = size - cur.off + f.pendingBytes
 	})
 	if size < cur.readOff {
 		return stTruncated, nil
@@ -677,10 +677,15 @@ func (f *Follower) emit(ctx context.Context, h Handler, cur *source) error {
 	lines := int64(bytes.Count(data, []byte{'\n'}))
 	f.consume(cur, last+1)
 	now := time.Now()
+	behind := f.pendingBytes
+	if cur.zr == nil {
+		behind += max(0, cur.size-cur.off)
+	}
 	f.updateStats(func(s *Stats) {
 		s.Lines += lines
 		s.Bytes += int64(last + 1)
 		s.File, s.Offset = cur.path, cur.off
+		s.Behind = behind
 		s.LastGrowth = now
 	})
 	return nil
