@@ -102,6 +102,7 @@ type batch struct {
 	bytes   int
 	mark    any
 	hasMark bool
+	full    bool   // takes no more items
 	seq     uint64 // on the current stream; 0 = not sent on it
 }
 
@@ -220,6 +221,9 @@ func (s *Sender) Enqueue(ctx context.Context, events []*tokenwatchv1.TokenEvent,
 			events = events[1:]
 		}
 		done := len(events) == 0 && len(losses) == 0
+		if !done {
+			b.full = true
+		}
 		if done && mark != nil {
 			b.mark, b.hasMark = mark, true
 		}
@@ -236,7 +240,7 @@ func (s *Sender) Enqueue(ctx context.Context, events []*tokenwatchv1.TokenEvent,
 // nil when MaxUnacked batches are held. Called with mu held.
 func (s *Sender) openBatch() *batch {
 	if n := len(s.queue); n > s.sent && n > 0 {
-		if b := s.queue[n-1]; len(b.events) < s.cfg.MaxBatchEvents && b.bytes < s.cfg.MaxBatchBytes {
+		if b := s.queue[n-1]; !b.full && len(b.events) < s.cfg.MaxBatchEvents && b.bytes < s.cfg.MaxBatchBytes {
 			return b
 		}
 	}

@@ -395,3 +395,40 @@ func TestNewRejects(t *testing.T) {
 		})
 	}
 }
+
+// TestBatchBytesBound: events that do not fit the byte bound together
+// travel in several batches, each within the bound unless alone.
+func TestBatchBytesBound(t *testing.T) {
+	st := newStub(false)
+	addr, _ := serve(t, "127.0.0.1:0", st)
+	rec := &recorder{}
+	s := newSender(t, addr, rec, func(c *Config) { c.MaxBatchBytes = 300 })
+	wait := start(s, context.Background())
+	var evs []*tokenwatchv1.TokenEvent
+	for i := range 10 {
+		evs = append(evs, &tokenwatchv1.TokenEvent{AuditId: fmt.Sprint(i), RequestUri: strings.Repeat("x", 100)})
+	}
+	big := &tokenwatchv1.TokenEvent{AuditId: "big", RequestUri: strings.Repeat("y", 1000)}
+	if err := s.Enqueue(context.Background(), evs[:5], nil, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Enqueue(context.Background(), append([]*tokenwatchv1.TokenEvent{big}, evs[5:]...), nil, 2); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if err := wait(); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	want := []string{"0", "1", "2", "3", "4", "big", "5", "6", "7", "8", "9"}
+	if diff := cmp.Diff(want, st.events); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+	if n := len(st.seqs[0]); n < 5 {
+		t.Errorf("%d batches for 11 events of ~110 bytes under a 300-byte bound, want at least 5", n)
+	}
+	if got := rec.last(); got != 2 {
+		t.Errorf("last mark = %v, want 2", got)
+	}
+}
