@@ -124,6 +124,8 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() { followDone <- fol.Run(fctx, p) }()
 
 	// drain waits for the sender to deliver what it holds, at most timeout.
+	// complete is false when it had to give up.
+	complete := true
 	drain := func(timeout time.Duration) error {
 		t := time.NewTimer(timeout)
 		defer t.Stop()
@@ -133,6 +135,7 @@ func Run(ctx context.Context, cfg Config) error {
 		case <-t.C:
 			stopSender()
 			<-senderDone
+			complete = false
 			n := snd.Stats().UnackedEvents
 			log.Warn("stopped before the aggregator acknowledged everything; the checkpoint stays before it", "unacked_events", n)
 			return nil
@@ -146,6 +149,7 @@ func Run(ctx context.Context, cfg Config) error {
 		switch {
 		case ctx.Err() != nil:
 			log.Info("stopping: delivering what was read", "timeout", c.ShutdownTimeout.String())
+			complete = false // the follower did not reach the end
 			runErr = drain(c.ShutdownTimeout)
 		case ferr != nil:
 			runErr = errors.Join(fmt.Errorf("follow %s: %w", c.AuditLog, ferr), drain(c.ShutdownTimeout))
@@ -165,7 +169,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if errors.Is(runErr, context.Canceled) {
 		runErr = nil
 	}
-	if c.Once && runErr == nil && ctx.Err() != nil {
+	if c.Once && runErr == nil && !complete {
 		runErr = errors.New("--once replay interrupted by a stop signal before everything was read and acknowledged")
 	}
 	if store != nil {
