@@ -145,8 +145,8 @@ func run(t *testing.T, mode auditwrite.Mode) {
 			t.Logf("40%%: aggregator graceful restart")
 			agg.Restart(t)
 		case 5:
-			sinkAtKill = len(sink.Records())
-			t.Logf("50%%: SIGKILL aggregator (pid %d) with %d records received so far", agg.Proc.Pid(), sinkAtKill)
+			sinkAtKill = len(harness.ByEvent(sink.Records(), harness.EventTokenRequest))
+			t.Logf("50%%: SIGKILL aggregator (pid %d) with %d token alerts received so far", agg.Proc.Pid(), sinkAtKill)
 			if err := agg.Proc.Signal(syscall.SIGKILL); err != nil {
 				t.Errorf("kill aggregator: %v", err)
 			}
