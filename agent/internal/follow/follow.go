@@ -169,6 +169,7 @@ type Follower struct {
 	lastScan     time.Time
 	lastWarn     string
 	pendingBytes int64         // size of the newer siblings not read yet
+	rotateGrace  time.Duration // see the rotateGrace constant
 	started      chan struct{} // tests: closed once the first file is chosen
 }
 
@@ -190,10 +191,11 @@ func New(cfg Config) (*Follower, error) {
 	}
 	cfg.Path = abs
 	return &Follower{
-		cfg:     cfg,
-		lay:     newLayout(abs),
-		log:     cfg.Logger.With("file", abs),
-		pending: map[string]entry{},
+		cfg:         cfg,
+		lay:         newLayout(abs),
+		log:         cfg.Logger.With("file", abs),
+		pending:     map[string]entry{},
+		rotateGrace: rotateGrace,
 	}, nil
 }
 

@@ -309,3 +309,37 @@ func TestDeletedFileStillWritten(t *testing.T) {
 		t.Errorf("losses = %+v, want none", losses)
 	}
 }
+
+// logrotate's create mode: the file is renamed and a new empty one made;
+// the writer goes on in the renamed file until it reopens.
+func TestRenamedFileWrittenUntilReopen(t *testing.T) {
+	dir := t.TempDir()
+	live := filepath.Join(dir, "audit.log")
+	w, err := os.OpenFile(live, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	w.WriteString(strings.Join(lines("a", 0, 2, 100), ""))
+	rec := newRecorder()
+	// The grace for a renamed file whose successor stays empty must not
+	// run out while the test writes.
+	runFollower(t, Config{Path: live, StartAt: StartBeginning}, rec, func(f *Follower) { f.rotateGrace = failAfter })
+	rec.waitLines(t, 2)
+	mustRename(t, live, live+".1")
+	appendFile(t, live) // the new, empty live file
+	w.WriteString(strings.Join(lines("a", 2, 4, 100), ""))
+	rec.waitLines(t, 4)
+	w.WriteString(strings.Join(lines("a", 4, 5, 100), "")) // last write before the reopen
+	appendFile(t, live, lines("b", 0, 2, 100)...)          // the writer reopened
+	want := append(lines("a", 0, 5, 100), lines("b", 0, 2, 100)...)
+	rec.waitLines(t, len(want))
+	got, losses := rec.snapshot()
+	if diff := cmp.Diff(want, texts(got)); diff != "" {
+		t.Errorf("lines (-want +got):\n%s", diff)
+	}
+	if len(losses) != 0 {
+		t.Errorf("losses = %+v, want none", losses)
+	}
+	checkOffsets(t, dir, got)
+}

@@ -148,7 +148,7 @@ func (r *recorder) waitLines(t *testing.T, n int) {
 
 // runFollower starts Run in a goroutine; the returned stop cancels it and
 // returns Run's error.
-func runFollower(t *testing.T, cfg Config, h Handler) (f *Follower, stop func() error) {
+func runFollower(t *testing.T, cfg Config, h Handler, setup ...func(*Follower)) (f *Follower, stop func() error) {
 	t.Helper()
 	if cfg.Poll == 0 {
 		cfg.Poll = 20 * time.Millisecond
@@ -156,6 +156,9 @@ func runFollower(t *testing.T, cfg Config, h Handler) (f *Follower, stop func() 
 	f, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, fn := range setup {
+		fn(f)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -112,7 +112,7 @@ func (f *Follower) run(ctx context.Context, h Handler) error {
 			}
 			continue
 		}
-		if moved, missing := f.liveMovedOn(cur); cur.rotated && !moved && (missing || time.Since(time.Unix(0, cur.since)) < rotateGrace) {
+		if moved, missing := f.liveMovedOn(cur); cur.rotated && !moved && (missing || time.Since(time.Unix(0, cur.since)) < f.rotateGrace) {
 			// Deleted without a successor yet: the writer may still hold
 			// it (the apiserver writes on into a deleted file until it
 			// rotates), so it is followed until a new live file has data.
