@@ -343,3 +343,19 @@ func TestRenamedFileWrittenUntilReopen(t *testing.T) {
 	}
 	checkOffsets(t, dir, got)
 }
+
+func TestFolderMissingAtStart(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	live := filepath.Join(dir, "audit.log")
+	rec := newRecorder()
+	runFollower(t, Config{Path: live}, rec)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, live, lines("a", 0, 2, 100)...)
+	rec.waitLines(t, 2)
+	got, _ := rec.snapshot()
+	if diff := cmp.Diff(lines("a", 0, 2, 100), texts(got)); diff != "" {
+		t.Errorf("lines (-want +got):\n%s", diff)
+	}
+}
