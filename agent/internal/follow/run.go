@@ -96,7 +96,9 @@ func (f *Follower) run(ctx context.Context, h Handler) error {
 				cur.live, cur.rotated, cur.since = false, true, time.Now().UnixNano()
 				f.log.Debug("live file rotated away", "id", cur.id.String())
 				f.placeRotated(cur)
-				f.notePending(ctx, h)
+				if err := f.notePending(ctx, h); err != nil {
+					return err
+				}
 			case next == stTruncated:
 				ns, err := f.truncated(ctx, h, cur)
 				if err != nil {
@@ -214,7 +216,10 @@ func (f *Follower) start(ctx context.Context, h Handler, wk *waker) (*source, er
 				live.close()
 				f.floor, f.hasFloor = s.key, true
 				f.log.Info("resuming in rotated file", "rotated", s.path, "offset", r.Offset)
-				f.notePending(ctx, h)
+				if err := f.notePending(ctx, h); err != nil {
+					src.close()
+					return nil, err
+				}
 				return src, nil
 			}
 			f.log.Warn("open checkpointed file", "rotated", s.path, "err", err)
@@ -393,10 +398,9 @@ func (f *Follower) candidates(ctx context.Context, h Handler) ([]sibling, error)
 
 // notePending lists siblings so that one deleted before it is read is
 // noticed and reported.
-func (f *Follower) notePending(ctx context.Context, h Handler) {
-	if _, err := f.candidates(ctx, h); err != nil {
-		f.log.Warn("note pending siblings", "err", err)
-	}
+func (f *Follower) notePending(ctx context.Context, h Handler) error {
+	_, err := f.candidates(ctx, h)
+	return err
 }
 
 func (f *Follower) isDone(s sibling) bool {
@@ -612,7 +616,10 @@ func (f *Follower) drain(ctx context.Context, h Handler, cur *source) error {
 				return err
 			}
 			if !cur.live && time.Since(f.lastScan) > f.cfg.Poll {
-				f.notePending(ctx, h) // catch siblings deleted while we are behind
+				// Catch siblings deleted while we are behind.
+				if err := f.notePending(ctx, h); err != nil {
+					return err
+				}
 			}
 		}
 		if err == io.EOF || (k == 0 && err == nil) {
