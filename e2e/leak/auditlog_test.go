@@ -88,6 +88,12 @@ type Log struct {
 	Data    []byte
 	Secrets map[string]string // name -> token
 	Wants   []harness.Want    // token_request alerts that must arrive
+	// After is the next live file once Data was rotated away (its torn
+	// last line with it, an incomplete_line loss): a token create and
+	// another torn line.
+	After       []byte
+	AfterWants  []harness.Want
+	AfterLosses []string
 	// Losses are the tokenwatch.loss.reason values that must arrive.
 	Losses []string
 	// Planted is a token-shaped string in a forwarded field (the user
@@ -211,9 +217,23 @@ func buildLog(t testing.TB, cluster string, genaudit []byte, genTokens []string,
 	cut := bytes.Index(b, []byte(tornTok)) + len(tornTok) + 1
 	buf.Write(b[:cut])
 
-	l.Data = buf.Bytes()
+	l.Data = bytes.Clone(buf.Bytes())
+
+	// The file after rotation.
+	buf.Reset()
+	after, _ := event("after-rotation")
+	want(after)
+	line(marshal(after))
+	l.AfterWants, l.Wants = l.Wants[len(l.Wants)-1:], l.Wants[:len(l.Wants)-1]
+	torn2, tornTok2 := event("torn-after-rotation")
+	b = marshal(torn2)
+	buf.Write(b[:bytes.Index(b, []byte(tornTok2))+len(tornTok2)])
+	l.After = buf.Bytes()
+	l.AfterLosses = []string{"incomplete_line"}
+
+	all := append(bytes.Clone(l.Data), l.After...)
 	for name, s := range l.Secrets {
-		if !bytes.Contains(l.Data, []byte(s)) && !bytes.Contains(l.Data, []byte(strings.ReplaceAll(s, ".", `\u002e`))) {
+		if !bytes.Contains(all, []byte(s)) && !bytes.Contains(all, []byte(strings.ReplaceAll(s, ".", `\u002e`))) {
 			t.Fatalf("secret %s is not in the audit log", name)
 		}
 	}

@@ -124,8 +124,8 @@ func TestMintedTokenNeverLeaves(t *testing.T) {
 			t.Fatalf("the search does not find secret %s in itself", names[i])
 		}
 	}
-	t.Logf("audit log: %d bytes, %d secrets (%d from genaudit), %d expected alerts, losses %v",
-		len(lg.Data), len(secrets), len(genTokens), len(lg.Wants), lg.Losses)
+	t.Logf("audit log: %d bytes, then %d after rotation; %d secrets (%d from genaudit); %d+%d expected alerts, losses %v then %v",
+		len(lg.Data), len(lg.After), len(secrets)-1, len(genTokens), len(lg.Wants), len(lg.AfterWants), lg.Losses, lg.AfterLosses)
 
 	certDir := filepath.Join(dir, "certs")
 	dc := harness.Start(t, logs, "devcerts", devcerts, "-out", certDir, "-clusters", cluster)
@@ -202,14 +202,29 @@ func (p pass) run(t *testing.T, b *harness.Binaries, lg *Log, sec *Secrets) {
 		}
 		return recs
 	}
-	keys := harness.KeysOf(lg.Wants)
+	keys, losses := harness.KeysOf(lg.Wants), lg.Losses
 	complete := func(recs []harness.Record) bool {
-		return harness.CountDistinct(recs, keys) == len(keys) && len(missingLosses(recs, lg.Losses)) == 0
+		return harness.CountDistinct(recs, keys) == len(keys) && len(missingLosses(recs, losses)) == 0
 	}
 	if !waitRecords(sink, records, complete, 45*time.Second) {
 		t.Errorf("not every expected alert and loss arrived within 45 s")
 	}
 	scrapeBoth("after the alerts")
+
+	// Rotate as the apiserver's log backend does (rename, new live file),
+	// with the torn line left at the end of the rotated file.
+	if err := os.Rename(auditLog, filepath.Join(auditDir, "audit-2026-11-26T10-05-00.000.log")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(auditLog, lg.After, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wants := append(append([]harness.Want(nil), lg.Wants...), lg.AfterWants...)
+	keys, losses = harness.KeysOf(wants), append(append([]string(nil), lg.Losses...), lg.AfterLosses...)
+	if !waitRecords(sink, records, complete, 30*time.Second) {
+		t.Errorf("the alert of the rotated-to file or the loss of the rotated torn line did not arrive within 30 s")
+	}
+	scrapeBoth("after the rotation")
 	quiet(sink, records, 3*time.Second, 15*time.Second)
 	scrapeBoth("at the end")
 
@@ -224,8 +239,8 @@ func (p pass) run(t *testing.T, b *harness.Binaries, lg *Log, sec *Secrets) {
 
 	// The alerts did arrive, so nothing below passes for want of output.
 	recs := records()
-	harness.Report(t, p.name, harness.Compare(recs, lg.Wants))
-	if miss := missingLosses(recs, lg.Losses); len(miss) > 0 {
+	harness.Report(t, p.name, harness.Compare(recs, wants))
+	if miss := missingLosses(recs, losses); len(miss) > 0 {
 		t.Errorf("no audit_data_lost record for %v", miss)
 	}
 
