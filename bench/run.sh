@@ -36,7 +36,12 @@ trap 'rm -rf "$work"' EXIT
 bin="$work/bin"
 mkdir -p "$bin"
 
-echo "run.sh: building agent, aggregator and twbench" >&2
+# The commit the binaries are built from; "+dirty" when the tree differs.
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(git status --porcelain --untracked-files=no -- . ':!docs' 2>/dev/null)" ]]; then
+	commit="$commit+dirty"
+fi
+echo "run.sh: building agent, aggregator and twbench at $commit" >&2
 go build -o "$bin/" ./agent ./aggregator ./bench/cmd/twbench
 tw="$bin/twbench"
 
@@ -44,7 +49,7 @@ machine() {
 	local cpu mem
 	cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 	mem="$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
-	echo "$(nproc) CPUs ($cpu), $mem RAM, $(go version | cut -d' ' -f3-), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+	echo "$(nproc) CPUs ($cpu), $mem RAM, $(go version | cut -d' ' -f3-), commit $commit"
 }
 
 # record TITLE COMMAND FILE: print FILE and append it to docs/BENCHMARKS.md.
