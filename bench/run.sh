@@ -162,7 +162,7 @@ run_profile() {
 		-streams "${INGEST_STREAMS:-100,1000}" -duration "${INGEST_DURATION:-10s}" -cpuprofile "$out/aggregator" >"$work/prof-ingest.md"
 	log="$("$tw" genlog -size "$SCAN_SIZE")"
 	ov="$(overlay agent/internal/prefilter/zz_agentscan_test.go bench/scan/agentscan_test.go.in)"
-	TOKENWATCH_BENCH_LOG="$log" go test -overlay "$ov" ./agent/internal/prefilter -run '^$' -bench '^BenchmarkScan$/agent' \
+	TOKENWATCH_BENCH_SKIP_EXACT=1 TOKENWATCH_BENCH_LOG="$log" go test -overlay "$ov" ./agent/internal/prefilter -run '^$' -bench '^BenchmarkScan$/agent' \
 		-benchtime 5x -cpuprofile "$out/scan.pprof" -o "$bin/prefilter.test" >&2
 	{
 		echo "Profiles in $out (kept only with PROFILE_DIR set)."
