@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -160,6 +161,22 @@ func TestRealAPIServer(t *testing.T) {
 		l.mint(t, "c1", alice, "team-a", "app", true, true)
 		l.check(t, sink, "attacker_mints", len(l.wants)-n)
 		for _, r := range harness.ByEvent(sink.Records(), harness.EventTokenRequest) {
+			// The Request-level policy logs the TokenRequest body; the
+			// apiserver annotates the credential it issued.
+			if r.Str("user.name") == "alice" && r.Str("event.outcome") == "success" {
+				if aud := fmt.Sprint(r.Attrs["kubernetes.audit.requestObject.spec.audiences"]); aud != "[https://kubernetes.default.svc]" {
+					t.Errorf("alice's alert: requestObject.spec.audiences = %s, want [https://kubernetes.default.svc]", aud)
+				}
+				if !strings.HasPrefix(r.Str("kubernetes.audit.annotations.authentication_kubernetes_io/issued-credential-id"), "JTI=") {
+					t.Errorf("alice's alert: issued-credential-id = %q, want JTI=...", r.Str("kubernetes.audit.annotations.authentication_kubernetes_io/issued-credential-id"))
+				}
+				if r.Str("kubernetes.audit.annotations.authorization_k8s_io/decision") != "allow" {
+					t.Errorf("alice's alert: authorization decision = %q, want allow", r.Str("kubernetes.audit.annotations.authorization_k8s_io/decision"))
+				}
+			}
+			if r.Str("user.name") == "bob" && r.Attrs["kubernetes.audit.responseStatus.code"] != int64(403) {
+				t.Errorf("bob's alert: responseStatus.code = %v, want 403", r.Attrs["kubernetes.audit.responseStatus.code"])
+			}
 			if r.Str("user.name") == "carol" && r.Str("kubernetes.audit.impersonatedUser.username") != "system:kube-controller-manager" {
 				t.Errorf("carol's alert: impersonatedUser = %q, want system:kube-controller-manager",
 					r.Str("kubernetes.audit.impersonatedUser.username"))
