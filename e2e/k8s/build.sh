@@ -23,7 +23,15 @@ tmp="$(mktemp -d "$out/.build.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
 export CGO_ENABLED=0
-flags=(-trimpath -tags 'selinux,notest,grpcnotrace' -ldflags '-s -w')
+# Stamp the version as Kubernetes' own build does (hack/lib/version.sh): kubeadm checks it.
+v=k8s.io/component-base/version
+c=k8s.io/client-go/pkg/version
+stamp=""
+for pkg in "$v" "$c"; do
+	stamp+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=35"
+	stamp+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+flags=(-trimpath -tags 'selinux,notest,grpcnotrace' -ldflags "-s -w$stamp")
 start=$SECONDS
 echo "building kube-apiserver, kubeadm, etcd into $out (cold: about 4 minutes)" >&2
 (
