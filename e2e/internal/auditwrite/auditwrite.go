@@ -39,13 +39,15 @@ const (
 
 // Config sizes a run.
 type Config struct {
-	Path        string
-	Mode        Mode
-	MaxSizeMB   int  // rotation size (lumberjack's unit is MB)
-	Compress    bool // lumberjack: gzip backups
-	Events      int  // total events to write
-	AlertEvery  int  // every n-th request is an attacker's token create
-	SystemEvery int  // every n-th request is a system identity's token create (no alert)
+	Path      string
+	Mode      Mode
+	MaxSizeMB int  // rotation size (lumberjack's unit is MB)
+	Compress  bool // lumberjack: gzip backups
+	// MaxBackups is lumberjack's backup count (0: keep all).
+	MaxBackups  int
+	Events      int // total events to write
+	AlertEvery  int // every n-th request is an attacker's token create
+	SystemEvery int // every n-th request is a system identity's token create (no alert)
 	Cluster     string
 	// RateMBps paces the writer (0: as fast as it can).
 	RateMBps float64
@@ -70,7 +72,7 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	var rotations func() int
 	switch c.Mode {
 	case Lumberjack:
-		lj := &lumberjack.Logger{Filename: c.Path, MaxSize: c.MaxSizeMB, Compress: c.Compress}
+		lj := &lumberjack.Logger{Filename: c.Path, MaxSize: c.MaxSizeMB, MaxBackups: c.MaxBackups, Compress: c.Compress}
 		out, closeFn = lj, lj.Close
 		rotations = func() int {
 			m, _ := filepath.Glob(strings.TrimSuffix(c.Path, filepath.Ext(c.Path)) + "-*")
