@@ -188,7 +188,11 @@ func TestRealAPIServer(t *testing.T) {
 		n := len(l.wants)
 		for i := 0; i < 3; i++ {
 			l.mint(t, "c1", kcm, "team-a", "app", false, false)
-			l.mint(t, "c1", node, "team-a", "app", false, false) // NodeRestriction: 403, still a system identity
+			// Node authorization and NodeRestriction: 403 for a service
+			// account no pod on this node uses; still a system identity.
+			if m := l.mint(t, "c1", node, "team-a", "app", false, false); m.Err == nil {
+				t.Errorf("node minted a token for a service account of no pod on it; want 403")
+			}
 			l.mint(t, "c1", minter, "kube-system", "minter", false, false)
 		}
 		// A marker after them: once it has arrived, the system events before
