@@ -260,15 +260,19 @@ func (p pass) run(t *testing.T, b *harness.Binaries, lg *Log, sec *Secrets) {
 		if p.tls {
 			continue
 		}
-		for dir, raw := range map[string][]byte{"agent->aggregator": c.Up, "aggregator->agent": c.Down} {
-			msgs, err := GRPCMessages(raw)
+		for _, d := range []struct {
+			name string
+			raw  []byte
+			up   bool
+		}{{"agent->aggregator", c.Up, true}, {"aggregator->agent", c.Down, false}} {
+			msgs, err := GRPCMessages(d.raw)
 			if err != nil {
-				t.Errorf("wire connection %d %s: %v", i, dir, err)
+				t.Errorf("wire connection %d %s: %v", i, d.name, err)
 			}
 			for j, m := range msgs {
-				planted := leaks.Check(fmt.Sprintf("wire connection %d %s gRPC message %d", i, dir, j), m)
-				plantedOnWire = plantedOnWire || (planted && dir == "agent->aggregator")
-				if dir == "agent->aggregator" {
+				planted := leaks.Check(fmt.Sprintf("wire connection %d %s gRPC message %d", i, d.name, j), m)
+				if d.up {
+					plantedOnWire = plantedOnWire || planted
 					plainMsgs = append(plainMsgs, m...)
 				}
 			}
