@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -66,6 +67,12 @@ type Stats struct {
 }
 
 // Correlator holds the windows. It is not safe for concurrent use.
+//
+// Observe costs amortized O(1) per series for an event in order, O(1) when
+// its key has too few distinct values in all or its windows are all
+// suppressed, the items between it and the newest one (not a window's
+// worth) for one out of order inside the trailing window, and the items of
+// two windows for one further back.
 type Correlator struct {
 	cfg       Config
 	ignore    map[string]bool
@@ -86,6 +93,9 @@ type series struct {
 	// that in-order events cost O(1).
 	cnt  map[string]int
 	head int
+	// all counts the distinct values of all items: when fewer than the
+	// threshold, no window can cross.
+	all map[string]int
 	// last is the most recent record emitted, with what it covered.
 	last      *alert.Record
 	lastTime  time.Time
@@ -140,7 +150,7 @@ func (c *Correlator) Observe(ev Event) []alert.Record {
 	}
 	it := item{
 		t:       ev.Time,
-		id:      fmt.Sprintf("%q/%q/%s", ev.Cluster, ev.AuditID, ev.Time.UTC().Format(time.RFC3339Nano)),
+		id:      strconv.Quote(ev.Cluster) + "/" + strconv.Quote(ev.AuditID) + "/" + ev.Time.UTC().Format(time.RFC3339Nano),
 		cluster: ev.Cluster,
 		target:  ev.Cluster + "/" + ev.Namespace + "/" + ev.Name,
 		auditID: ev.AuditID,
@@ -170,7 +180,7 @@ func byTarget(it item) string  { return it.target }
 func (c *Correlator) observe(k seriesKey, it item, threshold int, distinct func(item) string) *alert.Record {
 	s := c.series[k]
 	if s == nil {
-		s = &series{distinct: distinct, ids: map[string]bool{}, cnt: map[string]int{}}
+		s = &series{distinct: distinct, ids: map[string]bool{}, cnt: map[string]int{}, all: map[string]int{}}
 		c.series[k] = s
 	}
 	if s.ids[it.id] {
@@ -198,7 +208,7 @@ func (c *Correlator) observe(k seriesKey, it item, threshold int, distinct func(
 		if len(s.cnt) >= threshold && !c.suppressed(s, it.t) {
 			win = s.items[s.head:]
 		}
-	} else {
+	} else if len(s.all) >= threshold && !c.suppressedAll(s, pos) {
 		win = c.sweep(s, pos, threshold)
 	}
 	if win == nil {
@@ -219,13 +229,37 @@ func (c *Correlator) suppressed(s *series, newest time.Time) bool {
 	return s.last != nil && absDuration(newest.Sub(s.lastTime)) < c.cfg.Window
 }
 
+// suppressedAll reports whether every window an event inserted out of
+// order at pos could complete, [e-Window, e] for the items e from it to one
+// window after it, is suppressed by the key's last record.
+func (c *Correlator) suppressedAll(s *series, pos int) bool {
+	if s.last == nil {
+		return false
+	}
+	first, last := s.items[pos].t, s.items[len(s.items)-1].t
+	if end := first.Add(c.cfg.Window); end.Before(last) {
+		last = end
+	}
+	return c.suppressed(s, first) && c.suppressed(s, last)
+}
+
 // insert adds it in order and keeps the trailing window's counts; it
 // returns its index.
 func (s *series) insert(it item, window time.Duration) int {
-	pos := sort.Search(len(s.items), func(i int) bool {
+	after := func(i int) bool {
 		return s.items[i].t.After(it.t) || (s.items[i].t.Equal(it.t) && s.items[i].id > it.id)
-	})
+	}
+	pos := len(s.items)
+	if pos > 0 && after(pos-1) {
+		pos = sort.Search(len(s.items), after)
+	}
+	if len(s.items) == cap(s.items) {
+		// Grow to twice the live items: dropFront reslices, so append's
+		// own growth (a quarter for long slices) would copy too often.
+		s.items = append(make([]item, 0, 2*len(s.items)+16), s.items...)
+	}
 	s.items = slices.Insert(s.items, pos, it)
+	s.all[s.distinct(it)]++
 	if pos == len(s.items)-1 {
 		s.cnt[s.distinct(it)]++
 		start := it.t.Add(-window)
@@ -243,23 +277,31 @@ func (s *series) insert(it item, window time.Duration) int {
 	return pos
 }
 
-func (s *series) dec(it item) {
-	v := s.distinct(it)
-	if s.cnt[v]--; s.cnt[v] <= 0 {
-		delete(s.cnt, v)
+func (s *series) dec(it item) { decr(s.cnt, s.distinct(it)) }
+
+func decr(m map[string]int, v string) {
+	if m[v]--; m[v] <= 0 {
+		delete(m, v)
 	}
 }
 
-// dropFront removes the n oldest items.
+// dropFront removes the n oldest items. It reslices rather than copies, so
+// that dropping a few items from a long series costs only those few; the
+// next growth of the slice reallocates and leaves the dropped ones behind.
 func (s *series) dropFront(n int) {
+	if n == 0 {
+		return
+	}
 	for i := s.head; i < n; i++ {
 		s.dec(s.items[i])
 	}
-	for _, it := range s.items[:n] {
-		delete(s.ids, it.id)
+	for i := range s.items[:n] {
+		delete(s.ids, s.items[i].id)
+		decr(s.all, s.distinct(s.items[i]))
+		s.items[i] = item{} // release the strings now
 	}
 	s.head = max(0, s.head-n)
-	s.items = slices.Delete(s.items, 0, n)
+	s.items = s.items[n:]
 }
 
 // sweep checks, for an event inserted out of order at pos, the windows
@@ -267,6 +309,9 @@ func (s *series) dropFront(n int) {
 // window holding the event lies inside one of those), earliest first, and
 // returns the first that crosses threshold and is not suppressed.
 func (c *Correlator) sweep(s *series, pos, threshold int) []item {
+	if pos >= s.head {
+		return c.sweepBack(s, pos, threshold)
+	}
 	t := s.items[pos].t
 	lo := sort.Search(len(s.items), func(i int) bool { return !s.items[i].t.Before(t.Add(-c.cfg.Window)) })
 	count := map[string]int{}
@@ -291,6 +336,45 @@ func (c *Correlator) sweep(s *series, pos, threshold int) []item {
 		}
 	}
 	return nil
+}
+
+// sweepBack is sweep for an event inside the trailing window, whose
+// windows all end in it: it starts from the trailing window's counts and
+// walks back to the event, so that it costs the items between the event
+// and the newest one (and as many at the windows' start), not a window's
+// worth. Walking back, the last crossing found is the earliest.
+func (c *Correlator) sweepBack(s *series, pos, threshold int) []item {
+	delta := map[string]int{}
+	distinct := len(s.cnt)
+	adjust := func(it item, by int) {
+		v := s.distinct(it)
+		before := s.cnt[v] + delta[v]
+		delta[v] += by
+		switch after := before + by; {
+		case before == 0 && after > 0:
+			distinct++
+		case before > 0 && after == 0:
+			distinct--
+		}
+	}
+	var win []item
+	lo, hi := s.head, len(s.items) // the window is s.items[lo:hi]
+	for e := len(s.items) - 1; e >= pos; e-- {
+		if e+1 < len(s.items) && s.items[e+1].t.Equal(s.items[e].t) {
+			continue // a window ends after all items of its end time
+		}
+		for ; hi > e+1; hi-- {
+			adjust(s.items[hi-1], -1)
+		}
+		start := s.items[e].t.Add(-c.cfg.Window)
+		for ; lo > 0 && !s.items[lo-1].t.Before(start); lo-- {
+			adjust(s.items[lo-1], 1)
+		}
+		if distinct >= threshold && !c.suppressed(s, s.items[e].t) {
+			win = s.items[lo:hi]
+		}
+	}
+	return win
 }
 
 func absDuration(d time.Duration) time.Duration {

@@ -417,3 +417,84 @@ func brute(s *series, ev Event, cfg Config) []string {
 	}
 	return nil
 }
+
+// TestMatchesBaseline drives random traffic of all three kinds (several
+// users, sources and clusters; events slightly and far out of order, at
+// equal times, retried; Expire now and then) through the correlator and
+// through the baseline algorithm it replaced, and wants the same records,
+// IDs included, for every event, and the same counters.
+func TestMatchesBaseline(t *testing.T) {
+	for seed := uint64(1); seed <= 8; seed++ {
+		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 99))
+			cfg := Config{Window: 10 * time.Minute, Lateness: 5 * time.Minute, Clusters: 2 + rng.IntN(2), ServiceAccounts: 3 + rng.IntN(3)}
+			if seed%4 == 0 {
+				cfg.IgnoreUsers = []string{"u0"}
+			}
+			c, b := New(cfg), newBaseline(cfg)
+			ips := []string{"198.51.100.7", "203.0.113.9", "127.0.0.1", ""}
+			var clock time.Duration
+			var seen []Event
+			for n := 0; n < 3000; n++ {
+				clock += time.Duration(rng.IntN(40)) * time.Second
+				var ev Event
+				switch r := rng.IntN(100); {
+				case r < 5 && len(seen) > 0: // a retry
+					ev = seen[rng.IntN(len(seen))]
+				default:
+					ts := clock
+					switch {
+					case r < 15 && len(seen) > 0: // the same time as the last one
+						ts = seen[len(seen)-1].Time.Sub(t0)
+					case r < 50: // slightly out of order
+						ts -= time.Duration(rng.IntN(5000)) * time.Millisecond
+					case r < 60: // far out of order, maybe late
+						ts -= time.Duration(rng.IntN(25)) * time.Minute
+					}
+					ev = Event{Time: t0.Add(ts), Cluster: fmt.Sprint("c", rng.IntN(4)), User: fmt.Sprint("u", rng.IntN(3)),
+						SourceIP: ips[rng.IntN(len(ips))], Namespace: "ns", Name: fmt.Sprint("sa", rng.IntN(7)), AuditID: fmt.Sprint(n)}
+					seen = append(seen, ev)
+				}
+				want, got := b.Observe(ev), c.Observe(ev)
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Fatalf("event %d %+v: (-baseline +got):\n%s", n, ev, diff)
+				}
+				if n%200 == 199 {
+					now := t0.Add(clock + time.Duration(rng.IntN(2))*time.Hour)
+					b.Expire(now)
+					c.Expire(now)
+				}
+			}
+			if c.Stats() != b.Stats() {
+				t.Errorf("Stats() = %+v, baseline %+v", c.Stats(), b.Stats())
+			}
+		})
+	}
+}
+
+// TestMatchesBaselineHotKey compares with the baseline on the benchmark's
+// hot key, in order and in per-cluster batches, past the series bound.
+func TestMatchesBaselineHotKey(t *testing.T) {
+	cfg := Config{Window: 10 * time.Minute, Lateness: 5 * time.Minute, Clusters: 2, ServiceAccounts: 5}
+	// The baseline costs a series' length per batched event: fewer of them.
+	for _, run := range []struct {
+		n       int
+		batched bool
+	}{{maxPerSeries + 5000, false}, {5000, true}} {
+		batched := run.batched
+		c, b := New(cfg), newBaseline(cfg)
+		for i, ev := range hotKey(run.n, batched) {
+			want, got := b.Observe(ev), c.Observe(ev)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Fatalf("batched %v, event %d: (-baseline +got):\n%s", batched, i, diff)
+			}
+			if i%1000 == 999 {
+				b.Expire(ev.Time)
+				c.Expire(ev.Time)
+			}
+		}
+		if c.Stats() != b.Stats() {
+			t.Errorf("batched %v: Stats() = %+v, baseline %+v", batched, c.Stats(), b.Stats())
+		}
+	}
+}
