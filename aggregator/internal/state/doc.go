@@ -5,8 +5,10 @@
 //     by a monotonic sequence; a record ID is outboxed at most once, and an
 //     exported ID is remembered for the dedupe retention so that a re-delivered
 //     request never produces a second export;
-//   - the dedupe record: request key -> Pending or Done with the time it was
-//     recorded, pruned after the retention;
+//   - the dedupe record: request key -> Pending, Done or DoneAlone (alerted
+//     from a lone RequestReceived, so that a late completion is dropped as
+//     late even after a restart) with the time it was recorded, pruned after
+//     the retention;
 //   - pending requests: non-final stages held for the stage grace, with their
 //     deadline and serialized event, so that a restart resumes them.
 //
@@ -16,4 +18,9 @@
 // be acknowledged to its agent as soon as Commit returns nil. Concurrent
 // Commits from several streams are grouped into one transaction (group commit)
 // so that one fsync serves them all.
+//
+// The file records its schema version. Version 2 added DoneAlone; Open
+// upgrades a version 1 file in place (nothing else changed) and refuses
+// any other version with an error naming it, so an older aggregator does
+// not misread a newer file.
 package state

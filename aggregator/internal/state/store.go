@@ -21,8 +21,14 @@ import (
 // FileName is the name of the store's file inside the state directory.
 const FileName = "aggregator.db"
 
-// schemaVersion is the layout of the buckets below; Open refuses other versions.
-const schemaVersion = "1"
+// schemaVersion is the layout of the buckets below. Version 1 had no
+// StateDoneAlone marks and is otherwise the same: Open upgrades such a file
+// in place (it only rewrites the version) and refuses any other version,
+// so an older aggregator refuses a file that may hold StateDoneAlone.
+const (
+	schemaVersion   = "2"
+	schemaVersionV1 = "1"
+)
 
 // Buckets.
 var (
@@ -42,8 +48,8 @@ var (
 )
 
 // RequestState is what the dedupe record knows about a request. Its values
-// are those of the detection core's state (None 0, Pending 1, Done 2), so a
-// conversion is a plain type conversion.
+// are those of the detection core's state (None 0, Pending 1, Done 2,
+// DoneAlone 3), so a conversion is a plain type conversion.
 type RequestState int
 
 // Request states.
@@ -51,7 +57,13 @@ const (
 	StateNone    RequestState = 0 // never seen (or pruned)
 	StatePending RequestState = 1 // a non-final stage is held for the stage grace
 	StateDone    RequestState = 2 // alerted (or decided) once: never again
+	// StateDoneAlone: a lone RequestReceived was alerted (outcome unknown)
+	// after the stage grace; a later completion is dropped as late.
+	StateDoneAlone RequestState = 3
 )
+
+// done reports whether st is final.
+func (st RequestState) done() bool { return st == StateDone || st == StateDoneAlone }
 
 // String returns the state's name.
 func (s RequestState) String() string {
@@ -62,6 +74,8 @@ func (s RequestState) String() string {
 		return "pending"
 	case StateDone:
 		return "done"
+	case StateDoneAlone:
+		return "done_alone"
 	}
 	return fmt.Sprintf("RequestState(%d)", int(s))
 }
@@ -140,12 +154,12 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		meta := tx.Bucket(bucketMeta)
 		switch v := meta.Get(keySchema); {
-		case v == nil:
+		case v == nil, string(v) == schemaVersionV1:
 			if err := meta.Put(keySchema, []byte(schemaVersion)); err != nil {
 				return fmt.Errorf("write schema version: %w", err)
 			}
 		case string(v) != schemaVersion:
-			return fmt.Errorf("unsupported schema version %q (want %q)", v, schemaVersion)
+			return fmt.Errorf("unsupported schema version %q (this aggregator reads %q and %q): written by a newer aggregator?", v, schemaVersionV1, schemaVersion)
 		}
 		depth = tx.Bucket(bucketOutbox).Stats().KeyN
 		return nil
@@ -212,15 +226,18 @@ type Change struct {
 	// exported within the retention is skipped.
 	Records []alert.Record
 	// Pending entries are stored (replacing one with the same key) and mark
-	// their key Pending, unless the key is already Done.
+	// their key Pending, unless the key is already Done or DoneAlone.
 	Pending []Pending
 	// Done marks keys Done and removes their pending entries.
 	Done []string
+	// DoneAlone marks keys DoneAlone (their lone RequestReceived was
+	// alerted after the stage grace) and removes their pending entries.
+	DoneAlone []string
 }
 
 // Empty reports whether c changes nothing.
 func (c *Change) Empty() bool {
-	return len(c.Records) == 0 && len(c.Pending) == 0 && len(c.Done) == 0
+	return len(c.Records) == 0 && len(c.Pending) == 0 && len(c.Done) == 0 && len(c.DoneAlone) == 0
 }
 
 // Commit writes c in one transaction and returns once it is durable. It
@@ -287,7 +304,7 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 			added++
 		}
 		for i, p := range pend {
-			if st, _ := dedupeMark(tx, p.id); st == StateDone {
+			if st, _ := dedupeMark(tx, p.id); st.done() {
 				continue
 			}
 			if err := deletePending(tx, p.id); err != nil {
@@ -303,13 +320,18 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 				return err
 			}
 		}
-		for _, k := range c.Done {
-			key := []byte(k)
-			if err := deletePending(tx, key); err != nil {
-				return err
-			}
-			if err := setDedupeMark(tx, key, StateDone, now); err != nil {
-				return err
+		for _, d := range []struct {
+			keys []string
+			st   RequestState
+		}{{c.Done, StateDone}, {c.DoneAlone, StateDoneAlone}} {
+			for _, k := range d.keys {
+				key := []byte(k)
+				if err := deletePending(tx, key); err != nil {
+					return err
+				}
+				if err := setDedupeMark(tx, key, d.st, now); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	bolt "go.etcd.io/bbolt"
 	"go.uber.org/goleak"
 
 	"github.com/tokenwatch/tokenwatch/internal/alert"
@@ -114,9 +115,10 @@ func TestCommitSurvivesReopen(t *testing.T) {
 	want := []alert.Record{rec("a"), rec("b"), rec("c")}
 	ev := []byte{0x0a, 0x03, 'i', 'd', '1'}
 	n := mustCommit(t, s, Change{
-		Records: want,
-		Done:    []string{"k-a", "k-b", "k-c"},
-		Pending: []Pending{{Key: "k-p", Deadline: t0.Add(2 * time.Second), Cluster: "prod", Node: "cp-1", Event: ev}},
+		Records:   want,
+		Done:      []string{"k-a", "k-b", "k-c"},
+		DoneAlone: []string{"k-alone"},
+		Pending:   []Pending{{Key: "k-p", Deadline: t0.Add(2 * time.Second), Cluster: "prod", Node: "cp-1", Event: ev}},
 	})
 	if n != 3 {
 		t.Fatalf("Commit added %d, want 3", n)
@@ -133,8 +135,8 @@ func TestCommitSurvivesReopen(t *testing.T) {
 	if diff := cmp.Diff(want, mustOutbox(t, s)); diff != "" {
 		t.Errorf("Outbox after reopen (-want +got):\n%s", diff)
 	}
-	got := mustStates(t, s, "k-a", "k-b", "k-c", "k-p", "k-unknown")
-	wantStates := map[string]RequestState{"k-a": StateDone, "k-b": StateDone, "k-c": StateDone, "k-p": StatePending}
+	got := mustStates(t, s, "k-a", "k-b", "k-c", "k-alone", "k-p", "k-unknown")
+	wantStates := map[string]RequestState{"k-a": StateDone, "k-b": StateDone, "k-c": StateDone, "k-alone": StateDoneAlone, "k-p": StatePending}
 	if diff := cmp.Diff(wantStates, got); diff != "" {
 		t.Errorf("States after reopen (-want +got):\n%s", diff)
 	}
@@ -239,6 +241,12 @@ func TestDedupeStates(t *testing.T) {
 			map[string]RequestState{"k1": StateDone, "k2": StatePending}, nil},
 		{"k3 done without pending", Change{Done: []string{"k3"}},
 			map[string]RequestState{"k1": StateDone, "k2": StatePending, "k3": StateDone}, nil},
+		{"k4 held", Change{Pending: []Pending{p("k4", time.Second)}},
+			map[string]RequestState{"k1": StateDone, "k2": StatePending, "k3": StateDone, "k4": StatePending}, []string{"k4"}},
+		{"k4 alerted alone", Change{DoneAlone: []string{"k4"}},
+			map[string]RequestState{"k1": StateDone, "k2": StatePending, "k3": StateDone, "k4": StateDoneAlone}, nil},
+		{"k4 held again is ignored", Change{Pending: []Pending{p("k4", time.Second)}},
+			map[string]RequestState{"k1": StateDone, "k2": StatePending, "k3": StateDone, "k4": StateDoneAlone}, nil},
 	}
 	for _, st := range steps {
 		mustCommit(t, s, st.change)
@@ -342,6 +350,62 @@ func TestOpenLocked(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "locked by another process") {
 		t.Fatalf("second Open = %v, want a locked error", err)
 	}
+}
+
+// TestSchemaVersions: a version 1 file (before DoneAlone) opens, keeps its
+// data and is upgraded; a version this code does not know is refused with
+// an error that names it.
+func TestSchemaVersions(t *testing.T) {
+	setSchema := func(t *testing.T, path, v string) {
+		t.Helper()
+		db, err := bolt.Open(path, 0o600, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keySchema, []byte(v)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	schema := func(t *testing.T, s *Store) string {
+		t.Helper()
+		var v string
+		if err := s.db.View(func(tx *bolt.Tx) error { v = string(tx.Bucket(bucketMeta).Get(keySchema)); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	t.Run("version 1 is upgraded", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), FileName)
+		s := open(t, path, nil)
+		mustCommit(t, s, Change{Records: []alert.Record{rec("r")}, Done: []string{"k"}})
+		s.Close()
+		setSchema(t, path, "1")
+		s = open(t, path, nil)
+		defer s.Close()
+		if v := schema(t, s); v != schemaVersion {
+			t.Errorf("schema after Open = %q, want %q", v, schemaVersion)
+		}
+		if got := mustStates(t, s, "k"); got["k"] != StateDone {
+			t.Errorf("States(k) = %v, want done", got["k"])
+		}
+		if n := len(mustOutbox(t, s)); n != 1 {
+			t.Errorf("outbox = %d records, want 1", n)
+		}
+	})
+	t.Run("unknown version is refused", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), FileName)
+		open(t, path, nil).Close()
+		setSchema(t, path, "3")
+		s, err := Open(path, Options{})
+		if err == nil {
+			s.Close()
+			t.Fatal("Open(schema 3) succeeded")
+		}
+		if !strings.Contains(err.Error(), `unsupported schema version "3"`) || !strings.Contains(err.Error(), path) {
+			t.Errorf("Open(schema 3) = %v, want an error naming the version and the file", err)
+		}
+	})
 }
 
 func TestOpenDirCreatesPrivateDir(t *testing.T) {
