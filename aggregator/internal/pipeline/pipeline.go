@@ -119,12 +119,6 @@ type Pipeline struct {
 	silence   *silence.Tracker
 	carry     []alert.Record // periodic records whose commit failed, retried
 	retention time.Duration
-	// alone remembers, for the dedupe retention, requests alerted from a
-	// lone RequestReceived: the store marks them Done like any other, and
-	// this tells a late completion (dropped_late) from a duplicate. It is
-	// not durable: after a restart a late completion counts as ignored
-	// (either way it makes no record).
-	alone map[string]time.Time
 	// lastExpire is when the correlator last dropped old events.
 	lastExpire time.Time
 }
@@ -155,7 +149,6 @@ func New(opts Options) (*Pipeline, error) {
 		logger: opts.Logger,
 		every:  opts.TickInterval,
 		prune:  opts.PruneInterval,
-		alone:  make(map[string]time.Time),
 	}
 	if p.now == nil {
 		p.now = time.Now
@@ -272,14 +265,6 @@ type alerting struct {
 	rec alert.Record
 }
 
-// wasAlone reports whether key was alerted from a lone RequestReceived.
-func (p *Pipeline) wasAlone(key string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	_, ok := p.alone[key]
-	return ok
-}
-
 type candidate struct {
 	e   *audit.Event
 	v   rule.Verdict
@@ -342,12 +327,9 @@ func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
 	for _, c := range cands {
 		s, ok := local[c.key]
 		if !ok {
-			// state.RequestState shares detect.State's values; the store
-			// has no StateDoneAlone, p.alone has.
+			// state.RequestState shares detect.State's values, DoneAlone
+			// (a late completion is dropped_late) included.
 			s = detect.State(states[c.key])
-			if s == detect.StateDone && p.wasAlone(c.key) {
-				s = detect.StateDoneAlone
-			}
 		}
 		act := detect.Next(s, c.e.Stage)
 		local[c.key] = detect.After(s, act)
@@ -444,24 +426,26 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 	ch := state.Change{Records: p.carry}
 	r := p.rule.Load()
 	var expired, suppressed int
-	var alone []string
 	for _, pd := range due {
-		ch.Done = append(ch.Done, pd.Key)
 		var pe tokenwatchv1.TokenEvent
 		if err := proto.Unmarshal(pd.Event, &pe); err != nil {
 			p.logger.Error("pending event unreadable, dropped", "key", pd.Key, "err", err)
 			p.m.pendingBroken.Inc()
+			ch.Done = append(ch.Done, pd.Key)
 			continue
 		}
 		e := *wire.FromProto(&pe)
 		v := r.Evaluate(&e)
 		if !v.Alerts() {
 			// The exclusions changed while it waited.
+			ch.Done = append(ch.Done, pd.Key)
 			continue
 		}
 		src := detect.Source{Cluster: pd.Cluster, Node: pd.Node}
 		rec := detect.TokenRecord(src, &e, v, true)
-		alone = append(alone, pd.Key)
+		// Durably alone: its completion, should it come, is dropped as
+		// late, after a restart too.
+		ch.DoneAlone = append(ch.DoneAlone, pd.Key)
 		if !p.alertLocked(&ch, now, pd.Cluster, &e, rec) {
 			suppressed++
 		}
@@ -478,7 +462,7 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 		p.corr.Expire(now)
 		p.lastExpire = now
 	}
-	if len(ch.Records) == 0 && len(ch.Done) == 0 {
+	if ch.Empty() {
 		return 0, nil
 	}
 	added, err := p.store.Commit(ch)
@@ -489,9 +473,6 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 		return 0, fmt.Errorf("tick: %w", err)
 	}
 	p.carry = nil
-	for _, k := range alone {
-		p.alone[k] = now
-	}
 	p.m.expired.Add(float64(expired))
 	p.m.events.suppressed.Add(float64(suppressed))
 	p.m.recordsAdded.Add(float64(added))
@@ -521,11 +502,6 @@ func (p *Pipeline) Prune(ctx context.Context) error {
 	p.mu.Lock()
 	retention := p.retention
 	now := p.now()
-	for k, at := range p.alone {
-		if now.Sub(at) > retention {
-			delete(p.alone, k)
-		}
-	}
 	p.mu.Unlock()
 	if _, err := p.store.Prune(now, retention); err != nil {
 		return fmt.Errorf("prune state: %w", err)

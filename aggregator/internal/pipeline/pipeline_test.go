@@ -266,6 +266,53 @@ func TestStageGrace(t *testing.T) {
 	}
 }
 
+// TestLateCompletionAfterRestart: the aggregator restarts between the alert
+// of a lone RequestReceived and its completion; the completion is still
+// dropped as late (not ignored as a duplicate) and makes no record.
+func TestLateCompletionAfterRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	clk := &clock{t: t0}
+	start := func() (*Pipeline, *state.Store) {
+		t.Helper()
+		store, err := state.Open(path, state.Options{Now: clk.Now, NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := New(Options{Store: store, Config: config.Default(), Now: clk.Now})
+		if err != nil {
+			store.Close()
+			t.Fatal(err)
+		}
+		return p, store
+	}
+	p, store := start()
+	f := &fixture{p: p, store: store, clk: clk}
+	f.process(t, batch("prod", "cp-1", received("alice", "a1", rrt1), received("bob", "b1", rrt2)))
+	f.clk.Add(2 * time.Second) // the default stage_grace
+	if n := f.tick(t); n != 2 {
+		t.Fatalf("Tick at the deadline added %d records, want 2", n)
+	}
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	p, store = start()
+	defer store.Close()
+	f = &fixture{p: p, store: store, clk: clk}
+	res := f.process(t, batch("prod", "cp-1", completed("alice", "a1", rrt1, 201)))
+	if res.DroppedLate != 1 || res.Ignored != 0 || res.Records != 0 {
+		t.Errorf("late completion after restart: %+v, want DroppedLate 1, Ignored 0, Records 0", res)
+	}
+	// A re-sent RequestReceived of an alerted request is a duplicate, not late.
+	res = f.process(t, batch("prod", "cp-1", received("bob", "b1", rrt2)))
+	if res.DroppedLate != 0 || res.Ignored != 1 || res.Records != 0 {
+		t.Errorf("repeated RequestReceived after restart: %+v, want Ignored 1, Records 0", res)
+	}
+	if got, want := summary(t, f.outbox(t), alert.EventTokenRequest), []string{"a1 unknown", "b1 unknown"}; !equal(got, want) {
+		t.Errorf("records = %q, want %q", got, want)
+	}
+}
+
 func TestExcludedStoresNothing(t *testing.T) {
 	f := newFixture(t, config.Default())
 	var evs []ev
