@@ -133,7 +133,8 @@ run_collector() {
 }
 
 run_latency() {
-	"$tw" latency -bin "$bin" -rates "${LATENCY_RATES:-1000,20000}" -duration "${LATENCY_DURATION:-20s}" >"$work/latency.md"
+	"$tw" latency -bin "$bin" -otelcol "$(collector_bin)" -rates "${LATENCY_RATES:-1000,20000}" \
+		-duration "${LATENCY_DURATION:-20s}" >"$work/latency.md"
 	record "End-to-end latency: line appended to OTLP record received" "bench/run.sh latency" "$work/latency.md"
 }
 

@@ -34,6 +34,7 @@ func latency(ctx context.Context, args []string, out io.Writer) error {
 	rates := fs.String("rates", "1000,20000", "audit lines per second, comma separated")
 	dur := fs.Duration("duration", 20*time.Second, "how long each rate is written")
 	every := fs.Int("alert-every", 100, "one alerting token create every this many lines")
+	otelcol := fs.String("otelcol", "", "Collector binary built from bench/collector (optional: adds the Collector's filelog path as a baseline)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -50,19 +51,32 @@ func latency(ctx context.Context, args []string, out io.Writer) error {
 		routine = append(routine, l)
 	}
 	fmt.Fprintf(out, "Each rate for %v: a paced writer appends ~1.1 KB lines to the live file every 5 ms; one line in %d is a token create that must alert; latency is from just before the write(2) that appends it to the arrival of its OTLP record at an OTLP/gRPC receiver in the harness (agent -> aggregator -> outbox -> OTLP export, loopback, plaintext).\n\n", *dur, *every)
-	fmt.Fprintln(out, "| rate (lines/s) | alerts measured | p50 | p99 | max | missing | baseline: seed rule every 5 min (p50 / p99 / max) |")
-	fmt.Fprintln(out, "|---|---|---|---|---|---|---|")
+	if *otelcol != "" {
+		fmt.Fprintf(out, "Baseline measured in the same run: the Collector (v0.159.0) tailing the same kind of live file with filelog (default 200 ms poll) + json_parser + filter (token creates) + OTLP/gRPC exporter to the same receiver; its record carries the event's own auditID.\n\n")
+	}
+	fmt.Fprintln(out, "| rate (lines/s) | pipeline | alerts measured | p50 | p99 | max | missing | baseline: seed rule every 5 min (p50 / p99 / max) |")
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|")
 	for _, f := range strings.Split(*rates, ",") {
 		rate, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || rate <= 0 {
 			return fmt.Errorf("-rates %q: want positive integers", *rates)
 		}
-		r, err := latencyRun(ctx, *bin, rate, *dur, *every, routine)
-		if err != nil {
-			return err
+		pipes := []string{"tokenwatch"}
+		if *otelcol != "" {
+			pipes = append(pipes, "collector")
 		}
-		fmt.Fprintf(out, "| %d | %d | %s | %s | %s | %d | 150 s / 297 s / 300 s (+ SIEM ingest delay) |\n",
-			rate, len(r.lat), ms(pct(r.lat, 50)), ms(pct(r.lat, 99)), ms(slices.Max(r.lat)), r.missing)
+		for _, pipe := range pipes {
+			r, err := latencyRun(ctx, *bin, *otelcol, pipe, rate, *dur, *every, routine)
+			if err != nil {
+				return err
+			}
+			name := "tokenwatch: agent → aggregator → OTLP"
+			if pipe == "collector" {
+				name = "baseline: Collector filelog → json_parser → filter → OTLP"
+			}
+			fmt.Fprintf(out, "| %d | %s | %d | %s | %s | %s | %d | 150 s / 297 s / 300 s (+ SIEM ingest delay) |\n",
+				rate, name, len(r.lat), ms(pct(r.lat, 50)), ms(pct(r.lat, 99)), ms(slices.Max(r.lat)), r.missing)
+		}
 	}
 	return nil
 }
@@ -72,7 +86,39 @@ type latencyResult struct {
 	missing int
 }
 
-func latencyRun(ctx context.Context, bin string, rate int, dur time.Duration, every int, routine [][]byte) (latencyResult, error) {
+// latencyCollector is the Collector's pipeline of the latency baseline.
+const latencyCollector = `receivers:
+  filelog:
+    include: [%q]
+    start_at: end
+    operators:
+      - type: json_parser
+processors:
+  filter:
+    error_mode: ignore
+    log_conditions:
+      - 'not (log.attributes["verb"] == "create" and log.attributes["objectRef"]["resource"] == "serviceaccounts" and log.attributes["objectRef"]["subresource"] == "token")'
+exporters:
+  otlp:
+    endpoint: %q
+    tls:
+      insecure: true
+service:
+  telemetry:
+    logs:
+      level: warn
+    metrics:
+      level: none
+  pipelines:
+    logs:
+      receivers: [filelog]
+      processors: [filter]
+      exporters: [otlp]
+`
+
+// latencyRun measures one rate through pipe: "tokenwatch" (agent and
+// aggregator from bin) or "collector" (the otelcol binary).
+func latencyRun(ctx context.Context, bin, otelcol, pipe string, rate int, dur time.Duration, every int, routine [][]byte) (latencyResult, error) {
 	dir, err := os.MkdirTemp("", "twbench-latency-")
 	if err != nil {
 		return latencyResult{}, err
@@ -92,36 +138,61 @@ func latencyRun(ctx context.Context, bin string, rate int, dur time.Duration, ev
 		return latencyResult{}, err
 	}
 	defer sink.Stop()
-	agg, listen, err := startAggregator(ctx, bin, dir, sink.Addr())
-	if err != nil {
-		return latencyResult{}, err
+	var agent, agg *proc
+	if pipe == "collector" {
+		cfg := filepath.Join(dir, "otelcol.yaml")
+		if err := os.WriteFile(cfg, fmt.Appendf(nil, latencyCollector, live, sink.Addr()), 0o600); err != nil {
+			return latencyResult{}, err
+		}
+		if agent, err = start("otelcol", dir, otelcol, "--config", cfg); err != nil {
+			return latencyResult{}, err
+		}
+		agg = agent
+	} else {
+		var listen string
+		if agg, listen, err = startAggregator(ctx, bin, dir, sink.Addr()); err != nil {
+			return latencyResult{}, err
+		}
+		maddr, err := freeAddr()
+		if err != nil {
+			return latencyResult{}, err
+		}
+		agent, err = start("agent", dir, filepath.Join(bin, "agent"), "--audit-log", live, "--cluster", "bench",
+			"--node-name", "cp-1", "--aggregator", listen, "--insecure", "--state-dir", filepath.Join(dir, "agent-state"),
+			"--start-at", "end", "--metrics-addr", maddr, "--log-level", "warn")
+		if err != nil {
+			agg.stop()
+			return latencyResult{}, err
+		}
+		if err := waitReady(ctx, agent, maddr); err != nil {
+			agent.stop()
+			agg.stop()
+			return latencyResult{}, err
+		}
 	}
 	defer agg.stop()
-	maddr, err := freeAddr()
-	if err != nil {
-		return latencyResult{}, err
-	}
-	agent, err := start("agent", dir, filepath.Join(bin, "agent"), "--audit-log", live, "--cluster", "bench",
-		"--node-name", "cp-1", "--aggregator", listen, "--insecure", "--state-dir", filepath.Join(dir, "agent-state"),
-		"--start-at", "end", "--metrics-addr", maddr, "--log-level", "warn")
-	if err != nil {
-		return latencyResult{}, err
-	}
 	defer agent.stop()
-	if err := waitReady(ctx, agent, maddr); err != nil {
-		return latencyResult{}, err
-	}
 	// One alert end to end before measuring: the follower is at the end of
 	// the file and every connection is up.
-	warmID := fmt.Sprintf("warm-%d", rate)
-	if _, err := f.Write(alertLine(warmID, 0, time.Now())); err != nil {
-		return latencyResult{}, err
+	// The Collector notices the file only at its first poll after start:
+	// re-send the warm-up line until one arrives.
+	warm := func() error {
+		for i := range 60 {
+			warmID := fmt.Sprintf("warm-%d-%d", rate, i)
+			if _, err := f.Write(alertLine(warmID, 0, time.Now())); err != nil {
+				return err
+			}
+			wctx, cancel := context.WithTimeout(ctx, time.Second)
+			err := sink.WaitIDs(wctx, []string{warmID})
+			cancel()
+			if err == nil {
+				return nil
+			}
+		}
+		return fmt.Errorf("no warm-up line arrived in 60 s\n%s: %s\n%s", agent.name, agent.tail(), agg.tail())
 	}
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	err = sink.WaitIDs(wctx, []string{warmID})
-	cancel()
-	if err != nil {
-		return latencyResult{}, fmt.Errorf("warm-up alert: %w\nagent: %s\naggregator: %s", err, agent.tail(), agg.tail())
+	if err := warm(); err != nil {
+		return latencyResult{}, err
 	}
 
 	sent := map[string]time.Time{}
@@ -166,7 +237,7 @@ func latencyRun(ctx context.Context, bin string, rate int, dur time.Duration, ev
 			return latencyResult{}, ctx.Err()
 		}
 	}
-	wctx, cancel = context.WithTimeout(ctx, 60*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	_ = sink.WaitIDs(wctx, ids)
 	cancel()
 	var r latencyResult
@@ -179,7 +250,7 @@ func latencyRun(ctx context.Context, bin string, rate int, dur time.Duration, ev
 		r.lat = append(r.lat, at.Sub(sent[id]))
 	}
 	if len(r.lat) == 0 {
-		return r, fmt.Errorf("no alert arrived of %d\nagent: %s\naggregator: %s", len(ids), agent.tail(), agg.tail())
+		return r, fmt.Errorf("no alert arrived of %d\n%s: %s\n%s", len(ids), agent.name, agent.tail(), agg.tail())
 	}
 	slices.Sort(r.lat)
 	return r, nil

@@ -13,12 +13,19 @@ import (
 
 	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
 	"google.golang.org/grpc"
+	_ "google.golang.org/grpc/encoding/gzip" // the Collector's OTLP exporter compresses by default
 )
 
 // AuditIDKey is the attribute that identifies a token-request record's line.
 const AuditIDKey = "kubernetes.audit.auditID"
 
-// Sink receives OTLP logs. Use Start; Stop when done.
+// RawAuditIDKey is the same for a record of the raw audit event, as the
+// Collector's json_parser writes it (the event's own top-level key).
+const RawAuditIDKey = "auditID"
+
+// Sink receives OTLP logs: tokenwatch's alerts (auditID in AuditIDKey) or
+// the Collector's parsed audit events (in RawAuditIDKey). Use Start; Stop
+// when done.
 type Sink struct {
 	collogspb.UnimplementedLogsServiceServer
 
@@ -82,7 +89,7 @@ func (s *Sink) Export(_ context.Context, req *collogspb.ExportLogsServiceRequest
 			for _, lr := range sl.GetLogRecords() {
 				n++
 				for _, kv := range lr.GetAttributes() {
-					if kv.GetKey() == AuditIDKey {
+					if k := kv.GetKey(); k == AuditIDKey || k == RawAuditIDKey {
 						ids = append(ids, kv.GetValue().GetStringValue())
 						break
 					}

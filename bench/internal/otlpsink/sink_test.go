@@ -15,12 +15,14 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func record(auditID string) *logspb.LogRecord {
+func record(auditID string) *logspb.LogRecord { return recordKey(AuditIDKey, auditID) }
+
+func recordKey(key, auditID string) *logspb.LogRecord {
 	lr := &logspb.LogRecord{EventName: "tokenwatch.token_request"}
 	if auditID != "" {
 		lr.Attributes = []*commonpb.KeyValue{
 			{Key: "user.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "alice"}}},
-			{Key: AuditIDKey, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: auditID}}},
+			{Key: key, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: auditID}}},
 		}
 	}
 	return lr
@@ -55,7 +57,7 @@ func TestSinkRecordsArrivals(t *testing.T) {
 	export(record("a"), record(""), record("b"))
 	first := clock
 	clock = clock.Add(time.Second)
-	export(record("a"), record("c")) // a again: its first arrival counts
+	export(record("a"), recordKey(RawAuditIDKey, "c")) // a again: its first arrival counts
 
 	if err := s.WaitRecords(ctx, 5); err != nil {
 		t.Fatal(err)
