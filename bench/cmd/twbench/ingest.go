@@ -33,6 +33,7 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 	streamsFlag := fs.String("streams", "1,100,1000", "concurrent agent streams, comma separated")
 	transports := fs.String("transports", "plaintext,mtls", "plaintext and/or mtls")
 	dur := fs.Duration("duration", 10*time.Second, "how long each load sends")
+	withBase := fs.Bool("baseline", true, "also measure the ack-only baseline server (off: aggregator only, for A/B runs)")
 	profile := fs.String("cpuprofile", "", "with $TWBENCH_PPROF (an aggregator built by bench/run.sh profile), write the aggregator's CPU profile of each load to this prefix")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -60,9 +61,11 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 			if err != nil || n <= 0 {
 				return fmt.Errorf("-streams %q: want positive integers", *streamsFlag)
 			}
-			base, _, err := ingestRun(ctx, *bin, self, tr, n, *dur, mix, "-")
-			if err != nil {
-				return fmt.Errorf("baseline %s %d streams: %w", tr, n, err)
+			var base loadgen.Result
+			if *withBase {
+				if base, _, err = ingestRun(ctx, *bin, self, tr, n, *dur, mix, "-"); err != nil {
+					return fmt.Errorf("baseline %s %d streams: %w", tr, n, err)
+				}
 			}
 			prof := ""
 			if *profile != "" {
@@ -72,7 +75,11 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 			if err != nil {
 				return fmt.Errorf("aggregator %s %d streams: %w", tr, n, err)
 			}
-			fmt.Fprintf(out, "| %s | %d | %.0f | %.0f | %.2fx | %d | %s |\n", tr, n, base.PerSecond(), agg.PerSecond(),
+			baseCell := "-"
+			if *withBase {
+				baseCell = fmt.Sprintf("%.0f", base.PerSecond())
+			}
+			fmt.Fprintf(out, "| %s | %d | %s | %.0f | %.2fx | %d | %s |\n", tr, n, baseCell, agg.PerSecond(),
 				agg.PerSecond()/300000, st.records, mib(st.mem.HWM))
 		}
 	}
