@@ -68,11 +68,12 @@ type Stats struct {
 
 // Correlator holds the windows. It is not safe for concurrent use.
 //
-// Observe costs amortized O(1) per series for an event in order, O(1) when
-// its key has too few distinct values in all or its windows are all
-// suppressed, the items between it and the newest one (not a window's
-// worth) for one out of order inside the trailing window, and the items of
-// two windows for one further back.
+// Observe costs amortized O(1) per series for an event in order; O(1) also
+// when the key has too few distinct values in all or all the windows the
+// event could complete are suppressed; for one out of order inside the
+// trailing window, the items between it and the newest one (not a
+// window's worth); for one further back, the items before it and those
+// of its windows that end outside the last record's suppression.
 type Correlator struct {
 	cfg       Config
 	ignore    map[string]bool
@@ -86,8 +87,13 @@ type seriesKey struct{ kind, key string }
 
 type series struct {
 	distinct func(item) string
-	items    []item // by time, then id
-	ids      map[string]bool
+	items    []item // by time, then id: buf[off:off+len(items)]
+	// buf holds items with room on both sides, so that an event far out
+	// of order (a cluster minutes behind the others) shifts the items
+	// before it, not the whole series.
+	buf []item
+	off int
+	ids map[string]bool
 	// cnt counts the distinct values of items[head:], the trailing window
 	// [newest-Window, newest] of the newest item, kept incrementally so
 	// that in-order events cost O(1).
@@ -253,12 +259,22 @@ func (s *series) insert(it item, window time.Duration) int {
 	if pos > 0 && after(pos-1) {
 		pos = sort.Search(len(s.items), after)
 	}
-	if len(s.items) == cap(s.items) {
-		// Grow to twice the live items: dropFront reslices, so append's
-		// own growth (a quarter for long slices) would copy too often.
-		s.items = append(make([]item, 0, 2*len(s.items)+16), s.items...)
+	if n := len(s.items); pos < n/2 && s.off > 0 {
+		s.off--
+		s.items = s.buf[s.off : s.off+n+1]
+		copy(s.items[:pos], s.items[1:pos+1])
+		s.items[pos] = it
+	} else {
+		if n == cap(s.items) {
+			// Twice the live items, a quarter of them free in front:
+			// dropFront reslices, so append's own growth would copy too
+			// often.
+			s.buf = make([]item, 2*n+16)
+			s.off = n / 2
+			s.items = s.buf[s.off : s.off+copy(s.buf[s.off:], s.items)]
+		}
+		s.items = slices.Insert(s.items, pos, it)
 	}
-	s.items = slices.Insert(s.items, pos, it)
 	s.all[s.distinct(it)]++
 	if pos == len(s.items)-1 {
 		s.cnt[s.distinct(it)]++
@@ -302,6 +318,7 @@ func (s *series) dropFront(n int) {
 	}
 	s.head = max(0, s.head-n)
 	s.items = s.items[n:]
+	s.off += n
 }
 
 // sweep checks, for an event inserted out of order at pos, the windows
@@ -312,13 +329,37 @@ func (c *Correlator) sweep(s *series, pos, threshold int) []item {
 	if pos >= s.head {
 		return c.sweepBack(s, pos, threshold)
 	}
-	t := s.items[pos].t
-	lo := sort.Search(len(s.items), func(i int) bool { return !s.items[i].t.Before(t.Add(-c.cfg.Window)) })
+	// Only ends outside the last record's suppression, (last-Window,
+	// last+Window), can emit: sweep those before it, then those after it.
+	t, w := s.items[pos].t, c.cfg.Window
+	if s.last == nil {
+		return c.sweepRange(s, t, t.Add(w), threshold)
+	}
+	if before := s.lastTime.Add(-w); !before.Before(t) {
+		if win := c.sweepRange(s, t, minTime(t.Add(w), before), threshold); win != nil {
+			return win
+		}
+	}
+	if after := s.lastTime.Add(w); !after.After(t.Add(w)) {
+		return c.sweepRange(s, maxTime(t, after), t.Add(w), threshold)
+	}
+	return nil
+}
+
+// sweepRange checks the windows [e-Window, e] ending at the items e from
+// from to to, earliest first, and returns the first that crosses threshold
+// and is not suppressed.
+func (c *Correlator) sweepRange(s *series, from, to time.Time, threshold int) []item {
+	e0 := sort.Search(len(s.items), func(i int) bool { return !s.items[i].t.Before(from) })
+	if e0 == len(s.items) || s.items[e0].t.After(to) {
+		return nil
+	}
+	lo := sort.Search(len(s.items), func(i int) bool { return !s.items[i].t.Before(s.items[e0].t.Add(-c.cfg.Window)) })
 	count := map[string]int{}
-	for i := lo; i < pos; i++ {
+	for i := lo; i < e0; i++ {
 		count[s.distinct(s.items[i])]++
 	}
-	for e := pos; e < len(s.items) && !s.items[e].t.After(t.Add(c.cfg.Window)); e++ {
+	for e := e0; e < len(s.items) && !s.items[e].t.After(to); e++ {
 		count[s.distinct(s.items[e])]++
 		if e+1 < len(s.items) && s.items[e+1].t.Equal(s.items[e].t) {
 			continue // a window ends after all items of its end time
@@ -336,6 +377,20 @@ func (c *Correlator) sweep(s *series, pos, threshold int) []item {
 		}
 	}
 	return nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // sweepBack is sweep for an event inside the trailing window, whose
