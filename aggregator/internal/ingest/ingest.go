@@ -181,6 +181,8 @@ func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamServi
 	for _, e := range b.GetEvents() {
 		pb.Events = append(pb.Events, wire.FromProto(e))
 	}
+	nEvents := len(b.GetEvents())
+	b.Events = nil // the protobuf form is garbage now, not held while Process waits
 	for _, l := range b.GetLosses() {
 		loss := pipeline.Loss{
 			Reason: l.GetReason(), File: l.GetFile(), Offset: l.GetOffset(),
@@ -201,7 +203,7 @@ func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamServi
 		return status.Error(codes.Unavailable, "batch not recorded; resend")
 	}
 	s.m.batches.Inc()
-	s.m.events.Add(float64(len(b.GetEvents())))
+	s.m.events.Add(float64(nEvents))
 	return stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Ack{Ack: &tokenwatchv1.Ack{Seq: b.GetSeq()}}})
 }
 
