@@ -266,9 +266,9 @@ func (s *series) insert(it item, window time.Duration) int {
 		s.items[pos] = it
 	} else {
 		if n == cap(s.items) {
-			// Twice the live items, a quarter of them free in front:
-			// dropFront reslices, so append's own growth would copy too
-			// often.
+			// Room for half as many again in front and behind:
+			// dropFront reslices, so append's own growth would copy
+			// too often.
 			s.buf = make([]item, 2*n+16)
 			s.off = n / 2
 			s.items = s.buf[s.off : s.off+copy(s.buf[s.off:], s.items)]
