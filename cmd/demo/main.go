@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -92,15 +93,21 @@ func demo(ctx context.Context, dir string, lines int, out io.Writer) error {
 		return err
 	}
 	defer aggLog.Close()
+	metrics, err := freeAddr()
+	if err != nil {
+		return err
+	}
 	agg := exec.Command(filepath.Join(bin, "aggregator"), "--insecure", "--listen", addr,
-		"--state-dir", filepath.Join(dir, "aggregator-state"))
+		"--state-dir", filepath.Join(dir, "aggregator-state"), "--metrics-addr", metrics)
 	agg.Env = withoutOTLPEnv(os.Environ())
 	agg.Stdout, agg.Stderr = alerts, aggLog
 	if err := agg.Start(); err != nil {
 		return fmt.Errorf("start aggregator: %w", err)
 	}
-	aggDone := make(chan error, 1)
-	go func() { aggDone <- agg.Wait() }()
+	// aggDone is closed when the aggregator has exited; aggErr is then set.
+	aggDone := make(chan struct{})
+	var aggErr error
+	go func() { aggErr = agg.Wait(); close(aggDone) }()
 	defer func() {
 		_ = agg.Process.Signal(syscall.SIGTERM)
 		select {
@@ -111,9 +118,13 @@ func demo(ctx context.Context, dir string, lines int, out io.Writer) error {
 		}
 	}()
 
+	if err := waitReady(ctx, "http://"+metrics+"/readyz", aggDone); err != nil {
+		return fmt.Errorf("%w (aggregator log: %s)", err, aggLog.Name())
+	}
+
 	fmt.Fprintf(os.Stderr, "demo: replaying with the agent (--once) into the aggregator on %s\n", addr)
 	agent := exec.CommandContext(ctx, filepath.Join(bin, "agent"), "--once", "--insecure", "--aggregator", addr,
-		"--cluster", "demo", "--node-name", "cp-1", "--audit-log", logPath, "--once-timeout", "1m")
+		"--cluster", "demo", "--node-name", "cp-1", "--audit-log", logPath, "--once-timeout", "1m", "--log-level", "warn")
 	agent.Stdout, agent.Stderr = os.Stderr, os.Stderr
 	if err := agent.Run(); err != nil {
 		return fmt.Errorf("agent: %w (aggregator log: %s)", err, aggLog.Name())
@@ -133,8 +144,8 @@ func demo(ctx context.Context, dir string, lines int, out io.Writer) error {
 			break
 		}
 		select {
-		case err := <-aggDone:
-			return fmt.Errorf("aggregator exited early: %v (log: %s)", err, aggLog.Name())
+		case <-aggDone:
+			return fmt.Errorf("aggregator exited early: %v (log: %s)", aggErr, aggLog.Name())
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(200 * time.Millisecond):
@@ -156,6 +167,30 @@ func demo(ctx context.Context, dir string, lines int, out io.Writer) error {
 		return fmt.Errorf("got %d token-request alerts, want %d", n, len(want))
 	}
 	return nil
+}
+
+// waitReady polls the aggregator's /readyz until it answers 200.
+func waitReady(ctx context.Context, url string, exited <-chan struct{}) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("aggregator not ready within 30 s")
+		}
+		select {
+		case <-exited:
+			return errors.New("aggregator exited before it was ready")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func writeLog(path string, cfg auditgen.Config) ([]auditgen.Expected, auditgen.Stats, error) {
