@@ -1,9 +1,12 @@
 package correlate
 
 // The correlator as it was before Observe became cheap for slightly
-// out-of-order events on a hot key (commit 8fad5f7), kept unchanged but
-// renamed as the baseline of the benchmarks and as a second opinion in
-// TestMatchesBaseline.
+// out-of-order events on a hot key (commit 8fad5f7), renamed as the
+// baseline of the benchmarks and as a second opinion in TestMatchesBaseline.
+// Its algorithm is unchanged; only its suppression follows the rule that
+// replaced "within one window of the last record, in either direction" so
+// that a lagging cluster no longer floods: suppressed and Expire, marked
+// "rule:" below.
 
 import (
 	"crypto/sha256"
@@ -167,8 +170,10 @@ func (c *baselineCorrelator) observe(k baselineSeriesKey, it baselineItem, thres
 
 // suppressed reports whether a record whose newest event is at newest would
 // come within one window of the key's last record.
+//
+// rule: less than one window after the last record, or before it.
 func (c *baselineCorrelator) suppressed(s *baselineSeries, newest time.Time) bool {
-	return s.last != nil && baselineAbsDuration(newest.Sub(s.lastTime)) < c.cfg.Window
+	return !s.lastTime.IsZero() && newest.Sub(s.lastTime) < c.cfg.Window
 }
 
 // insert adds it in order and keeps the trailing window's counts; it
@@ -245,13 +250,6 @@ func (c *baselineCorrelator) sweep(s *baselineSeries, pos, threshold int) []base
 	return nil
 }
 
-func baselineAbsDuration(d time.Duration) time.Duration {
-	if d < 0 {
-		return -d
-	}
-	return d
-}
-
 // Expire drops state that can no longer join a window: events older than
 // Window+Lateness before now. now is capped at the newest event time seen,
 // so a replay of old logs is not expired by the wall clock.
@@ -265,9 +263,9 @@ func (c *baselineCorrelator) Expire(now time.Time) {
 		n := sort.Search(len(s.items), func(i int) bool { return !s.items[i].t.Before(cut) })
 		s.dropFront(n)
 		if s.last != nil && s.lastTime.Before(cut.Add(-c.cfg.Window)) {
-			s.last, s.lastCover = nil, nil
+			s.last, s.lastCover = nil, nil // rule: lastTime is kept
 		}
-		if len(s.items) == 0 && s.last == nil {
+		if len(s.items) == 0 && s.last == nil && s.lastTime.Before(cut.Add(-c.cfg.Window)) {
 			delete(c.baselineSeries, k)
 		}
 	}

@@ -73,7 +73,7 @@ type Stats struct {
 // event could complete are suppressed; for one out of order inside the
 // trailing window, the items between it and the newest one (not a
 // window's worth); for one further back, the items before it and those
-// of its windows that end outside the last record's suppression.
+// of its windows that end one window or more after the last record.
 type Correlator struct {
 	cfg       Config
 	ignore    map[string]bool
@@ -102,10 +102,15 @@ type series struct {
 	// all counts the distinct values of all items: when fewer than the
 	// threshold, no window can cross.
 	all map[string]int
-	// last is the most recent record emitted, with what it covered.
+	// last is the most recent record emitted, with what it covered, for
+	// a retried event; Expire forgets it.
 	last      *alert.Record
-	lastTime  time.Time
 	lastCover map[string]bool
+	// lastTime is the newest event of the last record emitted, zero for
+	// none. Records are emitted only for windows ending one window or
+	// more after it, so it only moves forward; Expire keeps it as long as
+	// the series is kept.
+	lastTime time.Time
 }
 
 type item struct {
@@ -221,7 +226,7 @@ func (c *Correlator) observe(k seriesKey, it item, threshold int, distinct func(
 		return nil
 	}
 	r := c.record(k, win, distinct)
-	s.last, s.lastTime = &r, win[len(win)-1].t
+	s.last, s.lastTime = &r, win[len(win)-1].t // later than before: see suppressed
 	s.lastCover = make(map[string]bool, len(win))
 	for _, w := range win {
 		s.lastCover[w.id] = true
@@ -230,23 +235,23 @@ func (c *Correlator) observe(k seriesKey, it item, threshold int, distinct func(
 }
 
 // suppressed reports whether a record whose newest event is at newest would
-// come within one window of the key's last record.
+// come less than one window after the newest event of the key's last
+// record, or before it: an old event (a cluster catching up) cannot
+// re-trigger a key.
 func (c *Correlator) suppressed(s *series, newest time.Time) bool {
-	return s.last != nil && absDuration(newest.Sub(s.lastTime)) < c.cfg.Window
+	return !s.lastTime.IsZero() && newest.Before(s.lastTime.Add(c.cfg.Window))
 }
 
 // suppressedAll reports whether every window an event inserted out of
 // order at pos could complete, [e-Window, e] for the items e from it to one
-// window after it, is suppressed by the key's last record.
+// window after it, is suppressed by the key's last record: whether the
+// latest of those ends is.
 func (c *Correlator) suppressedAll(s *series, pos int) bool {
-	if s.last == nil {
-		return false
-	}
-	first, last := s.items[pos].t, s.items[len(s.items)-1].t
-	if end := first.Add(c.cfg.Window); end.Before(last) {
+	last := s.items[len(s.items)-1].t
+	if end := s.items[pos].t.Add(c.cfg.Window); end.Before(last) {
 		last = end
 	}
-	return c.suppressed(s, first) && c.suppressed(s, last)
+	return c.suppressed(s, last)
 }
 
 // insert adds it in order and keeps the trailing window's counts; it
@@ -329,21 +334,13 @@ func (c *Correlator) sweep(s *series, pos, threshold int) []item {
 	if pos >= s.head {
 		return c.sweepBack(s, pos, threshold)
 	}
-	// Only ends outside the last record's suppression, (last-Window,
-	// last+Window), can emit: sweep those before it, then those after it.
+	// Only ends one window or more after the last record can emit.
 	t, w := s.items[pos].t, c.cfg.Window
-	if s.last == nil {
-		return c.sweepRange(s, t, t.Add(w), threshold)
+	from := t
+	if !s.lastTime.IsZero() {
+		from = maxTime(t, s.lastTime.Add(w))
 	}
-	if before := s.lastTime.Add(-w); !before.Before(t) {
-		if win := c.sweepRange(s, t, minTime(t.Add(w), before), threshold); win != nil {
-			return win
-		}
-	}
-	if after := s.lastTime.Add(w); !after.After(t.Add(w)) {
-		return c.sweepRange(s, maxTime(t, after), t.Add(w), threshold)
-	}
-	return nil
+	return c.sweepRange(s, from, t.Add(w), threshold)
 }
 
 // sweepRange checks the windows [e-Window, e] ending at the items e from
@@ -379,13 +376,6 @@ func (c *Correlator) sweepRange(s *series, from, to time.Time, threshold int) []
 	return nil
 }
 
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
 func maxTime(a, b time.Time) time.Time {
 	if a.After(b) {
 		return a
@@ -397,7 +387,8 @@ func maxTime(a, b time.Time) time.Time {
 // windows all end in it: it starts from the trailing window's counts and
 // walks back to the event, so that it costs the items between the event
 // and the newest one (and as many at the windows' start), not a window's
-// worth. Walking back, the last crossing found is the earliest.
+// worth. Walking back, the last crossing found is the earliest; the walk
+// stops at the first suppressed end, as all before it are too.
 func (c *Correlator) sweepBack(s *series, pos, threshold int) []item {
 	delta := map[string]int{}
 	distinct := len(s.cnt)
@@ -418,6 +409,9 @@ func (c *Correlator) sweepBack(s *series, pos, threshold int) []item {
 		if e+1 < len(s.items) && s.items[e+1].t.Equal(s.items[e].t) {
 			continue // a window ends after all items of its end time
 		}
+		if c.suppressed(s, s.items[e].t) {
+			break
+		}
 		for ; hi > e+1; hi-- {
 			adjust(s.items[hi-1], -1)
 		}
@@ -425,18 +419,11 @@ func (c *Correlator) sweepBack(s *series, pos, threshold int) []item {
 		for ; lo > 0 && !s.items[lo-1].t.Before(start); lo-- {
 			adjust(s.items[lo-1], 1)
 		}
-		if distinct >= threshold && !c.suppressed(s, s.items[e].t) {
+		if distinct >= threshold {
 			win = s.items[lo:hi]
 		}
 	}
 	return win
-}
-
-func absDuration(d time.Duration) time.Duration {
-	if d < 0 {
-		return -d
-	}
-	return d
 }
 
 // Expire drops state that can no longer join a window: events older than
@@ -451,10 +438,11 @@ func (c *Correlator) Expire(now time.Time) {
 	for k, s := range c.series {
 		n := sort.Search(len(s.items), func(i int) bool { return !s.items[i].t.Before(cut) })
 		s.dropFront(n)
-		if s.last != nil && s.lastTime.Before(cut.Add(-c.cfg.Window)) {
+		old := s.lastTime.Before(cut.Add(-c.cfg.Window))
+		if old {
 			s.last, s.lastCover = nil, nil
 		}
-		if len(s.items) == 0 && s.last == nil {
+		if len(s.items) == 0 && old {
 			delete(c.series, k)
 		}
 	}

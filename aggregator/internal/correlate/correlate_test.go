@@ -217,6 +217,33 @@ func TestScenarios(t *testing.T) {
 				{{KindMultiClusterActor, "alice", []string{"a", "b"}, []string{"a/ns/y", "b/ns/x"}, at(14)}}},
 		},
 		{
+			// Under the old rule (suppressed only within one window of
+			// the last record, either way) c's events at 1 and 12 each
+			// emitted, and the one at 21.5 was then suppressed.
+			name: "cluster lagging more than a window does not re-trigger",
+			cfg:  Config{Window: 10 * time.Minute, Lateness: 5 * time.Minute, Clusters: 2},
+			events: []Event{
+				mint(0, "a", "alice", "", "ns", "x"),
+				mint(0.5, "b", "alice", "", "ns", "x"),
+				mint(11, "a", "alice", "", "ns", "x"),
+				mint(11.5, "b", "alice", "", "ns", "x"), // 11 after the first record
+				mint(1, "c", "alice", "", "ns", "x"),    // c catches up from 1: a crossing ending 10.5 before the last record
+				mint(12, "c", "alice", "", "ns", "x"),   // within a window after the last record
+				mint(21, "a", "alice", "", "ns", "x"),   // 9.5 after it: suppressed
+				mint(21.5, "c", "alice", "", "ns", "x"), // 10 after it: emitted
+				mint(6, "c", "alice", "", "ns", "y"),    // 15.5 behind c's newest: late
+			},
+			want: [][]summary{nil,
+				{{KindMultiClusterActor, "alice", []string{"a", "b"}, []string{"a/ns/x", "b/ns/x"}, at(0.5)}},
+				nil,
+				{{KindMultiClusterActor, "alice", []string{"a", "b"}, []string{"a/ns/x", "b/ns/x"}, at(11.5)}},
+				nil, nil, nil,
+				{{KindMultiClusterActor, "alice", []string{"a", "b", "c"}, []string{"a/ns/x", "b/ns/x", "c/ns/x"}, at(21.5)}},
+				nil,
+			},
+			late: 1,
+		},
+		{
 			name:   "no user",
 			cfg:    defaults(),
 			events: []Event{mint(0, "a", "", "", "ns", "x"), mint(1, "b", "", "", "ns", "x")},
@@ -335,6 +362,46 @@ func TestCorrelatable(t *testing.T) {
 	}
 }
 
+// TestLaggingClusterBounded: 3,000 events of the hot key one second apart
+// (50 minutes of event time), one of its three clusters 12 minutes (more
+// than a window) behind the others. Each kind emits at its first crossing
+// and then once per window of event time, as for the same events in order:
+// 5 records per kind, 15 in all (the rule before gave 3,928).
+func TestLaggingClusterBounded(t *testing.T) {
+	cfg := Config{Window: 10 * time.Minute, Lateness: 5 * time.Minute, Clusters: 2, ServiceAccounts: 5}
+	times := func(order string) map[string][]time.Duration {
+		c := New(cfg)
+		got := map[string][]time.Duration{}
+		for i, ev := range hotKey(3000, time.Second, order) {
+			for _, r := range c.Observe(ev) {
+				kind, _ := r.Attr("tokenwatch.correlation.kind")
+				got[kind.Str] = append(got[kind.Str], r.Time.Sub(t0))
+			}
+			if i%1000 == 999 {
+				c.Expire(arrival(ev))
+			}
+		}
+		return got
+	}
+	m := func(min, s int) time.Duration { return time.Duration(min)*time.Minute + time.Duration(s)*time.Second }
+	// The first crossings: 2 clusters at the second event, 5 service
+	// accounts at the fifth (in order) or, without the lagging cluster's
+	// events, at the seventh (6 s).
+	cluster := []time.Duration{m(0, 1), m(10, 1), m(20, 1), m(30, 1), m(40, 1)}
+	want := map[string][]time.Duration{
+		KindMultiClusterActor:  cluster,
+		KindMultiClusterSource: cluster,
+		KindTokenSpray:         {m(0, 6), m(10, 6), m(20, 6), m(30, 6), m(40, 6)},
+	}
+	if diff := cmp.Diff(want, times(lagging)); diff != "" {
+		t.Errorf("lagging: record times per kind (-want +got):\n%s", diff)
+	}
+	want[KindTokenSpray] = []time.Duration{m(0, 4), m(10, 4), m(20, 4), m(30, 4), m(40, 4)}
+	if diff := cmp.Diff(want, times(inOrder)); diff != "" {
+		t.Errorf("in order: record times per kind (-want +got):\n%s", diff)
+	}
+}
+
 // TestIncrementalMatchesBruteForce drives random, partly out-of-order
 // token_spray traffic and checks every Observe against a brute-force
 // evaluation of the same windows, and the incremental counts against a
@@ -391,7 +458,8 @@ func TestIncrementalMatchesBruteForce(t *testing.T) {
 
 // brute returns the sorted audit IDs of the record Observe(ev) should emit
 // for s, nil for none: the windows [e-W, e] ending at each item e within W
-// after ev, earliest first; the first that crosses and is not suppressed.
+// after ev, earliest first; the first that crosses and ends one window or
+// more after the newest event of the last record.
 func brute(s *series, ev Event, cfg Config) []string {
 	all := append([]item(nil), s.items...)
 	all = append(all, item{t: ev.Time, cluster: ev.Cluster, target: ev.Cluster + "/" + ev.Namespace + "/" + ev.Name, auditID: ev.AuditID,
@@ -411,7 +479,7 @@ func brute(s *series, ev Event, cfg Config) []string {
 				d[byTarget(it)] = true
 			}
 		}
-		if len(d) >= cfg.ServiceAccounts && !(s.last != nil && absDuration(e.t.Sub(s.lastTime)) < cfg.Window) {
+		if len(d) >= cfg.ServiceAccounts && !(!s.lastTime.IsZero() && e.t.Sub(s.lastTime) < cfg.Window) {
 			sort.Strings(win)
 			return win
 		}
@@ -424,7 +492,8 @@ func brute(s *series, ev Event, cfg Config) []string {
 // equal times, retried; one cluster far behind the others; Expire now and
 // then) through the correlator and
 // through the baseline algorithm it replaced, and wants the same records,
-// IDs included, for every event, and the same counters.
+// IDs included, for every event, and the same counters; and each new
+// record of a key one window or more after the key's record before.
 func TestMatchesBaseline(t *testing.T) {
 	for seed := uint64(1); seed <= 8; seed++ {
 		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
@@ -437,6 +506,7 @@ func TestMatchesBaseline(t *testing.T) {
 			ips := []string{"198.51.100.7", "203.0.113.9", "127.0.0.1", ""}
 			var clock time.Duration
 			var seen []Event
+			emitted, last := map[string]bool{}, map[seriesKey]time.Time{} // every record a window after the key's one before
 			for n := 0; n < 3000; n++ {
 				clock += time.Duration(rng.IntN(40)) * time.Second
 				var ev Event
@@ -463,6 +533,22 @@ func TestMatchesBaseline(t *testing.T) {
 				want, got := b.Observe(ev), c.Observe(ev)
 				if diff := diffRecords(want, got); diff != "" {
 					t.Fatalf("event %d %+v: (-baseline +got):\n%s", n, ev, diff)
+				}
+				for _, r := range got {
+					if emitted[r.ID] {
+						continue // a retry's record again
+					}
+					emitted[r.ID] = true
+					kind, _ := r.Attr("tokenwatch.correlation.kind")
+					key, ok := r.Attr("user.name")
+					if !ok {
+						key, _ = r.Attr("source.ip")
+					}
+					k := seriesKey{kind.Str, key.Str}
+					if prev, ok := last[k]; ok && r.Time.Sub(prev) < cfg.Window {
+						t.Fatalf("event %d %+v: %v record at %v, less than a window after the one at %v", n, ev, k, r.Time, prev)
+					}
+					last[k] = r.Time
 				}
 				if n%200 == 199 {
 					now := t0.Add(clock + time.Duration(rng.IntN(2))*time.Hour)
