@@ -25,6 +25,7 @@ type Config struct {
 	Correlation Correlation `yaml:"correlation"`
 	Budget      Budget      `yaml:"budget"`
 	Silence     Silence     `yaml:"silence"`
+	Limits      Limits      `yaml:"limits"`
 }
 
 // Exclusions tunes which identities do not alert.
@@ -77,6 +78,63 @@ type Silence struct {
 	After time.Duration `yaml:"after"`
 }
 
+// Limits bounds what agents may send: sizes, concurrent streams and
+// per-agent rates. They are read at start: a reload that changes them is
+// logged and takes effect at the next restart (the gRPC server's options
+// cannot change while it serves).
+type Limits struct {
+	// MaxMessageBytes bounds one received gRPC message.
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// MaxEventsPerBatch and MaxLossesPerBatch bound one batch.
+	MaxEventsPerBatch int `yaml:"max_events_per_batch"`
+	MaxLossesPerBatch int `yaml:"max_losses_per_batch"`
+	// MaxStreams bounds the server's concurrent streams (health included),
+	// MaxStreamsPerCluster those naming one cluster, MaxStreamsPerConnection
+	// those on one HTTP/2 connection.
+	MaxStreams              int `yaml:"max_streams"`
+	MaxStreamsPerCluster    int `yaml:"max_streams_per_cluster"`
+	MaxStreamsPerConnection int `yaml:"max_streams_per_connection"`
+	// EventsPerSecond and EventBurst are each agent's (cluster, node) event
+	// token bucket; MessagesPerSecond and MessageBurst its message bucket.
+	EventsPerSecond   float64 `yaml:"events_per_second"`
+	EventBurst        int     `yaml:"event_burst"`
+	MessagesPerSecond float64 `yaml:"messages_per_second"`
+	MessageBurst      int     `yaml:"message_burst"`
+	// ReplayEventsPerSecond and ReplayEventBurst replace the event bucket
+	// for replaying streams (Hello.replay, agent --once), which send a
+	// backlog as fast as they can; a replay has its own bucket, apart from
+	// the live agent of the same node.
+	ReplayEventsPerSecond float64 `yaml:"replay_events_per_second"`
+	ReplayEventBurst      int     `yaml:"replay_event_burst"`
+	// MaxThrottle is how long a message may be held back to fit the rates
+	// before the stream is cut off with ResourceExhausted.
+	MaxThrottle time.Duration `yaml:"max_throttle"`
+	// KeepaliveMinTime is the shortest client ping interval tolerated.
+	KeepaliveMinTime time.Duration `yaml:"keepalive_min_time"`
+}
+
+// DefaultLimits returns the limits' defaults, sized for real agents: a busy
+// control plane writes a few thousand audit events a second, of which token
+// creates are a fraction.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxMessageBytes:         4 << 20,
+		MaxEventsPerBatch:       4096,
+		MaxLossesPerBatch:       1024,
+		MaxStreams:              1024,
+		MaxStreamsPerCluster:    32,
+		MaxStreamsPerConnection: 8,
+		EventsPerSecond:         2000,
+		EventBurst:              20000,
+		MessagesPerSecond:       200,
+		MessageBurst:            1000,
+		ReplayEventsPerSecond:   20000,
+		ReplayEventBurst:        100000,
+		MaxThrottle:             5 * time.Second,
+		KeepaliveMinTime:        10 * time.Second,
+	}
+}
+
 // Default returns the contract's defaults.
 func Default() Config {
 	return Config{
@@ -101,6 +159,7 @@ func Default() Config {
 		Silence: Silence{
 			After: 5 * time.Minute,
 		},
+		Limits: DefaultLimits(),
 	}
 }
 
@@ -198,10 +257,49 @@ func (c Config) Validate() error {
 	if c.Silence.After <= 0 {
 		bad("silence.after", "must be > 0")
 	}
+	errs = append(errs, c.Limits.problems()...)
 	if len(errs) == 0 {
 		return nil
 	}
 	return errors.New(strings.Join(errs, "; "))
+}
+
+// problems names every invalid limit, one string each.
+func (l Limits) problems() []string {
+	var errs []string
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, "limits."+field+": "+fmt.Sprintf(format, args...))
+	}
+	positive := func(field string, v float64) bool {
+		if v <= 0 {
+			bad(field, "must be > 0")
+			return false
+		}
+		return true
+	}
+	positive("max_message_bytes", float64(l.MaxMessageBytes))
+	okBatch := positive("max_events_per_batch", float64(l.MaxEventsPerBatch))
+	positive("max_losses_per_batch", float64(l.MaxLossesPerBatch))
+	okStreams := positive("max_streams", float64(l.MaxStreams))
+	if positive("max_streams_per_cluster", float64(l.MaxStreamsPerCluster)) && okStreams && l.MaxStreamsPerCluster > l.MaxStreams {
+		bad("max_streams_per_cluster", "must be <= limits.max_streams (%d)", l.MaxStreams)
+	}
+	if positive("max_streams_per_connection", float64(l.MaxStreamsPerConnection)) && l.MaxStreamsPerConnection > 1<<20 {
+		bad("max_streams_per_connection", "must be <= %d", 1<<20)
+	}
+	positive("events_per_second", l.EventsPerSecond)
+	if positive("event_burst", float64(l.EventBurst)) && okBatch && l.EventBurst < l.MaxEventsPerBatch {
+		bad("event_burst", "must be >= limits.max_events_per_batch (%d): a full batch could never pass", l.MaxEventsPerBatch)
+	}
+	positive("messages_per_second", l.MessagesPerSecond)
+	positive("message_burst", float64(l.MessageBurst))
+	positive("replay_events_per_second", l.ReplayEventsPerSecond)
+	if positive("replay_event_burst", float64(l.ReplayEventBurst)) && okBatch && l.ReplayEventBurst < l.MaxEventsPerBatch {
+		bad("replay_event_burst", "must be >= limits.max_events_per_batch (%d): a full batch could never pass", l.MaxEventsPerBatch)
+	}
+	positive("max_throttle", float64(l.MaxThrottle))
+	positive("keepalive_min_time", float64(l.KeepaliveMinTime))
+	return errs
 }
 
 // oneLine folds a multi-line yaml error into one line.

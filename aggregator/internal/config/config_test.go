@@ -25,6 +25,15 @@ func TestParseGood(t *testing.T) {
 		Correlation: Correlation{Window: 15 * time.Minute, Lateness: 0, Clusters: 3, ServiceAccounts: 10, IgnoreUsers: []string{"breakglass"}},
 		Budget:      Budget{MaxAlerts: 100, Window: time.Minute},
 		Silence:     Silence{After: 2 * time.Minute},
+		Limits:      DefaultLimits(),
+	}
+	limits := Default()
+	limits.Limits = Limits{
+		MaxMessageBytes: 8 << 20, MaxEventsPerBatch: 2048, MaxLossesPerBatch: 512,
+		MaxStreams: 4096, MaxStreamsPerCluster: 64, MaxStreamsPerConnection: 4,
+		EventsPerSecond: 500000, EventBurst: 1000000, MessagesPerSecond: 5000, MessageBurst: 10000,
+		ReplayEventsPerSecond: 1000000, ReplayEventBurst: 2000000,
+		MaxThrottle: 2 * time.Second, KeepaliveMinTime: 5 * time.Second,
 	}
 	partial := Default()
 	partial.Correlation.Clusters = 4
@@ -39,6 +48,7 @@ func TestParseGood(t *testing.T) {
 		{"testdata/empty.good.yaml", Default()},
 		{"testdata/full.good.yaml", full},
 		{"testdata/partial.good.yaml", partial},
+		{"testdata/limits.good.yaml", limits},
 		{"../../../deploy/config/aggregator.yaml", example},
 	}
 	for _, tt := range tests {
@@ -70,6 +80,10 @@ func TestParseBad(t *testing.T) {
 		{"clusters.bad.yaml", "correlation.clusters: must be >= 2"},
 		{"grace.bad.yaml", "alerting.stage_grace: must be > 0"},
 		{"two-docs.bad.yaml", "more than one YAML document"},
+		{"limits-burst.bad.yaml", "limits.event_burst: must be >= limits.max_events_per_batch (4096)"},
+		{"limits-zero.bad.yaml", "limits.events_per_second: must be > 0"},
+		{"limits-streams.bad.yaml", "limits.max_streams_per_cluster: must be <= limits.max_streams (10)"},
+		{"limits-negative.bad.yaml", "limits.keepalive_min_time: must be > 0"},
 		{"type.bad.yaml", "cannot unmarshal"},
 	}
 	for _, tt := range tests {

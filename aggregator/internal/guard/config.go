@@ -42,6 +42,12 @@ type Config struct {
 	// (batches, heartbeats, hellos) (defaults 200/s, burst 1000).
 	MessagesPerSecond float64
 	MessageBurst      int
+	// ReplayEventsPerSecond and ReplayEventBurst are the event bucket of
+	// replaying streams (Hello.replay: agent --once sends a backlog as fast
+	// as it can), kept apart from the same node's live stream (defaults
+	// 20000/s, burst 100000).
+	ReplayEventsPerSecond float64
+	ReplayEventBurst      int
 	// MaxThrottle is how long a message may be held back to fit the rate
 	// before the stream is cut off with ResourceExhausted instead (default
 	// 5s). Holding back is backpressure: a real agent just batches more.
@@ -72,23 +78,25 @@ type Config struct {
 // DefaultConfig returns the defaults, sized for real agents.
 func DefaultConfig() Config {
 	return Config{
-		MaxRecvMsgBytes:      4 << 20,
-		MaxEventsPerBatch:    4096,
-		MaxLossesPerBatch:    1024,
-		MaxStreams:           1024,
-		MaxStreamsPerCluster: 32,
-		MaxStreamsPerConn:    8,
-		MaxAgents:            10000,
-		EventsPerSecond:      2000,
-		EventBurst:           20000,
-		MessagesPerSecond:    200,
-		MessageBurst:         1000,
-		MaxThrottle:          5 * time.Second,
-		KeepaliveMinTime:     10 * time.Second,
-		KeepaliveTime:        30 * time.Second,
-		KeepaliveTimeout:     10 * time.Second,
-		HandshakeTimeout:     10 * time.Second,
-		MaxHeaderListBytes:   64 << 10,
+		MaxRecvMsgBytes:       4 << 20,
+		MaxEventsPerBatch:     4096,
+		MaxLossesPerBatch:     1024,
+		MaxStreams:            1024,
+		MaxStreamsPerCluster:  32,
+		MaxStreamsPerConn:     8,
+		MaxAgents:             10000,
+		EventsPerSecond:       2000,
+		EventBurst:            20000,
+		MessagesPerSecond:     200,
+		MessageBurst:          1000,
+		ReplayEventsPerSecond: 20000,
+		ReplayEventBurst:      100000,
+		MaxThrottle:           5 * time.Second,
+		KeepaliveMinTime:      10 * time.Second,
+		KeepaliveTime:         30 * time.Second,
+		KeepaliveTimeout:      10 * time.Second,
+		HandshakeTimeout:      10 * time.Second,
+		MaxHeaderListBytes:    64 << 10,
 	}
 }
 
@@ -110,6 +118,8 @@ func (c Config) Validate() error {
 	neg("EventBurst", float64(c.EventBurst))
 	neg("MessagesPerSecond", c.MessagesPerSecond)
 	neg("MessageBurst", float64(c.MessageBurst))
+	neg("ReplayEventsPerSecond", c.ReplayEventsPerSecond)
+	neg("ReplayEventBurst", float64(c.ReplayEventBurst))
 	neg("MaxThrottle", float64(c.MaxThrottle))
 	neg("KeepaliveMinTime", float64(c.KeepaliveMinTime))
 	neg("KeepaliveTime", float64(c.KeepaliveTime))
@@ -124,6 +134,9 @@ func (c Config) Validate() error {
 	}
 	if d.EventBurst < d.MaxEventsPerBatch {
 		errs = append(errs, fmt.Errorf("guard: EventBurst (%d) is below MaxEventsPerBatch (%d): a full batch could never pass", d.EventBurst, d.MaxEventsPerBatch))
+	}
+	if d.ReplayEventBurst < d.MaxEventsPerBatch {
+		errs = append(errs, fmt.Errorf("guard: ReplayEventBurst (%d) is below MaxEventsPerBatch (%d): a full batch could never pass", d.ReplayEventBurst, d.MaxEventsPerBatch))
 	}
 	return errors.Join(errs...)
 }
@@ -157,6 +170,8 @@ func (c Config) withDefaults() Config {
 	pick(&c.MessageBurst, d.MessageBurst)
 	pickf(&c.EventsPerSecond, d.EventsPerSecond)
 	pickf(&c.MessagesPerSecond, d.MessagesPerSecond)
+	pick(&c.ReplayEventBurst, d.ReplayEventBurst)
+	pickf(&c.ReplayEventsPerSecond, d.ReplayEventsPerSecond)
 	pickd(&c.MaxThrottle, d.MaxThrottle)
 	pickd(&c.KeepaliveMinTime, d.KeepaliveMinTime)
 	pickd(&c.KeepaliveTime, d.KeepaliveTime)

@@ -51,7 +51,11 @@ type Guard struct {
 // certificate. A peer whose certificate binds cluster X but who claims
 // cluster Y (and is refused by the handler right after the Hello) is thus
 // charged to its own budget, never to the real agents of Y.
-type agentKey struct{ cluster, node, peer string }
+// A replaying stream (Hello.replay) has its own key and buckets.
+type agentKey struct {
+	cluster, node, peer string
+	replay              bool
+}
 
 // clusterKey counts concurrent streams per claimed cluster and certificate.
 type clusterKey struct{ cluster, peer string }
@@ -222,7 +226,7 @@ func (s *stream) fail(reason string, code codes.Code, format string, args ...any
 // hello takes a per-cluster stream slot and the agent's rate state.
 func (s *stream) hello(h *tokenwatchv1.Hello) error {
 	g := s.g
-	key := agentKey{cluster: h.GetCluster(), node: h.GetNode(), peer: peerIdentity(s.Context())}
+	key := agentKey{cluster: h.GetCluster(), node: h.GetNode(), peer: peerIdentity(s.Context()), replay: h.GetReplay()}
 	ck := clusterKey{cluster: key.cluster, peer: key.peer}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -239,8 +243,12 @@ func (s *stream) hello(h *tokenwatchv1.Hello) error {
 			return s.fail(ReasonTooManyAgents, codes.ResourceExhausted,
 				"too many distinct agents with recent traffic (limit %d)", g.cfg.MaxAgents)
 		}
+		events := rate.NewLimiter(rate.Limit(g.cfg.EventsPerSecond), g.cfg.EventBurst)
+		if key.replay {
+			events = rate.NewLimiter(rate.Limit(g.cfg.ReplayEventsPerSecond), g.cfg.ReplayEventBurst)
+		}
 		a = &agent{
-			events:   rate.NewLimiter(rate.Limit(g.cfg.EventsPerSecond), g.cfg.EventBurst),
+			events:   events,
 			messages: rate.NewLimiter(rate.Limit(g.cfg.MessagesPerSecond), g.cfg.MessageBurst),
 		}
 		g.agents[key] = a
@@ -307,7 +315,7 @@ func (s *stream) admit(events int) error {
 		if !ev.OK() {
 			msg.CancelAt(now)
 			return s.fail(ReasonEventRate, codes.ResourceExhausted,
-				"batch of %d events exceeds the event burst of %d", events, s.g.cfg.EventBurst)
+				"batch of %d events exceeds the event burst of %d", events, a.events.Burst())
 		}
 		delay = max(delay, ev.DelayFrom(now))
 	}
@@ -316,7 +324,7 @@ func (s *stream) admit(events int) error {
 		reason, what := ReasonMessageRate, fmt.Sprintf("%g messages/s", s.g.cfg.MessagesPerSecond)
 		if ev != nil {
 			if ev.DelayFrom(now) >= msg.DelayFrom(now) {
-				reason, what = ReasonEventRate, fmt.Sprintf("%g events/s", s.g.cfg.EventsPerSecond)
+				reason, what = ReasonEventRate, fmt.Sprintf("%g events/s", float64(a.events.Limit()))
 			}
 			ev.CancelAt(now)
 		}

@@ -159,6 +159,12 @@ type agent struct {
 // open starts a stream on conn and exchanges Hello/Welcome.
 func open(t *testing.T, conn *grpc.ClientConn, cluster, node string) (*agent, error) {
 	t.Helper()
+	return openHello(t, conn, &tokenwatchv1.Hello{Cluster: cluster, Node: node})
+}
+
+// openHello starts a stream on conn with hello and waits for the Welcome.
+func openHello(t *testing.T, conn *grpc.ClientConn, hello *tokenwatchv1.Hello) (*agent, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	stream, err := tokenwatchv1.NewAuditStreamServiceClient(conn).Stream(ctx)
 	if err != nil {
@@ -167,7 +173,7 @@ func open(t *testing.T, conn *grpc.ClientConn, cluster, node string) (*agent, er
 	}
 	a := &agent{t: t, stream: stream, cancel: cancel}
 	t.Cleanup(a.close)
-	_ = stream.Send(&tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Hello{Hello: &tokenwatchv1.Hello{Cluster: cluster, Node: node}}})
+	_ = stream.Send(&tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Hello{Hello: hello}})
 	if _, err := stream.Recv(); err != nil {
 		return nil, err
 	}
@@ -354,6 +360,33 @@ func TestEventRateLimit(t *testing.T) {
 	}
 }
 
+func TestReplayHasItsOwnEventBucket(t *testing.T) {
+	f := start(t, guard.Config{
+		EventsPerSecond: 1e-6, EventBurst: 10, MaxEventsPerBatch: 10, MaxThrottle: time.Nanosecond,
+		ReplayEventsPerSecond: 1e-6, ReplayEventBurst: 30,
+	})
+	live := mustOpen(t, f.conn, "a", "n1")
+	if err := live.send(10, 0); err != nil {
+		t.Fatalf("live burst: %v", err)
+	}
+	wantCode(t, "live over the rate", live.send(1, 0), codes.ResourceExhausted, "1e-06 events/s")
+	// The same node replaying a backlog draws on the larger replay bucket,
+	// not on the exhausted live one.
+	replay, err := openHello(t, f.dial(t), &tokenwatchv1.Hello{Cluster: "a", Node: "n1", Replay: true})
+	if err != nil {
+		t.Fatalf("open replay: %v", err)
+	}
+	for i := range 3 {
+		if err := replay.send(10, 0); err != nil {
+			t.Fatalf("replay batch %d: %v", i+1, err)
+		}
+	}
+	wantCode(t, "replay over its burst", replay.send(1, 0), codes.ResourceExhausted, "events/s")
+	if got := f.violations(guard.ReasonEventRate); got != 2 {
+		t.Errorf("event_rate violations = %v, want 2", got)
+	}
+}
+
 func TestMessageRateLimit(t *testing.T) {
 	f := start(t, guard.Config{MessagesPerSecond: 1e-6, MessageBurst: 3, MaxThrottle: time.Nanosecond})
 	a := mustOpen(t, f.conn, "a", "n1") // the Hello is message 1
@@ -438,6 +471,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "negative throttle", give: guard.Config{MaxThrottle: -time.Second}, want: "MaxThrottle"},
 		{name: "cluster above total", give: guard.Config{MaxStreams: 4, MaxStreamsPerCluster: 8}, want: "MaxStreamsPerCluster"},
 		{name: "burst below batch", give: guard.Config{EventBurst: 10, MaxEventsPerBatch: 11}, want: "EventBurst"},
+		{name: "replay burst below batch", give: guard.Config{ReplayEventBurst: 10, MaxEventsPerBatch: 11, EventBurst: 11}, want: "ReplayEventBurst"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
