@@ -57,9 +57,14 @@ func Run(ctx context.Context, c Config) error {
 			return fmt.Errorf("--config: %w", err)
 		}
 		fileCfg = cfg
+		startLimits := cfg.Limits
 		watcher = config.NewWatcher(c.ConfigFile, raw, c.ConfigPoll, logger, func(cfg config.Config) {
 			if err := pl.Apply(cfg); err != nil {
 				logger.Error("config reload rejected, keeping the previous configuration", "err", err)
+				return
+			}
+			if cfg.Limits != startLimits {
+				logger.Warn("config reload: limits changed; they are read at start and take effect at the next restart")
 			}
 		})
 	}
@@ -103,7 +108,7 @@ func Run(ctx context.Context, c Config) error {
 		}
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
 	}
-	gc := guard.DefaultConfig()
+	gc := GuardConfig(fileCfg.Limits)
 	if c.Guard != nil {
 		gc = *c.Guard
 	}
@@ -222,6 +227,27 @@ func Run(ctx context.Context, c Config) error {
 	}
 	logger.Info("aggregator stopped", "took", time.Since(start).Round(time.Millisecond).String(), "outbox_depth", store.Depth())
 	return runErr
+}
+
+// GuardConfig maps the configuration file's limits onto the guard's; the
+// guard's other fields keep their defaults.
+func GuardConfig(l config.Limits) guard.Config {
+	gc := guard.DefaultConfig()
+	gc.MaxRecvMsgBytes = l.MaxMessageBytes
+	gc.MaxEventsPerBatch = l.MaxEventsPerBatch
+	gc.MaxLossesPerBatch = l.MaxLossesPerBatch
+	gc.MaxStreams = l.MaxStreams
+	gc.MaxStreamsPerCluster = l.MaxStreamsPerCluster
+	gc.MaxStreamsPerConn = uint32(l.MaxStreamsPerConnection)
+	gc.EventsPerSecond = l.EventsPerSecond
+	gc.EventBurst = l.EventBurst
+	gc.MessagesPerSecond = l.MessagesPerSecond
+	gc.MessageBurst = l.MessageBurst
+	gc.ReplayEventsPerSecond = l.ReplayEventsPerSecond
+	gc.ReplayEventBurst = l.ReplayEventBurst
+	gc.MaxThrottle = l.MaxThrottle
+	gc.KeepaliveMinTime = l.KeepaliveMinTime
+	return gc
 }
 
 // httpHandler serves /metrics, /healthz and /readyz.
