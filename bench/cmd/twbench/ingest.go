@@ -34,6 +34,7 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 	transports := fs.String("transports", "plaintext,mtls", "plaintext and/or mtls")
 	dur := fs.Duration("duration", 10*time.Second, "how long each load sends")
 	withBase := fs.Bool("baseline", true, "also measure the ack-only baseline server (off: aggregator only, for A/B runs)")
+	limits := fs.String("limits", "raised", "aggregator per-agent limits: raised (a --config whose limits section lifts the per-agent rates out of the way) or default")
 	profile := fs.String("cpuprofile", "", "with $TWBENCH_PPROF (an aggregator built by bench/run.sh profile), write the aggregator's CPU profile of each load to this prefix")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -45,11 +46,15 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *limits != "raised" && *limits != "default" {
+		return fmt.Errorf("-limits: %q is neither raised nor default", *limits)
+	}
+	raised := *limits == "raised"
 	mix, err := loadgen.NewMix(1)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "Each load sends for %v, then waits for the last acknowledgement. Events: ResponseComplete token creates from the generator, 99%% by system identities the default exclusions drop, 1%% alerting (unique audit IDs). Batches of 512 events, 8 unacknowledged per stream; stream i is node-i of cluster bench-(i mod 100). The aggregator runs with its durable outbox (bbolt state dir) and exports alerts over OTLP/gRPC to a receiver in the harness; its guard limits are the defaults (2,000 events/s per agent, burst 20,000: they bind the 1-stream load). Baseline: an ack-only AuditStreamService server (separate process, same gRPC and TLS set-up, no decoding beyond gRPC's, no state) shows the transport's ceiling on this machine with the same load generator.\n\n", *dur)
+	fmt.Fprintf(out, "Each load sends for %v, then waits for the last acknowledgement. Events: ResponseComplete token creates from the generator, 99%% by system identities the default exclusions drop, 1%% alerting (unique audit IDs). Batches of 512 events, 8 unacknowledged per stream; stream i is node-i of cluster bench-(i mod 100). The aggregator runs with its durable outbox (bbolt state dir) and exports alerts over OTLP/gRPC to a receiver in the harness; %s Baseline: an ack-only AuditStreamService server (separate process, same gRPC and TLS set-up, no decoding beyond gRPC's, no state) shows the transport's ceiling on this machine with the same load generator.\n\n", *dur, limitsNote(raised))
 	fmt.Fprintln(out, "| transport | streams | baseline: ack-only server, events/s | aggregator events/s | aggregator vs target 300,000/s | alerts exported | aggregator peak RSS (VmHWM) |")
 	fmt.Fprintln(out, "|---|---|---|---|---|---|---|")
 	for _, tr := range strings.Split(*transports, ",") {
@@ -63,7 +68,7 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 			}
 			var base loadgen.Result
 			if *withBase {
-				if base, _, err = ingestRun(ctx, *bin, self, tr, n, *dur, mix, "-"); err != nil {
+				if base, _, err = ingestRun(ctx, *bin, self, tr, n, *dur, mix, "-", raised); err != nil {
 					return fmt.Errorf("baseline %s %d streams: %w", tr, n, err)
 				}
 			}
@@ -71,7 +76,7 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 			if *profile != "" {
 				prof = fmt.Sprintf("%s-%s-%d.pprof", *profile, tr, n)
 			}
-			agg, st, err := ingestRun(ctx, *bin, self, tr, n, *dur, mix, prof)
+			agg, st, err := ingestRun(ctx, *bin, self, tr, n, *dur, mix, prof, raised)
 			if err != nil {
 				return fmt.Errorf("aggregator %s %d streams: %w", tr, n, err)
 			}
@@ -86,6 +91,22 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
+// raisedLimits is the aggregator config of -limits raised: per-agent rates
+// far above what the load can send, the other limits at their defaults.
+const raisedLimits = `limits:
+  events_per_second: 100000000
+  event_burst: 100000000
+  messages_per_second: 1000000
+  message_burst: 1000000
+`
+
+func limitsNote(raised bool) string {
+	if raised {
+		return "Its per-agent limits are raised by its config file (limits.events_per_second and event_burst 100,000,000, messages_per_second and message_burst 1,000,000; the defaults, 2,000 events/s and burst 20,000 per agent, would bind the 1-stream load); the other limits are the defaults."
+	}
+	return "Its guard limits are the defaults (2,000 events/s per agent, burst 20,000: they bind the 1-stream load)."
+}
+
 type ingestStats struct {
 	mem     procmem.Mem
 	records int64
@@ -94,7 +115,7 @@ type ingestStats struct {
 // ingestRun runs one load against a fresh aggregator (profiled into
 // profile when set), or, with profile "-", against the ack-only baseline
 // server.
-func ingestRun(ctx context.Context, bin, self, transport string, streams int, dur time.Duration, mix loadgen.Mix, profile string) (loadgen.Result, ingestStats, error) {
+func ingestRun(ctx context.Context, bin, self, transport string, streams int, dur time.Duration, mix loadgen.Mix, profile string, raised bool) (loadgen.Result, ingestStats, error) {
 	baseline := profile == "-"
 	dir, err := os.MkdirTemp("", "twbench-ingest-")
 	if err != nil {
@@ -156,7 +177,18 @@ func ingestRun(ctx context.Context, bin, self, transport string, streams int, du
 			return loadgen.Result{}, ingestStats{}, err
 		}
 		defer sink.Stop()
-		if p, target, err = startAggregator(ctx, bin, dir, sink.Addr(), tlsFlags...); err != nil {
+		aggFlags := tlsFlags
+		if transport != "mtls" {
+			aggFlags = []string{"--insecure"}
+		}
+		if raised {
+			cfg := filepath.Join(dir, "aggregator.yaml")
+			if err := os.WriteFile(cfg, []byte(raisedLimits), 0o644); err != nil {
+				return loadgen.Result{}, ingestStats{}, err
+			}
+			aggFlags = append(aggFlags, "--config", cfg)
+		}
+		if p, target, err = startAggregator(ctx, bin, dir, sink.Addr(), aggFlags...); err != nil {
 			return loadgen.Result{}, ingestStats{}, err
 		}
 	}
