@@ -96,18 +96,21 @@ type Pipeline struct {
 	rule  atomic.Pointer[rule.Rule]
 	grace atomic.Int64 // time.Duration
 
-	// Locking. A batch holds tick for reading and the stripe of its source
-	// (cluster, node): batches of different agents read, decide and commit
+	// Locking. A batch takes its source's (cluster, node) lock, then tick
+	// for reading: batches of different agents read, decide and commit
 	// concurrently (the store groups their commits into one fsync), while
 	// two batches of one agent (a re-send on a new stream racing the old
-	// one) never interleave. Both stages of a request are logged by the one
-	// apiserver that served it, so they come from one agent; should two
-	// sources ever carry the same request, the record ID (a digest of the
-	// request key) still keeps the outbox to one record. Tick holds tick for
-	// writing, so turning a due pending into an alert never races with its
-	// completion arriving.
+	// one) never interleave. The agent lock comes first so that batches
+	// queued behind one agent do not pin tick. Both stages of a request are
+	// logged by the one apiserver that served it, so they come from one
+	// agent; should two sources ever carry the same request, the record ID
+	// (a digest of the request key) still keeps the outbox to one record.
+	// Tick holds tick for writing while it turns due pendings into alerts,
+	// so that never races with their completion arriving; with nothing due
+	// it does not take it, so batches do not wait for it.
 	tick    sync.RWMutex
-	stripes [64]sync.Mutex
+	agentMu sync.Mutex
+	agents  map[detect.Source]*agentLock
 
 	// mu guards the configuration and the fleet components below, which are
 	// not safe for concurrent use; it is never held across a batch's commit.
@@ -123,22 +126,34 @@ type Pipeline struct {
 	lastExpire time.Time
 }
 
-// stripe returns the lock of src's batches.
-func (p *Pipeline) stripe(src detect.Source) *sync.Mutex {
-	h := uint32(2166136261) // FNV-1a
-	add := func(s string) {
-		for i := 0; i < len(s); i++ {
-			h ^= uint32(s[i])
-			h *= 16777619
-		}
-	}
-	add(src.Cluster)
-	add("\x00")
-	add(src.Node)
-	return &p.stripes[h%uint32(len(p.stripes))]
+// agentLock serialises one source's batches; refs counts the batches
+// holding or waiting for it, so that idle sources are forgotten.
+type agentLock struct {
+	mu   sync.Mutex
+	refs int
 }
 
-// New returns a Pipeline over opts.Store with opts.Config in force.
+// lockAgent locks src's batches and returns the unlock.
+func (p *Pipeline) lockAgent(src detect.Source) (unlock func()) {
+	p.agentMu.Lock()
+	l := p.agents[src]
+	if l == nil {
+		l = &agentLock{}
+		p.agents[src] = l
+	}
+	l.refs++
+	p.agentMu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		p.agentMu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(p.agents, src)
+		}
+		p.agentMu.Unlock()
+	}
+}
+
 func New(opts Options) (*Pipeline, error) {
 	if opts.Store == nil {
 		return nil, errors.New("new pipeline: no state store")
@@ -149,6 +164,7 @@ func New(opts Options) (*Pipeline, error) {
 		logger: opts.Logger,
 		every:  opts.TickInterval,
 		prune:  opts.PruneInterval,
+		agents: map[detect.Source]*agentLock{},
 	}
 	if p.now == nil {
 		p.now = time.Now
@@ -302,11 +318,10 @@ func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
 		return res, err
 	}
 
+	unlock := p.lockAgent(b.Source)
+	defer unlock()
 	p.tick.RLock()
 	defer p.tick.RUnlock()
-	lock := p.stripe(b.Source)
-	lock.Lock()
-	defer lock.Unlock()
 	now := p.now()
 	keys := make([]string, len(cands))
 	for i, c := range cands {
@@ -414,14 +429,25 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	p.tick.Lock()
-	defer p.tick.Unlock()
+	// Look for due pendings without the write lock first: when none are
+	// due (the usual case), batches go on while the periodic work runs.
+	// A pending that becomes due meanwhile waits for the next tick.
+	due, err := p.store.DuePending(p.now(), maxDuePerTick)
+	if err != nil {
+		return 0, fmt.Errorf("tick: %w", err)
+	}
+	if len(due) > 0 {
+		p.tick.Lock()
+		defer p.tick.Unlock()
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()
-	due, err := p.store.DuePending(now, maxDuePerTick)
-	if err != nil {
-		return 0, fmt.Errorf("tick: %w", err)
+	if len(due) > 0 {
+		// Again under the lock: a completion may have arrived meanwhile.
+		if due, err = p.store.DuePending(now, maxDuePerTick); err != nil {
+			return 0, fmt.Errorf("tick: %w", err)
+		}
 	}
 	ch := state.Change{Records: p.carry}
 	r := p.rule.Load()
