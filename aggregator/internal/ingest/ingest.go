@@ -34,6 +34,15 @@ type Processor interface {
 	Heard(cluster, node string, lastGrowth time.Time)
 }
 
+// Screener is implemented by Processors that can judge a wire event before
+// it is converted (*pipeline.Pipeline does): events it drops are counted in
+// the batch, never converted. A Processor without it sees every event.
+type Screener interface {
+	Screen(e *tokenwatchv1.TokenEvent) int
+}
+
+var _ Screener = (*pipeline.Pipeline)(nil)
+
 // Options configure a Server.
 type Options struct {
 	Processor Processor
@@ -177,9 +186,23 @@ func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamServi
 	if s.closing.Load() {
 		return status.Error(codes.Unavailable, "aggregator shutting down")
 	}
-	pb := pipeline.Batch{Source: src, Events: make([]*audit.Event, 0, len(b.GetEvents()))}
-	for _, e := range b.GetEvents() {
-		pb.Events = append(pb.Events, wire.FromProto(e))
+	pb := pipeline.Batch{Source: src}
+	if sc, ok := s.opts.Processor.(Screener); ok {
+		for _, e := range b.GetEvents() {
+			switch sc.Screen(e) {
+			case pipeline.Keep:
+				pb.Events = append(pb.Events, wire.FromProto(e))
+			case pipeline.DropExcluded:
+				pb.Excluded++
+			default:
+				pb.NotMatched++
+			}
+		}
+	} else {
+		pb.Events = make([]*audit.Event, 0, len(b.GetEvents()))
+		for _, e := range b.GetEvents() {
+			pb.Events = append(pb.Events, wire.FromProto(e))
+		}
 	}
 	nEvents := len(b.GetEvents())
 	b.Events = nil // the protobuf form is garbage now, not held while Process waits

@@ -74,3 +74,49 @@ func TestBatchReleasesProtoBeforeProcess(t *testing.T) {
 		t.Errorf("events received = %v, want 3", got)
 	}
 }
+
+// screener is a releaseChecker that drops events by audit ID.
+type screener struct {
+	releaseChecker
+	verdict map[string]int
+	batch   pipeline.Batch
+}
+
+func (s *screener) Screen(e *tokenwatchv1.TokenEvent) int { return s.verdict[e.GetAuditId()] }
+
+func (s *screener) Process(ctx context.Context, b pipeline.Batch) (pipeline.Result, error) {
+	s.batch = b
+	return s.releaseChecker.Process(ctx, b)
+}
+
+// TestBatchScreensBeforeConverting: events the Processor's screen drops are
+// never converted, only counted in the batch; every event is still counted
+// as received and the batch acknowledged.
+func TestBatchScreensBeforeConverting(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	pc := &screener{verdict: map[string]int{"x1": pipeline.DropExcluded, "x2": pipeline.DropExcluded, "n1": pipeline.DropNotMatched}}
+	s := New(Options{Processor: pc, Insecure: true, Registerer: reg})
+	b := batchMsg(3, "x1", "a1", "n1", "x2", "a2").GetBatch()
+	pc.proto = b
+	st := &ackStream{}
+	if err := s.batch(context.Background(), st, detect.Source{Cluster: "prod", Node: "cp-1"}, b, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, e := range pc.batch.Events {
+		ids = append(ids, e.AuditID)
+	}
+	if len(ids) != 2 || ids[0] != "a1" || ids[1] != "a2" || pc.batch.Excluded != 2 || pc.batch.NotMatched != 1 {
+		t.Errorf("Process got events %q, Excluded %d, NotMatched %d; want [a1 a2], 2, 1", ids, pc.batch.Excluded, pc.batch.NotMatched)
+	}
+	if len(st.sent) != 1 || st.sent[0].GetAck().GetSeq() != 3 {
+		t.Errorf("sent %v, want one ack of 3", st.sent)
+	}
+	var m dto.Metric
+	if err := s.m.events.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetCounter().GetValue(); got != 5 {
+		t.Errorf("events received = %v, want 5", got)
+	}
+}

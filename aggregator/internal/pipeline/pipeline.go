@@ -75,6 +75,9 @@ type Batch struct {
 	Source detect.Source
 	Events []*audit.Event
 	Losses []Loss
+	// Excluded and NotMatched count events of the batch that Screen
+	// dropped before it was built; Process adds them to its Result.
+	Excluded, NotMatched int
 }
 
 // Result tells what one batch did.
@@ -291,7 +294,7 @@ type candidate struct {
 // implies is durably recorded and the batch may be acknowledged; on error
 // nothing of it should be acknowledged (a re-send is deduplicated).
 func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
-	var res Result
+	res := Result{Excluded: b.Excluded, NotMatched: b.NotMatched}
 	r := p.rule.Load()
 	var cands []candidate
 	for _, e := range b.Events {
