@@ -22,29 +22,21 @@ import (
 )
 
 var (
-	bins     *harness.Binaries
-	buildErr error
-	k8sDir   string
-	k8sErr   error
+	suite  harness.Suite
+	k8sDir string
+	k8sErr error
 )
 
+// TestMain builds tokenwatch and the Kubernetes binaries once. No leak check:
+// client-go and klog leave goroutines behind.
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "tokenwatch-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bins, buildErr = harness.Build(dir)
-	if buildErr != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %v\n", buildErr)
-	}
-	k8sDir, k8sErr = kube.Build()
-	if k8sErr != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %v\n", k8sErr)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(suite.Main(m, harness.MainOptions{Setup: func(string) error {
+		k8sDir, k8sErr = kube.Build()
+		if k8sErr != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %v\n", k8sErr)
+		}
+		return nil
+	}}))
 }
 
 // ledger is every request that must alert, in all scenarios so far.
@@ -101,7 +93,7 @@ func (l *ledger) check(t *testing.T, sink *harness.Sink, scenario string, added 
 }
 
 func TestRealAPIServer(t *testing.T) {
-	b := harness.Need(t, bins, buildErr)
+	b := suite.Need(t)
 	if k8sErr != nil {
 		t.Fatalf("kube-apiserver/etcd did not build: %v", k8sErr)
 	}

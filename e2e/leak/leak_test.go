@@ -24,40 +24,21 @@ import (
 	"time"
 
 	"go.opentelemetry.io/collector/pdata/plog"
-	"go.uber.org/goleak"
 
 	"github.com/tokenwatch/tokenwatch/e2e/internal/harness"
 )
 
 var (
-	bins     *harness.Binaries
-	buildErr error
+	suite harness.Suite
 	// devcerts is the product's certificate tool (cmd/devcerts).
 	devcerts string
 )
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "tokenwatch-e2e-leak-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bins, buildErr = harness.Build(dir)
-	if buildErr == nil {
-		devcerts, buildErr = buildDevcerts(dir)
-	}
-	if buildErr != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %v\n", buildErr)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(harness.GoleakOptions()...); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(suite.Main(m, harness.MainOptions{Leaks: true, Setup: func(dir string) (err error) {
+		devcerts, err = buildDevcerts(dir)
+		return err
+	}}))
 }
 
 func buildDevcerts(dir string) (string, error) {
@@ -86,7 +67,7 @@ const (
 // expected alert and loss report, must show the control string where it is
 // forwarded, and must not show any token anywhere.
 func TestMintedTokenNeverLeaves(t *testing.T) {
-	b := harness.Need(t, bins, buildErr)
+	b := suite.Need(t)
 	if b.GenAuditErr != nil {
 		t.Fatalf("sample log generator: %v", b.GenAuditErr)
 	}

@@ -17,7 +17,7 @@ import (
 // but it must not be silent: an audit_data_lost record says so, and what
 // does arrive is still exactly once and only what was written.
 func TestDeletedBackupsReported(t *testing.T) {
-	b := harness.Need(t, bins, buildErr)
+	b := suite.Need(t)
 	logs := harness.LogDir(t)
 	dir := t.TempDir()
 	auditDir := filepath.Join(dir, "audit")

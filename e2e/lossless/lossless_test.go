@@ -7,7 +7,6 @@ package lossless
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,37 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/tokenwatch/tokenwatch/e2e/internal/auditwrite"
 	"github.com/tokenwatch/tokenwatch/e2e/internal/harness"
 )
 
-var (
-	bins     *harness.Binaries
-	buildErr error
-)
+var suite harness.Suite
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "tokenwatch-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bins, buildErr = harness.Build(dir)
-	if buildErr != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %v\n", buildErr)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(harness.GoleakOptions()...); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(suite.Main(m, harness.MainOptions{Leaks: true})) }
 
 // rotationsWanted is 110 unless TOKENWATCH_E2E_ROTATIONS says otherwise
 // (longer soaks on demand).
@@ -85,7 +60,7 @@ func TestLosslessCopyTruncate(t *testing.T) {
 }
 
 func run(t *testing.T, mode auditwrite.Mode) {
-	b := harness.Need(t, bins, buildErr)
+	b := suite.Need(t)
 	logs := harness.LogDir(t)
 	dir := t.TempDir()
 	auditDir := filepath.Join(dir, "audit")

@@ -11,41 +11,17 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/tokenwatch/tokenwatch/e2e/internal/auditwrite"
 	"github.com/tokenwatch/tokenwatch/e2e/internal/harness"
 	"github.com/tokenwatch/tokenwatch/e2e/internal/kube"
 )
 
-var (
-	bins     *harness.Binaries
-	buildErr error
-)
+var suite harness.Suite
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "tokenwatch-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bins, buildErr = harness.Build(dir)
-	if buildErr != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %v\n", buildErr)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(harness.GoleakOptions()...); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(suite.Main(m, harness.MainOptions{Leaks: true})) }
 
 func TestNetworkCut(t *testing.T) {
-	b := harness.Need(t, bins, buildErr)
+	b := suite.Need(t)
 	if why := harness.NetNSAvailable(); why != "" {
 		t.Skipf("SKIP network cut: %s", why)
 	}

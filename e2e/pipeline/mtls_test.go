@@ -16,7 +16,7 @@ import (
 // cluster, and plaintext: each is refused and delivers nothing. Then with the
 // right certificate the expected alerts arrive, exactly once.
 func TestMutualTLS(t *testing.T) {
-	b := harness.Need(t, bins, buildErr)
+	b := suite.Need(t)
 	if b.GenAuditErr != nil {
 		t.Fatalf("sample log generator: %v", b.GenAuditErr)
 	}

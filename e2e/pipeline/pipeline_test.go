@@ -4,49 +4,24 @@
 package pipeline
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/tokenwatch/tokenwatch/e2e/internal/harness"
 )
 
-var (
-	bins     *harness.Binaries
-	buildErr error
-)
+var suite harness.Suite
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "tokenwatch-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bins, buildErr = harness.Build(dir)
-	if buildErr != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %v\n", buildErr)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(harness.GoleakOptions()...); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(suite.Main(m, harness.MainOptions{Leaks: true})) }
 
 // TestGeneratedLogReplay runs aggregator + agent --once over a generated log
 // whose token creates are logged at RequestResponse level (minted tokens in
 // the file) and asserts: exactly the expected alerts, one per request, with
 // the contract's attributes, and no token string anywhere downstream.
 func TestGeneratedLogReplay(t *testing.T) {
-	b := harness.Need(t, bins, buildErr)
+	b := suite.Need(t)
 	if b.GenAuditErr != nil {
 		t.Fatalf("sample log generator: %v", b.GenAuditErr)
 	}
