@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
-	"github.com/tokenwatch/tokenwatch/internal/audit"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 	"github.com/tokenwatch/tokenwatch/internal/version"
@@ -86,6 +85,17 @@ func New(opts Options) *Server {
 	s := &Server{opts: opts, logger: logger, health: health.NewServer(), m: newMetrics(opts.Registerer)}
 	s.health.SetServingStatus(tokenwatchv1.AuditStreamService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	return s
+}
+
+// ServerOptions returns the gRPC server options the Server wants: with a
+// Processor that is a FieldScreener, a codec that screens batch events
+// before decoding them (see codec).
+func (s *Server) ServerOptions() []grpc.ServerOption {
+	fs, ok := s.opts.Processor.(FieldScreener)
+	if !ok {
+		return nil
+	}
+	return []grpc.ServerOption{grpc.ForceServerCodecV2(newCodec(fs))}
 }
 
 // Register registers the stream service and the health service on g.
@@ -187,21 +197,24 @@ func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamServi
 		return status.Error(codes.Unavailable, "aggregator shutting down")
 	}
 	pb := pipeline.Batch{Source: src}
-	if sc, ok := s.opts.Processor.(Screener); ok {
-		for _, e := range b.GetEvents() {
-			switch sc.Screen(e) {
-			case pipeline.Keep:
-				pb.Events = append(pb.Events, wire.FromProto(e))
-			case pipeline.DropExcluded:
-				pb.Excluded++
-			default:
-				pb.NotMatched++
-			}
+	sc, screens := s.opts.Processor.(Screener)
+	for _, e := range b.GetEvents() {
+		verdict := pipeline.Keep
+		switch {
+		case e == screenedExcluded: // screened by the codec
+			verdict = pipeline.DropExcluded
+		case e == screenedNotMatched:
+			verdict = pipeline.DropNotMatched
+		case screens:
+			verdict = sc.Screen(e)
 		}
-	} else {
-		pb.Events = make([]*audit.Event, 0, len(b.GetEvents()))
-		for _, e := range b.GetEvents() {
+		switch verdict {
+		case pipeline.Keep:
 			pb.Events = append(pb.Events, wire.FromProto(e))
+		case pipeline.DropExcluded:
+			pb.Excluded++
+		default:
+			pb.NotMatched++
 		}
 	}
 	nEvents := len(b.GetEvents())

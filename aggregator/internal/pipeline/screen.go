@@ -26,15 +26,41 @@ func (p *Pipeline) Screen(e *tokenwatchv1.TokenEvent) int {
 	if e == nil {
 		return DropNotMatched
 	}
-	ev := audit.Event{Verb: e.GetVerb()}
-	var ref audit.ObjectReference
+	f := Fields{Verb: e.GetVerb()}
 	if r := e.GetObjectRef(); r != nil {
-		ref = audit.ObjectReference{Resource: r.GetResource(), Subresource: r.GetSubresource(), Namespace: r.GetNamespace(), Name: r.GetName()}
+		f.HasObjectRef = true
+		f.Resource, f.Subresource, f.Namespace, f.Name = r.GetResource(), r.GetSubresource(), r.GetNamespace(), r.GetName()
+	}
+	if u := e.GetUser(); u != nil {
+		f.HasUser = true
+		f.Username, f.Groups = u.GetUsername(), u.GetGroups()
+	}
+	return p.ScreenFields(&f)
+}
+
+// Fields are the fields of a token event the rule reads, filled from any
+// form of the event (the wire codec fills them from the encoded bytes).
+type Fields struct {
+	Verb                                   string
+	HasObjectRef                           bool
+	Resource, Subresource, Namespace, Name string
+	HasUser                                bool
+	Username                               string
+	Groups                                 []string
+}
+
+// ScreenFields is Screen over the fields the rule reads. It does not retain
+// f or its strings.
+func (p *Pipeline) ScreenFields(f *Fields) int {
+	ev := audit.Event{Verb: f.Verb}
+	var ref audit.ObjectReference
+	if f.HasObjectRef {
+		ref = audit.ObjectReference{Resource: f.Resource, Subresource: f.Subresource, Namespace: f.Namespace, Name: f.Name}
 		ev.ObjectRef = &ref
 	}
 	var user audit.UserInfo
-	if u := e.GetUser(); u != nil {
-		user = audit.UserInfo{Username: u.GetUsername(), Groups: u.GetGroups()}
+	if f.HasUser {
+		user = audit.UserInfo{Username: f.Username, Groups: f.Groups}
 		ev.User = &user
 	}
 	v := p.rule.Load().Evaluate(&ev)

@@ -117,11 +117,12 @@ func Run(ctx context.Context, c Config) error {
 		return fmt.Errorf("grpc limits: %w", err)
 	}
 	opts = append(opts, g.ServerOptions()...)
-	gs := grpc.NewServer(opts...)
 	in := ingest.New(ingest.Options{
 		Processor: pl, Insecure: c.Insecure, TrustDomain: c.TrustDomain,
 		Logger: logger, Registerer: reg,
 	})
+	opts = append(opts, in.ServerOptions()...)
+	gs := grpc.NewServer(opts...)
 	in.Register(gs)
 	lis, err := net.Listen("tcp", c.Listen)
 	if err != nil {
