@@ -111,6 +111,10 @@ type Limits struct {
 	MaxThrottle time.Duration `yaml:"max_throttle"`
 	// KeepaliveMinTime is the shortest client ping interval tolerated.
 	KeepaliveMinTime time.Duration `yaml:"keepalive_min_time"`
+	// WindowBytes fixes each connection's HTTP/2 flow-control windows,
+	// bounding in-flight data to about this much per agent; 0 keeps gRPC's
+	// dynamic windows.
+	WindowBytes int `yaml:"window_bytes"`
 }
 
 // DefaultLimits returns the limits' defaults, sized for real agents: a busy
@@ -299,6 +303,9 @@ func (l Limits) problems() []string {
 	}
 	positive("max_throttle", float64(l.MaxThrottle))
 	positive("keepalive_min_time", float64(l.KeepaliveMinTime))
+	if l.WindowBytes != 0 && (l.WindowBytes < 64<<10 || l.WindowBytes > 1<<30) {
+		bad("window_bytes", "must be 0 (gRPC's dynamic windows) or between 65536 and 1073741824")
+	}
 	return errs
 }
 

@@ -73,6 +73,12 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// MaxHeaderListBytes bounds the HTTP/2 header list (default 64 KiB).
 	MaxHeaderListBytes uint32
+	// WindowBytes fixes the HTTP/2 flow-control window of each stream and
+	// connection, bounding the data a peer can have in flight to about
+	// WindowBytes per connection; 0 (the default) keeps gRPC's windows,
+	// which grow with the measured bandwidth-delay product (faster, and
+	// memory grows with streams). At least 64 KiB when set.
+	WindowBytes int32
 }
 
 // DefaultConfig returns the defaults, sized for real agents.
@@ -125,6 +131,9 @@ func (c Config) Validate() error {
 	neg("KeepaliveTime", float64(c.KeepaliveTime))
 	neg("KeepaliveTimeout", float64(c.KeepaliveTimeout))
 	neg("HandshakeTimeout", float64(c.HandshakeTimeout))
+	if c.WindowBytes != 0 && c.WindowBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("guard: WindowBytes must be 0 (gRPC's dynamic windows) or at least 65536, got %d", c.WindowBytes))
+	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}

@@ -106,7 +106,7 @@ func ServerOptions(cfg Config, reg prometheus.Registerer) []grpc.ServerOption {
 // ServerOptions returns the gRPC server options that enforce g's limits.
 func (g *Guard) ServerOptions() []grpc.ServerOption {
 	c := g.cfg
-	return []grpc.ServerOption{
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(c.MaxRecvMsgBytes),
 		grpc.MaxConcurrentStreams(c.MaxStreamsPerConn),
 		grpc.MaxHeaderListSize(c.MaxHeaderListBytes),
@@ -121,6 +121,10 @@ func (g *Guard) ServerOptions() []grpc.ServerOption {
 		}),
 		grpc.ChainStreamInterceptor(g.StreamInterceptor),
 	}
+	if c.WindowBytes > 0 {
+		opts = append(opts, grpc.InitialWindowSize(c.WindowBytes), grpc.InitialConnWindowSize(c.WindowBytes))
+	}
+	return opts
 }
 
 // StreamInterceptor enforces the stream and message limits. It is part of

@@ -360,6 +360,16 @@ func TestEventRateLimit(t *testing.T) {
 	}
 }
 
+// TestFixedWindowCarriesLargeMessages: with a fixed flow-control window, a
+// message several windows long still arrives (flow control paces it).
+func TestFixedWindowCarriesLargeMessages(t *testing.T) {
+	f := start(t, guard.Config{WindowBytes: 64 << 10})
+	a := mustOpen(t, f.conn, "a", "n1")
+	if err := a.send(4, 100<<10); err != nil {
+		t.Fatalf("batch of ~400 KiB through 64 KiB windows: %v", err)
+	}
+}
+
 func TestReplayHasItsOwnEventBucket(t *testing.T) {
 	f := start(t, guard.Config{
 		EventsPerSecond: 1e-6, EventBurst: 10, MaxEventsPerBatch: 10, MaxThrottle: time.Nanosecond,
@@ -471,6 +481,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "negative throttle", give: guard.Config{MaxThrottle: -time.Second}, want: "MaxThrottle"},
 		{name: "cluster above total", give: guard.Config{MaxStreams: 4, MaxStreamsPerCluster: 8}, want: "MaxStreamsPerCluster"},
 		{name: "burst below batch", give: guard.Config{EventBurst: 10, MaxEventsPerBatch: 11}, want: "EventBurst"},
+		{name: "window too small", give: guard.Config{WindowBytes: 1000}, want: "WindowBytes"},
 		{name: "replay burst below batch", give: guard.Config{ReplayEventBurst: 10, MaxEventsPerBatch: 11, EventBurst: 11}, want: "ReplayEventBurst"},
 	}
 	for _, tt := range tests {

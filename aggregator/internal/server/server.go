@@ -248,6 +248,7 @@ func GuardConfig(l config.Limits) guard.Config {
 	gc.ReplayEventBurst = l.ReplayEventBurst
 	gc.MaxThrottle = l.MaxThrottle
 	gc.KeepaliveMinTime = l.KeepaliveMinTime
+	gc.WindowBytes = int32(l.WindowBytes)
 	return gc
 }
 
