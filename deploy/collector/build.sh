@@ -1,38 +1,7 @@
 #!/usr/bin/env bash
-# Builds the tokenwatch-otelcol collector described by builder-config.yaml with
-# the OpenTelemetry Collector Builder pinned in this module's go.mod, and prints
-# the path of the binary. The result is cached under
-# ${TOKENWATCH_CACHE:-$HOME/.cache/tokenwatch}/otelcol-<hash>, keyed by the
-# manifest and this module's go.sum, so only the first run pays the build.
+# Builds the tokenwatch-otelcol collector of builder-config.yaml (the builder
+# pinned in this module's go.mod) and prints the binary's path; cached by
+# manifest and go.sum (see scripts/build-otelcol.sh).
 set -euo pipefail
-
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache="${TOKENWATCH_CACHE:-$HOME/.cache/tokenwatch}"
-key="$(cat "$here/builder-config.yaml" "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)"
-out="$cache/otelcol-$key"
-bin="$out/tokenwatch-otelcol"
-
-if [[ -x "$bin" ]]; then
-	echo "$bin"
-	exit 0
-fi
-
-mkdir -p "$cache"
-work="$(mktemp -d "$cache/otelcol-build.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
-
-# Same manifest, with the output redirected into the cache.
-sed "s|^\(  output_path:\).*|\1 $work/src|" "$here/builder-config.yaml" >"$work/builder-config.yaml"
-
-start=$SECONDS
-(cd "$here" && CGO_ENABLED=0 go tool builder --config "$work/builder-config.yaml") >"$work/build.log" 2>&1 || {
-	cat "$work/build.log" >&2
-	echo "build.sh: collector builder failed" >&2
-	exit 1
-}
-echo "build.sh: built tokenwatch-otelcol in $((SECONDS - start))s" >&2
-
-rm -rf "$out"
-mkdir -p "$out"
-mv "$work/src/tokenwatch-otelcol" "$bin"
-echo "$bin"
+exec "$here/../../scripts/build-otelcol.sh" "$here" tokenwatch-otelcol
