@@ -150,52 +150,116 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 		s.opts.Processor.Heard(src.Cluster, src.Node, time.Time{})
 	}
 
-	var last uint64
-	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			log.Info("agent disconnected")
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		switch msg := req.GetMsg().(type) {
-		case *tokenwatchv1.StreamRequest_Batch:
-			b := msg.Batch
-			if b.GetSeq() != last+1 {
-				s.m.refused.WithLabelValues("bad_seq").Inc()
-				return status.Errorf(codes.InvalidArgument, "batch seq %d out of order: want %d", b.GetSeq(), last+1)
+	// The stream is served in two stages: a receiver goroutine reads and
+	// screens the next messages while this one processes the previous
+	// batch (whose commit waits for an fsync), so one agent's throughput is
+	// bounded by the slower stage, not their sum. Messages stay in order
+	// through recvd, batches are processed one at a time in seq order, and
+	// each is acknowledged only once Process recorded it durably: acks go
+	// out in order and none follows a batch that was not recorded.
+	recvd := make(chan received, recvAhead)
+	stop := make(chan struct{})
+	// The receiver ends once it handed over a terminal message, or, when
+	// this handler returned first, as soon as gRPC ends the stream (its
+	// Recv then fails) or on its next hand-over (stop is closed).
+	defer close(stop)
+	go s.receive(stream, src, recvd, stop)
+
+	for r := range recvd {
+		switch {
+		case r.err != nil:
+			if errors.Is(r.err, io.EOF) {
+				log.Info("agent disconnected")
+				return nil
 			}
-			if err := s.batch(ctx, stream, src, b, log); err != nil {
+			return r.err
+		case r.batch != nil:
+			if err := s.commit(ctx, stream, r.batch, log); err != nil {
 				return err
 			}
-			last = b.GetSeq()
-		case *tokenwatchv1.StreamRequest_Heartbeat:
+		case r.heartbeat != nil:
 			s.m.heartbeats.Inc()
 			if !hello.GetReplay() {
 				var growth time.Time
-				if hb := msg.Heartbeat; hb.GetLastGrowth() != nil {
+				if hb := r.heartbeat; hb.GetLastGrowth() != nil {
 					growth = hb.GetLastGrowth().AsTime()
 				}
 				s.opts.Processor.Heard(src.Cluster, src.Node, growth)
 			}
-		case *tokenwatchv1.StreamRequest_Hello:
-			s.m.refused.WithLabelValues("second_hello").Inc()
-			return status.Error(codes.InvalidArgument, "hello is allowed only as the first message")
-		default:
-			return status.Error(codes.InvalidArgument, "empty stream message")
+		}
+	}
+	return nil
+}
+
+// recvAhead is how many received messages may wait for the processing
+// stage besides the one it works on and the one the receiver holds: each is
+// a screened batch (its kept events only), so the memory is small.
+const recvAhead = 1
+
+// received is one message of a stream, screened; exactly one field is set.
+// err ends the stream (io.EOF when the agent closed it).
+type received struct {
+	batch     *prepared
+	heartbeat *tokenwatchv1.Heartbeat
+	err       error
+}
+
+// receive reads the stream's messages after the Hello, checks their order
+// and screens batches, and hands them to recvd in order until one ends the
+// stream or stop is closed.
+func (s *Server) receive(stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, recvd chan<- received, stop <-chan struct{}) {
+	defer close(recvd)
+	var last uint64
+	for {
+		var r received
+		req, err := stream.Recv()
+		if err != nil {
+			r.err = err
+		} else {
+			switch msg := req.GetMsg().(type) {
+			case *tokenwatchv1.StreamRequest_Batch:
+				b := msg.Batch
+				if b.GetSeq() != last+1 {
+					s.m.refused.WithLabelValues("bad_seq").Inc()
+					r.err = status.Errorf(codes.InvalidArgument, "batch seq %d out of order: want %d", b.GetSeq(), last+1)
+					break
+				}
+				last = b.GetSeq()
+				r.batch = s.prepare(src, b)
+			case *tokenwatchv1.StreamRequest_Heartbeat:
+				r.heartbeat = msg.Heartbeat
+			case *tokenwatchv1.StreamRequest_Hello:
+				s.m.refused.WithLabelValues("second_hello").Inc()
+				r.err = status.Error(codes.InvalidArgument, "hello is allowed only as the first message")
+			default:
+				r.err = status.Error(codes.InvalidArgument, "empty stream message")
+			}
+		}
+		select {
+		case recvd <- r:
+		case <-stop:
+			return
+		}
+		if r.err != nil {
+			return
 		}
 	}
 }
 
+// prepared is a screened batch, ready for Process.
+type prepared struct {
+	seq    uint64
+	events int // as received, screened ones included
+	batch  pipeline.Batch
+}
+
 // batch processes one batch and acknowledges it once it is recorded.
 func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, b *tokenwatchv1.Batch, log *slog.Logger) error {
-	s.drain.RLock()
-	defer s.drain.RUnlock()
-	if s.closing.Load() {
-		return status.Error(codes.Unavailable, "aggregator shutting down")
-	}
+	return s.commit(ctx, stream, s.prepare(src, b), log)
+}
+
+// prepare screens b's events, converts those kept and releases b's events.
+func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch) *prepared {
 	pb := pipeline.Batch{Source: src}
 	sc, screens := s.opts.Processor.(Screener)
 	for _, e := range b.GetEvents() {
@@ -231,16 +295,26 @@ func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamServi
 		}
 		pb.Losses = append(pb.Losses, loss)
 	}
+	return &prepared{seq: b.GetSeq(), events: nEvents, batch: pb}
+}
+
+// commit processes a prepared batch and acknowledges it once it is recorded.
+func (s *Server) commit(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, p *prepared, log *slog.Logger) error {
+	s.drain.RLock()
+	defer s.drain.RUnlock()
+	if s.closing.Load() {
+		return status.Error(codes.Unavailable, "aggregator shutting down")
+	}
 	// A batch is committed whole even when the stream goes away meanwhile:
 	// the agent resends what it did not see acknowledged and dedupe absorbs it.
-	if _, err := s.opts.Processor.Process(context.WithoutCancel(ctx), pb); err != nil {
+	if _, err := s.opts.Processor.Process(context.WithoutCancel(ctx), p.batch); err != nil {
 		s.m.batchErrors.Inc()
-		log.Error("batch not recorded", "seq", b.GetSeq(), "err", err)
+		log.Error("batch not recorded", "seq", p.seq, "err", err)
 		return status.Error(codes.Unavailable, "batch not recorded; resend")
 	}
 	s.m.batches.Inc()
-	s.m.events.Add(float64(nEvents))
-	return stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Ack{Ack: &tokenwatchv1.Ack{Seq: b.GetSeq()}}})
+	s.m.events.Add(float64(p.events))
+	return stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Ack{Ack: &tokenwatchv1.Ack{Seq: p.seq}}})
 }
 
 // bindCluster returns the cluster of the stream.
