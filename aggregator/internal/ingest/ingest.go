@@ -150,100 +150,110 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 		s.opts.Processor.Heard(src.Cluster, src.Node, time.Time{})
 	}
 
-	// The stream is served in two stages: a receiver goroutine reads and
-	// screens the next messages while this one processes the previous
-	// batch (whose commit waits for an fsync), so one agent's throughput is
-	// bounded by the slower stage, not their sum. Messages stay in order
-	// through recvd, batches are processed one at a time in seq order, and
-	// each is acknowledged only once Process recorded it durably: acks go
-	// out in order and none follows a batch that was not recorded.
-	recvd := make(chan received, recvAhead)
-	stop := make(chan struct{})
-	// The receiver ends once it handed over a terminal message, or, when
-	// this handler returned first, as soon as gRPC ends the stream (its
-	// Recv then fails) or on its next hand-over (stop is closed).
-	defer close(stop)
-	go s.receive(stream, src, recvd, stop)
+	// The stream is served in two stages: this goroutine receives, orders
+	// and screens the next messages while a committer goroutine processes
+	// the previous batch (its commit waits for an fsync), so one agent's
+	// throughput is bounded by the slower stage, not their sum. Batches are
+	// processed one at a time in seq order, and each is acknowledged only
+	// once Process recorded it durably: acks go out in order, and after a
+	// batch that was not recorded nothing more is processed or
+	// acknowledged. Only this goroutine calls Recv (interceptors rely on
+	// it), so a committer's failure ends the stream once the next message
+	// arrives or the agent closes it: the agent, missing its acks, sends a
+	// heartbeat within the interval at the latest.
+	work := make(chan received, recvAhead)
+	failed := make(chan struct{})
+	var commitErr error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if commitErr = s.commitLoop(ctx, stream, src, hello.GetReplay(), work, log); commitErr != nil {
+			close(failed)
+		}
+	})
+	end := func(err error) error {
+		close(work)
+		wg.Wait()
+		if commitErr != nil {
+			return commitErr
+		}
+		return err
+	}
 
-	for r := range recvd {
-		switch {
-		case r.err != nil:
-			if errors.Is(r.err, io.EOF) {
-				log.Info("agent disconnected")
-				return nil
-			}
-			return r.err
-		case r.batch != nil:
-			if err := s.commit(ctx, stream, r.batch, log); err != nil {
+	var last uint64
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			if err := end(nil); err != nil {
 				return err
 			}
-		case r.heartbeat != nil:
-			s.m.heartbeats.Inc()
-			if !hello.GetReplay() {
-				var growth time.Time
-				if hb := r.heartbeat; hb.GetLastGrowth() != nil {
-					growth = hb.GetLastGrowth().AsTime()
-				}
-				s.opts.Processor.Heard(src.Cluster, src.Node, growth)
+			log.Info("agent disconnected")
+			return nil
+		}
+		if err != nil {
+			return end(err)
+		}
+		var r received
+		switch msg := req.GetMsg().(type) {
+		case *tokenwatchv1.StreamRequest_Batch:
+			b := msg.Batch
+			if b.GetSeq() != last+1 {
+				s.m.refused.WithLabelValues("bad_seq").Inc()
+				return end(status.Errorf(codes.InvalidArgument, "batch seq %d out of order: want %d", b.GetSeq(), last+1))
 			}
+			last = b.GetSeq()
+			r.batch = s.prepare(src, b)
+		case *tokenwatchv1.StreamRequest_Heartbeat:
+			r.heartbeat = msg.Heartbeat
+		case *tokenwatchv1.StreamRequest_Hello:
+			s.m.refused.WithLabelValues("second_hello").Inc()
+			return end(status.Error(codes.InvalidArgument, "hello is allowed only as the first message"))
+		default:
+			return end(status.Error(codes.InvalidArgument, "empty stream message"))
+		}
+		select {
+		case <-failed:
+			return end(nil)
+		default:
+		}
+		select {
+		case work <- r:
+		case <-failed:
+			return end(nil)
 		}
 	}
-	return nil
 }
 
-// recvAhead is how many received messages may wait for the processing
-// stage besides the one it works on and the one the receiver holds: each is
-// a screened batch (its kept events only), so the memory is small.
+// recvAhead is how many received messages may wait for the committer
+// besides the one it works on and the one the receiver holds: each is a
+// screened batch (its kept events only), so the memory is small.
 const recvAhead = 1
 
 // received is one message of a stream, screened; exactly one field is set.
-// err ends the stream (io.EOF when the agent closed it).
 type received struct {
 	batch     *prepared
 	heartbeat *tokenwatchv1.Heartbeat
-	err       error
 }
 
-// receive reads the stream's messages after the Hello, checks their order
-// and screens batches, and hands them to recvd in order until one ends the
-// stream or stop is closed.
-func (s *Server) receive(stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, recvd chan<- received, stop <-chan struct{}) {
-	defer close(recvd)
-	var last uint64
-	for {
-		var r received
-		req, err := stream.Recv()
-		if err != nil {
-			r.err = err
-		} else {
-			switch msg := req.GetMsg().(type) {
-			case *tokenwatchv1.StreamRequest_Batch:
-				b := msg.Batch
-				if b.GetSeq() != last+1 {
-					s.m.refused.WithLabelValues("bad_seq").Inc()
-					r.err = status.Errorf(codes.InvalidArgument, "batch seq %d out of order: want %d", b.GetSeq(), last+1)
-					break
-				}
-				last = b.GetSeq()
-				r.batch = s.prepare(src, b)
-			case *tokenwatchv1.StreamRequest_Heartbeat:
-				r.heartbeat = msg.Heartbeat
-			case *tokenwatchv1.StreamRequest_Hello:
-				s.m.refused.WithLabelValues("second_hello").Inc()
-				r.err = status.Error(codes.InvalidArgument, "hello is allowed only as the first message")
-			default:
-				r.err = status.Error(codes.InvalidArgument, "empty stream message")
+// commitLoop processes and acknowledges the batches and heartbeats of work
+// in order until work is closed or a batch fails, whose error it returns.
+func (s *Server) commitLoop(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, replay bool, work <-chan received, log *slog.Logger) error {
+	for r := range work {
+		if r.batch != nil {
+			if err := s.commit(ctx, stream, r.batch, log); err != nil {
+				return err
 			}
+			continue
 		}
-		select {
-		case recvd <- r:
-		case <-stop:
-			return
-		}
-		if r.err != nil {
-			return
+		s.m.heartbeats.Inc()
+		if !replay {
+			var growth time.Time
+			if hb := r.heartbeat; hb.GetLastGrowth() != nil {
+				growth = hb.GetLastGrowth().AsTime()
+			}
+			s.opts.Processor.Heard(src.Cluster, src.Node, growth)
 		}
 	}
+	return nil
 }
 
 // prepared is a screened batch, ready for Process.

@@ -248,8 +248,17 @@ func TestStreamProcessFailureNotAcked(t *testing.T) {
 	send(t, st, hello("prod", "cp-1", false))
 	recv(t, st)
 	send(t, st, batchMsg(1, "a1"))
-	if code := recvErr(t, st); code != codes.Unavailable {
-		t.Errorf("stream ended with %v, want Unavailable (and no ack)", code)
+	// The failure ends the stream at the agent's next message or, as here,
+	// when it closes its side; either way no ack comes first.
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := st.Recv()
+	if err == nil {
+		t.Fatalf("got %v, want the stream to end with Unavailable and no ack", r)
+	}
+	if code := status.Code(err); code != codes.Unavailable {
+		t.Errorf("stream ended with %v, want Unavailable", code)
 	}
 }
 
@@ -276,6 +285,9 @@ func TestDrainFinishesInFlight(t *testing.T) {
 	}
 	rec.entered, rec.block = nil, nil
 	send(t, st, batchMsg(2, "a2"))
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
 	if code := recvErr(t, st); code != codes.Unavailable {
 		t.Errorf("batch after Drain: stream ended with %v, want Unavailable", code)
 	}

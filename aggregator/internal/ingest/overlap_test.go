@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
@@ -82,7 +83,7 @@ func TestStreamReceivesWhileProcessing(t *testing.T) {
 
 // TestStreamFailureStopsLaterBatches: when a batch is not recorded, neither
 // it nor a later batch already received is acknowledged or processed, and
-// the stream ends with Unavailable.
+// the stream ends with Unavailable (here when the agent closes its side).
 func TestStreamFailureStopsLaterBatches(t *testing.T) {
 	p := &overlapProcessor{hold: "a2", next: "a3", fail: "a2", screened: make(chan struct{})}
 	h := insecureHarness(t, p)
@@ -90,11 +91,18 @@ func TestStreamFailureStopsLaterBatches(t *testing.T) {
 	send(t, st, hello("prod", "cp-1", false))
 	recv(t, st)
 	send(t, st, batchMsg(1, "a1"), batchMsg(2, "a2"), batchMsg(3, "a3"))
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
 	if got := recv(t, st).GetAck().GetSeq(); got != 1 {
 		t.Fatalf("ack = %d, want 1", got)
 	}
-	if code := recvErr(t, st); code != codes.Unavailable {
-		t.Errorf("stream ended with %v, want Unavailable (and no ack after 1)", code)
+	r, err := st.Recv()
+	if err == nil {
+		t.Fatalf("got %v after ack 1, want the stream to end with Unavailable", r)
+	}
+	if code := status.Code(err); code != codes.Unavailable {
+		t.Errorf("stream ended with %v, want Unavailable", code)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
