@@ -16,6 +16,7 @@
 // longer than MaxThrottle — many streams sharing one agent's budget, or one
 // batch larger than the burst — ends the stream.
 //
-// Keepalive violations are enforced by gRPC itself (GOAWAY too_many_pings)
-// and cannot be counted here.
+// Keepalive violations are enforced by gRPC itself (GOAWAY too_many_pings),
+// which reports them nowhere; Credentials wraps the server's transport
+// credentials to see that GOAWAY on the connection, after TLS, and count it.
 package guard

@@ -31,6 +31,10 @@ const (
 	ReasonTooManyAgents         = "too_many_agents"
 	ReasonEventRate             = "event_rate"
 	ReasonMessageRate           = "message_rate"
+	// ReasonKeepalive: a client pinged more often than the keepalive policy
+	// allows and gRPC closed its connection (GOAWAY too_many_pings); counted
+	// only on connections served through Credentials.
+	ReasonKeepalive = "keepalive"
 )
 
 // Guard holds the limits' shared state: stream counts and per-agent rate

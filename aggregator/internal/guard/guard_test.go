@@ -87,6 +87,11 @@ func startWith(t *testing.T, cfg guard.Config, client credentials.TransportCrede
 	if err != nil {
 		t.Fatal(err)
 	}
+	if extra == nil {
+		// Plaintext through the guard's credentials, which count keepalive
+		// violations (TLS tests bring their own credentials).
+		extra = []grpc.ServerOption{grpc.Creds(g.Credentials(nil))}
+	}
 	gs := grpc.NewServer(append(g.ServerOptions(), extra...)...)
 	tokenwatchv1.RegisterAuditStreamServiceServer(gs, ackServer{})
 	healthpb.RegisterHealthServer(gs, health.NewServer())
@@ -463,8 +468,12 @@ func TestKeepaliveEnforcement(t *testing.T) {
 			if ga.ErrCode != http2.ErrCodeEnhanceYourCalm || string(ga.DebugData()) != "too_many_pings" {
 				t.Fatalf("GOAWAY %v %q, want ENHANCE_YOUR_CALM too_many_pings", ga.ErrCode, ga.DebugData())
 			}
-			return
+			break
 		}
+	}
+	// The GOAWAY was counted as it was written, before we could read it.
+	if got := f.violations(guard.ReasonKeepalive); got != 1 {
+		t.Errorf("violations{reason=%q} = %v, want 1", guard.ReasonKeepalive, got)
 	}
 }
 

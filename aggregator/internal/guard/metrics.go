@@ -29,7 +29,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	for _, r := range []string{ReasonMessageTooLarge, ReasonMalformedMessage, ReasonBatchTooLarge, ReasonTooManyStreams,
-		ReasonTooManyClusterStreams, ReasonTooManyAgents, ReasonEventRate, ReasonMessageRate} {
+		ReasonTooManyClusterStreams, ReasonTooManyAgents, ReasonEventRate, ReasonMessageRate, ReasonKeepalive} {
 		m.violations.WithLabelValues(r)
 	}
 	if reg == nil {

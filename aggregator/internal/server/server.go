@@ -100,13 +100,13 @@ func Run(ctx context.Context, c Config) error {
 	}
 
 	// gRPC.
-	var opts []grpc.ServerOption
+	var creds credentials.TransportCredentials // nil: plaintext
 	if !c.Insecure {
 		tc, err := tlsconf.Server(c.TLSCert, c.TLSKey, c.TLSClientCA, logger)
 		if err != nil {
 			return fmt.Errorf("--tls-cert/--tls-key/--tls-client-ca: %w", err)
 		}
-		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+		creds = credentials.NewTLS(tc)
 	}
 	gc := GuardConfig(fileCfg.Limits)
 	if c.Guard != nil {
@@ -116,7 +116,7 @@ func Run(ctx context.Context, c Config) error {
 	if err != nil {
 		return fmt.Errorf("grpc limits: %w", err)
 	}
-	opts = append(opts, g.ServerOptions()...)
+	opts := append(g.ServerOptions(), grpc.Creds(g.Credentials(creds)))
 	in := ingest.New(ingest.Options{
 		Processor: pl, Insecure: c.Insecure, TrustDomain: c.TrustDomain,
 		Logger: logger, Registerer: reg,
