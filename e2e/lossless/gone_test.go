@@ -2,8 +2,6 @@ package lossless
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -17,21 +15,7 @@ import (
 // but it must not be silent: an audit_data_lost record says so, and what
 // does arrive is still exactly once and only what was written.
 func TestDeletedBackupsReported(t *testing.T) {
-	b := suite.Need(t)
-	logs := harness.LogDir(t)
-	dir := t.TempDir()
-	auditDir := filepath.Join(dir, "audit")
-	if err := os.MkdirAll(auditDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	auditLog := filepath.Join(auditDir, "audit.log")
-	sink := harness.StartSink(t)
-	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
-	agg.Start(t)
-	agent := &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: "c1", Node: "cp-1", AuditLog: auditLog,
-		Aggregator: agg.Listen, StateDir: filepath.Join(dir, "agent-state"),
-		Metrics: harness.Addr(harness.FreePort(t)), StartAt: "beginning"}
-	agent.Start(t)
+	auditLog, sink, _, agent := startPipeline(t)
 
 	cfg := auditwrite.Config{Path: auditLog, Mode: auditwrite.Lumberjack, MaxSizeMB: 1, MaxBackups: 2,
 		Compress: true, AlertEvery: 97, SystemEvery: 89, Cluster: "c1"}

@@ -59,7 +59,11 @@ func TestLosslessCopyTruncate(t *testing.T) {
 	run(t, auditwrite.CopyTruncate)
 }
 
-func run(t *testing.T, mode auditwrite.Mode) {
+// startPipeline starts an OTLP sink, an aggregator exporting to it, and an
+// agent (cluster c1, node cp-1, with a state dir) following audit.log in a
+// fresh folder from the beginning; it returns the log's path and the three.
+func startPipeline(t *testing.T) (string, *harness.Sink, *harness.Aggregator, *harness.Agent) {
+	t.Helper()
 	b := suite.Need(t)
 	logs := harness.LogDir(t)
 	dir := t.TempDir()
@@ -68,7 +72,6 @@ func run(t *testing.T, mode auditwrite.Mode) {
 		t.Fatal(err)
 	}
 	auditLog := filepath.Join(auditDir, "audit.log")
-
 	sink := harness.StartSink(t)
 	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
 	agg.Start(t)
@@ -76,6 +79,11 @@ func run(t *testing.T, mode auditwrite.Mode) {
 		Aggregator: agg.Listen, StateDir: filepath.Join(dir, "agent-state"),
 		Metrics: harness.Addr(harness.FreePort(t)), StartAt: "beginning"}
 	agent.Start(t)
+	return auditLog, sink, agg, agent
+}
+
+func run(t *testing.T, mode auditwrite.Mode) {
+	auditLog, sink, agg, agent := startPipeline(t)
 
 	// Events are about 1.1 KB; 1 MB rotations.
 	rotations := rotationsWanted(t)
