@@ -69,6 +69,10 @@ type Server struct {
 	// acknowledged.
 	drain   sync.RWMutex
 	closing atomic.Bool
+
+	// queued, when set (tests), is called each time the receiver has handed
+	// a message to the committer.
+	queued func()
 }
 
 var _ tokenwatchv1.AuditStreamServiceServer = (*Server)(nil)
@@ -220,13 +224,21 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 		case <-failed:
 			return end(nil)
 		}
+		if s.queued != nil {
+			s.queued()
+		}
 	}
 }
 
 // recvAhead is how many received messages may wait for the committer
 // besides the one it works on and the one the receiver holds: each is a
-// screened batch (its kept events only), so the memory is small.
-const recvAhead = 1
+// screened batch (its kept events only), so the memory is small. It covers
+// an agent's window of unacknowledged batches (the agent's sender keeps 16),
+// so that the receiver keeps reading while a commit waits for its fsync.
+const recvAhead = 16
+
+// maxCoalesce bounds how many waiting batches one commit takes together.
+const maxCoalesce = 64
 
 // received is one message of a stream, screened; exactly one field is set.
 type received struct {
@@ -236,10 +248,42 @@ type received struct {
 
 // commitLoop processes and acknowledges the batches and heartbeats of work
 // in order until work is closed or a batch fails, whose error it returns.
+// Batches that are already waiting when the committer takes one are
+// processed with it as one (their events in seq order, one commit, one
+// fsync) and acknowledged by one cumulative Ack of the last: an agent whose
+// batches arrive faster than a commit completes pays one fsync per group,
+// not one per batch.
 func (s *Server) commitLoop(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, replay bool, work <-chan received, log *slog.Logger) error {
-	for r := range work {
+	var next *received
+	for {
+		var r received
+		if next != nil {
+			r, next = *next, nil
+		} else {
+			var ok bool
+			if r, ok = <-work; !ok {
+				return nil
+			}
+		}
 		if r.batch != nil {
-			if err := s.commit(ctx, stream, r.batch, log); err != nil {
+			group := r.batch
+		more:
+			for n := 1; n < maxCoalesce; n++ {
+				select {
+				case w, ok := <-work:
+					if !ok {
+						break more
+					}
+					if w.batch == nil {
+						next = &w
+						break more
+					}
+					group = merge(group, w.batch)
+				default:
+					break more
+				}
+			}
+			if err := s.commit(ctx, stream, group, log); err != nil {
 				return err
 			}
 			continue
@@ -253,14 +297,26 @@ func (s *Server) commitLoop(ctx context.Context, stream tokenwatchv1.AuditStream
 			s.opts.Processor.Heard(src.Cluster, src.Node, growth)
 		}
 	}
-	return nil
+}
+
+// merge appends b, the batch after a, to a and returns a.
+func merge(a, b *prepared) *prepared {
+	a.seq = b.seq
+	a.events += b.events
+	a.batches += b.batches
+	a.batch.Events = append(a.batch.Events, b.batch.Events...)
+	a.batch.Losses = append(a.batch.Losses, b.batch.Losses...)
+	a.batch.Excluded += b.batch.Excluded
+	a.batch.NotMatched += b.batch.NotMatched
+	return a
 }
 
 // prepared is a screened batch, ready for Process.
 type prepared struct {
-	seq    uint64
-	events int // as received, screened ones included
-	batch  pipeline.Batch
+	seq     uint64 // of the last batch
+	events  int    // as received, screened ones included
+	batches int    // merged into this one
+	batch   pipeline.Batch
 }
 
 // batch processes one batch and acknowledges it once it is recorded.
@@ -305,7 +361,7 @@ func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch) *prepared {
 		}
 		pb.Losses = append(pb.Losses, loss)
 	}
-	return &prepared{seq: b.GetSeq(), events: nEvents, batch: pb}
+	return &prepared{seq: b.GetSeq(), events: nEvents, batches: 1, batch: pb}
 }
 
 // commit processes a prepared batch and acknowledges it once it is recorded.
@@ -322,7 +378,7 @@ func (s *Server) commit(ctx context.Context, stream tokenwatchv1.AuditStreamServ
 		log.Error("batch not recorded", "seq", p.seq, "err", err)
 		return status.Error(codes.Unavailable, "batch not recorded; resend")
 	}
-	s.m.batches.Inc()
+	s.m.batches.Add(float64(p.batches))
 	s.m.events.Add(float64(p.events))
 	return stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Ack{Ack: &tokenwatchv1.Ack{Seq: p.seq}}})
 }

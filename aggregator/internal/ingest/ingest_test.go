@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -370,5 +371,58 @@ func TestMTLSClusterBinding(t *testing.T) {
 	send(t, st, hello("prod", "cp-1", false))
 	if code := recvErr(t, st); code != codes.Unauthenticated {
 		t.Errorf("stream without a client certificate ended with %v, want Unauthenticated", code)
+	}
+}
+
+// TestStreamCoalescesWaitingBatches: batches that wait while a commit is in
+// progress are processed as one, in order, and acknowledged by one
+// cumulative ack; a heartbeat between them keeps its place.
+func TestStreamCoalescesWaitingBatches(t *testing.T) {
+	rec := &recorder{block: make(chan struct{}), entered: make(chan struct{}, 8)}
+	queued := make(chan struct{}, 16)
+	s := New(Options{Processor: rec, Insecure: true})
+	s.queued = func() { queued <- struct{}{} }
+	h := start(t, s, nil, insecure.NewCredentials())
+	st := h.stream(t)
+	send(t, st, hello("prod", "cp-1", false))
+	recv(t, st)
+
+	send(t, st, batchMsg(1, "a1"))
+	<-queued
+	<-rec.entered // batch 1 is being committed
+	send(t, st, batchMsg(2, "a2"), batchMsg(3, "a3", "a4"), heartbeat(), batchMsg(4, "a5"), batchMsg(5, "a6"))
+	for range 5 {
+		<-queued
+	}
+	close(rec.block)
+
+	var acks []uint64
+	for len(acks) == 0 || acks[len(acks)-1] != 5 {
+		acks = append(acks, recv(t, st).GetAck().GetSeq())
+	}
+	if want := []uint64{1, 3, 5}; !slices.Equal(acks, want) {
+		t.Errorf("acks = %v, want %v (one per group)", acks, want)
+	}
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if code := recvErr(t, st); code != codes.OK {
+		t.Fatalf("stream ended with %v, want OK", code)
+	}
+	batches, heard := rec.snapshot()
+	var groups [][]string
+	for _, b := range batches {
+		var ids []string
+		for _, e := range b.Events {
+			ids = append(ids, e.AuditID)
+		}
+		groups = append(groups, ids)
+	}
+	want := [][]string{{"a1"}, {"a2", "a3", "a4"}, {"a5", "a6"}}
+	if !slices.EqualFunc(groups, want, slices.Equal) {
+		t.Errorf("processed groups %q, want %q", groups, want)
+	}
+	if len(heard) != 2 {
+		t.Errorf("heard %q, want the hello and the heartbeat", heard)
 	}
 }

@@ -85,7 +85,7 @@ type Config struct {
 	// load then waits for the acknowledgements of what was sent.
 	Duration    time.Duration
 	BatchEvents int // default 512, as the agent
-	Window      int // unacknowledged batches per stream, default 8
+	Window      int // unacknowledged batches per stream, default 16 (the agent sender's MaxUnacked)
 	// AlertEvery makes every AlertEvery-th event an alerting one (default
 	// 100: 99% excluded system identities).
 	AlertEvery int
@@ -100,7 +100,7 @@ func (c Config) withDefaults() Config {
 		c.BatchEvents = 512
 	}
 	if c.Window <= 0 {
-		c.Window = 8
+		c.Window = 16
 	}
 	if c.AlertEvery <= 0 {
 		c.AlertEvery = 100
