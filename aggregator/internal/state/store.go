@@ -113,7 +113,19 @@ type Store struct {
 	qmu     sync.Mutex
 	queue   []*op
 	leading bool
+
+	// recent keeps the records this process added to the outbox, by outbox
+	// sequence, until they are exported (at most recentMax), so that Outbox
+	// hands the exporter the committed record instead of decoding it again.
+	// The file stays the truth: a record not in recent (after a restart, or
+	// when recent was full) is decoded from it.
+	recentMu sync.Mutex
+	recent   map[uint64]*alert.Record
 }
+
+// recentMax bounds the records kept in Store.recent: a few seconds of
+// alerts at the highest rates measured, a few MiB.
+const recentMax = 16384
 
 // OpenDir creates dir if needed (mode 0700) and opens the store file in it.
 func OpenDir(dir string, opts Options) (*Store, error) {
@@ -144,7 +156,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, now: opts.Now, added: make(chan struct{}, 1)}
+	s := &Store{db: db, path: path, now: opts.Now, added: make(chan struct{}, 1), recent: make(map[uint64]*alert.Record)}
 	var depth int
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
@@ -252,6 +264,8 @@ func (s *Store) Commit(c Change) (added int, err error) {
 // caller can decide under its own lock, Submit, release the lock and wait
 // outside it: concurrent batches then share one transaction and one fsync.
 // The effects of a change are not visible to States before it committed.
+// The store keeps c's records until they are exported: the caller must not
+// modify them after Submit.
 func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 	if c.Empty() {
 		return func() (int, error) { return 0, nil }
@@ -283,12 +297,15 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 	}
 
 	var added int
+	var outboxed []uint64 // outbox seq of c.Records[i], 0 when not added
 	o := s.enqueue(func(tx *bolt.Tx) error {
 		added = 0
+		outboxed = outboxed[:0]
 		now := s.now()
 		outbox, ids := tx.Bucket(bucketOutbox), tx.Bucket(bucketIDs)
 		for _, r := range recs {
 			if ids.Get(r.id) != nil {
+				outboxed = append(outboxed, 0)
 				continue
 			}
 			seq, err := outbox.NextSequence()
@@ -301,6 +318,7 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 			if err := ids.Put(r.id, idValue(idOutboxed, seq, now)); err != nil {
 				return fmt.Errorf("put record id: %w", err)
 			}
+			outboxed = append(outboxed, seq)
 			added++
 		}
 		for i, p := range pend {
@@ -337,6 +355,7 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 		return nil
 	}, func() {
 		if added > 0 {
+			s.remember(outboxed, c.Records)
 			s.depth.Add(int64(added))
 			select {
 			case s.added <- struct{}{}:
@@ -402,7 +421,37 @@ func (s *Store) NextDeadline() (time.Time, bool, error) {
 	return t, ok, nil
 }
 
-// Outbox returns up to max records (all if max <= 0), oldest first.
+// remember keeps recs[i] as the record of outbox seq[i] (0: not added).
+func (s *Store) remember(seq []uint64, recs []alert.Record) {
+	s.recentMu.Lock()
+	defer s.recentMu.Unlock()
+	for i, q := range seq {
+		if q != 0 && len(s.recent) < recentMax {
+			s.recent[q] = &recs[i]
+		}
+	}
+}
+
+// recalled returns the kept record of outbox seq, if any.
+func (s *Store) recalled(seq uint64) (*alert.Record, bool) {
+	s.recentMu.Lock()
+	defer s.recentMu.Unlock()
+	r, ok := s.recent[seq]
+	return r, ok
+}
+
+// forget drops the kept records of these outbox seqs.
+func (s *Store) forget(seqs []uint64) {
+	s.recentMu.Lock()
+	defer s.recentMu.Unlock()
+	for _, q := range seqs {
+		delete(s.recent, q)
+	}
+}
+
+// Outbox returns up to max records (all if max <= 0), oldest first. The
+// records (their slices) may be shared with the store: callers must not
+// modify them.
 func (s *Store) Outbox(max int) ([]alert.Record, error) {
 	var out []alert.Record
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -410,6 +459,10 @@ func (s *Store) Outbox(max int) ([]alert.Record, error) {
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			if max > 0 && len(out) >= max {
 				break
+			}
+			if r, ok := s.recalled(binary.BigEndian.Uint64(k)); ok {
+				out = append(out, *r)
+				continue
 			}
 			var r alert.Record
 			if err := json.Unmarshal(v, &r); err != nil {
@@ -432,9 +485,9 @@ func (s *Store) Exported(ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	var removed int
+	var removed []uint64
 	err := s.update(func(tx *bolt.Tx) error {
-		removed = 0
+		removed = removed[:0]
 		now := s.now()
 		outbox, idb, at := tx.Bucket(bucketOutbox), tx.Bucket(bucketIDs), tx.Bucket(bucketExportedAt)
 		for _, id := range ids {
@@ -453,14 +506,15 @@ func (s *Store) Exported(ids []string) error {
 			if err := at.Put(timeKey(now, key), nil); err != nil {
 				return fmt.Errorf("put export time: %w", err)
 			}
-			removed++
+			removed = append(removed, seq)
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("mark exported in state %s: %w", s.path, err)
 	}
-	s.depth.Add(-int64(removed))
+	s.forget(removed)
+	s.depth.Add(-int64(len(removed)))
 	return nil
 }
 

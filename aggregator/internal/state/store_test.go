@@ -3,6 +3,7 @@ package state
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -653,5 +654,66 @@ func TestSubmitUnderCallerLock(t *testing.T) {
 	wg.Wait()
 	if diff := cmp.Diff(order, ids(mustOutbox(t, s))); diff != "" {
 		t.Errorf("outbox is not in Submit order (-want +got):\n%s", diff)
+	}
+}
+
+// TestOutboxRecallsCommittedRecords: records committed by this process are
+// handed out as committed, not decoded again, identical to their stored
+// form; exported ones are forgotten; the kept set is bounded and a record
+// beyond the bound, or after a restart, is decoded from the file.
+func TestOutboxRecallsCommittedRecords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	s := open(t, path, &clock{t: t0})
+	odd := rec("odd")
+	odd.Time = time.Now().In(time.FixedZone("X", 3600)) // monotonic reading, zone
+	odd.Attrs = append(odd.Attrs, alert.Strings("empty", []string{}), alert.Attr{Key: "other", Value: alert.Value{Kind: "future", Str: "x"}})
+	n := recentMax + 3
+	recs := []alert.Record{odd}
+	for i := 1; i < n; i++ {
+		recs = append(recs, rec("r"+strconv.Itoa(i)))
+	}
+	// Twice the same change: its records are already outboxed the second time.
+	mustCommit(t, s, Change{Records: recs[:10]})
+	mustCommit(t, s, Change{Records: recs[:10]})
+	mustCommit(t, s, Change{Records: recs[10:]})
+	if len(s.recent) != recentMax {
+		t.Fatalf("kept %d records, want the bound %d", len(s.recent), recentMax)
+	}
+	if s.recent[1] != &recs[0] {
+		t.Fatal("the first record is not handed out as committed")
+	}
+	stored := func(recs []alert.Record) string {
+		b, err := json.Marshal(recs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	live := mustOutbox(t, s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path, &clock{t: t0})
+	defer s.Close()
+	decoded := mustOutbox(t, s)
+	if len(live) != n || stored(live) != stored(decoded) {
+		t.Fatalf("outbox from memory differs from the decoded one (%d and %d records)", len(live), len(decoded))
+	}
+	if len(s.recent) != 0 {
+		t.Fatalf("kept %d records after a restart, want 0", len(s.recent))
+	}
+
+	mustCommit(t, s, Change{Records: []alert.Record{rec("new")}})
+	if len(s.recent) != 1 {
+		t.Fatalf("kept %d records, want 1", len(s.recent))
+	}
+	if err := s.Exported([]string{"new", "odd"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.recent) != 0 {
+		t.Errorf("kept %d records after their export, want 0", len(s.recent))
+	}
+	if got := mustOutbox(t, s); len(got) != n-1 || got[0].ID != "r1" {
+		t.Errorf("outbox after export holds %d records from %q, want %d from r1", len(got), got[0].ID, n-1)
 	}
 }
