@@ -126,6 +126,10 @@ func NewOTLP(ctx context.Context, cfg Config) (*OTLP, error) {
 		sdklog.WithProcessor(coll),
 		sdklog.WithAttributeCountLimit(-1),
 		sdklog.WithAttributeValueLengthLimit(-1),
+		// Our records never repeat a key (the pipeline and server tests
+		// check every kind); the SDK's de-duplication, which rebuilds an
+		// index per attribute added, is then pure cost.
+		sdklog.WithAllowKeyDuplication(),
 	)
 	return &OTLP{
 		provider: provider,

@@ -139,6 +139,15 @@ func (f *fixture) outbox(t *testing.T) []alert.Record {
 	if err != nil {
 		t.Fatal(err)
 	}
+	for _, r := range recs {
+		seen := map[string]bool{}
+		for _, a := range r.Attrs {
+			if seen[a.Key] {
+				t.Errorf("%s record: attribute %q twice", r.EventName, a.Key)
+			}
+			seen[a.Key] = true
+		}
+	}
 	return recs
 }
 

@@ -87,6 +87,9 @@ func (s *sink) Write(p []byte) (int, error) {
 				for _, lr := range sl.GetLogRecords() {
 					r := record{EventName: lr.GetEventName(), Severity: lr.GetSeverityText(), Body: lr.GetBody().GetStringValue(), Attrs: map[string]string{}}
 					for _, kv := range lr.GetAttributes() {
+						if _, dup := r.Attrs[kv.GetKey()]; dup {
+							s.t.Errorf("%s record: attribute %q twice", r.EventName, kv.GetKey())
+						}
 						r.Attrs[kv.GetKey()] = valueString(kv.GetValue())
 					}
 					s.recs = append(s.recs, r)
