@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"sync"
 	"unsafe"
 
 	"google.golang.org/grpc/encoding"
@@ -57,7 +58,7 @@ func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return c.proto.Unmarshal(data, v)
 	}
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	buf := data.MaterializeToBuffer(flatPool)
 	defer buf.Free()
 	b := buf.ReadOnlyData()
 	if batch, ok := c.batchRequest(b); ok {
@@ -231,3 +232,27 @@ func alias(b []byte) string {
 	}
 	return unsafe.String(&b[0], len(b))
 }
+
+// flatPool holds the buffers a message is copied into when gRPC received it
+// in several pieces. Unlike gRPC's default pool it does not zero a buffer
+// before reuse (the copy overwrites what is used), and it hands out one of
+// the message's size, where the default pool takes and clears 1 MiB for a
+// batch of a few hundred KiB.
+var flatPool mem.BufferPool = &dirtyPool{}
+
+// dirtyPool is a mem.BufferPool of reused buffers, not zeroed.
+type dirtyPool struct{ p sync.Pool }
+
+func (d *dirtyPool) Get(n int) *[]byte {
+	if b, ok := d.p.Get().(*[]byte); ok {
+		if cap(*b) >= n {
+			*b = (*b)[:n]
+			return b
+		}
+		d.p.Put(b)
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+func (d *dirtyPool) Put(b *[]byte) { d.p.Put(b) }

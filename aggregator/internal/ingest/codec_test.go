@@ -58,13 +58,39 @@ func tokenEvent(id, user string, groups ...string) *tokenwatchv1.TokenEvent {
 
 // checkCodec decodes raw with the codec and with plain protobuf and checks
 // they agree: screened events are placeholders with the verdict the decoded
-// event gets, the others equal.
+// event gets, the others equal. The codec sees raw in one piece, then in
+// three (as gRPC hands over a message received in several frames), copied
+// into a reused buffer that still holds another message's bytes.
 func checkCodec(t *testing.T, raw []byte) {
+	t.Helper()
+	whole := mem.BufferSlice{mem.SliceBuffer(append([]byte(nil), raw...))}
+	checkCodecPieces(t, raw, whole)
+	garbage := flatPool.Get(len(raw) + 64)
+	for i := range *garbage {
+		(*garbage)[i] = 0xa5
+	}
+	flatPool.Put(garbage)
+	a, b := len(raw)/3, 2*len(raw)/3
+	split := mem.BufferSlice{
+		mem.SliceBuffer(append([]byte(nil), raw[:a]...)),
+		mem.SliceBuffer(append([]byte(nil), raw[a:b]...)),
+		mem.SliceBuffer(append([]byte(nil), raw[b:]...)),
+	}
+	checkCodecPieces(t, raw, split)
+}
+
+func checkCodecPieces(t *testing.T, raw []byte, data mem.BufferSlice) {
 	t.Helper()
 	c := newCodec(fieldRule{})
 	var got, want tokenwatchv1.StreamRequest
 	werr := proto.Unmarshal(raw, &want)
-	gerr := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(append([]byte(nil), raw...))}, &got)
+	gerr := c.Unmarshal(data, &got)
+	// What the codec kept must not point into the buffer it was given back.
+	reused := flatPool.Get(len(raw))
+	for i := range *reused {
+		(*reused)[i] = 0x5a
+	}
+	defer flatPool.Put(reused)
 	if werr != nil {
 		// The codec may drop an event the rule need not read (invalid UTF-8
 		// in an unread field) instead of refusing the message.
