@@ -19,8 +19,9 @@
 // Commits from several streams are grouped into one transaction (group commit)
 // so that one fsync serves them all.
 //
-// The file records its schema version. Version 2 added DoneAlone; Open
-// upgrades a version 1 file in place (nothing else changed) and refuses
-// any other version with an error naming it, so an older aggregator does
-// not misread a newer file.
+// The file records its schema version. Version 2 added DoneAlone; version
+// 3 stopped rewriting a record's ID entry when it is exported (the outbox
+// tells). Open upgrades a version 1 or 2 file in place (their entries are
+// read as they are) and refuses any other version with an error naming it,
+// so an older aggregator does not misread a newer file.
 package state

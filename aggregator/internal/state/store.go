@@ -22,19 +22,24 @@ import (
 const FileName = "aggregator.db"
 
 // schemaVersion is the layout of the buckets below. Version 1 had no
-// StateDoneAlone marks and is otherwise the same: Open upgrades such a file
-// in place (it only rewrites the version) and refuses any other version,
-// so an older aggregator refuses a file that may hold StateDoneAlone.
+// StateDoneAlone marks; version 2 marked an exported record's ID by
+// rewriting its ids entry (idExported and the export time), a write to a
+// random page per record that version 3 no longer makes: an ID whose seq is
+// gone from the outbox is exported. Open upgrades a version 1 or 2 file in
+// place (it only rewrites the version: their entries are read as they are)
+// and refuses any other version, so an older aggregator refuses a newer
+// file.
 const (
-	schemaVersion   = "2"
+	schemaVersion   = "3"
 	schemaVersionV1 = "1"
+	schemaVersionV2 = "2"
 )
 
 // Buckets.
 var (
 	bucketMeta       = []byte("meta")
 	bucketOutbox     = []byte("outbox")      // seq (8 bytes BE) -> JSON alert.Record
-	bucketIDs        = []byte("ids")         // record ID -> idState, seq, time
+	bucketIDs        = []byte("ids")         // record ID -> idState, outbox seq, time (see idOutboxed)
 	bucketExportedAt = []byte("exported_at") // time (8 bytes BE) + record ID -> nil
 	bucketDedupe     = []byte("dedupe")      // request key -> RequestState, time
 	bucketDedupeAt   = []byte("dedupe_at")   // time (8 bytes BE) + request key -> nil
@@ -80,7 +85,10 @@ func (s RequestState) String() string {
 	return fmt.Sprintf("RequestState(%d)", int(s))
 }
 
-// ID states in bucketIDs.
+// ID states in bucketIDs. Since schema 3 every entry is written once, as
+// idOutboxed with the time it was outboxed, and the record is exported once
+// its seq is no longer in the outbox; idExported entries (export time) are
+// left by schema 2 and read the same way.
 const (
 	idOutboxed byte = 1
 	idExported byte = 2
@@ -166,12 +174,12 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		meta := tx.Bucket(bucketMeta)
 		switch v := meta.Get(keySchema); {
-		case v == nil, string(v) == schemaVersionV1:
+		case v == nil, string(v) == schemaVersionV1, string(v) == schemaVersionV2:
 			if err := meta.Put(keySchema, []byte(schemaVersion)); err != nil {
 				return fmt.Errorf("write schema version: %w", err)
 			}
 		case string(v) != schemaVersion:
-			return fmt.Errorf("unsupported schema version %q (this aggregator reads %q and %q): written by a newer aggregator?", v, schemaVersionV1, schemaVersion)
+			return fmt.Errorf("unsupported schema version %q (this aggregator reads %q to %q): written by a newer aggregator?", v, schemaVersionV1, schemaVersion)
 		}
 		depth = tx.Bucket(bucketOutbox).Stats().KeyN
 		return nil
@@ -497,11 +505,11 @@ func (s *Store) Exported(ids []string) error {
 				continue
 			}
 			seq := binary.BigEndian.Uint64(v[1:9])
+			if outbox.Get(v[1:9]) == nil {
+				continue // exported before
+			}
 			if err := outbox.Delete(u64(seq)); err != nil {
 				return fmt.Errorf("delete outbox %d: %w", seq, err)
-			}
-			if err := idb.Put(key, idValue(idExported, seq, now)); err != nil {
-				return fmt.Errorf("put record id: %w", err)
 			}
 			if err := at.Put(timeKey(now, key), nil); err != nil {
 				return fmt.Errorf("put export time: %w", err)
@@ -547,11 +555,17 @@ func (s *Store) Prune(now time.Time, retention time.Duration) (int, error) {
 				return err
 			}
 			m, more2, err := pruneIndex(tx, bucketExportedAt, cutoff, pruneChunk-n, func(key []byte, at []byte) (bool, error) {
+				// An ID has one export time entry at most: it is outboxed
+				// once while it is known, and exported once.
 				b := tx.Bucket(bucketIDs)
-				if v := b.Get(key); len(v) == 17 && v[0] == idExported && bytes.Equal(v[9:], at) {
+				v := b.Get(key)
+				switch {
+				case len(v) != 17:
+				case v[0] == idExported && bytes.Equal(v[9:], at), // schema 2
+					v[0] == idOutboxed && tx.Bucket(bucketOutbox).Get(v[1:9]) == nil:
 					return true, b.Delete(key)
 				}
-				return true, nil
+				return true, nil // stale index entry
 			})
 			n += m
 			more = more2

@@ -3,6 +3,7 @@ package state
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -394,17 +395,67 @@ func TestSchemaVersions(t *testing.T) {
 			t.Errorf("outbox = %d records, want 1", n)
 		}
 	})
+	t.Run("version 2 is upgraded, its exported IDs kept and pruned", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), FileName)
+		clk := &clock{t: t0}
+		s := open(t, path, clk)
+		mustCommit(t, s, Change{Records: []alert.Record{rec("old"), rec("waiting")}})
+		if err := s.Exported([]string{"old"}); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		// Rewrite the file as version 2 left it: the exported record's ID
+		// entry rewritten as idExported with the export time.
+		db, err := bolt.Open(path, 0o600, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = db.Update(func(tx *bolt.Tx) error {
+			ids := tx.Bucket(bucketIDs)
+			v := ids.Get([]byte("old"))
+			if err := ids.Put([]byte("old"), idValue(idExported, binary.BigEndian.Uint64(v[1:9]), t0)); err != nil {
+				return err
+			}
+			return tx.Bucket(bucketMeta).Put(keySchema, []byte("2"))
+		})
+		db.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		s = open(t, path, clk)
+		defer s.Close()
+		if v := schema(t, s); v != schemaVersion {
+			t.Errorf("schema after Open = %q, want %q", v, schemaVersion)
+		}
+		if n := mustCommit(t, s, Change{Records: []alert.Record{rec("old"), rec("waiting")}}); n != 0 {
+			t.Errorf("Commit of known IDs added %d, want 0", n)
+		}
+		if err := s.Exported([]string{"old", "waiting", "waiting"}); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(mustOutbox(t, s)); n != 0 || s.Depth() != 0 {
+			t.Errorf("outbox = %d records, depth %d, want empty", n, s.Depth())
+		}
+		n, err := s.Prune(t0.Add(25*time.Hour), 24*time.Hour)
+		if err != nil || n != 2 {
+			t.Errorf("Prune = %d, %v, want both exported IDs", n, err)
+		}
+		if n := mustCommit(t, s, Change{Records: []alert.Record{rec("old"), rec("waiting")}}); n != 2 {
+			t.Errorf("Commit after prune added %d, want 2", n)
+		}
+	})
 	t.Run("unknown version is refused", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), FileName)
 		open(t, path, nil).Close()
-		setSchema(t, path, "3")
+		setSchema(t, path, "4")
 		s, err := Open(path, Options{})
 		if err == nil {
 			s.Close()
-			t.Fatal("Open(schema 3) succeeded")
+			t.Fatal("Open(schema 4) succeeded")
 		}
-		if !strings.Contains(err.Error(), `unsupported schema version "3"`) || !strings.Contains(err.Error(), path) {
-			t.Errorf("Open(schema 3) = %v, want an error naming the version and the file", err)
+		if !strings.Contains(err.Error(), `unsupported schema version "4"`) || !strings.Contains(err.Error(), path) {
+			t.Errorf("Open(schema 4) = %v, want an error naming the version and the file", err)
 		}
 	})
 }
