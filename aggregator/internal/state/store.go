@@ -505,10 +505,11 @@ func (s *Store) Exported(ids []string) error {
 				continue
 			}
 			seq := binary.BigEndian.Uint64(v[1:9])
-			if outbox.Get(v[1:9]) == nil {
+			okey := u64(seq)
+			if outbox.Get(okey) == nil {
 				continue // exported before
 			}
-			if err := outbox.Delete(u64(seq)); err != nil {
+			if err := outbox.Delete(okey); err != nil {
 				return fmt.Errorf("delete outbox %d: %w", seq, err)
 			}
 			if err := at.Put(timeKey(now, key), nil); err != nil {
