@@ -1,6 +1,7 @@
 package export
 
 import (
+	"math"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -59,13 +60,17 @@ func attrs(in []alert.Attr) []attribute.KeyValue {
 // apiRecord builds the logs API record for r.
 func apiRecord(r *alert.Record, observed time.Time) log.Record {
 	var lr log.Record
+	ts, clamped := timestamp(r.Time)
 	lr.SetEventName(r.EventName)
-	lr.SetTimestamp(r.Time)
+	lr.SetTimestamp(ts)
 	lr.SetObservedTimestamp(observed)
 	lr.SetSeverity(log.Severity(r.Severity.Number))
 	lr.SetSeverityText(r.Severity.Text)
 	lr.SetBody(attribute.StringValue(r.Body))
 	lr.AddAttributes(attrs(r.Attrs)...)
+	if clamped {
+		lr.AddAttributes(attribute.Bool(AttrTimeClamped, true))
+	}
 	return lr
 }
 
@@ -106,14 +111,19 @@ func unixNano(t time.Time) uint64 {
 // protoRecord builds the OTLP record for r, field for field what the SDK and
 // otlploggrpc produce.
 func protoRecord(r *alert.Record, observed time.Time) *logspb.LogRecord {
+	ts, clamped := timestamp(r.Time)
+	kvs := attrs(r.Attrs)
+	if clamped {
+		kvs = append(kvs, attribute.Bool(AttrTimeClamped, true))
+	}
 	return &logspb.LogRecord{
-		TimeUnixNano:         unixNano(r.Time),
+		TimeUnixNano:         unixNano(ts),
 		ObservedTimeUnixNano: unixNano(observed),
 		EventName:            r.EventName,
 		SeverityNumber:       logspb.SeverityNumber(r.Severity.Number),
 		SeverityText:         r.Severity.Text,
 		Body:                 &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: r.Body}},
-		Attributes:           protoKeyValues(attrs(r.Attrs)),
+		Attributes:           protoKeyValues(kvs),
 	}
 }
 
@@ -132,4 +142,31 @@ func buildRequest(res *resource.Resource, recs []alert.Record, observed time.Tim
 			}},
 		}},
 	}
+}
+
+// AttrTimeClamped marks a record whose time lay outside what an OTLP
+// Timestamp can hold; its original time is in the record's own RFC 3339
+// attribute (kubernetes.audit.requestReceivedTimestamp,
+// tokenwatch.window.end).
+const AttrTimeClamped = "tokenwatch.timestamp.clamped"
+
+// The range of an OTLP Timestamp: nanoseconds since the Unix epoch in a
+// uint64 where 0 means unknown, and in an int64 for Go and the SDK.
+var (
+	minTimestamp = time.Unix(0, 1)
+	maxTimestamp = time.Unix(0, math.MaxInt64)
+)
+
+// timestamp returns t, or the nearest end of the range an OTLP Timestamp
+// holds and true when t lies outside it (a zero time too): an event time
+// comes from an audit log, and a forged or skewed one must not export as
+// another time (year 1500 wrapped to 2084) or as no time at all.
+func timestamp(t time.Time) (time.Time, bool) {
+	switch {
+	case t.Before(minTimestamp):
+		return minTimestamp, true
+	case t.After(maxTimestamp):
+		return maxTimestamp, true
+	}
+	return t, false
 }
