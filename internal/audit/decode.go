@@ -204,117 +204,116 @@ func object(raw json.RawMessage) (fields, error) {
 	return f, nil
 }
 
-// decoder collects the first error of a sequence of field decodes.
-type decoder struct{ err error }
+// decoder decodes the fields of an event one by one. A field whose value
+// has the wrong JSON type (a string where a number is expected, an object
+// where an array is, anywhere inside it) is left absent and its dotted path
+// recorded: one odd field must not hide the event.
+type decoder struct{ malformed []string }
 
-// val decodes f[key] into dst when present; dst keeps its zero value for an
-// absent key or null.
-func (d *decoder) val(f fields, key string, dst any) {
+func (d *decoder) bad(path string) { d.malformed = append(d.malformed, path) }
+
+// val decodes f[key] into *dst when present; *dst keeps its zero value for
+// an absent key, null, or a value of the wrong type (recorded as path).
+func val[T any](d *decoder, f fields, key, path string, dst *T) {
 	raw, ok := f[key]
-	if !ok || d.err != nil {
+	if !ok {
 		return
 	}
-	if err := json.Unmarshal(raw, dst); err != nil {
-		d.err = fmt.Errorf("field %s: %w", key, err)
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
+		d.bad(path)
+		return
 	}
+	*dst = v
 }
 
-// obj returns f[key] as an object, nil when absent or null.
-func (d *decoder) obj(f fields, key string) fields {
+// obj returns f[key] as an object and true; nil and false when absent,
+// null, or not an object (recorded as path).
+func (d *decoder) obj(f fields, key, path string) (fields, bool) {
 	raw, ok := f[key]
-	if !ok || d.err != nil {
-		return nil
+	if !ok {
+		return nil, false
 	}
 	o, err := object(raw)
 	if err != nil {
-		d.err = fmt.Errorf("field %s: %w", key, err)
-		return nil
+		d.bad(path)
+		return nil, false
 	}
-	return o
-}
-
-// present reports whether f[key] is an object (not absent, not null).
-func present(f fields, key string) bool {
-	raw, ok := f[key]
-	return ok && !bytes.Equal(bytes.TrimSpace(raw), []byte("null"))
+	return o, o != nil
 }
 
 func decodeEvent(top fields) (*Event, error) {
 	var d decoder
 	e := &Event{}
-	d.val(top, "level", &e.Level)
-	d.val(top, "auditID", &e.AuditID)
-	d.val(top, "stage", &e.Stage)
-	d.val(top, "requestURI", &e.RequestURI)
-	d.val(top, "verb", &e.Verb)
+	val(&d, top, "level", "level", &e.Level)
+	val(&d, top, "auditID", "auditID", &e.AuditID)
+	val(&d, top, "stage", "stage", &e.Stage)
+	val(&d, top, "requestURI", "requestURI", &e.RequestURI)
+	val(&d, top, "verb", "verb", &e.Verb)
 	e.User = d.user(top, "user")
 	e.ImpersonatedUser = d.user(top, "impersonatedUser")
-	d.val(top, "sourceIPs", &e.SourceIPs)
-	d.val(top, "userAgent", &e.UserAgent)
-	if present(top, "objectRef") {
-		o := d.obj(top, "objectRef")
+	val(&d, top, "sourceIPs", "sourceIPs", &e.SourceIPs)
+	val(&d, top, "userAgent", "userAgent", &e.UserAgent)
+	if o, ok := d.obj(top, "objectRef", "objectRef"); ok {
 		r := &ObjectReference{}
-		d.val(o, "resource", &r.Resource)
-		d.val(o, "namespace", &r.Namespace)
-		d.val(o, "name", &r.Name)
-		d.val(o, "uid", &r.UID)
-		d.val(o, "apiGroup", &r.APIGroup)
-		d.val(o, "apiVersion", &r.APIVersion)
-		d.val(o, "subresource", &r.Subresource)
+		val(&d, o, "resource", "objectRef.resource", &r.Resource)
+		val(&d, o, "namespace", "objectRef.namespace", &r.Namespace)
+		val(&d, o, "name", "objectRef.name", &r.Name)
+		val(&d, o, "uid", "objectRef.uid", &r.UID)
+		val(&d, o, "apiGroup", "objectRef.apiGroup", &r.APIGroup)
+		val(&d, o, "apiVersion", "objectRef.apiVersion", &r.APIVersion)
+		val(&d, o, "subresource", "objectRef.subresource", &r.Subresource)
 		e.ObjectRef = r
 	}
-	if present(top, "responseStatus") {
-		o := d.obj(top, "responseStatus")
+	if o, ok := d.obj(top, "responseStatus", "responseStatus"); ok {
 		s := &Status{}
-		d.val(o, "status", &s.Status)
-		d.val(o, "message", &s.Message)
-		d.val(o, "reason", &s.Reason)
-		d.val(o, "code", &s.Code)
+		val(&d, o, "status", "responseStatus.status", &s.Status)
+		val(&d, o, "message", "responseStatus.message", &s.Message)
+		val(&d, o, "reason", "responseStatus.reason", &s.Reason)
+		val(&d, o, "code", "responseStatus.code", &s.Code)
 		e.ResponseStatus = s
 	}
-	d.val(top, "requestReceivedTimestamp", &e.RequestReceivedTimestamp)
-	d.val(top, "stageTimestamp", &e.StageTimestamp)
-	d.val(top, "annotations", &e.Annotations)
-	if d.err == nil && e.IsTokenCreate() && present(top, "requestObject") {
-		o := d.obj(top, "requestObject")
-		tr := &TokenRequest{}
-		if present(o, "spec") {
-			s := d.obj(o, "spec")
-			d.val(s, "audiences", &tr.Spec.Audiences)
-			d.val(s, "expirationSeconds", &tr.Spec.ExpirationSeconds)
-			if present(s, "boundObjectRef") {
-				b := d.obj(s, "boundObjectRef")
-				r := &BoundObjectReference{}
-				d.val(b, "kind", &r.Kind)
-				d.val(b, "apiVersion", &r.APIVersion)
-				d.val(b, "name", &r.Name)
-				d.val(b, "uid", &r.UID)
-				tr.Spec.BoundObjectRef = r
-			}
-		}
-		if d.err != nil {
-			d.err = fmt.Errorf("requestObject: %w", d.err)
-		}
-		e.RequestObject = tr
+	val(&d, top, "requestReceivedTimestamp", "requestReceivedTimestamp", &e.RequestReceivedTimestamp)
+	val(&d, top, "stageTimestamp", "stageTimestamp", &e.StageTimestamp)
+	val(&d, top, "annotations", "annotations", &e.Annotations)
+	if e.IsTokenCreate() {
+		e.RequestObject = d.tokenRequest(top)
 	}
-	if d.err != nil {
-		return nil, d.err
-	}
+	e.Malformed = d.malformed
 	return e, nil
 }
 
-func (d *decoder) user(top fields, key string) *UserInfo {
-	if !present(top, key) || d.err != nil {
+// tokenRequest decodes requestObject as a TokenRequest, nil when absent.
+func (d *decoder) tokenRequest(top fields) *TokenRequest {
+	o, ok := d.obj(top, "requestObject", "requestObject")
+	if !ok {
 		return nil
 	}
-	o := d.obj(top, key)
-	u := &UserInfo{}
-	d.val(o, "username", &u.Username)
-	d.val(o, "uid", &u.UID)
-	d.val(o, "groups", &u.Groups)
-	d.val(o, "extra", &u.Extra)
-	if d.err != nil {
-		d.err = fmt.Errorf("%s: %w", key, d.err)
+	tr := &TokenRequest{}
+	if s, ok := d.obj(o, "spec", "requestObject.spec"); ok {
+		val(d, s, "audiences", "requestObject.spec.audiences", &tr.Spec.Audiences)
+		val(d, s, "expirationSeconds", "requestObject.spec.expirationSeconds", &tr.Spec.ExpirationSeconds)
+		if b, ok := d.obj(s, "boundObjectRef", "requestObject.spec.boundObjectRef"); ok {
+			r := &BoundObjectReference{}
+			val(d, b, "kind", "requestObject.spec.boundObjectRef.kind", &r.Kind)
+			val(d, b, "apiVersion", "requestObject.spec.boundObjectRef.apiVersion", &r.APIVersion)
+			val(d, b, "name", "requestObject.spec.boundObjectRef.name", &r.Name)
+			val(d, b, "uid", "requestObject.spec.boundObjectRef.uid", &r.UID)
+			tr.Spec.BoundObjectRef = r
+		}
 	}
+	return tr
+}
+
+func (d *decoder) user(top fields, key string) *UserInfo {
+	o, ok := d.obj(top, key, key)
+	if !ok {
+		return nil
+	}
+	u := &UserInfo{}
+	val(d, o, "username", key+".username", &u.Username)
+	val(d, o, "uid", key+".uid", &u.UID)
+	val(d, o, "groups", key+".groups", &u.Groups)
+	val(d, o, "extra", key+".extra", &u.Extra)
 	return u
 }

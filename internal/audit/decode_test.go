@@ -139,11 +139,6 @@ func TestDecodeErrors(t *testing.T) {
 		{"torn inside a token", `eyJhbGciOiJSUzI1NiJ9.payload"}}}`, "not a JSON object"},
 		{"null", `null`, "not a JSON object"},
 		{"two objects", `{"verb":"create"}{"verb":"get"}`, "invalid character"},
-		{"wrong type", `{"verb":5}`, "field verb"},
-		{"wrong nested type", `{"user":{"groups":"a"}}`, "user: field groups"},
-		{"user not object", `{"user":"alice"}`, "field user"},
-		{"bad spec", `{"verb":"create","objectRef":{"resource":"serviceaccounts","subresource":"token"},"requestObject":{"spec":{"expirationSeconds":"x"}}}`, "requestObject: field expirationSeconds"},
-		{"code overflow", `{"responseStatus":{"code":99999999999}}`, "field code"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -156,6 +151,74 @@ func TestDecodeErrors(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), "decode audit event") {
 				t.Errorf("Decode(%q) error = %q, want it to start with %q and contain %q", tt.give, err, "decode audit event", tt.want)
+			}
+		})
+	}
+}
+
+// TestDecodeWrongTypes: a field of the wrong JSON type is left absent and
+// named in Malformed; the rest of the event decodes, so a token create still
+// alerts with its actor.
+func TestDecodeWrongTypes(t *testing.T) {
+	tc := `"verb":"create","objectRef":{"resource":"serviceaccounts","namespace":"ns","name":"sa","subresource":"token"},"user":{"username":"alice"}`
+	tests := []struct {
+		name          string
+		give          string
+		wantMalformed []string
+		check         func(e *Event) bool
+	}{
+		{"code as a string", `{` + tc + `,"responseStatus":{"code":"201"}}`, []string{"responseStatus.code"},
+			func(e *Event) bool { return e.ResponseStatus != nil && e.ResponseStatus.Code == 0 }},
+		{"code overflow", `{` + tc + `,"responseStatus":{"code":99999999999}}`, []string{"responseStatus.code"},
+			func(e *Event) bool { return e.ResponseStatus.Code == 0 }},
+		{"code not an integer", `{` + tc + `,"responseStatus":{"code":201.5,"status":"x"}}`, []string{"responseStatus.code"},
+			func(e *Event) bool { return e.ResponseStatus.Status == "x" }},
+		{"number for a string", `{` + tc + `,"userAgent":7,"auditID":"a"}`, []string{"userAgent"},
+			func(e *Event) bool { return e.UserAgent == "" && e.AuditID == "a" }},
+		{"object for an array", `{` + tc + `,"sourceIPs":{"a":"1.2.3.4"}}`, []string{"sourceIPs"},
+			func(e *Event) bool { return e.SourceIPs == nil }},
+		{"bad element", `{` + tc + `,"sourceIPs":["1.2.3.4",5]}`, []string{"sourceIPs"},
+			func(e *Event) bool { return e.SourceIPs == nil }},
+		{"bad group", `{"user":{"username":"alice","groups":"dev"},"verb":"create","objectRef":{"resource":"serviceaccounts","subresource":"token"}}`, []string{"user.groups"},
+			func(e *Event) bool { return e.Username() == "alice" && e.User.Groups == nil && e.IsTokenCreate() }},
+		{"bad annotation", `{` + tc + `,"annotations":{"a":"x","b":1}}`, []string{"annotations"},
+			func(e *Event) bool { return e.Annotations == nil }},
+		{"bad extra", `{` + tc + `,"impersonatedUser":{"username":"bob","extra":{"k":"v"}}}`, []string{"impersonatedUser.extra"},
+			func(e *Event) bool { return e.ImpersonatedUser.Username == "bob" && e.ImpersonatedUser.Extra == nil }},
+		{"user not an object", `{"user":"alice","verb":"create"}`, []string{"user"},
+			func(e *Event) bool { return e.User == nil && e.Verb == "create" }},
+		{"objectRef an array", `{"objectRef":["serviceaccounts"],"verb":"create"}`, []string{"objectRef"},
+			func(e *Event) bool { return e.ObjectRef == nil && !e.IsTokenCreate() }},
+		{"verb a number", `{"verb":5,"objectRef":{"resource":"serviceaccounts","subresource":"token"}}`, []string{"verb"},
+			func(e *Event) bool { return !e.IsTokenCreate() }},
+		{"username a number", `{"verb":"create","user":{"username":5,"uid":"u"}}`, []string{"user.username"},
+			func(e *Event) bool { return e.User != nil && e.Username() == "" && e.User.UID == "u" }},
+		{"bad spec field", `{` + tc + `,"requestObject":{"spec":{"audiences":["a"],"expirationSeconds":"x"}}}`, []string{"requestObject.spec.expirationSeconds"},
+			func(e *Event) bool {
+				return e.RequestObject != nil && e.RequestObject.Spec.ExpirationSeconds == nil && len(e.RequestObject.Spec.Audiences) == 1
+			}},
+		{"spec a string", `{` + tc + `,"requestObject":{"spec":"x"}}`, []string{"requestObject.spec"},
+			func(e *Event) bool { return e.RequestObject != nil && e.RequestObject.Spec.Audiences == nil }},
+		{"requestObject ignored unless a token create", `{"verb":"get","requestObject":5}`, nil,
+			func(e *Event) bool { return e.RequestObject == nil }},
+		{"several", `{` + tc + `,"stage":1,"responseStatus":{"code":"201","reason":[]}}`, []string{"stage", "responseStatus.reason", "responseStatus.code"},
+			func(e *Event) bool { return e.Username() == "alice" }},
+		{"null is absent, not malformed", `{` + tc + `,"responseStatus":{"code":null},"sourceIPs":null,"user":null}`, nil,
+			func(e *Event) bool { return e.User == nil && e.ResponseStatus != nil }},
+		{"last duplicate decides", `{` + tc + `,"userAgent":5,"userAgent":"ua"}`, nil,
+			func(e *Event) bool { return e.UserAgent == "ua" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Decode([]byte(tt.give))
+			if err != nil {
+				t.Fatalf("Decode(%s): %v, want an event", tt.give, err)
+			}
+			if diff := cmp.Diff(tt.wantMalformed, got.Malformed); diff != "" {
+				t.Errorf("Decode(%s).Malformed (-want +got):\n%s", tt.give, diff)
+			}
+			if !tt.check(got) {
+				t.Errorf("Decode(%s) = %+v", tt.give, got)
 			}
 		})
 	}

@@ -32,6 +32,14 @@ type Event struct {
 	RequestReceivedTimestamp string            `json:"requestReceivedTimestamp"`
 	StageTimestamp           string            `json:"stageTimestamp"`
 	Annotations              map[string]string `json:"annotations"`
+
+	// Malformed names the fields, as dotted JSON paths ("responseStatus.code"),
+	// whose value had the wrong JSON type: Decode leaves them absent rather
+	// than drop the event. Not part of the audit event.
+	Malformed []string `json:"-"`
+	// Truncated names the fields Bound cut to their bounds. Not part of the
+	// audit event.
+	Truncated []string `json:"-"`
 }
 
 // UserInfo is authentication.k8s.io/v1 UserInfo.

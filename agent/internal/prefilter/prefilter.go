@@ -185,6 +185,9 @@ type Counts struct {
 	Matches int
 	// Malformed is the number of decoded candidates that were not valid.
 	Malformed int
+	// MalformedFields is the number of token creates with a field of the
+	// wrong JSON type: they are matches, with the field left absent.
+	MalformedFields int
 }
 
 // Filter finds the token creates of blocks. Its zero value is ready to use;
@@ -212,6 +215,9 @@ func (f *Filter) Block(dst []Match, block []byte) ([]Match, Counts) {
 			continue
 		}
 		c.Matches++
+		if len(ev.Malformed) > 0 {
+			c.MalformedFields++
+		}
 		dst = append(dst, Match{Offset: s.Start, Event: ev})
 	}
 	return dst, c

@@ -43,6 +43,8 @@ func TestFilterLines(t *testing.T) {
 		{"upper-case value", `{"verb":"create","objectRef":{"resource":"serviceaccounts","subresource":"Token"}}`, false, false},
 		{"wrong key case", `{"Verb":"create","objectRef":{"resource":"serviceaccounts","subresource":"token"}}`, true, false},
 		{"malformed", `{"verb":"create","objectRef":{"resource":"serviceaccounts","subresource":"token"`, true, false},
+		{"code of the wrong type", strings.Replace(tokenCreate, `"stage":"RequestReceived"`, `"stage":"ResponseComplete","responseStatus":{"code":"201"}`, 1), true, true},
+		{"user agent of the wrong type", strings.Replace(tokenCreate, `"userAgent":"kubectl/v1.35.4 (linux/amd64) kubernetes/0000000"`, `"userAgent":["kubectl"]`, 1), true, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -54,6 +56,11 @@ func TestFilterLines(t *testing.T) {
 			m, c := f.Block(nil, []byte(tt.give))
 			if (len(m) > 0) != tt.match || c.Matches != len(m) {
 				t.Errorf("Block(%q) = %d matches (counts %+v), want match %v", tt.give, len(m), c, tt.match)
+			}
+			for _, x := range m {
+				if (len(x.Event.Malformed) > 0) != (c.MalformedFields > 0) {
+					t.Errorf("Block(%q): event %+v, counts %+v", tt.give, x.Event, c)
+				}
 			}
 		})
 	}
