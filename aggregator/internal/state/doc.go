@@ -19,9 +19,15 @@
 // Commits from several streams are grouped into one transaction (group commit)
 // so that one fsync serves them all.
 //
+// No entry can fail a commit by what a client controls: requests are keyed
+// by the SHA-256 of their request key (which holds the client's Audit-ID,
+// of any length, where bbolt keys stop at 32 KiB), a record ID longer than
+// a digest by its digest, and every record is bounded (alert.Bounded) before
+// it is stored.
+//
 // The file records its schema version. Version 2 added DoneAlone; version
 // 3 stopped rewriting a record's ID entry when it is exported (the outbox
-// tells). Open upgrades a version 1 or 2 file in place (their entries are
-// read as they are) and refuses any other version with an error naming it,
-// so an older aggregator does not misread a newer file.
+// tells); version 4 keys requests by digest. Open upgrades a version 1, 2
+// or 3 file in place and refuses any other version with an error naming
+// it, so an older aggregator does not misread a newer file.
 package state

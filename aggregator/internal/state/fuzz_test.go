@@ -13,12 +13,13 @@ func FuzzPending(f *testing.F) {
 	f.Add(int64(0), "", "", []byte(nil))
 	f.Add(int64(-5), "a\x00b", "ü", []byte{0xff})
 	f.Fuzz(func(t *testing.T, ns int64, cluster, node string, event []byte) {
-		// Arbitrary bytes as a stored value.
+		// Arbitrary bytes as a stored value, of this schema and the last.
 		raw := append(append([]byte(cluster), node...), event...)
-		decodePending("k", raw)
+		decodePending(raw)
+		decodePendingV3("k", raw)
 
-		p := Pending{Key: "k", Deadline: time.Unix(0, ns), Cluster: cluster, Node: node, Event: event}
-		got, err := decodePending("k", encodePending(&p))
+		p := Pending{Key: cluster + node, Deadline: time.Unix(0, ns), Cluster: cluster, Node: node, Event: event}
+		got, err := decodePending(encodePending(&p))
 		if err != nil {
 			t.Fatalf("decode(encode(%+v)): %v", p, err)
 		}
@@ -26,7 +27,7 @@ func FuzzPending(f *testing.F) {
 		if ns < 0 {
 			wantDeadline = time.Unix(0, 0)
 		}
-		if !got.Deadline.Equal(wantDeadline) || got.Cluster != cluster || got.Node != node || !bytes.Equal(got.Event, event) {
+		if !got.Deadline.Equal(wantDeadline) || got.Key != p.Key || got.Cluster != cluster || got.Node != node || !bytes.Equal(got.Event, event) {
 			t.Fatalf("round trip: got %+v, want %+v", got, p)
 		}
 	})

@@ -2,7 +2,9 @@ package state
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,14 +27,18 @@ const FileName = "aggregator.db"
 // StateDoneAlone marks; version 2 marked an exported record's ID by
 // rewriting its ids entry (idExported and the export time), a write to a
 // random page per record that version 3 no longer makes: an ID whose seq is
-// gone from the outbox is exported. Open upgrades a version 1 or 2 file in
-// place (it only rewrites the version: their entries are read as they are)
+// gone from the outbox is exported. Version 4 keys requests by a digest of
+// the request key (see requestKey) instead of the key itself, which holds
+// the client's Audit-ID, and keeps the key in the pending entry. Open
+// upgrades a version 1, 2 or 3 file in place (it rewrites the request keys
+// of the dedupe and pending buckets; other entries are read as they are)
 // and refuses any other version, so an older aggregator refuses a newer
 // file.
 const (
-	schemaVersion   = "3"
+	schemaVersion   = "4"
 	schemaVersionV1 = "1"
 	schemaVersionV2 = "2"
+	schemaVersionV3 = "3"
 )
 
 // Buckets.
@@ -41,10 +47,10 @@ var (
 	bucketOutbox     = []byte("outbox")      // seq (8 bytes BE) -> JSON alert.Record
 	bucketIDs        = []byte("ids")         // record ID -> idState, outbox seq, time (see idOutboxed)
 	bucketExportedAt = []byte("exported_at") // time (8 bytes BE) + record ID -> nil
-	bucketDedupe     = []byte("dedupe")      // request key -> RequestState, time
-	bucketDedupeAt   = []byte("dedupe_at")   // time (8 bytes BE) + request key -> nil
-	bucketPending    = []byte("pending")     // request key -> encoded Pending
-	bucketPendingDue = []byte("pending_due") // deadline (8 bytes BE) + request key -> nil
+	bucketDedupe     = []byte("dedupe")      // requestKey -> RequestState, time
+	bucketDedupeAt   = []byte("dedupe_at")   // time (8 bytes BE) + requestKey -> nil
+	bucketPending    = []byte("pending")     // requestKey -> encoded Pending
+	bucketPendingDue = []byte("pending_due") // deadline (8 bytes BE) + requestKey -> nil
 
 	allBuckets = [][]byte{bucketMeta, bucketOutbox, bucketIDs, bucketExportedAt,
 		bucketDedupe, bucketDedupeAt, bucketPending, bucketPendingDue}
@@ -174,7 +180,10 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		meta := tx.Bucket(bucketMeta)
 		switch v := meta.Get(keySchema); {
-		case v == nil, string(v) == schemaVersionV1, string(v) == schemaVersionV2:
+		case v == nil, string(v) == schemaVersionV1, string(v) == schemaVersionV2, string(v) == schemaVersionV3:
+			if err := upgradeRequestKeys(tx); err != nil {
+				return fmt.Errorf("upgrade schema %q to %q: %w", v, schemaVersion, err)
+			}
 			if err := meta.Put(keySchema, []byte(schemaVersion)); err != nil {
 				return fmt.Errorf("write schema version: %w", err)
 			}
@@ -218,7 +227,7 @@ func (s *Store) States(keys []string) (map[string]RequestState, error) {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDedupe)
 		for _, k := range keys {
-			if v := b.Get([]byte(k)); len(v) > 0 {
+			if v := b.Get(requestKey(k)); len(v) > 0 {
 				m[k] = RequestState(v[0])
 			}
 		}
@@ -289,11 +298,12 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 		if r.ID == "" {
 			return fail(fmt.Errorf("commit: record %d (%s) has no ID", i, r.EventName))
 		}
+		*r, _ = alert.Bounded(*r)
 		v, err := json.Marshal(r)
 		if err != nil {
-			return fail(fmt.Errorf("commit: encode record %s: %w", r.ID, err))
+			return fail(fmt.Errorf("commit: encode record %.64s: %w", r.ID, err))
 		}
-		recs[i] = encoded{id: []byte(r.ID), val: v}
+		recs[i] = encoded{id: idKey(r.ID), val: v}
 	}
 	pend := make([]encoded, len(c.Pending))
 	for i := range c.Pending {
@@ -301,7 +311,7 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 		if p.Key == "" {
 			return fail(fmt.Errorf("commit: pending entry %d has no key", i))
 		}
-		pend[i] = encoded{id: []byte(p.Key), val: encodePending(p)}
+		pend[i] = encoded{id: requestKey(p.Key), val: encodePending(p)}
 	}
 
 	var added int
@@ -351,7 +361,7 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 			st   RequestState
 		}{{c.Done, StateDone}, {c.DoneAlone, StateDoneAlone}} {
 			for _, k := range d.keys {
-				key := []byte(k)
+				key := requestKey(k)
 				if err := deletePending(tx, key); err != nil {
 					return err
 				}
@@ -397,7 +407,7 @@ func (s *Store) DuePending(now time.Time, max int) ([]Pending, error) {
 			if v == nil {
 				continue // cannot happen: index and entries change together
 			}
-			p, err := decodePending(string(key), v)
+			p, err := decodePending(v)
 			if err != nil {
 				return err
 			}
@@ -499,7 +509,7 @@ func (s *Store) Exported(ids []string) error {
 		now := s.now()
 		outbox, idb, at := tx.Bucket(bucketOutbox), tx.Bucket(bucketIDs), tx.Bucket(bucketExportedAt)
 		for _, id := range ids {
-			key := []byte(id)
+			key := idKey(id)
 			v := idb.Get(key)
 			if len(v) != 17 || v[0] != idOutboxed {
 				continue
@@ -692,24 +702,117 @@ func idValue(st byte, seq uint64, at time.Time) []byte {
 	return v
 }
 
-// encodePending lays out deadline (8 bytes), cluster and node (uvarint
-// length + bytes), then the event bytes.
+// requestKeyBytes is the length of a stored request key.
+const requestKeyBytes = sha256.Size
+
+// requestKey is the stored key of a request key: its SHA-256. A request key
+// holds the auditID, which a client sets (the Audit-ID header, logged as
+// sent, of any length) while bbolt refuses keys over 32 KiB; the digest has
+// a fixed size and keeps requests apart as the full key would.
+func requestKey(k string) []byte {
+	sum := sha256.Sum256([]byte(k))
+	return sum[:]
+}
+
+// maxIDKeyBytes bounds a record ID used as a key as it is. Record IDs are
+// digests (a few dozen bytes); a longer one is stored by its digest, so no
+// record can fail a commit by its ID.
+const maxIDKeyBytes = 128
+
+// idKey is the stored key of a record ID.
+func idKey(id string) []byte {
+	if len(id) <= maxIDKeyBytes {
+		return []byte(id)
+	}
+	sum := sha256.Sum256([]byte(id))
+	return []byte("sha256:" + hex.EncodeToString(sum[:]))
+}
+
+// upgradeRequestKeys rewrites the request-keyed buckets of a schema 1 to 3
+// file, which used the request key itself as the key, under requestKey,
+// and the pending entries in the schema 4 layout.
+func upgradeRequestKeys(tx *bolt.Tx) error {
+	type kv struct{ k, v []byte }
+	rewrite := func(name []byte, conv func(k, v []byte) (kv, error)) error {
+		var all []kv
+		err := tx.Bucket(name).ForEach(func(k, v []byte) error {
+			e, err := conv(k, v)
+			all = append(all, e)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("bucket %s: %w", name, err)
+		}
+		if err := tx.DeleteBucket(name); err != nil {
+			return fmt.Errorf("bucket %s: %w", name, err)
+		}
+		b, err := tx.CreateBucket(name)
+		if err != nil {
+			return fmt.Errorf("bucket %s: %w", name, err)
+		}
+		for _, e := range all {
+			if err := b.Put(e.k, e.v); err != nil {
+				return fmt.Errorf("bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	}
+	plain := func(k, v []byte) (kv, error) { return kv{requestKey(string(k)), bytes.Clone(v)}, nil }
+	timed := func(k, _ []byte) (kv, error) {
+		if len(k) < 8 {
+			return kv{}, fmt.Errorf("index entry of %d bytes", len(k))
+		}
+		return kv{timeKey(keyTime(k), requestKey(string(k[8:]))), nil}, nil
+	}
+	pending := func(k, v []byte) (kv, error) {
+		p, err := decodePendingV3(string(k), v)
+		if err != nil {
+			return kv{}, err
+		}
+		return kv{requestKey(p.Key), encodePending(&p)}, nil
+	}
+	for _, b := range []struct {
+		name []byte
+		conv func(k, v []byte) (kv, error)
+	}{{bucketDedupe, plain}, {bucketDedupeAt, timed}, {bucketPending, pending}, {bucketPendingDue, timed}} {
+		if err := rewrite(b.name, b.conv); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// encodePending lays out deadline (8 bytes), then key, cluster and node
+// (each a uvarint length + bytes), then the event bytes.
 func encodePending(p *Pending) []byte {
-	b := make([]byte, 8, 8+2*binary.MaxVarintLen64+len(p.Cluster)+len(p.Node)+len(p.Event))
+	b := make([]byte, 8, 8+3*binary.MaxVarintLen64+len(p.Key)+len(p.Cluster)+len(p.Node)+len(p.Event))
 	binary.BigEndian.PutUint64(b, timeBits(p.Deadline))
-	b = binary.AppendUvarint(b, uint64(len(p.Cluster)))
-	b = append(b, p.Cluster...)
-	b = binary.AppendUvarint(b, uint64(len(p.Node)))
-	b = append(b, p.Node...)
+	for _, s := range []string{p.Key, p.Cluster, p.Node} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
 	return append(b, p.Event...)
 }
 
-func decodePending(key string, v []byte) (Pending, error) {
-	bad := fmt.Errorf("decode pending entry %q: truncated", key)
+// decodePending reads what encodePending wrote.
+func decodePending(v []byte) (Pending, error) {
+	return decodePendingFields(v, nil)
+}
+
+// decodePendingV3 reads a pending entry of schema 3 and earlier, which had
+// no key in its value: key is the entry's key.
+func decodePendingV3(key string, v []byte) (Pending, error) {
+	return decodePendingFields(v, &key)
+}
+
+// decodePendingFields reads deadline, key (unless key is given), cluster,
+// node and event.
+func decodePendingFields(v []byte, key *string) (Pending, error) {
+	bad := errors.New("decode pending entry: truncated")
 	if len(v) < 8 {
 		return Pending{}, bad
 	}
-	p := Pending{Key: key, Deadline: keyTime(v)}
+	p := Pending{Deadline: keyTime(v)}
 	rest := v[8:]
 	str := func() (string, bool) {
 		n, w := binary.Uvarint(rest)
@@ -720,12 +823,15 @@ func decodePending(key string, v []byte) (Pending, error) {
 		rest = rest[w+int(n):]
 		return s, true
 	}
-	var ok bool
-	if p.Cluster, ok = str(); !ok {
-		return Pending{}, bad
+	fields := []*string{&p.Key, &p.Cluster, &p.Node}
+	if key != nil {
+		p.Key, fields = *key, fields[1:]
 	}
-	if p.Node, ok = str(); !ok {
-		return Pending{}, bad
+	for _, f := range fields {
+		var ok bool
+		if *f, ok = str(); !ok {
+			return Pending{}, bad
+		}
 	}
 	p.Event = bytes.Clone(rest)
 	return p, nil

@@ -380,9 +380,20 @@ func TestSchemaVersions(t *testing.T) {
 	t.Run("version 1 is upgraded", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), FileName)
 		s := open(t, path, nil)
-		mustCommit(t, s, Change{Records: []alert.Record{rec("r")}, Done: []string{"k"}})
+		mustCommit(t, s, Change{Records: []alert.Record{rec("r")}})
 		s.Close()
 		setSchema(t, path, "1")
+		// Version 1 to 3 keyed a request by its key itself.
+		db, err := bolt.Open(path, 0o600, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mark := append([]byte{byte(StateDone)}, u64(timeBits(t0))...)
+		err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDedupe).Put([]byte("k"), mark) })
+		db.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
 		s = open(t, path, nil)
 		defer s.Close()
 		if v := schema(t, s); v != schemaVersion {
@@ -448,14 +459,14 @@ func TestSchemaVersions(t *testing.T) {
 	t.Run("unknown version is refused", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), FileName)
 		open(t, path, nil).Close()
-		setSchema(t, path, "4")
+		setSchema(t, path, "5")
 		s, err := Open(path, Options{})
 		if err == nil {
 			s.Close()
-			t.Fatal("Open(schema 4) succeeded")
+			t.Fatal("Open(schema 5) succeeded")
 		}
-		if !strings.Contains(err.Error(), `unsupported schema version "4"`) || !strings.Contains(err.Error(), path) {
-			t.Errorf("Open(schema 4) = %v, want an error naming the version and the file", err)
+		if !strings.Contains(err.Error(), `unsupported schema version "5"`) || !strings.Contains(err.Error(), path) {
+			t.Errorf("Open(schema 5) = %v, want an error naming the version and the file", err)
 		}
 	})
 }
