@@ -5,8 +5,9 @@ package correlate
 // baseline of the benchmarks and as a second opinion in TestMatchesBaseline.
 // Its algorithm is unchanged; only its suppression follows the rule that
 // replaced "within one window of the last record, in either direction" so
-// that a lagging cluster no longer floods: suppressed and Expire, marked
-// "rule:" below.
+// that a lagging cluster no longer floods (suppressed and Expire), and
+// event times far ahead of the aggregator's clock are clamped (Observe,
+// record), marked "rule:" below.
 
 import (
 	"crypto/sha256"
@@ -53,6 +54,7 @@ type baselineItem struct {
 	cluster string
 	target  string // cluster/namespace/name
 	auditID string
+	clamped bool
 }
 
 // New returns a correlator for cfg.
@@ -78,27 +80,37 @@ func (c *baselineCorrelator) Stats() Stats { return c.stats }
 // Observing the same request again returns the records it already
 // contributed to, with the same IDs (so a retried batch re-creates, never
 // loses, them).
-func (c *baselineCorrelator) Observe(ev Event) []alert.Record {
+//
+// rule: a time more than MaxSkew ahead of now counts as now+MaxSkew.
+func (c *baselineCorrelator) Observe(now time.Time, ev Event) []alert.Record {
 	if ev.Time.IsZero() {
 		c.stats.Late++
 		return nil
 	}
-	if n, ok := c.newest[ev.Cluster]; ok && ev.Time.Before(n.Add(-c.cfg.Lateness)) {
+	t := ev.Time
+	if t.After(now.Add(MaxSkew)) {
+		t = now.Add(MaxSkew)
+	}
+	if n, ok := c.newest[ev.Cluster]; ok && t.Before(n.Add(-c.cfg.Lateness)) {
 		c.stats.Late++
 		return nil
 	}
-	if n := c.newest[ev.Cluster]; ev.Time.After(n) {
-		c.newest[ev.Cluster] = ev.Time
+	if !t.Equal(ev.Time) {
+		c.stats.Clamped++
 	}
-	if ev.Time.After(c.newestAll) {
-		c.newestAll = ev.Time
+	if n := c.newest[ev.Cluster]; t.After(n) {
+		c.newest[ev.Cluster] = t
+	}
+	if t.After(c.newestAll) {
+		c.newestAll = t
 	}
 	it := baselineItem{
-		t:       ev.Time,
+		t:       t,
 		id:      fmt.Sprintf("%q/%q/%s", ev.Cluster, ev.AuditID, ev.Time.UTC().Format(time.RFC3339Nano)),
 		cluster: ev.Cluster,
 		target:  ev.Cluster + "/" + ev.Namespace + "/" + ev.Name,
 		auditID: ev.AuditID,
+		clamped: !t.Equal(ev.Time),
 	}
 	var out []alert.Record
 	emit := func(kind, key string, threshold int, distinct func(baselineItem) string) {
@@ -273,11 +285,15 @@ func (c *baselineCorrelator) Expire(now time.Time) {
 
 func (c *baselineCorrelator) record(k baselineSeriesKey, win []baselineItem, distinct func(baselineItem) string) alert.Record {
 	clusters, targets, auditIDs, ids := baselineSet{}, baselineSet{}, baselineSet{}, make([]string, 0, len(win))
+	var clamped int64
 	for _, w := range win {
 		clusters.add(w.cluster)
 		targets.add(w.target)
 		auditIDs.add(w.auditID)
 		ids = append(ids, w.id)
+		if w.clamped {
+			clamped++
+		}
 	}
 	sort.Strings(ids)
 	sum := sha256.Sum256([]byte(k.kind + "\x00" + k.key + "\x00" + strings.Join(ids, "\x00")))
@@ -296,7 +312,7 @@ func (c *baselineCorrelator) record(k baselineSeriesKey, win []baselineItem, dis
 	default:
 		body = fmt.Sprintf("%s minted tokens in %d clusters (%s) within %s.", k.key, n, strings.Join(clusters.sorted(MaxListed), ", "), c.cfg.Window)
 	}
-	return alert.Record{
+	r := alert.Record{
 		ID:        "co-" + hex.EncodeToString(sum[:16]),
 		EventName: alert.EventCorrelation,
 		Time:      end,
@@ -314,6 +330,10 @@ func (c *baselineCorrelator) record(k baselineSeriesKey, win []baselineItem, dis
 			alert.Int("tokenwatch.correlation.distinct", int64(n)),
 		},
 	}
+	if clamped > 0 { // rule: the record says how many were clamped
+		r.Attrs = append(r.Attrs, alert.Int(AttrClampedEvents, clamped))
+	}
+	return r
 }
 
 type baselineSet map[string]struct{}

@@ -71,7 +71,7 @@ func arrival(ev Event) time.Time {
 }
 
 type observer interface {
-	Observe(Event) []alert.Record
+	Observe(time.Time, Event) []alert.Record
 	Expire(time.Time)
 }
 
@@ -98,7 +98,7 @@ func BenchmarkObserveHotKey(b *testing.B) {
 					c := impl.make()
 					records = 0
 					for i, ev := range evs {
-						records += len(c.Observe(ev))
+						records += len(c.Observe(later, ev))
 						if i%1000 == 999 {
 							c.Expire(arrival(ev))
 						}

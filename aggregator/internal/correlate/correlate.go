@@ -25,6 +25,14 @@ const (
 // there were in all.
 const MaxListed = 1000
 
+// AttrClampedEvents counts the events of a record whose time was more than
+// MaxSkew ahead of the aggregator's clock and counted at that bound.
+const AttrClampedEvents = "tokenwatch.correlation.clamped_events"
+
+// MaxSkew is how far ahead of the aggregator's clock an event time may be
+// and still count as it is for correlation.
+const MaxSkew = time.Minute
+
 // maxPerSeries bounds the events kept per (kind, key): the oldest go first,
 // a tenth at a time.
 const maxPerSeries = 20000
@@ -64,6 +72,9 @@ type Stats struct {
 	Late int64
 	// Evicted counts events dropped because a series was full.
 	Evicted int64
+	// Clamped counts events more than MaxSkew ahead of the aggregator's
+	// clock, counted at that bound.
+	Clamped int64
 }
 
 // Correlator holds the windows. It is not safe for concurrent use.
@@ -119,6 +130,7 @@ type item struct {
 	cluster string
 	target  string // cluster/namespace/name
 	auditID string
+	clamped bool // t is now+MaxSkew, the event's own time was later
 }
 
 // New returns a correlator for cfg.
@@ -139,32 +151,44 @@ func New(cfg Config) *Correlator {
 func (c *Correlator) Stats() Stats { return c.stats }
 
 // Observe counts ev and returns the tokenwatch.correlation records of keys
-// that cross their threshold with it. A (kind, key) is not emitted again
+// that cross their threshold with it. now is the aggregator's clock: an
+// event time more than MaxSkew ahead of it counts as now+MaxSkew (see the
+// package documentation). A (kind, key) is not emitted again
 // until one window length of event time has passed since its last record.
 // Observing the same request again returns the records it already
 // contributed to, with the same IDs (so a retried batch re-creates, never
 // loses, them).
-func (c *Correlator) Observe(ev Event) []alert.Record {
+func (c *Correlator) Observe(now time.Time, ev Event) []alert.Record {
 	if ev.Time.IsZero() {
 		c.stats.Late++
 		return nil
 	}
-	if n, ok := c.newest[ev.Cluster]; ok && ev.Time.Before(n.Add(-c.cfg.Lateness)) {
+	t, clamped := ev.Time, false
+	if bound := now.Add(MaxSkew); t.After(bound) {
+		t, clamped = bound, true
+	}
+	if n, ok := c.newest[ev.Cluster]; ok && t.Before(n.Add(-c.cfg.Lateness)) {
 		c.stats.Late++
 		return nil
 	}
-	if n := c.newest[ev.Cluster]; ev.Time.After(n) {
-		c.newest[ev.Cluster] = ev.Time
+	if clamped {
+		c.stats.Clamped++
 	}
-	if ev.Time.After(c.newestAll) {
-		c.newestAll = ev.Time
+	if n := c.newest[ev.Cluster]; t.After(n) {
+		c.newest[ev.Cluster] = t
+	}
+	if t.After(c.newestAll) {
+		c.newestAll = t
 	}
 	it := item{
-		t:       ev.Time,
+		t: t,
+		// The request's own time, not the clamped one: a retry later
+		// is the same request.
 		id:      strconv.Quote(ev.Cluster) + "/" + strconv.Quote(ev.AuditID) + "/" + ev.Time.UTC().Format(time.RFC3339Nano),
 		cluster: ev.Cluster,
 		target:  ev.Cluster + "/" + ev.Namespace + "/" + ev.Name,
 		auditID: ev.AuditID,
+		clamped: clamped,
 	}
 	var out []alert.Record
 	emit := func(kind, key string, threshold int, distinct func(item) string) {
@@ -450,11 +474,15 @@ func (c *Correlator) Expire(now time.Time) {
 
 func (c *Correlator) record(k seriesKey, win []item, distinct func(item) string) alert.Record {
 	clusters, targets, auditIDs, ids := set{}, set{}, set{}, make([]string, 0, len(win))
+	var clamped int64
 	for _, w := range win {
 		clusters.add(w.cluster)
 		targets.add(w.target)
 		auditIDs.add(w.auditID)
 		ids = append(ids, w.id)
+		if w.clamped {
+			clamped++
+		}
 	}
 	sort.Strings(ids)
 	sum := sha256.Sum256([]byte(k.kind + "\x00" + k.key + "\x00" + strings.Join(ids, "\x00")))
@@ -473,7 +501,7 @@ func (c *Correlator) record(k seriesKey, win []item, distinct func(item) string)
 	default:
 		body = fmt.Sprintf("%s minted tokens in %d clusters (%s) within %s.", k.key, n, strings.Join(clusters.sorted(MaxListed), ", "), c.cfg.Window)
 	}
-	return alert.Record{
+	r := alert.Record{
 		ID:        "co-" + hex.EncodeToString(sum[:16]),
 		EventName: alert.EventCorrelation,
 		Time:      end,
@@ -491,6 +519,10 @@ func (c *Correlator) record(k seriesKey, win []item, distinct func(item) string)
 			alert.Int("tokenwatch.correlation.distinct", int64(n)),
 		},
 	}
+	if clamped > 0 {
+		r.Attrs = append(r.Attrs, alert.Int(AttrClampedEvents, clamped))
+	}
+	return r
 }
 
 type set map[string]struct{}

@@ -15,6 +15,10 @@ import (
 
 var t0 = time.Date(2026, 11, 26, 23, 0, 0, 0, time.UTC)
 
+// later is the aggregator's clock for the tests whose event times all lie
+// before it: no event of theirs is ahead of it.
+var later = t0.Add(100 * 24 * time.Hour)
+
 func at(m float64) time.Time { return t0.Add(time.Duration(m * float64(time.Minute))) }
 
 func defaults() Config {
@@ -254,7 +258,7 @@ func TestScenarios(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := New(tt.cfg)
 			for i, ev := range tt.events {
-				got := summarize(c.Observe(ev))
+				got := summarize(c.Observe(later, ev))
 				if diff := cmp.Diff(tt.want[i], got); diff != "" {
 					t.Errorf("Observe(#%d %s %s at %v) (-want +got):\n%s", i, ev.Cluster, ev.User, ev.Time.Sub(t0), diff)
 				}
@@ -270,8 +274,8 @@ func TestRecord(t *testing.T) {
 	c := New(defaults())
 	a := Event{Time: at(0), Cluster: "a", User: "alice", SourceIP: "10.1.1.1", Namespace: "ns", Name: "x", AuditID: "A"}
 	b := Event{Time: at(1).Add(123456 * time.Nanosecond), Cluster: "b", User: "alice", SourceIP: "10.2.2.2", Namespace: "ns", Name: "y", AuditID: "B"}
-	c.Observe(a)
-	recs := c.Observe(b)
+	c.Observe(later, a)
+	recs := c.Observe(later, b)
 	if len(recs) != 1 {
 		t.Fatalf("Observe = %d records, want 1", len(recs))
 	}
@@ -300,26 +304,26 @@ func TestRecord(t *testing.T) {
 
 	// A retried batch re-creates the same record; a fresh correlator (after
 	// a restart) fed the same events in another order does too.
-	again := c.Observe(b)
+	again := c.Observe(later, b)
 	if len(again) != 1 || again[0].ID != r.ID {
 		t.Errorf("Observe(same event) = %v, want the record %s again", summarize(again), r.ID)
 	}
-	if again := c.Observe(a); len(again) != 1 || again[0].ID != r.ID {
+	if again := c.Observe(later, a); len(again) != 1 || again[0].ID != r.ID {
 		t.Errorf("Observe(same first event) = %v, want the record %s again", summarize(again), r.ID)
 	}
 	fresh := New(defaults())
-	fresh.Observe(b)
-	if recs := fresh.Observe(a); len(recs) != 1 || recs[0].ID != r.ID {
+	fresh.Observe(later, b)
+	if recs := fresh.Observe(later, a); len(recs) != 1 || recs[0].ID != r.ID {
 		t.Errorf("after restart: %v, want ID %s", summarize(recs), r.ID)
 	}
 }
 
 func TestExpire(t *testing.T) {
 	c := New(defaults())
-	c.Observe(mint(0, "a", "alice", "", "ns", "x"))
-	c.Observe(mint(30, "c", "bob", "", "ns", "x"))
+	c.Observe(later, mint(0, "a", "alice", "", "ns", "x"))
+	c.Observe(later, mint(30, "c", "bob", "", "ns", "x"))
 	c.Expire(at(30)) // alice's event is 30m old: more than window+lateness
-	if recs := c.Observe(mint(1, "b", "alice", "", "ns", "x")); len(recs) != 0 {
+	if recs := c.Observe(later, mint(1, "b", "alice", "", "ns", "x")); len(recs) != 0 {
 		t.Errorf("expired state still correlated: %v", summarize(recs))
 	}
 	if n := len(c.series); n != 4 { // bob's two, alice's two (re-created)
@@ -330,9 +334,9 @@ func TestExpire(t *testing.T) {
 // TestExpireReplay: replaying day-old logs is not expired by the wall clock.
 func TestExpireReplay(t *testing.T) {
 	c := New(defaults())
-	c.Observe(mint(0, "a", "alice", "", "ns", "x"))
+	c.Observe(later, mint(0, "a", "alice", "", "ns", "x"))
 	c.Expire(at(24 * 60))
-	if recs := c.Observe(mint(1, "b", "alice", "", "ns", "x")); len(recs) != 1 {
+	if recs := c.Observe(later, mint(1, "b", "alice", "", "ns", "x")); len(recs) != 1 {
 		t.Errorf("replayed events did not correlate after Expire(wall clock): %v", summarize(recs))
 	}
 }
@@ -340,7 +344,7 @@ func TestExpireReplay(t *testing.T) {
 func TestSeriesBounded(t *testing.T) {
 	c := New(Config{Window: time.Hour, Lateness: time.Hour, Clusters: 0, ServiceAccounts: maxPerSeries + 100})
 	for i := 0; i < maxPerSeries+10; i++ {
-		c.Observe(Event{Time: t0.Add(time.Duration(i) * time.Millisecond), Cluster: "a", User: "u", Name: fmt.Sprint(i), AuditID: fmt.Sprint(i)})
+		c.Observe(later, Event{Time: t0.Add(time.Duration(i) * time.Millisecond), Cluster: "a", User: "u", Name: fmt.Sprint(i), AuditID: fmt.Sprint(i)})
 	}
 	if got, want := c.Stats().Evicted, int64(maxPerSeries/10); got != want {
 		t.Errorf("Evicted = %d, want %d", got, want)
@@ -373,7 +377,7 @@ func TestLaggingClusterBounded(t *testing.T) {
 		c := New(cfg)
 		got := map[string][]time.Duration{}
 		for i, ev := range hotKey(3000, time.Second, order) {
-			for _, r := range c.Observe(ev) {
+			for _, r := range c.Observe(later, ev) {
 				kind, _ := r.Attr("tokenwatch.correlation.kind")
 				got[kind.Str] = append(got[kind.Str], r.Time.Sub(t0))
 			}
@@ -425,7 +429,7 @@ func TestIncrementalMatchesBruteForce(t *testing.T) {
 		} else {
 			want = brute(&series{distinct: byTarget}, ev, cfg)
 		}
-		recs := c.Observe(ev)
+		recs := c.Observe(later, ev)
 		var got []string
 		if len(recs) == 1 {
 			v, _ := recs[0].Attr("kubernetes.audit.auditIDs")
@@ -489,8 +493,8 @@ func brute(s *series, ev Event, cfg Config) []string {
 
 // TestMatchesBaseline drives random traffic of all three kinds (several
 // users, sources and clusters; events slightly and far out of order, at
-// equal times, retried; one cluster far behind the others; Expire now and
-// then) through the correlator and
+// equal times, retried, ahead of the clock; one cluster far behind the
+// others; Expire now and then) through the correlator and
 // through the baseline algorithm it replaced, and wants the same records,
 // IDs included, for every event, and the same counters; and each new
 // record of a key one window or more after the key's record before.
@@ -522,6 +526,10 @@ func TestMatchesBaseline(t *testing.T) {
 						ts -= time.Duration(rng.IntN(5000)) * time.Millisecond
 					case r < 60: // far out of order, maybe late
 						ts -= time.Duration(rng.IntN(25)) * time.Minute
+					case r < 64: // ahead of the clock, maybe clamped
+						ts += time.Duration(rng.IntN(90)) * time.Second
+					case r < 65: // decades ahead: clamped
+						ts += time.Duration(rng.IntN(100)) * 365 * 24 * time.Hour
 					}
 					ev = Event{Time: t0.Add(ts), Cluster: fmt.Sprint("c", rng.IntN(4)), User: fmt.Sprint("u", rng.IntN(3)),
 						SourceIP: ips[rng.IntN(len(ips))], Namespace: "ns", Name: fmt.Sprint("sa", rng.IntN(7)), AuditID: fmt.Sprint(n)}
@@ -530,7 +538,8 @@ func TestMatchesBaseline(t *testing.T) {
 					}
 					seen = append(seen, ev)
 				}
-				want, got := b.Observe(ev), c.Observe(ev)
+				now := t0.Add(clock)
+				want, got := b.Observe(now, ev), c.Observe(now, ev)
 				if diff := diffRecords(want, got); diff != "" {
 					t.Fatalf("event %d %+v: (-baseline +got):\n%s", n, ev, diff)
 				}
@@ -559,6 +568,9 @@ func TestMatchesBaseline(t *testing.T) {
 			if c.Stats() != b.Stats() {
 				t.Errorf("Stats() = %+v, baseline %+v", c.Stats(), b.Stats())
 			}
+			if c.Stats().Clamped == 0 {
+				t.Errorf("Stats().Clamped = 0: no event ahead of the clock was tried")
+			}
 		})
 	}
 }
@@ -583,7 +595,7 @@ func TestMatchesBaselineHotKey(t *testing.T) {
 		t.Run(run.order, func(t *testing.T) {
 			c, b := New(cfg), newBaseline(cfg)
 			for i, ev := range hotKey(run.n, run.step, run.order) {
-				want, got := b.Observe(ev), c.Observe(ev)
+				want, got := b.Observe(later, ev), c.Observe(later, ev)
 				if diff := diffRecords(want, got); diff != "" {
 					t.Fatalf("%s, event %d: (-baseline +got):\n%s", run.order, i, diff)
 				}
@@ -606,4 +618,102 @@ func diffRecords(want, got []alert.Record) string {
 		return ""
 	}
 	return cmp.Diff(want, got)
+}
+
+// TestSkewedTimes: event times come from audit logs, which can be replayed,
+// forged or written by a cluster whose clock is wrong. A time ahead of the
+// aggregator's clock by more than MaxSkew counts as that bound, and the
+// record says how many of its events were clamped; so one cluster's future
+// dates can neither suppress a key (in any cluster) for longer than real
+// events of now could, nor make its own later events late, nor keep state
+// from expiring.
+func TestSkewedTimes(t *testing.T) {
+	y2099 := time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)
+	future := func(cluster, user, name string) Event {
+		ev := mint(0, cluster, user, "", "ns", name)
+		ev.Time = y2099
+		return ev
+	}
+	type step struct {
+		now     float64 // the aggregator's clock, minutes after t0
+		ev      Event
+		want    []summary
+		clamped int64 // tokenwatch.correlation.clamped_events of the record
+	}
+	bound := t0.Add(MaxSkew)
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{
+			name: "future dates in one cluster do not suppress another's spray",
+			steps: []step{
+				{0, future("a", "bob", "s1"), nil, 0},
+				{0, future("a", "bob", "s2"), nil, 0},
+				{0, future("a", "bob", "s3"), nil, 0},
+				{0, future("a", "bob", "s4"), nil, 0},
+				{0, future("a", "bob", "s5"), []summary{{KindTokenSpray, "bob", []string{"a"},
+					[]string{"a/ns/s1", "a/ns/s2", "a/ns/s3", "a/ns/s4", "a/ns/s5"}, bound}}, 5},
+				{20, mint(20, "b", "bob", "", "ns", "s1"), nil, 0},
+				{20, mint(20.1, "b", "bob", "", "ns", "s2"), nil, 0},
+				{20, mint(20.2, "b", "bob", "", "ns", "s3"), nil, 0},
+				{20, mint(20.3, "b", "bob", "", "ns", "s4"), nil, 0},
+				{20.5, mint(20.4, "b", "bob", "", "ns", "s5"), []summary{{KindTokenSpray, "bob", []string{"b"},
+					[]string{"b/ns/s1", "b/ns/s2", "b/ns/s3", "b/ns/s4", "b/ns/s5"}, at(20.4)}}, 0},
+			},
+		},
+		{
+			name: "a future date does not make its cluster's later events late",
+			steps: []step{
+				{0, future("a", "carol", "x"), nil, 0},
+				{10, mint(10, "a", "alice", "", "ns", "x"), nil, 0},
+				{11, mint(11, "b", "alice", "", "ns", "x"), []summary{{KindMultiClusterActor, "alice", []string{"a", "b"},
+					[]string{"a/ns/x", "b/ns/x"}, at(11)}}, 0},
+			},
+		},
+		{
+			name: "within the bound a time is kept",
+			steps: []step{
+				{0, mint(0.5, "a", "alice", "", "ns", "x"), nil, 0},
+				{0, mint(1, "b", "alice", "", "ns", "x"), []summary{{KindMultiClusterActor, "alice", []string{"a", "b"},
+					[]string{"a/ns/x", "b/ns/x"}, at(1)}}, 0},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := New(defaults())
+			var clamped int64
+			for i, st := range tt.steps {
+				if st.ev.Time.After(at(st.now).Add(MaxSkew)) {
+					clamped++
+				}
+				recs := c.Observe(at(st.now), st.ev)
+				if diff := cmp.Diff(st.want, summarize(recs)); diff != "" {
+					t.Errorf("Observe(#%d %s %s at %v) (-want +got):\n%s", i, st.ev.Cluster, st.ev.User, st.ev.Time, diff)
+				}
+				for _, r := range recs {
+					v, ok := r.Attr("tokenwatch.correlation.clamped_events")
+					if got := v.Int; got != st.clamped || ok != (st.clamped > 0) {
+						t.Errorf("Observe(#%d): clamped_events = %d (present %v), want %d", i, got, ok, st.clamped)
+					}
+				}
+			}
+			if got := c.Stats().Clamped; got != clamped {
+				t.Errorf("Stats().Clamped = %d, want %d", got, clamped)
+			}
+			if got := c.Stats().Late; got != 0 {
+				t.Errorf("Stats().Late = %d, want 0", got)
+			}
+			// No state holds a time beyond the clock's bound: none
+			// outlives Expire by decades.
+			last := tt.steps[len(tt.steps)-1]
+			bound := at(last.now).Add(MaxSkew)
+			for k, s := range c.series {
+				if s.lastTime.After(bound) || s.items[len(s.items)-1].t.After(bound) {
+					t.Errorf("series %v: last record at %v, newest item at %v, after %v", k, s.lastTime, s.items[len(s.items)-1].t, bound)
+				}
+			}
+		})
+	}
 }

@@ -22,6 +22,19 @@
 // this rule replaced (3,000 events one second apart, one cluster 12
 // minutes behind: 3,928 records, now 15, as in order).
 //
+// Event times are the audit log's requestReceivedTimestamp, untrusted: a
+// log can be replayed or forged, and a cluster's clock can be wrong. Windows
+// and suppression compare the times of different clusters, so a time far
+// ahead (year 2099) would suppress the key in every cluster, make its own
+// cluster's later events late and keep state from expiring, until then. A
+// time more than MaxSkew ahead of the aggregator's clock (given to Observe)
+// therefore counts as now+MaxSkew, and a record with such events says how
+// many (tokenwatch.correlation.clamped_events): one cluster's times can do
+// no more than real events of now could. Times in the past are kept as they
+// are, for replays of old logs: every reference (the newest event of a
+// cluster, of all, of a key's last record) only moves forward, so an old
+// time cannot suppress, make late or expire anything newer.
+//
 // The reference is kept as long as the key's series is: Expire drops both
 // once none of the key's events is within Window+Lateness of the newest
 // event seen and its last record is a window older still. After that, a

@@ -64,7 +64,11 @@ func newMetrics(reg prometheus.Registerer, corr func() correlate.Stats) *metrics
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "tokenwatch_aggregator_correlation_evicted_events_total",
 				Help: "Events dropped from a full correlation series (the oldest go first).",
-			}, func() float64 { return float64(corr().Evicted) }))
+			}, func() float64 { return float64(corr().Evicted) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "tokenwatch_aggregator_correlation_clamped_events_total",
+				Help: "Alerting events whose time was more than a minute ahead of the aggregator's clock, correlated at that bound.",
+			}, func() float64 { return float64(corr().Clamped) }))
 	}
 	return m
 }

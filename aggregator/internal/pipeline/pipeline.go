@@ -224,6 +224,7 @@ func (p *Pipeline) Apply(c config.Config) error {
 			st := p.corr.Stats()
 			p.corrBase.Late += st.Late
 			p.corrBase.Evicted += st.Evicted
+			p.corrBase.Clamped += st.Clamped
 		}
 		p.corr = correlate.New(correlate.Config{
 			Window:          c.Correlation.Window,
@@ -275,6 +276,7 @@ func (p *Pipeline) correlationStats() correlate.Stats {
 		cur := p.corr.Stats()
 		st.Late += cur.Late
 		st.Evicted += cur.Evicted
+		st.Clamped += cur.Clamped
 	}
 	return st
 }
@@ -402,7 +404,7 @@ func (p *Pipeline) alertLocked(ch *state.Change, now time.Time, cluster string, 
 	if e.ObjectRef != nil {
 		ev.Namespace, ev.Name = e.ObjectRef.Namespace, e.ObjectRef.Name
 	}
-	ch.Records = append(ch.Records, p.corr.Observe(ev)...)
+	ch.Records = append(ch.Records, p.corr.Observe(now, ev)...)
 	if p.budget != nil && !p.budget.Admit(now, ev.User, e.AuditID) {
 		return false
 	}
