@@ -149,50 +149,57 @@ func TestControlPlane(t *testing.T) {
 	}
 	for _, kit := range kits {
 		t.Run(kit, func(t *testing.T) {
-			objs := kustomizeBuild(t, deployPath(t, filepath.FromSlash(kit)))
-			// The Namespace for real (namespaced dry runs need it), the rest dry.
-			for _, o := range objs {
-				if o.kind() == "Namespace" {
-					if _, err := s.apply(o, false); err != nil {
-						t.Fatalf("%s: %v", o, err)
-					}
-				}
-			}
-			for _, o := range objs {
-				if o.kind() == "Namespace" {
-					continue
-				}
-				r, err := s.apply(o, true)
-				if err != nil {
-					t.Errorf("%s: %v", o, err)
-					continue
-				}
-				for _, w := range r.warnings {
-					t.Logf("%s: warning: %s", o, w)
-				}
-				// The namespaces warn or enforce at the restricted Pod
-				// Security level: the aggregator and the collector must meet
-				// it (the agent's hostPath volumes and uid 0 cannot).
-				if o.kind() == "Deployment" && len(r.warnings) > 0 {
-					t.Errorf("%s: warnings from the server: %q", o, r.warnings)
-				}
-				if o.kind() == "DaemonSet" {
-					for _, w := range r.warnings {
-						for _, bad := range []string{"allowPrivilegeEscalation", "capabilities", "seccompProfile", "privileged"} {
-							if strings.Contains(w, bad) {
-								t.Errorf("%s: Pod Security flags %s: %s", o, bad, w)
-							}
-						}
-					}
-				}
-			}
-			t.Logf("%d objects accepted", len(objs))
+			dryRunObjects(t, s, kustomizeBuild(t, deployPath(t, filepath.FromSlash(kit))))
 		})
 	}
 
 	t.Run("audit policy logs TokenRequest at Request", func(t *testing.T) {
 		checkTokenRequestAudit(t, s, auditLog)
 	})
+}
+
+// dryRunObjects server-side applies rendered objects on s: each Namespace for
+// real (namespaced dry runs need it), the rest as a dry run with strict field
+// validation. The aggregator's and the collector's Deployments must raise no
+// Pod Security warning; the agent's DaemonSet only those its hostPath volumes
+// and uid 0 cannot avoid.
+func dryRunObjects(t *testing.T, s *apiServer, objs []object) {
+	t.Helper()
+	for _, o := range objs {
+		if o.kind() == "Namespace" {
+			if _, err := s.apply(o, false); err != nil {
+				t.Fatalf("%s: %v", o, err)
+			}
+		}
+	}
+	for _, o := range objs {
+		if o.kind() == "Namespace" {
+			continue
+		}
+		r, err := s.apply(o, true)
+		if err != nil {
+			t.Errorf("%s: %v", o, err)
+			continue
+		}
+		for _, w := range r.warnings {
+			t.Logf("%s: warning: %s", o, w)
+		}
+		// The namespaces warn or enforce at the restricted Pod Security
+		// level: the aggregator and the collector must meet it.
+		if o.kind() == "Deployment" && len(r.warnings) > 0 {
+			t.Errorf("%s: warnings from the server: %q", o, r.warnings)
+		}
+		if o.kind() == "DaemonSet" {
+			for _, w := range r.warnings {
+				for _, bad := range []string{"allowPrivilegeEscalation", "capabilities", "seccompProfile", "privileged"} {
+					if strings.Contains(w, bad) {
+						t.Errorf("%s: Pod Security flags %s: %s", o, bad, w)
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d objects accepted", len(objs))
 }
 
 // installCertManagerCRDs creates cert-manager's CustomResourceDefinitions, as
