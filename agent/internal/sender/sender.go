@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -378,8 +377,10 @@ func (s *Sender) session(ctx context.Context, client tokenwatchv1.AuditStreamSer
 	if err != nil {
 		return false, cause(fmt.Errorf("open stream: %w", err))
 	}
-	if err := stream.Send(&tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Hello{Hello: s.cfg.Hello}}); err != nil {
-		return false, cause(fmt.Errorf("send hello: %w", s.sendErr(stream, err)))
+	// A Send that fails with io.EOF found the stream ended: the Recv
+	// below returns why.
+	if err := stream.Send(&tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Hello{Hello: s.cfg.Hello}}); err != nil && !errors.Is(err, io.EOF) {
+		return false, cause(fmt.Errorf("send hello: %w", err))
 	}
 	resp, err := stream.Recv()
 	if err != nil {
@@ -412,34 +413,36 @@ func (s *Sender) session(ctx context.Context, client tokenwatchv1.AuditStreamSer
 	s.mu.Unlock()
 	s.signal()
 
-	// Either side's failure ends the stream, which unblocks the other side.
-	var g errgroup.Group
-	g.Go(func() error {
+	// From here on exactly one goroutine, receive's, calls Recv: gRPC
+	// allows no concurrent RecvMsg on a stream, and a second caller can
+	// miss the stream's end and block for good, ctx or not, wedging the
+	// session (issue 12). Either side's failure cancels sctx, which ends a
+	// Send blocked on flow control and a Recv alike.
+	recvDone := make(chan error, 1)
+	go func() {
 		err := s.receive(stream)
 		if err != nil {
 			cancel(err)
 		}
-		return err
-	})
-	g.Go(func() error {
-		err := s.send(sctx, stream, interval)
-		if err != nil {
-			cancel(err)
-		}
-		return err
-	})
-	return true, g.Wait()
+		recvDone <- err
+	}()
+	serr := s.send(sctx, stream, interval)
+	if serr != nil && !errors.Is(serr, errStreamOver) {
+		cancel(serr)
+	}
+	rerr := <-recvDone
+	switch {
+	case serr != nil && !errors.Is(serr, errStreamOver):
+		return true, serr
+	case rerr != nil:
+		return true, rerr
+	}
+	return true, nil
 }
 
-// sendErr returns the stream's real status when Send reports io.EOF.
-func (s *Sender) sendErr(stream grpc.BidiStreamingClient[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse], err error) error {
-	if errors.Is(err, io.EOF) {
-		if _, rerr := stream.Recv(); rerr != nil && !errors.Is(rerr, io.EOF) {
-			return rerr
-		}
-	}
-	return err
-}
+// errStreamOver is send's error when Send reports io.EOF: the stream has
+// ended and receive's Recv returns why.
+var errStreamOver = errors.New("stream ended while sending")
 
 // receive handles acknowledgements until the stream ends.
 func (s *Sender) receive(stream grpc.BidiStreamingClient[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse]) error {
@@ -527,7 +530,7 @@ func (s *Sender) send(ctx context.Context, stream grpc.BidiStreamingClient[token
 		s.mu.Unlock()
 		if req != nil {
 			if err := stream.Send(req); err != nil {
-				return fmt.Errorf("send batch: %w", s.sendErr(stream, err))
+				return sendErr("send batch", err)
 			}
 			s.eventsSent.Add(uint64(len(b.events)))
 			s.lossesSent.Add(uint64(len(b.losses)))
@@ -562,7 +565,17 @@ func (s *Sender) heartbeat(stream grpc.BidiStreamingClient[tokenwatchv1.StreamRe
 	h.Sent = timestamppb.Now()
 	h.Unacked = s.unacked.Load()
 	if err := stream.Send(&tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Heartbeat{Heartbeat: h}}); err != nil {
-		return fmt.Errorf("send heartbeat: %w", s.sendErr(stream, err))
+		return sendErr("send heartbeat", err)
 	}
 	return nil
+}
+
+// sendErr wraps a failed Send: io.EOF says only that the stream has ended
+// (errStreamOver; receive learns the status), anything else is send's own
+// failure.
+func sendErr(what string, err error) error {
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s: %w", what, errStreamOver)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }

@@ -14,7 +14,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
@@ -431,4 +433,241 @@ func TestBatchBytesBound(t *testing.T) {
 	if got := rec.last(); got != 2 {
 		t.Errorf("last mark = %v, want 2", got)
 	}
+}
+
+// throttler plays an aggregator that holds its agent back the way the rate
+// limit does: it welcomes a stream, reads one batch and then stops reading,
+// so the agent's next Send blocks on flow control. A held stream ends when
+// release is called (with Unavailable, as a stopping aggregator ends it) or
+// its context ends. Once acking is set, streams are served normally.
+type throttler struct {
+	tokenwatchv1.UnimplementedAuditStreamServiceServer
+
+	mu      sync.Mutex
+	acking  bool
+	held    int // streams that reached their hold, ever
+	events  map[string]bool
+	release chan struct{}
+	changed chan struct{} // closed and replaced on every change
+}
+
+func newThrottler() *throttler {
+	return &throttler{events: map[string]bool{}, release: make(chan struct{}), changed: make(chan struct{})}
+}
+
+func (th *throttler) notifyLocked() {
+	close(th.changed)
+	th.changed = make(chan struct{})
+}
+
+// wait blocks until cond (called with mu held) is true; 20 s is a failure
+// bound, not a measurement.
+func (th *throttler) wait(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		th.mu.Lock()
+		ok, ch := cond(), th.changed
+		th.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// endHeld ends the streams that are held now, and serves later ones normally
+// when ack is set.
+func (th *throttler) endHeld(ack bool) {
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	close(th.release)
+	th.release = make(chan struct{})
+	th.acking = th.acking || ack
+}
+
+func (th *throttler) Stream(stream grpc.BidiStreamingServer[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse]) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Welcome{Welcome: &tokenwatchv1.Welcome{Cluster: first.GetHello().GetCluster()}}}); err != nil {
+		return err
+	}
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		b := req.GetBatch()
+		if b == nil {
+			continue
+		}
+		th.mu.Lock()
+		for _, e := range b.Events {
+			th.events[e.AuditId] = true
+		}
+		acking, release := th.acking, th.release
+		if !acking {
+			th.held++
+		}
+		th.notifyLocked()
+		th.mu.Unlock()
+		if !acking {
+			// Hold: read nothing more (no acknowledgement either).
+			select {
+			case <-release:
+				return status.Error(codes.Unavailable, "aggregator stopping")
+			case <-stream.Context().Done():
+				return stream.Context().Err()
+			}
+		}
+		if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Ack{Ack: &tokenwatchv1.Ack{Seq: b.Seq}}}); err != nil {
+			return err
+		}
+	}
+}
+
+// serveSmallWindows is serve with fixed 64 KiB flow-control windows (no
+// dynamic growth), so a server that stops reading blocks its client's Send
+// after little data.
+func serveSmallWindows(t *testing.T, addr string, svc tokenwatchv1.AuditStreamServiceServer) func() {
+	t.Helper()
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.InitialWindowSize(64<<10), grpc.InitialConnWindowSize(64<<10))
+	tokenwatchv1.RegisterAuditStreamServiceServer(srv, svc)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(lis)
+	}()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			srv.Stop()
+			<-done
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// bigEvents returns n events of about 100 KB each: a few fill a batch and
+// overrun the flow-control windows.
+func bigEvents(prefix string, n int) []*tokenwatchv1.TokenEvent {
+	evs := events(prefix, n)
+	for _, e := range evs {
+		e.RequestUri = strings.Repeat("u", 100<<10)
+	}
+	return evs
+}
+
+// TestSessionEndsWhileSendBlocked is issue 12's wedge: the aggregator holds
+// the agent back (its Send blocked on flow control, its receiver waiting for
+// an acknowledgement) and then goes away. Every time, the session must end,
+// the sender reconnect and deliver everything; and a sender whose context
+// ends while a stalled aggregator holds it must return.
+func TestSessionEndsWhileSendBlocked(t *testing.T) {
+	const rounds = 5
+	tests := []struct {
+		name string
+		// end ends the held stream of round i; last says the next stream
+		// is to be served normally.
+		end func(t *testing.T, th *throttler, addr string, stop func(), last bool) (newStop func())
+	}{
+		{"aggregator killed", func(t *testing.T, th *throttler, addr string, stop func(), last bool) func() {
+			stop() // closes the connection, as a SIGKILL does
+			if last {
+				th.endHeld(true)
+			}
+			return serveSmallWindows(t, addr, th)
+		}},
+		{"aggregator ends the stream", func(t *testing.T, th *throttler, addr string, stop func(), last bool) func() {
+			th.endHeld(last) // Unavailable, as a stopping aggregator answers
+			return stop
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := lis.Addr().String()
+			lis.Close()
+			th := newThrottler()
+			stop := serveSmallWindows(t, addr, th)
+			rec := &recorder{}
+			s := newSender(t, addr, rec, nil)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			wait := start(s, ctx)
+			evs := bigEvents("e", 40) // about 4 MiB: 4 batches
+			if err := s.Enqueue(ctx, evs, nil, "end"); err != nil {
+				t.Fatal(err)
+			}
+			for i := range rounds {
+				th.wait(t, fmt.Sprintf("stream %d held", i+1), func() bool { return th.held > i })
+				stop = tt.end(t, th, addr, stop, i == rounds-1)
+			}
+			th.wait(t, "every event delivered after the last restart", func() bool { return len(th.events) == len(evs) })
+			s.Close()
+			if err := wait(); err != nil {
+				t.Fatalf("Run = %v, want nil after Close", err)
+			}
+			if got := rec.last(); got != "end" {
+				t.Errorf("last acknowledged mark = %v, want end", got)
+			}
+			if r := s.Stats().Reconnects; r < rounds {
+				t.Errorf("Reconnects = %d, want at least %d", r, rounds)
+			}
+			stop()
+		})
+	}
+
+	t.Run("stop while stalled", func(t *testing.T) {
+		for i := range rounds {
+			th := newThrottler()
+			addr, stop := serveWith(t, th)
+			s := newSender(t, addr, &recorder{}, nil)
+			ctx, cancel := context.WithCancel(context.Background())
+			wait := start(s, ctx)
+			if err := s.Enqueue(ctx, bigEvents("e", 40), nil, "end"); err != nil {
+				t.Fatal(err)
+			}
+			th.wait(t, "stream held", func() bool { return th.held > 0 })
+			cancel() // the agent is told to stop; the aggregator answers nothing
+			errc := make(chan error, 1)
+			go func() { errc <- wait() }()
+			select {
+			case err := <-errc:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("round %d: Run = %v, want context.Canceled", i, err)
+				}
+			case <-time.After(20 * time.Second): // a failure bound, not a measurement
+				t.Fatalf("round %d: Run did not return after its context ended (the session is wedged)", i)
+			}
+			stop()
+		}
+	})
+}
+
+// serveWith serves svc with small windows on a fresh loopback port.
+func serveWith(t *testing.T, svc tokenwatchv1.AuditStreamServiceServer) (string, func()) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	return addr, serveSmallWindows(t, addr, svc)
 }
