@@ -115,6 +115,12 @@ type Limits struct {
 	// bounding in-flight data to about this much per agent; 0 keeps gRPC's
 	// dynamic windows.
 	WindowBytes int `yaml:"window_bytes"`
+	// MaxBufferedBytes bounds the received agent data all streams hold
+	// together (messages being read, screened batches waiting for their
+	// commit), beyond a 64 KiB share each stream always has; a stream over
+	// the budget stops reading, which holds back its agent only. One
+	// cluster holds at most a quarter of it.
+	MaxBufferedBytes int `yaml:"max_buffered_bytes"`
 }
 
 // DefaultLimits returns the limits' defaults, sized for real agents: a busy
@@ -136,6 +142,7 @@ func DefaultLimits() Limits {
 		ReplayEventBurst:        100000,
 		MaxThrottle:             5 * time.Second,
 		KeepaliveMinTime:        10 * time.Second,
+		MaxBufferedBytes:        64 << 20,
 	}
 }
 
@@ -305,6 +312,11 @@ func (l Limits) problems() []string {
 	positive("keepalive_min_time", float64(l.KeepaliveMinTime))
 	if l.WindowBytes != 0 && (l.WindowBytes < 64<<10 || l.WindowBytes > 1<<30) {
 		bad("window_bytes", "must be 0 (gRPC's dynamic windows) or between 65536 and 1073741824")
+	}
+	// A cluster's quarter of the budget must hold two messages of the
+	// largest size (a batch decodes to about twice its encoded size).
+	if l.MaxMessageBytes > 0 && l.MaxBufferedBytes < 8*l.MaxMessageBytes {
+		bad("max_buffered_bytes", "must be >= 8 x limits.max_message_bytes (%d)", 8*l.MaxMessageBytes)
 	}
 	return errs
 }

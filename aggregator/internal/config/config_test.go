@@ -34,6 +34,7 @@ func TestParseGood(t *testing.T) {
 		EventsPerSecond: 500000, EventBurst: 1000000, MessagesPerSecond: 5000, MessageBurst: 10000,
 		ReplayEventsPerSecond: 1000000, ReplayEventBurst: 2000000,
 		MaxThrottle: 2 * time.Second, KeepaliveMinTime: 5 * time.Second, WindowBytes: 256 << 10,
+		MaxBufferedBytes: 64 << 20, // not in the file: the default
 	}
 	partial := Default()
 	partial.Correlation.Clusters = 4

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
@@ -51,8 +52,12 @@ type Options struct {
 	TrustDomain string
 	// HeartbeatInterval is sent in the Welcome; DefaultHeartbeatInterval when 0.
 	HeartbeatInterval time.Duration
-	Logger            *slog.Logger
-	Registerer        prometheus.Registerer
+	// MaxBufferedBytes is the shared budget of received data held by all
+	// streams together, beyond each stream's own StreamShareBytes
+	// (DefaultMaxBufferedBytes when 0); see memory.go.
+	MaxBufferedBytes int64
+	Logger           *slog.Logger
+	Registerer       prometheus.Registerer
 }
 
 // Server implements AuditStreamService.
@@ -63,6 +68,7 @@ type Server struct {
 	logger *slog.Logger
 	health *health.Server
 	m      *metrics
+	budget *budget
 
 	// closing is set under a write lock of drain; batches run under a read
 	// lock, so Drain waits for every batch in flight to be committed and
@@ -86,20 +92,23 @@ func New(opts Options) *Server {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &Server{opts: opts, logger: logger, health: health.NewServer(), m: newMetrics(opts.Registerer)}
+	b := newBudget(opts.MaxBufferedBytes)
+	s := &Server{opts: opts, logger: logger, health: health.NewServer(), m: newMetrics(opts.Registerer, b), budget: b}
 	s.health.SetServingStatus(tokenwatchv1.AuditStreamService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	return s
 }
 
-// ServerOptions returns the gRPC server options the Server wants: with a
+// ServerOptions returns the gRPC server options the Server wants: a stats
+// handler that tells each stream the size of the messages it receives (the
+// memory budget reserves about that much before the next read) and, with a
 // Processor that is a FieldScreener, a codec that screens batch events
 // before decoding them (see codec).
 func (s *Server) ServerOptions() []grpc.ServerOption {
-	fs, ok := s.opts.Processor.(FieldScreener)
-	if !ok {
-		return nil
+	opts := []grpc.ServerOption{grpc.StatsHandler(wireSizes{})}
+	if fs, ok := s.opts.Processor.(FieldScreener); ok {
+		opts = append(opts, grpc.ForceServerCodecV2(newCodec(fs)))
 	}
-	return []grpc.ServerOption{grpc.ForceServerCodecV2(newCodec(fs))}
+	return opts
 }
 
 // Register registers the stream service and the health service on g.
@@ -165,12 +174,19 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 	// it), so a committer's failure ends the stream once the next message
 	// arrives or the agent closes it: the agent, missing its acks, sends a
 	// heartbeat within the interval at the latest.
+	//
+	// Every message is read within the fleet-wide memory budget (memory.go):
+	// the receiver reserves about the size of its previous message before
+	// it reads the next one, charges each screened batch until its commit,
+	// and waits, reading nothing, while the budget is spent.
+	mem := s.budget.stream(cluster)
+	defer mem.close() // after end: the committer has stopped
 	work := make(chan received, recvAhead)
 	failed := make(chan struct{})
 	var commitErr error
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if commitErr = s.commitLoop(ctx, stream, src, hello.GetReplay(), work, log); commitErr != nil {
+		if commitErr = s.commitLoop(ctx, stream, src, hello.GetReplay(), work, mem, log); commitErr != nil {
 			close(failed)
 		}
 	})
@@ -185,7 +201,12 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 
 	var last uint64
 	for {
+		reserved, err := mem.acquire(ctx, int64(lastWireSize(ctx)))
+		if err != nil {
+			return end(status.FromContextError(err).Err())
+		}
 		req, err := stream.Recv()
+		mem.release(reserved)
 		if errors.Is(err, io.EOF) {
 			if err := end(nil); err != nil {
 				return err
@@ -206,6 +227,9 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 			}
 			last = b.GetSeq()
 			r.batch = s.prepare(src, b)
+			if r.batch.charged, err = mem.acquire(ctx, r.batch.cost); err != nil {
+				return end(status.FromContextError(err).Err())
+			}
 		case *tokenwatchv1.StreamRequest_Heartbeat:
 			r.heartbeat = msg.Heartbeat
 		case *tokenwatchv1.StreamRequest_Hello:
@@ -232,7 +256,7 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 
 // recvAhead is how many received messages may wait for the committer
 // besides the one it works on and the one the receiver holds: each is a
-// screened batch (its kept events only), so the memory is small. It covers
+// screened batch (its kept events only), charged to the memory budget. It covers
 // an agent's window of unacknowledged batches (the agent's sender keeps 16),
 // so that the receiver keeps reading while a commit waits for its fsync.
 const recvAhead = 16
@@ -253,7 +277,7 @@ type received struct {
 // fsync) and acknowledged by one cumulative Ack of the last: an agent whose
 // batches arrive faster than a commit completes pays one fsync per group,
 // not one per batch.
-func (s *Server) commitLoop(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, replay bool, work <-chan received, log *slog.Logger) error {
+func (s *Server) commitLoop(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, replay bool, work <-chan received, mem *streamBudget, log *slog.Logger) error {
 	var next *received
 	for {
 		var r received
@@ -283,7 +307,7 @@ func (s *Server) commitLoop(ctx context.Context, stream tokenwatchv1.AuditStream
 					break more
 				}
 			}
-			if err := s.commit(ctx, stream, group, log); err != nil {
+			if err := s.commit(ctx, stream, group, mem, log); err != nil {
 				return err
 			}
 			continue
@@ -304,6 +328,7 @@ func merge(a, b *prepared) *prepared {
 	a.seq = b.seq
 	a.events += b.events
 	a.batches += b.batches
+	a.charged += b.charged
 	a.batch.Events = append(a.batch.Events, b.batch.Events...)
 	a.batch.Losses = append(a.batch.Losses, b.batch.Losses...)
 	a.batch.Excluded += b.batch.Excluded
@@ -317,17 +342,20 @@ type prepared struct {
 	events  int    // as received, screened ones included
 	batches int    // merged into this one
 	batch   pipeline.Batch
+	cost    int64 // estimated bytes held until the commit (batchCost)
+	charged int64 // of which charged to the memory budget
 }
 
 // batch processes one batch and acknowledges it once it is recorded.
 func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, b *tokenwatchv1.Batch, log *slog.Logger) error {
-	return s.commit(ctx, stream, s.prepare(src, b), log)
+	return s.commit(ctx, stream, s.prepare(src, b), nil, log)
 }
 
 // prepare screens b's events, converts those kept and releases b's events.
 func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch) *prepared {
 	pb := pipeline.Batch{Source: src}
 	sc, screens := s.opts.Processor.(Screener)
+	var kept []*tokenwatchv1.TokenEvent
 	for _, e := range b.GetEvents() {
 		verdict := pipeline.Keep
 		switch {
@@ -340,6 +368,7 @@ func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch) *prepared {
 		}
 		switch verdict {
 		case pipeline.Keep:
+			kept = append(kept, e)
 			pb.Events = append(pb.Events, wire.FromProto(e))
 		case pipeline.DropExcluded:
 			pb.Excluded++
@@ -348,6 +377,7 @@ func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch) *prepared {
 		}
 	}
 	nEvents := len(b.GetEvents())
+	cost := batchCost(kept, nEvents)
 	b.Events = nil // the protobuf form is garbage now, not held while Process waits
 	for _, l := range b.GetLosses() {
 		loss := pipeline.Loss{
@@ -361,11 +391,17 @@ func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch) *prepared {
 		}
 		pb.Losses = append(pb.Losses, loss)
 	}
-	return &prepared{seq: b.GetSeq(), events: nEvents, batches: 1, batch: pb}
+	for _, l := range b.GetLosses() {
+		cost += 2 * int64(proto.Size(l))
+	}
+	return &prepared{seq: b.GetSeq(), events: nEvents, batches: 1, batch: pb, cost: cost}
 }
 
-// commit processes a prepared batch and acknowledges it once it is recorded.
-func (s *Server) commit(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, p *prepared, log *slog.Logger) error {
+// commit processes a prepared batch and acknowledges it once it is
+// recorded. The batch's memory budget is released once Process returned,
+// before the acknowledgement, which an agent that does not read could
+// hold up.
+func (s *Server) commit(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, p *prepared, mem *streamBudget, log *slog.Logger) error {
 	s.drain.RLock()
 	defer s.drain.RUnlock()
 	if s.closing.Load() {
@@ -373,7 +409,10 @@ func (s *Server) commit(ctx context.Context, stream tokenwatchv1.AuditStreamServ
 	}
 	// A batch is committed whole even when the stream goes away meanwhile:
 	// the agent resends what it did not see acknowledged and dedupe absorbs it.
-	if _, err := s.opts.Processor.Process(context.WithoutCancel(ctx), p.batch); err != nil {
+	_, err := s.opts.Processor.Process(context.WithoutCancel(ctx), p.batch)
+	mem.release(p.charged)
+	p.charged = 0
+	if err != nil {
 		s.m.batchErrors.Inc()
 		log.Error("batch not recorded", "seq", p.seq, "err", err)
 		return status.Error(codes.Unavailable, "batch not recorded; resend")

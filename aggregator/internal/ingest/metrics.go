@@ -9,9 +9,11 @@ type metrics struct {
 	heartbeats  prometheus.Counter
 	batchErrors prometheus.Counter
 	refused     *prometheus.CounterVec
+	buffered    prometheus.GaugeFunc
+	budgetWaits prometheus.CounterFunc
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, b *budget) *metrics {
 	m := &metrics{
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tokenwatch_aggregator_streams",
@@ -38,11 +40,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Streams refused, by reason (cluster_mismatch: the claimed cluster differs from the certificate).",
 		}, []string{"reason"}),
 	}
+	m.buffered = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tokenwatch_aggregator_buffered_bytes",
+		Help: "Bytes of received agent data held by all streams (messages being read, batches waiting for their commit), estimated.",
+	}, func() float64 { return float64(b.heldBytes()) })
+	m.budgetWaits = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "tokenwatch_aggregator_buffer_waits_total",
+		Help: "Times a stream waited for the fleet-wide memory budget before reading on (backpressure on its agent).",
+	}, func() float64 { return float64(b.waits.Load()) })
 	for _, r := range []string{"no_hello", "no_node", "no_cluster", "no_identity", "cluster_mismatch", "bad_seq", "second_hello"} {
 		m.refused.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.streams, m.batches, m.events, m.heartbeats, m.batchErrors, m.refused)
+		reg.MustRegister(m.streams, m.batches, m.events, m.heartbeats, m.batchErrors, m.refused, m.buffered, m.budgetWaits)
 	}
 	return m
 }

@@ -119,7 +119,8 @@ func Run(ctx context.Context, c Config) error {
 	opts := append(g.ServerOptions(), grpc.Creds(g.Credentials(creds)))
 	in := ingest.New(ingest.Options{
 		Processor: pl, Insecure: c.Insecure, TrustDomain: c.TrustDomain,
-		Logger: logger, Registerer: reg,
+		MaxBufferedBytes: int64(fileCfg.Limits.MaxBufferedBytes),
+		Logger:           logger, Registerer: reg,
 	})
 	opts = append(opts, in.ServerOptions()...)
 	gs := grpc.NewServer(opts...)
