@@ -264,6 +264,12 @@ func TokenRecord(src Source, e *audit.Event, v rule.Verdict, unknownOutcome bool
 	if v.Mismatch != "" {
 		a = append(a, alert.String("tokenwatch.exclusion.mismatch", v.Mismatch))
 	}
+	if len(e.Truncated) > 0 {
+		a = append(a, alert.Strings("tokenwatch.truncated", e.Truncated))
+	}
+	if len(e.Malformed) > 0 {
+		a = append(a, alert.Strings("tokenwatch.malformed_fields", e.Malformed))
+	}
 	a = append(a,
 		alert.String("security_rule.name", RuleName),
 		alert.String("security_rule.uuid", RuleUUID),

@@ -313,10 +313,37 @@ func TestTokenRecordAttributes(t *testing.T) {
 	}
 }
 
+// TestTokenRecordMarks: fields the agent cut to their bounds, or found with
+// the wrong JSON type, are named on the record; the actor is still there.
+func TestTokenRecordMarks(t *testing.T) {
+	e, err := audit.Decode([]byte(`{"verb":"create","objectRef":{"resource":"serviceaccounts","namespace":"ns","name":"sa","subresource":"token"},"user":{"username":"alice"},"stage":"ResponseComplete","responseStatus":{"code":"201"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Truncated = []string{"requestObject.spec.audiences"}
+	rec := TokenRecord(Source{Cluster: "c"}, e, rule.Verdict{Match: true}, false)
+	tests := []struct {
+		key  string
+		want []string
+	}{
+		{"tokenwatch.truncated", []string{"requestObject.spec.audiences"}},
+		{"tokenwatch.malformed_fields", []string{"responseStatus.code"}},
+	}
+	for _, tt := range tests {
+		v, ok := rec.Attr(tt.key)
+		if !ok || v.Kind != alert.KindStrings || !cmp.Equal(v.Strings, tt.want) {
+			t.Errorf("%s = %+v (present %v), want %q", tt.key, v, ok, tt.want)
+		}
+	}
+	if v, _ := rec.Attr("user.name"); v.Str != "alice" {
+		t.Errorf("user.name = %q, want alice", v.Str)
+	}
+}
+
 func TestTokenRecordSparse(t *testing.T) {
 	e := &audit.Event{Verb: "create", Stage: "ResponseComplete", User: &audit.UserInfo{Username: "x"}}
 	rec := TokenRecord(Source{}, e, rule.Verdict{Match: true}, false)
-	for _, k := range []string{"source.ip", "kubernetes.audit.impersonatedUser.username", "kubernetes.audit.responseStatus.code", "kubernetes.audit.requestObject.spec.audiences", "tokenwatch.exclusion.mismatch"} {
+	for _, k := range []string{"source.ip", "kubernetes.audit.impersonatedUser.username", "kubernetes.audit.responseStatus.code", "kubernetes.audit.requestObject.spec.audiences", "tokenwatch.exclusion.mismatch", "tokenwatch.truncated", "tokenwatch.malformed_fields"} {
 		if _, ok := rec.Attr(k); ok {
 			t.Errorf("attribute %s present on a sparse event", k)
 		}

@@ -21,6 +21,8 @@ func ToProto(e *audit.Event) *tokenwatchv1.TokenEvent {
 		UserAgent:                e.UserAgent,
 		Annotations:              e.Annotations,
 		Level:                    e.Level,
+		Truncated:                e.Truncated,
+		MalformedFields:          e.Malformed,
 	}
 	if r := e.ObjectRef; r != nil {
 		p.ObjectRef = &tokenwatchv1.ObjectRef{
@@ -74,6 +76,8 @@ func FromProto(p *tokenwatchv1.TokenEvent) *audit.Event {
 		RequestReceivedTimestamp: p.GetRequestReceivedTimestamp(),
 		StageTimestamp:           p.GetStageTimestamp(),
 		Annotations:              p.GetAnnotations(),
+		Truncated:                p.GetTruncated(),
+		Malformed:                p.GetMalformedFields(),
 	}
 	if r := p.GetObjectRef(); r != nil {
 		e.ObjectRef = &audit.ObjectReference{

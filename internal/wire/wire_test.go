@@ -46,6 +46,10 @@ func TestRoundTrip(t *testing.T) {
 		{"zero expiration is kept", &audit.Event{RequestObject: &audit.TokenRequest{Spec: audit.TokenRequestSpec{ExpirationSeconds: &zero}}}},
 		{"status without code", &audit.Event{ResponseStatus: &audit.Status{}}},
 		{"objectRef empty", &audit.Event{ObjectRef: &audit.ObjectReference{}}},
+		{"truncated and malformed fields", &audit.Event{
+			Truncated: []string{"requestObject.spec.audiences", "annotations"},
+			Malformed: []string{"responseStatus.code"},
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { roundTrip(t, tt.give) })

@@ -30,6 +30,13 @@ import (
 // reasonEventTooLarge is the loss reason of a token create too large to send.
 const reasonEventTooLarge = "event_too_large"
 
+// Marks of events sent with fields cut or left absent (the label of
+// tokenwatch_agent_events_marked_total).
+const (
+	markTruncated = "truncated"
+	markMalformed = "malformed_fields"
+)
+
 // Run runs the agent until ctx ends (a stop signal: it drains for up to
 // ShutdownTimeout, writes the checkpoint and returns nil), or, with Once,
 // until everything read is acknowledged (nil) or the aggregator stays
@@ -265,6 +272,9 @@ func (p *pipeline) Block(ctx context.Context, b follow.Block) error {
 	p.events = p.events[:0]
 	var losses []*tokenwatchv1.LossReport
 	for i, m := range p.matches {
+		if len(m.Event.Malformed) > 0 {
+			p.m.Marked.WithLabelValues(markMalformed).Inc()
+		}
 		e := wire.ToProto(m.Event)
 		off := uint64(b.Pos.Offset) + uint64(m.Offset)
 		e.Source = &tokenwatchv1.SourcePosition{File: b.Pos.Name, Offset: off}

@@ -33,6 +33,7 @@ type Agent struct {
 	Malformed  prometheus.Counter     // decoded candidates that were not valid events
 	Matches    prometheus.Counter     // token creates found
 	Losses     *prometheus.CounterVec // loss reports, by reason
+	Marked     *prometheus.CounterVec // token creates sent with fields cut or absent, by mark
 	Saves      prometheus.Counter     // checkpoints written
 	SaveErrors prometheus.Counter     // checkpoint writes that failed
 }
@@ -56,6 +57,11 @@ func New(src Sources) *Agent {
 		Namespace: "tokenwatch_agent", Name: "losses_total", Help: "Audit data the agent could not deliver, by reason.",
 	}, []string{"reason"})
 	reg.MustRegister(a.Losses)
+	a.Marked = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "tokenwatch_agent", Name: "events_marked_total",
+		Help: "Token-create events sent with fields cut to their bounds (mark=truncated) or left absent for a wrong JSON type (mark=malformed_fields).",
+	}, []string{"mark"})
+	reg.MustRegister(a.Marked)
 
 	fn := func(kind prometheus.ValueType, name, help string, v func() float64) {
 		desc := prometheus.NewDesc("tokenwatch_agent_"+name, help, nil, nil)

@@ -733,9 +733,16 @@ type TokenEvent struct {
 	// Level is the audit level the event was logged at.
 	Level string `protobuf:"bytes,15,opt,name=level,proto3" json:"level,omitempty"`
 	// Source locates the event in the agent's files (diagnostics only).
-	Source        *SourcePosition `protobuf:"bytes,16,opt,name=source,proto3" json:"source,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Source *SourcePosition `protobuf:"bytes,16,opt,name=source,proto3" json:"source,omitempty"`
+	// Truncated names the fields the agent cut to their bounds, as dotted JSON
+	// paths ("requestObject.spec.audiences"): the event was too large to send
+	// whole. A cut string ends in "...[truncated N bytes sha256:<hex>]".
+	Truncated []string `protobuf:"bytes,17,rep,name=truncated,proto3" json:"truncated,omitempty"`
+	// MalformedFields names the fields whose value had the wrong JSON type in
+	// the log, as dotted JSON paths ("responseStatus.code"); they are absent.
+	MalformedFields []string `protobuf:"bytes,18,rep,name=malformed_fields,json=malformedFields,proto3" json:"malformed_fields,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *TokenEvent) Reset() {
@@ -876,6 +883,20 @@ func (x *TokenEvent) GetLevel() string {
 func (x *TokenEvent) GetSource() *SourcePosition {
 	if x != nil {
 		return x.Source
+	}
+	return nil
+}
+
+func (x *TokenEvent) GetTruncated() []string {
+	if x != nil {
+		return x.Truncated
+	}
+	return nil
+}
+
+func (x *TokenEvent) GetMalformedFields() []string {
+	if x != nil {
+		return x.MalformedFields
 	}
 	return nil
 }
@@ -1408,7 +1429,7 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"linesKnown\x126\n" +
 	"\bobserved\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bobserved\x12\x16\n" +
 	"\x06offset\x18\b \x01(\x04R\x06offset\x12\x16\n" +
-	"\x06detail\x18\t \x01(\tR\x06detail\"\xaa\x06\n" +
+	"\x06detail\x18\t \x01(\tR\x06detail\"\xf3\x06\n" +
 	"\n" +
 	"TokenEvent\x12\x19\n" +
 	"\baudit_id\x18\x01 \x01(\tR\aauditId\x12\x14\n" +
@@ -1431,7 +1452,9 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"\vannotations\x18\r \x03(\v2*.tokenwatch.v1.TokenEvent.AnnotationsEntryR\vannotations\x12B\n" +
 	"\frequest_spec\x18\x0e \x01(\v2\x1f.tokenwatch.v1.TokenRequestSpecR\vrequestSpec\x12\x14\n" +
 	"\x05level\x18\x0f \x01(\tR\x05level\x125\n" +
-	"\x06source\x18\x10 \x01(\v2\x1d.tokenwatch.v1.SourcePositionR\x06source\x1a>\n" +
+	"\x06source\x18\x10 \x01(\v2\x1d.tokenwatch.v1.SourcePositionR\x06source\x12\x1c\n" +
+	"\ttruncated\x18\x11 \x03(\tR\ttruncated\x12)\n" +
+	"\x10malformed_fields\x18\x12 \x03(\tR\x0fmalformedFields\x1a>\n" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x01\n" +
