@@ -88,14 +88,22 @@ type Limits struct {
 	// MaxEventsPerBatch and MaxLossesPerBatch bound one batch.
 	MaxEventsPerBatch int `yaml:"max_events_per_batch"`
 	MaxLossesPerBatch int `yaml:"max_losses_per_batch"`
-	// MaxStreams bounds the server's concurrent streams (health included),
-	// MaxStreamsPerCluster those naming one cluster, MaxStreamsPerConnection
-	// those on one HTTP/2 connection.
+	// MaxStreams bounds the server's concurrent agent streams,
+	// MaxStreamsPerCluster those naming one cluster and those of one client
+	// certificate (counted from the stream's start, before its Hello),
+	// MaxStreamsPerConnection those on one HTTP/2 connection.
 	MaxStreams              int `yaml:"max_streams"`
 	MaxStreamsPerCluster    int `yaml:"max_streams_per_cluster"`
 	MaxStreamsPerConnection int `yaml:"max_streams_per_connection"`
-	// EventsPerSecond and EventBurst are each agent's (cluster, node) event
-	// token bucket; MessagesPerSecond and MessageBurst its message bucket.
+	// HelloTimeout is how long a new agent stream may take to send its
+	// Hello before it is ended (DEADLINE_EXCEEDED).
+	HelloTimeout time.Duration `yaml:"hello_timeout"`
+	// MaxHealthWatches bounds the concurrent gRPC health Watch streams,
+	// apart from agent streams (one client certificate: at most 4 of them).
+	MaxHealthWatches int `yaml:"max_health_watches"`
+	// EventsPerSecond and EventBurst are each cluster's event token bucket,
+	// shared by its nodes' agents; MessagesPerSecond and MessageBurst its
+	// message bucket.
 	EventsPerSecond   float64 `yaml:"events_per_second"`
 	EventBurst        int     `yaml:"event_burst"`
 	MessagesPerSecond float64 `yaml:"messages_per_second"`
@@ -111,9 +119,11 @@ type Limits struct {
 	MaxThrottle time.Duration `yaml:"max_throttle"`
 	// KeepaliveMinTime is the shortest client ping interval tolerated.
 	KeepaliveMinTime time.Duration `yaml:"keepalive_min_time"`
-	// WindowBytes fixes each connection's HTTP/2 flow-control windows,
-	// bounding in-flight data to about this much per agent; 0 keeps gRPC's
-	// dynamic windows.
+	// WindowBytes fixes each stream's and connection's HTTP/2 flow-control
+	// windows, bounding what an agent that is not being read can have in
+	// flight to about this much (default 64 KiB: one stream's throughput
+	// did not drop against gRPC's dynamic windows, which grow to 16 MiB per
+	// stream); 0 keeps gRPC's dynamic windows.
 	WindowBytes int `yaml:"window_bytes"`
 	// MaxBufferedBytes bounds the received agent data all streams hold
 	// together (messages being read, screened batches waiting for their
@@ -134,14 +144,17 @@ func DefaultLimits() Limits {
 		MaxStreams:              1024,
 		MaxStreamsPerCluster:    32,
 		MaxStreamsPerConnection: 8,
-		EventsPerSecond:         2000,
-		EventBurst:              20000,
-		MessagesPerSecond:       200,
-		MessageBurst:            1000,
+		HelloTimeout:            5 * time.Second,
+		MaxHealthWatches:        64,
+		EventsPerSecond:         10000,
+		EventBurst:              100000,
+		MessagesPerSecond:       1000,
+		MessageBurst:            5000,
 		ReplayEventsPerSecond:   20000,
 		ReplayEventBurst:        100000,
 		MaxThrottle:             5 * time.Second,
 		KeepaliveMinTime:        10 * time.Second,
+		WindowBytes:             64 << 10,
 		MaxBufferedBytes:        64 << 20,
 	}
 }
@@ -297,6 +310,10 @@ func (l Limits) problems() []string {
 	}
 	if positive("max_streams_per_connection", float64(l.MaxStreamsPerConnection)) && l.MaxStreamsPerConnection > 1<<20 {
 		bad("max_streams_per_connection", "must be <= %d", 1<<20)
+	}
+	positive("hello_timeout", float64(l.HelloTimeout))
+	if positive("max_health_watches", float64(l.MaxHealthWatches)) && l.MaxHealthWatches > 1<<20 {
+		bad("max_health_watches", "must be <= %d", 1<<20)
 	}
 	positive("events_per_second", l.EventsPerSecond)
 	if positive("event_burst", float64(l.EventBurst)) && okBatch && l.EventBurst < l.MaxEventsPerBatch {

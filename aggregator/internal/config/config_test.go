@@ -31,6 +31,7 @@ func TestParseGood(t *testing.T) {
 	limits.Limits = Limits{
 		MaxMessageBytes: 8 << 20, MaxEventsPerBatch: 2048, MaxLossesPerBatch: 512,
 		MaxStreams: 4096, MaxStreamsPerCluster: 64, MaxStreamsPerConnection: 4,
+		HelloTimeout: 3 * time.Second, MaxHealthWatches: 16,
 		EventsPerSecond: 500000, EventBurst: 1000000, MessagesPerSecond: 5000, MessageBurst: 10000,
 		ReplayEventsPerSecond: 1000000, ReplayEventBurst: 2000000,
 		MaxThrottle: 2 * time.Second, KeepaliveMinTime: 5 * time.Second, WindowBytes: 256 << 10,
@@ -86,6 +87,7 @@ func TestParseBad(t *testing.T) {
 		{"limits-streams.bad.yaml", "limits.max_streams_per_cluster: must be <= limits.max_streams (10)"},
 		{"limits-negative.bad.yaml", "limits.keepalive_min_time: must be > 0"},
 		{"limits-window.bad.yaml", "limits.window_bytes: must be 0"},
+		{"limits-hello.bad.yaml", "limits.hello_timeout: must be > 0"},
 		{"type.bad.yaml", "cannot unmarshal"},
 	}
 	for _, tt := range tests {

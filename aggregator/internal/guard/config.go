@@ -18,33 +18,45 @@ type Config struct {
 	MaxEventsPerBatch int
 	MaxLossesPerBatch int
 
-	// MaxStreams bounds the concurrent gRPC streams of the whole server,
-	// health watches included (default 1024).
+	// MaxStreams bounds the concurrent agent streams of the whole server
+	// (default 1024); health watches have their own pool.
 	MaxStreams int
 	// MaxStreamsPerCluster bounds the concurrent agent streams that name one
-	// cluster in their Hello (default 32: one per control-plane node, plus
-	// replays and reconnects that overlap a dying stream).
+	// cluster in their Hello, and those of one client certificate from the
+	// moment they open, before any Hello (default 32: one per control-plane
+	// node, plus replays and reconnects that overlap a dying stream). So one
+	// certificate holds at most this many of MaxStreams.
 	MaxStreamsPerCluster int
+	// HelloTimeout is how long a new agent stream may take to send its
+	// Hello before it is ended with DeadlineExceeded (default 5s; an agent
+	// sends it at once).
+	HelloTimeout time.Duration
+	// MaxHealthWatches bounds the concurrent streams other than agent
+	// streams (health watches), apart from MaxStreams (default 64), and
+	// MaxHealthWatchesPerPeer those of one client certificate (default 4).
+	MaxHealthWatches        int
+	MaxHealthWatchesPerPeer int
 	// MaxStreamsPerConn is HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (default
 	// 8; an agent uses one stream per connection).
 	MaxStreamsPerConn uint32
-	// MaxAgents bounds the (cluster, node) keys whose rate state is kept;
-	// idle keys whose budget has refilled are forgotten first (default 10000).
+	// MaxAgents bounds the cluster keys whose rate state is kept; idle keys
+	// whose budget has refilled are forgotten first (default 10000).
 	MaxAgents int
 
-	// EventsPerSecond and EventBurst are each agent's (cluster, node) token
-	// bucket for events (defaults 2000/s, burst 20000: a busy control plane
-	// writes a few thousand audit events a second, of which token creates
-	// are a fraction; the burst covers a reconnect's resend and replays).
+	// EventsPerSecond and EventBurst are each cluster's token bucket for
+	// events, shared by all its nodes' agents whatever node names they
+	// claim (defaults 10000/s, burst 100000: five busy control-plane nodes
+	// writing a few thousand audit events a second each, of which token
+	// creates are a fraction; the burst covers reconnects' resends).
 	EventsPerSecond float64
 	EventBurst      int
-	// MessagesPerSecond and MessageBurst bound each agent's stream messages
-	// (batches, heartbeats, hellos) (defaults 200/s, burst 1000).
+	// MessagesPerSecond and MessageBurst bound each cluster's stream
+	// messages (batches, heartbeats, hellos) (defaults 1000/s, burst 5000).
 	MessagesPerSecond float64
 	MessageBurst      int
 	// ReplayEventsPerSecond and ReplayEventBurst are the event bucket of
-	// replaying streams (Hello.replay: agent --once sends a backlog as fast
-	// as it can), kept apart from the same node's live stream (defaults
+	// a cluster's replaying streams (Hello.replay: agent --once sends a
+	// backlog as fast as it can), kept apart from its live streams (defaults
 	// 20000/s, burst 100000).
 	ReplayEventsPerSecond float64
 	ReplayEventBurst      int
@@ -74,35 +86,39 @@ type Config struct {
 	// MaxHeaderListBytes bounds the HTTP/2 header list (default 64 KiB).
 	MaxHeaderListBytes uint32
 	// WindowBytes fixes the HTTP/2 flow-control window of each stream and
-	// connection, bounding the data a peer can have in flight to about
-	// WindowBytes per connection; 0 (the default) keeps gRPC's windows,
-	// which grow with the measured bandwidth-delay product (faster, and
-	// memory grows with streams). At least 64 KiB when set.
+	// connection, bounding the data a peer that is not being read can have
+	// in flight to about WindowBytes per stream (DefaultConfig: 64 KiB); 0
+	// keeps gRPC's windows, which grow with the measured bandwidth-delay
+	// product up to 16 MiB per stream. At least 64 KiB when set.
 	WindowBytes int32
 }
 
 // DefaultConfig returns the defaults, sized for real agents.
 func DefaultConfig() Config {
 	return Config{
-		MaxRecvMsgBytes:       4 << 20,
-		MaxEventsPerBatch:     4096,
-		MaxLossesPerBatch:     1024,
-		MaxStreams:            1024,
-		MaxStreamsPerCluster:  32,
-		MaxStreamsPerConn:     8,
-		MaxAgents:             10000,
-		EventsPerSecond:       2000,
-		EventBurst:            20000,
-		MessagesPerSecond:     200,
-		MessageBurst:          1000,
-		ReplayEventsPerSecond: 20000,
-		ReplayEventBurst:      100000,
-		MaxThrottle:           5 * time.Second,
-		KeepaliveMinTime:      10 * time.Second,
-		KeepaliveTime:         30 * time.Second,
-		KeepaliveTimeout:      10 * time.Second,
-		HandshakeTimeout:      10 * time.Second,
-		MaxHeaderListBytes:    64 << 10,
+		MaxRecvMsgBytes:         4 << 20,
+		MaxEventsPerBatch:       4096,
+		MaxLossesPerBatch:       1024,
+		MaxStreams:              1024,
+		MaxStreamsPerCluster:    32,
+		MaxStreamsPerConn:       8,
+		HelloTimeout:            5 * time.Second,
+		MaxHealthWatches:        64,
+		MaxHealthWatchesPerPeer: 4,
+		MaxAgents:               10000,
+		EventsPerSecond:         10000,
+		EventBurst:              100000,
+		MessagesPerSecond:       1000,
+		MessageBurst:            5000,
+		ReplayEventsPerSecond:   20000,
+		ReplayEventBurst:        100000,
+		MaxThrottle:             5 * time.Second,
+		KeepaliveMinTime:        10 * time.Second,
+		KeepaliveTime:           30 * time.Second,
+		KeepaliveTimeout:        10 * time.Second,
+		HandshakeTimeout:        10 * time.Second,
+		MaxHeaderListBytes:      64 << 10,
+		WindowBytes:             64 << 10,
 	}
 }
 
@@ -119,6 +135,9 @@ func (c Config) Validate() error {
 	neg("MaxLossesPerBatch", float64(c.MaxLossesPerBatch))
 	neg("MaxStreams", float64(c.MaxStreams))
 	neg("MaxStreamsPerCluster", float64(c.MaxStreamsPerCluster))
+	neg("HelloTimeout", float64(c.HelloTimeout))
+	neg("MaxHealthWatches", float64(c.MaxHealthWatches))
+	neg("MaxHealthWatchesPerPeer", float64(c.MaxHealthWatchesPerPeer))
 	neg("MaxAgents", float64(c.MaxAgents))
 	neg("EventsPerSecond", c.EventsPerSecond)
 	neg("EventBurst", float64(c.EventBurst))
@@ -140,6 +159,9 @@ func (c Config) Validate() error {
 	d := c.withDefaults()
 	if d.MaxStreamsPerCluster > d.MaxStreams {
 		errs = append(errs, fmt.Errorf("guard: MaxStreamsPerCluster (%d) exceeds MaxStreams (%d)", d.MaxStreamsPerCluster, d.MaxStreams))
+	}
+	if d.MaxHealthWatchesPerPeer > d.MaxHealthWatches {
+		errs = append(errs, fmt.Errorf("guard: MaxHealthWatchesPerPeer (%d) exceeds MaxHealthWatches (%d)", d.MaxHealthWatchesPerPeer, d.MaxHealthWatches))
 	}
 	if d.EventBurst < d.MaxEventsPerBatch {
 		errs = append(errs, fmt.Errorf("guard: EventBurst (%d) is below MaxEventsPerBatch (%d): a full batch could never pass", d.EventBurst, d.MaxEventsPerBatch))
@@ -174,6 +196,9 @@ func (c Config) withDefaults() Config {
 	pick(&c.MaxLossesPerBatch, d.MaxLossesPerBatch)
 	pick(&c.MaxStreams, d.MaxStreams)
 	pick(&c.MaxStreamsPerCluster, d.MaxStreamsPerCluster)
+	pick(&c.MaxHealthWatches, d.MaxHealthWatches)
+	pick(&c.MaxHealthWatchesPerPeer, d.MaxHealthWatchesPerPeer)
+	pickd(&c.HelloTimeout, d.HelloTimeout)
 	pick(&c.MaxAgents, d.MaxAgents)
 	pick(&c.EventBurst, d.EventBurst)
 	pick(&c.MessageBurst, d.MessageBurst)

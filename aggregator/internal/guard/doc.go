@@ -1,7 +1,9 @@
 // Package guard protects the aggregator's gRPC server from a hostile or
 // broken peer: it bounds received message size, events and loss reports per
-// batch, concurrent streams (server-wide and per cluster) and each agent's
-// rate of events and messages, and it enforces keepalive policy. Every
+// batch, concurrent streams (server-wide, per cluster and per client
+// certificate from the stream's first moment; health watches in a pool of
+// their own), the time to a stream's Hello, and each cluster's rate of
+// events and messages, and it enforces keepalive policy. Every
 // violation ends only the offending stream with ResourceExhausted (gRPC
 // itself answers an undecodable message with Internal) and is counted in
 // tokenwatch_aggregator_limit_violations_total{reason}.

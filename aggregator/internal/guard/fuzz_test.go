@@ -82,8 +82,8 @@ func FuzzStreamMessages(f *testing.F) {
 				}
 			}
 		})
-		if len(g.streams) != 0 || len(g.clusters) != 0 {
-			t.Fatalf("after the stream: %d stream slots, clusters %v held", len(g.streams), g.clusters)
+		if len(g.streams) != 0 || len(g.clusters) != 0 || len(g.owners) != 0 {
+			t.Fatalf("after the stream: %d stream slots, clusters %v, certificates %v held", len(g.streams), g.clusters, g.owners)
 		}
 		for k, a := range g.agents {
 			if a.streams != 0 {

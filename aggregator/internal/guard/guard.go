@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
@@ -29,42 +31,64 @@ const (
 	ReasonTooManyStreams        = "too_many_streams"
 	ReasonTooManyClusterStreams = "too_many_cluster_streams"
 	ReasonTooManyAgents         = "too_many_agents"
-	ReasonEventRate             = "event_rate"
-	ReasonMessageRate           = "message_rate"
+	// ReasonTooManyPeerStreams: one certificate holds MaxStreamsPerCluster
+	// agent streams, those still waiting for their Hello included.
+	ReasonTooManyPeerStreams = "too_many_certificate_streams"
+	// ReasonTooManyWatches: the health watches (MaxHealthWatches, or
+	// MaxHealthWatchesPerPeer of one certificate) are all taken.
+	ReasonTooManyWatches = "too_many_health_watches"
+	// ReasonHelloTimeout: a stream sent no first message within HelloTimeout.
+	ReasonHelloTimeout = "hello_timeout"
+	ReasonEventRate    = "event_rate"
+	ReasonMessageRate  = "message_rate"
 	// ReasonKeepalive: a client pinged more often than the keepalive policy
 	// allows and gRPC closed its connection (GOAWAY too_many_pings); counted
 	// only on connections served through Credentials.
 	ReasonKeepalive = "keepalive"
 )
 
-// Guard holds the limits' shared state: stream counts and per-agent rate
+// Guard holds the limits' shared state: stream counts and per-cluster rate
 // limiters. Use one Guard per gRPC server.
 type Guard struct {
 	cfg     Config
 	m       *metrics
 	now     func() time.Time
-	streams chan struct{} // semaphore of MaxStreams
+	streams chan struct{} // semaphore of MaxStreams (agent streams)
+	watches chan struct{} // semaphore of MaxHealthWatches (other streams)
 
 	mu       sync.Mutex
 	clusters map[clusterKey]int // open agent streams
 	agents   map[agentKey]*agent
+	// owners counts the streams of each verified certificate from the
+	// moment they open, before any Hello: what one certificate holds is
+	// bounded whatever its streams send (or do not send).
+	owners map[string]*owner
+
+	// admitted, when set (tests), is called once a new stream has been
+	// admitted (nil) or refused by the stream limits.
+	admitted atomic.Pointer[func(error)]
 }
 
-// agentKey identifies an agent for rate and stream accounting: the cluster
-// and node its Hello claims, and with mTLS the identity of its verified
-// certificate. A peer whose certificate binds cluster X but who claims
-// cluster Y (and is refused by the handler right after the Hello) is thus
-// charged to its own budget, never to the real agents of Y.
-// A replaying stream (Hello.replay) has its own key and buckets.
+// owner is what one certificate holds.
+type owner struct{ streams, watches int }
+
+// agentKey identifies a rate budget: the cluster its Hello claims and, with
+// mTLS, the identity of its verified certificate. The node name is not part
+// of it: any certificate holder picks any node name, so budgets are per
+// cluster (the kit issues one certificate per cluster), and naming more
+// nodes buys no more rate. A peer whose certificate binds cluster X but who
+// claims cluster Y (and is refused by the handler right after the Hello) is
+// charged to its own budget, never to the real agents of Y. Replaying
+// streams (Hello.replay) share their cluster's replay buckets.
 type agentKey struct {
-	cluster, node, peer string
-	replay              bool
+	cluster, peer string
+	replay        bool
 }
 
 // clusterKey counts concurrent streams per claimed cluster and certificate.
 type clusterKey struct{ cluster, peer string }
 
-// agent is one (cluster, node)'s rate state.
+// agent is one cluster's rate state.
 type agent struct {
 	events   *rate.Limiter
 	messages *rate.Limiter
@@ -92,8 +116,10 @@ func newGuard(cfg Config, reg prometheus.Registerer) (*Guard, error) {
 		m:        m,
 		now:      time.Now,
 		streams:  make(chan struct{}, cfg.MaxStreams),
+		watches:  make(chan struct{}, cfg.MaxHealthWatches),
 		clusters: map[clusterKey]int{},
 		agents:   map[agentKey]*agent{},
+		owners:   map[string]*owner{},
 	}
 	return g, err
 }
@@ -133,28 +159,161 @@ func (g *Guard) ServerOptions() []grpc.ServerOption {
 
 // StreamInterceptor enforces the stream and message limits. It is part of
 // ServerOptions; it is exported for servers that assemble their own chain.
+//
+// Agent streams and the other streams (health watches) have separate
+// pools, so watches never take an agent's slot. A certificate's streams are
+// counted from the moment they open, so streams that never send a Hello
+// cannot take more than one cluster's share; and the Hello must arrive
+// within HelloTimeout: the guard receives it on the handler's behalf, so no
+// handler waits for it unbounded.
 func (g *Guard) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if info.FullMethod != tokenwatchv1.AuditStreamService_Stream_FullMethodName {
+		return g.serveWatch(srv, ss, handler)
+	}
 	select {
 	case g.streams <- struct{}{}:
 	default:
 		g.m.violation(ReasonTooManyStreams)
-		return status.Errorf(codes.ResourceExhausted, "too many concurrent streams (limit %d)", g.cfg.MaxStreams)
+		return g.admit(status.Errorf(codes.ResourceExhausted, "too many concurrent streams (limit %d)", g.cfg.MaxStreams))
 	}
+	defer func() { <-g.streams }()
+	id := peerIdentity(ss.Context())
+	if err := g.take(id, false); err != nil {
+		return g.admit(err)
+	}
+	defer g.give(id, false)
+	g.admit(nil)
 	g.m.open.Inc()
-	defer func() {
-		g.m.open.Dec()
-		<-g.streams
-	}()
-	if info.FullMethod != tokenwatchv1.AuditStreamService_Stream_FullMethodName {
-		return handler(srv, ss)
-	}
+	defer g.m.open.Dec()
 	w := &stream{ServerStream: ss, g: g}
-	err := handler(srv, w)
+	first, err := g.firstMessage(ss)
+	if err == nil {
+		err = w.check(first)
+	} else {
+		err = w.recvError(err)
+	}
+	if w.violation != nil {
+		w.release()
+		return w.violation
+	}
+	w.first, w.firstErr, w.pre = first, err, true
+	err = handler(srv, w)
 	w.release()
 	if w.violation != nil {
 		return w.violation
 	}
 	return err
+}
+
+// serveWatch serves a stream that is not an agent stream (a health watch)
+// from its own pool, at most MaxHealthWatchesPerPeer per certificate.
+func (g *Guard) serveWatch(srv any, ss grpc.ServerStream, handler grpc.StreamHandler) error {
+	select {
+	case g.watches <- struct{}{}:
+	default:
+		g.m.violation(ReasonTooManyWatches)
+		return g.admit(status.Errorf(codes.ResourceExhausted, "too many concurrent health watches (limit %d)", g.cfg.MaxHealthWatches))
+	}
+	defer func() { <-g.watches }()
+	id := peerIdentity(ss.Context())
+	if err := g.take(id, true); err != nil {
+		return g.admit(err)
+	}
+	defer g.give(id, true)
+	g.admit(nil)
+	g.m.open.Inc()
+	defer g.m.open.Dec()
+	return handler(srv, ss)
+}
+
+// admit reports an admission decision to the test hook and returns err.
+func (g *Guard) admit(err error) error {
+	if f := g.admitted.Load(); f != nil {
+		(*f)(err)
+	}
+	return err
+}
+
+// take counts one more stream (or health watch) of the certificate id; a
+// peer without a verified certificate (plaintext, loopback only) is bounded
+// by its connection's stream limit instead.
+func (g *Guard) take(id string, watch bool) error {
+	if id == "" {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	o := g.owners[id]
+	if o == nil {
+		o = &owner{}
+		g.owners[id] = o
+	}
+	switch {
+	case watch && o.watches >= g.cfg.MaxHealthWatchesPerPeer:
+		g.m.violation(ReasonTooManyWatches)
+		g.dropOwnerLocked(id, o)
+		return status.Errorf(codes.ResourceExhausted, "too many concurrent health watches for certificate %q (limit %d)", id, g.cfg.MaxHealthWatchesPerPeer)
+	case !watch && o.streams >= g.cfg.MaxStreamsPerCluster:
+		g.m.violation(ReasonTooManyPeerStreams)
+		g.dropOwnerLocked(id, o)
+		return status.Errorf(codes.ResourceExhausted, "too many concurrent streams for certificate %q (limit %d)", id, g.cfg.MaxStreamsPerCluster)
+	case watch:
+		o.watches++
+	default:
+		o.streams++
+	}
+	return nil
+}
+
+// give returns what take counted.
+func (g *Guard) give(id string, watch bool) {
+	if id == "" {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	o := g.owners[id]
+	if o == nil {
+		return
+	}
+	if watch {
+		o.watches--
+	} else {
+		o.streams--
+	}
+	g.dropOwnerLocked(id, o)
+}
+
+func (g *Guard) dropOwnerLocked(id string, o *owner) {
+	if o.streams <= 0 && o.watches <= 0 {
+		delete(g.owners, id)
+	}
+}
+
+// firstMessage receives a stream's first message, waiting at most
+// HelloTimeout. On timeout the stream is ended by returning: gRPC then
+// closes it, which ends the receive still waiting (its goroutine touches
+// nothing but its own channel).
+func (g *Guard) firstMessage(ss grpc.ServerStream) (*tokenwatchv1.StreamRequest, error) {
+	type result struct {
+		m   *tokenwatchv1.StreamRequest
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		m := new(tokenwatchv1.StreamRequest)
+		err := ss.RecvMsg(m)
+		got <- result{m, err}
+	}()
+	t := time.NewTimer(g.cfg.HelloTimeout)
+	defer t.Stop()
+	select {
+	case r := <-got:
+		return r.m, r.err
+	case <-t.C:
+		g.m.violation(ReasonHelloTimeout)
+		return nil, status.Errorf(codes.DeadlineExceeded, "no hello within %s of the stream's start", g.cfg.HelloTimeout)
+	}
 }
 
 // stream watches one agent stream's messages.
@@ -166,11 +325,30 @@ type stream struct {
 	key       agentKey
 	agent     *agent
 	violation error
+
+	// The first message, received and checked by the interceptor, is what
+	// the handler's first RecvMsg returns.
+	pre      bool
+	first    *tokenwatchv1.StreamRequest
+	firstErr error
 }
 
 func (s *stream) RecvMsg(m any) error {
 	if s.violation != nil {
 		return s.violation
+	}
+	if s.pre {
+		s.pre = false
+		if s.firstErr != nil {
+			return s.firstErr
+		}
+		if req, ok := m.(*tokenwatchv1.StreamRequest); ok {
+			req.Msg = s.first.Msg // shallow: the codec's screened events keep their identity
+		} else if pm, ok := m.(proto.Message); ok {
+			proto.Merge(pm, s.first)
+		}
+		s.first = nil
+		return nil
 	}
 	err := s.ServerStream.RecvMsg(m)
 	if err != nil {
@@ -180,6 +358,11 @@ func (s *stream) RecvMsg(m any) error {
 	if !ok {
 		return nil
 	}
+	return s.check(req)
+}
+
+// check applies the limits to one received message.
+func (s *stream) check(req *tokenwatchv1.StreamRequest) error {
 	switch msg := req.GetMsg().(type) {
 	case *tokenwatchv1.StreamRequest_Hello:
 		if s.agent == nil {
@@ -231,10 +414,10 @@ func (s *stream) fail(reason string, code codes.Code, format string, args ...any
 	return s.violation
 }
 
-// hello takes a per-cluster stream slot and the agent's rate state.
+// hello takes a per-cluster stream slot and the cluster's rate state.
 func (s *stream) hello(h *tokenwatchv1.Hello) error {
 	g := s.g
-	key := agentKey{cluster: h.GetCluster(), node: h.GetNode(), peer: peerIdentity(s.Context()), replay: h.GetReplay()}
+	key := agentKey{cluster: h.GetCluster(), peer: peerIdentity(s.Context()), replay: h.GetReplay()}
 	ck := clusterKey{cluster: key.cluster, peer: key.peer}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -249,7 +432,7 @@ func (s *stream) hello(h *tokenwatchv1.Hello) error {
 		}
 		if len(g.agents) >= g.cfg.MaxAgents {
 			return s.fail(ReasonTooManyAgents, codes.ResourceExhausted,
-				"too many distinct agents with recent traffic (limit %d)", g.cfg.MaxAgents)
+				"too many distinct clusters with recent traffic (limit %d)", g.cfg.MaxAgents)
 		}
 		events := rate.NewLimiter(rate.Limit(g.cfg.EventsPerSecond), g.cfg.EventBurst)
 		if key.replay {
@@ -337,7 +520,7 @@ func (s *stream) admit(events int) error {
 			ev.CancelAt(now)
 		}
 		return s.fail(reason, codes.ResourceExhausted,
-			"rate limit of %s for cluster %q node %q exceeded", what, s.key.cluster, s.key.node)
+			"rate limit of %s for cluster %q exceeded", what, s.key.cluster)
 	}
 	if delay <= 0 {
 		return nil

@@ -67,6 +67,7 @@ type fixture struct {
 	addr string
 	reg  *prometheus.Registry
 	conn *grpc.ClientConn
+	g    *guard.Guard
 }
 
 func start(t *testing.T, cfg guard.Config) *fixture {
@@ -100,7 +101,7 @@ func startWith(t *testing.T, cfg guard.Config, client credentials.TransportCrede
 		defer close(done)
 		_ = gs.Serve(lis)
 	}()
-	f := &fixture{addr: lis.Addr().String(), reg: reg}
+	f := &fixture{addr: lis.Addr().String(), reg: reg, g: g}
 	f.conn = f.dialWith(t, client)
 	t.Cleanup(func() {
 		gs.Stop()
@@ -307,18 +308,20 @@ func TestTooManyStreams(t *testing.T) {
 	mustOpen(t, f.dial(t), "b", "n1")
 	_, err := open(t, f.dial(t), "c", "n1")
 	wantCode(t, "third stream", err, codes.ResourceExhausted, "too many concurrent streams")
-	// Health watches are streams and count too.
+	// Health watches have their own pool: agent streams do not starve them.
 	watch, err := healthpb.NewHealthClient(f.conn).Watch(context.Background(), &healthpb.HealthCheckRequest{})
 	if err == nil {
 		_, err = watch.Recv()
 	}
-	wantCode(t, "health watch", err, codes.ResourceExhausted, "too many concurrent streams")
+	if err != nil {
+		t.Fatalf("health watch next to full agent streams: %v", err)
+	}
 	// Unary calls are not limited by the stream count.
 	if _, err := healthpb.NewHealthClient(f.conn).Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatalf("health check: %v", err)
 	}
-	if got := f.violations(guard.ReasonTooManyStreams); got != 2 {
-		t.Errorf("too_many_streams violations = %v, want 2", got)
+	if got := f.violations(guard.ReasonTooManyStreams); got != 1 {
+		t.Errorf("too_many_streams violations = %v, want 1", got)
 	}
 	// Ending a stream frees its slot: the slot is released before the
 	// server writes the final status the client's Recv sees.
@@ -352,16 +355,20 @@ func TestEventRateLimit(t *testing.T) {
 		t.Fatalf("burst: %v", err)
 	}
 	wantCode(t, "over the rate", a.send(1, 0), codes.ResourceExhausted, "events/s")
-	// Another node of the same cluster has its own budget.
+	// The budget is the cluster's: another node name draws on the same one,
+	// so claiming more node names buys no more rate.
 	b := mustOpen(t, f.conn, "a", "n2")
-	if err := b.send(10, 0); err != nil {
-		t.Fatalf("other agent: %v", err)
+	wantCode(t, "another node name", b.send(1, 0), codes.ResourceExhausted, `events/s for cluster "a"`)
+	// Another cluster has its own.
+	c := mustOpen(t, f.conn, "b", "n1")
+	if err := c.send(10, 0); err != nil {
+		t.Fatalf("other cluster: %v", err)
 	}
 	// Reconnecting does not reset the budget.
 	a2 := mustOpen(t, f.dial(t), "a", "n1")
 	wantCode(t, "reconnected", a2.send(1, 0), codes.ResourceExhausted, "events/s")
-	if got := f.violations(guard.ReasonEventRate); got != 2 {
-		t.Errorf("event_rate violations = %v, want 2", got)
+	if got := f.violations(guard.ReasonEventRate); got != 3 {
+		t.Errorf("event_rate violations = %v, want 3", got)
 	}
 }
 
@@ -525,7 +532,7 @@ func TestServerOptionsTwiceOnOneRegistry(t *testing.T) {
 // TestImpostorDoesNotDrainRealAgent: over mTLS, a peer whose certificate
 // binds cluster x but who claims prod/n1 (the handler would refuse it right
 // after the Hello; this stub does not) spends its own budget and stream
-// slots, not those of the real prod/n1 agent.
+// slots, not those of the real prod agents.
 func TestImpostorDoesNotDrainRealAgent(t *testing.T) {
 	dir := t.TempDir()
 	_, files, err := devca.WriteSet(dir, devca.Set{Clusters: []string{"prod", "x"}, Hosts: []string{"127.0.0.1"}})
@@ -553,7 +560,7 @@ func TestImpostorDoesNotDrainRealAgent(t *testing.T) {
 		}
 	}
 	wantCode(t, "impostor over its budget", impostor.send(1, 0), codes.ResourceExhausted, "messages/s")
-	holder := mustOpen(t, f.conn, "prod", "n2") // holds the impostor's one prod slot
+	holder := mustOpen(t, f.conn, "x", "n1") // holds the impostor certificate's one stream
 
 	real := mustOpen(t, f.dialWith(t, creds("prod")), "prod", "n1")
 	for i := 0; i < 2; i++ {
@@ -562,6 +569,6 @@ func TestImpostorDoesNotDrainRealAgent(t *testing.T) {
 		}
 	}
 	_, err = open(t, f.conn, "prod", "n3")
-	wantCode(t, "impostor's second prod stream", err, codes.ResourceExhausted, `cluster "prod"`)
+	wantCode(t, "impostor's second stream", err, codes.ResourceExhausted, `for certificate "spiffe://tokenwatch/cluster/x"`)
 	_ = holder
 }

@@ -25,11 +25,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		throttled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokenwatch_aggregator_throttled_messages_total",
-			Help: "Agent messages held back to fit the per-agent rate limit.",
+			Help: "Agent messages held back to fit the per-cluster rate limit.",
 		}),
 	}
 	for _, r := range []string{ReasonMessageTooLarge, ReasonMalformedMessage, ReasonBatchTooLarge, ReasonTooManyStreams,
-		ReasonTooManyClusterStreams, ReasonTooManyAgents, ReasonEventRate, ReasonMessageRate, ReasonKeepalive} {
+		ReasonTooManyClusterStreams, ReasonTooManyAgents, ReasonEventRate, ReasonMessageRate, ReasonKeepalive,
+		ReasonTooManyPeerStreams, ReasonTooManyWatches, ReasonHelloTimeout} {
 		m.violations.WithLabelValues(r)
 	}
 	if reg == nil {

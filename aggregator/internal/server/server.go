@@ -241,6 +241,9 @@ func GuardConfig(l config.Limits) guard.Config {
 	gc.MaxStreams = l.MaxStreams
 	gc.MaxStreamsPerCluster = l.MaxStreamsPerCluster
 	gc.MaxStreamsPerConn = uint32(l.MaxStreamsPerConnection)
+	gc.HelloTimeout = l.HelloTimeout
+	gc.MaxHealthWatches = l.MaxHealthWatches
+	gc.MaxHealthWatchesPerPeer = min(gc.MaxHealthWatchesPerPeer, l.MaxHealthWatches)
 	gc.EventsPerSecond = l.EventsPerSecond
 	gc.EventBurst = l.EventBurst
 	gc.MessagesPerSecond = l.MessagesPerSecond
