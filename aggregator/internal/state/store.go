@@ -10,12 +10,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/tokenwatch/tokenwatch/internal/alert"
 )
@@ -150,27 +150,36 @@ func OpenDir(dir string, opts Options) (*Store, error) {
 }
 
 // Open opens (or creates) the store file at path. It fails with a clear error
-// when another process holds the file.
-func Open(path string, opts Options) (*Store, error) {
+// when another process holds the file, and with an error matching
+// ErrCorrupt, never a panic, when the file is damaged (see verify).
+func Open(path string, opts Options) (s *Store, err error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = time.Second
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if err := verify(path, opts.LockTimeout); err != nil {
+		return nil, err
+	}
+	// Verified; should bbolt still panic on this goroutine (the file
+	// changed since), that is corruption too.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			s, err = nil, corrupt(path, "%v", r)
+		}
+	}()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:        opts.LockTimeout,
 		NoSync:         opts.NoSync,
 		NoFreelistSync: true, // rebuilt on open; halves the pages written per commit
 		FreelistType:   bolt.FreelistMapType,
 	})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("open state %s: locked by another process (waited %s): is another aggregator running with this --state-dir?", path, opts.LockTimeout)
-	}
 	if err != nil {
-		return nil, fmt.Errorf("open state %s: %w", path, err)
+		return nil, openError(path, err, opts.LockTimeout)
 	}
-	s := &Store{db: db, path: path, now: opts.Now, added: make(chan struct{}, 1), recent: make(map[uint64]*alert.Record)}
+	s = &Store{db: db, path: path, now: opts.Now, added: make(chan struct{}, 1), recent: make(map[uint64]*alert.Record)}
 	var depth int
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
