@@ -119,9 +119,11 @@ type Limits struct {
 	MaxThrottle time.Duration `yaml:"max_throttle"`
 	// KeepaliveMinTime is the shortest client ping interval tolerated.
 	KeepaliveMinTime time.Duration `yaml:"keepalive_min_time"`
-	// WindowBytes fixes each connection's HTTP/2 flow-control windows,
-	// bounding in-flight data to about this much per agent; 0 keeps gRPC's
-	// dynamic windows.
+	// WindowBytes fixes each stream's and connection's HTTP/2 flow-control
+	// windows, bounding what an agent that is not being read can have in
+	// flight to about this much (default 64 KiB: one stream's throughput
+	// did not drop against gRPC's dynamic windows, which grow to 16 MiB per
+	// stream); 0 keeps gRPC's dynamic windows.
 	WindowBytes int `yaml:"window_bytes"`
 	// MaxBufferedBytes bounds the received agent data all streams hold
 	// together (messages being read, screened batches waiting for their
@@ -152,6 +154,7 @@ func DefaultLimits() Limits {
 		ReplayEventBurst:        100000,
 		MaxThrottle:             5 * time.Second,
 		KeepaliveMinTime:        10 * time.Second,
+		WindowBytes:             64 << 10,
 		MaxBufferedBytes:        64 << 20,
 	}
 }

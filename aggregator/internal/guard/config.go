@@ -86,10 +86,10 @@ type Config struct {
 	// MaxHeaderListBytes bounds the HTTP/2 header list (default 64 KiB).
 	MaxHeaderListBytes uint32
 	// WindowBytes fixes the HTTP/2 flow-control window of each stream and
-	// connection, bounding the data a peer can have in flight to about
-	// WindowBytes per connection; 0 (the default) keeps gRPC's windows,
-	// which grow with the measured bandwidth-delay product (faster, and
-	// memory grows with streams). At least 64 KiB when set.
+	// connection, bounding the data a peer that is not being read can have
+	// in flight to about WindowBytes per stream (DefaultConfig: 64 KiB); 0
+	// keeps gRPC's windows, which grow with the measured bandwidth-delay
+	// product up to 16 MiB per stream. At least 64 KiB when set.
 	WindowBytes int32
 }
 
@@ -118,6 +118,7 @@ func DefaultConfig() Config {
 		KeepaliveTimeout:        10 * time.Second,
 		HandshakeTimeout:        10 * time.Second,
 		MaxHeaderListBytes:      64 << 10,
+		WindowBytes:             64 << 10,
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/guard"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/ingest"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/state"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 )
 
@@ -72,9 +73,9 @@ func Run(ctx context.Context, c Config) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	// Durable state.
-	store, err := openState(c, logger)
+	store, err := state.OpenDir(c.StateDir, state.Options{Now: c.Now})
 	if err != nil {
-		return err
+		return fmt.Errorf("--state-dir: %w", err)
 	}
 	var storeOpen atomic.Bool
 	storeOpen.Store(true)
