@@ -36,6 +36,9 @@ type Config struct {
 	StateDir     string // --state-dir
 	ConfigFile   string // --config
 	MetricsAddr  string // --metrics-addr
+	// StateResetCorrupt (--state-reset-corrupt) moves a corrupt state
+	// file aside and starts empty instead of refusing to start.
+	StateResetCorrupt bool
 
 	// Logger; discarded when nil.
 	Logger *slog.Logger

@@ -23,7 +23,6 @@ import (
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/guard"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/ingest"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
-	"github.com/tokenwatch/tokenwatch/aggregator/internal/state"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 )
 
@@ -73,9 +72,9 @@ func Run(ctx context.Context, c Config) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	// Durable state.
-	store, err := state.OpenDir(c.StateDir, state.Options{Now: c.Now})
+	store, err := openState(c, logger)
 	if err != nil {
-		return fmt.Errorf("--state-dir: %w", err)
+		return err
 	}
 	var storeOpen atomic.Bool
 	storeOpen.Store(true)
