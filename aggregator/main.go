@@ -40,6 +40,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC logs endpoint `HOST:PORT`; OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT work too; none: OTLP JSON on stdout")
 	fs.BoolVar(&c.OTLPInsecure, "otlp-insecure", false, "plaintext OTLP")
 	fs.StringVar(&c.StateDir, "state-dir", server.DefaultStateDir, "durable state `dir`ectory: outbox of alerts not yet exported, dedupe record")
+	fs.BoolVar(&c.StateResetCorrupt, "state-reset-corrupt", false, "when the state file is corrupt, move it aside (<file>.corrupt-<time>) and start empty, discarding its alerts not yet exported and its dedupe record; without it a corrupt file stops the start")
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML configuration `file`; re-read when it changes")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "HTTP `HOST:PORT` for /metrics, /healthz, /readyz (off when empty)")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
@@ -75,6 +76,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err := server.Run(ctx, c); err != nil {
 		fmt.Fprintf(stderr, "aggregator: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
+		if errors.Is(err, server.ErrCorruptState) {
+			return 2 // the operator has to act: restarting does not help
+		}
 		return 1
 	}
 	return 0
