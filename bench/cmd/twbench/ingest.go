@@ -35,6 +35,8 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 	dur := fs.Duration("duration", 10*time.Second, "how long each load sends")
 	withBase := fs.Bool("baseline", true, "also measure the ack-only baseline server (off: aggregator only, for A/B runs)")
 	limits := fs.String("limits", "raised", "aggregator per-agent limits: raised (a --config whose limits section lifts the per-agent rates out of the way) or default")
+	extra := fs.String("set-limits", "", "extra limits for the aggregator's config, comma separated key=value (e.g. window_bytes=65536,max_buffered_bytes=67108864), for A/B runs of a limit")
+	clusters := fs.Int("clusters", 0, "distinct cluster names the streams claim (0: min(streams, 100)); stream i claims bench-(i mod clusters)")
 	profile := fs.String("cpuprofile", "", "with $TWBENCH_PPROF (an aggregator built by bench/run.sh profile), write the aggregator's CPU profile of each load to this prefix")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -50,6 +52,10 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("-limits: %q is neither raised nor default", *limits)
 	}
 	raised := *limits == "raised"
+	limitsYAML, err := limitsConfig(raised, *extra)
+	if err != nil {
+		return err
+	}
 	mix, err := loadgen.NewMix(1)
 	if err != nil {
 		return err
@@ -68,7 +74,7 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 			}
 			var base loadgen.Result
 			if *withBase {
-				if base, _, err = ingestRun(ctx, *bin, self, tr, n, *dur, mix, "-", raised); err != nil {
+				if base, _, err = ingestRun(ctx, *bin, self, tr, n, *clusters, *dur, mix, "-", limitsYAML); err != nil {
 					return fmt.Errorf("baseline %s %d streams: %w", tr, n, err)
 				}
 			}
@@ -76,7 +82,7 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 			if *profile != "" {
 				prof = fmt.Sprintf("%s-%s-%d.pprof", *profile, tr, n)
 			}
-			agg, st, err := ingestRun(ctx, *bin, self, tr, n, *dur, mix, prof, raised)
+			agg, st, err := ingestRun(ctx, *bin, self, tr, n, *clusters, *dur, mix, prof, limitsYAML)
 			if err != nil {
 				return fmt.Errorf("aggregator %s %d streams: %w", tr, n, err)
 			}
@@ -100,6 +106,29 @@ const raisedLimits = `limits:
   message_burst: 1000000
 `
 
+// limitsConfig returns the aggregator config of -limits and -set-limits, ""
+// when it has nothing to set.
+func limitsConfig(raised bool, extra string) (string, error) {
+	var b strings.Builder
+	if raised {
+		b.WriteString(raisedLimits)
+	}
+	for kv := range strings.SplitSeq(extra, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || v == "" {
+			return "", fmt.Errorf("-set-limits: %q is not key=value", kv)
+		}
+		if b.Len() == 0 {
+			b.WriteString("limits:\n")
+		}
+		fmt.Fprintf(&b, "  %s: %s\n", k, v)
+	}
+	return b.String(), nil
+}
+
 func limitsNote(raised bool) string {
 	if raised {
 		return "Its per-agent limits are raised by its config file (limits.events_per_second and event_burst 100,000,000, messages_per_second and message_burst 1,000,000; the defaults, 2,000 events/s and burst 20,000 per agent, would bind the 1-stream load); the other limits are the defaults."
@@ -115,7 +144,7 @@ type ingestStats struct {
 // ingestRun runs one load against a fresh aggregator (profiled into
 // profile when set), or, with profile "-", against the ack-only baseline
 // server.
-func ingestRun(ctx context.Context, bin, self, transport string, streams int, dur time.Duration, mix loadgen.Mix, profile string, raised bool) (loadgen.Result, ingestStats, error) {
+func ingestRun(ctx context.Context, bin, self, transport string, streams, clusters int, dur time.Duration, mix loadgen.Mix, profile string, limitsYAML string) (loadgen.Result, ingestStats, error) {
 	baseline := profile == "-"
 	dir, err := os.MkdirTemp("", "twbench-ingest-")
 	if err != nil {
@@ -151,7 +180,10 @@ func ingestRun(ctx context.Context, bin, self, transport string, streams int, du
 		}
 		// Issue the certificates before the load starts (Creds is called
 		// concurrently while connecting).
-		for i := range min(streams, 100) {
+		if clusters <= 0 {
+			clusters = min(streams, 100)
+		}
+		for i := range clusters {
 			if _, err := creds("bench-" + strconv.Itoa(i)); err != nil {
 				return loadgen.Result{}, ingestStats{}, err
 			}
@@ -181,9 +213,9 @@ func ingestRun(ctx context.Context, bin, self, transport string, streams int, du
 		if transport != "mtls" {
 			aggFlags = []string{"--insecure"}
 		}
-		if raised {
+		if limitsYAML != "" {
 			cfg := filepath.Join(dir, "aggregator.yaml")
-			if err := os.WriteFile(cfg, []byte(raisedLimits), 0o644); err != nil {
+			if err := os.WriteFile(cfg, []byte(limitsYAML), 0o644); err != nil {
 				return loadgen.Result{}, ingestStats{}, err
 			}
 			aggFlags = append(aggFlags, "--config", cfg)
@@ -200,7 +232,7 @@ func ingestRun(ctx context.Context, bin, self, transport string, streams int, du
 		profDone <- nil
 	}
 	res, err := loadgen.Run(ctx, loadgen.Config{
-		Target: target, Creds: creds, Streams: streams, EventsPerStream: 1 << 40, Duration: dur, Mix: mix,
+		Target: target, Creds: creds, Streams: streams, Clusters: clusters, EventsPerStream: 1 << 40, Duration: dur, Mix: mix,
 	})
 	if err != nil {
 		return res, ingestStats{}, fmt.Errorf("%w\n%s", err, p.tail())
