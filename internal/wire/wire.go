@@ -5,6 +5,10 @@ import (
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
 
+// MaxBoundedBytes bounds the encoded size of any event once audit.Bound has
+// cut it, with a Source whose file name is at most 4 KiB.
+const MaxBoundedBytes = 1536 << 10
+
 // ToProto converts e to its wire form. Source (the position in the agent's
 // files) is left for the caller to set.
 func ToProto(e *audit.Event) *tokenwatchv1.TokenEvent {

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -90,5 +91,80 @@ func FuzzRoundTrip(f *testing.F) {
 			return
 		}
 		roundTrip(t, e)
+	})
+}
+
+// hugeEvent has every field beyond its bound: n bytes per string, count
+// entries per list and map, and as many values per user.extra key.
+func hugeEvent(n, count int) *audit.Event {
+	s := func(c byte) string { return strings.Repeat(string(c), n) }
+	list := make([]string, count)
+	for i := range list {
+		list[i] = s('l')[:max(0, n-8)] + strings.Repeat("0", 8)[len(fmt.Sprint(i)):] + fmt.Sprint(i)
+	}
+	m := map[string]string{}
+	x := map[string][]string{}
+	for _, k := range list {
+		m[k] = k
+		x[k] = list
+	}
+	user := func() *audit.UserInfo { return &audit.UserInfo{Username: s('u'), UID: s('i'), Groups: list, Extra: x} }
+	exp := int64(1)
+	return &audit.Event{
+		Level: s('L'), AuditID: s('A'), Stage: s('S'), RequestURI: s('R'), Verb: s('V'),
+		User: user(), ImpersonatedUser: user(), SourceIPs: list, UserAgent: s('U'),
+		ObjectRef: &audit.ObjectReference{Resource: s('r'), Namespace: s('n'), Name: s('m'), UID: s('d'),
+			APIGroup: s('g'), APIVersion: s('v'), Subresource: s('b')},
+		ResponseStatus: &audit.Status{Status: s('s'), Message: s('M'), Reason: s('N'), Code: 201},
+		RequestObject: &audit.TokenRequest{Spec: audit.TokenRequestSpec{Audiences: list, ExpirationSeconds: &exp,
+			BoundObjectRef: &audit.BoundObjectReference{Kind: s('k'), APIVersion: s('a'), Name: s('e'), UID: s('D')}}},
+		RequestReceivedTimestamp: s('T'), StageTimestamp: s('t'), Annotations: m,
+		Malformed: []string{"responseStatus.code"},
+	}
+}
+
+// boundedSize is the encoded size of e once bounded, with a 4 KiB file name.
+func boundedSize(e *audit.Event) int {
+	audit.Bound(e)
+	p := ToProto(e)
+	p.Source = &tokenwatchv1.SourcePosition{File: strings.Repeat("f", 4096), Offset: 1 << 62}
+	return proto.Size(p)
+}
+
+// TestBoundedSize: however large every field, a bounded event fits
+// MaxBoundedBytes.
+func TestBoundedSize(t *testing.T) {
+	tests := []struct {
+		name     string
+		n, count int
+	}{
+		{"every field just over", audit.MaxIdentity + 1, audit.MaxEntries + 1},
+		{"entries just over", audit.MaxEntry + 1, audit.MaxEntries * 4},
+		{"many small entries", 1, 5000},
+		{"large strings", 1 << 20, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if n := boundedSize(hugeEvent(tt.n, tt.count)); n > MaxBoundedBytes {
+				t.Errorf("bounded event of %d bytes, want at most %d", n, MaxBoundedBytes)
+			}
+		})
+	}
+}
+
+// FuzzBoundedSize: any shape of event, once bounded, fits MaxBoundedBytes
+// and keeps its actor and target when they are within their bounds.
+func FuzzBoundedSize(f *testing.F) {
+	f.Add(uint32(10), uint16(3))
+	f.Add(uint32(audit.MaxEntry+1), uint16(audit.MaxEntries+1))
+	f.Fuzz(func(t *testing.T, n uint32, count uint16) {
+		e := hugeEvent(int(n%(1<<20)), int(count%300))
+		e.User.Username, e.ObjectRef.Namespace, e.ObjectRef.Name = "alice", "ns", "sa"
+		if got := boundedSize(e); got > MaxBoundedBytes {
+			t.Fatalf("bounded event of %d bytes (n=%d count=%d), want at most %d", got, n, count, MaxBoundedBytes)
+		}
+		if e.User.Username != "alice" || e.ObjectRef.Namespace != "ns" || e.ObjectRef.Name != "sa" {
+			t.Errorf("actor or target changed: %q %q %q", e.User.Username, e.ObjectRef.Namespace, e.ObjectRef.Name)
+		}
 	})
 }

@@ -16,8 +16,11 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
+	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
+	"github.com/tokenwatch/tokenwatch/internal/wire"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
 
@@ -32,6 +35,7 @@ type aggregator struct {
 	hold    bool
 	hellos  []*tokenwatchv1.Hello
 	events  []string
+	tokens  []*tokenwatchv1.TokenEvent
 	sources []*tokenwatchv1.SourcePosition
 	changed chan struct{}
 }
@@ -82,6 +86,7 @@ func (a *aggregator) Stream(stream grpc.BidiStreamingServer[tokenwatchv1.StreamR
 		}
 		a.mu.Lock()
 		for _, e := range b.Events {
+			a.tokens = append(a.tokens, e)
 			a.events = append(a.events, e.AuditId)
 			a.sources = append(a.sources, e.Source)
 		}
@@ -117,6 +122,12 @@ func (a *aggregator) waitEvents(t *testing.T, n int) []string {
 			t.Fatalf("aggregator received %v, want %d events", got, n)
 		}
 	}
+}
+
+func (a *aggregator) tokenEvents() []*tokenwatchv1.TokenEvent {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.tokens)
 }
 
 func tokenLine(id string) string {
@@ -318,22 +329,57 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// TestOversizedEventReportedAsLoss: a token create too large for the stream
-// travels as a loss report instead of stalling delivery.
-func TestOversizedEventReportedAsLoss(t *testing.T) {
+// TestBoundFits: a bounded event always fits the stream, so a token create
+// is never too large to send.
+func TestBoundFits(t *testing.T) {
+	if wire.MaxBoundedBytes > sender.MaxEventBytes {
+		t.Errorf("bounded events reach %d bytes, over the %d-byte limit of one event", wire.MaxBoundedBytes, sender.MaxEventBytes)
+	}
+}
+
+// TestOversizedEventsAlertWithActor: a token create too large for the
+// stream (a TokenRequest padded to just under the apiserver's 3 MiB body
+// limit, a 3 MiB annotation, a 4 MiB user agent) is sent with its large
+// fields cut and marked, with its actor and target, instead of becoming a
+// loss without them.
+func TestOversizedEventsAlertWithActor(t *testing.T) {
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "audit.log")
-	huge := strings.Replace(tokenLine("big"), `"sourceIPs"`, `"userAgent":"`+strings.Repeat("x", 4<<20)+`","sourceIPs"`, 1)
-	appendFile(t, logPath, tokenLine("a1")+huge+tokenLine("a2"))
+	line := func(id, field string) string {
+		l := strings.Replace(tokenLine(id), `"user":{"username":"alice"`, `"user":{"username":"mallory-`+id+`"`, 1)
+		return strings.Replace(l, `"sourceIPs"`, field+`,"sourceIPs"`, 1)
+	}
+	padded := line("padded", `"requestObject":{"kind":"TokenRequest","spec":{"audiences":["`+strings.Repeat("a", 3145500)+`"]}}`)
+	if len(padded) < 3<<20 {
+		t.Fatalf("padded line of %d bytes, want over 3 MiB", len(padded))
+	}
+	annotated := line("annotated", `"annotations":{"x":"`+strings.Repeat("y", 3<<20)+`","authorization.k8s.io/decision":"allow"}`)
+	agent := line("agent", `"userAgent":"`+strings.Repeat("x", 4<<20)+`"`)
+	appendFile(t, logPath, tokenLine("a1")+padded+annotated+agent+tokenLine("a2"))
 	agg, addr := newAggregator(t, false)
 	cfg := config(logPath, addr, "")
 	cfg.Once = true
 	if err := Run(context.Background(), cfg); err != nil {
 		t.Fatalf("Run --once = %v", err)
 	}
-	got := agg.waitEvents(t, 3)
-	slices.Sort(got)
-	if want := []string{"a1", "a2", "loss:event_too_large"}; !cmp.Equal(got, want) {
-		t.Errorf("aggregator received %v, want %v", got, want)
+	agg.waitEvents(t, 5)
+	got := map[string]string{}
+	for _, e := range agg.tokenEvents() {
+		if proto.Size(e) > sender.MaxEventBytes {
+			t.Errorf("event %s of %d bytes sent", e.GetAuditId(), proto.Size(e))
+		}
+		if e.GetObjectRef().GetName() != "app" || e.GetObjectRef().GetNamespace() != "team-a" {
+			t.Errorf("event %s: target %v", e.GetAuditId(), e.GetObjectRef())
+		}
+		got[e.GetAuditId()] = e.GetUser().GetUsername() + " " + strings.Join(e.GetTruncated(), ",")
+	}
+	want := map[string]string{
+		"a1": "alice ", "a2": "alice ",
+		"padded":    "mallory-padded requestObject.spec.audiences",
+		"annotated": "mallory-annotated annotations",
+		"agent":     "mallory-agent userAgent",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("events sent (-want +got):\n%s", diff)
 	}
 }

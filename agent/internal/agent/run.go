@@ -21,6 +21,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/agent/internal/metrics"
 	"github.com/tokenwatch/tokenwatch/agent/internal/prefilter"
 	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
+	"github.com/tokenwatch/tokenwatch/internal/audit"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 	"github.com/tokenwatch/tokenwatch/internal/version"
 	"github.com/tokenwatch/tokenwatch/internal/wire"
@@ -275,18 +276,11 @@ func (p *pipeline) Block(ctx context.Context, b follow.Block) error {
 		if len(m.Event.Malformed) > 0 {
 			p.m.Marked.WithLabelValues(markMalformed).Inc()
 		}
-		e := wire.ToProto(m.Event)
 		off := uint64(b.Pos.Offset) + uint64(m.Offset)
-		e.Source = &tokenwatchv1.SourcePosition{File: b.Pos.Name, Offset: off}
+		e, loss := p.convert(m.Event, b.Pos.Name, off)
 		p.matches[i].Event = nil
-		if n := proto.Size(e); n > sender.MaxEventBytes {
-			// Too large for the stream: report it rather than stall on it.
-			p.m.Losses.WithLabelValues(reasonEventTooLarge).Inc()
-			losses = append(losses, &tokenwatchv1.LossReport{
-				Reason: reasonEventTooLarge, File: b.Pos.Name, Offset: off,
-				LinesLost: 1, LinesKnown: true, Observed: timestamppb.Now(),
-				Detail: fmt.Sprintf("token-create event of %d bytes exceeds the %d-byte limit", n, sender.MaxEventBytes),
-			})
+		if loss != nil {
+			losses = append(losses, loss)
 			continue
 		}
 		p.events = append(p.events, e)
@@ -301,6 +295,34 @@ func (p *pipeline) Block(ctx context.Context, b follow.Block) error {
 		}
 	}
 	return p.snd.Enqueue(ctx, p.events, nil, end)
+}
+
+// convert gives ev's wire form, located at file and off. An event too large
+// for the stream is sent with its fields cut to their bounds (audit.Bound)
+// and marked, so it still alerts with its actor and target; only if even
+// that does not fit (it cannot: see TestBoundFits) is it a loss.
+func (p *pipeline) convert(ev *audit.Event, file string, off uint64) (*tokenwatchv1.TokenEvent, *tokenwatchv1.LossReport) {
+	e := wire.ToProto(ev)
+	e.Source = &tokenwatchv1.SourcePosition{File: file, Offset: off}
+	n := proto.Size(e)
+	if n <= sender.MaxEventBytes && len(ev.Truncated) == 0 {
+		return e, nil
+	}
+	if n > sender.MaxEventBytes {
+		audit.Bound(ev)
+		e = wire.ToProto(ev)
+		e.Source = &tokenwatchv1.SourcePosition{File: file, Offset: off}
+	}
+	p.m.Marked.WithLabelValues(markTruncated).Inc()
+	if m := proto.Size(e); m > sender.MaxEventBytes {
+		p.m.Losses.WithLabelValues(reasonEventTooLarge).Inc()
+		return nil, &tokenwatchv1.LossReport{
+			Reason: reasonEventTooLarge, File: file, Offset: off,
+			LinesLost: 1, LinesKnown: true, Observed: timestamppb.Now(),
+			Detail: fmt.Sprintf("token-create event of %d bytes (%d bounded) exceeds the %d-byte limit", n, m, sender.MaxEventBytes),
+		}
+	}
+	return e, nil
 }
 
 // Loss reports data the follower could not deliver; it travels to the
