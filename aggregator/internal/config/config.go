@@ -76,6 +76,10 @@ type Budget struct {
 // Silence tunes the silent-cluster detection.
 type Silence struct {
 	After time.Duration `yaml:"after"`
+	// ForgetAfter is how long a node stays tracked after it went silent
+	// without heartbeat (its cluster_silent): then it is forgotten, and a
+	// return is a new node.
+	ForgetAfter time.Duration `yaml:"forget_after"`
 }
 
 // Limits bounds what agents may send: sizes, concurrent streams and
@@ -101,6 +105,10 @@ type Limits struct {
 	// MaxHealthWatches bounds the concurrent gRPC health Watch streams,
 	// apart from agent streams (one client certificate: at most 4 of them).
 	MaxHealthWatches int `yaml:"max_health_watches"`
+	// MaxNodesPerCluster bounds the node names one cluster's live agents
+	// may use (nodes tracked for silence): a stream naming a new node
+	// beyond it is refused and reported (a nodes_refused record).
+	MaxNodesPerCluster int `yaml:"max_nodes_per_cluster"`
 	// EventsPerSecond and EventBurst are each cluster's event token bucket,
 	// shared by its nodes' agents; MessagesPerSecond and MessageBurst its
 	// message bucket.
@@ -146,6 +154,7 @@ func DefaultLimits() Limits {
 		MaxStreamsPerConnection: 8,
 		HelloTimeout:            5 * time.Second,
 		MaxHealthWatches:        64,
+		MaxNodesPerCluster:      16,
 		EventsPerSecond:         10000,
 		EventBurst:              100000,
 		MessagesPerSecond:       1000,
@@ -181,7 +190,8 @@ func Default() Config {
 			Window:    5 * time.Minute,
 		},
 		Silence: Silence{
-			After: 5 * time.Minute,
+			After:       5 * time.Minute,
+			ForgetAfter: 24 * time.Hour,
 		},
 		Limits: DefaultLimits(),
 	}
@@ -281,6 +291,9 @@ func (c Config) Validate() error {
 	if c.Silence.After <= 0 {
 		bad("silence.after", "must be > 0")
 	}
+	if c.Silence.ForgetAfter <= 0 {
+		bad("silence.forget_after", "must be > 0")
+	}
 	errs = append(errs, c.Limits.problems()...)
 	if len(errs) == 0 {
 		return nil
@@ -312,6 +325,7 @@ func (l Limits) problems() []string {
 		bad("max_streams_per_connection", "must be <= %d", 1<<20)
 	}
 	positive("hello_timeout", float64(l.HelloTimeout))
+	positive("max_nodes_per_cluster", float64(l.MaxNodesPerCluster))
 	if positive("max_health_watches", float64(l.MaxHealthWatches)) && l.MaxHealthWatches > 1<<20 {
 		bad("max_health_watches", "must be <= %d", 1<<20)
 	}

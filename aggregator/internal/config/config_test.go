@@ -24,14 +24,14 @@ func TestParseGood(t *testing.T) {
 		Alerting:    Alerting{StageGrace: 1500 * time.Millisecond, DedupeRetention: 48 * time.Hour},
 		Correlation: Correlation{Window: 15 * time.Minute, Lateness: 0, Clusters: 3, ServiceAccounts: 10, IgnoreUsers: []string{"breakglass"}},
 		Budget:      Budget{MaxAlerts: 100, Window: time.Minute},
-		Silence:     Silence{After: 2 * time.Minute},
+		Silence:     Silence{After: 2 * time.Minute, ForgetAfter: time.Hour},
 		Limits:      DefaultLimits(),
 	}
 	limits := Default()
 	limits.Limits = Limits{
 		MaxMessageBytes: 8 << 20, MaxEventsPerBatch: 2048, MaxLossesPerBatch: 512,
 		MaxStreams: 4096, MaxStreamsPerCluster: 64, MaxStreamsPerConnection: 4,
-		HelloTimeout: 3 * time.Second, MaxHealthWatches: 16,
+		HelloTimeout: 3 * time.Second, MaxHealthWatches: 16, MaxNodesPerCluster: 8,
 		EventsPerSecond: 500000, EventBurst: 1000000, MessagesPerSecond: 5000, MessageBurst: 10000,
 		ReplayEventsPerSecond: 1000000, ReplayEventBurst: 2000000,
 		MaxThrottle: 2 * time.Second, KeepaliveMinTime: 5 * time.Second, WindowBytes: 256 << 10,
@@ -88,6 +88,8 @@ func TestParseBad(t *testing.T) {
 		{"limits-negative.bad.yaml", "limits.keepalive_min_time: must be > 0"},
 		{"limits-window.bad.yaml", "limits.window_bytes: must be 0"},
 		{"limits-hello.bad.yaml", "limits.hello_timeout: must be > 0"},
+		{"limits-nodes.bad.yaml", "limits.max_nodes_per_cluster: must be > 0"},
+		{"silence-forget.bad.yaml", "silence.forget_after: must be > 0"},
 		{"type.bad.yaml", "cannot unmarshal"},
 	}
 	for _, tt := range tests {

@@ -69,6 +69,7 @@ type Server struct {
 	health *health.Server
 	m      *metrics
 	budget *budget
+	nodes  nodes // live agents' nodes
 
 	// closing is set under a write lock of drain; batches run under a read
 	// lock, so Drain waits for every batch in flight to be committed and
@@ -139,9 +140,9 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 		s.m.refused.WithLabelValues("no_hello").Inc()
 		return status.Error(codes.InvalidArgument, "the first message of a stream must be a Hello")
 	}
-	if hello.GetNode() == "" {
-		s.m.refused.WithLabelValues("no_node").Inc()
-		return status.Error(codes.InvalidArgument, "hello: node is empty")
+	if reason := checkNode(hello.GetNode()); reason != "" {
+		s.m.refused.WithLabelValues(reason).Inc()
+		return status.Errorf(codes.InvalidArgument, "hello: node %.64q is not a node name: 1 to %d characters of A-Z a-z 0-9 . _ -", hello.GetNode(), MaxNodeNameLen)
 	}
 	cluster, err := s.bindCluster(ctx, hello)
 	if err != nil {
@@ -149,6 +150,13 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 	}
 	src := detect.Source{Cluster: cluster, Node: hello.GetNode()}
 	log := s.logger.With("cluster", cluster, "node", src.Node, "session", hello.GetSessionId(), "replay", hello.GetReplay())
+	if !hello.GetReplay() {
+		release, err := s.admitNode(src, hello.GetSessionId(), log)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
 	if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Welcome{Welcome: &tokenwatchv1.Welcome{
 		Cluster:             cluster,
 		AggregatorVersion:   version.Version,

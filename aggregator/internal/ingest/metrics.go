@@ -37,7 +37,7 @@ func newMetrics(reg prometheus.Registerer, b *budget) *metrics {
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwatch_aggregator_streams_refused_total",
-			Help: "Streams refused, by reason (cluster_mismatch: the claimed cluster differs from the certificate).",
+			Help: "Streams refused, by reason (cluster_mismatch: the claimed cluster differs from the certificate; node_in_use: another live stream names the same node; too_many_nodes: limits.max_nodes_per_cluster).",
 		}, []string{"reason"}),
 	}
 	m.buffered = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -48,7 +48,8 @@ func newMetrics(reg prometheus.Registerer, b *budget) *metrics {
 		Name: "tokenwatch_aggregator_buffer_waits_total",
 		Help: "Times a stream waited for the fleet-wide memory budget before reading on (backpressure on its agent).",
 	}, func() float64 { return float64(b.waits.Load()) })
-	for _, r := range []string{"no_hello", "no_node", "no_cluster", "no_identity", "cluster_mismatch", "bad_seq", "second_hello"} {
+	for _, r := range []string{"no_hello", "no_node", "no_cluster", "no_identity", "cluster_mismatch", "bad_seq", "second_hello",
+		"bad_node", "node_in_use", "too_many_nodes"} {
 		m.refused.WithLabelValues(r)
 	}
 	if reg != nil {

@@ -245,7 +245,8 @@ func (p *Pipeline) Apply(c config.Config) error {
 		}
 	}
 	if first || p.cfg.Silence != c.Silence {
-		p.silence = silence.New(silence.Config{After: c.Silence.After})
+		p.silence = silence.New(silence.Config{After: c.Silence.After, ForgetAfter: c.Silence.ForgetAfter,
+			MaxNodesPerCluster: c.Limits.MaxNodesPerCluster})
 	}
 	p.rule.Store(r)
 	p.grace.Store(int64(c.Alerting.StageGrace))
@@ -410,6 +411,15 @@ func (p *Pipeline) alertLocked(ch *state.Change, now time.Time, cluster string, 
 	}
 	ch.Records = append(ch.Records, rec)
 	return true
+}
+
+// Join admits a (non-replay) agent's node before its stream is welcomed:
+// false when its cluster already has limits.max_nodes_per_cluster other
+// nodes (the refusal is reported in a nodes_refused record).
+func (p *Pipeline) Join(cluster, node string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.silence.Join(p.now(), cluster, node)
 }
 
 // Heard records a heartbeat of a (non-replay) agent. lastGrowth is when the

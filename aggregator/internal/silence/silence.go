@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/tokenwatch/tokenwatch/internal/alert"
@@ -16,17 +17,46 @@ const (
 	ReasonNoAuditGrowth = "no_audit_growth"
 )
 
-// Config is the configuration file's silence section.
+// KindNodesRefused is the tokenwatch.pipeline.kind of the record that
+// reports node names refused because their cluster had MaxNodesPerCluster.
+const KindNodesRefused = "nodes_refused"
+
+// maxRefusedNames bounds the names one nodes_refused record lists.
+const maxRefusedNames = 10
+
+// Config is the configuration file's silence section, with the node bound
+// of its limits section.
 type Config struct {
 	// After is how long without a heartbeat, or without audit data growth,
 	// makes a node silent. <= 0 turns silence detection off.
 	After time.Duration
+	// MaxNodesPerCluster bounds the nodes tracked per cluster: a node name
+	// beyond it is refused (Join) and reported (<= 0: no bound).
+	MaxNodesPerCluster int
+	// ForgetAfter is how long a node stays tracked after its no-heartbeat
+	// cluster_silent: then it is forgotten, freeing its place in the bound
+	// (<= 0: never).
+	ForgetAfter time.Duration
 }
 
 // Tracker follows (cluster, node) pairs. It is not safe for concurrent use.
+// What it holds is bounded by clusters times MaxNodesPerCluster: node names
+// are chosen by whoever holds a cluster's certificate, so a cluster's nodes
+// are a count, not a list.
 type Tracker struct {
-	cfg   Config
-	nodes map[node]*state
+	cfg      Config
+	nodes    map[node]*state
+	clusters map[string]int       // tracked nodes per cluster
+	refused  map[string]*refusals // per cluster, not yet reported
+	reported map[string]time.Time // per cluster: the last nodes_refused
+}
+
+// refusals are the node names refused in one cluster since its last
+// nodes_refused record.
+type refusals struct {
+	first time.Time
+	count int
+	names []string // the first maxRefusedNames
 }
 
 type node struct{ cluster, name string }
@@ -46,7 +76,53 @@ type state struct {
 }
 
 // New returns a tracker for cfg.
-func New(cfg Config) *Tracker { return &Tracker{cfg: cfg, nodes: map[node]*state{}} }
+func New(cfg Config) *Tracker {
+	return &Tracker{cfg: cfg, nodes: map[node]*state{}, clusters: map[string]int{},
+		refused: map[string]*refusals{}, reported: map[string]time.Time{}}
+}
+
+// Join starts tracking cluster/name at now, as if heard then, and reports
+// whether it is tracked: a node already tracked is; a new one only while
+// its cluster has fewer than MaxNodesPerCluster nodes. A refusal is counted
+// for the cluster's next nodes_refused record.
+func (t *Tracker) Join(now time.Time, cluster, name string) bool {
+	return t.join(now, cluster, name, true)
+}
+
+// join is Join; report says whether a refusal is counted.
+func (t *Tracker) join(now time.Time, cluster, name string, report bool) bool {
+	k := node{cluster, name}
+	if t.nodes[k] != nil {
+		return true
+	}
+	if max := t.cfg.MaxNodesPerCluster; max > 0 && t.clusters[cluster] >= max {
+		if !report {
+			return false
+		}
+		r := t.refused[cluster]
+		if r == nil {
+			r = &refusals{first: now}
+			t.refused[cluster] = r
+		}
+		r.count++
+		if len(r.names) < maxRefusedNames && !contains(r.names, name) {
+			r.names = append(r.names, name)
+		}
+		return false
+	}
+	t.nodes[k] = &state{heard: now}
+	t.clusters[cluster]++
+	return true
+}
+
+func contains(names []string, name string) bool {
+	for _, n := range names {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
 
 // Heard records a heartbeat from cluster/node at now (the aggregator's
 // clock). lastGrowth is the agent's clock when its audit log last grew, zero
@@ -55,12 +131,18 @@ func New(cfg Config) *Tracker { return &Tracker{cfg: cfg, nodes: map[node]*state
 // agent's clock never has to agree with the aggregator's, and a node whose
 // log had not grown for a while before the aggregator (re)started is flagged
 // After from then.
+//
+// A node not tracked (forgotten, or the tracker is new) is joined first;
+// when its cluster is full the heartbeat is ignored (its stream's Join was
+// refused, or it was forgotten while silent and its cluster filled since).
 func (t *Tracker) Heard(now time.Time, cluster, name string, lastGrowth time.Time) {
 	k := node{cluster, name}
 	s := t.nodes[k]
 	if s == nil {
-		s = &state{}
-		t.nodes[k] = s
+		if !t.join(now, cluster, name, false) {
+			return
+		}
+		s = t.nodes[k]
 	}
 	if !lastGrowth.IsZero() {
 		if s.agentGrown.IsZero() || lastGrowth.After(s.agentGrown) {
@@ -75,15 +157,31 @@ func (t *Tracker) Heard(now time.Time, cluster, name string, lastGrowth time.Tim
 
 // Forget stops tracking cluster/node (a replaying agent, a node removed on
 // purpose). No record says so.
-func (t *Tracker) Forget(cluster, name string) { delete(t.nodes, node{cluster, name}) }
+func (t *Tracker) Forget(cluster, name string) {
+	k := node{cluster, name}
+	if t.nodes[k] == nil {
+		return
+	}
+	delete(t.nodes, k)
+	if t.clusters[cluster]--; t.clusters[cluster] <= 0 {
+		delete(t.clusters, cluster)
+	}
+}
+
+// Nodes returns how many nodes are tracked.
+func (t *Tracker) Nodes() int { return len(t.nodes) }
 
 // Check returns the records due at now: cluster_silent for a node silent for
 // After (once per silence) and cluster_resumed for a silent node heard from
-// again, in (cluster, node) order.
+// again, in (cluster, node) order, then nodes_refused for clusters that
+// refused node names (at most one per cluster per After). Nodes silent
+// without heartbeat for ForgetAfter since their cluster_silent are
+// forgotten.
 func (t *Tracker) Check(now time.Time) []alert.Record {
 	if t.cfg.After <= 0 {
 		return nil
 	}
+	defer t.forget(now)
 	keys := make([]node, 0, len(t.nodes))
 	for k := range t.nodes {
 		keys = append(keys, k)
@@ -110,6 +208,59 @@ func (t *Tracker) Check(now time.Time) []alert.Record {
 			out = append(out, t.record("cluster_resumed", k, s, now, back.Sub(s.since)))
 			s.silent = false
 		}
+	}
+	return append(out, t.refusedRecords(now)...)
+}
+
+// forget drops the nodes silent without heartbeat for ForgetAfter since
+// their cluster_silent, and report times older than After.
+func (t *Tracker) forget(now time.Time) {
+	for c, at := range t.reported {
+		if now.Sub(at) >= t.cfg.After {
+			delete(t.reported, c)
+		}
+	}
+	if t.cfg.ForgetAfter <= 0 {
+		return
+	}
+	for k, s := range t.nodes {
+		if s.silent && s.reason == ReasonNoHeartbeat && now.Sub(s.since) >= t.cfg.After+t.cfg.ForgetAfter {
+			t.Forget(k.cluster, k.name)
+		}
+	}
+}
+
+// refusedRecords returns the nodes_refused records due at now, in cluster
+// order: one per cluster with refusals, at most one per After.
+func (t *Tracker) refusedRecords(now time.Time) []alert.Record {
+	var clusters []string
+	for c := range t.refused {
+		if last, ok := t.reported[c]; !ok || now.Sub(last) >= t.cfg.After {
+			clusters = append(clusters, c)
+		}
+	}
+	sort.Strings(clusters)
+	out := make([]alert.Record, 0, len(clusters))
+	for _, c := range clusters {
+		r := t.refused[c]
+		delete(t.refused, c)
+		t.reported[c] = now
+		sum := sha256.Sum256([]byte(KindNodesRefused + "\x00" + c + "\x00" + r.first.UTC().Format(time.RFC3339Nano)))
+		out = append(out, alert.Record{
+			ID:        "ps-" + hex.EncodeToString(sum[:16]),
+			EventName: alert.EventPipeline,
+			Time:      now,
+			Severity:  alert.High,
+			Body: fmt.Sprintf("Cluster %s: %d agent stream(s) for new node names were refused, the cluster already has %d nodes (limits.max_nodes_per_cluster); names: %s.",
+				c, r.count, t.cfg.MaxNodesPerCluster, strings.Join(r.names, ", ")),
+			Attrs: []alert.Attr{
+				alert.String("tokenwatch.pipeline.kind", KindNodesRefused),
+				alert.String("k8s.cluster.name", c),
+				alert.Int("tokenwatch.nodes.refused", int64(r.count)),
+				alert.Strings("tokenwatch.nodes.refused_names", r.names),
+				alert.Int("tokenwatch.nodes.max", int64(t.cfg.MaxNodesPerCluster)),
+			},
+		})
 	}
 	return out
 }
