@@ -7,8 +7,10 @@
 # It builds (or takes from ${TOKENWATCH_CACHE:-$HOME/.cache/tokenwatch}) the
 # collector of deploy/collector (builder v0.159.0; cold: about 5-9 minutes on
 # 2 cores) and kube-apiserver, etcd and kubeadm through e2e/k8s/build.sh
-# (cold: about 4 minutes), then runs the Go tests of this module: kustomize
-# builds of every overlay, server-side dry runs on a real kube-apiserver,
+# (cold: about 4 minutes) and helm through deploy/helm/tool/build.sh (cold:
+# about a minute), then runs the Go tests of this module: kustomize builds of
+# every overlay, the Helm chart (lint, template, equal to the overlays),
+# server-side dry runs on a real kube-apiserver,
 # kubeadm config validate, the audit policy, the collector config, and the
 # container images run with the manifests' security settings (skipped, with a
 # message, when no Docker daemon answers).
@@ -38,6 +40,9 @@ if [[ -z "$short" ]]; then
 	start=$SECONDS
 	bash "$root/e2e/k8s/build.sh" >/dev/null
 	echo "deploy/check: kube-apiserver, etcd, kubeadm ready after $((SECONDS - start))s" >&2
+	start=$SECONDS
+	bash "$root/deploy/helm/tool/build.sh" >/dev/null
+	echo "deploy/check: helm ready after $((SECONDS - start))s" >&2
 fi
 
 # -v so that a skipped check says why in the CI log.
