@@ -50,6 +50,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fs.SetOutput(stdout)
 			fmt.Fprintln(stdout, "Usage of aggregator:")
 			fs.PrintDefaults()
+			fmt.Fprintf(stdout, "Environment:\n  GOMEMLIMIT\n    \tthe Go soft memory limit; when unset, AUTOMEMLIMIT of the cgroup's memory limit\n  AUTOMEMLIMIT\n    \tfraction of the cgroup memory limit for the Go soft memory limit, in (0, 1] (default %g), or off\n", defaultMemoryRatio)
 			return 0
 		}
 		fmt.Fprintf(stderr, "aggregator: %v (see --help)\n", err)
@@ -71,6 +72,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 	c.Stdout = stdout
 	if err := c.Validate(); err != nil {
+		fmt.Fprintf(stderr, "aggregator: %v\n", err)
+		return 2
+	}
+	if err := setMemoryLimit(c.Logger); err != nil {
 		fmt.Fprintf(stderr, "aggregator: %v\n", err)
 		return 2
 	}
