@@ -1,0 +1,426 @@
+package check
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+// helmNamespace is the namespace the chart is rendered for: the kustomize
+// overlays' namespace, so that the two renders compare.
+const helmNamespace = "tokenwatch"
+
+// helmBinary returns helm, built from the Go module proxy by
+// deploy/helm/tool/build.sh (cached; about a minute cold). With -short it only
+// takes a cached binary and skips, saying so, when there is none.
+func helmBinary(t *testing.T) string {
+	t.Helper()
+	script := filepath.Join(repoRoot(t), "deploy", "helm", "tool", "build.sh")
+	if testing.Short() {
+		cmd := exec.Command("bash", script, "-cached")
+		cmd.Env = append(os.Environ(), "TOKENWATCH_CACHE="+cacheDir(t))
+		out, err := cmd.Output()
+		if err != nil {
+			t.Skip("SKIP (visible): -short and helm is not built yet (deploy/helm/tool/build.sh builds it in about a minute)")
+		}
+		return strings.TrimSpace(string(out))
+	}
+	return runScript(t, 20*time.Minute, nil, script)
+}
+
+// helmShapes maps each values file under deploy/helm/values to its path; each
+// is named after the kustomize overlay it mirrors.
+func helmShapes(t *testing.T) map[string]string {
+	t.Helper()
+	files, err := filepath.Glob(deployPath(t, "helm", "values", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shapes := map[string]string{}
+	for _, f := range files {
+		shapes[strings.TrimSuffix(filepath.Base(f), ".yaml")] = f
+	}
+	for _, want := range []string{"single-cluster", "hub", "spoke"} {
+		if shapes[want] == "" {
+			t.Fatalf("no deploy/helm/values/%s.yaml", want)
+		}
+	}
+	return shapes
+}
+
+// sortedKeys returns m's keys in order, so that subtests run in a stable order.
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// helmError is a failed helm command, with what it printed on stderr.
+type helmError struct {
+	args   []string
+	err    error
+	stderr string
+}
+
+func (e *helmError) Error() string {
+	return fmt.Sprintf("helm %s: %v\n%s", strings.Join(e.args, " "), e.err, e.stderr)
+}
+
+// runHelm runs helm with args and returns its stdout; a failure is a
+// *helmError.
+func runHelm(helm string, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, helm, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// No repositories, plugins or caches of the user's: a clean helm home.
+	home, err := os.MkdirTemp("", "helm-home-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(home)
+	cmd.Env = append(os.Environ(), "HELM_CONFIG_HOME="+home, "HELM_CACHE_HOME="+home, "HELM_DATA_HOME="+home)
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), &helmError{args: args, err: err, stderr: stdout.String() + stderr.String()}
+	}
+	return stdout.Bytes(), nil
+}
+
+// helmTemplate renders the chart with a shape's values file and more
+// arguments (--set ...), as `helm template` does for `helm install`.
+func helmTemplate(t *testing.T, helm, values string, extra ...string) []object {
+	t.Helper()
+	args := append([]string{"template", "tokenwatch", deployPath(t, "helm", "tokenwatch"),
+		"--namespace", helmNamespace, "-f", values}, extra...)
+	out, err := runHelm(helm, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "rendered.yaml")
+	if err := os.WriteFile(path, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	objs, err := readYAMLDocs(path)
+	if err != nil {
+		t.Fatalf("helm template %s: %v", values, err)
+	}
+	return objs
+}
+
+// TestHelmLint runs `helm lint --strict` (values schema included) on the chart
+// with each shape's values and with the hub exposed through a NodePort.
+func TestHelmLint(t *testing.T) {
+	helm := helmBinary(t)
+	shapes := helmShapes(t)
+	type lintCase struct {
+		name string
+		args []string
+	}
+	var cases []lintCase
+	for _, name := range sortedKeys(shapes) {
+		cases = append(cases, lintCase{name, []string{"-f", shapes[name]}})
+	}
+	cases = append(cases, lintCase{"hub NodePort", []string{"-f", shapes["hub"], "--set", "expose.type=NodePort,expose.nodePort=31443"}})
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out, err := runHelm(helm, append([]string{"lint", "--strict", "--namespace", helmNamespace,
+				deployPath(t, "helm", "tokenwatch")}, c.args...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s", bytes.TrimSpace(out))
+		})
+	}
+}
+
+// TestHelmRefusesBadValues: values that would render a broken or unsafe
+// install stop `helm template` with a message that names the value.
+func TestHelmRefusesBadValues(t *testing.T) {
+	helm := helmBinary(t)
+	shapes := helmShapes(t)
+	tests := []struct {
+		name   string
+		values string
+		set    string
+		want   string
+	}{
+		{"no cluster name", "single-cluster", "cluster.name=", "cluster.name is required"},
+		{"exposure type", "hub", "expose.type=ClusterIP", "at '/expose/type': value must be one of 'LoadBalancer', 'NodePort'"},
+		{"exposed to everyone", "hub", "expose.sourceRanges=null", "expose.sourceRanges is required"},
+		{"spoke without a hub", "spoke", "agent.aggregator=", "agent.aggregator is required"},
+		{"unknown value", "single-cluster", "agent.image=x", "at '/agent': additional properties 'image' not allowed"},
+		{"node port range", "hub", "expose.type=NodePort,expose.nodePort=8443", "at '/expose/nodePort': minimum"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := runHelm(helm, "template", "tokenwatch", deployPath(t, "helm", "tokenwatch"),
+				"--namespace", helmNamespace, "-f", shapes[tt.values], "--set", tt.set)
+			if err == nil {
+				t.Fatalf("helm template -f %s --set %s succeeded, want an error about %q", tt.values, tt.set, tt.want)
+			}
+			// What helm printed, not the command line, must say it.
+			var he *helmError
+			if !errors.As(err, &he) || !strings.Contains(he.stderr, tt.want) {
+				t.Errorf("helm template --set %s: %v, want an error about %q", tt.set, err, tt.want)
+			}
+		})
+	}
+}
+
+// TestHelmTemplate renders each shape and holds it to what the kustomize
+// overlays are held to (TestOverlays' checks), then requires it to equal the
+// overlay of the same name in substance: the same objects (kind and name),
+// with the same specs and data, once kustomize's ConfigMap name hashes are
+// taken off; Helm may add labels and pod-template annotations.
+func TestHelmTemplate(t *testing.T) {
+	helm := helmBinary(t)
+	shapes := helmShapes(t)
+	for _, name := range sortedKeys(shapes) {
+		t.Run(name, func(t *testing.T) {
+			objs := helmTemplate(t, helm, shapes[name])
+			checkRendered(t, objs)
+			if _, err := os.Stat(deployPath(t, "overlays", name)); err != nil {
+				t.Fatalf("no kustomize overlay %s to compare with: %v", name, err)
+			}
+			sameSubstance(t, kustomizeBuild(t, deployPath(t, "overlays", name)), objs)
+		})
+	}
+	// The chart's aggregator configuration is the kit's (a symbolic link).
+	want, err := os.ReadFile(deployPath(t, "config", "aggregator.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(deployPath(t, "helm", "tokenwatch", "files", "aggregator.yaml")); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("deploy/helm/tokenwatch/files/aggregator.yaml differs from deploy/config/aggregator.yaml (%v): link it", err)
+	}
+}
+
+// checkRendered runs TestOverlays' checks on a render.
+func checkRendered(t *testing.T, objs []object) {
+	t.Helper()
+	ds := find(objs, "DaemonSet", "tokenwatch-agent")
+	dep := find(objs, "Deployment", "tokenwatch-aggregator")
+	if ds == nil && dep == nil {
+		t.Fatal("neither the agent DaemonSet nor the aggregator Deployment rendered")
+	}
+	checkCommon(t, objs)
+	if ds != nil {
+		checkAgent(t, objs, ds)
+	}
+	if dep != nil {
+		checkAggregator(t, objs, dep)
+	}
+	checkCertificates(t, objs)
+}
+
+// TestHelmNodePort: expose.type NodePort renders what LoadBalancer renders
+// but for the external Service's type (and the LoadBalancer-only source
+// ranges, which the NetworkPolicy still applies); a spoke dialling a node
+// port gets an egress rule for that port.
+func TestHelmNodePort(t *testing.T) {
+	helm := helmBinary(t)
+	shapes := helmShapes(t)
+	lb := helmTemplate(t, helm, shapes["hub"])
+	np := helmTemplate(t, helm, shapes["hub"], "--set", "expose.type=NodePort,expose.nodePort=31443")
+	checkRendered(t, np)
+
+	svc := find(np, "Service", "tokenwatch-aggregator-external")
+	if svc == nil {
+		t.Fatal("no Service tokenwatch-aggregator-external")
+	}
+	if got := svc.path("spec", "type"); got != "NodePort" {
+		t.Errorf("%s: type %v, want NodePort", svc, got)
+	}
+	if got := svc.path("spec", "externalTrafficPolicy"); got != "Local" {
+		t.Errorf("%s: externalTrafficPolicy %v, want Local (the NetworkPolicy's ipBlocks need the agents' addresses)", svc, got)
+	}
+	if got := svc.path("spec", "loadBalancerSourceRanges"); got != nil {
+		t.Errorf("%s: loadBalancerSourceRanges %v on a NodePort", svc, got)
+	}
+	ports, _ := svc.path("spec", "ports").([]any)
+	if len(ports) != 1 || object(ports[0].(map[string]any)).path("nodePort") != float64(31443) {
+		t.Errorf("%s: ports %v, want one with nodePort 31443", svc, ports)
+	}
+	// Otherwise the same objects.
+	strip := func(objs []object) []object {
+		var out []object
+		for _, o := range objs {
+			o = deepCopy(t, o)
+			if o.kind() == "Service" && o.name() == "tokenwatch-aggregator-external" {
+				spec := o["spec"].(map[string]any)
+				delete(spec, "type")
+				delete(spec, "loadBalancerSourceRanges")
+				for _, p := range spec["ports"].([]any) {
+					delete(p.(map[string]any), "nodePort")
+				}
+			}
+			out = append(out, o)
+		}
+		return out
+	}
+	sameSubstance(t, strip(lb), strip(np))
+
+	spoke := helmTemplate(t, helm, shapes["spoke"], "--set", "agent.aggregator=192.0.2.10:31443")
+	checkRendered(t, spoke) // the agent's egress must allow the --aggregator port
+}
+
+// deepCopy returns o through JSON: numbers become float64 whichever decoder
+// produced them, so that renders by kustomize and by helm compare.
+func deepCopy(t *testing.T, o object) object {
+	t.Helper()
+	data, err := json.Marshal(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c object
+	if err := json.Unmarshal(data, &c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// sameSubstance compares a kustomize render with a helm render: the same
+// kinds and names; the kustomize labels present in helm's; and every field
+// but metadata labels and annotations and the pod template's annotations
+// equal, after kustomize's generated names (name-hash suffixes) are mapped to
+// the plain names the chart uses.
+func sameSubstance(t *testing.T, kust, helm []object) {
+	t.Helper()
+	helmNames := map[string]bool{}
+	for _, o := range helm {
+		helmNames[o.kind()+"/"+o.name()] = true
+	}
+	// kustomize's ConfigMap generator names carry a hash: name-<hash>.
+	rename := map[string]string{}
+	for _, o := range kust {
+		if i := strings.LastIndex(o.name(), "-"); o.kind() == "ConfigMap" && i > 0 && helmNames["ConfigMap/"+o.name()[:i]] {
+			rename[o.name()] = o.name()[:i]
+		}
+	}
+	index := func(objs []object, rename map[string]string) map[string]object {
+		m := map[string]object{}
+		for _, o := range objs {
+			o = renameStrings(deepCopy(t, o), rename).(object)
+			m[o.kind()+"/"+o.name()] = o
+		}
+		return m
+	}
+	k, h := index(kust, rename), index(helm, nil)
+	for _, key := range sortedObjectKeys(k) {
+		if h[key] == nil {
+			t.Errorf("%s: rendered by kustomize, not by helm", key)
+		}
+	}
+	for _, key := range sortedObjectKeys(h) {
+		ko, ho := k[key], h[key]
+		if ko == nil {
+			t.Errorf("%s: rendered by helm, not by kustomize", key)
+			continue
+		}
+		for _, p := range [][]string{{"metadata"}, {"spec", "template", "metadata"}} {
+			kl, _ := ko.path(append(p, "labels")...).(map[string]any)
+			hl, _ := ho.path(append(p, "labels")...).(map[string]any)
+			for name, v := range kl {
+				if hl[name] != v {
+					t.Errorf("%s: %s.labels[%s] = %v, kustomize has %v", key, strings.Join(p, "."), name, hl[name], v)
+				}
+			}
+			for _, o := range []object{ko, ho} {
+				if m, ok := o.path(p...).(map[string]any); ok {
+					delete(m, "labels")
+					delete(m, "annotations")
+					if p[0] == "spec" && len(m) == 0 {
+						delete(o.path("spec", "template").(map[string]any), "metadata")
+					}
+				}
+			}
+		}
+		for _, d := range jsonDiff("", map[string]any(ko), map[string]any(ho)) {
+			t.Errorf("%s: %s", key, d)
+		}
+	}
+}
+
+func sortedObjectKeys(m map[string]object) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// renameStrings replaces every string value of v found in rename.
+func renameStrings(v any, rename map[string]string) any {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, e := range v {
+			v[k] = renameStrings(e, rename)
+		}
+	case object:
+		return object(renameStrings(map[string]any(v), rename).(map[string]any))
+	case []any:
+		for i, e := range v {
+			v[i] = renameStrings(e, rename)
+		}
+	case string:
+		if r, ok := rename[v]; ok {
+			return r
+		}
+	}
+	return v
+}
+
+// jsonDiff lists where two decoded JSON values differ, by path.
+func jsonDiff(path string, kust, helm any) []string {
+	km, kok := kust.(map[string]any)
+	hm, hok := helm.(map[string]any)
+	if kok && hok {
+		keys := map[string]bool{}
+		for k := range km {
+			keys[k] = true
+		}
+		for k := range hm {
+			keys[k] = true
+		}
+		var diffs []string
+		names := make([]string, 0, len(keys))
+		for k := range keys {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			diffs = append(diffs, jsonDiff(path+"."+k, km[k], hm[k])...)
+		}
+		return diffs
+	}
+	ka, kok := kust.([]any)
+	ha, hok := helm.([]any)
+	if kok && hok && len(ka) == len(ha) {
+		var diffs []string
+		for i := range ka {
+			diffs = append(diffs, jsonDiff(fmt.Sprintf("%s[%d]", path, i), ka[i], ha[i])...)
+		}
+		return diffs
+	}
+	if !reflect.DeepEqual(kust, helm) {
+		k, _ := json.Marshal(kust)
+		h, _ := json.Marshal(helm)
+		return []string{fmt.Sprintf("%s: helm has %s, kustomize %s", path, h, k)}
+	}
+	return nil
+}
