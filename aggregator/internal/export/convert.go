@@ -57,8 +57,19 @@ func attrs(in []alert.Attr) []attribute.KeyValue {
 	return out
 }
 
+// bounded is r within alert's bounds (alert.Bounded): the state store
+// bounds what it stores, but records outboxed before its schema 4 were not.
+// r itself is not modified.
+func bounded(r *alert.Record) *alert.Record {
+	if b, changed := alert.Bounded(*r); changed {
+		return &b
+	}
+	return r
+}
+
 // apiRecord builds the logs API record for r.
 func apiRecord(r *alert.Record, observed time.Time) log.Record {
+	r = bounded(r)
 	var lr log.Record
 	ts, clamped := timestamp(r.Time)
 	lr.SetEventName(r.EventName)
@@ -111,6 +122,7 @@ func unixNano(t time.Time) uint64 {
 // protoRecord builds the OTLP record for r, field for field what the SDK and
 // otlploggrpc produce.
 func protoRecord(r *alert.Record, observed time.Time) *logspb.LogRecord {
+	r = bounded(r)
 	ts, clamped := timestamp(r.Time)
 	kvs := attrs(r.Attrs)
 	if clamped {
