@@ -101,7 +101,7 @@ func Bound(e *Event) {
 
 // mergeMarks returns the sorted union of a and b.
 func mergeMarks(a, b []string) []string {
-	if len(b) == 0 {
+	if len(a)+len(b) == 0 {
 		return a
 	}
 	m := append(slices.Clone(a), b...)

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -378,6 +379,47 @@ func TestOversizedEventsAlertWithActor(t *testing.T) {
 		"padded":    "mallory-padded requestObject.spec.audiences",
 		"annotated": "mallory-annotated annotations",
 		"agent":     "mallory-agent userAgent",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("events sent (-want +got):\n%s", diff)
+	}
+}
+
+// TestOverLongLineAlertsWithActor: a token create on a line over the
+// follower's 16 MiB bound, and one with a field of the wrong JSON type, are
+// sent with their actor and target and marked; the over-long lines are
+// still reported.
+func TestOverLongLineAlertsWithActor(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "audit.log")
+	pad := strings.Repeat("p", 17<<20)
+	long := strings.Replace(tokenLine("long"), `"user":{"username":"alice"`, `"user":{"username":"mallory"`, 1)
+	long = strings.Replace(long, `"sourceIPs"`, `"annotations":{"x":"`+pad+`"},"sourceIPs"`, 1)
+	other := `{"verb":"create","objectRef":{"resource":"configmaps"},"requestObject":{"data":"` + pad + `"}}` + "\n"
+	typed := strings.Replace(tokenLine("typed"), `"code":201`, `"code":"201"`, 1)
+	appendFile(t, logPath, tokenLine("a1")+long+other+typed+tokenLine("a2"))
+	agg, addr := newAggregator(t, false)
+	cfg := config(logPath, addr, "")
+	cfg.Once = true
+	if err := Run(context.Background(), cfg); err != nil {
+		t.Fatalf("Run --once = %v", err)
+	}
+	all := agg.waitEvents(t, 6)
+	slices.Sort(all)
+	if want := []string{"a1", "a2", "long", "loss:line_too_long", "loss:line_too_long", "typed"}; !cmp.Equal(all, want) {
+		t.Errorf("aggregator received %v, want %v", all, want)
+	}
+	got := map[string]string{}
+	for _, e := range agg.tokenEvents() {
+		if e.GetObjectRef().GetName() != "app" || e.GetObjectRef().GetNamespace() != "team-a" {
+			t.Errorf("event %s: target %v", e.GetAuditId(), e.GetObjectRef())
+		}
+		got[e.GetAuditId()] = fmt.Sprint(e.GetUser().GetUsername(), e.GetTruncated(), e.GetMalformedFields())
+	}
+	want := map[string]string{
+		"a1": "alice[] []", "a2": "alice[] []",
+		"long":  "mallory[annotations] []",
+		"typed": "alice[] [responseStatus.code]",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("events sent (-want +got):\n%s", diff)

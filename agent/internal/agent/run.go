@@ -174,6 +174,9 @@ func Run(ctx context.Context, cfg Config) error {
 		<-followDone
 		runErr = serr
 	}
+	if p.long != nil { // the follower stopped inside an over-long line
+		p.long.Close()
+	}
 	if errors.Is(runErr, context.Canceled) {
 		runErr = nil
 	}
@@ -237,6 +240,7 @@ type pipeline struct {
 	filter    prefilter.Filter
 	matches   []prefilter.Match
 	events    []*tokenwatchv1.TokenEvent
+	long      *audit.Extractor // the over-long line being read, if any
 
 	mu       sync.Mutex
 	acked    *follow.Position // newest acknowledged; nil before the first
@@ -245,7 +249,7 @@ type pipeline struct {
 	saveMu   sync.Mutex // one Save at a time
 }
 
-var _ follow.Handler = (*pipeline)(nil)
+var _ follow.LongLineHandler = (*pipeline)(nil)
 
 // Block finds the token creates of b and queues them with b's end as mark:
 // once they (and everything before) are acknowledged, the checkpoint may
@@ -325,9 +329,64 @@ func (p *pipeline) convert(ev *audit.Event, file string, off uint64) (*tokenwatc
 	return e, nil
 }
 
+// LongLine feeds a line longer than the follower's bound to an extractor,
+// which keeps only the event's fields, bounded; Loss finishes it.
+func (p *pipeline) LongLine(_ context.Context, piece []byte, start bool) error {
+	if start {
+		if p.long != nil {
+			p.long.Close()
+		}
+		p.long = audit.NewExtractor()
+	}
+	if p.long != nil {
+		p.long.Write(piece)
+	}
+	return nil
+}
+
+// longLine finishes the extraction of an over-long line: a token create on
+// it is sent bounded, and l then reports only the bytes not kept.
+func (p *pipeline) longLine(l *follow.Loss) *tokenwatchv1.TokenEvent {
+	x := p.long
+	p.long = nil
+	if x == nil {
+		return nil
+	}
+	defer x.Close()
+	if l.Reason != follow.ReasonLineTooLong || !l.Whole {
+		return nil
+	}
+	ev, kept, err := x.Finish()
+	switch {
+	case err != nil:
+		l.Detail += "; not a JSON object"
+		return nil
+	case !ev.IsTokenCreate():
+		l.Detail += "; not a token create"
+		return nil
+	}
+	p.m.Matches.Inc()
+	if len(ev.Malformed) > 0 {
+		p.m.Marked.WithLabelValues(markMalformed).Inc()
+	}
+	e, loss := p.convert(ev, l.File, uint64(max(l.Offset, 0)))
+	if loss != nil {
+		return nil
+	}
+	l.Detail = fmt.Sprintf("line of %d bytes, over the line bound: its token create was sent with its fields bounded (%d bytes kept)", l.Bytes, kept)
+	l.Bytes = max(0, l.Bytes-int64(kept))
+	l.Lines = 0
+	return e
+}
+
 // Loss reports data the follower could not deliver; it travels to the
-// aggregator like an event.
+// aggregator like an event. An over-long line holding a token create
+// travels as that event, bounded, with the loss of the bytes not kept.
 func (p *pipeline) Loss(ctx context.Context, l follow.Loss) error {
+	var events []*tokenwatchv1.TokenEvent
+	if e := p.longLine(&l); e != nil {
+		events = append(events, e)
+	}
 	p.m.Losses.WithLabelValues(l.Reason).Inc()
 	p.log.Warn("audit data lost", "reason", l.Reason, "file", l.File, "offset", l.Offset,
 		"bytes", l.Bytes, "bytes_known", l.BytesKnown, "lines", l.Lines, "lines_known", l.LinesKnown, "detail", l.Detail)
@@ -338,7 +397,7 @@ func (p *pipeline) Loss(ctx context.Context, l follow.Loss) error {
 		Offset:   uint64(max(l.Offset, 0)),
 		Observed: timestamppb.Now(),
 	}
-	return p.snd.Enqueue(ctx, nil, []*tokenwatchv1.LossReport{r}, nil)
+	return p.snd.Enqueue(ctx, events, []*tokenwatchv1.LossReport{r}, nil)
 }
 
 // onAck is the sender's OnAck: marks arrive in order.

@@ -71,12 +71,25 @@ type Loss struct {
 	Offset, Bytes, Lines   int64
 	BytesKnown, LinesKnown bool
 	Detail                 string
+	// Whole: for ReasonLineTooLong, the whole line went to LongLine.
+	Whole bool
 }
 
 // Handler receives blocks and losses in file order, from Run's goroutine.
 type Handler interface {
 	Block(ctx context.Context, b Block) error // an error stops Run and is returned
 	Loss(ctx context.Context, l Loss) error
+}
+
+// LongLineHandler is a Handler that also sees the lines longer than
+// MaxLine, which are otherwise skipped: LongLine receives the bytes of such
+// a line in order, in pieces valid only during the call, start true on the
+// line's first piece. The Loss reporting the line (ReasonLineTooLong)
+// follows, with Whole true when every byte of the line up to its newline
+// went to LongLine.
+type LongLineHandler interface {
+	Handler
+	LongLine(ctx context.Context, piece []byte, start bool) error
 }
 
 // Config configures a Follower.

@@ -597,7 +597,9 @@ func (f *Follower) drain(ctx context.Context, h Handler, cur *source) error {
 			return err
 		}
 		if f.n == len(f.buf) {
-			f.full(cur)
+			if err := f.full(ctx, h, cur); err != nil {
+				return err
+			}
 		}
 		k, err := cur.r.Read(f.buf[f.n:])
 		if k > 0 && cur.live && cur.zr == nil && cur.id.FPLen > 0 {
@@ -632,21 +634,29 @@ func (f *Follower) drain(ctx context.Context, h Handler, cur *source) error {
 }
 
 // full makes room when the buffer holds part of one line only: it grows up
-// to MaxLine+1 bytes, after which the line is skipped.
-func (f *Follower) full(cur *source) {
+// to MaxLine+1 bytes, after which the line is skipped (handed to a
+// LongLineHandler as it goes).
+func (f *Follower) full(ctx context.Context, h Handler, cur *source) error {
 	limit := f.cfg.MaxLine + 1
 	if !f.skipping && len(f.buf) < limit {
 		nb := make([]byte, min(2*len(f.buf), limit))
 		copy(nb, f.buf[:f.n])
 		f.buf = nb
-		return
+		return nil
 	}
-	if !f.skipping {
+	start := !f.skipping
+	if start {
 		f.skipping, f.skipFrom, f.skipBytes = true, cur.off, 0
+	}
+	if lh, ok := h.(LongLineHandler); ok {
+		if err := lh.LongLine(ctx, f.buf[:f.n], start); err != nil {
+			return handlerError{err}
+		}
 	}
 	f.skipBytes += int64(f.n)
 	cur.off += int64(f.n)
 	f.n = 0
+	return nil
 }
 
 // emit hands out the whole lines in the buffer.
@@ -659,6 +669,12 @@ func (f *Follower) emit(ctx context.Context, h Handler, cur *source) error {
 		l := Loss{Reason: ReasonLineTooLong, File: cur.path, Offset: f.skipFrom, Bytes: f.skipBytes + int64(i) + 1,
 			Lines: 1, BytesKnown: true, LinesKnown: true,
 			Detail: fmt.Sprintf("line longer than %d bytes skipped", f.cfg.MaxLine)}
+		if lh, ok := h.(LongLineHandler); ok {
+			if err := lh.LongLine(ctx, f.buf[:i], false); err != nil {
+				return handlerError{err}
+			}
+			l.Whole = true
+		}
 		f.consume(cur, i+1)
 		f.skipping, f.skipBytes = false, 0
 		f.updateStats(func(s *Stats) { s.LinesTooLong++ })

@@ -1,0 +1,777 @@
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"hash"
+	"iter"
+	"slices"
+	"strings"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// Extractor reads one audit log line handed over in pieces, however long,
+// in bounded memory, and gives the event Decode and then Bound would give:
+// it keeps only the fields Event holds, each cut to its bound as it
+// streams by (strings to a prefix, their length and SHA-256; lists and
+// maps to the entries Bound can keep), and skips every other value without
+// storing it. Use NewExtractor, Write the line's bytes in order, then
+// Finish; Close releases it early.
+type Extractor struct {
+	in   []byte
+	eof  bool
+	next func() (struct{}, bool)
+	stop func()
+	done bool
+	res  []byte   // the reduced line: every field kept, bounded
+	cut  []string // fields whose kept value was cut
+	err  error
+	h    hash.Hash
+}
+
+// NewExtractor returns an Extractor for one line.
+func NewExtractor() *Extractor {
+	x := &Extractor{h: sha256.New()}
+	x.next, x.stop = iter.Pull(x.run)
+	return x
+}
+
+// Write hands over the next bytes of the line; p is not kept.
+func (x *Extractor) Write(p []byte) {
+	if x.done || len(p) == 0 {
+		return
+	}
+	x.in = p
+	if _, ok := x.next(); !ok {
+		x.done = true
+	}
+	x.in = nil
+}
+
+// Finish ends the line and returns its event, Bound applied, with the
+// number of bytes of the reduced line it was decoded from. The error is
+// Decode's for a line that is not one JSON object.
+func (x *Extractor) Finish() (*Event, int, error) {
+	x.eof = true
+	if !x.done {
+		x.next()
+		x.done = true
+	}
+	x.stop()
+	if x.err != nil {
+		return nil, 0, x.err
+	}
+	e, err := Decode(x.res)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, m := range x.cut {
+		if slices.Contains(e.Malformed, m) || (e.RequestObject == nil && strings.HasPrefix(m, "requestObject.")) {
+			continue
+		}
+		e.Truncated = append(e.Truncated, m)
+	}
+	Bound(e)
+	return e, len(x.res), nil
+}
+
+// Close releases the Extractor; it is safe after Finish and twice.
+func (x *Extractor) Close() {
+	x.done = true
+	x.stop()
+}
+
+// errStopped unwinds the parser when the Extractor is closed early.
+var errStopped = errors.New("extractor closed")
+
+type syntaxError struct{ msg string }
+
+func (x *Extractor) run(yield func(struct{}) bool) {
+	p := &parser{x: x, yield: yield}
+	defer func() {
+		if r := recover(); r != nil {
+			switch err := r.(type) {
+			case syntaxError:
+				x.err = errors.New("decode audit event: " + err.msg)
+			case error:
+				if err != errStopped {
+					panic(r)
+				}
+			default:
+				panic(r)
+			}
+		}
+	}()
+	p.ws()
+	c, ok := p.peek()
+	if !ok {
+		x.err = errors.New("decode audit event: empty line")
+		return
+	}
+	if c != '{' {
+		x.err = errors.New("decode audit event: not a JSON object")
+		return
+	}
+	p.pos++
+	frag, cut := p.object(topSchema, "")
+	p.ws()
+	if _, ok := p.peek(); ok {
+		p.fail("invalid character after top-level value")
+	}
+	x.res, x.cut = frag, cut
+}
+
+// Kinds of the fields Event holds.
+const (
+	kString = iota
+	kInt
+	kObject
+	kList     // of strings, the first entries kept
+	kListLast // of strings, the last entries kept
+	kStringMap
+	kListMap
+)
+
+type field struct {
+	name string
+	kind int
+	max  int
+	obj  []field
+}
+
+var userSchema = []field{
+	{name: "username", max: MaxIdentity}, {name: "uid", max: MaxIdentity},
+	{name: "groups", kind: kList}, {name: "extra", kind: kListMap},
+}
+
+var topSchema = []field{
+	{name: "level", max: MaxString}, {name: "auditID", max: MaxString}, {name: "stage", max: MaxString},
+	{name: "requestURI", max: MaxString}, {name: "verb", max: MaxString},
+	{name: "user", kind: kObject, obj: userSchema}, {name: "impersonatedUser", kind: kObject, obj: userSchema},
+	{name: "sourceIPs", kind: kListLast}, {name: "userAgent", max: MaxString},
+	{name: "objectRef", kind: kObject, obj: strings7("resource", "namespace", "name", "uid", "apiGroup", "apiVersion", "subresource")},
+	{name: "responseStatus", kind: kObject, obj: append(strings7("status", "message", "reason"), field{name: "code", kind: kInt})},
+	{name: "requestObject", kind: kObject, obj: []field{{name: "spec", kind: kObject, obj: []field{
+		{name: "audiences", kind: kList}, {name: "expirationSeconds", kind: kInt},
+		{name: "boundObjectRef", kind: kObject, obj: strings7("kind", "apiVersion", "name", "uid")},
+	}}}},
+	{name: "requestReceivedTimestamp", max: MaxString}, {name: "stageTimestamp", max: MaxString},
+	{name: "annotations", kind: kStringMap},
+}
+
+func strings7(names ...string) []field {
+	f := make([]field, len(names))
+	for i, n := range names {
+		f[i] = field{name: n, max: MaxString}
+	}
+	return f
+}
+
+// maxDepth is encoding/json's nesting limit.
+const maxDepth = 10000
+
+type parser struct {
+	x     *Extractor
+	yield func(struct{}) bool
+	pos   int
+	depth int
+}
+
+func (p *parser) fail(msg string) { panic(syntaxError{msg}) }
+
+// peek returns the next byte without consuming it; false at the line's end.
+func (p *parser) peek() (byte, bool) {
+	for p.pos >= len(p.x.in) {
+		if p.x.eof {
+			return 0, false
+		}
+		p.pos = 0
+		p.x.in = nil
+		if !p.yield(struct{}{}) {
+			panic(errStopped)
+		}
+	}
+	return p.x.in[p.pos], true
+}
+
+func (p *parser) byte() byte {
+	c, ok := p.peek()
+	if !ok {
+		p.fail("unexpected end of JSON input")
+	}
+	p.pos++
+	return c
+}
+
+func (p *parser) ws() {
+	for {
+		c, ok := p.peek()
+		if !ok || (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+			return
+		}
+		p.pos++
+	}
+}
+
+func (p *parser) expect(want byte) {
+	p.ws()
+	if p.byte() != want {
+		p.fail("invalid character, want " + string(want))
+	}
+}
+
+func (p *parser) push() {
+	p.depth++
+	if p.depth > maxDepth {
+		p.fail("exceeded max depth")
+	}
+}
+
+// str reads a string after its opening quote, keeping at most max decoded
+// bytes: the result is Cut's for the whole string, and whether it was cut.
+// max 0 keeps nothing (a skipped value).
+func (p *parser) str(max int) (string, bool) {
+	var keep []byte
+	total := 0
+	hashing := false
+	out := func(b []byte) {
+		if total+len(b) > max && !hashing && max > 0 {
+			hashing = true
+			p.x.h.Reset()
+			p.x.h.Write(keep)
+		}
+		if hashing {
+			p.x.h.Write(b)
+		}
+		if room := max - len(keep); room > 0 {
+			keep = append(keep, b[:min(room, len(b))]...)
+		}
+		total += len(b)
+	}
+	var rb [utf8.UTFMax]byte
+	emit := func(r rune) { out(rb[:utf8.EncodeRune(rb[:], r)]) }
+	surrogate := rune(-1)
+	for {
+		// Fast run of plain ASCII bytes within the current piece.
+		if p.pos < len(p.x.in) && surrogate < 0 {
+			in := p.x.in[p.pos:]
+			n := 0
+			for n < len(in) && in[n] >= 0x20 && in[n] < 0x80 && in[n] != '"' && in[n] != '\\' {
+				n++
+			}
+			if n > 0 {
+				if max > 0 {
+					out(in[:n])
+				}
+				p.pos += n
+				continue
+			}
+		}
+		c := p.byte()
+		if surrogate >= 0 && c != '\\' {
+			emit(utf8.RuneError)
+			surrogate = -1
+		}
+		switch {
+		case c == '"':
+			if max > 0 {
+				if total <= max {
+					return string(keep), false
+				}
+				return cutSum(string(keep), total, p.x.h.Sum(nil), max), true
+			}
+			return "", false
+		case c < 0x20:
+			p.fail("invalid character in string literal")
+		case c == '\\':
+			e := p.byte()
+			if e != 'u' && surrogate >= 0 {
+				emit(utf8.RuneError)
+				surrogate = -1
+			}
+			switch e {
+			case '"', '\\', '/':
+				out([]byte{e})
+			case 'b':
+				out([]byte{'\b'})
+			case 'f':
+				out([]byte{'\f'})
+			case 'n':
+				out([]byte{'\n'})
+			case 'r':
+				out([]byte{'\r'})
+			case 't':
+				out([]byte{'\t'})
+			case 'u':
+				r := p.hex4()
+				if surrogate >= 0 {
+					if d := utf16.DecodeRune(surrogate, r); d != utf8.RuneError {
+						emit(d)
+						surrogate = -1
+						continue
+					}
+					emit(utf8.RuneError)
+					surrogate = -1
+				}
+				if utf16.IsSurrogate(r) {
+					surrogate = r
+				} else {
+					emit(r)
+				}
+			default:
+				p.fail("invalid escape in string literal")
+			}
+		case c < 0x80:
+			out([]byte{c})
+		default:
+			// Collect the continuation bytes and decode as encoding/json
+			// does: each invalid byte becomes U+FFFD.
+			seq := []byte{c}
+			for len(seq) < utf8.UTFMax {
+				n, ok := p.peek()
+				if !ok || n < 0x80 || n > 0xBF {
+					break
+				}
+				seq = append(seq, n)
+				p.pos++
+			}
+			for len(seq) > 0 {
+				r, size := utf8.DecodeRune(seq)
+				if r == utf8.RuneError && size == 1 {
+					emit(utf8.RuneError)
+				} else {
+					out(seq[:size])
+				}
+				seq = seq[size:]
+			}
+		}
+	}
+}
+
+func (p *parser) hex4() rune {
+	var r rune
+	for range 4 {
+		c := p.byte()
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c -= 'a' - 10
+		case 'A' <= c && c <= 'F':
+			c -= 'A' - 10
+		default:
+			p.fail("invalid character in \\u escape")
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
+}
+
+// number reads a number literal, keeping its first 32 bytes.
+func (p *parser) number() []byte {
+	var lit []byte
+	take := func() byte {
+		c := p.byte()
+		if len(lit) < 32 {
+			lit = append(lit, c)
+		}
+		return c
+	}
+	digits := func() int {
+		n := 0
+		for {
+			c, ok := p.peek()
+			if !ok || c < '0' || c > '9' {
+				return n
+			}
+			take()
+			n++
+		}
+	}
+	if c, _ := p.peek(); c == '-' {
+		take()
+	}
+	if c, ok := p.peek(); ok && c == '0' {
+		take()
+	} else if digits() == 0 {
+		p.fail("invalid character in numeric literal")
+	}
+	if c, ok := p.peek(); ok && c == '.' {
+		take()
+		if digits() == 0 {
+			p.fail("invalid character after decimal point")
+		}
+	}
+	if c, ok := p.peek(); ok && (c == 'e' || c == 'E') {
+		take()
+		if c, ok := p.peek(); ok && (c == '+' || c == '-') {
+			take()
+		}
+		if digits() == 0 {
+			p.fail("invalid character in exponent")
+		}
+	}
+	return lit
+}
+
+func (p *parser) literal(word string) {
+	for i := 1; i < len(word); i++ {
+		if p.byte() != word[i] {
+			p.fail("invalid literal")
+		}
+	}
+}
+
+// skip reads and drops any value, returning a placeholder of its JSON type.
+func (p *parser) skip() []byte {
+	p.ws()
+	c, ok := p.peek()
+	if !ok {
+		p.fail("unexpected end of JSON input")
+	}
+	switch {
+	case c == '"':
+		p.pos++
+		p.str(0)
+		return []byte(`""`)
+	case c == '{':
+		p.pos++
+		p.push()
+		p.ws()
+		if c, _ := p.peek(); c == '}' {
+			p.pos++
+		} else {
+			for {
+				p.expect('"')
+				p.str(0)
+				p.expect(':')
+				p.skip()
+				p.ws()
+				if c := p.byte(); c == '}' {
+					break
+				} else if c != ',' {
+					p.fail("invalid character after object key:value pair")
+				}
+			}
+		}
+		p.depth--
+		return []byte("{}")
+	case c == '[':
+		p.pos++
+		p.push()
+		p.ws()
+		if c, _ := p.peek(); c == ']' {
+			p.pos++
+		} else {
+			for {
+				p.skip()
+				p.ws()
+				if c := p.byte(); c == ']' {
+					break
+				} else if c != ',' {
+					p.fail("invalid character after array element")
+				}
+			}
+		}
+		p.depth--
+		return []byte("[]")
+	case c == 't':
+		p.pos++
+		p.literal("true")
+		return []byte("false")
+	case c == 'f':
+		p.pos++
+		p.literal("false")
+		return []byte("false")
+	case c == 'n':
+		p.pos++
+		p.literal("null")
+		return []byte("null")
+	case c == '-' || ('0' <= c && c <= '9'):
+		p.number()
+		return []byte("0")
+	}
+	p.fail("invalid character looking for beginning of value")
+	return nil
+}
+
+func quote(s string) []byte {
+	b, _ := json.Marshal(s)
+	return b
+}
+
+// object reads the members of an object of schema fs after its '{': the
+// last occurrence of each known key, bounded; unknown keys are skipped.
+func (p *parser) object(fs []field, path string) ([]byte, []string) {
+	p.push()
+	vals := make([][]byte, len(fs))
+	cuts := make([][]string, len(fs))
+	p.ws()
+	if c, _ := p.peek(); c == '}' {
+		p.pos++
+	} else {
+		for {
+			p.expect('"')
+			key, long := p.str(64)
+			p.expect(':')
+			i := -1
+			if !long {
+				i = slices.IndexFunc(fs, func(f field) bool { return f.name == key })
+			}
+			if i < 0 {
+				p.skip()
+			} else {
+				vals[i], cuts[i] = p.value(fs[i], path+fs[i].name)
+			}
+			p.ws()
+			c := p.byte()
+			if c == '}' {
+				break
+			}
+			if c != ',' {
+				p.fail("invalid character after object key:value pair")
+			}
+		}
+	}
+	p.depth--
+	out := []byte{'{'}
+	var cut []string
+	for i, v := range vals {
+		if v == nil {
+			continue
+		}
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = append(append(append(out, quote(fs[i].name)...), ':'), v...)
+		cut = append(cut, cuts[i]...)
+	}
+	return append(out, '}'), cut
+}
+
+// value reads the value of a known field.
+func (p *parser) value(f field, path string) ([]byte, []string) {
+	p.ws()
+	c, ok := p.peek()
+	if !ok {
+		p.fail("unexpected end of JSON input")
+	}
+	if c == 'n' {
+		return p.skip(), nil
+	}
+	var mark []string
+	if f.kind == kObject && c == '{' {
+		p.pos++
+		return p.object(f.obj, path+".")
+	}
+	switch {
+	case f.kind == kString && c == '"':
+		p.pos++
+		s, cut := p.str(f.max)
+		if cut {
+			mark = []string{path}
+		}
+		return quote(s), mark
+	case f.kind == kInt && (c == '-' || ('0' <= c && c <= '9')):
+		lit := p.number()
+		if len(lit) > 24 {
+			return []byte("0.5"), nil // no integer: the field is malformed
+		}
+		return lit, nil
+	case (f.kind == kList || f.kind == kListLast) && c == '[':
+		p.pos++
+		l, bad, cut := p.list(f.kind == kListLast)
+		if cut {
+			mark = []string{path}
+		}
+		return listJSON(l, bad), mark
+	case (f.kind == kStringMap || f.kind == kListMap) && c == '{':
+		p.pos++
+		out, cut := p.mapping(f.kind == kListMap)
+		if cut {
+			mark = []string{path}
+		}
+		return out, mark
+	}
+	// The wrong JSON type: a placeholder of that type keeps it malformed.
+	if f.kind == kString && c != '"' {
+		return p.skip(), nil
+	}
+	ph := p.skip()
+	if string(ph) == "0" {
+		ph = []byte(`""`) // a number where none is expected
+	}
+	return ph, nil
+}
+
+func listJSON(l []string, bad bool) []byte {
+	out := []byte{'['}
+	for i, s := range l {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, quote(s)...)
+	}
+	if bad {
+		if len(l) > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, '0')
+	}
+	return append(out, ']')
+}
+
+// list reads an array of strings after its '[', keeping MaxEntries+1 of
+// its entries (the first, or the last), each cut to MaxEntry: enough for
+// Bound to decide as it would on the whole list. bad reports an entry of
+// another type than string or null.
+func (p *parser) list(last bool) (l []string, bad, cut bool) {
+	p.push()
+	var cuts []bool
+	p.ws()
+	if c, _ := p.peek(); c == ']' {
+		p.pos++
+		p.depth--
+		return []string{}, false, false
+	}
+	for {
+		p.ws()
+		c, ok := p.peek()
+		if !ok {
+			p.fail("unexpected end of JSON input")
+		}
+		keep := last || len(l) <= MaxEntries
+		switch {
+		case c == '"' && keep:
+			p.pos++
+			s, ct := p.str(MaxEntry)
+			l, cuts = append(l, s), append(cuts, ct)
+		case c == 'n' && keep:
+			p.skip()
+			l, cuts = append(l, ""), append(cuts, false)
+		case c == '"' || c == 'n':
+			p.skip()
+		default:
+			p.skip()
+			bad = true
+		}
+		if len(l) > MaxEntries+1 {
+			l, cuts = l[1:], cuts[1:]
+		}
+		p.ws()
+		if c := p.byte(); c == ']' {
+			break
+		} else if c != ',' {
+			p.fail("invalid character after array element")
+		}
+	}
+	p.depth--
+	return l, bad, slices.Contains(cuts, true)
+}
+
+type entry struct {
+	key  string
+	str  string
+	list []string
+	null bool
+	cut  bool
+}
+
+// mapping reads an object of strings (or of lists of strings, lists) after
+// its '{', keeping the MaxEntries+1 smallest keys (cut to MaxEntry), each
+// with its last value: enough for Bound to decide as it would on the whole
+// map.
+func (p *parser) mapping(lists bool) ([]byte, bool) {
+	p.push()
+	var kept []entry
+	bad := false
+	p.ws()
+	if c, _ := p.peek(); c == '}' {
+		p.pos++
+	} else {
+		for {
+			p.expect('"')
+			k, kcut := p.str(MaxEntry)
+			p.expect(':')
+			p.ws()
+			c, ok := p.peek()
+			if !ok {
+				p.fail("unexpected end of JSON input")
+			}
+			e := entry{key: k, cut: kcut}
+			switch {
+			case c == 'n':
+				p.skip()
+				e.null = true
+			case !lists && c == '"':
+				p.pos++
+				var vcut bool
+				e.str, vcut = p.str(MaxEntry)
+				e.cut = e.cut || vcut
+			case lists && c == '[':
+				p.pos++
+				var lbad, lcut bool
+				e.list, lbad, lcut = p.list(false)
+				bad = bad || lbad
+				e.cut = e.cut || lcut
+			default:
+				p.skip()
+				bad = true
+			}
+			kept = keepSmallest(kept, e)
+			p.ws()
+			c = p.byte()
+			if c == '}' {
+				break
+			}
+			if c != ',' {
+				p.fail("invalid character after object key:value pair")
+			}
+		}
+	}
+	p.depth--
+	out := []byte{'{'}
+	cut := false
+	for i, e := range kept {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(append(out, quote(e.key)...), ':')
+		switch {
+		case e.null:
+			out = append(out, "null"...)
+		case lists:
+			out = append(out, listJSON(e.list, false)...)
+		default:
+			out = append(out, quote(e.str)...)
+		}
+		cut = cut || e.cut
+	}
+	if bad {
+		if len(kept) > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, `"":0`...)
+	}
+	return append(out, '}'), cut
+}
+
+// keepSmallest adds e to kept, sorted by key: a key already there takes the
+// new value; at most MaxEntries+1 keys stay, the smallest.
+func keepSmallest(kept []entry, e entry) []entry {
+	i, found := slices.BinarySearchFunc(kept, e.key, func(a entry, k string) int { return strings.Compare(a.key, k) })
+	if found {
+		kept[i] = e
+		return kept
+	}
+	if i > MaxEntries {
+		return kept
+	}
+	kept = slices.Insert(kept, i, e)
+	if len(kept) > MaxEntries+1 {
+		kept = kept[:MaxEntries+1]
+	}
+	return kept
+}
