@@ -1,6 +1,8 @@
 package alert
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"slices"
 	"unicode/utf8"
 )
@@ -8,13 +10,14 @@ import (
 // Bounds of one record. Most of what a token_request record says comes from
 // the audit event, which the audited client controls in large part: the
 // apiserver logs an Audit-ID header of any length, a request body of up to
-// 3 MiB (spec.audiences), user extra, annotations. A record within these
-// bounds stores and exports whatever the event held; beyond them Bounded
-// cuts, never drops the record, and says what it cut.
+// 3 MiB (spec.audiences), user extra, annotations. The agent bounds events
+// already (audit.Bound); these bounds hold for every record whatever its
+// source. A record within them stores and exports whatever the event held;
+// beyond them Bounded cuts, never drops the record, and says what it cut.
 const (
 	// MaxValueBytes bounds one string value, or one element of a string
-	// array (kube-apiserver itself cuts user agents at 1,024 bytes).
-	MaxValueBytes = 4096
+	// array: the agent's bound of an event's string fields.
+	MaxValueBytes = 16 << 10
 	// MaxArrayItems bounds the elements of one string array.
 	MaxArrayItems = 64
 	// MaxKeyBytes bounds an attribute key (annotation and user extra keys
@@ -24,10 +27,10 @@ const (
 	// and counted in AttrDropped.
 	MaxAttrs = 128
 	// MaxBodyBytes bounds the body.
-	MaxBodyBytes = 4096
+	MaxBodyBytes = 16 << 10
 	// MaxRecordBytes is the budget of keys and values of a record: once it
 	// is spent, each further value keeps minValueBytes.
-	MaxRecordBytes = 64 << 10
+	MaxRecordBytes = 256 << 10
 	minValueBytes  = 256
 	// maxTruncatedItems bounds AttrTruncated: every attribute and the body.
 	maxTruncatedItems = MaxAttrs + 1
@@ -43,7 +46,7 @@ const (
 )
 
 // Bounded returns r within the bounds above, and whether it changed
-// anything. Strings are cut to a prefix (on a UTF-8 boundary), arrays to
+// anything. Strings are cut as the agent cuts them (see cut), arrays to
 // their first elements, attributes beyond MaxAttrs dropped; what was cut is
 // listed in AttrTruncated (merged with a list r already has) and
 // AttrDropped. The attributes come first in the order given, so the ones
@@ -167,15 +170,20 @@ func equalAttr(a, b Attr) bool {
 		a.Value.Int == b.Value.Int && a.Value.Bool == b.Value.Bool && slices.Equal(a.Value.Strings, b.Value.Strings)
 }
 
-// cut returns the longest prefix of s of at most n bytes that does not
-// split a UTF-8 sequence (it backs off at most 3 bytes, so invalid UTF-8
-// still keeps a prefix).
+// cut returns s within n bytes (n >= minValueBytes): s when it fits, else
+// a prefix ending at a character boundary followed by
+// "...[truncated N bytes sha256:H]", N the length of s and H the first 16
+// hex digits of its SHA-256, the form the agent's audit.Cut writes, so that
+// distinct long values stay distinct.
 func cut(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
+	sum := sha256.Sum256([]byte(s))
+	suffix := fmt.Sprintf("...[truncated %d bytes sha256:%x]", len(s), sum[:8])
+	n -= len(suffix)
 	for i := 0; i < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); i++ {
 		n--
 	}
-	return s[:n]
+	return s[:n] + suffix
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -33,7 +34,7 @@ func TestBounded(t *testing.T) {
 			true, []string{"kubernetes.audit.user.groups"}, 0},
 		{"long body", Record{Body: strings.Repeat("b", MaxBodyBytes+1), Attrs: actor()}, true, []string{"body"}, 0},
 		{"long key", Record{Attrs: append(actor(), String(strings.Repeat("k", MaxKeyBytes+1), "v"))},
-			true, []string{strings.Repeat("k", MaxKeyBytes)}, 0},
+			true, []string{cut(strings.Repeat("k", MaxKeyBytes+1), MaxKeyBytes)}, 0},
 		{"too many attributes", Record{Attrs: many}, true, nil, 2},
 		{"merges a list the record has", Record{Attrs: append(actor(), Strings(AttrTruncated, []string{"requestObject"}), String("x", strings.Repeat("x", MaxValueBytes+1)))},
 			true, []string{"requestObject", "x"}, 0},
@@ -105,21 +106,37 @@ func checkBounds(t *testing.T, r Record) {
 	}
 }
 
-func TestCutKeepsUTF8(t *testing.T) {
+func TestCut(t *testing.T) {
+	long := strings.Repeat("a", 300) + strings.Repeat("€", 100)
 	tests := []struct {
+		name string
 		give string
 		n    int
-		want string
+		want string // "" to check only the properties
 	}{
-		{"abc", 5, "abc"},
-		{"abc", 2, "ab"},
-		{"aü", 2, "a"},                        // ü is 2 bytes
-		{"a€", 3, "a"},                        // € is 3 bytes
-		{"a\x80\x80\x80\x80\x80", 5, "a\x80"}, // invalid: backs off at most 3 bytes
+		{"fits", "abc", 300, "abc"},
+		{"ascii", strings.Repeat("a", 400), 300, ""},
+		{"cut inside a character", long, 300, ""},
+		{"invalid UTF-8", strings.Repeat("\x80", 400), 300, ""},
 	}
 	for _, tt := range tests {
-		if got := cut(tt.give, tt.n); got != tt.want {
-			t.Errorf("cut(%q, %d) = %q, want %q", tt.give, tt.n, got, tt.want)
+		got := cut(tt.give, tt.n)
+		if tt.want != "" && got != tt.want {
+			t.Errorf("%s: cut = %q, want %q", tt.name, got, tt.want)
+		}
+		if len(got) > tt.n {
+			t.Errorf("%s: cut is %d bytes, want at most %d", tt.name, len(got), tt.n)
+		}
+		if len(tt.give) > tt.n {
+			if !strings.Contains(got, fmt.Sprintf("...[truncated %d bytes sha256:", len(tt.give))) {
+				t.Errorf("%s: cut = %q, want the truncation suffix", tt.name, got)
+			}
+			if utf8.ValidString(tt.give) && !utf8.ValidString(got) {
+				t.Errorf("%s: cut split a character", tt.name)
+			}
+			if other := cut(tt.give[:len(tt.give)-1]+"b", tt.n); other == got {
+				t.Errorf("%s: two long values cut alike", tt.name)
+			}
 		}
 	}
 }

@@ -101,7 +101,8 @@ func TestCommitBoundsRecords(t *testing.T) {
 	if !ok || !cmp.Equal(tr.Strings, want) {
 		t.Errorf("%s = %v, want %v", alert.AttrTruncated, tr.Strings, want)
 	}
-	if v, _ := got[0].Attr("kubernetes.audit.auditID"); len(v.Str) > alert.MaxValueBytes || !strings.HasPrefix(v.Str, "xxxx") {
+	if v, _ := got[0].Attr("kubernetes.audit.auditID"); len(v.Str) > alert.MaxValueBytes || !strings.HasPrefix(v.Str, "xxxx") ||
+		!strings.Contains(v.Str, "...[truncated 40004 bytes sha256:") {
 		t.Errorf("auditID kept %d bytes, want a prefix of at most %d", len(v.Str), alert.MaxValueBytes)
 	}
 }
