@@ -13,7 +13,10 @@ import (
 // new connection builds its TLS configuration afresh: the client certificate,
 // key and the CA bundle in caFile (system roots when empty) are re-read when
 // they changed on disk, and the server certificate is verified by crypto/tls
-// against the target's host name or IP address.
+// against the target's host name or IP address. After the handshake it
+// waits for the server's first bytes, so that a server refusing the client's
+// certificate (which TLS 1.3 reveals only then) fails the handshake with
+// ErrRejectedByServer and the server's alert rather than a later EOF.
 func ClientCredentials(certFile, keyFile, caFile string, logger *slog.Logger) (credentials.TransportCredentials, error) {
 	c, err := newClient(certFile, keyFile, caFile, logger)
 	if err != nil {
@@ -52,7 +55,15 @@ func (r *reloadingCreds) ClientHandshake(ctx context.Context, authority string, 
 	} else {
 		cfg.ServerName = authority
 	}
-	return credentials.NewTLS(cfg).ClientHandshake(ctx, authority, raw)
+	conn, info, err := credentials.NewTLS(cfg).ClientHandshake(ctx, authority, raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err = awaitServer(ctx, conn)
+	if err != nil {
+		return nil, nil, err
+	}
+	return conn, info, nil
 }
 
 func (r *reloadingCreds) Clone() credentials.TransportCredentials {
