@@ -31,6 +31,64 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// AuditFileState is the state of an agent's live audit log.
+type AuditFileState int32
+
+const (
+	// AUDIT_FILE_STATE_UNSPECIFIED: not reported (an agent older than the field).
+	AuditFileState_AUDIT_FILE_STATE_UNSPECIFIED AuditFileState = 0
+	// AUDIT_FILE_STATE_PRESENT: the file exists and opens for reading.
+	AuditFileState_AUDIT_FILE_STATE_PRESENT AuditFileState = 1
+	// AUDIT_FILE_STATE_ABSENT: no file at the path (or no such directory).
+	AuditFileState_AUDIT_FILE_STATE_ABSENT AuditFileState = 2
+	// AUDIT_FILE_STATE_UNREADABLE: the file exists but cannot be opened or
+	// examined (permissions, not a regular file, I/O error).
+	AuditFileState_AUDIT_FILE_STATE_UNREADABLE AuditFileState = 3
+)
+
+// Enum value maps for AuditFileState.
+var (
+	AuditFileState_name = map[int32]string{
+		0: "AUDIT_FILE_STATE_UNSPECIFIED",
+		1: "AUDIT_FILE_STATE_PRESENT",
+		2: "AUDIT_FILE_STATE_ABSENT",
+		3: "AUDIT_FILE_STATE_UNREADABLE",
+	}
+	AuditFileState_value = map[string]int32{
+		"AUDIT_FILE_STATE_UNSPECIFIED": 0,
+		"AUDIT_FILE_STATE_PRESENT":     1,
+		"AUDIT_FILE_STATE_ABSENT":      2,
+		"AUDIT_FILE_STATE_UNREADABLE":  3,
+	}
+)
+
+func (x AuditFileState) Enum() *AuditFileState {
+	p := new(AuditFileState)
+	*p = x
+	return p
+}
+
+func (x AuditFileState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AuditFileState) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenwatch_v1_stream_proto_enumTypes[0].Descriptor()
+}
+
+func (AuditFileState) Type() protoreflect.EnumType {
+	return &file_tokenwatch_v1_stream_proto_enumTypes[0]
+}
+
+func (x AuditFileState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AuditFileState.Descriptor instead.
+func (AuditFileState) EnumDescriptor() ([]byte, []int) {
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{0}
+}
+
 // StreamRequest is everything an agent sends on its stream.
 type StreamRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -500,7 +558,13 @@ type Heartbeat struct {
 	// LinesRead counts lines read since the agent started.
 	LinesRead uint64 `protobuf:"varint,7,opt,name=lines_read,json=linesRead,proto3" json:"lines_read,omitempty"`
 	// Unacked counts events sent and not yet acknowledged.
-	Unacked       uint64 `protobuf:"varint,8,opt,name=unacked,proto3" json:"unacked,omitempty"`
+	Unacked uint64 `protobuf:"varint,8,opt,name=unacked,proto3" json:"unacked,omitempty"`
+	// FileState is the state of the live audit log (the agent's --audit-log
+	// path) when the heartbeat was sent. Whether anything was read since the
+	// agent started is LastGrowth: absent until the first line is read.
+	FileState AuditFileState `protobuf:"varint,9,opt,name=file_state,json=fileState,proto3,enum=tokenwatch.v1.AuditFileState" json:"file_state,omitempty"`
+	// FileError says why the live audit log is absent or unreadable.
+	FileError     string `protobuf:"bytes,10,opt,name=file_error,json=fileError,proto3" json:"file_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -589,6 +653,20 @@ func (x *Heartbeat) GetUnacked() uint64 {
 		return x.Unacked
 	}
 	return 0
+}
+
+func (x *Heartbeat) GetFileState() AuditFileState {
+	if x != nil {
+		return x.FileState
+	}
+	return AuditFileState_AUDIT_FILE_STATE_UNSPECIFIED
+}
+
+func (x *Heartbeat) GetFileError() string {
+	if x != nil {
+		return x.FileError
+	}
+	return ""
 }
 
 // LossReport is audit data the agent could not deliver.
@@ -732,7 +810,8 @@ type TokenEvent struct {
 	RequestSpec *TokenRequestSpec `protobuf:"bytes,14,opt,name=request_spec,json=requestSpec,proto3" json:"request_spec,omitempty"`
 	// Level is the audit level the event was logged at.
 	Level string `protobuf:"bytes,15,opt,name=level,proto3" json:"level,omitempty"`
-	// Source locates the event in the agent's files (diagnostics only).
+	// Source locates the event in the agent's files: diagnostics, and the key
+	// of an event without auditID or requestReceivedTimestamp.
 	Source *SourcePosition `protobuf:"bytes,16,opt,name=source,proto3" json:"source,omitempty"`
 	// Truncated names the fields the agent cut to their bounds, as dotted JSON
 	// paths ("requestObject.spec.audiences"): the event was too large to send
@@ -1320,12 +1399,21 @@ func (x *BoundObjectReference) GetUid() string {
 	return ""
 }
 
+// SourcePosition locates an event in the agent's files.
 type SourcePosition struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	File          string                 `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
-	Offset        uint64                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// File is the file's name when the event was read.
+	File string `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
+	// Offset is the byte offset of the event's line in the (decompressed) data.
+	Offset uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Fingerprint identifies the file's data whatever its name, and the same
+	// once compressed: the SHA-256 of its first FingerprintLen bytes (up to
+	// 1 KiB). With Offset it keys events that lack auditID or
+	// requestReceivedTimestamp. Empty when unknown (an older agent).
+	Fingerprint    []byte `protobuf:"bytes,3,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	FingerprintLen uint32 `protobuf:"varint,4,opt,name=fingerprint_len,json=fingerprintLen,proto3" json:"fingerprint_len,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SourcePosition) Reset() {
@@ -1372,6 +1460,20 @@ func (x *SourcePosition) GetOffset() uint64 {
 	return 0
 }
 
+func (x *SourcePosition) GetFingerprint() []byte {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return nil
+}
+
+func (x *SourcePosition) GetFingerprintLen() uint32 {
+	if x != nil {
+		return x.FingerprintLen
+	}
+	return 0
+}
+
 var File_tokenwatch_v1_stream_proto protoreflect.FileDescriptor
 
 const file_tokenwatch_v1_stream_proto_rawDesc = "" +
@@ -1403,7 +1505,7 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"\x06events\x18\x02 \x03(\v2\x19.tokenwatch.v1.TokenEventR\x06events\x121\n" +
 	"\x06losses\x18\x03 \x03(\v2\x19.tokenwatch.v1.LossReportR\x06losses\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x94\x02\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xf1\x02\n" +
 	"\tHeartbeat\x12.\n" +
 	"\x04sent\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04sent\x12\x12\n" +
 	"\x04file\x18\x02 \x01(\tR\x04file\x12\x16\n" +
@@ -1414,7 +1516,12 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"lastGrowth\x12\x1d\n" +
 	"\n" +
 	"lines_read\x18\a \x01(\x04R\tlinesRead\x12\x18\n" +
-	"\aunacked\x18\b \x01(\x04R\aunacked\"\xa0\x02\n" +
+	"\aunacked\x18\b \x01(\x04R\aunacked\x12<\n" +
+	"\n" +
+	"file_state\x18\t \x01(\x0e2\x1d.tokenwatch.v1.AuditFileStateR\tfileState\x12\x1d\n" +
+	"\n" +
+	"file_error\x18\n" +
+	" \x01(\tR\tfileError\"\xa0\x02\n" +
 	"\n" +
 	"LossReport\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x12\n" +
@@ -1495,10 +1602,17 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"\vapi_version\x18\x02 \x01(\tR\n" +
 	"apiVersion\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x10\n" +
-	"\x03uid\x18\x04 \x01(\tR\x03uid\"<\n" +
+	"\x03uid\x18\x04 \x01(\tR\x03uid\"\x87\x01\n" +
 	"\x0eSourcePosition\x12\x12\n" +
 	"\x04file\x18\x01 \x01(\tR\x04file\x12\x16\n" +
-	"\x06offset\x18\x02 \x01(\x04R\x06offset2_\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12 \n" +
+	"\vfingerprint\x18\x03 \x01(\fR\vfingerprint\x12'\n" +
+	"\x0ffingerprint_len\x18\x04 \x01(\rR\x0efingerprintLen*\x8e\x01\n" +
+	"\x0eAuditFileState\x12 \n" +
+	"\x1cAUDIT_FILE_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18AUDIT_FILE_STATE_PRESENT\x10\x01\x12\x1b\n" +
+	"\x17AUDIT_FILE_STATE_ABSENT\x10\x02\x12\x1f\n" +
+	"\x1bAUDIT_FILE_STATE_UNREADABLE\x10\x032_\n" +
 	"\x12AuditStreamService\x12I\n" +
 	"\x06Stream\x12\x1c.tokenwatch.v1.StreamRequest\x1a\x1d.tokenwatch.v1.StreamResponse(\x010\x01BCZAgithub.com/tokenwatch/tokenwatch/proto/tokenwatch/v1;tokenwatchv1b\x06proto3"
 
@@ -1514,56 +1628,59 @@ func file_tokenwatch_v1_stream_proto_rawDescGZIP() []byte {
 	return file_tokenwatch_v1_stream_proto_rawDescData
 }
 
+var file_tokenwatch_v1_stream_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_tokenwatch_v1_stream_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_tokenwatch_v1_stream_proto_goTypes = []any{
-	(*StreamRequest)(nil),         // 0: tokenwatch.v1.StreamRequest
-	(*StreamResponse)(nil),        // 1: tokenwatch.v1.StreamResponse
-	(*Hello)(nil),                 // 2: tokenwatch.v1.Hello
-	(*Welcome)(nil),               // 3: tokenwatch.v1.Welcome
-	(*Batch)(nil),                 // 4: tokenwatch.v1.Batch
-	(*Ack)(nil),                   // 5: tokenwatch.v1.Ack
-	(*Heartbeat)(nil),             // 6: tokenwatch.v1.Heartbeat
-	(*LossReport)(nil),            // 7: tokenwatch.v1.LossReport
-	(*TokenEvent)(nil),            // 8: tokenwatch.v1.TokenEvent
-	(*ObjectRef)(nil),             // 9: tokenwatch.v1.ObjectRef
-	(*UserInfo)(nil),              // 10: tokenwatch.v1.UserInfo
-	(*StringList)(nil),            // 11: tokenwatch.v1.StringList
-	(*ResponseStatus)(nil),        // 12: tokenwatch.v1.ResponseStatus
-	(*TokenRequestSpec)(nil),      // 13: tokenwatch.v1.TokenRequestSpec
-	(*BoundObjectReference)(nil),  // 14: tokenwatch.v1.BoundObjectReference
-	(*SourcePosition)(nil),        // 15: tokenwatch.v1.SourcePosition
-	nil,                           // 16: tokenwatch.v1.TokenEvent.AnnotationsEntry
-	nil,                           // 17: tokenwatch.v1.UserInfo.ExtraEntry
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(AuditFileState)(0),           // 0: tokenwatch.v1.AuditFileState
+	(*StreamRequest)(nil),         // 1: tokenwatch.v1.StreamRequest
+	(*StreamResponse)(nil),        // 2: tokenwatch.v1.StreamResponse
+	(*Hello)(nil),                 // 3: tokenwatch.v1.Hello
+	(*Welcome)(nil),               // 4: tokenwatch.v1.Welcome
+	(*Batch)(nil),                 // 5: tokenwatch.v1.Batch
+	(*Ack)(nil),                   // 6: tokenwatch.v1.Ack
+	(*Heartbeat)(nil),             // 7: tokenwatch.v1.Heartbeat
+	(*LossReport)(nil),            // 8: tokenwatch.v1.LossReport
+	(*TokenEvent)(nil),            // 9: tokenwatch.v1.TokenEvent
+	(*ObjectRef)(nil),             // 10: tokenwatch.v1.ObjectRef
+	(*UserInfo)(nil),              // 11: tokenwatch.v1.UserInfo
+	(*StringList)(nil),            // 12: tokenwatch.v1.StringList
+	(*ResponseStatus)(nil),        // 13: tokenwatch.v1.ResponseStatus
+	(*TokenRequestSpec)(nil),      // 14: tokenwatch.v1.TokenRequestSpec
+	(*BoundObjectReference)(nil),  // 15: tokenwatch.v1.BoundObjectReference
+	(*SourcePosition)(nil),        // 16: tokenwatch.v1.SourcePosition
+	nil,                           // 17: tokenwatch.v1.TokenEvent.AnnotationsEntry
+	nil,                           // 18: tokenwatch.v1.UserInfo.ExtraEntry
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
 }
 var file_tokenwatch_v1_stream_proto_depIdxs = []int32{
-	2,  // 0: tokenwatch.v1.StreamRequest.hello:type_name -> tokenwatch.v1.Hello
-	4,  // 1: tokenwatch.v1.StreamRequest.batch:type_name -> tokenwatch.v1.Batch
-	6,  // 2: tokenwatch.v1.StreamRequest.heartbeat:type_name -> tokenwatch.v1.Heartbeat
-	3,  // 3: tokenwatch.v1.StreamResponse.welcome:type_name -> tokenwatch.v1.Welcome
-	5,  // 4: tokenwatch.v1.StreamResponse.ack:type_name -> tokenwatch.v1.Ack
-	8,  // 5: tokenwatch.v1.Batch.events:type_name -> tokenwatch.v1.TokenEvent
-	7,  // 6: tokenwatch.v1.Batch.losses:type_name -> tokenwatch.v1.LossReport
-	18, // 7: tokenwatch.v1.Heartbeat.sent:type_name -> google.protobuf.Timestamp
-	18, // 8: tokenwatch.v1.Heartbeat.last_growth:type_name -> google.protobuf.Timestamp
-	18, // 9: tokenwatch.v1.LossReport.observed:type_name -> google.protobuf.Timestamp
-	9,  // 10: tokenwatch.v1.TokenEvent.object_ref:type_name -> tokenwatch.v1.ObjectRef
-	10, // 11: tokenwatch.v1.TokenEvent.user:type_name -> tokenwatch.v1.UserInfo
-	10, // 12: tokenwatch.v1.TokenEvent.impersonated_user:type_name -> tokenwatch.v1.UserInfo
-	12, // 13: tokenwatch.v1.TokenEvent.response_status:type_name -> tokenwatch.v1.ResponseStatus
-	16, // 14: tokenwatch.v1.TokenEvent.annotations:type_name -> tokenwatch.v1.TokenEvent.AnnotationsEntry
-	13, // 15: tokenwatch.v1.TokenEvent.request_spec:type_name -> tokenwatch.v1.TokenRequestSpec
-	15, // 16: tokenwatch.v1.TokenEvent.source:type_name -> tokenwatch.v1.SourcePosition
-	17, // 17: tokenwatch.v1.UserInfo.extra:type_name -> tokenwatch.v1.UserInfo.ExtraEntry
-	14, // 18: tokenwatch.v1.TokenRequestSpec.bound_object_ref:type_name -> tokenwatch.v1.BoundObjectReference
-	11, // 19: tokenwatch.v1.UserInfo.ExtraEntry.value:type_name -> tokenwatch.v1.StringList
-	0,  // 20: tokenwatch.v1.AuditStreamService.Stream:input_type -> tokenwatch.v1.StreamRequest
-	1,  // 21: tokenwatch.v1.AuditStreamService.Stream:output_type -> tokenwatch.v1.StreamResponse
-	21, // [21:22] is the sub-list for method output_type
-	20, // [20:21] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	3,  // 0: tokenwatch.v1.StreamRequest.hello:type_name -> tokenwatch.v1.Hello
+	5,  // 1: tokenwatch.v1.StreamRequest.batch:type_name -> tokenwatch.v1.Batch
+	7,  // 2: tokenwatch.v1.StreamRequest.heartbeat:type_name -> tokenwatch.v1.Heartbeat
+	4,  // 3: tokenwatch.v1.StreamResponse.welcome:type_name -> tokenwatch.v1.Welcome
+	6,  // 4: tokenwatch.v1.StreamResponse.ack:type_name -> tokenwatch.v1.Ack
+	9,  // 5: tokenwatch.v1.Batch.events:type_name -> tokenwatch.v1.TokenEvent
+	8,  // 6: tokenwatch.v1.Batch.losses:type_name -> tokenwatch.v1.LossReport
+	19, // 7: tokenwatch.v1.Heartbeat.sent:type_name -> google.protobuf.Timestamp
+	19, // 8: tokenwatch.v1.Heartbeat.last_growth:type_name -> google.protobuf.Timestamp
+	0,  // 9: tokenwatch.v1.Heartbeat.file_state:type_name -> tokenwatch.v1.AuditFileState
+	19, // 10: tokenwatch.v1.LossReport.observed:type_name -> google.protobuf.Timestamp
+	10, // 11: tokenwatch.v1.TokenEvent.object_ref:type_name -> tokenwatch.v1.ObjectRef
+	11, // 12: tokenwatch.v1.TokenEvent.user:type_name -> tokenwatch.v1.UserInfo
+	11, // 13: tokenwatch.v1.TokenEvent.impersonated_user:type_name -> tokenwatch.v1.UserInfo
+	13, // 14: tokenwatch.v1.TokenEvent.response_status:type_name -> tokenwatch.v1.ResponseStatus
+	17, // 15: tokenwatch.v1.TokenEvent.annotations:type_name -> tokenwatch.v1.TokenEvent.AnnotationsEntry
+	14, // 16: tokenwatch.v1.TokenEvent.request_spec:type_name -> tokenwatch.v1.TokenRequestSpec
+	16, // 17: tokenwatch.v1.TokenEvent.source:type_name -> tokenwatch.v1.SourcePosition
+	18, // 18: tokenwatch.v1.UserInfo.extra:type_name -> tokenwatch.v1.UserInfo.ExtraEntry
+	15, // 19: tokenwatch.v1.TokenRequestSpec.bound_object_ref:type_name -> tokenwatch.v1.BoundObjectReference
+	12, // 20: tokenwatch.v1.UserInfo.ExtraEntry.value:type_name -> tokenwatch.v1.StringList
+	1,  // 21: tokenwatch.v1.AuditStreamService.Stream:input_type -> tokenwatch.v1.StreamRequest
+	2,  // 22: tokenwatch.v1.AuditStreamService.Stream:output_type -> tokenwatch.v1.StreamResponse
+	22, // [22:23] is the sub-list for method output_type
+	21, // [21:22] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_tokenwatch_v1_stream_proto_init() }
@@ -1585,13 +1702,14 @@ func file_tokenwatch_v1_stream_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenwatch_v1_stream_proto_rawDesc), len(file_tokenwatch_v1_stream_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_tokenwatch_v1_stream_proto_goTypes,
 		DependencyIndexes: file_tokenwatch_v1_stream_proto_depIdxs,
+		EnumInfos:         file_tokenwatch_v1_stream_proto_enumTypes,
 		MessageInfos:      file_tokenwatch_v1_stream_proto_msgTypes,
 	}.Build()
 	File_tokenwatch_v1_stream_proto = out.File
