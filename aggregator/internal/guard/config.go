@@ -3,6 +3,7 @@ package guard
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -91,6 +92,10 @@ type Config struct {
 	// keeps gRPC's windows, which grow with the measured bandwidth-delay
 	// product up to 16 MiB per stream. At least 64 KiB when set.
 	WindowBytes int32
+
+	// Logger receives the rejected TLS handshakes seen by Credentials, at
+	// most once a minute per reason (nil: not logged; always counted).
+	Logger *slog.Logger
 }
 
 // DefaultConfig returns the defaults, sized for real agents.

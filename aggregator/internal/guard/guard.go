@@ -64,6 +64,8 @@ type Guard struct {
 	// bounded whatever its streams send (or do not send).
 	owners map[string]*owner
 
+	hs handshakeLog // failed handshakes' log
+
 	// admitted, when set (tests), is called once a new stream has been
 	// admitted (nil) or refused by the stream limits.
 	admitted atomic.Pointer[func(error)]
@@ -120,6 +122,7 @@ func newGuard(cfg Config, reg prometheus.Registerer) (*Guard, error) {
 		clusters: map[clusterKey]int{},
 		agents:   map[agentKey]*agent{},
 		owners:   map[string]*owner{},
+		hs:       handshakeLog{by: map[string]*rate.Sometimes{}, log: cfg.Logger},
 	}
 	return g, err
 }

@@ -19,7 +19,9 @@ var goAwayTooManyPings = []byte("\x00\x00\x00\x0btoo_many_pings")
 
 // Credentials wraps the server's transport credentials (nil: plaintext) so
 // that keepalive-policy violations are counted as
-// tokenwatch_aggregator_limit_violations_total{reason="keepalive"}.
+// tokenwatch_aggregator_limit_violations_total{reason="keepalive"}, and
+// failed handshakes as tokenwatch_aggregator_tls_handshakes_rejected_total
+// {reason} and logged (rate-limited).
 func (g *Guard) Credentials(creds credentials.TransportCredentials) credentials.TransportCredentials {
 	if creds == nil {
 		creds = insecure.NewCredentials()
@@ -35,6 +37,7 @@ type watchedCreds struct {
 func (c *watchedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
 	if err != nil {
+		c.g.handshakeRejected(raw.RemoteAddr(), err)
 		return conn, info, err
 	}
 	return &watchedConn{Conn: conn, onGoAway: func() { c.g.m.violation(ReasonKeepalive) }}, info, nil

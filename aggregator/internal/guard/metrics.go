@@ -5,12 +5,15 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 )
 
 type metrics struct {
 	violations *prometheus.CounterVec
 	open       prometheus.Gauge
 	throttled  prometheus.Counter
+	handshakes *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -27,6 +30,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "tokenwatch_aggregator_throttled_messages_total",
 			Help: "Agent messages held back to fit the per-cluster rate limit.",
 		}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwatch_aggregator_tls_handshakes_rejected_total",
+			Help: "TLS handshakes that failed, by reason (unknown_ca, no_client_certificate, not_tls, certificate_expired, ...).",
+		}, []string{"reason"}),
+	}
+	for _, r := range tlsconf.HandshakeReasons {
+		m.handshakes.WithLabelValues(r)
 	}
 	for _, r := range []string{ReasonMessageTooLarge, ReasonMalformedMessage, ReasonBatchTooLarge, ReasonTooManyStreams,
 		ReasonTooManyClusterStreams, ReasonTooManyAgents, ReasonEventRate, ReasonMessageRate, ReasonKeepalive,
@@ -36,10 +46,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	var errs [3]error
+	var errs [4]error
 	m.violations, errs[0] = register(reg, m.violations)
 	m.open, errs[1] = register(reg, m.open)
 	m.throttled, errs[2] = register(reg, m.throttled)
+	m.handshakes, errs[3] = register(reg, m.handshakes)
 	if err := errors.Join(errs[:]...); err != nil {
 		return m, fmt.Errorf("register guard metrics: %w", err)
 	}
