@@ -71,6 +71,8 @@ type Server struct {
 	budget *budget
 	nodes  nodes // live agents' nodes
 
+	refusals refusals // refused streams' log
+
 	// closing is set under a write lock of drain; batches run under a read
 	// lock, so Drain waits for every batch in flight to be committed and
 	// acknowledged.
@@ -137,11 +139,11 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 	}
 	hello := first.GetHello()
 	if hello == nil {
-		s.m.refused.WithLabelValues("no_hello").Inc()
+		s.refuse(ctx, "no_hello", "agent stream refused: its first message is not a Hello")
 		return status.Error(codes.InvalidArgument, "the first message of a stream must be a Hello")
 	}
 	if reason := checkNode(hello.GetNode()); reason != "" {
-		s.m.refused.WithLabelValues(reason).Inc()
+		s.refuse(ctx, reason, "agent stream refused: its Hello has no valid node name")
 		return status.Errorf(codes.InvalidArgument, "hello: node %.64q is not a node name: 1 to %d characters of A-Z a-z 0-9 . _ -", hello.GetNode(), MaxNodeNameLen)
 	}
 	cluster, err := s.bindCluster(ctx, hello)
@@ -230,7 +232,7 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 		case *tokenwatchv1.StreamRequest_Batch:
 			b := msg.Batch
 			if b.GetSeq() != last+1 {
-				s.m.refused.WithLabelValues("bad_seq").Inc()
+				s.refuse(ctx, "bad_seq", "agent stream ended: batch out of order", "cluster", cluster, "node", src.Node)
 				return end(status.Errorf(codes.InvalidArgument, "batch seq %d out of order: want %d", b.GetSeq(), last+1))
 			}
 			last = b.GetSeq()
@@ -241,7 +243,7 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 		case *tokenwatchv1.StreamRequest_Heartbeat:
 			r.heartbeat = msg.Heartbeat
 		case *tokenwatchv1.StreamRequest_Hello:
-			s.m.refused.WithLabelValues("second_hello").Inc()
+			s.refuse(ctx, "second_hello", "agent stream ended: a second Hello", "cluster", cluster, "node", src.Node)
 			return end(status.Error(codes.InvalidArgument, "hello is allowed only as the first message"))
 		default:
 			return end(status.Error(codes.InvalidArgument, "empty stream message"))
@@ -435,19 +437,20 @@ func (s *Server) bindCluster(ctx context.Context, hello *tokenwatchv1.Hello) (st
 	claimed := hello.GetCluster()
 	if s.opts.Insecure {
 		if claimed == "" {
-			s.m.refused.WithLabelValues("no_cluster").Inc()
+			s.refuse(ctx, "no_cluster", "agent stream refused: its Hello names no cluster", "node", hello.GetNode())
 			return "", status.Error(codes.InvalidArgument, "hello: cluster is empty")
 		}
 		return claimed, nil
 	}
 	cluster, err := tlsconf.ClusterFromContext(ctx, s.opts.TrustDomain)
 	if err != nil {
-		s.m.refused.WithLabelValues("no_identity").Inc()
+		s.refuse(ctx, "no_identity", "agent stream refused: its certificate carries no usable cluster identity",
+			"detail", tlsconf.Reason(err), "trust_domain", s.opts.TrustDomain, "claimed", claimed, "node", hello.GetNode(), "err", err)
 		return "", status.Errorf(codes.Unauthenticated, "agent certificate: %v", err)
 	}
 	if claimed != "" && claimed != cluster {
-		s.m.refused.WithLabelValues("cluster_mismatch").Inc()
-		s.logger.Warn("agent refused: claimed cluster differs from its certificate", "claimed", claimed, "certificate", cluster, "node", hello.GetNode())
+		s.refuse(ctx, "cluster_mismatch", "agent stream refused: claimed cluster differs from its certificate",
+			"claimed", claimed, "certificate", cluster, "node", hello.GetNode())
 		return "", status.Errorf(codes.PermissionDenied, "cluster %q does not match the agent certificate's cluster %q", claimed, cluster)
 	}
 	return cluster, nil
