@@ -106,11 +106,15 @@ func Run(ctx context.Context, c Config) error {
 			return fmt.Errorf("--tls-cert/--tls-key/--tls-client-ca: %w", err)
 		}
 		creds = credentials.NewTLS(tc)
+		if err := reg.Register(newCertExpiry(c.TLSCert, c.TLSClientCA)); err != nil {
+			return fmt.Errorf("register certificate metrics: %w", err)
+		}
 	}
 	gc := GuardConfig(fileCfg.Limits)
 	if c.Guard != nil {
 		gc = *c.Guard
 	}
+	gc.Logger = logger
 	g, err := guard.New(gc, reg)
 	if err != nil {
 		return fmt.Errorf("grpc limits: %w", err)
