@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tokenwatch/tokenwatch/internal/alert"
+	"github.com/tokenwatch/tokenwatch/internal/detect"
 )
 
 // Kinds (tokenwatch.correlation.kind).
@@ -63,7 +64,15 @@ type Event struct {
 	Namespace string // target service account
 	Name      string
 	AuditID   string
+	// Outcome is the request's event.outcome: detect.OutcomeFailure
+	// (denied) and detect.OutcomeUnknown make a record say "attempted",
+	// not "minted"; anything else counts as minted.
+	Outcome string
 }
+
+// AttrFailures counts the events of a record whose request was denied
+// (event.outcome=failure).
+const AttrFailures = "tokenwatch.correlation.failures"
 
 // Stats counts what the correlator did not use.
 type Stats struct {
@@ -130,7 +139,8 @@ type item struct {
 	cluster string
 	target  string // cluster/namespace/name
 	auditID string
-	clamped bool // t is now+MaxSkew, the event's own time was later
+	clamped bool   // t is now+MaxSkew, the event's own time was later
+	outcome string // event.outcome
 }
 
 // New returns a correlator for cfg.
@@ -189,6 +199,7 @@ func (c *Correlator) Observe(now time.Time, ev Event) []alert.Record {
 		target:  ev.Cluster + "/" + ev.Namespace + "/" + ev.Name,
 		auditID: ev.AuditID,
 		clamped: clamped,
+		outcome: ev.Outcome,
 	}
 	var out []alert.Record
 	emit := func(kind, key string, threshold int, distinct func(item) string) {
@@ -474,7 +485,7 @@ func (c *Correlator) Expire(now time.Time) {
 
 func (c *Correlator) record(k seriesKey, win []item, distinct func(item) string) alert.Record {
 	clusters, targets, auditIDs, ids := set{}, set{}, set{}, make([]string, 0, len(win))
-	var clamped int64
+	var clamped, failed, unknown int64
 	for _, w := range win {
 		clusters.add(w.cluster)
 		targets.add(w.target)
@@ -482,6 +493,12 @@ func (c *Correlator) record(k seriesKey, win []item, distinct func(item) string)
 		ids = append(ids, w.id)
 		if w.clamped {
 			clamped++
+		}
+		switch w.outcome {
+		case detect.OutcomeFailure:
+			failed++
+		case detect.OutcomeUnknown:
+			unknown++
 		}
 	}
 	sort.Strings(ids)
@@ -492,14 +509,37 @@ func (c *Correlator) record(k seriesKey, win []item, distinct func(item) string)
 		keyAttr = "source.ip"
 	}
 	n := len(set{}.fill(win, distinct))
+	// "minted" only when every request did; denied ones and those
+	// without an outcome were attempts, and the body says how many.
+	verb, note := "minted", ""
+	if failed+unknown > 0 {
+		verb = "attempted to mint"
+		var parts []string
+		if failed > 0 {
+			parts = append(parts, fmt.Sprintf("%d of %d requests denied", failed, len(win)))
+		}
+		if unknown > 0 {
+			parts = append(parts, fmt.Sprintf("%d of %d with outcome unknown", unknown, len(win)))
+		}
+		note = strings.Join(parts, ", ")
+	}
 	var body string
 	switch k.kind {
 	case KindTokenSpray:
-		body = fmt.Sprintf("%s minted tokens for %d service accounts within %s (%s to %s).", k.key, n, c.cfg.Window, start.Format(time.RFC3339), end.Format(time.RFC3339))
-	case KindMultiClusterSource:
-		body = fmt.Sprintf("Requests from %s minted tokens in %d clusters (%s) within %s.", k.key, n, strings.Join(clusters.sorted(MaxListed), ", "), c.cfg.Window)
+		span := start.Format(time.RFC3339) + " to " + end.Format(time.RFC3339)
+		if note != "" {
+			span += "; " + note
+		}
+		body = fmt.Sprintf("%s %s tokens for %d service accounts within %s (%s).", k.key, verb, n, c.cfg.Window, span)
 	default:
-		body = fmt.Sprintf("%s minted tokens in %d clusters (%s) within %s.", k.key, n, strings.Join(clusters.sorted(MaxListed), ", "), c.cfg.Window)
+		who := k.key
+		if k.kind == KindMultiClusterSource {
+			who = "Requests from " + k.key
+		}
+		if note != "" {
+			note = " (" + note + ")"
+		}
+		body = fmt.Sprintf("%s %s tokens in %d clusters (%s) within %s%s.", who, verb, n, strings.Join(clusters.sorted(MaxListed), ", "), c.cfg.Window, note)
 	}
 	r := alert.Record{
 		ID:        "co-" + hex.EncodeToString(sum[:16]),
@@ -521,6 +561,9 @@ func (c *Correlator) record(k seriesKey, win []item, distinct func(item) string)
 	}
 	if clamped > 0 {
 		r.Attrs = append(r.Attrs, alert.Int(AttrClampedEvents, clamped))
+	}
+	if failed > 0 {
+		r.Attrs = append(r.Attrs, alert.Int(AttrFailures, failed))
 	}
 	return r
 }

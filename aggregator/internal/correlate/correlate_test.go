@@ -717,3 +717,70 @@ func TestSkewedTimes(t *testing.T) {
 		})
 	}
 }
+
+// TestRecordOutcomes: a record says "minted" only when every request it
+// counts minted a token; denied ones and ones without an outcome make it an
+// attempt, and the body says how many of each.
+func TestRecordOutcomes(t *testing.T) {
+	spray := func(outcomes ...string) []Event {
+		var evs []Event
+		for i, o := range outcomes {
+			e := mint(float64(i), "a", "mallory", "", "ns", fmt.Sprintf("sa-%d", i))
+			e.Outcome = o
+			evs = append(evs, e)
+		}
+		return evs
+	}
+	clusters := func(outcomes ...string) []Event {
+		var evs []Event
+		for i, o := range outcomes {
+			e := mint(float64(i), fmt.Sprintf("c%d", i), "alice", "203.0.113.9", "ns", "x")
+			e.Outcome = o
+			evs = append(evs, e)
+		}
+		return evs
+	}
+	tests := []struct {
+		name     string
+		give     []Event
+		kind     string
+		want     string
+		failures int64
+	}{
+		{"spray, all minted", spray("success", "success", "success", "success", "success"), KindTokenSpray,
+			"mallory minted tokens for 5 service accounts within 10m0s (2026-11-26T23:00:00Z to 2026-11-26T23:04:00Z).", 0},
+		{"spray, 3 of 5 denied", spray("failure", "success", "failure", "success", "failure"), KindTokenSpray,
+			"mallory attempted to mint tokens for 5 service accounts within 10m0s (2026-11-26T23:00:00Z to 2026-11-26T23:04:00Z; 3 of 5 requests denied).", 3},
+		{"spray, denied and unknown", spray("failure", "unknown", "success", "success", "success"), KindTokenSpray,
+			"mallory attempted to mint tokens for 5 service accounts within 10m0s (2026-11-26T23:00:00Z to 2026-11-26T23:04:00Z; 1 of 5 requests denied, 1 of 5 with outcome unknown).", 1},
+		{"actor, one denied", clusters("success", "failure"), KindMultiClusterActor,
+			"alice attempted to mint tokens in 2 clusters (c0, c1) within 10m0s (1 of 2 requests denied).", 1},
+		{"source, unknown", clusters("unknown", "success"), KindMultiClusterSource,
+			"Requests from 203.0.113.9 attempted to mint tokens in 2 clusters (c0, c1) within 10m0s (1 of 2 with outcome unknown).", 0},
+		{"source, all minted", clusters("success", "success"), KindMultiClusterSource,
+			"Requests from 203.0.113.9 minted tokens in 2 clusters (c0, c1) within 10m0s.", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := New(defaults())
+			var got *alert.Record
+			for _, ev := range tt.give {
+				for _, r := range c.Observe(later, ev) {
+					if k, _ := r.Attr("tokenwatch.correlation.kind"); k.Str == tt.kind {
+						got = &r
+					}
+				}
+			}
+			if got == nil {
+				t.Fatalf("no %s record", tt.kind)
+			}
+			if got.Body != tt.want {
+				t.Errorf("Body = %q, want %q", got.Body, tt.want)
+			}
+			f, ok := got.Attr(AttrFailures)
+			if f.Int != tt.failures || ok != (tt.failures > 0) {
+				t.Errorf("%s = %v (present %v), want %d", AttrFailures, f.Int, ok, tt.failures)
+			}
+		})
+	}
+}

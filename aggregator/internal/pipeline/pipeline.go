@@ -405,6 +405,9 @@ func (p *Pipeline) alertLocked(ch *state.Change, now time.Time, cluster string, 
 	if e.ObjectRef != nil {
 		ev.Namespace, ev.Name = e.ObjectRef.Namespace, e.ObjectRef.Name
 	}
+	if o, ok := rec.Attr("event.outcome"); ok {
+		ev.Outcome = o.Str
+	}
 	ch.Records = append(ch.Records, p.corr.Observe(now, ev)...)
 	if p.budget != nil && !p.budget.Admit(now, ev.User, e.AuditID) {
 		return false

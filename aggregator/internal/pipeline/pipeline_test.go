@@ -524,6 +524,27 @@ func TestCorrelation(t *testing.T) {
 	}
 }
 
+// TestCorrelationOutcome: a correlation that counts a denied request says
+// "attempted", not "minted".
+func TestCorrelationOutcome(t *testing.T) {
+	f := newFixture(t, config.Default()) // clusters: 2
+	f.process(t, batch("prod", "cp-1", completed("mallory", "d1", rrt1, 403)))
+	f.process(t, batch("staging", "cp-9", completed("mallory", "d2", rrt2, 201)))
+	n := 0
+	for _, r := range f.outbox(t) {
+		if r.EventName != alert.EventCorrelation {
+			continue
+		}
+		n++
+		if !strings.Contains(r.Body, " attempted to mint tokens in 2 clusters ") || !strings.Contains(r.Body, "(1 of 2 requests denied)") {
+			t.Errorf("%s body = %q, want an attempt with 1 of 2 requests denied", str(t, r, "tokenwatch.correlation.kind"), r.Body)
+		}
+	}
+	if n != 2 {
+		t.Errorf("correlation records = %d, want 2", n)
+	}
+}
+
 func TestSilence(t *testing.T) {
 	f := newFixture(t, config.Default()) // after: 5m
 	f.p.Heard("prod", "cp-1", t0)
