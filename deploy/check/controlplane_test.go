@@ -195,6 +195,8 @@ type apiServer struct {
 	url      string
 	client   *http.Client
 	auditLog string
+	// kubeconfig is a kubeconfig file for the admin client, for tools.
+	kubeconfig string
 }
 
 func loopbackPort(t *testing.T) string {
@@ -257,6 +259,17 @@ func startAPIServer(t *testing.T, bins string, extra ...string) *apiServer {
 		}},
 	}
 	t.Cleanup(s.client.CloseIdleConnections)
+	s.kubeconfig = filepath.Join(dir, "kubeconfig")
+	kubeconfig := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: check, cluster: {server: %q, certificate-authority: %q}}]
+users: [{name: admin, user: {client-certificate: %q, client-key: %q}}]
+contexts: [{name: check, context: {cluster: check, user: admin}}]
+current-context: check
+`, s.url, p.caFile, p.adminCert, p.adminKey)
+	if err := os.WriteFile(s.kubeconfig, []byte(kubeconfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, apiserver, "kube-apiserver /readyz", 2*time.Minute, func() error {
 		_, err := s.do(http.MethodGet, "/readyz", "", nil, http.StatusOK)
 		return err

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -276,6 +278,107 @@ func TestHelmNodePort(t *testing.T) {
 
 	spoke := helmTemplate(t, helm, shapes["spoke"], "--set", "agent.aggregator=192.0.2.10:31443")
 	checkRendered(t, spoke) // the agent's egress must allow the --aggregator port
+}
+
+// TestHelmControlPlane: a real kube-apiserver with cert-manager's CRDs accepts
+// every shape's render (server-side apply, dry run, strict field validation),
+// with the Pod Security verdicts the kustomize overlays get.
+func TestHelmControlPlane(t *testing.T) {
+	helm := helmBinary(t)
+	shapes := helmShapes(t)
+	s := startAPIServer(t, k8sBinaries(t))
+	installCertManagerCRDs(t, s)
+	renders := map[string][]string{}
+	for _, name := range sortedKeys(shapes) {
+		renders[name] = []string{shapes[name]}
+	}
+	renders["hub NodePort"] = []string{shapes["hub"], "--set", "expose.type=NodePort,expose.nodePort=31443"}
+	for _, name := range append(sortedKeys(shapes), "hub NodePort") {
+		t.Run(name, func(t *testing.T) {
+			r := renders[name]
+			dryRunObjects(t, s, helmTemplate(t, helm, r[0], r[1:]...))
+		})
+	}
+	t.Run("helm install, upgrade, uninstall", func(t *testing.T) {
+		checkHelmLifecycle(t, s, helm, shapes)
+	})
+}
+
+// checkHelmLifecycle runs deploy/helm/README.md's commands for real on s
+// (which runs no controllers: objects are stored, no pod starts), in
+// namespaces of their own: install with --create-namespace (the chart's
+// Namespace applied over Helm's), an upgrade that renames the cluster, an
+// uninstall that keeps the Namespace and the aggregator's state; and a spoke
+// installed into a namespace made beforehand, with --take-ownership.
+func checkHelmLifecycle(t *testing.T, s *apiServer, helm string, shapes map[string]string) {
+	t.Helper()
+	chart := deployPath(t, "helm", "tokenwatch")
+	run := func(args ...string) {
+		t.Helper()
+		out, err := runHelm(helm, append(args, "--kubeconfig", s.kubeconfig)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, "STATUS:") || strings.Contains(line, "uninstalled") || strings.HasPrefix(line, "[") {
+				t.Logf("helm %s -n %s: %s", args[0], args[slices.Index(args, "-n")+1], line)
+			}
+		}
+	}
+	get := func(path string) (object, bool) {
+		t.Helper()
+		r, err := s.do(http.MethodGet, path, "", nil, http.StatusOK, http.StatusNotFound)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var o object
+		if err := json.Unmarshal(r.body, &o); err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		return o, o.kind() != "Status"
+	}
+	checkNamespace := func(ns string) {
+		t.Helper()
+		o, ok := get("/api/v1/namespaces/" + ns)
+		if !ok || o.path("metadata", "labels", "pod-security.kubernetes.io/enforce") != "privileged" {
+			t.Errorf("Namespace %s: labels %v, want pod-security.kubernetes.io/enforce=privileged", ns, o.path("metadata", "labels"))
+		}
+	}
+
+	const ns = "tokenwatch-helm"
+	run("install", "tokenwatch", chart, "-n", ns, "--create-namespace", "-f", shapes["single-cluster"])
+	checkNamespace(ns)
+	if _, ok := get("/apis/apps/v1/namespaces/" + ns + "/deployments/tokenwatch-aggregator"); !ok {
+		t.Error("helm install: no Deployment tokenwatch-aggregator")
+	}
+	run("upgrade", "tokenwatch", chart, "-n", ns, "--reuse-values", "--set", "cluster.name=prod-2")
+	cm, _ := get("/api/v1/namespaces/" + ns + "/configmaps/tokenwatch-agent")
+	cert, _ := get("/apis/cert-manager.io/v1/namespaces/" + ns + "/certificates/tokenwatch-agent")
+	if got := cm.path("data", "TOKENWATCH_CLUSTER"); got != "prod-2" {
+		t.Errorf("helm upgrade: TOKENWATCH_CLUSTER = %v, want prod-2", got)
+	}
+	if got, _ := cert.path("spec", "uris").([]any); len(got) != 1 || got[0] != "spiffe://tokenwatch/cluster/prod-2" {
+		t.Errorf("helm upgrade: agent certificate uris %v, want the new cluster name", got)
+	}
+	run("uninstall", "tokenwatch", "-n", ns)
+	if _, ok := get("/apis/apps/v1/namespaces/" + ns + "/deployments/tokenwatch-aggregator"); ok {
+		t.Error("helm uninstall left the Deployment tokenwatch-aggregator")
+	}
+	if _, ok := get("/api/v1/namespaces/" + ns + "/persistentvolumeclaims/tokenwatch-aggregator-state"); !ok {
+		t.Error("helm uninstall removed the aggregator's state (PersistentVolumeClaim)")
+	}
+	checkNamespace(ns)
+
+	const spoke = "tokenwatch-helm-spoke"
+	bare := object{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": spoke}}
+	if _, err := s.apply(bare, false); err != nil {
+		t.Fatal(err)
+	}
+	run("install", "tokenwatch", chart, "-n", spoke, "--take-ownership", "-f", shapes["spoke"])
+	checkNamespace(spoke)
+	if _, ok := get("/apis/apps/v1/namespaces/" + spoke + "/daemonsets/tokenwatch-agent"); !ok {
+		t.Error("helm install (spoke): no DaemonSet tokenwatch-agent")
+	}
 }
 
 // deepCopy returns o through JSON: numbers become float64 whichever decoder
