@@ -51,6 +51,9 @@ type Config struct {
 	// OnAck receives the marks of acknowledged items, in order. It is called
 	// with the sender's lock held: it must be quick and must not call the Sender.
 	OnAck func(mark any)
+	// Classify, when set, names why an attempt failed (see Failure); nil
+	// or a zero Failure falls back to DefaultClassify.
+	Classify func(err error) Failure
 	// Logger receives connection events (never event contents).
 	Logger *slog.Logger
 	// DialOptions are added to the client's options (tests).
@@ -334,15 +337,26 @@ func (s *Sender) Run(ctx context.Context) error {
 			backoff = s.cfg.BackoffMin
 			downSince = time.Now()
 		}
+		f := s.classify(err)
+		if f.Permanent {
+			backoff = s.cfg.BackoffMax
+		}
 		down := time.Since(downSince)
 		if s.cfg.GiveUpAfter > 0 && down >= s.cfg.GiveUpAfter {
+			if f.Class != ClassStreamEnded {
+				err = fmt.Errorf("%s: %w", f.Message, err)
+			}
 			return fmt.Errorf("aggregator %s not reachable for %s: %w", s.cfg.Target, down.Round(time.Second), err)
 		}
 		wait := backoff/2 + rand.N(backoff/2+1) // equal jitter
 		if s.cfg.GiveUpAfter > 0 {
 			wait = min(wait, s.cfg.GiveUpAfter-down)
 		}
-		s.cfg.Logger.Warn("aggregator stream ended; reconnecting", "aggregator", s.cfg.Target, "error", err, "retry_in", wait.Round(time.Millisecond).String())
+		level := slog.LevelWarn
+		if f.Permanent {
+			level = slog.LevelError
+		}
+		s.cfg.Logger.Log(ctx, level, f.Message, "class", f.Class, "aggregator", s.cfg.Target, "error", err, "retry_in", wait.Round(time.Millisecond).String())
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
