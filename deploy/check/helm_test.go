@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	networkingv1 "k8s.io/api/networking/v1"
 )
 
 // helmNamespace is the namespace the chart is rendered for: the kustomize
@@ -208,6 +210,114 @@ func TestHelmTemplate(t *testing.T) {
 	}
 	if got, err := os.ReadFile(deployPath(t, "helm", "tokenwatch", "files", "aggregator.yaml")); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("deploy/helm/tokenwatch/files/aggregator.yaml differs from deploy/config/aggregator.yaml (%v): link it", err)
+	}
+}
+
+// TestHelmValues: each value the chart offers reaches the objects it is for,
+// and the pods roll when their configuration changes.
+func TestHelmValues(t *testing.T) {
+	helm := helmBinary(t)
+	single := helmShapes(t)["single-cluster"]
+	config := filepath.Join(t.TempDir(), "aggregator.yaml")
+	if err := os.WriteFile(config, []byte("budget:\n  max_alerts: 100\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	container := func(objs []object, kind, name string) object {
+		o := find(objs, kind, name)
+		if o == nil {
+			t.Fatalf("no %s %s", kind, name)
+		}
+		cs, _ := o.path("spec", "template", "spec", "containers").([]any)
+		return object(cs[0].(map[string]any))
+	}
+	annotation := func(objs []object, kind, name, key string) any {
+		return find(objs, kind, name).path("spec", "template", "metadata", "annotations", key)
+	}
+	base := helmTemplate(t, helm, single)
+	tests := []struct {
+		name  string
+		args  []string
+		check func(t *testing.T, objs []object)
+	}{
+		{"images", []string{"--set", "images.agent.repository=registry.test/a,images.agent.tag=v9,images.aggregator.tag="}, func(t *testing.T, objs []object) {
+			if got := container(objs, "DaemonSet", "tokenwatch-agent")["image"]; got != "registry.test/a:v9" {
+				t.Errorf("agent image %v, want registry.test/a:v9", got)
+			}
+			if got := container(objs, "Deployment", "tokenwatch-aggregator")["image"]; got != "registry.example.com/tokenwatch/aggregator:v0.1.0" {
+				t.Errorf("aggregator image %v, want the chart's appVersion as tag", got)
+			}
+		}},
+		{"resources", []string{"--set", "agent.resources.limits.memory=256Mi,aggregator.resources.requests.cpu=250m"}, func(t *testing.T, objs []object) {
+			if got := container(objs, "DaemonSet", "tokenwatch-agent").path("resources", "limits", "memory"); got != "256Mi" {
+				t.Errorf("agent memory limit %v, want 256Mi", got)
+			}
+			if got := container(objs, "Deployment", "tokenwatch-aggregator").path("resources", "requests", "cpu"); got != "250m" {
+				t.Errorf("aggregator cpu request %v, want 250m", got)
+			}
+		}},
+		{"OTLP endpoint", []string{"--set", "aggregator.otlp.endpoint=collector.test:4318,aggregator.otlp.insecure=false"}, func(t *testing.T, objs []object) {
+			cm := find(objs, "ConfigMap", "tokenwatch-aggregator-otlp")
+			if got := cm.path("data", "TOKENWATCH_OTLP_ENDPOINT"); got != "collector.test:4318" {
+				t.Errorf("TOKENWATCH_OTLP_ENDPOINT = %v", got)
+			}
+			var pol networkingv1.NetworkPolicy
+			decode(t, find(objs, "NetworkPolicy", "tokenwatch-aggregator"), &pol)
+			if !egressAllows(pol, 4318) {
+				t.Error("the aggregator's NetworkPolicy does not let it reach the OTLP endpoint's port 4318")
+			}
+			if annotation(objs, "Deployment", "tokenwatch-aggregator", "checksum/otlp") == annotation(base, "Deployment", "tokenwatch-aggregator", "checksum/otlp") {
+				t.Error("a new OTLP endpoint does not roll the aggregator")
+			}
+		}},
+		{"aggregator config", []string{"--set-file", "aggregator.config=" + config}, func(t *testing.T, objs []object) {
+			if got := find(objs, "ConfigMap", "tokenwatch-aggregator-config").path("data", "aggregator.yaml"); got != "budget:\n  max_alerts: 100\n" {
+				t.Errorf("aggregator.yaml = %q, want the --set-file content", got)
+			}
+			if annotation(objs, "Deployment", "tokenwatch-aggregator", "checksum/config") == annotation(base, "Deployment", "tokenwatch-aggregator", "checksum/config") {
+				t.Error("a new aggregator config does not roll the aggregator")
+			}
+		}},
+		{"cluster name", []string{"--set", "cluster.name=prod-9"}, func(t *testing.T, objs []object) {
+			checkRendered(t, objs) // the certificate's URI follows --cluster
+			if annotation(objs, "DaemonSet", "tokenwatch-agent", "checksum/config") == annotation(base, "DaemonSet", "tokenwatch-agent", "checksum/config") {
+				t.Error("a new cluster name does not roll the agents")
+			}
+		}},
+		{"cert-manager off", []string{"--set", "certManager.enabled=false"}, func(t *testing.T, objs []object) {
+			for _, o := range objs {
+				if o.apiVersion() == "cert-manager.io/v1" {
+					t.Errorf("%s rendered with certManager.enabled=false", o)
+				}
+			}
+		}},
+		{"own issuer", []string{"--set", "certManager.issuerRef.kind=ClusterIssuer,certManager.issuerRef.name=vault-pki"}, func(t *testing.T, objs []object) {
+			certs := 0
+			for _, o := range objs {
+				if o.kind() == "Certificate" {
+					certs++
+				}
+				switch {
+				case o.kind() == "Issuer":
+					t.Errorf("%s rendered with certManager.issuerRef set", o)
+				case o.kind() == "Certificate" && (o.path("spec", "issuerRef", "kind") != "ClusterIssuer" || o.path("spec", "issuerRef", "name") != "vault-pki"):
+					t.Errorf("%s: issuerRef %v, want ClusterIssuer vault-pki", o, o.path("spec", "issuerRef"))
+				}
+			}
+			if certs != 2 {
+				t.Errorf("%d Certificates, want the aggregator's and the agents'", certs)
+			}
+		}},
+		{"storage class", []string{"--set", "aggregator.persistence.storageClassName=fast,aggregator.persistence.size=5Gi"}, func(t *testing.T, objs []object) {
+			pvc := find(objs, "PersistentVolumeClaim", "tokenwatch-aggregator-state")
+			if pvc.path("spec", "storageClassName") != "fast" || pvc.path("spec", "resources", "requests", "storage") != "5Gi" {
+				t.Errorf("%s: spec %v, want storageClassName fast, 5Gi", pvc, pvc.path("spec"))
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.check(t, helmTemplate(t, helm, single, tt.args...))
+		})
 	}
 }
 
