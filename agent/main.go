@@ -38,6 +38,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "agent:", err)
 		return 2
 	}
+	if err := cfg.CheckCertificate(); err != nil {
+		fmt.Fprintln(stderr, "agent:", err)
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := agent.Run(ctx, cfg); err != nil {

@@ -40,6 +40,19 @@ type Event struct {
 	// Truncated names the fields Bound cut to their bounds. Not part of the
 	// audit event.
 	Truncated []string `json:"-"`
+	// Origin is where the agent read the event, nil when unknown. Not part
+	// of the audit event.
+	Origin *Origin `json:"-"`
+}
+
+// Origin locates an event in the files of the agent that read it.
+type Origin struct {
+	File   string // the file's name when it was read
+	Offset uint64 // the byte offset of the event's line in the (decompressed) data
+	// Fingerprint identifies the file's data under any name, compressed or
+	// not: the SHA-256 of its first FingerprintLen bytes. Empty when unknown.
+	Fingerprint    []byte
+	FingerprintLen uint32
 }
 
 // UserInfo is authentication.k8s.io/v1 UserInfo.

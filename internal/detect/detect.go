@@ -3,7 +3,9 @@ package detect
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,17 +22,56 @@ type Key struct {
 	Cluster         string
 	AuditID         string
 	RequestReceived string // requestReceivedTimestamp, exactly as logged
+	// Place is set only for an Incomplete event, which is its own request:
+	// where it was read (node, file fingerprint, offset) and a digest of
+	// the event, so that reading the same data again, under another name
+	// or compressed, gives the same key.
+	Place string
 }
 
-// KeyOf returns the key of e's request in cluster.
-func KeyOf(cluster string, e *audit.Event) Key {
-	return Key{Cluster: cluster, AuditID: e.AuditID, RequestReceived: e.RequestReceivedTimestamp}
+// Incomplete reports whether e lacks auditID or requestReceivedTimestamp
+// (old, converted or third-party logs): its request cannot be told apart
+// from others by its fields, nor its stages joined.
+func Incomplete(e *audit.Event) bool {
+	return e.AuditID == "" || e.RequestReceivedTimestamp == ""
+}
+
+// KeyOf returns the key of e's request, read by src.
+func KeyOf(src Source, e *audit.Event) Key {
+	k := Key{Cluster: src.Cluster, AuditID: e.AuditID, RequestReceived: e.RequestReceivedTimestamp}
+	if Incomplete(e) {
+		k.Place = place(src, e)
+	}
+	return k
+}
+
+// place is the Key.Place of an incomplete event e read by src.
+func place(src Source, e *audit.Event) string {
+	var b strings.Builder
+	b.WriteString(strconv.Quote(src.Node))
+	if o := e.Origin; o != nil && len(o.Fingerprint) > 0 {
+		fmt.Fprintf(&b, "/fp:%x:%d/%d", o.Fingerprint, o.FingerprintLen, o.Offset)
+	} else if o != nil {
+		fmt.Fprintf(&b, "/name:%s/%d", strconv.Quote(o.File), o.Offset)
+	}
+	// The digest tells apart events at one offset of files whose first
+	// bytes agree; encoding/json sorts map keys, so it is stable.
+	raw, err := json.Marshal(e)
+	if err == nil {
+		sum := sha256.Sum256(raw)
+		fmt.Fprintf(&b, "/ev:%x", sum[:16])
+	}
+	return b.String()
 }
 
 // String encodes k unambiguously and stably (a storage key): each part is
 // Go-quoted, so no choice of values can make two keys collide.
 func (k Key) String() string {
-	return strconv.Quote(k.Cluster) + "/" + strconv.Quote(k.AuditID) + "/" + strconv.Quote(k.RequestReceived)
+	s := strconv.Quote(k.Cluster) + "/" + strconv.Quote(k.AuditID) + "/" + strconv.Quote(k.RequestReceived)
+	if k.Place != "" {
+		s += "/" + strconv.Quote(k.Place)
+	}
+	return s
 }
 
 // RecordID is the ID of the token_request record of k's request: a digest
@@ -127,6 +168,20 @@ func Next(s State, stage string) Action {
 	default: // StateDone
 		return ActionIgnore
 	}
+}
+
+// Decide is Next for event e: an Incomplete event is its own request and no
+// other stage can join it, so it alerts at once whatever its stage (a
+// RequestReceived with event.outcome=unknown) and is ignored when seen
+// again.
+func Decide(s State, e *audit.Event) Action {
+	if !Incomplete(e) {
+		return Next(s, e.Stage)
+	}
+	if s == StateNone {
+		return ActionAlert
+	}
+	return ActionIgnore
 }
 
 // After returns the state of a request in state s once action a is applied.
@@ -270,6 +325,12 @@ func TokenRecord(src Source, e *audit.Event, v rule.Verdict, unknownOutcome bool
 	if len(e.Malformed) > 0 {
 		a = append(a, alert.Strings("tokenwatch.malformed_fields", e.Malformed))
 	}
+	if Incomplete(e) {
+		a = append(a, alert.Bool("tokenwatch.incomplete_event", true))
+		if o := e.Origin; o != nil {
+			a = append(a, alert.String("log.file.name", o.File), alert.Int("tokenwatch.file.offset", int64(min(o.Offset, math.MaxInt64))))
+		}
+	}
 	a = append(a,
 		alert.String("security_rule.name", RuleName),
 		alert.String("security_rule.uuid", RuleUUID),
@@ -282,7 +343,7 @@ func TokenRecord(src Source, e *audit.Event, v rule.Verdict, unknownOutcome bool
 		alert.String("threat.technique.subtechnique.id", "T1552.007"),
 	)
 	return alert.Record{
-		ID:        KeyOf(src.Cluster, e).RecordID(),
+		ID:        KeyOf(src, e).RecordID(),
 		EventName: alert.EventTokenRequest,
 		Time:      Time(e),
 		Severity:  alert.Medium,

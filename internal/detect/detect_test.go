@@ -73,7 +73,7 @@ func (r *run) feed(e *audit.Event) {
 	if !v.Alerts() {
 		return
 	}
-	k := KeyOf(r.src.Cluster, e)
+	k := KeyOf(r.src, e)
 	s := r.state[k]
 	a := Next(s, e.Stage)
 	switch a {
@@ -165,16 +165,16 @@ func TestStages(t *testing.T) {
 }
 
 func TestKey(t *testing.T) {
-	a := Key{"c", "id", rrt1}
+	a := Key{"c", "id", rrt1, ""}
 	tests := []struct {
 		name string
 		b    Key
 		same bool
 	}{
-		{"same", Key{"c", "id", rrt1}, true},
-		{"reused audit ID", Key{"c", "id", rrt2}, false},
-		{"other cluster", Key{"d", "id", rrt1}, false},
-		{"shifted separator", Key{`c"/"id`, "", rrt1}, false},
+		{"same", Key{"c", "id", rrt1, ""}, true},
+		{"reused audit ID", Key{"c", "id", rrt2, ""}, false},
+		{"other cluster", Key{"d", "id", rrt1, ""}, false},
+		{"shifted separator", Key{`c"/"id`, "", rrt1, ""}, false},
 	}
 	for _, tt := range tests {
 		if got := a.String() == tt.b.String(); got != tt.same {
@@ -185,7 +185,7 @@ func TestKey(t *testing.T) {
 		}
 	}
 	e := ev("alice", "ResponseComplete", "id", rrt1, 201)
-	if got := KeyOf("c", e); got != a {
+	if got := KeyOf(Source{Cluster: "c"}, e); got != a {
 		t.Errorf("KeyOf = %+v, want %+v", got, a)
 	}
 	if TokenRecord(Source{Cluster: "c"}, e, rule.Verdict{Match: true}, false).ID != a.RecordID() {

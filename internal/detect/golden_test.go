@@ -117,7 +117,7 @@ func TestGoldenRealLogs(t *testing.T) {
 					continue
 				}
 				s.TokenCreates++
-				requests[KeyOf(r.src.Cluster, e)] = true
+				requests[KeyOf(r.src, e)] = true
 				if v := r.rule.Evaluate(e); v.Excluded {
 					s.ExcludedBy[v.By]++
 				}

@@ -10,7 +10,7 @@ import (
 const MaxBoundedBytes = 1536 << 10
 
 // ToProto converts e to its wire form. Source (the position in the agent's
-// files) is left for the caller to set.
+// files) is e's Origin, when set; else it is left for the caller to set.
 func ToProto(e *audit.Event) *tokenwatchv1.TokenEvent {
 	p := &tokenwatchv1.TokenEvent{
 		AuditId:                  e.AuditID,
@@ -33,6 +33,9 @@ func ToProto(e *audit.Event) *tokenwatchv1.TokenEvent {
 			Resource: r.Resource, Namespace: r.Namespace, Name: r.Name, ApiGroup: r.APIGroup,
 			ApiVersion: r.APIVersion, Subresource: r.Subresource, Uid: r.UID,
 		}
+	}
+	if o := e.Origin; o != nil {
+		p.Source = &tokenwatchv1.SourcePosition{File: o.File, Offset: o.Offset, Fingerprint: o.Fingerprint, FingerprintLen: o.FingerprintLen}
 	}
 	if s := e.ResponseStatus; s != nil {
 		p.ResponseStatus = &tokenwatchv1.ResponseStatus{Code: s.Code, Status: s.Status, Reason: s.Reason, Message: s.Message}
@@ -88,6 +91,9 @@ func FromProto(p *tokenwatchv1.TokenEvent) *audit.Event {
 			Resource: r.GetResource(), Namespace: r.GetNamespace(), Name: r.GetName(), UID: r.GetUid(),
 			APIGroup: r.GetApiGroup(), APIVersion: r.GetApiVersion(), Subresource: r.GetSubresource(),
 		}
+	}
+	if o := p.GetSource(); o != nil {
+		e.Origin = &audit.Origin{File: o.GetFile(), Offset: o.GetOffset(), Fingerprint: o.GetFingerprint(), FingerprintLen: o.GetFingerprintLen()}
 	}
 	if s := p.GetResponseStatus(); s != nil {
 		e.ResponseStatus = &audit.Status{Code: s.GetCode(), Status: s.GetStatus(), Reason: s.GetReason(), Message: s.GetMessage()}

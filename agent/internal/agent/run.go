@@ -83,13 +83,18 @@ func Run(ctx context.Context, cfg Config) error {
 		GiveUpAfter: giveUp,
 		Status:      func() *tokenwatchv1.Heartbeat { return heartbeat(fol.Stats()) },
 		OnAck:       p.onAck,
+		Classify:    classifier(c),
 		Logger:      log,
 	})
 	if err != nil {
 		return err
 	}
 	p.snd = snd
-	p.m = metrics.New(metrics.Sources{Follow: fol.Stats, Send: snd.Stats})
+	var certs map[string]string
+	if !c.Insecure {
+		certs = map[string]string{"client": c.TLSCert, "ca": c.TLSCA}
+	}
+	p.m = metrics.New(metrics.Sources{Follow: fol.Stats, Send: snd.Stats, Certificates: certs})
 
 	// Background work: metrics endpoint and periodic checkpoints.
 	bg, stopBG := context.WithCancel(context.Background())
@@ -121,6 +126,7 @@ func Run(ctx context.Context, cfg Config) error {
 		args = append(args, "start_at", c.StartAt)
 	}
 	log.Info("agent starting", args...)
+	warnValidity(c)
 
 	sctx, stopSender := context.WithCancel(context.Background())
 	defer stopSender()
@@ -276,6 +282,10 @@ func (p *pipeline) Block(ctx context.Context, b follow.Block) error {
 	}
 	p.events = p.events[:0]
 	var losses []*tokenwatchv1.LossReport
+	var fp []byte // the file's identity, shared by the block's events
+	if len(p.matches) > 0 {
+		fp = bytes.Clone(b.Pos.ID.FP)
+	}
 	for i, m := range p.matches {
 		if len(m.Event.Malformed) > 0 {
 			p.m.Marked.WithLabelValues(markMalformed).Inc()
@@ -287,6 +297,7 @@ func (p *pipeline) Block(ctx context.Context, b follow.Block) error {
 			losses = append(losses, loss)
 			continue
 		}
+		e.Source.Fingerprint, e.Source.FingerprintLen = fp, uint32(max(b.Pos.ID.FPLen, 0))
 		p.events = append(p.events, e)
 	}
 	end := b.End()

@@ -16,12 +16,17 @@ import (
 
 	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
 	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
+	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 )
 
 // Sources are read at every scrape.
 type Sources struct {
 	Follow func() follow.Stats
 	Send   func() sender.Stats
+	// Certificates maps a certificate label ("client", "ca") to its PEM
+	// file, read at each scrape for
+	// tokenwatch_agent_certificate_expiry_timestamp_seconds.
+	Certificates map[string]string
 }
 
 // Agent holds the agent's metrics.
@@ -92,6 +97,11 @@ func New(src Sources) *Agent {
 			return 0
 		})
 	}
+	if len(src.Certificates) > 0 {
+		reg.MustRegister(certExpiry{desc: prometheus.NewDesc("tokenwatch_agent_certificate_expiry_timestamp_seconds",
+			"When a certificate the agent holds expires (the earliest NotAfter in its file), Unix seconds.",
+			[]string{"certificate"}, nil), files: src.Certificates})
+	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return a
 }
@@ -106,6 +116,22 @@ type funcCollector struct {
 func (c funcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c funcCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.desc, c.kind, c.v())
+}
+
+// certExpiry reads its files at each scrape (as each TLS handshake re-reads
+// them); a file that cannot be read has no sample.
+type certExpiry struct {
+	desc  *prometheus.Desc
+	files map[string]string
+}
+
+func (c certExpiry) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c certExpiry) Collect(ch chan<- prometheus.Metric) {
+	for label, path := range c.files {
+		if t, err := tlsconf.NotAfter(path); err == nil {
+			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(t.UnixNano())/1e9, label)
+		}
+	}
 }
 
 // Handler serves /metrics, /healthz (always 200 while the process serves)

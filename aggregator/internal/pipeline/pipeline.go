@@ -314,7 +314,7 @@ func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
 			}
 			continue
 		}
-		cands = append(cands, candidate{e: e, v: v, key: detect.KeyOf(b.Source.Cluster, e).String()})
+		cands = append(cands, candidate{e: e, v: v, key: detect.KeyOf(b.Source, e).String()})
 	}
 	if len(cands) == 0 && len(b.Losses) == 0 {
 		p.m.count(&res)
@@ -352,7 +352,7 @@ func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
 			// (a late completion is dropped_late) included.
 			s = detect.State(states[c.key])
 		}
-		act := detect.Next(s, c.e.Stage)
+		act := detect.Decide(s, c.e)
 		local[c.key] = detect.After(s, act)
 		switch act {
 		case detect.ActionHold:
