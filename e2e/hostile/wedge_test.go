@@ -17,13 +17,19 @@ import (
 )
 
 // wedgeEvents is the backlog's size in token-create audit events (two per
-// request: RequestReceived and ResponseComplete). At the aggregator's
-// default per-agent rate (2,000 events/s after a burst of 20,000) every
+// request: RequestReceived and ResponseComplete). At wedgeLimits' rate
+// (2,000 events/s after a burst of 20,000: issue 12's figures, set
+// explicitly so that retuned defaults do not undo the throttling) every
 // aggregator started below throttles the agent.
 const wedgeEvents = 90_000
 
+const wedgeLimits = `limits:
+  events_per_second: 2000
+  event_burst: 20000
+`
+
 // TestWedgeAggregatorGoneWhileThrottled is issue 12's point 3: an agent
-// with a backlog that the aggregator's per-agent rate holds back must notice
+// with a backlog that the aggregator's rate limit holds back must notice
 // when that aggregator dies (SIGKILL) or stops (SIGTERM), say so, reconnect
 // to its successor on the same port and state, and deliver every alert; and
 // a SIGTERM to the agent while the aggregator is stalled (SIGSTOP) or gone
@@ -47,7 +53,8 @@ func TestWedgeAggregatorGoneWhileThrottled(t *testing.T) {
 	t.Logf("backlog: %d requests that must alert, %.1f MB", len(res.Wants), float64(res.Bytes)/1e6)
 
 	sink := harness.StartSink(t)
-	agg := harness.NewAggregator(t, b, logs, sink.Endpoint) // default limits
+	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
+	agg.Config = harness.WriteFile(t, dir, "aggregator.yaml", wedgeLimits)
 	agg.Start(t)
 	agent := &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: "c1", Node: "cp-1", AuditLog: auditLog,
 		Aggregator: agg.Listen, StateDir: filepath.Join(dir, "agent-state"),
