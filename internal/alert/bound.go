@@ -1,10 +1,9 @@
 package alert
 
 import (
-	"crypto/sha256"
-	"fmt"
 	"slices"
-	"unicode/utf8"
+
+	"github.com/tokenwatch/tokenwatch/internal/audit"
 )
 
 // Bounds of one record. Most of what a token_request record says comes from
@@ -62,7 +61,7 @@ func Bounded(r Record) (Record, bool) {
 		kept      int
 	)
 	budget := MaxRecordBytes
-	body := cut(r.Body, MaxBodyBytes)
+	body := audit.Cut(r.Body, MaxBodyBytes)
 	if len(body) != len(r.Body) {
 		truncated = append(truncated, "body")
 	}
@@ -109,7 +108,7 @@ func Bounded(r Record) (Record, bool) {
 	}
 	var all []string
 	for _, k := range append(slices.Clone(prevTrunc), truncated...) {
-		if k = cut(k, MaxKeyBytes); len(all) < maxTruncatedItems && !slices.Contains(all, k) {
+		if k = audit.Cut(k, MaxKeyBytes); len(all) < maxTruncatedItems && !slices.Contains(all, k) {
 			all = append(all, k)
 		}
 	}
@@ -128,7 +127,7 @@ func Bounded(r Record) (Record, bool) {
 // spends, and reports whether it cut anything.
 func boundAttr(a Attr, budget *int) (Attr, bool) {
 	allow := func() int { return min(MaxValueBytes, max(*budget, minValueBytes)) }
-	key := cut(a.Key, MaxKeyBytes)
+	key := audit.Cut(a.Key, MaxKeyBytes)
 	cutAny := len(key) != len(a.Key)
 	*budget -= len(key)
 	a.Key = key
@@ -140,7 +139,7 @@ func boundAttr(a Attr, budget *int) (Attr, bool) {
 		}
 		var bounded []string
 		for j, s := range items {
-			c := cut(s, allow())
+			c := audit.Cut(s, allow())
 			*budget -= len(c)
 			if len(c) != len(s) && bounded == nil {
 				bounded = slices.Clone(items[:j:j])
@@ -156,7 +155,7 @@ func boundAttr(a Attr, budget *int) (Attr, bool) {
 	case KindInt, KindBool:
 		*budget -= 8
 	default:
-		c := cut(a.Value.Str, allow())
+		c := audit.Cut(a.Value.Str, allow())
 		*budget -= len(c)
 		if len(c) != len(a.Value.Str) {
 			a.Value.Str, cutAny = c, true
@@ -168,22 +167,4 @@ func boundAttr(a Attr, budget *int) (Attr, bool) {
 func equalAttr(a, b Attr) bool {
 	return a.Key == b.Key && a.Value.Kind == b.Value.Kind && a.Value.Str == b.Value.Str &&
 		a.Value.Int == b.Value.Int && a.Value.Bool == b.Value.Bool && slices.Equal(a.Value.Strings, b.Value.Strings)
-}
-
-// cut returns s within n bytes (n >= minValueBytes): s when it fits, else
-// a prefix ending at a character boundary followed by
-// "...[truncated N bytes sha256:H]", N the length of s and H the first 16
-// hex digits of its SHA-256, the form the agent's audit.Cut writes, so that
-// distinct long values stay distinct.
-func cut(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	sum := sha256.Sum256([]byte(s))
-	suffix := fmt.Sprintf("...[truncated %d bytes sha256:%x]", len(s), sum[:8])
-	n -= len(suffix)
-	for i := 0; i < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); i++ {
-		n--
-	}
-	return s[:n] + suffix
 }

@@ -7,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/tokenwatch/tokenwatch/internal/audit"
 )
 
 func actor() []Attr {
@@ -34,7 +36,7 @@ func TestBounded(t *testing.T) {
 			true, []string{"kubernetes.audit.user.groups"}, 0},
 		{"long body", Record{Body: strings.Repeat("b", MaxBodyBytes+1), Attrs: actor()}, true, []string{"body"}, 0},
 		{"long key", Record{Attrs: append(actor(), String(strings.Repeat("k", MaxKeyBytes+1), "v"))},
-			true, []string{cut(strings.Repeat("k", MaxKeyBytes+1), MaxKeyBytes)}, 0},
+			true, []string{audit.Cut(strings.Repeat("k", MaxKeyBytes+1), MaxKeyBytes)}, 0},
 		{"too many attributes", Record{Attrs: many}, true, nil, 2},
 		{"merges a list the record has", Record{Attrs: append(actor(), Strings(AttrTruncated, []string{"requestObject"}), String("x", strings.Repeat("x", MaxValueBytes+1)))},
 			true, []string{"requestObject", "x"}, 0},
@@ -120,7 +122,7 @@ func TestCut(t *testing.T) {
 		{"invalid UTF-8", strings.Repeat("\x80", 400), 300, ""},
 	}
 	for _, tt := range tests {
-		got := cut(tt.give, tt.n)
+		got := audit.Cut(tt.give, tt.n)
 		if tt.want != "" && got != tt.want {
 			t.Errorf("%s: cut = %q, want %q", tt.name, got, tt.want)
 		}
@@ -134,7 +136,7 @@ func TestCut(t *testing.T) {
 			if utf8.ValidString(tt.give) && !utf8.ValidString(got) {
 				t.Errorf("%s: cut split a character", tt.name)
 			}
-			if other := cut(tt.give[:len(tt.give)-1]+"b", tt.n); other == got {
+			if other := audit.Cut(tt.give[:len(tt.give)-1]+"b", tt.n); other == got {
 				t.Errorf("%s: two long values cut alike", tt.name)
 			}
 		}
