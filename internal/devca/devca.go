@@ -37,9 +37,14 @@ type CA struct {
 	cert    *x509.Certificate
 	key     *ecdsa.PrivateKey
 	certPEM []byte
+	// chainPEM holds the CA certificates between what this CA issues and
+	// the root: empty for a root, this CA's and its parents' for an
+	// intermediate.
+	chainPEM []byte
 }
 
-// New creates a self-signed CA named commonName, valid for CAValidity.
+// New creates a self-signed CA named commonName, valid for CAValidity. It
+// may sign one level of intermediates (see Intermediate).
 func New(commonName string) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -58,7 +63,7 @@ func New(commonName string) (*CA, error) {
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		MaxPathLenZero:        true,
+		MaxPathLen:            1,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -76,6 +81,51 @@ func (ca *CA) CertPEM() []byte { return append([]byte(nil), ca.certPEM...) }
 
 // Certificate returns the parsed CA certificate.
 func (ca *CA) Certificate() *x509.Certificate { return ca.cert }
+
+// Intermediate issues a CA for the agents of one cluster only, signed by
+// ca, as a fleet's hub issues one to each spoke: its certificate carries the
+// URI SAN spiffe://<trustDomain>/cluster/<cluster>, which the aggregator
+// (tlsconf.CheckIssuers) holds every certificate it signs to, and the
+// client-auth extended key usage only, so that no server certificate it signs
+// verifies. What it issues carries it in the chain (Pair.CertPEM: the leaf,
+// then the intermediate), as cert-manager's CA issuer writes tls.crt.
+func (ca *CA) Intermediate(trustDomain, cluster string) (*CA, error) {
+	id, err := url.Parse("spiffe://" + trustDomain + "/cluster/" + cluster)
+	if err != nil {
+		return nil, fmt.Errorf("intermediate SPIFFE ID for cluster %q: %w", cluster, err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate intermediate key: %w", err)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "tokenwatch agents CA " + cluster, Organization: []string{"tokenwatch development"}},
+		NotBefore:             now.Add(-clockSkew),
+		NotAfter:              ca.cert.NotAfter,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+		URIs:                  []*url.URL{id},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("create intermediate certificate for %q: %w", cluster, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse intermediate certificate: %w", err)
+	}
+	certPEM := pemCert(der)
+	return &CA{cert: cert, key: key, certPEM: certPEM, chainPEM: append(append([]byte(nil), certPEM...), ca.chainPEM...)}, nil
+}
 
 // Pair is an issued certificate and its private key, PEM encoded.
 type Pair struct {
@@ -95,7 +145,8 @@ type Leaf struct {
 	NotBefore, NotAfter time.Time
 }
 
-// Issue signs a leaf certificate for a fresh P-256 key.
+// Issue signs a leaf certificate for a fresh P-256 key. An intermediate's
+// CertPEM is followed by the intermediate's chain.
 func (ca *CA) Issue(l Leaf) (Pair, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -139,7 +190,7 @@ func (ca *CA) Issue(l Leaf) (Pair, error) {
 		return Pair{}, fmt.Errorf("marshal key for %q: %w", l.CommonName, err)
 	}
 	return Pair{
-		CertPEM: pemCert(der),
+		CertPEM: append(pemCert(der), ca.chainPEM...),
 		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
 	}, nil
 }

@@ -28,11 +28,12 @@ var (
 	ErrSeveralIDs         = errors.New("certificate has several SPIFFE IDs")
 	ErrMalformedID        = errors.New("certificate SPIFFE ID is malformed")
 	ErrClusterMismatch    = errors.New("claimed cluster differs from the certificate's")
+	ErrIssuerCluster      = errors.New("certificate issued by a CA bound to another cluster")
 )
 
 // Reason returns a short, stable label for an identity error, for metrics:
 // no_certificate, no_cluster_id, foreign_trust_domain, several_ids,
-// malformed_id, cluster_mismatch, or "other".
+// malformed_id, cluster_mismatch, issuer_cluster_mismatch, or "other".
 func Reason(err error) string {
 	switch {
 	case errors.Is(err, ErrNoPeerCertificate):
@@ -47,6 +48,8 @@ func Reason(err error) string {
 		return "malformed_id"
 	case errors.Is(err, ErrClusterMismatch):
 		return "cluster_mismatch"
+	case errors.Is(err, ErrIssuerCluster):
+		return "issuer_cluster_mismatch"
 	default:
 		return "other"
 	}
@@ -55,7 +58,9 @@ func Reason(err error) string {
 // ClusterFromContext returns the cluster name bound to the verified peer
 // certificate of a gRPC server stream or call: the URI SAN
 // spiffe://<trustDomain>/cluster/<name>. It fails when the connection is not
-// TLS with a verified client certificate, and as ClusterFromCert does.
+// TLS with a verified client certificate, as ClusterFromCert does, and
+// when a CA that vouched for the certificate is bound to another cluster
+// (CheckIssuers).
 func ClusterFromContext(ctx context.Context, trustDomain string) (string, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
@@ -65,7 +70,65 @@ func ClusterFromContext(ctx context.Context, trustDomain string) (string, error)
 	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.PeerCertificates) == 0 {
 		return "", ErrNoPeerCertificate
 	}
-	return ClusterFromCert(info.State.PeerCertificates[0], trustDomain)
+	cluster, err := ClusterFromCert(info.State.PeerCertificates[0], trustDomain)
+	if err != nil {
+		return "", err
+	}
+	if err := CheckIssuers(info.State.VerifiedChains, trustDomain, cluster); err != nil {
+		return "", err
+	}
+	return cluster, nil
+}
+
+// CheckIssuers checks that the CAs that vouched for an agent certificate of
+// cluster may sign for it. A CA certificate carrying the SPIFFE ID
+// spiffe://<trustDomain>/cluster/<name> (a per-cluster intermediate: a
+// fleet's spoke issuing its own agents' certificates) signs for that cluster
+// only; one without a SPIFFE ID, or with the trust domain's own
+// (spiffe://<trustDomain>), signs for any; any other SPIFFE ID (a foreign
+// trust domain, another path, several IDs) binds a CA to none. X.509 name
+// constraints cannot say this: crypto/x509 matches a URI constraint against
+// the URI's host, which is the trust domain, never against its path.
+//
+// chains are the verified chains, leaf first, as crypto/tls returns them;
+// the certificate passes when one of them has no CA bound elsewhere.
+func CheckIssuers(chains [][]*x509.Certificate, trustDomain, cluster string) error {
+	if len(chains) == 0 {
+		return ErrNoPeerCertificate
+	}
+	var first error
+	for _, chain := range chains {
+		err := checkChain(chain, trustDomain, cluster)
+		if err == nil {
+			return nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func checkChain(chain []*x509.Certificate, trustDomain, cluster string) error {
+	for _, ca := range chain[min(1, len(chain)):] {
+		var ids []string
+		for _, u := range ca.URIs {
+			if strings.EqualFold(u.Scheme, "spiffe") {
+				ids = append(ids, u.String())
+			}
+		}
+		switch {
+		case len(ids) == 0, len(ids) == 1 && ids[0] == "spiffe://"+trustDomain:
+			continue // signs for the whole trust domain
+		case len(ids) == 1:
+			if c, err := ParseClusterID(ids[0], trustDomain); err == nil && c == cluster {
+				continue
+			}
+		}
+		return fmt.Errorf("%w: CA %q (%s) may not sign for cluster %q",
+			ErrIssuerCluster, ca.Subject.CommonName, strings.Join(ids, ", "), cluster)
+	}
+	return nil
 }
 
 // ClusterFromCert returns the cluster name of an agent certificate. The

@@ -2,6 +2,7 @@ package tlsconf
 
 import (
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"net/url"
 	"testing"
@@ -129,7 +130,7 @@ func TestClusterFromCert(t *testing.T) {
 }
 
 func TestReason(t *testing.T) {
-	for _, e := range []error{ErrNoPeerCertificate, ErrNoClusterID, ErrForeignTrustDomain, ErrSeveralIDs, ErrMalformedID, ErrClusterMismatch} {
+	for _, e := range []error{ErrNoPeerCertificate, ErrNoClusterID, ErrForeignTrustDomain, ErrSeveralIDs, ErrMalformedID, ErrClusterMismatch, ErrIssuerCluster} {
 		if got := Reason(fmtWrap(e)); got == "other" {
 			t.Errorf("Reason(%v) = other, want a specific label", e)
 		}
@@ -161,5 +162,57 @@ func TestValidateNames(t *testing.T) {
 		if err := ValidateClusterName(c); err == nil {
 			t.Errorf("ValidateClusterName(%q) = nil, want error", c)
 		}
+	}
+}
+
+func TestCheckIssuers(t *testing.T) {
+	ca := func(uris ...string) *x509.Certificate {
+		c := &x509.Certificate{Subject: pkix.Name{CommonName: "ca"}, IsCA: true}
+		for _, u := range uris {
+			parsed, err := url.Parse(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.URIs = append(c.URIs, parsed)
+		}
+		return c
+	}
+	leaf := &x509.Certificate{}
+	root := ca()
+	tests := []struct {
+		name    string
+		chains  [][]*x509.Certificate
+		wantErr error
+	}{
+		{name: "root only", chains: [][]*x509.Certificate{{leaf, root}}},
+		{name: "leaf alone (self-signed, trusted as is)", chains: [][]*x509.Certificate{{leaf}}},
+		{name: "intermediate of the same cluster", chains: [][]*x509.Certificate{{leaf, ca("spiffe://tokenwatch/cluster/a"), root}}},
+		{name: "intermediate without SPIFFE ID", chains: [][]*x509.Certificate{{leaf, ca("https://example.org/ca"), root}}},
+		{name: "intermediate of the trust domain", chains: [][]*x509.Certificate{{leaf, ca("spiffe://tokenwatch"), root}}},
+		{name: "intermediate of another cluster", chains: [][]*x509.Certificate{{leaf, ca("spiffe://tokenwatch/cluster/b"), root}},
+			wantErr: ErrIssuerCluster},
+		{name: "root bound to another cluster", chains: [][]*x509.Certificate{{leaf, ca("spiffe://tokenwatch/cluster/b")}},
+			wantErr: ErrIssuerCluster},
+		{name: "two levels, the upper one elsewhere", chains: [][]*x509.Certificate{
+			{leaf, ca("spiffe://tokenwatch/cluster/a"), ca("spiffe://tokenwatch/cluster/b"), root}}, wantErr: ErrIssuerCluster},
+		{name: "foreign trust domain", chains: [][]*x509.Certificate{{leaf, ca("spiffe://other/cluster/a"), root}},
+			wantErr: ErrIssuerCluster},
+		{name: "other path", chains: [][]*x509.Certificate{{leaf, ca("spiffe://tokenwatch/node/a"), root}},
+			wantErr: ErrIssuerCluster},
+		{name: "several IDs", chains: [][]*x509.Certificate{{leaf, ca("spiffe://tokenwatch/cluster/a", "spiffe://tokenwatch/cluster/b"), root}},
+			wantErr: ErrIssuerCluster},
+		{name: "malformed ID", chains: [][]*x509.Certificate{{leaf, ca("spiffe://tokenwatch/cluster/a/"), root}},
+			wantErr: ErrIssuerCluster},
+		{name: "one good chain of two", chains: [][]*x509.Certificate{
+			{leaf, ca("spiffe://tokenwatch/cluster/b"), root}, {leaf, ca("spiffe://tokenwatch/cluster/a"), root}}},
+		{name: "no chain", wantErr: ErrNoPeerCertificate},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := CheckIssuers(tt.chains, "tokenwatch", "a")
+			if !errors.Is(err, tt.wantErr) || (err == nil) != (tt.wantErr == nil) {
+				t.Errorf("CheckIssuers(cluster a) = %v, want %v", err, tt.wantErr)
+			}
+		})
 	}
 }
