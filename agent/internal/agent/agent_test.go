@@ -38,6 +38,7 @@ type aggregator struct {
 	events  []string
 	tokens  []*tokenwatchv1.TokenEvent
 	sources []*tokenwatchv1.SourcePosition
+	beats   []*tokenwatchv1.Heartbeat
 	changed chan struct{}
 }
 
@@ -83,6 +84,11 @@ func (a *aggregator) Stream(stream grpc.BidiStreamingServer[tokenwatchv1.StreamR
 		}
 		b := req.GetBatch()
 		if b == nil {
+			if h := req.GetHeartbeat(); h != nil {
+				a.mu.Lock()
+				a.beats = append(a.beats, h)
+				a.mu.Unlock()
+			}
 			continue
 		}
 		a.mu.Lock()

@@ -103,13 +103,26 @@ func Run(ctx context.Context, cfg Config) error {
 		stopBG()
 		wg.Wait()
 	}()
+	// Ready: the audit log can be read and the aggregator is connected.
+	ready := func() error {
+		if err := auditLogProblem(c.AuditLog, fol.Stats()); err != nil {
+			return err
+		}
+		if !snd.Ready() {
+			return errors.New("not connected to the aggregator")
+		}
+		return nil
+	}
+	if !c.Once {
+		wg.Go(func() { watchAuditLog(bg, c.AuditLog, fol.Stats, log) })
+	}
 	if c.MetricsAddr != "" {
 		lis, err := net.Listen("tcp", c.MetricsAddr)
 		if err != nil {
 			return fmt.Errorf("--metrics-addr %s: %w", c.MetricsAddr, err)
 		}
 		wg.Go(func() {
-			if err := metrics.ServeListener(bg, lis, p.m.Handler(snd.Ready)); err != nil {
+			if err := metrics.ServeListener(bg, lis, p.m.Handler(ready)); err != nil {
 				log.Error("metrics endpoint stopped", "error", err)
 			}
 		})
@@ -226,6 +239,8 @@ func heartbeat(st follow.Stats) *tokenwatchv1.Heartbeat {
 		Size:        uint64(max(st.Size, 0)),
 		BytesBehind: uint64(max(st.Behind, 0)),
 		LinesRead:   uint64(max(st.Lines, 0)),
+		FileState:   fileState(st.Live),
+		FileError:   st.LiveErr,
 	}
 	if !st.LastGrowth.IsZero() {
 		h.LastGrowth = timestamppb.New(st.LastGrowth)

@@ -157,7 +157,22 @@ type Stats struct {
 	Size         int64     // File's size when last seen
 	Behind       int64     // bytes not yet delivered: rest of File (plain) and newer rotated files (as stored)
 	LastGrowth   time.Time // when data was last read
+	// Live is the state of the live file at Path when last looked at
+	// ("" before the first look, and with Once); LiveErr says why it is
+	// absent or unreadable.
+	Live    LiveState
+	LiveErr string
 }
+
+// LiveState is the state of the live file at Config.Path.
+type LiveState string
+
+// Live file states.
+const (
+	LivePresent    LiveState = "present"
+	LiveAbsent     LiveState = "absent"     // no file (or no folder) at Path
+	LiveUnreadable LiveState = "unreadable" // there, but it cannot be opened or examined
+)
 
 // Follower follows one audit log and its rotations. Use New.
 type Follower struct {

@@ -187,8 +187,15 @@ func (f *Follower) runOnce(ctx context.Context, h Handler) error {
 // the checkpointed file.
 func (f *Follower) start(ctx context.Context, h Handler, wk *waker) (*source, error) {
 	live, err := f.openLive(0)
-	if err != nil {
-		return nil, err
+	for err != nil {
+		// There but unreadable: wait until it can be read (or is gone)
+		// rather than take it for missing, which a checkpoint in it
+		// would report as lost.
+		f.warnOnce("open live file", err)
+		if err := wk.wait(ctx); err != nil {
+			return nil, err
+		}
+		live, err = f.openLive(0)
 	}
 	sibs, err := f.lay.scan()
 	if err != nil {
@@ -281,13 +288,25 @@ func (f *Follower) markStarted() {
 func (f *Follower) openLive(off int64) (*source, error) {
 	s, err := openPlain(f.cfg.Path, off)
 	if errors.Is(err, os.ErrNotExist) {
+		f.noteLive(LiveAbsent, err)
 		return nil, nil
 	}
 	if err != nil {
+		f.noteLive(LiveUnreadable, err)
 		return nil, fmt.Errorf("open %s: %w", f.cfg.Path, err)
 	}
+	f.noteLive(LivePresent, nil)
 	s.live = true
 	return s, nil
+}
+
+// noteLive records the state of the live file for Stats.
+func (f *Follower) noteLive(st LiveState, err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	f.updateStats(func(s *Stats) { s.Live, s.LiveErr = st, msg })
 }
 
 // next returns the file to read after the current one: the oldest sibling
@@ -418,8 +437,15 @@ func (f *Follower) isDone(s sibling) bool {
 func (f *Follower) liveMovedOn(cur *source) (moved, missing bool) {
 	fi, err := os.Stat(f.cfg.Path)
 	if err != nil {
-		return false, errors.Is(err, os.ErrNotExist)
+		missing = errors.Is(err, os.ErrNotExist)
+		if missing {
+			f.noteLive(LiveAbsent, err)
+		} else {
+			f.noteLive(LiveUnreadable, err)
+		}
+		return false, missing
 	}
+	f.noteLive(LivePresent, nil)
 	dev, ino := devIno(fi)
 	return (dev != cur.id.Dev || ino != cur.id.Ino) && fi.Size() > 0, false
 }
@@ -447,9 +473,11 @@ const (
 func (f *Follower) checkLive(ctx context.Context, h Handler, cur *source) (liveState, error) {
 	fi, err := os.Stat(f.cfg.Path)
 	if errors.Is(err, os.ErrNotExist) {
+		f.noteLive(LiveAbsent, err)
 		return stRotated, nil
 	}
 	if err != nil {
+		f.noteLive(LiveUnreadable, err)
 		f.warnOnce("stat live file", err)
 		return stIdle, nil
 	}
@@ -457,6 +485,7 @@ func (f *Follower) checkLive(ctx context.Context, h Handler, cur *source) (liveS
 	if dev != cur.id.Dev || ino != cur.id.Ino {
 		return stRotated, nil
 	}
+	f.noteLive(LivePresent, nil)
 	size := fi.Size()
 	cur.size = size
 	f.updateStats(func(s *Stats) {

@@ -78,6 +78,13 @@ func New(src Sources) *Agent {
 		fn(prometheus.CounterValue, "rotations_total", "Times the live audit log was rotated away or truncated.", func() float64 { return float64(f().Rotations) })
 		fn(prometheus.CounterValue, "lines_too_long_total", "Lines longer than the limit, skipped and reported.", func() float64 { return float64(f().LinesTooLong) })
 		fn(prometheus.GaugeValue, "bytes_behind", "Audit data not read yet: the rest of the file and newer rotated files.", func() float64 { return float64(f().Behind) })
+		reg.MustRegister(stateSet{
+			desc: prometheus.NewDesc("tokenwatch_agent_audit_log_state",
+				"1 for the state of the live audit log (--audit-log): present, absent or unreadable; the agent is ready only while it is present.",
+				[]string{"state"}, nil),
+			states: []string{string(follow.LivePresent), string(follow.LiveAbsent), string(follow.LiveUnreadable)},
+			cur:    func() string { return string(f().Live) },
+		})
 		fn(prometheus.GaugeValue, "last_growth_timestamp_seconds", "When audit data was last read.", func() float64 {
 			if t := f().LastGrowth; !t.IsZero() {
 				return float64(t.UnixNano()) / 1e9
@@ -134,20 +141,43 @@ func (c certExpiry) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// stateSet is a gauge with one series per state: 1 for the current one.
+type stateSet struct {
+	desc   *prometheus.Desc
+	states []string
+	cur    func() string
+}
+
+func (c stateSet) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c stateSet) Collect(ch chan<- prometheus.Metric) {
+	cur := c.cur()
+	for _, s := range c.states {
+		v := 0.0
+		if s == cur {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, s)
+	}
+}
+
 // Handler serves /metrics, /healthz (always 200 while the process serves)
-// and /readyz (200 when ready reports true, else 503).
-func (a *Agent) Handler(ready func() bool) http.Handler {
+// and /readyz (200 when ready returns nil, else 503 with its error).
+func (a *Agent) Handler(ready func() error) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if ready != nil && ready() {
+		err := errors.New("not ready")
+		if ready != nil {
+			err = ready()
+		}
+		if err == nil {
 			fmt.Fprintln(w, "ready")
 			return
 		}
-		http.Error(w, "not connected to the aggregator", http.StatusServiceUnavailable)
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 	})
 	return mux
 }

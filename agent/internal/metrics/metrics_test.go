@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -47,7 +48,13 @@ func TestEndpoints(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() { errc <- ServeListener(ctx, lis, a.Handler(ready.Load)) }()
+	readyErr := func() error {
+		if ready.Load() {
+			return nil
+		}
+		return errors.New("not connected to the aggregator")
+	}
+	go func() { errc <- ServeListener(ctx, lis, a.Handler(readyErr)) }()
 	base := "http://" + lis.Addr().String()
 
 	code, body := get(t, base+"/metrics")
