@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/silence"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 	"github.com/tokenwatch/tokenwatch/internal/version"
@@ -42,6 +43,15 @@ type Screener interface {
 }
 
 var _ Screener = (*pipeline.Pipeline)(nil)
+
+// BeatProcessor is implemented by Processors that take what a heartbeat
+// says of the agent's audit log (*pipeline.Pipeline does); others get
+// Heard with its last growth only.
+type BeatProcessor interface {
+	HeardBeat(cluster, node string, b silence.Beat)
+}
+
+var _ BeatProcessor = (*pipeline.Pipeline)(nil)
 
 // Options configure a Server.
 type Options struct {
@@ -324,13 +334,29 @@ func (s *Server) commitLoop(ctx context.Context, stream tokenwatchv1.AuditStream
 		}
 		s.m.heartbeats.Inc()
 		if !replay {
-			var growth time.Time
-			if hb := r.heartbeat; hb.GetLastGrowth() != nil {
-				growth = hb.GetLastGrowth().AsTime()
+			b := beatOf(r.heartbeat)
+			if bp, ok := s.opts.Processor.(BeatProcessor); ok {
+				bp.HeardBeat(src.Cluster, src.Node, b)
+			} else {
+				s.opts.Processor.Heard(src.Cluster, src.Node, b.LastGrowth)
 			}
-			s.opts.Processor.Heard(src.Cluster, src.Node, growth)
 		}
 	}
+}
+
+// beatOf is what hb says of the agent's audit log.
+func beatOf(hb *tokenwatchv1.Heartbeat) silence.Beat {
+	var b silence.Beat
+	if hb.GetLastGrowth() != nil {
+		b.LastGrowth = hb.GetLastGrowth().AsTime()
+	}
+	switch hb.GetFileState() {
+	case tokenwatchv1.AuditFileState_AUDIT_FILE_STATE_PRESENT:
+		b.File = silence.FilePresent
+	case tokenwatchv1.AuditFileState_AUDIT_FILE_STATE_ABSENT, tokenwatchv1.AuditFileState_AUDIT_FILE_STATE_UNREADABLE:
+		b.File, b.FileError = silence.FileMissing, hb.GetFileError()
+	}
+	return b
 }
 
 // merge appends b, the batch after a, to a and returns a.

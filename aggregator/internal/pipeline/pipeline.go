@@ -433,6 +433,14 @@ func (p *Pipeline) Heard(cluster, node string, lastGrowth time.Time) {
 	p.silence.Heard(p.now(), cluster, node, lastGrowth)
 }
 
+// HeardBeat is Heard with what the heartbeat says of the agent's audit
+// log (see silence.Tracker.HeardBeat).
+func (p *Pipeline) HeardBeat(cluster, node string, b silence.Beat) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.silence.HeardBeat(p.now(), cluster, node, b)
+}
+
 // Tick does one round of the periodic work at the clock's now: pendings whose
 // grace has passed become event.outcome=unknown alerts, the budget's window
 // summaries and silence records are written. It returns the number of

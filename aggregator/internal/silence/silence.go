@@ -15,7 +15,34 @@ import (
 const (
 	ReasonNoHeartbeat   = "no_heartbeat"
 	ReasonNoAuditGrowth = "no_audit_growth"
+	ReasonNoAuditData   = "no_audit_data"
 )
+
+// FileState is what an agent says of its live audit log.
+type FileState int
+
+// File states.
+const (
+	// FileUnknown: the agent does not say (an older agent), or this is not
+	// a heartbeat; what was known stays.
+	FileUnknown FileState = iota
+	// FilePresent: the file exists and can be read.
+	FilePresent
+	// FileMissing: the file is absent or unreadable.
+	FileMissing
+)
+
+// maxFileError bounds the agent's explanation kept for a record body.
+const maxFileError = 256
+
+// Beat is what one heartbeat says about a node's audit log.
+type Beat struct {
+	// LastGrowth is the agent's clock when its audit log last grew, zero
+	// when nothing was read since the agent started.
+	LastGrowth time.Time
+	File       FileState
+	FileError  string // why the file is missing
+}
 
 // KindNodesRefused is the tokenwatch.pipeline.kind of the record that
 // reports node names refused because their cluster had MaxNodesPerCluster.
@@ -68,6 +95,11 @@ type state struct {
 	// change, so clock skew between agent and aggregator does not matter.
 	growth     time.Time
 	agentGrown time.Time // the agent's last reported value, to notice changes
+	// missing is when the agent first said its audit log was absent or
+	// unreadable, without saying since that it is present (zero: it did
+	// not say so); fileErr is its last explanation.
+	missing time.Time
+	fileErr string
 	// silent is set while a cluster_silent has been emitted and not
 	// resumed: since is when the silence began.
 	silent bool
@@ -136,6 +168,17 @@ func contains(names []string, name string) bool {
 // when its cluster is full the heartbeat is ignored (its stream's Join was
 // refused, or it was forgotten while silent and its cluster filled since).
 func (t *Tracker) Heard(now time.Time, cluster, name string, lastGrowth time.Time) {
+	t.HeardBeat(now, cluster, name, Beat{LastGrowth: lastGrowth})
+}
+
+// HeardBeat is Heard with what the heartbeat says of the audit log's file.
+// A node whose agent says the file is absent or unreadable, and that reads
+// nothing, is silent with ReasonNoAuditData After from the first such
+// heartbeat, however regular its heartbeats. One whose file is present but
+// from which nothing was read since its agent started is silent with
+// ReasonNoAuditGrowth After from the first heartbeat saying it is present.
+func (t *Tracker) HeardBeat(now time.Time, cluster, name string, b Beat) {
+	lastGrowth := b.LastGrowth
 	k := node{cluster, name}
 	s := t.nodes[k]
 	if s == nil {
@@ -148,6 +191,21 @@ func (t *Tracker) Heard(now time.Time, cluster, name string, lastGrowth time.Tim
 		if s.agentGrown.IsZero() || lastGrowth.After(s.agentGrown) {
 			s.growth = now
 			s.agentGrown = lastGrowth
+		}
+	}
+	switch b.File {
+	case FileMissing:
+		if s.missing.IsZero() {
+			s.missing = now
+		}
+		s.fileErr = b.FileError
+		if len(s.fileErr) > maxFileError {
+			s.fileErr = s.fileErr[:maxFileError] + "..."
+		}
+	case FilePresent:
+		s.missing = time.Time{}
+		if s.growth.IsZero() {
+			s.growth = now // nothing read yet: growth is awaited from now
 		}
 	}
 	if now.After(s.heard) {
@@ -202,8 +260,11 @@ func (t *Tracker) Check(now time.Time) []alert.Record {
 			out = append(out, t.record("cluster_silent", k, s, now, now.Sub(since)))
 		case reason == "" && s.silent:
 			back := s.heard
-			if s.reason == ReasonNoAuditGrowth && s.growth.After(back) {
+			switch {
+			case s.reason == ReasonNoAuditGrowth && s.growth.After(back):
 				back = s.growth
+			case s.reason == ReasonNoAuditData:
+				back = now
 			}
 			out = append(out, t.record("cluster_resumed", k, s, now, back.Sub(s.since)))
 			s.silent = false
@@ -270,6 +331,15 @@ func (t *Tracker) silence(now time.Time, s *state) (string, time.Time) {
 	if now.Sub(s.heard) >= t.cfg.After {
 		return ReasonNoHeartbeat, s.heard
 	}
+	if !s.missing.IsZero() {
+		since := s.missing
+		if s.growth.After(since) {
+			since = s.growth // read meanwhile (rotated files)
+		}
+		if now.Sub(since) >= t.cfg.After {
+			return ReasonNoAuditData, since
+		}
+	}
 	if !s.growth.IsZero() && now.Sub(s.growth) >= t.cfg.After {
 		return ReasonNoAuditGrowth, s.growth
 	}
@@ -280,8 +350,11 @@ func (t *Tracker) record(kind string, k node, s *state, now time.Time, silentFor
 	sum := sha256.Sum256([]byte(kind + "\x00" + k.cluster + "\x00" + k.name + "\x00" + s.since.UTC().Format(time.RFC3339Nano)))
 	sev, body := alert.High, ""
 	what := "no heartbeat from its agent"
-	if s.reason == ReasonNoAuditGrowth {
+	switch s.reason {
+	case ReasonNoAuditGrowth:
 		what = "its audit log has not grown"
+	case ReasonNoAuditData:
+		what = "its agent reads nothing, its audit log is absent or unreadable (" + s.fileErr + ")"
 	}
 	secs := int64(silentFor / time.Second)
 	if kind == "cluster_silent" {
