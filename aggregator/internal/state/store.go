@@ -137,9 +137,10 @@ type Store struct {
 	recent   map[uint64]*alert.Record
 }
 
-// recentMax bounds the records kept in Store.recent: a few seconds of
-// alerts at the highest rates measured, a few MiB.
-const recentMax = 16384
+// recentMax bounds the records kept in Store.recent: about a second of
+// alerts at the highest rates measured (3,000/s), some 16 MiB (a record
+// holds about 4 KiB with its strings).
+const recentMax = 4096
 
 // OpenDir creates dir if needed (mode 0700) and opens the store file in it.
 func OpenDir(dir string, opts Options) (*Store, error) {
