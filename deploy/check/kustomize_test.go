@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	schedulingv1 "k8s.io/api/scheduling/v1"
 )
 
 // The flags of the contract (docs: CONTRACT "Agent flags", "Aggregator flags").
@@ -88,7 +89,7 @@ func checkCommon(t *testing.T, objs []object) {
 	t.Helper()
 	for _, o := range objs {
 		switch o.kind() {
-		case "Namespace", "ClusterIssuer":
+		case "Namespace", "ClusterIssuer", "PriorityClass": // cluster-scoped
 			continue
 		}
 		if o.namespace() != "tokenwatch" {
@@ -266,6 +267,19 @@ func checkAgent(t *testing.T, objs []object, o object) {
 	}
 	if !tolerated {
 		t.Errorf("agent: no toleration for the control-plane taint: %+v", spec.Tolerations)
+	}
+	// Its own PriorityClass, above ordinary pods, below the system classes.
+	if o := find(objs, "PriorityClass", spec.PriorityClassName); o == nil {
+		t.Errorf("agent: priorityClassName %q is not rendered beside it", spec.PriorityClassName)
+	} else {
+		var pc schedulingv1.PriorityClass
+		decode(t, o, &pc)
+		// The API refuses user classes above one billion (the system classes'
+		// range); above 0 is above ordinary pods.
+		if pc.Value <= 0 || pc.Value > 1_000_000_000 || pc.GlobalDefault {
+			t.Errorf("%s: value %d, globalDefault %v: want above 0, at most 1000000000, not the default",
+				o, pc.Value, pc.GlobalDefault)
+		}
 	}
 
 	// The audit directory: a read-only hostPath holding --audit-log.
