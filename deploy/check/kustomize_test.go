@@ -521,5 +521,14 @@ func checkCertificates(t *testing.T, objs []object) {
 				t.Errorf("%s (%s): client certificate URIs %v, want one spiffe://%s/cluster/<name>", cert, s, uris, trustDomain)
 			}
 		}
+		// A per-cluster intermediate (a spoke's CA): bound to one cluster,
+		// which the aggregator holds what it signs to, and never able to
+		// certify a server that agents would trust.
+		if cert.path("spec", "isCA") == true && len(uris) > 0 {
+			if !slices.Contains(usages, any("cert sign")) || !slices.Contains(usages, any("client auth")) ||
+				slices.Contains(usages, any("server auth")) || slices.Contains(usages, any("any")) {
+				t.Errorf("%s (%s): intermediate CA usages %v, want cert sign and client auth, no server auth", cert, s, usages)
+			}
+		}
 	}
 }
