@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -134,15 +135,21 @@ func memBuildImage(t *testing.T, root string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(root, "deploy", "images", "build.sh"))
-	cmd.Env = append(os.Environ(), "IMAGES=aggregator", "IMAGE_PREFIX="+prefix, "TAG=memory", "GOWORK=off")
+	// Only the engine's own architecture: the one this test runs.
+	arch := memDocker(t, "version", "--format", "{{.Server.Arch}}")
+	cmd.Env = append(os.Environ(), "IMAGES=aggregator", "IMAGE_PREFIX="+prefix, "TAG=memory", "ARCHES="+arch, "GOWORK=off")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
+	refs := strings.Fields(string(out)) // every reference it tagged
+	t.Cleanup(func() { _, _ = memDockerErr(append([]string{"rmi"}, refs...)...) })
 	if err != nil {
 		t.Fatalf("deploy/images/build.sh: %v\n%s", err, stderr.Bytes())
 	}
-	image := strings.TrimSpace(string(out))
-	t.Cleanup(func() { _, _ = memDockerErr("rmi", image) })
+	image := prefix + "/aggregator:memory"
+	if !slices.Contains(refs, image) {
+		t.Fatalf("deploy/images/build.sh tagged %q, not %s", refs, image)
+	}
 	return image
 }
 
