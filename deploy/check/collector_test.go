@@ -135,43 +135,37 @@ func TestCollectorRoutes(t *testing.T) {
 		<-served
 	}()
 
-	listen := freeAddr(t)
 	opsPath := filepath.Join(dir, "operations.jsonl")
-	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "--config", deployPath(t, "otelcol", "config.yaml"))
-	cmd.Env = append(os.Environ(),
-		"OTLP_GRPC_ENDPOINT="+listen,
+	stop := routeThroughCollector(t, bin, deployPath(t, "otelcol", "config.yaml"),
 		"SIEM_OTLP_ENDPOINT="+lis.Addr().String(),
 		"SIEM_OTLP_INSECURE=true",
 		"OPERATIONS_LOG_PATH="+opsPath,
 	)
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	// A graceful stop flushes the batch processors, the exporter's queue and
+	// the file: then both destinations are complete and compared exactly.
+	stop()
+	got := sink.got()
+	sort.Strings(got)
+	if !slices.Equal(got, wantSecurity) {
+		t.Errorf("SIEM (otlp_grpc/siem) received %v, want %v", got, wantSecurity)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
+	ops := readOperations(t, opsPath)
+	if !slices.Equal(ops, wantOperations) {
+		t.Errorf("operations file received %v, want %v", ops, wantOperations)
 	}
-	defer func() {
-		stop()
-		if t.Failed() {
-			t.Logf("collector stderr:\n%s", lastLines(stderr.String(), 40))
-		}
-	}()
+}
 
+// The record keys (recordKey) of routingRequest's records that the routing
+// configs send to the security destination, and to the operations file.
+var (
+	wantSecurity   = []string{"tokenwatch.correlation", "tokenwatch.pipeline/audit_data_lost", "tokenwatch.pipeline/cluster_silent", "tokenwatch.token_request"}
+	wantOperations = []string{"tokenwatch.pipeline/alerts_suppressed", "tokenwatch.pipeline/cluster_resumed"}
+)
+
+// routingRequest holds one record of every tokenwatch kind, with the
+// severities the aggregator gives them; the token_request record carries the
+// seed rule's security_rule.uuid.
+func routingRequest() *collogspb.ExportLogsServiceRequest {
 	type rec struct {
 		event, kind string
 		sev         logspb.SeverityNumber
@@ -185,9 +179,9 @@ func TestCollectorRoutes(t *testing.T) {
 		{"tokenwatch.pipeline", "cluster_resumed", logspb.SeverityNumber_SEVERITY_NUMBER_INFO, "low"},
 		{"tokenwatch.pipeline", "alerts_suppressed", logspb.SeverityNumber_SEVERITY_NUMBER_INFO, "low"},
 	}
-	wantSecurity := []string{"tokenwatch.correlation", "tokenwatch.pipeline/audit_data_lost", "tokenwatch.pipeline/cluster_silent", "tokenwatch.token_request"}
-	wantOperations := []string{"tokenwatch.pipeline/alerts_suppressed", "tokenwatch.pipeline/cluster_resumed"}
-
+	str := func(k, v string) *commonpb.KeyValue {
+		return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}}
+	}
 	var lrs []*logspb.LogRecord
 	now := uint64(time.Now().UnixNano())
 	for _, r := range records {
@@ -197,16 +191,58 @@ func TestCollectorRoutes(t *testing.T) {
 			Body: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "test record " + r.event + " " + r.kind}},
 		}
 		if r.kind != "" {
-			lr.Attributes = []*commonpb.KeyValue{{Key: "tokenwatch.pipeline.kind", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: r.kind}}}}
+			lr.Attributes = []*commonpb.KeyValue{str("tokenwatch.pipeline.kind", r.kind)}
+		}
+		if r.event == "tokenwatch.token_request" {
+			lr.Attributes = []*commonpb.KeyValue{str("security_rule.uuid", seedRuleUUID)}
 		}
 		lrs = append(lrs, lr)
 	}
-	req := &collogspb.ExportLogsServiceRequest{ResourceLogs: []*logspb.ResourceLogs{{
-		Resource: &resourcepb.Resource{Attributes: []*commonpb.KeyValue{
-			{Key: "service.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "tokenwatch-aggregator"}}},
-		}},
+	return &collogspb.ExportLogsServiceRequest{ResourceLogs: []*logspb.ResourceLogs{{
+		Resource:  &resourcepb.Resource{Attributes: []*commonpb.KeyValue{str("service.name", "tokenwatch-aggregator")}},
 		ScopeLogs: []*logspb.ScopeLogs{{LogRecords: lrs}},
 	}}}
+}
+
+// seedRuleUUID is the Elastic rule id tokenwatch's records carry as
+// security_rule.uuid (docs/CONTRACT.md).
+const seedRuleUUID = "4df91789-7859-4bc4-9c5a-6b56bfa81a8b"
+
+// routeThroughCollector starts the collector with config and env (plus
+// OTLP_GRPC_ENDPOINT, a free loopback port), sends it routingRequest over
+// OTLP/gRPC, and returns a stop function: SIGTERM, which flushes every
+// exporter, then wait. stop is safe twice and runs at cleanup too; the
+// collector's stderr is logged when the test failed.
+func routeThroughCollector(t *testing.T, bin, config string, env ...string) (stop func()) {
+	t.Helper()
+	listen := freeAddr(t)
+	var stderr bytes.Buffer
+	cmd := exec.Command(bin, "--config", config)
+	cmd.Env = append(append(os.Environ(), "OTLP_GRPC_ENDPOINT="+listen), env...)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+		})
+	}
+	t.Cleanup(func() {
+		stop()
+		if t.Failed() {
+			t.Logf("collector stderr:\n%s", lastLines(stderr.String(), 40))
+		}
+	})
 
 	conn, err := grpc.NewClient(listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -216,22 +252,10 @@ func TestCollectorRoutes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// WaitForReady: the collector is still starting; the RPC waits for it.
-	if _, err := collogspb.NewLogsServiceClient(conn).Export(ctx, req, grpc.WaitForReady(true)); err != nil {
+	if _, err := collogspb.NewLogsServiceClient(conn).Export(ctx, routingRequest(), grpc.WaitForReady(true)); err != nil {
 		t.Fatalf("export to the collector: %v", err)
 	}
-
-	// A graceful stop flushes the batch processors, the exporter's queue and
-	// the file: then both destinations are complete and compared exactly.
-	stop()
-	got := sink.got()
-	sort.Strings(got)
-	if !slices.Equal(got, wantSecurity) {
-		t.Errorf("SIEM (otlp_grpc/siem) received %v, want %v", got, wantSecurity)
-	}
-	ops := readOperations(t, opsPath)
-	if !slices.Equal(ops, wantOperations) {
-		t.Errorf("operations file received %v, want %v", ops, wantOperations)
-	}
+	return stop
 }
 
 // readOperations reads the file exporter's OTLP JSON lines.
