@@ -74,10 +74,10 @@ func New(src Sources) *Agent {
 	}
 	if f := src.Follow; f != nil {
 		fn(prometheus.CounterValue, "lines_read_total", "Audit log lines read.", func() float64 { return float64(f().Lines) })
-		fn(prometheus.CounterValue, "bytes_read_total", "Audit log bytes read.", func() float64 { return float64(f().Bytes) })
+		fn(prometheus.CounterValue, "read_bytes_total", "Audit log bytes read.", func() float64 { return float64(f().Bytes) })
 		fn(prometheus.CounterValue, "rotations_total", "Times the live audit log was rotated away or truncated.", func() float64 { return float64(f().Rotations) })
 		fn(prometheus.CounterValue, "lines_too_long_total", "Lines longer than the limit, skipped and reported.", func() float64 { return float64(f().LinesTooLong) })
-		fn(prometheus.GaugeValue, "bytes_behind", "Audit data not read yet: the rest of the file and newer rotated files.", func() float64 { return float64(f().Behind) })
+		fn(prometheus.GaugeValue, "behind_bytes", "Audit data not read yet: the rest of the file and newer rotated files.", func() float64 { return float64(f().Behind) })
 		reg.MustRegister(stateSet{
 			desc: prometheus.NewDesc("tokenwatch_agent_audit_log_state",
 				"1 for the state of the live audit log (--audit-log): present, absent or unreadable; the agent is ready only while it is present.",

@@ -66,7 +66,7 @@ func TestEndpoints(t *testing.T) {
 		"tokenwatch_agent_candidate_lines_total 9",
 		"tokenwatch_agent_events_sent_total 5",
 		"tokenwatch_agent_events_acked_total 4",
-		"tokenwatch_agent_bytes_behind 7",
+		"tokenwatch_agent_behind_bytes 7",
 		"tokenwatch_agent_rotations_total 3",
 		"tokenwatch_agent_lines_too_long_total 1",
 		"tokenwatch_agent_reconnects_total 2",
