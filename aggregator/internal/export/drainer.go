@@ -79,7 +79,8 @@ type Drainer struct {
 	done    chan struct{}
 	cancel  context.CancelFunc
 
-	exported prometheus.Counter
+	exported *prometheus.CounterVec
+	duration prometheus.Histogram
 	failures prometheus.Counter
 	rejected prometheus.Counter
 
@@ -97,9 +98,14 @@ func NewDrainer(src Source, exp Exporter, cfg DrainerConfig) (*Drainer, error) {
 		cfg:  cfg,
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
-		exported: prometheus.NewCounter(prometheus.CounterOpts{
+		exported: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenwatch_aggregator_exported_records_total",
-			Help: "Alert records delivered to the exporter's endpoint and removed from the outbox.",
+			Help: "Alert records delivered to the exporter's endpoint and removed from the outbox, by event_name.",
+		}, []string{"event_name"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tokenwatch_aggregator_export_duration_seconds",
+			Help:    "Time one export attempt (a batch of records) took, failed attempts included.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokenwatch_aggregator_export_failures_total",
@@ -115,7 +121,10 @@ func NewDrainer(src Source, exp Exporter, cfg DrainerConfig) (*Drainer, error) {
 			Name: "tokenwatch_aggregator_outbox_depth",
 			Help: "Alert records in the durable outbox waiting for export.",
 		}, func() float64 { return float64(src.Depth()) })
-		for _, c := range []prometheus.Collector{depth, d.exported, d.failures, d.rejected} {
+		for _, name := range []string{alert.EventTokenRequest, alert.EventCorrelation, alert.EventPipeline} {
+			d.exported.WithLabelValues(name)
+		}
+		for _, c := range []prometheus.Collector{depth, d.exported, d.duration, d.failures, d.rejected} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("register export metrics: %w", err)
 			}
@@ -221,7 +230,9 @@ func (d *Drainer) finalDrain(ctx context.Context) error {
 // export sends one batch and marks it exported.
 func (d *Drainer) export(ctx context.Context, recs []alert.Record) error {
 	ectx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
+	start := time.Now()
 	err := d.exp.Export(ectx, recs)
+	d.duration.Observe(time.Since(start).Seconds())
 	cancel()
 	var rej *RejectedError
 	if errors.As(err, &rej) {
@@ -237,7 +248,9 @@ func (d *Drainer) export(ctx context.Context, recs []alert.Record) error {
 		if serr := d.src.Exported(ids); serr != nil {
 			err = &errStore{err: serr}
 		} else {
-			d.exported.Add(float64(len(recs)))
+			for i := range recs {
+				d.exported.WithLabelValues(recs[i].EventName).Inc()
+			}
 		}
 	} else {
 		d.failures.Inc()

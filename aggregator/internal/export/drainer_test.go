@@ -90,11 +90,12 @@ func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		if mf.GetName() != name {
 			continue
 		}
-		m := mf.GetMetric()[0]
-		if c := m.GetCounter(); c != nil {
-			return c.GetValue()
+		// The sum over the metric's label values.
+		sum := 0.0
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
-		return m.GetGauge().GetValue()
+		return sum
 	}
 	t.Fatalf("metric %s not registered", name)
 	return 0
