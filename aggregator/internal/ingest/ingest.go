@@ -108,6 +108,9 @@ func New(opts Options) *Server {
 	b := newBudget(opts.MaxBufferedBytes)
 	s := &Server{opts: opts, logger: logger, health: health.NewServer(), m: newMetrics(opts.Registerer, b), budget: b}
 	s.health.SetServingStatus(tokenwatchv1.AuditStreamService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	if opts.Registerer != nil {
+		opts.Registerer.MustRegister(connectedNodes{n: &s.nodes})
+	}
 	return s
 }
 

@@ -57,3 +57,25 @@ func newMetrics(reg prometheus.Registerer, b *budget) *metrics {
 	}
 	return m
 }
+
+// connectedNodes exports, per cluster, the nodes whose agent has a live
+// stream (replays excluded): a fleet's clusters and nodes at a glance. A
+// cluster appears once one of its agents connects and leaves with its last
+// one, so the label's values are the clusters the certificates allow.
+type connectedNodes struct{ n *nodes }
+
+var connectedNodesDesc = prometheus.NewDesc("tokenwatch_aggregator_connected_nodes",
+	"Nodes of a cluster whose agent has a live stream (replays excluded), by cluster.", []string{"cluster"}, nil)
+
+func (c connectedNodes) Describe(ch chan<- *prometheus.Desc) { ch <- connectedNodesDesc }
+func (c connectedNodes) Collect(ch chan<- prometheus.Metric) {
+	per := map[string]int{}
+	c.n.mu.Lock()
+	for src := range c.n.live {
+		per[src.Cluster]++
+	}
+	c.n.mu.Unlock()
+	for cluster, n := range per {
+		ch <- prometheus.MustNewConstMetric(connectedNodesDesc, prometheus.GaugeValue, float64(n), cluster)
+	}
+}
