@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/export"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/server"
 	"github.com/tokenwatch/tokenwatch/internal/version"
 )
@@ -39,6 +40,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&c.TrustDomain, "trust-domain", server.DefaultTrustDomain, "SPIFFE trust domain of agent certificates (spiffe://<domain>/cluster/<name>)")
 	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC logs endpoint `HOST:PORT`; OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT work too; none: OTLP JSON on stdout")
 	fs.BoolVar(&c.OTLPInsecure, "otlp-insecure", false, "plaintext OTLP")
+	fs.StringVar(&c.Output, "output", export.OutputOTLPJSON, "stdout `format` without an OTLP endpoint: otlp-json (the OTLP JSON file format, for machines) or text (one line per record, for people)")
 	fs.StringVar(&c.StateDir, "state-dir", server.DefaultStateDir, "durable state `dir`ectory: outbox of alerts not yet exported, dedupe record")
 	fs.BoolVar(&c.StateResetCorrupt, "state-reset-corrupt", false, "when the state file is corrupt, move it aside (<file>.corrupt-<time>) and start empty, discarding its alerts not yet exported and its dedupe record; without it a corrupt file stops the start")
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML configuration `file`; re-read when it changes")

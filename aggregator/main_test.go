@@ -32,6 +32,7 @@ func TestRunExits(t *testing.T) {
 		{"insecure on all interfaces", []string{"--insecure", "--listen", ":8443", "--state-dir", dir}, 2, "", "--insecure: refusing plaintext on --listen :8443"},
 		{"unknown flag", []string{"--bogus"}, 2, "", "flag provided but not defined: -bogus"},
 		{"bad log level", []string{"--log-level", "loud"}, 2, "", "--log-level"},
+		{"bad output", []string{"--insecure", "--listen", "127.0.0.1:0", "--state-dir", dir, "--output", "json"}, 2, "", `--output "json": want otlp-json or text`},
 		{"bad config file", []string{"--insecure", "--listen", "127.0.0.1:0", "--state-dir", dir, "--config", badCfg}, 1, "", "silence.after: must be > 0"},
 		{"missing config file", []string{"--insecure", "--listen", "127.0.0.1:0", "--state-dir", dir, "--config", filepath.Join(dir, "none.yaml")}, 1, "", "no such file"},
 	}

@@ -36,6 +36,9 @@ type Config struct {
 	StateDir     string // --state-dir
 	ConfigFile   string // --config
 	MetricsAddr  string // --metrics-addr
+	// Output is the stdout format without an OTLP endpoint (--output):
+	// export.OutputOTLPJSON (when empty) or export.OutputText.
+	Output string
 	// StateResetCorrupt (--state-reset-corrupt) moves a corrupt state
 	// file aside and starts empty instead of refusing to start.
 	StateResetCorrupt bool
@@ -103,6 +106,11 @@ func (c *Config) Validate() error {
 	}
 	if c.StateDir == "" {
 		bad("--state-dir: required")
+	}
+	if c.Output != "" {
+		if err := export.ValidateOutput(c.Output); err != nil {
+			bad("%v", err)
+		}
 	}
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {

@@ -24,9 +24,9 @@ func newExporter(ctx context.Context, c Config, store *state.Store, logger *slog
 	cfg := export.Config{Endpoint: c.OTLPEndpoint, Insecure: c.OTLPInsecure}
 	if cfg.UsesStdout(c.Getenv) {
 		logger.Warn("no OTLP endpoint configured (--otlp-endpoint, " + export.EnvEndpoint + ", " + export.EnvLogsEndpoint +
-			"): alerts are written to stdout in the OTLP JSON file format")
+			"): alerts are written to stdout " + stdoutFormat(c.Output))
 	}
-	exp, err := export.New(ctx, cfg, c.Getenv, c.Stdout)
+	exp, err := newStdoutOrOTLP(ctx, c, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("--otlp-endpoint: %w", err)
 	}
