@@ -17,6 +17,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
 	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
+	"github.com/tokenwatch/tokenwatch/internal/version"
 )
 
 // Sources are read at every scrape.
@@ -46,6 +47,7 @@ type Agent struct {
 // New registers the agent's metrics on a fresh registry.
 func New(src Sources) *Agent {
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(version.NewCollector("agent"))
 	a := &Agent{Registry: reg}
 	counter := func(name, help string) prometheus.Counter {
 		c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "tokenwatch_agent", Name: name, Help: help})

@@ -77,6 +77,9 @@ func TestEndpoints(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+	if !strings.Contains(body, "tokenwatch_build_info{") || !strings.Contains(body, `program="agent"`) {
+		t.Errorf("/metrics lacks tokenwatch_build_info{program=\"agent\",...}")
+	}
 	if code, _ := get(t, base+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz status %d, want 200", code)
 	}

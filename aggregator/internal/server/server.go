@@ -24,6 +24,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/ingest"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
+	"github.com/tokenwatch/tokenwatch/internal/version"
 )
 
 // Run serves until ctx is done, then shuts down gracefully. It returns an
@@ -68,8 +69,7 @@ func Run(ctx context.Context, c Config) error {
 		})
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := newRegistry()
 
 	// Durable state.
 	store, err := openState(c, logger)
@@ -274,4 +274,13 @@ func httpHandler(reg *prometheus.Registry, ready func() error) http.Handler {
 		_, _ = io.WriteString(w, "ready\n")
 	})
 	return mux
+}
+
+// newRegistry returns the registry /metrics serves, holding the Go runtime,
+// process and tokenwatch_build_info collectors.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		version.NewCollector("aggregator"))
+	return reg
 }
