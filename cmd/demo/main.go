@@ -2,11 +2,12 @@
 // no collector: it writes a sample audit log (attacks among routine control
 // plane traffic), starts the aggregator with its embedded stdout exporter,
 // replays the log with the agent (--once, plaintext on loopback), and prints
-// the alerts that came out.
+// the alerts that came out as the aggregator writes them with --output text.
+// Its files are removed at the end unless --keep is given or the demo fails:
+// a path it prints is a path that exists.
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -18,15 +19,10 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
-
-	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
-	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tokenwatch/tokenwatch/internal/auditgen"
 )
@@ -48,19 +44,25 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		return 1
 	}
-	if *keep {
+	err = demo(ctx, dir, *lines, *keep, os.Stdout)
+	if err != nil {
+		// The error names files (the aggregator's log): keep them.
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+	}
+	if *keep || err != nil {
 		fmt.Fprintf(os.Stderr, "demo: files kept in %s\n", dir)
 	} else {
-		defer os.RemoveAll(dir)
+		os.RemoveAll(dir)
 	}
-	if err := demo(ctx, dir, *lines, os.Stdout); err != nil {
-		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+	if err != nil {
 		return 1
 	}
 	return 0
 }
 
-func demo(ctx context.Context, dir string, lines int, out io.Writer) error {
+// demo runs the demo in dir and prints the alerts to out. It names its
+// files (audit log, alerts) only when keep says they will stay.
+func demo(ctx context.Context, dir string, lines int, keep bool, out io.Writer) error {
 	bin := filepath.Join(dir, "bin")
 	fmt.Fprintln(os.Stderr, "demo: building agent and aggregator")
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin+string(filepath.Separator), "./agent", "./aggregator")
@@ -76,13 +78,13 @@ func demo(ctx context.Context, dir string, lines int, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "demo: wrote %s: %d lines, %d token-create events, %d requests must alert\n", logPath, st.Lines, st.TokenCreates, len(want))
+	fmt.Fprintf(os.Stderr, "demo: wrote the sample audit log: %d lines, %d token-create events, %d requests must alert\n", st.Lines, st.TokenCreates, len(want))
 
 	addr, err := freeAddr()
 	if err != nil {
 		return err
 	}
-	alertsPath := filepath.Join(dir, "alerts.jsonl")
+	alertsPath := filepath.Join(dir, "alerts.txt")
 	alerts, err := os.Create(alertsPath)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", alertsPath, err)
@@ -97,7 +99,7 @@ func demo(ctx context.Context, dir string, lines int, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	agg := exec.Command(filepath.Join(bin, "aggregator"), "--insecure", "--listen", addr,
+	agg := exec.Command(filepath.Join(bin, "aggregator"), "--insecure", "--listen", addr, "--output", "text",
 		"--state-dir", filepath.Join(dir, "aggregator-state"), "--metrics-addr", metrics)
 	agg.Env = withoutOTLPEnv(os.Environ())
 	agg.Stdout, agg.Stderr = alerts, aggLog
@@ -134,9 +136,9 @@ func demo(ctx context.Context, dir string, lines int, out io.Writer) error {
 	// RequestReceived alerts after the stage grace. Wait for every expected
 	// alert to be exported, then stop the aggregator cleanly.
 	deadline := time.Now().Add(30 * time.Second)
-	var recs []row
+	var recs []string
 	for {
-		recs, err = readAlerts(alertsPath)
+		_, recs, err = readAlerts(alertsPath)
 		if err != nil {
 			return err
 		}
@@ -157,12 +159,17 @@ func demo(ctx context.Context, dir string, lines int, out io.Writer) error {
 	case <-time.After(15 * time.Second):
 		return errors.New("aggregator did not stop within 15 s")
 	}
-	if recs, err = readAlerts(alertsPath); err != nil {
+	header, recs, err := readAlerts(alertsPath)
+	if err != nil {
 		return err
 	}
-	print(out, recs)
+	print(out, header, recs)
 	n := countTokenRequests(recs)
-	fmt.Fprintf(out, "\n%d token-request alerts (%d expected), %d other records. Raw OTLP JSON: %s\n", n, len(want), len(recs)-n, alertsPath)
+	fmt.Fprintf(out, "\n%d token-request alerts (%d expected), %d other records.", n, len(want), len(recs)-n)
+	if keep {
+		fmt.Fprintf(out, " As the aggregator printed them: %s", alertsPath)
+	}
+	fmt.Fprintln(out)
 	if n != len(want) {
 		return fmt.Errorf("got %d token-request alerts, want %d", n, len(want))
 	}
@@ -224,96 +231,55 @@ func withoutOTLPEnv(env []string) []string {
 	return out
 }
 
-type row struct {
-	event, severity, time, body string
-	attrs                       map[string]string
-}
-
-func readAlerts(path string) ([]row, error) {
-	f, err := os.Open(path)
+// readAlerts returns the header and the record lines the aggregator has
+// written so far (--output text), without a last line still being written.
+func readAlerts(path string) (header string, recs []string, err error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	defer f.Close()
-	var rows []row
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 64<<20)
-	for sc.Scan() {
-		var req collogspb.ExportLogsServiceRequest
-		if err := protojson.Unmarshal(sc.Bytes(), &req); err != nil {
-			// The last line may still be being written.
-			continue
-		}
-		for _, rl := range req.GetResourceLogs() {
-			for _, sl := range rl.GetScopeLogs() {
-				for _, lr := range sl.GetLogRecords() {
-					r := row{event: lr.GetEventName(), severity: lr.GetSeverityText(), body: lr.GetBody().GetStringValue(),
-						time: time.Unix(0, int64(lr.GetTimeUnixNano())).UTC().Format(time.RFC3339), attrs: map[string]string{}}
-					for _, kv := range lr.GetAttributes() {
-						r.attrs[kv.GetKey()] = valueString(kv.GetValue())
-					}
-					rows = append(rows, r)
-				}
-			}
+	text := string(b)
+	if i := strings.LastIndexByte(text, '\n'); i >= 0 {
+		text = text[:i]
+	} else {
+		text = ""
+	}
+	for _, l := range strings.Split(text, "\n") {
+		switch {
+		case strings.HasPrefix(l, "TIME "):
+			header = l
+		case l != "":
+			recs = append(recs, l)
 		}
 	}
-	return rows, sc.Err()
+	return header, recs, nil
 }
 
-func valueString(v *commonpb.AnyValue) string {
-	switch x := v.GetValue().(type) {
-	case *commonpb.AnyValue_StringValue:
-		return x.StringValue
-	case *commonpb.AnyValue_IntValue:
-		return fmt.Sprint(x.IntValue)
-	case *commonpb.AnyValue_BoolValue:
-		return fmt.Sprint(x.BoolValue)
-	case *commonpb.AnyValue_ArrayValue:
-		var s []string
-		for _, e := range x.ArrayValue.GetValues() {
-			s = append(s, valueString(e))
-		}
-		return "[" + strings.Join(s, ",") + "]"
+// kind is a record line's KIND column: the fourth, after time, severity and
+// cluster (a name without spaces).
+func kind(line string) string {
+	if f := strings.Fields(line); len(f) > 3 {
+		return f[3]
 	}
 	return ""
 }
 
-func countTokenRequests(rows []row) int {
+func countTokenRequests(recs []string) int {
 	n := 0
-	for _, r := range rows {
-		if r.event == "tokenwatch.token_request" {
+	for _, r := range recs {
+		if kind(r) == "token_request" {
 			n++
 		}
 	}
 	return n
 }
 
-func print(w io.Writer, rows []row) {
-	sort.SliceStable(rows, func(i, j int) bool { return rows[i].time < rows[j].time })
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tEVENT\tSEVERITY\tUSER\tTARGET\tOUTCOME\tSOURCE\tNOTE")
-	for _, r := range rows {
-		a := r.attrs
-		target := a["kubernetes.audit.objectRef.namespace"] + "/" + a["kubernetes.audit.objectRef.name"]
-		note := a["tokenwatch.exclusion.mismatch"]
-		if a["tokenwatch.dry_run"] == "true" {
-			note = strings.TrimSpace("dry run " + note)
-		}
-		if imp := a["kubernetes.audit.impersonatedUser.username"]; imp != "" {
-			note = strings.TrimSpace("as " + imp + " " + note)
-		}
-		user := a["user.name"]
-		switch r.event {
-		case "tokenwatch.correlation":
-			target, note = a["tokenwatch.correlation.kind"], a["k8s.cluster.names"]
-			if user == "" {
-				user = a["source.ip"]
-			}
-		case "tokenwatch.pipeline":
-			target, note = a["tokenwatch.pipeline.kind"], r.body
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.time, strings.TrimPrefix(r.event, "tokenwatch."), r.severity,
-			user, target, a["event.outcome"], a["source.ip"], note)
+// print writes the header and the lines in time order (the first column,
+// RFC 3339 in UTC, sorts as text).
+func print(w io.Writer, header string, recs []string) {
+	slices.SortStableFunc(recs, func(a, b string) int { return strings.Compare(a[:min(len(a), 20)], b[:min(len(b), 20)]) })
+	fmt.Fprintln(w, header)
+	for _, r := range recs {
+		fmt.Fprintln(w, r)
 	}
-	tw.Flush()
 }
