@@ -420,7 +420,8 @@ func TestConfig(t *testing.T) {
 		{"flag", Config{Endpoint: "collector:4317"}, nil, "", false},
 		{"generic env", Config{}, map[string]string{EnvEndpoint: "http://collector:4317"}, "", false},
 		{"logs env", Config{}, map[string]string{EnvLogsEndpoint: "https://collector:4317"}, "", false},
-		{"url in flag", Config{Endpoint: "http://collector:4317"}, nil, "want HOST:PORT", false},
+		{"url in flag", Config{Endpoint: "http://collector:4317"}, nil, "", false},
+		{"url in flag contradicts insecure", Config{Endpoint: "https://collector:4317", Insecure: true}, nil, "https scheme means TLS", false},
 		{"no port", Config{Endpoint: "collector"}, nil, "want HOST:PORT", false},
 		{"negative timeout", Config{Timeout: -time.Second}, nil, "must not be negative", true},
 	}

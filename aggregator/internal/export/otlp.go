@@ -2,10 +2,12 @@ package export
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +17,8 @@ import (
 	sdklog "go.opentelemetry.io/otel/sdk/log"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tokenwatch/tokenwatch/internal/alert"
 	"github.com/tokenwatch/tokenwatch/internal/version"
@@ -37,11 +41,13 @@ const (
 
 // Config selects and tunes the exporter.
 type Config struct {
-	// Endpoint is the OTLP/gRPC logs endpoint, HOST:PORT (--otlp-endpoint).
-	// Empty: the OTEL_EXPORTER_OTLP_LOGS_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT
+	// Endpoint is the OTLP/gRPC logs endpoint (--otlp-endpoint): HOST:PORT
+	// or an http(s) URL (see Resolve). Empty: the
+	// OTEL_EXPORTER_OTLP_LOGS_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT
 	// environment; if those are empty too, stdout in the OTLP JSON file format.
 	Endpoint string
-	// Insecure uses plaintext gRPC (--otlp-insecure).
+	// Insecure uses plaintext gRPC for a HOST:PORT endpoint (--otlp-insecure);
+	// with an https URL it is a contradiction.
 	Insecure bool
 	// Timeout bounds one export request (default 10s).
 	Timeout time.Duration
@@ -50,12 +56,11 @@ type Config struct {
 // DefaultTimeout bounds one export request.
 const DefaultTimeout = 10 * time.Second
 
-// Validate checks the fields set by flags.
+// Validate checks the fields set by flags (Resolve checks the environment
+// too).
 func (c *Config) Validate() error {
-	if c.Endpoint != "" {
-		if _, _, err := net.SplitHostPort(c.Endpoint); err != nil || strings.Contains(c.Endpoint, "/") {
-			return fmt.Errorf("otlp endpoint %q: want HOST:PORT", c.Endpoint)
-		}
+	if _, err := c.Resolve(nil); err != nil {
+		return err
 	}
 	if c.Timeout < 0 {
 		return fmt.Errorf("otlp timeout %s: must not be negative", c.Timeout)
@@ -67,7 +72,11 @@ func (c *Config) Validate() error {
 // Config nor by the environment (read through getenv, e.g. os.Getenv): then
 // records go to stdout.
 func (c *Config) UsesStdout(getenv func(string) string) bool {
-	return c.Endpoint == "" && getenv(EnvLogsEndpoint) == "" && getenv(EnvEndpoint) == ""
+	if getenv == nil {
+		return c.Endpoint == ""
+	}
+	_, env := first(getenv, EnvLogsEndpoint, EnvEndpoint)
+	return c.Endpoint == "" && env == ""
 }
 
 // reconnectMax caps gRPC's reconnect backoff (default 120s) so that a
@@ -92,29 +101,48 @@ type OTLP struct {
 
 var _ Exporter = (*OTLP)(nil)
 
-// NewOTLP returns an OTLP exporter for cfg. It does not connect: the gRPC
-// connection is made on the first export and re-made as needed.
+// NewOTLP returns an OTLP exporter for cfg's endpoint (the environment is
+// not read: see New). It does not connect: the gRPC connection is made on
+// the first export and re-made as needed.
 func NewOTLP(ctx context.Context, cfg Config) (*OTLP, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = DefaultTimeout
+	ep, err := cfg.Resolve(nil)
+	if err != nil {
+		return nil, err
+	}
+	return newOTLP(ctx, ep, cfg.Timeout)
+}
+
+// newOTLP returns an OTLP exporter for ep.
+func newOTLP(ctx context.Context, ep Endpoint, timeout time.Duration) (*OTLP, error) {
+	if ep.Stdout() {
+		return nil, errors.New("create otlp exporter: no endpoint")
+	}
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+	creds, err := transportCredentials(ep)
+	if err != nil {
+		return nil, err
 	}
 	opts := []otlploggrpc.Option{
-		otlploggrpc.WithTimeout(cfg.Timeout),
+		// Both explicit, so that the SDK does not read the endpoint
+		// variables again (it would take HOST:PORT for a URL whose scheme
+		// is the host, and print why an IP:PORT is not a URL): the
+		// credentials decide the transport, they take precedence over
+		// WithInsecure.
+		otlploggrpc.WithEndpoint(ep.Target),
+		otlploggrpc.WithInsecure(),
+		otlploggrpc.WithTLSCredentials(creds),
+		otlploggrpc.WithTimeout(timeout),
 		// The Drainer retries, with its own backoff and metrics.
 		otlploggrpc.WithRetry(otlploggrpc.RetryConfig{Enabled: false}),
 		otlploggrpc.WithDialOption(grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMax},
-			MinConnectTimeout: cfg.Timeout,
+			MinConnectTimeout: timeout,
 		})),
-	}
-	if cfg.Endpoint != "" {
-		opts = append(opts, otlploggrpc.WithEndpoint(cfg.Endpoint))
-	}
-	if cfg.Insecure {
-		opts = append(opts, otlploggrpc.WithInsecure())
 	}
 	exp, err := otlploggrpc.New(ctx, opts...)
 	if err != nil {
@@ -218,15 +246,45 @@ func (c *collector) Shutdown(context.Context) error                         { re
 func (c *collector) ForceFlush(context.Context) error                       { return nil }
 
 // New returns the exporter cfg selects: OTLP/gRPC when an endpoint is
-// configured (by cfg or by the environment, read through getenv), else the
-// OTLP JSON file format on stdout. The caller warns about the latter (see
-// UsesStdout).
+// configured (by cfg or by the environment, read through getenv: see
+// Resolve), else the OTLP JSON file format on stdout. The caller warns about
+// the latter (see UsesStdout).
 func New(ctx context.Context, cfg Config, getenv func(string) string, stdout io.Writer) (Exporter, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.UsesStdout(getenv) {
+	ep, err := cfg.Resolve(getenv)
+	if err != nil {
+		return nil, err
+	}
+	if ep.Stdout() {
 		return NewJSON(stdout), nil
 	}
-	return NewOTLP(ctx, cfg)
+	return newOTLP(ctx, ep, cfg.Timeout)
+}
+
+// transportCredentials are plaintext or TLS with ep's files.
+func transportCredentials(ep Endpoint) (credentials.TransportCredentials, error) {
+	if ep.Insecure {
+		return insecure.NewCredentials(), nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if ep.CAFile != "" {
+		pem, err := os.ReadFile(ep.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("otlp collector CA: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("otlp collector CA %s: no PEM certificate", ep.CAFile)
+		}
+	}
+	if ep.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(ep.CertFile, ep.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("otlp client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return credentials.NewTLS(tc), nil
 }

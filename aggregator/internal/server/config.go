@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -63,6 +64,14 @@ type Config struct {
 	Started func(grpcAddr, metricsAddr string)
 }
 
+// getenv is c.Getenv, os.Getenv when nil.
+func (c *Config) getenv() func(string) string {
+	if c.Getenv == nil {
+		return os.Getenv
+	}
+	return c.Getenv
+}
+
 // Validate checks the flags, each error naming its flag, on one line.
 func (c *Config) Validate() error {
 	var errs []string
@@ -98,11 +107,11 @@ func (c *Config) Validate() error {
 	if c.TrustDomain == "" && !c.Insecure {
 		bad("--trust-domain: required")
 	}
-	if c.OTLPEndpoint != "" {
-		ec := export.Config{Endpoint: c.OTLPEndpoint, Insecure: c.OTLPInsecure}
-		if err := ec.Validate(); err != nil {
-			bad("--otlp-endpoint: %v", err)
-		}
+	// The OTLP endpoint from the flags and the environment alike: a
+	// mistake in either stops the start (exit 2), not the export.
+	ec := export.Config{Endpoint: c.OTLPEndpoint, Insecure: c.OTLPInsecure}
+	if _, err := ec.Resolve(c.getenv()); err != nil {
+		bad("%v", err)
 	}
 	if c.StateDir == "" {
 		bad("--state-dir: required")

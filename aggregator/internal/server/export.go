@@ -7,6 +7,7 @@ import (
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel"
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/export"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/state"
@@ -22,13 +23,43 @@ type exporter struct {
 // with a warning) and the drainer of the outbox.
 func newExporter(ctx context.Context, c Config, store *state.Store, logger *slog.Logger, reg prometheus.Registerer) (*exporter, error) {
 	cfg := export.Config{Endpoint: c.OTLPEndpoint, Insecure: c.OTLPInsecure}
-	if cfg.UsesStdout(c.Getenv) {
+	ep, err := cfg.Resolve(c.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case ep.Stdout():
 		logger.Warn("no OTLP endpoint configured (--otlp-endpoint, " + export.EnvEndpoint + ", " + export.EnvLogsEndpoint +
 			"): alerts are written to stdout " + stdoutFormat(c.Output))
+	case ep.PlaintextRemote():
+		logger.Warn("OTLP export in plaintext to a collector that is not on loopback: alerts cross the network unencrypted",
+			"endpoint", ep.Target, "from", ep.From)
 	}
+	if !ep.Stdout() {
+		logger.Info("OTLP export", "endpoint", ep.Target, "protocol", export.Protocol, "tls", ep.TLSMode(), "from", ep.From)
+	}
+	if reg != nil {
+		plaintext := 0.0
+		if ep.PlaintextRemote() {
+			plaintext = 1
+		}
+		g := prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tokenwatch_aggregator_otlp_plaintext",
+			Help: "1 when alerts are exported over OTLP in plaintext to a collector not on loopback, else 0.",
+		})
+		g.Set(plaintext)
+		if err := reg.Register(g); err != nil {
+			return nil, fmt.Errorf("register otlp metrics: %w", err)
+		}
+	}
+	// The SDK reports what it cannot handle through OpenTelemetry's
+	// global error handler, which prints plain text: log it as ours.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		logger.Warn("opentelemetry sdk", "err", err)
+	}))
 	exp, err := newStdoutOrOTLP(ctx, c, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("--otlp-endpoint: %w", err)
+		return nil, fmt.Errorf("otlp exporter: %w", err)
 	}
 	d, err := export.NewDrainer(store, exp, export.DrainerConfig{Registerer: reg, Logger: logger})
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/export"
 	"github.com/tokenwatch/tokenwatch/internal/audit"
 	"github.com/tokenwatch/tokenwatch/internal/wire"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
@@ -798,6 +799,14 @@ func TestRunRefusesBadConfig(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
+	env := func(k, v string) func(string) string {
+		return func(n string) string {
+			if n == k {
+				return v
+			}
+			return ""
+		}
+	}
 	ok := Config{Listen: "127.0.0.1:8443", Insecure: true, TrustDomain: "tokenwatch", StateDir: "/tmp/x"}
 	mtls := Config{Listen: ":8443", TLSCert: "c", TLSKey: "k", TLSClientCA: "ca", TrustDomain: "tokenwatch", StateDir: "/tmp/x"}
 	tests := []struct {
@@ -817,7 +826,11 @@ func TestConfigValidate(t *testing.T) {
 		{"bad listen", func(c *Config) { c.Listen = "8443" }, mtls, `--listen "8443": want HOST:PORT`},
 		{"no state dir", func(c *Config) { c.StateDir = "" }, mtls, "--state-dir: required"},
 		{"no trust domain", func(c *Config) { c.TrustDomain = "" }, mtls, "--trust-domain: required"},
-		{"bad otlp endpoint", func(c *Config) { c.OTLPEndpoint = "http://collector" }, mtls, "--otlp-endpoint"},
+		{"otlp url", func(c *Config) { c.OTLPEndpoint = "http://collector" }, mtls, ""},
+		{"bad otlp endpoint", func(c *Config) { c.OTLPEndpoint = "collector" }, mtls, "--otlp-endpoint"},
+		{"otlp scheme contradicts insecure", func(c *Config) { c.OTLPEndpoint, c.OTLPInsecure = "https://collector:4317", true }, mtls, "--otlp-insecure says plaintext"},
+		{"bad otlp environment", func(c *Config) { c.Getenv = env(export.EnvEndpoint, "collector") }, mtls, export.EnvEndpoint},
+		{"otlp protocol", func(c *Config) { c.Getenv = env(export.EnvProtocol, "http/protobuf") }, mtls, export.EnvProtocol},
 		{"bad metrics addr", func(c *Config) { c.MetricsAddr = "9090" }, mtls, "--metrics-addr"},
 	}
 	for _, tt := range tests {
