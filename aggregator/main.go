@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/config"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/export"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/server"
 	"github.com/tokenwatch/tokenwatch/internal/version"
@@ -59,11 +60,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "aggregator: unexpected arguments %q\n", fs.Args())
+		fmt.Fprintf(stderr, "aggregator: unexpected argument %q: every setting is a flag\n", fs.Arg(0))
 		return 2
 	}
 	if *showVersion {
-		fmt.Fprintln(stdout, "tokenwatch aggregator", version.Version)
+		fmt.Fprintln(stdout, version.String("aggregator"))
 		return 0
 	}
 	var level slog.Level
@@ -77,13 +78,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "aggregator: %v\n", err)
 		return 2
 	}
+	if c.ConfigFile != "" {
+		// Read here too, before anything is logged: a bad file is one line.
+		if _, err := config.Load(c.ConfigFile); err != nil {
+			fmt.Fprintf(stderr, "aggregator: --config: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
+			return 2
+		}
+	}
 	if err := setMemoryLimit(c.Logger); err != nil {
 		fmt.Fprintf(stderr, "aggregator: %v\n", err)
 		return 2
 	}
 	if err := server.Run(ctx, c); err != nil {
 		fmt.Fprintf(stderr, "aggregator: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
-		if errors.Is(err, server.ErrCorruptState) {
+		if errors.Is(err, server.ErrCorruptState) || errors.Is(err, server.ErrConfig) {
 			return 2 // the operator has to act: restarting does not help
 		}
 		return 1

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -33,8 +34,11 @@ func TestRunExits(t *testing.T) {
 		{"unknown flag", []string{"--bogus"}, 2, "", "flag provided but not defined: -bogus"},
 		{"bad log level", []string{"--log-level", "loud"}, 2, "", "--log-level"},
 		{"bad output", []string{"--insecure", "--listen", "127.0.0.1:0", "--state-dir", dir, "--output", "json"}, 2, "", `--output "json": want otlp-json or text`},
-		{"bad config file", []string{"--insecure", "--listen", "127.0.0.1:0", "--state-dir", dir, "--config", badCfg}, 1, "", "silence.after: must be > 0"},
-		{"missing config file", []string{"--insecure", "--listen", "127.0.0.1:0", "--state-dir", dir, "--config", filepath.Join(dir, "none.yaml")}, 1, "", "no such file"},
+		{"stray argument", []string{"alerts.json"}, 2, "", `unexpected argument "alerts.json": every setting is a flag`},
+		{"bad config file", []string{"--insecure", "--listen", "127.0.0.1:0", "--state-dir", dir, "--config", badCfg}, 2, "",
+			"aggregator: --config: config " + badCfg + ": silence.after: must be > 0"},
+		{"missing config file", []string{"--insecure", "--listen", "127.0.0.1:0", "--state-dir", dir, "--config", filepath.Join(dir, "none.yaml")}, 2, "",
+			"aggregator: --config: open " + filepath.Join(dir, "none.yaml") + ": no such file or directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -63,6 +67,16 @@ func TestRunExits(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestVersion: --version names the version, the commit and the Go version.
+func TestVersion(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"--version"}, &stdout, &stderr)
+	want := regexp.MustCompile(`^tokenwatch aggregator \S+ \(commit \S+, go\S+\)\n$`)
+	if code != 0 || !want.MatchString(stdout.String()) || stderr.Len() != 0 {
+		t.Errorf("--version = %d, stdout %q, stderr %q; want 0 and one line matching %s", code, stdout.String(), stderr.String(), want)
 	}
 }
 

@@ -221,7 +221,7 @@ func Parse(data []byte) (Config, error) {
 func Load(path string) (Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return Config{}, fmt.Errorf("read config %s: %w", path, err)
+		return Config{}, err // an *fs.PathError: it names the operation and the file
 	}
 	cfg, err := Parse(data)
 	if err != nil {

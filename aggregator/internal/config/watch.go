@@ -45,7 +45,7 @@ func NewWatcher(path string, data []byte, poll time.Duration, logger *slog.Logge
 func LoadForWatch(path string) (Config, []byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return Config{}, nil, fmt.Errorf("read config %s: %w", path, err)
+		return Config{}, nil, err // an *fs.PathError: it names the operation and the file
 	}
 	cfg, err := Parse(data)
 	if err != nil {

@@ -54,7 +54,7 @@ func Run(ctx context.Context, c Config) error {
 	if c.ConfigFile != "" {
 		cfg, raw, err := config.LoadForWatch(c.ConfigFile)
 		if err != nil {
-			return fmt.Errorf("--config: %w", err)
+			return configError{fmt.Errorf("--config: %w", err)}
 		}
 		fileCfg = cfg
 		startLimits := cfg.Limits
@@ -90,7 +90,7 @@ func Run(ctx context.Context, c Config) error {
 		TickInterval: c.TickInterval,
 	})
 	if err != nil {
-		return fmt.Errorf("--config: %w", err)
+		return configError{fmt.Errorf("--config: %w", err)}
 	}
 
 	exp, err := newExporter(ctx, c, store, logger, reg)
@@ -103,7 +103,7 @@ func Run(ctx context.Context, c Config) error {
 	if !c.Insecure {
 		tc, err := tlsconf.Server(c.TLSCert, c.TLSKey, c.TLSClientCA, logger)
 		if err != nil {
-			return fmt.Errorf("--tls-cert/--tls-key/--tls-client-ca: %w", err)
+			return configError{fmt.Errorf("--tls-cert/--tls-key/--tls-client-ca: %w", err)}
 		}
 		creds = credentials.NewTLS(tc)
 		if err := reg.Register(newCertExpiry(c.TLSCert, c.TLSClientCA)); err != nil {
