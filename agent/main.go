@@ -21,7 +21,7 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 // run parses args, runs the agent and returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
-	cfg, logLevel, showVersion, err := parseFlags(args, stderr)
+	cfg, logLevel, showVersion, err := parseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -30,7 +30,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if showVersion {
-		fmt.Fprintln(stdout, "tokenwatch agent", version.Version)
+		fmt.Fprintln(stdout, version.String("agent"))
 		return 0
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
@@ -53,12 +53,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // parseFlags fills the agent's Config from the command line, applying the
 // defaults that depend on other flags (--once changes --start-at and
-// --state-dir).
-func parseFlags(args []string, stderr io.Writer) (agent.Config, slog.Level, bool, error) {
+// --state-dir). --help prints the usage to help; a bad flag is only
+// returned, for run to report on one line.
+func parseFlags(args []string, help io.Writer) (agent.Config, slog.Level, bool, error) {
 	var c agent.Config
 	var level slog.Level
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.AuditLog, "audit-log", agent.DefaultAuditLog, "the kube-apiserver audit log `PATH`; rotated siblings (audit-<time>.log, .1, .gz) are found by identity")
 	fs.StringVar(&c.Cluster, "cluster", "", "the cluster `NAME` this agent reports for (required; with mTLS it must match the certificate)")
 	fs.StringVar(&c.NodeName, "node-name", defaultNode(), "this control-plane node's `NAME` (default from $NODE_NAME, else the hostname)")
@@ -74,8 +75,13 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, slog.Level, bool
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `HOST:PORT` (default: off)")
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "log `LEVEL`: debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(help)
+		fmt.Fprintln(help, "Usage of agent:")
+		fs.PrintDefaults()
 		return c, level, false, err
+	} else if err != nil {
+		return c, level, false, fmt.Errorf("%w (see --help)", err)
 	}
 	if fs.NArg() > 0 {
 		return c, level, false, fmt.Errorf("unexpected argument %q: every setting is a flag", fs.Arg(0))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -29,18 +30,18 @@ func TestFlagErrors(t *testing.T) {
 		{"bad once-timeout", with("--once", "--once-timeout", "0s"), "agent: --once-timeout 0s: must be positive"},
 		{"bad metrics-addr", with("--metrics-addr", "localhost"), `agent: --metrics-addr "localhost": want HOST:PORT`},
 		{"stray argument", with("audit.log"), `agent: unexpected argument "audit.log": every setting is a flag`},
-		{"unknown flag", with("--nope"), "flag provided but not defined: -nope"},
+		{"unknown flag", with("--nope"), "agent: flag provided but not defined: -nope (see --help)"},
+		{"bad flag value", with("--once-timeout", "soon"), `agent: invalid value "soon" for flag -once-timeout: parse error (see --help)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			code := run(tt.args, &stdout, &stderr)
-			if code == 0 {
-				t.Errorf("run(%q) = 0, want non-zero", tt.args)
+			if got := stderr.String(); got != tt.want+"\n" {
+				t.Errorf("run(%q) printed %q, want the one line %q", tt.args, got, tt.want)
 			}
-			first, _, _ := strings.Cut(stderr.String(), "\n")
-			if first != tt.want {
-				t.Errorf("run(%q) printed %q, want %q", tt.args, first, tt.want)
+			if code != 2 {
+				t.Errorf("run(%q) = %d, want 2", tt.args, code)
 			}
 		})
 	}
@@ -51,9 +52,12 @@ func TestHelpListsEveryFlag(t *testing.T) {
 	if code := run([]string{"--help"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("--help exit code %d", code)
 	}
+	if stderr.Len() != 0 {
+		t.Errorf("--help printed %q on stderr, want the usage on stdout", stderr.String())
+	}
 	for _, f := range []string{"audit-log", "cluster", "node-name", "aggregator", "insecure", "tls-cert", "tls-key", "tls-ca",
 		"state-dir", "start-at", "once", "once-timeout", "metrics-addr", "log-level", "version"} {
-		if !strings.Contains(stderr.String(), "-"+f+" ") && !strings.Contains(stderr.String(), "-"+f+"\n") {
+		if !strings.Contains(stdout.String(), "-"+f+" ") && !strings.Contains(stdout.String(), "-"+f+"\n") {
 			t.Errorf("--help does not list --%s", f)
 		}
 	}
@@ -85,7 +89,9 @@ func TestOnceDefaults(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"--version"}, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "tokenwatch agent ") {
-		t.Errorf("--version: code %d, stdout %q", code, stdout.String())
+	code := run([]string{"--version"}, &stdout, &stderr)
+	want := regexp.MustCompile(`^tokenwatch agent \S+ \(commit \S+, go\S+\)\n$`)
+	if code != 0 || !want.MatchString(stdout.String()) || stderr.Len() != 0 {
+		t.Errorf("--version = %d, stdout %q, stderr %q; want 0 and one line matching %s", code, stdout.String(), stderr.String(), want)
 	}
 }
