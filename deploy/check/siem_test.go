@@ -80,17 +80,18 @@ func TestSiemRecipesRender(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// deploy/otelcol with the recipe's component, as the README says.
-			dir := t.TempDir()
-			rel := func(path string) string {
-				r, err := filepath.Rel(dir, path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return r // kustomize takes no absolute roots
+			// deploy/otelcol with the recipe's component, as its README says:
+			// `components: [recipes/<name>]` added to its kustomization.
+			dir := filepath.Join(t.TempDir(), "otelcol")
+			if err := os.CopyFS(dir, os.DirFS(deployPath(t, "otelcol"))); err != nil {
+				t.Fatal(err)
 			}
-			kust := "resources:\n  - " + rel(deployPath(t, "otelcol")) + "\ncomponents:\n  - " + rel(deployPath(t, "otelcol", "recipes", name)) + "\n"
-			if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kust), 0o644); err != nil {
+			kust, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			kust = append(kust, "components:\n  - recipes/"+name+"\n"...)
+			if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), kust, 0o644); err != nil {
 				t.Fatal(err)
 			}
 			objs := kustomizeBuild(t, dir)
@@ -161,7 +162,7 @@ func TestSiemRecipesRender(t *testing.T) {
 // tenant header and content type, and the records of its OTLP protobuf body.
 type lokiSink struct {
 	mu       sync.Mutex
-	requests []string // "POST /otlp/v1/logs tenant=... type=..."
+	requests []string // "POST /otlp/v1/logs tenant=... type=... encoding=..."
 	logs     logSink
 }
 
@@ -186,7 +187,7 @@ func (s *lokiSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	s.requests = append(s.requests, r.Method+" "+r.URL.Path+" tenant="+r.Header.Get("X-Scope-OrgID")+" type="+r.Header.Get("Content-Type"))
+	s.requests = append(s.requests, r.Method+" "+r.URL.Path+" tenant="+r.Header.Get("X-Scope-OrgID")+" type="+r.Header.Get("Content-Type")+" encoding="+r.Header.Get("Content-Encoding"))
 	s.mu.Unlock()
 	if _, err := s.logs.Export(r.Context(), &req); err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -200,7 +201,7 @@ func (s *lokiSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // TestSiemLokiRoutes runs the collector with recipes/loki/config.yaml in front of a
 // recording HTTP server standing for Loki, sends it one record of every
 // tokenwatch kind, and checks that the security records reach Loki's OTLP
-// path (<endpoint>/v1/logs) as OTLP protobuf with the tenant header and the
+// path (<endpoint>/v1/logs) as gzipped OTLP protobuf with the tenant header and the
 // attributes intact, and the rest the operations file, each exactly once.
 func TestSiemLokiRoutes(t *testing.T) {
 	bin := collector(t)
@@ -235,7 +236,7 @@ func TestSiemLokiRoutes(t *testing.T) {
 		t.Fatal("Loki received no request")
 	}
 	for _, r := range requests {
-		if want := "POST /otlp/v1/logs tenant=" + tenant + " type=application/x-protobuf"; r != want {
+		if want := "POST /otlp/v1/logs tenant=" + tenant + " type=application/x-protobuf encoding=gzip"; r != want {
 			t.Errorf("Loki request %q, want %q", r, want)
 		}
 	}
