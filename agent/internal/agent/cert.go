@@ -52,7 +52,7 @@ func warnValidity(c Config) {
 	}
 	if err := tlsconf.CheckValidity(leaf, time.Now()); err != nil {
 		c.Logger.Warn("agent certificate is not valid now; not ready until it is renewed (re-read at each attempt)",
-			"cert", c.TLSCert, "error", err.Error(), "not_before", leaf.NotBefore, "not_after", leaf.NotAfter)
+			"cert", c.TLSCert, "err", err, "not_before", leaf.NotBefore, "not_after", leaf.NotAfter)
 	}
 }
 

@@ -123,7 +123,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		wg.Go(func() {
 			if err := metrics.ServeListener(bg, lis, p.m.Handler(ready)); err != nil {
-				log.Error("metrics endpoint stopped", "error", err)
+				log.Error("metrics endpoint stopped", "err", err)
 			}
 		})
 	}
@@ -490,7 +490,7 @@ func (p *pipeline) saveEvery(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 			if err := p.save(); err != nil {
-				p.log.Error("checkpoint not written", "error", err)
+				p.log.Error("checkpoint not written", "err", err)
 			}
 		}
 	}

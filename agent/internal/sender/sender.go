@@ -356,7 +356,7 @@ func (s *Sender) Run(ctx context.Context) error {
 		if f.Permanent {
 			level = slog.LevelError
 		}
-		s.cfg.Logger.Log(ctx, level, f.Message, "class", f.Class, "aggregator", s.cfg.Target, "error", err, "retry_in", wait.Round(time.Millisecond).String())
+		s.cfg.Logger.Log(ctx, level, f.Message, "class", f.Class, "aggregator", s.cfg.Target, "err", err, "retry_in", wait.Round(time.Millisecond).String())
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():

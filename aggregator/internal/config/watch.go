@@ -68,7 +68,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 	}
 	if err != nil {
-		w.logger.Warn("config watch: fsnotify unavailable, polling only", "path", w.path, "poll", w.poll, "err", err)
+		w.logger.Warn("config watch: fsnotify unavailable, polling only", "path", w.path, "poll", w.poll.String(), "err", err)
 	}
 	// A change between the initial load and the watch being set up would
 	// otherwise wait for the poll.

@@ -191,7 +191,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 		failures++
 		wait := d.backoff(failures)
 		d.cfg.Logger.Warn("export failed; records stay in the outbox and are retried",
-			"records", len(recs), "outbox_depth", d.src.Depth(), "attempt", failures, "retry_in", wait, "err", err)
+			"records", len(recs), "outbox_depth", d.src.Depth(), "attempt", failures, "retry_in", wait.String(), "err", err)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
