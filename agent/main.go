@@ -60,7 +60,8 @@ func parseFlags(args []string, help io.Writer) (agent.Config, slog.Level, bool, 
 	var level slog.Level
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&c.AuditLog, "audit-log", agent.DefaultAuditLog, "the kube-apiserver audit log `PATH`; rotated siblings (audit-<time>.log, .1, .gz) are found by identity")
+	c.AuditLog = agent.DefaultAuditLog
+	fs.Var(&auditLogFlag{c: &c}, "audit-log", "the kube-apiserver audit log `PATH`; rotated siblings (audit-<time>.log, .1, .gz) are found by identity. With --once: a file, a directory, or given again for more files, replayed in log order")
 	fs.StringVar(&c.Cluster, "cluster", "", "the cluster `NAME` this agent reports for (required; with mTLS it must match the certificate)")
 	fs.StringVar(&c.NodeName, "node-name", defaultNode(), "this control-plane node's `NAME` (default from $NODE_NAME, else the hostname)")
 	fs.StringVar(&c.Aggregator, "aggregator", "", "the aggregator's `HOST:PORT` (required)")
@@ -70,7 +71,7 @@ func parseFlags(args []string, help io.Writer) (agent.Config, slog.Level, bool, 
 	fs.StringVar(&c.TLSCA, "tls-ca", "", "`FILE` with the CA certificates of the aggregator")
 	fs.StringVar(&c.StateDir, "state-dir", agent.DefaultStateDir, "checkpoint `DIR` (with --once: none unless given)")
 	fs.StringVar(&c.StartAt, "start-at", "end", "`beginning|end`: where to begin in the live file without a checkpoint (with --once: beginning)")
-	fs.BoolVar(&c.Once, "once", false, "replay: read the file (plain or .gz) to its end, wait for every acknowledgement, exit")
+	fs.BoolVar(&c.Once, "once", false, "replay: read the --audit-log files (plain or .gz) to their end, wait for every acknowledgement, exit")
 	fs.DurationVar(&c.OnceTimeout, "once-timeout", agent.DefaultOnceTimeout, "with --once, exit 1 when the aggregator cannot be reached for this `DURATION`")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `HOST:PORT` (default: off)")
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "log `LEVEL`: debug, info, warn or error")

@@ -37,6 +37,10 @@ type Config struct {
 	OnceTimeout time.Duration // --once-timeout
 	MetricsAddr string        // --metrics-addr; empty serves none
 
+	// MoreAuditLogs are the further --audit-log values: with Once, files
+	// or directories replayed with AuditLog, in log order.
+	MoreAuditLogs []string
+
 	// ShutdownTimeout bounds the drain after a stop signal (default 7s,
 	// inside the contract's 10 s).
 	ShutdownTimeout time.Duration
@@ -91,6 +95,12 @@ func (c *Config) Validate() error {
 	}
 	if !c.Once && strings.HasSuffix(c.AuditLog, ".gz") {
 		return fmt.Errorf("--audit-log %s: a compressed file can only be replayed with --once", c.AuditLog)
+	}
+	if len(c.MoreAuditLogs) > 0 && !c.Once {
+		return fmt.Errorf("--audit-log given %d times: several files are replayed only with --once", len(c.MoreAuditLogs)+1)
+	}
+	if len(c.MoreAuditLogs) > 0 && c.StateDir != "" {
+		return errors.New("--state-dir: a checkpoint follows one file: replay several --audit-log files without it")
 	}
 	if c.Once && c.OnceTimeout <= 0 {
 		return fmt.Errorf("--once-timeout %s: must be positive", c.OnceTimeout)

@@ -64,7 +64,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
-	fol, err := follow.New(follow.Config{Path: c.AuditLog, StartAt: c.StartAt, Resume: resume, Once: c.Once, Logger: log})
+	fol, err := newReader(c, resume, log)
 	if err != nil {
 		return fmt.Errorf("--audit-log: %w", err)
 	}

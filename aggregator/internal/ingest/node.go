@@ -11,11 +11,12 @@ import (
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
+	"github.com/tokenwatch/tokenwatch/internal/wire"
 )
 
 // MaxNodeNameLen bounds Hello.node: a DNS subdomain's length, as Kubernetes
 // node names.
-const MaxNodeNameLen = 253
+const MaxNodeNameLen = wire.MaxNodeNameLen
 
 // NodeAdmitter is implemented by Processors that bound the nodes of a
 // cluster (*pipeline.Pipeline does): Join is asked before a live agent's
@@ -27,21 +28,15 @@ type NodeAdmitter interface {
 
 var _ NodeAdmitter = (*pipeline.Pipeline)(nil)
 
-// checkNode validates a Hello's node name: 1 to MaxNodeNameLen characters of
-// A-Z a-z 0-9 '.' '_' '-' (Kubernetes node names and hostnames; the
-// cluster name's alphabet). It returns the refusal reason, "" when valid.
+// checkNode validates a Hello's node name (wire.ValidateNodeName, the rule
+// the agent also checks its own --node-name against). It returns the
+// refusal reason, "" when valid.
 func checkNode(name string) string {
 	if name == "" {
 		return "no_node"
 	}
-	if len(name) > MaxNodeNameLen {
+	if wire.ValidateNodeName(name) != nil {
 		return "bad_node"
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return "bad_node"
-		}
 	}
 	return ""
 }
