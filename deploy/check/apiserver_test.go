@@ -105,8 +105,9 @@ func TestKubeadmAuditWiring(t *testing.T) {
 
 // TestControlPlane runs the real tools: kubeadm validates the kubeadm
 // configuration; a kube-apiserver started with its audit flags and the audit
-// policy accepts every overlay's objects and deploy/otelcol's (server-side apply, dry run, strict
-// field validation, cert-manager's CRDs installed) and logs a real
+// policy accepts every overlay's objects, deploy/otelcol's and an overlay with
+// components/prometheus (server-side apply, dry run, strict field validation,
+// cert-manager's and the prometheus-operator's CRDs installed) and logs a real
 // TokenRequest at Request level without the token.
 func TestControlPlane(t *testing.T) {
 	bins := k8sBinaries(t)
@@ -140,10 +141,13 @@ func TestControlPlane(t *testing.T) {
 	t.Run("cert-manager CRDs", func(t *testing.T) {
 		installCertManagerCRDs(t, s)
 	})
+	t.Run("prometheus-operator CRDs", func(t *testing.T) {
+		installPrometheusOperatorCRDs(t, s)
+	})
 	if t.Failed() {
 		return
 	}
-	kits := []string{"otelcol"}
+	kits := []string{"otelcol", "check/testdata/prometheus"}
 	for _, name := range overlays(t) {
 		kits = append(kits, "overlays/"+name)
 	}

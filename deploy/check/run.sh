@@ -8,7 +8,9 @@
 # collector of deploy/collector (builder v0.159.0; cold: about 5-9 minutes on
 # 2 cores) and kube-apiserver, etcd and kubeadm through e2e/k8s/build.sh
 # (cold: about 4 minutes) and helm through deploy/helm/tool/build.sh (cold:
-# about a minute), then runs the Go tests of this module: kustomize builds of
+# about a minute) and promtool through deploy/prometheus/tool/build.sh (cold:
+# several minutes), then runs the Go tests of this module: promtool check and
+# test of the alerting rules, kustomize builds of
 # every overlay, the Helm chart (lint, template, equal to the overlays),
 # server-side dry runs on a real kube-apiserver,
 # kubeadm config validate, the audit policy, the collector config, and the
@@ -43,6 +45,9 @@ if [[ -z "$short" ]]; then
 	start=$SECONDS
 	bash "$root/deploy/helm/tool/build.sh" >/dev/null
 	echo "deploy/check: helm ready after $((SECONDS - start))s" >&2
+	start=$SECONDS
+	bash "$root/deploy/prometheus/tool/build.sh" >/dev/null
+	echo "deploy/check: promtool ready after $((SECONDS - start))s" >&2
 fi
 
 # -v so that a skipped check says why in the CI log.
