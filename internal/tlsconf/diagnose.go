@@ -248,7 +248,7 @@ func NotAfter(path string) (time.Time, error) {
 func loadCertificates(path string) ([]*x509.Certificate, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read certificate %s: %w", path, err)
+		return nil, fmt.Errorf("read certificate: %w", err)
 	}
 	certs, err := ParseCertificates(data)
 	if err != nil {

@@ -41,11 +41,11 @@ func newKeyPair(certFile, keyFile string, logger *slog.Logger) (*keyPair, error)
 func (kp *keyPair) load() (*tls.Certificate, error) {
 	certPEM, err := os.ReadFile(kp.certFile)
 	if err != nil {
-		return kp.fallback(fmt.Errorf("read certificate %s: %w", kp.certFile, err))
+		return kp.fallback(fmt.Errorf("read certificate: %w", err))
 	}
 	keyPEM, err := os.ReadFile(kp.keyFile)
 	if err != nil {
-		return kp.fallback(fmt.Errorf("read key %s: %w", kp.keyFile, err))
+		return kp.fallback(fmt.Errorf("read key: %w", err))
 	}
 	kp.mu.Lock()
 	defer kp.mu.Unlock()

@@ -42,11 +42,11 @@ type file struct {
 // Open makes dir if needed and removes temporary files a crash left behind.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("open checkpoint dir %s: %w", dir, err)
+		return nil, fmt.Errorf("open checkpoint dir: %w", err)
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("open checkpoint dir %s: %w", dir, err)
+		return nil, fmt.Errorf("open checkpoint dir: %w", err)
 	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), FileName+".tmp") {
@@ -67,7 +67,7 @@ func (s *Store) Load() (*follow.Position, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read checkpoint %s: %w", s.path, err)
+		return nil, fmt.Errorf("read checkpoint: %w", err)
 	}
 	var f file
 	if err := json.Unmarshal(data, &f); err != nil {
@@ -111,16 +111,16 @@ func (s *Store) Save(p follow.Position) error {
 		}
 	}()
 	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		return fmt.Errorf("write checkpoint %s: %w", tmp.Name(), err)
+		return fmt.Errorf("write checkpoint: %w", err)
 	}
 	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("sync checkpoint %s: %w", tmp.Name(), err)
+		return fmt.Errorf("sync checkpoint: %w", err)
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close checkpoint %s: %w", tmp.Name(), err)
+		return fmt.Errorf("close checkpoint: %w", err)
 	}
 	if err := os.Rename(tmp.Name(), s.path); err != nil {
-		return fmt.Errorf("replace checkpoint %s: %w", s.path, err)
+		return fmt.Errorf("replace checkpoint: %w", err)
 	}
 	ok = true
 	if err := syncDir(s.dir); err != nil {

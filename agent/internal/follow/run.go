@@ -151,7 +151,7 @@ func (f *Follower) runOnce(ctx context.Context, h Handler) error {
 		cur, err = openPlain(f.cfg.Path, 0)
 	}
 	if err != nil {
-		return fmt.Errorf("open %s: %w", f.cfg.Path, err)
+		return err // names the file
 	}
 	defer cur.close()
 	var off int64
@@ -173,7 +173,7 @@ func (f *Follower) runOnce(ctx context.Context, h Handler) error {
 			cur, err = openPlain(f.cfg.Path, off)
 		}
 		if err != nil {
-			return fmt.Errorf("open %s: %w", f.cfg.Path, err)
+			return err // names the file
 		}
 	}
 	if err := f.drain(ctx, h, cur); err != nil {
@@ -293,7 +293,7 @@ func (f *Follower) openLive(off int64) (*source, error) {
 	}
 	if err != nil {
 		f.noteLive(LiveUnreadable, err)
-		return nil, fmt.Errorf("open %s: %w", f.cfg.Path, err)
+		return nil, err // names the file
 	}
 	f.noteLive(LivePresent, nil)
 	s.live = true

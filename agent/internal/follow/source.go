@@ -49,7 +49,7 @@ func openPlain(path string, off int64) (*source, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("stat %s: %w", path, err)
+		return nil, err // an *fs.PathError: "stat <path>: ..."
 	}
 	s := &source{path: path, f: f, r: f, size: fi.Size()}
 	s.id.Dev, s.id.Ino = devIno(fi)

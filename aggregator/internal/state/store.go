@@ -145,7 +145,7 @@ const recentMax = 4096
 // OpenDir creates dir if needed (mode 0700) and opens the store file in it.
 func OpenDir(dir string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state dir %s: %w", dir, err)
+		return nil, fmt.Errorf("create state dir: %w", err)
 	}
 	return Open(filepath.Join(dir, FileName), opts)
 }
