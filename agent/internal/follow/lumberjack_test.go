@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ func writeRotatingRate(t testing.TB, path string, n, size int, mbps float64) {
 	t.Helper()
 	start := time.Now()
 	lj := &lumberjack.Logger{Filename: path, MaxSize: 1, Compress: true}
+	defer waitCompressed(t, path)
 	defer lj.Close()
 	const max = 1 << 20
 	var cur int64
@@ -108,6 +110,7 @@ func TestLumberjackRotation(t *testing.T) {
 func writeRotatingFrom(t testing.TB, path string, from, n, size int) {
 	t.Helper()
 	lj := &lumberjack.Logger{Filename: path, MaxSize: 1, Compress: true}
+	defer waitCompressed(t, path)
 	defer lj.Close()
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -124,5 +127,63 @@ func writeRotatingFrom(t testing.TB, path string, from, n, size int) {
 			t.Fatal(err)
 		}
 		cur += int64(len(l))
+	}
+}
+
+// waitCompressed waits until lumberjack has compressed every backup of the
+// live file path. Its Close does not wait for the compression goroutine,
+// which goes on creating <backup>.gz and removing <backup> after the
+// writer returns: a test ending then raced it (t.TempDir's cleanup failed
+// with "directory not empty" when a .gz appeared during the removal). A
+// backup is compressed before it is removed, so when no uncompressed
+// backup is left, nothing more will be written.
+func waitCompressed(t testing.TB, path string) {
+	t.Helper()
+	dir, base := filepath.Split(path)
+	ext := filepath.Ext(base)
+	stem := strings.TrimSuffix(base, ext) + "-"
+	for deadline := time.Now().Add(failAfter); ; time.Sleep(5 * time.Millisecond) {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain := ""
+		for _, e := range entries {
+			if n := e.Name(); strings.HasPrefix(n, stem) && strings.HasSuffix(n, ext) {
+				plain = n
+			}
+		}
+		if plain == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lumberjack has not compressed %s after %s", plain, failAfter)
+		}
+	}
+}
+
+// TestWriteRotatingSettles: the writer helpers return only once lumberjack
+// has compressed every backup, so that nothing writes into a test's folder
+// after its end.
+func TestWriteRotatingSettles(t *testing.T) {
+	dir := t.TempDir()
+	live := filepath.Join(dir, "audit.log")
+	writeRotating(t, live, 3*(1<<20)/1000, 1000)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gz int
+	for _, e := range entries {
+		switch n := e.Name(); {
+		case n == "audit.log":
+		case strings.HasSuffix(n, ".log.gz"):
+			gz++
+		default:
+			t.Errorf("%s still there when the writer returned", n)
+		}
+	}
+	if gz < 2 {
+		t.Errorf("%d compressed backups, want at least 2", gz)
 	}
 }
