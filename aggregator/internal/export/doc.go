@@ -14,6 +14,9 @@
 // is killed (SIGKILL), and not yet marked exported, is exported again after
 // the restart; that is the contract's one exception to "exactly one record
 // per request". A partial success (the endpoint accepted the request but
-// rejected some records) is counted and not retried, since resending would
-// duplicate the accepted records.
+// rejected some records) is not retried, since resending would duplicate
+// the accepted records: the rejected ones are counted as rejected only, and
+// an export_rejected pipeline record, added to the outbox, says how many
+// and why (not for a batch of such records only, so a collector that
+// rejects them too does not make a loop).
 package export

@@ -2,10 +2,13 @@ package export
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,6 +43,9 @@ type DrainerConfig struct {
 	Registerer prometheus.Registerer
 	// Logger reports export failures (nil: discarded).
 	Logger *slog.Logger
+	// Report adds a record to the outbox: the export_rejected pipeline
+	// record of a partial success (nil: only logged and counted).
+	Report func(alert.Record) error
 }
 
 func (c *DrainerConfig) setDefaults() {
@@ -235,9 +241,13 @@ func (d *Drainer) export(ctx context.Context, recs []alert.Record) error {
 	d.duration.Observe(time.Since(start).Seconds())
 	cancel()
 	var rej *RejectedError
+	var report *alert.Record
+	rejected := 0
 	if errors.As(err, &rej) {
-		d.rejected.Add(float64(len(recs)))
-		d.cfg.Logger.Warn("otlp endpoint rejected records (partial success); not retried", "records", len(recs), "err", err)
+		rejected = int(min(max(rej.Rejected, 0), int64(len(recs))))
+		d.cfg.Logger.Warn("otlp endpoint rejected records (partial success); not retried",
+			"records", len(recs), "rejected", rejected, "err", err)
+		report = rejectedRecord(recs, rejected, rej.Message, time.Now())
 		err = nil
 	}
 	if err == nil {
@@ -248,8 +258,16 @@ func (d *Drainer) export(ctx context.Context, recs []alert.Record) error {
 		if serr := d.src.Exported(ids); serr != nil {
 			err = &errStore{err: serr}
 		} else {
-			for i := range recs {
+			// The endpoint does not say which it rejected: the
+			// accepted ones count under the names of the last.
+			for i := rejected; i < len(recs); i++ {
 				d.exported.WithLabelValues(recs[i].EventName).Inc()
+			}
+			d.rejected.Add(float64(rejected))
+		}
+		if err == nil && report != nil && d.cfg.Report != nil {
+			if serr := d.cfg.Report(*report); serr != nil {
+				err = &errStore{err: serr}
 			}
 		}
 	} else {
@@ -259,6 +277,58 @@ func (d *Drainer) export(ctx context.Context, recs []alert.Record) error {
 		d.onExport(len(recs), err)
 	}
 	return err
+}
+
+// KindExportRejected is the tokenwatch.pipeline.kind of the record that
+// reports a partial success.
+const KindExportRejected = "export_rejected"
+
+// maxErrorMessage bounds the collector's message kept in the record.
+const maxErrorMessage = 1024
+
+// rejectedRecord is the export_rejected pipeline record of a partial
+// success that rejected n of recs, or nil when recs are all such records
+// themselves: a collector that rejects the reports is not sent a report of
+// each (that is logged and counted only). Its ID is the batch's, so a
+// batch exported again after a restart does not report twice.
+func rejectedRecord(recs []alert.Record, n int, msg string, now time.Time) *alert.Record {
+	h := sha256.New()
+	reports := 0
+	for i := range recs {
+		if isRejectedReport(&recs[i]) {
+			reports++
+		}
+		h.Write([]byte(recs[i].ID))
+		h.Write([]byte{0})
+	}
+	if reports == len(recs) || n <= 0 {
+		return nil
+	}
+	if len(msg) > maxErrorMessage {
+		msg = strings.ToValidUTF8(msg[:maxErrorMessage], "") + "...(truncated)"
+	}
+	return &alert.Record{
+		ID:        "pl-rejected-" + hex.EncodeToString(h.Sum(nil)[:16]),
+		EventName: alert.EventPipeline,
+		Time:      now,
+		Severity:  alert.High,
+		Body: fmt.Sprintf("The OTLP endpoint rejected %d of %d alert records in a partial success (not retried): %s",
+			n, len(recs), msg),
+		Attrs: []alert.Attr{
+			alert.String("tokenwatch.pipeline.kind", KindExportRejected),
+			alert.Int("tokenwatch.export.rejected", int64(n)),
+			alert.Int("tokenwatch.export.records", int64(len(recs))),
+			alert.String("tokenwatch.export.error", msg),
+		},
+	}
+}
+
+func isRejectedReport(r *alert.Record) bool {
+	if r.EventName != alert.EventPipeline {
+		return false
+	}
+	v, ok := r.Attr("tokenwatch.pipeline.kind")
+	return ok && v.Str == KindExportRejected
 }
 
 // batchSize halves the batch per consecutive failure (down to one record),

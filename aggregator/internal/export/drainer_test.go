@@ -213,18 +213,35 @@ func TestDrainerPartialSuccessIsNotRetried(t *testing.T) {
 	sk, endpoint, _ := startSink(t, "127.0.0.1:0")
 	sk.partial = 1
 	reg := prometheus.NewRegistry()
-	r := startDrainer(t, st, newTestOTLP(t, endpoint), DrainerConfig{Registerer: reg}, nil)
+	report := func(r alert.Record) error {
+		_, err := st.Commit(state.Change{Records: []alert.Record{r}})
+		return err
+	}
+	r := startDrainer(t, st, newTestOTLP(t, endpoint), DrainerConfig{Registerer: reg, Report: report}, nil)
 	commitN(t, st, "p", 3)
-	sk.waitRecords(t, 3)
+	// The three, then the export_rejected record, which the collector
+	// rejects too: that one is not reported again.
+	got := sk.waitRecords(t, 4)
 	r.stop(t)
-	if n := len(sk.records()); n != 3 {
-		t.Errorf("sink got %d records, want 3 (no resend after a partial success)", n)
+	if n := len(sk.records()); n != 4 {
+		t.Errorf("sink got %d records, want 4 (no resend after a partial success, one report)", n)
 	}
 	if d := st.Depth(); d != 0 {
 		t.Errorf("outbox depth = %d, want 0", d)
 	}
-	if v := metric(t, reg, "tokenwatch_aggregator_export_rejected_records_total"); v != 3 {
-		t.Errorf("export_rejected_records_total = %v, want 3", v)
+	for name, want := range map[string]float64{
+		"tokenwatch_aggregator_export_rejected_records_total": 2, // one of the three, the report
+		"tokenwatch_aggregator_exported_records_total":        2, // the other two
+	} {
+		if v := metric(t, reg, name); v != want {
+			t.Errorf("%s = %v, want %v", name, v, want)
+		}
+	}
+	rep := got[3]
+	if rep.EventName != alert.EventPipeline || attr(rep, "tokenwatch.pipeline.kind").GetStringValue() != "export_rejected" ||
+		attr(rep, "tokenwatch.export.rejected").GetIntValue() != 1 || attr(rep, "tokenwatch.export.records").GetIntValue() != 3 ||
+		attr(rep, "tokenwatch.export.error").GetStringValue() != "too old" || rep.SeverityText != "high" {
+		t.Errorf("report record = %v, want an export_rejected pipeline record: 1 of 3 rejected, \"too old\", high", rep)
 	}
 }
 

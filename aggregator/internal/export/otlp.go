@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -193,7 +195,7 @@ func (o *OTLP) Export(ctx context.Context, recs []alert.Record) error {
 		return nil
 	}
 	if partialOnly(err) {
-		return &RejectedError{Err: err}
+		return newRejectedError(err, len(recs))
 	}
 	return fmt.Errorf("otlp export of %d records: %w", len(recs), err)
 }
@@ -211,8 +213,42 @@ func (o *OTLP) Shutdown(ctx context.Context) error {
 
 // RejectedError is a partial success: the endpoint accepted the request but
 // rejected some records. Resending would duplicate the accepted ones, so the
-// Drainer counts it and treats the records as delivered.
-type RejectedError struct{ Err error }
+// Drainer counts them and reports the rejection in a record.
+type RejectedError struct {
+	Err error
+	// Rejected is how many records the endpoint rejected (all of the
+	// request's when its answer does not say).
+	Rejected int64
+	// Message is the endpoint's error message.
+	Message string
+}
+
+// partialRE matches otlploggrpc's report of a partial success.
+var partialRE = regexp.MustCompile(`^OTLP partial success: (.*) \((\d+) logs rejected\)$`)
+
+// newRejectedError reads the count and message of otlploggrpc's partial
+// success report err (its type is internal) for a request of n records.
+func newRejectedError(err error, n int) *RejectedError {
+	e := &RejectedError{Err: err}
+	var msgs []string
+	for _, line := range strings.Split(err.Error(), "\n") {
+		m := partialRE.FindStringSubmatch(line)
+		if m == nil {
+			return &RejectedError{Err: err, Rejected: int64(n), Message: err.Error()}
+		}
+		k, perr := strconv.ParseInt(m[2], 10, 64)
+		if perr != nil {
+			return &RejectedError{Err: err, Rejected: int64(n), Message: err.Error()}
+		}
+		e.Rejected += k
+		if m[1] != "empty message" {
+			msgs = append(msgs, m[1])
+		}
+	}
+	e.Rejected = min(e.Rejected, int64(n))
+	e.Message = strings.Join(msgs, "; ")
+	return e
+}
 
 func (e *RejectedError) Error() string { return "otlp export: " + e.Err.Error() }
 func (e *RejectedError) Unwrap() error { return e.Err }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/export"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/state"
+	"github.com/tokenwatch/tokenwatch/internal/alert"
 )
 
 // exporter is the outbox drainer and the exporter it feeds.
@@ -61,7 +62,12 @@ func newExporter(ctx context.Context, c Config, store *state.Store, logger *slog
 	if err != nil {
 		return nil, fmt.Errorf("otlp exporter: %w", err)
 	}
-	d, err := export.NewDrainer(store, exp, export.DrainerConfig{Registerer: reg, Logger: logger})
+	// A partial success is reported through the outbox like any record.
+	report := func(r alert.Record) error {
+		_, err := store.Commit(state.Change{Records: []alert.Record{r}})
+		return err
+	}
+	d, err := export.NewDrainer(store, exp, export.DrainerConfig{Registerer: reg, Logger: logger, Report: report})
 	if err != nil {
 		return nil, errors.Join(err, exp.Shutdown(ctx))
 	}
