@@ -34,6 +34,11 @@ func TestFlagErrors(t *testing.T) {
 		{"stray argument", with("audit.log"), `agent: unexpected argument "audit.log": every setting is a flag`},
 		{"unknown flag", with("--nope"), "agent: flag provided but not defined: -nope (see --help)"},
 		{"bad flag value", with("--once-timeout", "soon"), `agent: invalid value "soon" for flag -once-timeout: parse error (see --help)`},
+		// --once: the old code, which did not check, ends soon too.
+		{"bad node name", with("--once", "--once-timeout", "1s", "--node-name", "cp 1"),
+			`agent: --node-name "cp 1" (default $NODE_NAME, else the hostname): character ' ' not allowed (want 1 to 253 of A-Z a-z 0-9 . _ -)`},
+		{"long node name", with("--once", "--once-timeout", "1s", "--node-name", strings.Repeat("n", 254)),
+			`agent: --node-name "` + strings.Repeat("n", 64) + `" (default $NODE_NAME, else the hostname): node name of 254 bytes: at most 253 allowed`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -46,6 +51,18 @@ func TestFlagErrors(t *testing.T) {
 				t.Errorf("run(%q) = %d, want 2", tt.args, code)
 			}
 		})
+	}
+}
+
+// TestNodeNameFromEnvironment: the default node name ($NODE_NAME) is held
+// to the aggregator's rule too, and the one line names the flag.
+func TestNodeNameFromEnvironment(t *testing.T) {
+	t.Setenv("NODE_NAME", "cp-1/evil")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"--cluster", "prod", "--aggregator", "127.0.0.1:7443", "--insecure", "--once", "--once-timeout", "1s"}, &stdout, &stderr)
+	want := `agent: --node-name "cp-1/evil" (default $NODE_NAME, else the hostname): character '/' not allowed (want 1 to 253 of A-Z a-z 0-9 . _ -)` + "\n"
+	if code != 2 || stderr.String() != want {
+		t.Errorf("run with NODE_NAME=cp-1/evil = %d, %q; want 2, %q", code, stderr.String(), want)
 	}
 }
 

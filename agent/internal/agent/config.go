@@ -9,6 +9,7 @@ import (
 
 	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
+	"github.com/tokenwatch/tokenwatch/internal/wire"
 )
 
 // Defaults of the agent's flags.
@@ -67,6 +68,11 @@ func (c *Config) Validate() error {
 	}
 	if err := tlsconf.ValidateClusterName(c.Cluster); err != nil {
 		return fmt.Errorf("--cluster: %w", err)
+	}
+	if err := wire.ValidateNodeName(c.NodeName); err != nil {
+		// The aggregator refuses such a Hello: say so now, not at
+		// every connection attempt.
+		return fmt.Errorf("--node-name %.64q (default $NODE_NAME, else the hostname): %w", c.NodeName, err)
 	}
 	if err := checkHostPort(c.Aggregator); err != nil {
 		return fmt.Errorf("--aggregator %q: %w", c.Aggregator, err)
