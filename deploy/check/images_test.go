@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -249,7 +250,8 @@ type alertRecord struct {
 }
 
 // TestImages builds the agent, aggregator and collector images FROM scratch
-// with the local Docker engine and runs them as the manifests of
+// for amd64 and arm64 with the local Docker engine (checkImageArches), and
+// runs the engine's own architecture's as the manifests of
 // overlays/single-cluster and deploy/otelcol say: their args and
 // environment, read-only root filesystems, every capability dropped, no
 // privilege escalation, the manifests' users, the audit directory read-only
@@ -280,13 +282,21 @@ func TestImages(t *testing.T) {
 	if colC.Image != strings.TrimSuffix(prefix, "/agent")+"/otelcol:"+tag {
 		t.Fatalf("collector image %q does not match %q", colC.Image, agentC.Image)
 	}
-	runScript(t, 20*time.Minute, []string{"IMAGES=agent aggregator otelcol", "IMAGE_PREFIX=" + strings.TrimSuffix(prefix, "/agent"), "TAG=" + tag},
+	runScript(t, 20*time.Minute, []string{"IMAGES=agent aggregator otelcol", "ARCHES=" + strings.Join(imageArches, " "),
+		"IMAGE_PREFIX=" + strings.TrimSuffix(prefix, "/agent"), "TAG=" + tag},
 		filepath.Join(repoRoot(t), "deploy", "images", "build.sh"))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		_, _ = docker(ctx, "rmi", agentC.Image, aggC.Image, colC.Image)
+		refs := []string{agentC.Image, aggC.Image, colC.Image}
+		for _, img := range []string{agentC.Image, aggC.Image, colC.Image} {
+			for _, arch := range imageArches {
+				refs = append(refs, img+"-"+arch)
+			}
+		}
+		_, _ = docker(ctx, append([]string{"rmi"}, refs...)...)
 	})
+	checkImageArches(t, map[string]string{agentC.Image: "tokenwatch-agent", aggC.Image: "tokenwatch-aggregator", colC.Image: "tokenwatch-otelcol"})
 	for _, img := range []string{agentC.Image, aggC.Image, colC.Image} {
 		var layers []string
 		if err := json.Unmarshal([]byte(mustDocker(t, "image", "inspect", "--format", "{{json .RootFS.Layers}}", img)), &layers); err != nil {
@@ -554,6 +564,55 @@ func TestImages(t *testing.T) {
 		}
 	}
 	t.Logf("%d alerts received at the SIEM through agent, aggregator and collector images, %d expected", len(got), len(want))
+}
+
+// imageArches are the architectures deploy/images/build.sh builds by default.
+var imageArches = []string{"amd64", "arm64"}
+
+// elfMachines is the ELF machine of a linux/<arch> binary.
+var elfMachines = map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+
+// checkImageArches checks, for each image (name:tag, and the binary under
+// /usr/local/bin it runs), that build.sh made one tag per architecture,
+// name:tag-<arch>, whose config says linux/<arch> and whose binary is an ELF
+// executable for that machine, and that name:tag, which the manifests run,
+// is the Docker engine's own architecture's image.
+func checkImageArches(t *testing.T, images map[string]string) {
+	t.Helper()
+	engineArch := mustDocker(t, "version", "--format", "{{.Server.Arch}}")
+	if _, ok := elfMachines[engineArch]; !ok {
+		t.Fatalf("Docker engine architecture %q is not one build.sh builds (%v)", engineArch, imageArches)
+	}
+	dir := t.TempDir()
+	for img, binary := range images {
+		for _, arch := range imageArches {
+			ref := img + "-" + arch
+			if got := mustDocker(t, "image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", ref); got != "linux/"+arch {
+				t.Errorf("%s: platform %s, want linux/%s", ref, got, arch)
+			}
+			// The binary inside, not only the label: created, never started.
+			id := mustDocker(t, "create", "--platform", "linux/"+arch, ref)
+			out := filepath.Join(dir, arch+"-"+binary)
+			_, err := docker(context.Background(), "cp", id+":/usr/local/bin/"+binary, out)
+			mustDocker(t, "rm", id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := elf.Open(out)
+			if err != nil {
+				t.Fatalf("%s: /usr/local/bin/%s: %v", ref, binary, err)
+			}
+			if f.Machine != elfMachines[arch] || f.Type != elf.ET_EXEC {
+				t.Errorf("%s: /usr/local/bin/%s is %s %s, want %s %s", ref, binary, f.Type, f.Machine, elf.ET_EXEC, elfMachines[arch])
+			}
+			f.Close()
+		}
+		host, same := mustDocker(t, "image", "inspect", "--format", "{{.Id}}", img), mustDocker(t, "image", "inspect", "--format", "{{.Id}}", img+"-"+engineArch)
+		if host != same {
+			t.Errorf("%s is %s, not %s-%s (%s), the engine's architecture", img, host, img, engineArch, same)
+		}
+	}
+	t.Logf("images for %v; %s runs here", imageArches, engineArch)
 }
 
 // waitContainer polls ready until it succeeds, the container stops, or the
