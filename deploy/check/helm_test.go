@@ -126,7 +126,8 @@ func helmTemplate(t *testing.T, helm, values string, extra ...string) []object {
 }
 
 // TestHelmLint runs `helm lint --strict` (values schema included) on the chart
-// with each shape's values and with the hub exposed through a NodePort.
+// with each shape's values, with the hub exposed through a NodePort and with
+// the prometheus-operator objects on.
 func TestHelmLint(t *testing.T) {
 	helm := helmBinary(t)
 	shapes := helmShapes(t)
@@ -138,7 +139,8 @@ func TestHelmLint(t *testing.T) {
 	for _, name := range sortedKeys(shapes) {
 		cases = append(cases, lintCase{name, []string{"-f", shapes[name]}})
 	}
-	cases = append(cases, lintCase{"hub NodePort", []string{"-f", shapes["hub"], "--set", "expose.type=NodePort,expose.nodePort=31443"}})
+	cases = append(cases, lintCase{"hub NodePort", []string{"-f", shapes["hub"], "--set", "expose.type=NodePort,expose.nodePort=31443"}},
+		lintCase{"prometheus", []string{"-f", shapes["single-cluster"], "--set", "prometheus.enabled=true"}})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			out, err := runHelm(helm, append([]string{"lint", "--strict", "--namespace", helmNamespace,
@@ -189,7 +191,9 @@ func TestHelmRefusesBadValues(t *testing.T) {
 // overlays are held to (TestOverlays' checks), then requires it to equal the
 // overlay of the same name in substance: the same objects (kind and name),
 // with the same specs and data, once kustomize's ConfigMap name hashes are
-// taken off; Helm may add labels and pod-template annotations.
+// taken off; Helm may add labels and pod-template annotations. With
+// prometheus.enabled, the single cluster equals the overlay that adds
+// components/prometheus (testdata/prometheus).
 func TestHelmTemplate(t *testing.T) {
 	helm := helmBinary(t)
 	shapes := helmShapes(t)
@@ -203,13 +207,38 @@ func TestHelmTemplate(t *testing.T) {
 			sameSubstance(t, kustomizeBuild(t, deployPath(t, "overlays", name)), objs)
 		})
 	}
-	// The chart's aggregator configuration is the kit's (a symbolic link).
-	want, err := os.ReadFile(deployPath(t, "config", "aggregator.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, err := os.ReadFile(deployPath(t, "helm", "tokenwatch", "files", "aggregator.yaml")); err != nil || !bytes.Equal(got, want) {
-		t.Errorf("deploy/helm/tokenwatch/files/aggregator.yaml differs from deploy/config/aggregator.yaml (%v): link it", err)
+	t.Run("prometheus", func(t *testing.T) {
+		objs := helmTemplate(t, helm, shapes["single-cluster"], "--set", "prometheus.enabled=true")
+		checkRendered(t, objs)
+		sameSubstance(t, kustomizeBuild(t, deployPath(t, "check", "testdata", "prometheus")), objs)
+		// The rules are deploy/prometheus/rules.yaml's, whatever the component holds.
+		var plain struct {
+			Groups []any `json:"groups"`
+		}
+		readYAML(t, deployPath(t, "prometheus", "rules.yaml"), &plain)
+		rule := find(objs, "PrometheusRule", "tokenwatch")
+		if rule == nil {
+			t.Fatal("no PrometheusRule tokenwatch with prometheus.enabled=true")
+		}
+		got := deepCopy(t, object{"groups": rule.path("spec", "groups")})
+		want := deepCopy(t, object{"groups": plain.Groups})
+		if len(plain.Groups) == 0 || !reflect.DeepEqual(got, want) {
+			t.Error("the chart's PrometheusRule spec.groups differ from deploy/prometheus/rules.yaml groups")
+		}
+	})
+	// The chart's aggregator configuration and alerting rules are the kit's
+	// (symbolic links).
+	for file, kit := range map[string][]string{
+		"aggregator.yaml": {"config", "aggregator.yaml"},
+		"rules.yaml":      {"prometheus", "rules.yaml"},
+	} {
+		want, err := os.ReadFile(deployPath(t, kit...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(deployPath(t, "helm", "tokenwatch", "files", file)); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("deploy/helm/tokenwatch/files/%s differs from deploy/%s (%v): link it", file, strings.Join(kit, "/"), err)
+		}
 	}
 }
 
@@ -390,20 +419,23 @@ func TestHelmNodePort(t *testing.T) {
 	checkRendered(t, spoke) // the agent's egress must allow the --aggregator port
 }
 
-// TestHelmControlPlane: a real kube-apiserver with cert-manager's CRDs accepts
-// every shape's render (server-side apply, dry run, strict field validation),
-// with the Pod Security verdicts the kustomize overlays get.
+// TestHelmControlPlane: a real kube-apiserver with cert-manager's and the
+// prometheus-operator's CRDs accepts every shape's render and the single
+// cluster's with prometheus.enabled (server-side apply, dry run, strict field
+// validation), with the Pod Security verdicts the kustomize overlays get.
 func TestHelmControlPlane(t *testing.T) {
 	helm := helmBinary(t)
 	shapes := helmShapes(t)
 	s := startAPIServer(t, k8sBinaries(t))
 	installCertManagerCRDs(t, s)
+	installPrometheusOperatorCRDs(t, s)
 	renders := map[string][]string{}
 	for _, name := range sortedKeys(shapes) {
 		renders[name] = []string{shapes[name]}
 	}
 	renders["hub NodePort"] = []string{shapes["hub"], "--set", "expose.type=NodePort,expose.nodePort=31443"}
-	for _, name := range append(sortedKeys(shapes), "hub NodePort") {
+	renders["prometheus"] = []string{shapes["single-cluster"], "--set", "prometheus.enabled=true"}
+	for _, name := range append(sortedKeys(shapes), "hub NodePort", "prometheus") {
 		t.Run(name, func(t *testing.T) {
 			r := renders[name]
 			dryRunObjects(t, s, helmTemplate(t, helm, r[0], r[1:]...))
