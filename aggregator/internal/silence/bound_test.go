@@ -8,7 +8,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-
 // TestNodeNamesAreBounded: 5,000 node names claimed for one cluster give at
 // most MaxNodesPerCluster tracked nodes, that many cluster_silent records and
 // one nodes_refused record per After; other clusters are unaffected; nodes
