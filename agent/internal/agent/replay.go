@@ -23,14 +23,16 @@ var (
 
 // newReader follows c.AuditLog, or, with Once and several --audit-log
 // paths or a directory, replays every file they name in log order.
-func newReader(c Config, resume *follow.Position, log *slog.Logger) (reader, error) {
+// lost says a checkpoint kept before is missing (see
+// follow.Config.CheckpointLost).
+func newReader(c Config, resume *follow.Position, lost bool, log *slog.Logger) (reader, error) {
 	fi, err := os.Stat(c.AuditLog)
 	dir := err == nil && fi.IsDir()
 	if !c.Once || (len(c.MoreAuditLogs) == 0 && !dir) {
 		if dir {
 			return nil, errors.New("is a directory: a directory is replayed only with --once")
 		}
-		f, err := follow.New(follow.Config{Path: c.AuditLog, StartAt: c.StartAt, Resume: resume, Once: c.Once, Logger: log})
+		f, err := follow.New(follow.Config{Path: c.AuditLog, StartAt: c.StartAt, Resume: resume, CheckpointLost: lost, Once: c.Once, Logger: log})
 		if err != nil {
 			return nil, err
 		}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tokenwatch/tokenwatch/agent/internal/checkpoint"
 	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
 	"github.com/tokenwatch/tokenwatch/agent/internal/metrics"
 	"github.com/tokenwatch/tokenwatch/agent/internal/prefilter"
@@ -56,15 +57,22 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var store checkpoints
 	var resume *follow.Position
+	var lost bool // a checkpoint kept before is missing
 	if c.StateDir != "" {
 		if store, err = openCheckpoints(c.StateDir); err != nil {
 			return err
 		}
-		if resume, err = store.Load(); err != nil {
+		resume, err = store.Load()
+		if errors.Is(err, checkpoint.ErrMissing) {
+			// Deleted: start at --start-at, and report what that skips.
+			log.Warn("checkpoint missing although one was kept before; what --start-at skips is reported as lost", "err", err)
+			lost, err = true, nil
+		}
+		if err != nil {
 			return err
 		}
 	}
-	fol, err := newReader(c, resume, log)
+	fol, err := newReader(c, resume, lost, log)
 	if err != nil {
 		return fmt.Errorf("--audit-log: %w", err)
 	}

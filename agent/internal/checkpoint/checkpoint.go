@@ -19,6 +19,15 @@ import (
 // FileName is the checkpoint's name in its folder.
 const FileName = "checkpoint.json"
 
+// MarkerName is a file written with the first checkpoint and never
+// removed: while it is there, a missing checkpoint was lost (deleted), not
+// never written, and Load says so with ErrMissing.
+const MarkerName = "checkpoint.kept"
+
+// ErrMissing is returned by Load when the folder kept a checkpoint before
+// (MarkerName is there) and the checkpoint is gone.
+var ErrMissing = errors.New("checkpoint missing")
+
 // version is the format written; Load refuses others.
 const version = 1
 
@@ -26,6 +35,7 @@ const version = 1
 // for concurrent Saves.
 type Store struct {
 	dir, path string
+	marked    bool // MarkerName exists
 }
 
 // file is the on-disk format.
@@ -53,17 +63,26 @@ func Open(dir string) (*Store, error) {
 			os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
-	return &Store{dir: dir, path: filepath.Join(dir, FileName)}, nil
+	s := &Store{dir: dir, path: filepath.Join(dir, FileName)}
+	if _, err := os.Stat(filepath.Join(dir, MarkerName)); err == nil {
+		s.marked = true
+	}
+	return s, nil
 }
 
 // Path returns the checkpoint file's path.
 func (s *Store) Path() string { return s.path }
 
 // Load returns the saved position, or nil and no error when there is none.
-// A file that cannot be understood is an error naming it.
+// When there is none but the folder kept one before, it returns nil and an
+// error wrapping ErrMissing. A file that cannot be understood is an error
+// naming it.
 func (s *Store) Load() (*follow.Position, error) {
 	data, err := os.ReadFile(s.path)
 	if errors.Is(err, os.ErrNotExist) {
+		if s.marked {
+			return nil, fmt.Errorf("read checkpoint %s: %w (%s says one was kept here before)", s.path, ErrMissing, MarkerName)
+		}
 		return nil, nil
 	}
 	if err != nil {
@@ -110,6 +129,9 @@ func (s *Store) Save(p follow.Position) error {
 			os.Remove(tmp.Name())
 		}
 	}()
+	if err := s.mark(); err != nil {
+		return fmt.Errorf("write checkpoint marker: %w", err)
+	}
 	if _, err := tmp.Write(append(data, '\n')); err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}
@@ -126,6 +148,21 @@ func (s *Store) Save(p follow.Position) error {
 	if err := syncDir(s.dir); err != nil {
 		return fmt.Errorf("sync checkpoint dir %s: %w", s.dir, err)
 	}
+	return nil
+}
+
+// mark writes MarkerName once; the folder's fsync after the checkpoint's
+// rename makes both durable.
+func (s *Store) mark() error {
+	if s.marked {
+		return nil
+	}
+	p := filepath.Join(s.dir, MarkerName)
+	const text = "tokenwatch agent: a checkpoint was kept in this folder; if checkpoint.json goes missing, the agent reports what it skips as lost.\n"
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		return err
+	}
+	s.marked = true
 	return nil
 }
 

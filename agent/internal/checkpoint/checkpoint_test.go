@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,8 +44,8 @@ func TestSaveLoad(t *testing.T) {
 		}
 	}
 	entries, _ := os.ReadDir(dir)
-	if len(entries) != 1 || entries[0].Name() != FileName {
-		t.Errorf("dir holds %v, want only %s", entries, FileName)
+	if len(entries) != 2 || entries[0].Name() != FileName || entries[1].Name() != MarkerName {
+		t.Errorf("dir holds %v, want only %s and %s", entries, FileName, MarkerName)
 	}
 }
 
@@ -73,6 +74,37 @@ func TestLoadErrors(t *testing.T) {
 				t.Errorf("Load(%q) = %v, %v; want an error naming the file and saying %q", tt.give, p, err, tt.want)
 			}
 		})
+	}
+}
+
+// TestLoadMissing: a checkpoint deleted after the folder kept one is not
+// taken for a first start.
+func TestLoadMissing(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(follow.Position{ID: follow.Identity{Dev: 1, Ino: 2}, Name: "x", Offset: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, FileName)); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := s2.Load()
+	if p != nil || !errors.Is(err, ErrMissing) || !strings.Contains(err.Error(), FileName) {
+		t.Errorf("Load after the checkpoint was deleted = %v, %v; want nil and ErrMissing naming the file", p, err)
+	}
+	// Saving again writes a checkpoint that loads.
+	if err := s2.Save(follow.Position{ID: follow.Identity{Dev: 1, Ino: 2}, Name: "x", Offset: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := s2.Load(); err != nil || p == nil || p.Offset != 9 {
+		t.Errorf("Load after a new Save = %v, %v; want offset 9", p, err)
 	}
 }
 

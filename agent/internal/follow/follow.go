@@ -39,6 +39,9 @@ const (
 	ReasonFileTruncated = "file_truncated"
 	// ReasonUnreadable: a rotated file could not be read (e.g. corrupt gzip).
 	ReasonUnreadable = "unreadable_file"
+	// ReasonCheckpointMissing: a checkpoint was kept before and is gone
+	// (Config.CheckpointLost); what StartAt skipped was not read.
+	ReasonCheckpointMissing = "checkpoint_missing"
 )
 
 // rotateGrace bounds how long a file renamed away is still watched for
@@ -102,6 +105,12 @@ type Config struct {
 	BlockSize int       // read size; default 1 MiB
 	Poll      time.Duration
 	Logger    *slog.Logger
+
+	// CheckpointLost: there is no Resume because a checkpoint kept before
+	// is gone. What StartAt then skips (the live file before the end, and
+	// the siblings taken for history) is reported as a
+	// ReasonCheckpointMissing loss.
+	CheckpointLost bool
 }
 
 // Validate reports the first invalid field.

@@ -2,6 +2,7 @@ package follow
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -162,6 +163,46 @@ func TestMissingAtStartDeletedAndRecreated(t *testing.T) {
 			}
 			if len(losses) != 0 {
 				t.Errorf("losses = %+v, want none", losses)
+			}
+		})
+	}
+}
+
+// TestStartAtCheckpointLost: starting without a checkpoint that was kept
+// before reports what StartAt skips, as a loss.
+func TestStartAtCheckpointLost(t *testing.T) {
+	tests := []struct {
+		startAt string
+		hist    bool
+		bytes   int64
+		detail  string
+	}{
+		{StartEnd, true, 240, "skipping 240 bytes of the live file and 2 rotated files"},
+		{StartEnd, false, 240, "skipping 240 bytes of the live file;"},
+		{StartBeginning, true, 0, "skipping 0 bytes of the live file and 2 rotated files"},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s/history=%v", tt.startAt, tt.hist), func(t *testing.T) {
+			dir := t.TempDir()
+			live := filepath.Join(dir, "audit.log")
+			if tt.hist {
+				appendFile(t, filepath.Join(dir, "audit-2026-11-26T00-00-00.000.log"), lines("hist", 0, 3, 80)...)
+				appendFile(t, filepath.Join(dir, "audit.log.1"), lines("hist1", 0, 3, 80)...)
+			}
+			appendFile(t, live, lines("old", 0, 3, 80)...)
+			rec := newRecorder()
+			runFollower(t, Config{Path: live, StartAt: tt.startAt, CheckpointLost: true}, rec)
+			appendFile(t, live, lines("new", 0, 1, 80)...)
+			rec.waitFor(t, "the new line", func(ls []line, _ []Loss) bool {
+				return len(ls) > 0 && ls[len(ls)-1].text == lines("new", 0, 1, 80)[0]
+			})
+			_, losses := rec.snapshot()
+			if len(losses) != 1 {
+				t.Fatalf("losses = %+v, want one", losses)
+			}
+			l := losses[0]
+			if l.Reason != ReasonCheckpointMissing || l.File != live || l.Bytes != tt.bytes || !l.BytesKnown || !strings.Contains(l.Detail, tt.detail) {
+				t.Errorf("loss = %+v, want %s of %d bytes in %s, detail with %q", l, ReasonCheckpointMissing, tt.bytes, live, tt.detail)
 			}
 		})
 	}

@@ -251,6 +251,9 @@ func (f *Follower) start(ctx context.Context, h Handler, wk *waker) (*source, er
 	}
 	historyUpTo()
 	if live == nil {
+		if err := f.checkpointLost(ctx, h, 0, len(sibs)); err != nil {
+			return nil, err
+		}
 		f.markStarted()
 		return f.next(ctx, h, wk)
 	}
@@ -266,7 +269,31 @@ func (f *Follower) start(ctx context.Context, h Handler, wk *waker) (*source, er
 		}
 		live.off, live.readOff = off, off
 	}
+	if err := f.checkpointLost(ctx, h, live.off, len(sibs)); err != nil {
+		live.close()
+		return nil, err
+	}
 	return live, nil
+}
+
+// checkpointLost reports, when Config.CheckpointLost, what starting
+// without the checkpoint skips: skipped bytes of the live file (before
+// StartAt's end) and history siblings not read. Some of it may have been
+// delivered before the checkpoint was lost; the rest was written while
+// the agent was down.
+func (f *Follower) checkpointLost(ctx context.Context, h Handler, skipped int64, history int) error {
+	if !f.cfg.CheckpointLost || (skipped == 0 && history == 0) {
+		return nil
+	}
+	detail := fmt.Sprintf("the checkpoint kept before is missing: started at --start-at %s, skipping %d bytes of the live file", f.cfg.StartAt, skipped)
+	if history > 0 {
+		detail += fmt.Sprintf(" and %d rotated files (not counted in the bytes)", history)
+	}
+	detail += "; what was written while the agent was down is among them"
+	return f.loss(ctx, h, Loss{
+		Reason: ReasonCheckpointMissing, File: f.cfg.Path, Bytes: skipped, BytesKnown: true,
+		Detail: detail,
+	})
 }
 
 func baseName(p string) string {
