@@ -271,13 +271,22 @@ func (c *baselineCorrelator) Expire(now time.Time) {
 		ref = c.newestAll
 	}
 	cut := ref.Add(-c.cfg.Window - c.cfg.Lateness)
+	// rule: a last record is kept while the cluster furthest behind may
+	// still send an event less than a window after it.
+	var slowest time.Time
+	for _, t := range c.newest {
+		if slowest.IsZero() || t.Before(slowest) {
+			slowest = t
+		}
+	}
+	keep := slowest.Add(-c.cfg.Lateness)
 	for k, s := range c.baselineSeries {
 		n := sort.Search(len(s.items), func(i int) bool { return !s.items[i].t.Before(cut) })
 		s.dropFront(n)
 		if s.last != nil && s.lastTime.Before(cut.Add(-c.cfg.Window)) {
 			s.last, s.lastCover = nil, nil // rule: lastTime is kept
 		}
-		if len(s.items) == 0 && s.last == nil && s.lastTime.Before(cut.Add(-c.cfg.Window)) {
+		if len(s.items) == 0 && s.last == nil && s.lastTime.Before(cut.Add(-c.cfg.Window)) && s.lastTime.Add(c.cfg.Window).Before(keep) {
 			delete(c.baselineSeries, k)
 		}
 	}

@@ -470,10 +470,14 @@ func (c *Correlator) Expire(now time.Time) {
 		ref = c.newestAll
 	}
 	cut := ref.Add(-c.cfg.Window - c.cfg.Lateness)
+	keep := c.keepLastAfter()
 	for k, s := range c.series {
 		n := sort.Search(len(s.items), func(i int) bool { return !s.items[i].t.Before(cut) })
 		s.dropFront(n)
-		old := s.lastTime.Before(cut.Add(-c.cfg.Window))
+		// A last record still suppresses while a cluster may send an
+		// event less than a window after it: a cluster lagging more than
+		// Window+Lateness would otherwise form the key anew.
+		old := s.lastTime.Before(cut.Add(-c.cfg.Window)) && s.lastTime.Add(c.cfg.Window).Before(keep)
 		if old {
 			s.last, s.lastCover = nil, nil
 		}
@@ -481,6 +485,19 @@ func (c *Correlator) Expire(now time.Time) {
 			delete(c.series, k)
 		}
 	}
+}
+
+// keepLastAfter returns the earliest event time any known cluster may
+// still send: Lateness before the newest event of the cluster furthest
+// behind.
+func (c *Correlator) keepLastAfter() time.Time {
+	var slowest time.Time
+	for _, t := range c.newest {
+		if slowest.IsZero() || t.Before(slowest) {
+			slowest = t
+		}
+	}
+	return slowest.Add(-c.cfg.Lateness)
 }
 
 func (c *Correlator) record(k seriesKey, win []item, distinct func(item) string) alert.Record {

@@ -784,3 +784,32 @@ func TestRecordOutcomes(t *testing.T) {
 		})
 	}
 }
+
+// TestLaggingBeyondExpiry: clusters lagging more than Window+Lateness
+// behind the others do not form a reported key anew once Expire has
+// dropped its events: the last record still suppresses its window.
+func TestLaggingBeyondExpiry(t *testing.T) {
+	c := New(defaults())
+	var recs []alert.Record
+	recs = append(recs, c.Observe(later, mint(0, "a", "alice", "", "ns", "x"))...)
+	recs = append(recs, c.Observe(later, mint(1, "b", "alice", "", "ns", "y"))...)
+	if len(recs) != 1 {
+		t.Fatalf("first crossing: %d records, want 1", len(recs))
+	}
+	// Clusters c and d were heard from at the start, then fall behind.
+	c.Observe(later, mint(0, "c", "carol", "", "ns", "x"))
+	c.Observe(later, mint(0, "d", "carol", "", "ns", "x"))
+	// a and b go on for an hour; Expire drops alice's events.
+	c.Observe(later, mint(60, "a", "bob", "", "ns", "x"))
+	c.Observe(later, mint(60, "b", "bob", "", "ns", "x"))
+	c.Expire(at(60))
+	// c and d catch up: alice in two more clusters, inside the window
+	// already reported.
+	got := c.Observe(later, mint(2, "c", "alice", "", "ns", "z"))
+	got = append(got, c.Observe(later, mint(3, "d", "alice", "", "ns", "w"))...)
+	for _, r := range got {
+		if k, _ := r.Attr("tokenwatch.correlation.kind"); k.Str == KindMultiClusterActor {
+			t.Errorf("alice's multi_cluster_actor emitted again within a window of its last record: %v", summarize([]alert.Record{r}))
+		}
+	}
+}

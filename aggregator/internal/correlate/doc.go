@@ -37,7 +37,10 @@
 //
 // The reference is kept as long as the key's series is: Expire drops both
 // once none of the key's events is within Window+Lateness of the newest
-// event seen and its last record is a window older still. After that, a
-// cluster lagging further behind than that can form the key's series anew
-// from its own events and emit again.
+// event seen, its last record is a window older still, and no known
+// cluster can still send an event less than a window after that record
+// (each accepts events down to Lateness before its own newest). So a
+// cluster lagging further behind than Window+Lateness cannot form the key
+// anew and emit its window again; the price is that a cluster gone silent
+// keeps the references of keys reported since (one small entry per key).
 package correlate
