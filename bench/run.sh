@@ -79,9 +79,8 @@ collector_bin() { bench/collector/build.sh; }
 
 # scan_table LOG LABEL: the scan Go benchmark over LOG as a Markdown table.
 scan_table() {
-	local log="$1" label="$2" ov
-	ov="$(overlay agent/internal/prefilter/zz_agentscan_test.go bench/scan/agentscan_test.go.in)"
-	TOKENWATCH_BENCH_LOG="$log" go test -overlay "$ov" ./agent/internal/prefilter -run '^$' -bench '^BenchmarkScan$' \
+	local log="$1" label="$2"
+	TOKENWATCH_BENCH_LOG="$log" go test ./bench/scan -run '^$' -bench '^BenchmarkScan$' \
 		-benchtime 5x -count "$RUNS" | tee "$work/scan.txt" >&2
 	echo "$label: $(basename "$log") ($(du -m "$log" | cut -f1) MiB), warm; median of $RUNS counts of 5 iterations each."
 	echo
@@ -109,11 +108,11 @@ scan_table() {
 run_scan() {
 	local gen genuine
 	gen="$("$tw" genlog -size "$SCAN_SIZE")"
-	genuine="$("$tw" genlog -size "$SCAN_SIZE" -genuine agent/internal/prefilter/testdata/kube-apiserver-v1.35.4-audit.log.gz)"
+	genuine="$("$tw" genlog -size "$SCAN_SIZE" -genuine internal/prefilter/testdata/kube-apiserver-v1.35.4-audit.log.gz)"
 	{
 		scan_table "$gen" "Generated log (auditgen: ~1.1 KB lines, 0.5% token creates, attacks and decoys)"
 		echo
-		scan_table "$genuine" "Genuine kube-apiserver v1.35.4 audit log (agent/internal/prefilter/testdata), repeated to size"
+		scan_table "$genuine" "Genuine kube-apiserver v1.35.4 audit log (internal/prefilter/testdata), repeated to size"
 	} >"$work/scan.md"
 	record "Agent scan (a): read + pre-filter + decode vs grep" "bench/run.sh scan" "$work/scan.md"
 }
@@ -162,9 +161,8 @@ run_profile() {
 	TWBENCH_PPROF="127.0.0.1:$((20000 + RANDOM % 20000))" "$tw" ingest -bin "$bin/prof" -transports plaintext \
 		-streams "${INGEST_STREAMS:-100,1000}" -duration "${INGEST_DURATION:-10s}" -cpuprofile "$out/aggregator" >"$work/prof-ingest.md"
 	log="$("$tw" genlog -size "$SCAN_SIZE")"
-	ov="$(overlay agent/internal/prefilter/zz_agentscan_test.go bench/scan/agentscan_test.go.in)"
-	TOKENWATCH_BENCH_SKIP_EXACT=1 TOKENWATCH_BENCH_LOG="$log" go test -overlay "$ov" ./agent/internal/prefilter -run '^$' -bench '^BenchmarkScan$/agent' \
-		-benchtime 5x -cpuprofile "$out/scan.pprof" -o "$bin/prefilter.test" >&2
+	TOKENWATCH_BENCH_SKIP_EXACT=1 TOKENWATCH_BENCH_LOG="$log" go test ./bench/scan -run '^$' -bench '^BenchmarkScan$/agent' \
+		-benchtime 5x -cpuprofile "$out/scan.pprof" -o "$bin/scan.test" >&2
 	{
 		echo "Profiles in $out (kept only with PROFILE_DIR set)."
 		for p in "$out"/*.pprof; do
@@ -172,7 +170,7 @@ run_profile() {
 			echo "#### $(basename "$p")"
 			echo
 			echo '```'
-			go tool pprof -top -nodecount=20 "$( [[ $p == *scan.pprof ]] && echo "$bin/prefilter.test")" "$p" 2>/dev/null | sed -n '1,28p'
+			go tool pprof -top -nodecount=20 "$( [[ $p == *scan.pprof ]] && echo "$bin/scan.test")" "$p" 2>/dev/null | sed -n '1,28p'
 			echo '```'
 		done
 	} >"$work/profile.md"

@@ -14,7 +14,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/e2e/internal/harness"
 )
 
-// maxLine is the agent's longest line (agent/internal/follow DefaultMaxLine);
+// maxLine is the agent's longest line (internal/follow DefaultMaxLine);
 // maxEvent the largest token-create event it sends (sender.MaxEventBytes).
 const (
 	maxLine  = 16 << 20

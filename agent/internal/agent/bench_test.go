@@ -9,9 +9,9 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
-	"github.com/tokenwatch/tokenwatch/agent/internal/prefilter"
 	"github.com/tokenwatch/tokenwatch/internal/auditgen"
+	"github.com/tokenwatch/tokenwatch/internal/follow"
+	"github.com/tokenwatch/tokenwatch/internal/prefilter"
 )
 
 // filterOnly is a follow.Handler that runs the pre-filter and decode and

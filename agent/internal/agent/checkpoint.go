@@ -2,7 +2,7 @@ package agent
 
 import (
 	"github.com/tokenwatch/tokenwatch/agent/internal/checkpoint"
-	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
+	"github.com/tokenwatch/tokenwatch/internal/follow"
 )
 
 // checkpoints keeps the acknowledged position across restarts;

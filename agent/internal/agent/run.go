@@ -18,11 +18,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokenwatch/tokenwatch/agent/internal/checkpoint"
-	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
 	"github.com/tokenwatch/tokenwatch/agent/internal/metrics"
-	"github.com/tokenwatch/tokenwatch/agent/internal/prefilter"
 	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
 	"github.com/tokenwatch/tokenwatch/internal/audit"
+	"github.com/tokenwatch/tokenwatch/internal/follow"
+	"github.com/tokenwatch/tokenwatch/internal/prefilter"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 	"github.com/tokenwatch/tokenwatch/internal/version"
 	"github.com/tokenwatch/tokenwatch/internal/wire"

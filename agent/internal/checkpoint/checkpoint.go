@@ -13,7 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
+	"github.com/tokenwatch/tokenwatch/internal/follow"
 )
 
 // FileName is the checkpoint's name in its folder.

@@ -18,8 +18,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
-	"github.com/tokenwatch/tokenwatch/aggregator/internal/silence"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
+	"github.com/tokenwatch/tokenwatch/internal/silence"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 	"github.com/tokenwatch/tokenwatch/internal/version"
 	"github.com/tokenwatch/tokenwatch/internal/wire"

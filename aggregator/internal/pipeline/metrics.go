@@ -3,7 +3,7 @@ package pipeline
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tokenwatch/tokenwatch/aggregator/internal/correlate"
+	"github.com/tokenwatch/tokenwatch/internal/correlate"
 )
 
 type eventCounters struct {

@@ -16,15 +16,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/tokenwatch/tokenwatch/aggregator/internal/budget"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/config"
-	"github.com/tokenwatch/tokenwatch/aggregator/internal/correlate"
-	"github.com/tokenwatch/tokenwatch/aggregator/internal/silence"
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/state"
 	"github.com/tokenwatch/tokenwatch/internal/alert"
 	"github.com/tokenwatch/tokenwatch/internal/audit"
+	"github.com/tokenwatch/tokenwatch/internal/budget"
+	"github.com/tokenwatch/tokenwatch/internal/correlate"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
 	"github.com/tokenwatch/tokenwatch/internal/rule"
+	"github.com/tokenwatch/tokenwatch/internal/silence"
 	"github.com/tokenwatch/tokenwatch/internal/wire"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )

@@ -1,8 +1,4 @@
-// This file is compiled into the agent/internal/prefilter test package by
-// bench/run.sh scan through `go test -overlay` (only packages under agent/
-// may import the follower and the pre-filter); it is not built otherwise.
-
-package prefilter_test
+package scan_test
 
 import (
 	"bytes"
@@ -16,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenwatch/tokenwatch/agent/internal/follow"
-	"github.com/tokenwatch/tokenwatch/agent/internal/prefilter"
 	"github.com/tokenwatch/tokenwatch/internal/audit"
 	"github.com/tokenwatch/tokenwatch/internal/auditgen"
+	"github.com/tokenwatch/tokenwatch/internal/follow"
+	"github.com/tokenwatch/tokenwatch/internal/prefilter"
 )
 
 // needle is the grep baseline's fixed string.

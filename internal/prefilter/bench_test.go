@@ -15,7 +15,7 @@ import (
 // bytes.Count of the same literal in process. Neither is exact (escapes are
 // missed, decoys counted); the filter is. Run with
 //
-//	go test ./agent/internal/prefilter -run XXX -bench Block -count 6 | benchstat -
+//	go test ./internal/prefilter -run XXX -bench Block -count 6 | benchstat -
 func BenchmarkBlock(b *testing.B) {
 	blocks := []struct {
 		name  string

@@ -4,7 +4,7 @@ package follow
 // logs; it only fails when this package loses or reorders a line. Run it
 // with
 //
-//	TOKENWATCH_FOLLOW_COMPARE=1 go test -run Compare -v ./agent/internal/follow/
+//	TOKENWATCH_FOLLOW_COMPARE=1 go test -run Compare -v ./internal/follow/
 
 import (
 	"bufio"
