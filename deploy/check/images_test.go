@@ -666,3 +666,123 @@ func writeConfigMaps(t *testing.T, objs []object, spec corev1.PodSpec, dir strin
 		}
 	}
 }
+
+// TestImagesManifestList pushes the agent image with build.sh's PUSH=1 to a
+// real registry (CNCF Distribution, built by deploy/images/registry, on
+// loopback with in-memory storage) and checks what a cluster's nodes pull:
+// TAG is a manifest list of exactly the linux/amd64 and linux/arm64 images
+// pushed as TAG-amd64 and TAG-arm64, and pulling TAG gives the engine its
+// own architecture's image, which runs.
+func TestImagesManifestList(t *testing.T) {
+	requireDocker(t)
+	registry := runScript(t, 10*time.Minute, nil, filepath.Join(repoRoot(t), "deploy", "images", "registry", "build.sh"))
+	addr := freeAddr(t)
+	dir := t.TempDir()
+	config := filepath.Join(dir, "registry.yaml")
+	if err := os.WriteFile(config, []byte("version: 0.1\nlog:\n  level: warn\nstorage:\n  inmemory: {}\nhttp:\n  addr: "+addr+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var regLog bytes.Buffer
+	cmd := exec.Command(registry, "serve", config)
+	cmd.Stdout, cmd.Stderr = &regLog, &regLog
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("registry log:\n%s", lastLines(regLog.String(), 20))
+		}
+	})
+	client := &http.Client{Timeout: 10 * time.Second}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := client.Get("http://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registry on %s not ready: %v", addr, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	prefix, tag := addr+"/tokenwatch-check", fmt.Sprintf("m%d", time.Now().UnixNano())
+	image := prefix + "/agent:" + tag
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, _ = docker(ctx, "manifest", "rm", image)
+		_, _ = docker(ctx, "rmi", image, image+"-amd64", image+"-arm64")
+	})
+	runScript(t, 10*time.Minute, []string{"IMAGES=agent", "ARCHES=" + strings.Join(imageArches, " "), "PUSH=1", "REGISTRY_INSECURE=1",
+		"IMAGE_PREFIX=" + prefix, "TAG=" + tag},
+		filepath.Join(repoRoot(t), "deploy", "images", "build.sh"))
+
+	// What the registry serves, asked as a node's engine asks.
+	manifest := func(ref string) (mediaType, digest string, body []byte) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/v2/tokenwatch-check/agent/manifests/"+ref, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", strings.Join([]string{
+			"application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.oci.image.index.v1+json",
+			"application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json",
+		}, ", "))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err = io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("registry: manifest %s: %s %v: %s", ref, resp.Status, err, body)
+		}
+		return resp.Header.Get("Content-Type"), resp.Header.Get("Docker-Content-Digest"), body
+	}
+	want := map[string]string{}
+	for _, arch := range imageArches {
+		_, digest, _ := manifest(tag + "-" + arch)
+		want["linux/"+arch] = digest
+	}
+	mediaType, _, body := manifest(tag)
+	var list struct {
+		Manifests []struct {
+			Digest   string `json:"digest"`
+			Platform struct {
+				OS           string `json:"os"`
+				Architecture string `json:"architecture"`
+			} `json:"platform"`
+		} `json:"manifests"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, m := range list.Manifests {
+		got[m.Platform.OS+"/"+m.Platform.Architecture] = m.Digest
+	}
+	if !strings.Contains(mediaType, "manifest.list") && !strings.Contains(mediaType, "image.index") {
+		t.Errorf("%s is %s, not a manifest list", image, mediaType)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("%s lists %v, want the pushed per-architecture images %v", image, got, want)
+	}
+
+	// A node pulls the one name and gets its own architecture.
+	mustDocker(t, "rmi", image)
+	mustDocker(t, "pull", "--quiet", image)
+	engineArch := mustDocker(t, "version", "--format", "{{.Server.Arch}}")
+	if arch := mustDocker(t, "image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", image); arch != "linux/"+engineArch {
+		t.Errorf("pulled %s: %s, want linux/%s", image, arch, engineArch)
+	}
+	if out := mustDocker(t, "run", "--rm", image, "--version"); !strings.Contains(out, tag) {
+		t.Errorf("%s --version: %q, want the version %s", image, out, tag)
+	}
+	t.Logf("%s: manifest list of %v; pulled and ran linux/%s", image, got, engineArch)
+}

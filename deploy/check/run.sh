@@ -7,7 +7,8 @@
 # It builds (or takes from ${TOKENWATCH_CACHE:-$HOME/.cache/tokenwatch}) the
 # collector of deploy/collector (builder v0.159.0; cold: about 5-9 minutes on
 # 2 cores; about 4 more for the other of amd64 and arm64, which the image
-# test also builds) and kube-apiserver, etcd and kubeadm through e2e/k8s/build.sh
+# test also builds), a registry through deploy/images/registry/build.sh
+# (cold: about 2 minutes) and kube-apiserver, etcd and kubeadm through e2e/k8s/build.sh
 # (cold: about 4 minutes) and helm through deploy/helm/tool/build.sh (cold:
 # about a minute) and promtool through deploy/prometheus/tool/build.sh (cold:
 # several minutes), then runs the Go tests of this module: promtool check and
@@ -48,6 +49,9 @@ if [[ -z "$short" ]]; then
 		bash "$root/deploy/collector/build.sh" "$arch" >/dev/null
 	done
 	echo "deploy/check: collector for the other architecture ready after $((SECONDS - start))s" >&2
+	start=$SECONDS
+	bash "$root/deploy/images/registry/build.sh" >/dev/null
+	echo "deploy/check: registry (for the images' manifest list) ready after $((SECONDS - start))s" >&2
 	start=$SECONDS
 	bash "$root/e2e/k8s/build.sh" >/dev/null
 	echo "deploy/check: kube-apiserver, etcd, kubeadm ready after $((SECONDS - start))s" >&2

@@ -33,6 +33,9 @@
 #                 (default /etc/ssl/certs/ca-certificates.crt); needed to
 #                 verify TLS peers such as a collector or a SIEM
 #   PUSH          1: push the per-architecture tags and a manifest list as TAG
+#   REGISTRY_INSECURE  1: the registry speaks plain HTTP (`docker manifest
+#                 --insecure`); the engine must allow it too (it does for a
+#                 loopback registry)
 # Prints the image references, one per line.
 set -euo pipefail
 
@@ -45,6 +48,10 @@ version="${VERSION:-$tag}"
 ca="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 arches="${ARCHES:-amd64 arm64}"
 push="${PUSH:-}"
+manifest_opts=()
+if [[ "${REGISTRY_INSECURE:-}" == 1 ]]; then
+	manifest_opts=(--insecure)
+fi
 engine_arch="$(docker version --format '{{.Server.Arch}}')"
 
 if [[ ! -s "$ca" ]]; then
@@ -118,7 +125,7 @@ for name in $images; do
 			docker push --quiet "$ref" >&2
 		done
 		docker manifest rm "$image" >/dev/null 2>&1 || true
-		docker manifest create "$image" "${refs[@]}" >&2
-		docker manifest push "$image" >&2
+		docker manifest create "${manifest_opts[@]}" "$image" "${refs[@]}" >&2
+		docker manifest push "${manifest_opts[@]}" --purge "$image" >&2
 	fi
 done
