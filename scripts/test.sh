@@ -26,6 +26,8 @@ unit() {
 	go vet ./...
 	step "go test ./... (race detector)"
 	go test -count=1 -race -timeout 15m ./...
+	step "function limits: <= 80 lines, cyclomatic complexity <= 20"
+	(cd tools/funclimits && go test -count=1 ./...)
 	step "proto contract: buf lint + generated code fresh"
 	(cd tools/buf && go test -count=1 -timeout 10m ./...)
 }

@@ -1,0 +1,3 @@
+module github.com/tokenwatch/tokenwatch/tools/funclimits
+
+go 1.26.0
