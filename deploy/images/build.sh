@@ -59,6 +59,10 @@ if [[ ! -s "$ca" ]]; then
 	exit 1
 fi
 
+# The commit the binaries report in --version and tokenwatch_build_info
+# (CI builds with -buildvcs=false, so go build records none itself).
+commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/bin"
@@ -90,7 +94,7 @@ for arch in $arches; do
 		(
 			cd "$root"
 			CGO_ENABLED=0 GOOS=linux GOARCH="$arch" go build -trimpath \
-				-ldflags "-s -w -X github.com/tokenwatch/tokenwatch/internal/version.Version=$version" \
+				-ldflags "-s -w -X github.com/tokenwatch/tokenwatch/internal/version.Version=$version -X github.com/prometheus/common/version.Revision=$commit" \
 				-o "$ctx/bin/$arch/" "${pkgs[@]}"
 		) >&2
 	fi
