@@ -20,8 +20,8 @@ const maxUsers = 1000
 // Config is the configuration file's budget section. MaxAlerts 0 (or less)
 // admits everything.
 type Config struct {
-	MaxAlerts int
-	Window    time.Duration
+	MaxAlerts int           `yaml:"max_alerts"`
+	Window    time.Duration `yaml:"window"`
 }
 
 // Budget counts alerts in tumbling windows aligned to multiples of Window

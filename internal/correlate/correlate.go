@@ -41,17 +41,17 @@ const maxPerSeries = 20000
 // Config tunes the correlator (the configuration file's correlation section).
 type Config struct {
 	// Window is the length of the sliding event-time window.
-	Window time.Duration
+	Window time.Duration `yaml:"window"`
 	// Lateness is how far behind the newest event of its cluster an event
 	// may arrive and still count.
-	Lateness time.Duration
+	Lateness time.Duration `yaml:"lateness"`
 	// Clusters is the threshold of multi_cluster_actor and
 	// multi_cluster_source; <= 0 turns them off.
-	Clusters int
+	Clusters int `yaml:"clusters"`
 	// ServiceAccounts is the threshold of token_spray; <= 0 turns it off.
-	ServiceAccounts int
+	ServiceAccounts int `yaml:"service_accounts"`
 	// IgnoreUsers are user names never correlated by the user-keyed kinds.
-	IgnoreUsers []string
+	IgnoreUsers []string `yaml:"ignore_users"`
 }
 
 // Event is one alerting token request (failures, dry runs and budget-held

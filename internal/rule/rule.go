@@ -63,14 +63,14 @@ type Config struct {
 	// StrictGroups excludes a system:node:* name only with the group
 	// system:nodes, and a system:serviceaccount:<ns>:* name only with the
 	// group system:serviceaccounts:<ns>.
-	StrictGroups bool
+	StrictGroups bool `yaml:"strict_groups"`
 	// Platform is "self-managed" (managed-cloud identities of the seed list
 	// are not excluded) or "any" (the seed list whole).
-	Platform string
+	Platform string `yaml:"platform"`
 	// ReplaceDefaults drops the seed list; only Add remains.
-	ReplaceDefaults bool
+	ReplaceDefaults bool `yaml:"replace_defaults"`
 	// Add holds exclusions added to (or replacing) the seed list.
-	Add []Pattern
+	Add []Pattern `yaml:"add"`
 }
 
 // DefaultConfig returns the contract's defaults: both hardenings on, the seed
@@ -79,26 +79,27 @@ func DefaultConfig() Config {
 	return Config{StrictGroups: true, Platform: PlatformSelfManaged}
 }
 
-// Validate checks cfg, naming the offending field.
+// Validate checks cfg, naming the offending field by its key in the
+// configuration file; several problems are joined (errors.Join).
 func (cfg Config) Validate() error {
 	var errs []error
 	switch cfg.Platform {
 	case PlatformSelfManaged, PlatformAny:
 	default:
-		errs = append(errs, fmt.Errorf("exclusions.platform: %q is not %q or %q", cfg.Platform, PlatformSelfManaged, PlatformAny))
+		errs = append(errs, fmt.Errorf("exclusions.platform: must be %q or %q, got %q", PlatformSelfManaged, PlatformAny, cfg.Platform))
 	}
 	for i, p := range cfg.Add {
 		if p.User == "" {
-			errs = append(errs, fmt.Errorf("exclusions.add[%d].user: empty pattern", i))
+			errs = append(errs, fmt.Errorf("exclusions.add[%d].user: must not be empty", i))
 		}
 		for j, n := range p.Namespaces {
 			if n == "" {
-				errs = append(errs, fmt.Errorf("exclusions.add[%d].namespaces[%d]: empty pattern", i, j))
+				errs = append(errs, fmt.Errorf("exclusions.add[%d].namespaces[%d]: must not be empty", i, j))
 			}
 		}
 		for j, n := range p.ServiceAccounts {
 			if n == "" {
-				errs = append(errs, fmt.Errorf("exclusions.add[%d].service_accounts[%d]: empty pattern", i, j))
+				errs = append(errs, fmt.Errorf("exclusions.add[%d].service_accounts[%d]: must not be empty", i, j))
 			}
 		}
 	}

@@ -56,14 +56,15 @@ const maxRefusedNames = 10
 type Config struct {
 	// After is how long without a heartbeat, or without audit data growth,
 	// makes a node silent. <= 0 turns silence detection off.
-	After time.Duration
+	After time.Duration `yaml:"after"`
 	// MaxNodesPerCluster bounds the nodes tracked per cluster: a node name
-	// beyond it is refused (Join) and reported (<= 0: no bound).
-	MaxNodesPerCluster int
+	// beyond it is refused (Join) and reported (<= 0: no bound). The file
+	// sets it in its limits section (limits.max_nodes_per_cluster).
+	MaxNodesPerCluster int `yaml:"-"`
 	// ForgetAfter is how long a node stays tracked after its no-heartbeat
 	// cluster_silent: then it is forgotten, freeing its place in the bound
 	// (<= 0: never).
-	ForgetAfter time.Duration
+	ForgetAfter time.Duration `yaml:"forget_after"`
 }
 
 // Tracker follows (cluster, node) pairs. It is not safe for concurrent use.
