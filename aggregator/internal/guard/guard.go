@@ -141,7 +141,7 @@ func (g *Guard) ServerOptions() []grpc.ServerOption {
 	c := g.cfg
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(c.MaxRecvMsgBytes),
-		grpc.MaxConcurrentStreams(c.MaxStreamsPerConn),
+		grpc.MaxConcurrentStreams(uint32(c.MaxStreamsPerConn)),
 		grpc.MaxHeaderListSize(c.MaxHeaderListBytes),
 		grpc.ConnectionTimeout(c.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
@@ -159,7 +159,7 @@ func (g *Guard) ServerOptions() []grpc.ServerOption {
 		grpc.ReadBufferSize(readBufferBytes),
 	}
 	if c.WindowBytes > 0 {
-		opts = append(opts, grpc.InitialWindowSize(c.WindowBytes), grpc.InitialConnWindowSize(c.WindowBytes))
+		opts = append(opts, grpc.InitialWindowSize(int32(c.WindowBytes)), grpc.InitialConnWindowSize(int32(c.WindowBytes)))
 	}
 	return opts
 }
