@@ -51,93 +51,105 @@ func (f *Follower) run(ctx context.Context, h Handler) error {
 	}
 	f.markStarted()
 	for {
-		err := f.drain(ctx, h, cur)
-		if errors.Is(err, errRewritten) {
-			ns, err := f.truncated(ctx, h, cur)
-			if err != nil {
-				return err
-			}
-			cur.close()
-			if cur = ns; cur == nil {
-				if cur, err = f.next(ctx, h, wk); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		if err != nil {
-			if errors.As(err, new(handlerError)) || ctx.Err() != nil {
-				return err
-			}
-			if cur.live {
-				// A plain live file we hold open failed to read: retry later.
-				f.warnOnce("read live file", err)
-				if err := wk.wait(ctx); err != nil {
-					return err
-				}
-				continue
-			}
-			if err := f.loss(ctx, h, Loss{Reason: ReasonUnreadable, File: cur.path, Offset: cur.off, Detail: err.Error()}); err != nil {
-				return err
-			}
-			f.resetBuffer()
-		}
-		if cur.live {
-			next, err := f.checkLive(ctx, h, cur)
-			if err != nil {
-				return err
-			}
-			switch {
-			case next == stIdle:
-				if err := wk.wait(ctx); err != nil {
-					return err
-				}
-			case next == stRotated:
-				cur.live, cur.rotated, cur.since = false, true, time.Now().UnixNano()
-				f.log.Debug("live file rotated away", "id", cur.id.String())
-				f.placeRotated(cur)
-				if err := f.notePending(ctx, h); err != nil {
-					return err
-				}
-			case next == stTruncated:
-				ns, err := f.truncated(ctx, h, cur)
-				if err != nil {
-					return err
-				}
-				cur.close()
-				cur = ns
-				if cur == nil {
-					if cur, err = f.next(ctx, h, wk); err != nil {
-						return err
-					}
-				}
-			}
-			continue
-		}
-		if moved, missing := f.liveMovedOn(cur); cur.rotated && !moved && (missing || time.Since(time.Unix(0, cur.since)) < f.rotateGrace) {
-			// Deleted without a successor yet: the writer may still hold
-			// it (the apiserver writes on into a deleted file until it
-			// rotates), so it is followed until a new live file has data.
-			if err := wk.wait(ctx); err != nil {
-				return err
-			}
-			continue
-		}
-		if cur.rotated && !cur.lastRead {
-			// The writer has moved on: read once more what it wrote
-			// before it did, since the last read.
-			cur.lastRead = true
-			continue
-		}
-		if err := f.finish(ctx, h, cur); err != nil {
-			return err
-		}
-		cur.close()
-		cur = nil
-		if cur, err = f.next(ctx, h, wk); err != nil {
+		if cur, err = f.step(ctx, h, wk, cur); err != nil {
 			return err
 		}
 	}
+}
+
+// step reads cur to its current end and decides what to read next. It
+// returns the source held from then on (the caller closes it), also along
+// with an error.
+func (f *Follower) step(ctx context.Context, h Handler, wk *waker, cur *source) (*source, error) {
+	err := f.drain(ctx, h, cur)
+	if errors.Is(err, errRewritten) {
+		return f.replaceTruncated(ctx, h, wk, cur)
+	}
+	if err != nil {
+		if again, err := f.readFailed(ctx, h, wk, cur, err); again || err != nil {
+			return cur, err
+		}
+	}
+	if cur.live {
+		return f.afterLive(ctx, h, wk, cur)
+	}
+	return f.afterRotated(ctx, h, wk, cur)
+}
+
+// readFailed handles an error reading cur: the handler's and ctx's are
+// returned; a plain live file we hold open is read again after a wait
+// (again); the rest of another file is reported lost, and the file is
+// then finished as usual.
+func (f *Follower) readFailed(ctx context.Context, h Handler, wk *waker, cur *source, err error) (again bool, _ error) {
+	if errors.As(err, new(handlerError)) || ctx.Err() != nil {
+		return false, err
+	}
+	if cur.live {
+		f.warnOnce("read live file", err)
+		return true, wk.wait(ctx)
+	}
+	if err := f.loss(ctx, h, Loss{Reason: ReasonUnreadable, File: cur.path, Offset: cur.off, Detail: err.Error()}); err != nil {
+		return false, err
+	}
+	f.resetBuffer()
+	return false, nil
+}
+
+// replaceTruncated leaves a file truncated in place for its copy, else for
+// the next file to read.
+func (f *Follower) replaceTruncated(ctx context.Context, h Handler, wk *waker, cur *source) (*source, error) {
+	ns, err := f.truncated(ctx, h, cur)
+	if err != nil {
+		return cur, err
+	}
+	cur.close()
+	if ns != nil {
+		return ns, nil
+	}
+	return f.next(ctx, h, wk)
+}
+
+// afterLive looks at the live name once the live file was read to its
+// end: wait for more, or go on after a rotation or a truncation.
+func (f *Follower) afterLive(ctx context.Context, h Handler, wk *waker, cur *source) (*source, error) {
+	next, err := f.checkLive(ctx, h, cur)
+	if err != nil {
+		return cur, err
+	}
+	switch next {
+	case stIdle:
+		return cur, wk.wait(ctx)
+	case stRotated:
+		cur.live, cur.rotated, cur.since = false, true, time.Now().UnixNano()
+		f.log.Debug("live file rotated away", "id", cur.id.String())
+		f.placeRotated(cur)
+		return cur, f.notePending(ctx, h)
+	case stTruncated:
+		return f.replaceTruncated(ctx, h, wk, cur)
+	}
+	return cur, nil
+}
+
+// afterRotated finishes a file that is no longer live, once the writer
+// has moved on from it, and opens the next one.
+func (f *Follower) afterRotated(ctx context.Context, h Handler, wk *waker, cur *source) (*source, error) {
+	if moved, missing := f.liveMovedOn(cur); cur.rotated && !moved && (missing || time.Since(time.Unix(0, cur.since)) < f.rotateGrace) {
+		// Deleted without a successor yet: the writer may still hold
+		// it (the apiserver writes on into a deleted file until it
+		// rotates), so it is followed until a new live file has data.
+		return cur, wk.wait(ctx)
+	}
+	if cur.rotated && !cur.lastRead {
+		// The writer has moved on: read once more what it wrote
+		// before it did, since the last read.
+		cur.lastRead = true
+		return cur, nil
+	}
+	if err := f.finish(ctx, h, cur); err != nil {
+		return cur, err
+	}
+	cur.close()
+	return f.next(ctx, h, wk)
 }
 
 // runOnce reads the file at Path (plain or compressed) to its end.
@@ -202,54 +214,10 @@ func (f *Follower) start(ctx context.Context, h Handler, wk *waker) (*source, er
 		live.close()
 		return nil, fmt.Errorf("scan %s: %w", f.lay.dir, err)
 	}
-	historyUpTo := func() {
-		if len(sibs) > 0 {
-			f.floor, f.hasFloor = sibs[len(sibs)-1].key, true
-		}
-	}
 	if r := f.cfg.Resume; r != nil {
-		if live != nil && live.matchesID(r.ID) {
-			historyUpTo()
-			if _, err := live.f.Seek(r.Offset, io.SeekStart); err != nil {
-				live.close()
-				return nil, fmt.Errorf("seek %s to %d: %w", live.path, r.Offset, err)
-			}
-			live.off, live.readOff = r.Offset, r.Offset
-			return live, nil
-		}
-		if s, ok := find(sibs, r.ID, true); ok {
-			src, err := openSibling(s, r.Offset)
-			if err == nil {
-				live.close()
-				f.floor, f.hasFloor = s.key, true
-				f.log.Info("resuming in rotated file", "rotated", s.path, "offset", r.Offset)
-				if err := f.notePending(ctx, h); err != nil {
-					src.close()
-					return nil, err
-				}
-				return src, nil
-			}
-			f.log.Warn("open checkpointed file", "rotated", s.path, "err", err)
-		}
-		// Gone, or its inode now holds other data: truncated in place with
-		// no copy left, or reused by a newer file. Either way every
-		// sibling that may be newer is read (at least once: the
-		// aggregator deduplicates), then the live file from its start.
-		live.close()
-		if err := f.loss(ctx, h, Loss{
-			Reason: ReasonRotatedFileGone, File: r.Name, Offset: r.Offset,
-			Detail: "the checkpointed file is gone (or truncated in place without a copy); the rest of it was not read",
-		}); err != nil {
-			return nil, err
-		}
-		// lumberjack and logrotate delete oldest first: what remains is newer.
-		if ok, _, k, fromName := f.lay.parse(baseName(r.Name)); ok && fromName {
-			f.floor, f.hasFloor = k, true
-		}
-		f.markStarted()
-		return f.next(ctx, h, wk)
+		return f.resume(ctx, h, wk, r, live, sibs)
 	}
-	historyUpTo()
+	f.historyUpTo(sibs)
 	if live == nil {
 		if err := f.checkpointLost(ctx, h, 0, len(sibs)); err != nil {
 			return nil, err
@@ -263,17 +231,76 @@ func (f *Follower) start(ctx context.Context, h Handler, wk *waker) (*source, er
 			live.close()
 			return nil, fmt.Errorf("read %s: %w", live.path, err)
 		}
-		if _, err := live.f.Seek(off, io.SeekStart); err != nil {
+		if err := live.seek(off); err != nil {
 			live.close()
-			return nil, fmt.Errorf("seek %s to %d: %w", live.path, off, err)
+			return nil, err
 		}
-		live.off, live.readOff = off, off
 	}
 	if err := f.checkpointLost(ctx, h, live.off, len(sibs)); err != nil {
 		live.close()
 		return nil, err
 	}
 	return live, nil
+}
+
+// historyUpTo takes the siblings listed at the start for history.
+func (f *Follower) historyUpTo(sibs []sibling) {
+	if len(sibs) > 0 {
+		f.floor, f.hasFloor = sibs[len(sibs)-1].key, true
+	}
+}
+
+// seek positions a plain source at off.
+func (s *source) seek(off int64) error {
+	if _, err := s.f.Seek(off, io.SeekStart); err != nil {
+		return fmt.Errorf("seek %s to %d: %w", s.path, off, err)
+	}
+	s.off, s.readOff = off, off
+	return nil
+}
+
+// resume opens the checkpointed file at its offset: the live file, a
+// sibling, or, when it is gone, the next file to read.
+func (f *Follower) resume(ctx context.Context, h Handler, wk *waker, r *Position, live *source, sibs []sibling) (*source, error) {
+	if live != nil && live.matchesID(r.ID) {
+		f.historyUpTo(sibs)
+		if err := live.seek(r.Offset); err != nil {
+			live.close()
+			return nil, err
+		}
+		return live, nil
+	}
+	if s, ok := find(sibs, r.ID, true); ok {
+		src, err := openSibling(s, r.Offset)
+		if err == nil {
+			live.close()
+			f.floor, f.hasFloor = s.key, true
+			f.log.Info("resuming in rotated file", "rotated", s.path, "offset", r.Offset)
+			if err := f.notePending(ctx, h); err != nil {
+				src.close()
+				return nil, err
+			}
+			return src, nil
+		}
+		f.log.Warn("open checkpointed file", "rotated", s.path, "err", err)
+	}
+	// Gone, or its inode now holds other data: truncated in place with
+	// no copy left, or reused by a newer file. Either way every
+	// sibling that may be newer is read (at least once: the
+	// aggregator deduplicates), then the live file from its start.
+	live.close()
+	if err := f.loss(ctx, h, Loss{
+		Reason: ReasonRotatedFileGone, File: r.Name, Offset: r.Offset,
+		Detail: "the checkpointed file is gone (or truncated in place without a copy); the rest of it was not read",
+	}); err != nil {
+		return nil, err
+	}
+	// lumberjack and logrotate delete oldest first: what remains is newer.
+	if ok, _, k, fromName := f.lay.parse(baseName(r.Name)); ok && fromName {
+		f.floor, f.hasFloor = k, true
+	}
+	f.markStarted()
+	return f.next(ctx, h, wk)
 }
 
 // checkpointLost reports, when Config.CheckpointLost, what starting
@@ -658,26 +685,9 @@ func (f *Follower) drain(ctx context.Context, h Handler, cur *source) error {
 			}
 		}
 		k, err := cur.r.Read(f.buf[f.n:])
-		if k > 0 && cur.live && cur.zr == nil && cur.id.FPLen > 0 {
-			// Truncated and rewritten in place since the last look? Then
-			// what was just read may be new data at an old offset. Checked
-			// after the read: a match proves the read saw the old data.
-			sum, ok, ferr := fingerprintHandle(cur.f, cur.id.FPLen)
-			if ferr == nil && (!ok || !bytes.Equal(sum, cur.id.FP)) {
-				return errRewritten
-			}
-		}
 		if k > 0 {
-			f.n += k
-			cur.readOff += int64(k)
-			if err := f.emit(ctx, h, cur); err != nil {
+			if err := f.took(ctx, h, cur, k); err != nil {
 				return err
-			}
-			if !cur.live && time.Since(f.lastScan) > f.cfg.Poll {
-				// Catch siblings deleted while we are behind.
-				if err := f.notePending(ctx, h); err != nil {
-					return err
-				}
 			}
 		}
 		if err == io.EOF || (k == 0 && err == nil) {
@@ -687,6 +697,30 @@ func (f *Follower) drain(ctx context.Context, h Handler, cur *source) error {
 			return fmt.Errorf("read %s at %d: %w", cur.path, cur.readOff, err)
 		}
 	}
+}
+
+// took hands out the whole lines once k more bytes were read into the
+// buffer.
+func (f *Follower) took(ctx context.Context, h Handler, cur *source, k int) error {
+	if cur.live && cur.zr == nil && cur.id.FPLen > 0 {
+		// Truncated and rewritten in place since the last look? Then
+		// what was just read may be new data at an old offset. Checked
+		// after the read: a match proves the read saw the old data.
+		sum, ok, ferr := fingerprintHandle(cur.f, cur.id.FPLen)
+		if ferr == nil && (!ok || !bytes.Equal(sum, cur.id.FP)) {
+			return errRewritten
+		}
+	}
+	f.n += k
+	cur.readOff += int64(k)
+	if err := f.emit(ctx, h, cur); err != nil {
+		return err
+	}
+	if !cur.live && time.Since(f.lastScan) > f.cfg.Poll {
+		// Catch siblings deleted while we are behind.
+		return f.notePending(ctx, h)
+	}
+	return nil
 }
 
 // full makes room when the buffer holds part of one line only: it grows up
