@@ -10,44 +10,25 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/guard"
+	"github.com/tokenwatch/tokenwatch/internal/budget"
+	"github.com/tokenwatch/tokenwatch/internal/correlate"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
+	"github.com/tokenwatch/tokenwatch/internal/silence"
 )
 
-// Platforms accepted by exclusions.platform.
-const (
-	PlatformSelfManaged = "self-managed"
-	PlatformAny         = "any"
-)
-
-// Config is the aggregator's configuration file.
+// Config is the aggregator's configuration file. Each section is the
+// configuration of the component it tunes, with that component's yaml tags,
+// defaults and Validate; only alerting and the limits beyond the gRPC
+// server's belong to the file itself.
 type Config struct {
-	Exclusions  Exclusions  `yaml:"exclusions"`
-	Alerting    Alerting    `yaml:"alerting"`
-	Correlation Correlation `yaml:"correlation"`
-	Budget      Budget      `yaml:"budget"`
-	Silence     Silence     `yaml:"silence"`
-	Limits      Limits      `yaml:"limits"`
-}
-
-// Exclusions tunes which identities do not alert.
-type Exclusions struct {
-	// StrictGroups requires the matching group for system:node:* and
-	// system:serviceaccount:<ns>:* exclusions.
-	StrictGroups bool `yaml:"strict_groups"`
-	// Platform is self-managed (managed-cloud identities not excluded) or any.
-	Platform string `yaml:"platform"`
-	// ReplaceDefaults drops the seed list; only Add remains.
-	ReplaceDefaults bool `yaml:"replace_defaults"`
-	// Add lists extra exclusions.
-	Add []Pattern `yaml:"add"`
-}
-
-// Pattern is one added exclusion: a user pattern, optionally narrowed to
-// target service-account namespaces and names. Patterns are exact and
-// case-sensitive; '*' matches any run of characters.
-type Pattern struct {
-	User            string   `yaml:"user"`
-	Namespaces      []string `yaml:"namespaces"`
-	ServiceAccounts []string `yaml:"service_accounts"`
+	Exclusions  rule.Config      `yaml:"exclusions"`
+	Alerting    Alerting         `yaml:"alerting"`
+	Correlation correlate.Config `yaml:"correlation"`
+	Budget      budget.Config    `yaml:"budget"`
+	Silence     silence.Config   `yaml:"silence"`
+	Limits      Limits           `yaml:"limits"`
 }
 
 // Alerting tunes how token requests become alerts.
@@ -58,81 +39,37 @@ type Alerting struct {
 	DedupeRetention time.Duration `yaml:"dedupe_retention"`
 }
 
-// Correlation tunes the cross-cluster correlation.
-type Correlation struct {
-	Window          time.Duration `yaml:"window"`
-	Lateness        time.Duration `yaml:"lateness"`
-	Clusters        int           `yaml:"clusters"`
-	ServiceAccounts int           `yaml:"service_accounts"`
-	IgnoreUsers     []string      `yaml:"ignore_users"`
+// DefaultAlerting returns the alerting section's defaults.
+func DefaultAlerting() Alerting {
+	return Alerting{StageGrace: 2 * time.Second, DedupeRetention: 24 * time.Hour}
 }
 
-// Budget caps base alerts per window, fleet-wide. MaxAlerts 0 is off.
-type Budget struct {
-	MaxAlerts int           `yaml:"max_alerts"`
-	Window    time.Duration `yaml:"window"`
-}
-
-// Silence tunes the silent-cluster detection.
-type Silence struct {
-	After time.Duration `yaml:"after"`
-	// ForgetAfter is how long a node stays tracked after it went silent
-	// without heartbeat (its cluster_silent): then it is forgotten, and a
-	// return is a new node.
-	ForgetAfter time.Duration `yaml:"forget_after"`
+// Validate names every invalid alerting field (errors.Join).
+func (a Alerting) Validate() error {
+	var errs []error
+	if a.StageGrace <= 0 {
+		errs = append(errs, errors.New("alerting.stage_grace: must be > 0"))
+	}
+	if a.DedupeRetention <= 0 {
+		errs = append(errs, errors.New("alerting.dedupe_retention: must be > 0"))
+	} else if a.DedupeRetention < a.StageGrace {
+		errs = append(errs, fmt.Errorf("alerting.dedupe_retention: must be >= alerting.stage_grace (%s)", a.StageGrace))
+	}
+	return errors.Join(errs...)
 }
 
 // Limits bounds what agents may send: sizes, concurrent streams and
-// per-agent rates. They are read at start: a reload that changes them is
-// logged and takes effect at the next restart (the gRPC server's options
-// cannot change while it serves).
+// per-agent rates. Its keys are the gRPC server's guard.Config (inlined:
+// its fields tagged "-" are not in the file) plus the node bound of silence
+// detection and the buffer budget of ingest. They are read at start: a
+// reload that changes them is logged and takes effect at the next restart
+// (the gRPC server's options cannot change while it serves).
 type Limits struct {
-	// MaxMessageBytes bounds one received gRPC message.
-	MaxMessageBytes int `yaml:"max_message_bytes"`
-	// MaxEventsPerBatch and MaxLossesPerBatch bound one batch.
-	MaxEventsPerBatch int `yaml:"max_events_per_batch"`
-	MaxLossesPerBatch int `yaml:"max_losses_per_batch"`
-	// MaxStreams bounds the server's concurrent agent streams,
-	// MaxStreamsPerCluster those naming one cluster and those of one client
-	// certificate (counted from the stream's start, before its Hello),
-	// MaxStreamsPerConnection those on one HTTP/2 connection.
-	MaxStreams              int `yaml:"max_streams"`
-	MaxStreamsPerCluster    int `yaml:"max_streams_per_cluster"`
-	MaxStreamsPerConnection int `yaml:"max_streams_per_connection"`
-	// HelloTimeout is how long a new agent stream may take to send its
-	// Hello before it is ended (DEADLINE_EXCEEDED).
-	HelloTimeout time.Duration `yaml:"hello_timeout"`
-	// MaxHealthWatches bounds the concurrent gRPC health Watch streams,
-	// apart from agent streams (one client certificate: at most 4 of them).
-	MaxHealthWatches int `yaml:"max_health_watches"`
+	guard.Config `yaml:",inline"`
 	// MaxNodesPerCluster bounds the node names one cluster's live agents
 	// may use (nodes tracked for silence): a stream naming a new node
 	// beyond it is refused and reported (a nodes_refused record).
 	MaxNodesPerCluster int `yaml:"max_nodes_per_cluster"`
-	// EventsPerSecond and EventBurst are each cluster's event token bucket,
-	// shared by its nodes' agents; MessagesPerSecond and MessageBurst its
-	// message bucket.
-	EventsPerSecond   float64 `yaml:"events_per_second"`
-	EventBurst        int     `yaml:"event_burst"`
-	MessagesPerSecond float64 `yaml:"messages_per_second"`
-	MessageBurst      int     `yaml:"message_burst"`
-	// ReplayEventsPerSecond and ReplayEventBurst replace the event bucket
-	// for replaying streams (Hello.replay, agent --once), which send a
-	// backlog as fast as they can; a replay has its own bucket, apart from
-	// the live agent of the same node.
-	ReplayEventsPerSecond float64 `yaml:"replay_events_per_second"`
-	ReplayEventBurst      int     `yaml:"replay_event_burst"`
-	// MaxThrottle is how long a message may be held back to fit the rates
-	// before the stream is cut off with ResourceExhausted.
-	MaxThrottle time.Duration `yaml:"max_throttle"`
-	// KeepaliveMinTime is the shortest client ping interval tolerated.
-	KeepaliveMinTime time.Duration `yaml:"keepalive_min_time"`
-	// WindowBytes fixes each stream's and connection's HTTP/2 flow-control
-	// windows, bounding what an agent that is not being read can have in
-	// flight to about this much (default 64 KiB: one stream's throughput
-	// did not drop against gRPC's dynamic windows, which grow to 16 MiB per
-	// stream); 0 keeps gRPC's dynamic windows.
-	WindowBytes int `yaml:"window_bytes"`
 	// MaxBufferedBytes bounds the received agent data all streams hold
 	// together (messages being read, screened batches waiting for their
 	// commit), beyond a 64 KiB share each stream always has; a stream over
@@ -141,59 +78,21 @@ type Limits struct {
 	MaxBufferedBytes int `yaml:"max_buffered_bytes"`
 }
 
-// DefaultLimits returns the limits' defaults, sized for real agents: a busy
-// control plane writes a few thousand audit events a second, of which token
-// creates are a fraction.
+// DefaultLimits returns the limits' defaults: guard.DefaultConfig, 16 nodes
+// per cluster and 64 MiB of buffered agent data.
 func DefaultLimits() Limits {
-	return Limits{
-		MaxMessageBytes:         4 << 20,
-		MaxEventsPerBatch:       4096,
-		MaxLossesPerBatch:       1024,
-		MaxStreams:              1024,
-		MaxStreamsPerCluster:    32,
-		MaxStreamsPerConnection: 8,
-		HelloTimeout:            5 * time.Second,
-		MaxHealthWatches:        64,
-		MaxNodesPerCluster:      16,
-		EventsPerSecond:         10000,
-		EventBurst:              100000,
-		MessagesPerSecond:       1000,
-		MessageBurst:            5000,
-		ReplayEventsPerSecond:   20000,
-		ReplayEventBurst:        100000,
-		MaxThrottle:             5 * time.Second,
-		KeepaliveMinTime:        10 * time.Second,
-		WindowBytes:             64 << 10,
-		MaxBufferedBytes:        64 << 20,
-	}
+	return Limits{Config: guard.DefaultConfig(), MaxNodesPerCluster: 16, MaxBufferedBytes: 64 << 20}
 }
 
-// Default returns the contract's defaults.
+// Default returns the contract's defaults: each component's own.
 func Default() Config {
 	return Config{
-		Exclusions: Exclusions{
-			StrictGroups: true,
-			Platform:     PlatformSelfManaged,
-		},
-		Alerting: Alerting{
-			StageGrace:      2 * time.Second,
-			DedupeRetention: 24 * time.Hour,
-		},
-		Correlation: Correlation{
-			Window:          10 * time.Minute,
-			Lateness:        5 * time.Minute,
-			Clusters:        2,
-			ServiceAccounts: 5,
-		},
-		Budget: Budget{
-			MaxAlerts: 0,
-			Window:    5 * time.Minute,
-		},
-		Silence: Silence{
-			After:       5 * time.Minute,
-			ForgetAfter: 24 * time.Hour,
-		},
-		Limits: DefaultLimits(),
+		Exclusions:  rule.DefaultConfig(),
+		Alerting:    DefaultAlerting(),
+		Correlation: correlate.DefaultConfig(),
+		Budget:      budget.DefaultConfig(),
+		Silence:     silence.DefaultConfig(),
+		Limits:      DefaultLimits(),
 	}
 }
 
@@ -230,82 +129,43 @@ func Load(path string) (Config, error) {
 	return cfg, nil
 }
 
-// Validate reports every invalid field on one line, each naming its field.
+// Validate reports every invalid field on one line, each naming its field:
+// each section's Validate in turn.
 func (c Config) Validate() error {
 	var errs []string
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
+	for _, err := range []error{
+		c.Exclusions.Validate(), c.Alerting.Validate(), c.Correlation.Validate(),
+		c.Budget.Validate(), c.Silence.Validate(), c.Limits.Validate(),
+	} {
+		errs = appendErrors(errs, err)
 	}
-	switch c.Exclusions.Platform {
-	case PlatformSelfManaged, PlatformAny:
-	default:
-		bad("exclusions.platform", "must be %q or %q, got %q", PlatformSelfManaged, PlatformAny, c.Exclusions.Platform)
-	}
-	for i, p := range c.Exclusions.Add {
-		field := fmt.Sprintf("exclusions.add[%d]", i)
-		if p.User == "" {
-			bad(field+".user", "must not be empty")
-		}
-		for j, ns := range p.Namespaces {
-			if ns == "" {
-				bad(fmt.Sprintf("%s.namespaces[%d]", field, j), "must not be empty")
-			}
-		}
-		for j, sa := range p.ServiceAccounts {
-			if sa == "" {
-				bad(fmt.Sprintf("%s.service_accounts[%d]", field, j), "must not be empty")
-			}
-		}
-	}
-	if c.Alerting.StageGrace <= 0 {
-		bad("alerting.stage_grace", "must be > 0")
-	}
-	if c.Alerting.DedupeRetention <= 0 {
-		bad("alerting.dedupe_retention", "must be > 0")
-	} else if c.Alerting.DedupeRetention < c.Alerting.StageGrace {
-		bad("alerting.dedupe_retention", "must be >= alerting.stage_grace (%s)", c.Alerting.StageGrace)
-	}
-	if c.Correlation.Window <= 0 {
-		bad("correlation.window", "must be > 0")
-	}
-	if c.Correlation.Lateness < 0 {
-		bad("correlation.lateness", "must be >= 0")
-	}
-	if c.Correlation.Clusters < 2 {
-		bad("correlation.clusters", "must be >= 2")
-	}
-	if c.Correlation.ServiceAccounts < 1 {
-		bad("correlation.service_accounts", "must be >= 1")
-	}
-	for i, u := range c.Correlation.IgnoreUsers {
-		if u == "" {
-			bad(fmt.Sprintf("correlation.ignore_users[%d]", i), "must not be empty")
-		}
-	}
-	if c.Budget.MaxAlerts < 0 {
-		bad("budget.max_alerts", "must be >= 0 (0 = off)")
-	}
-	if c.Budget.Window <= 0 {
-		bad("budget.window", "must be > 0")
-	}
-	if c.Silence.After <= 0 {
-		bad("silence.after", "must be > 0")
-	}
-	if c.Silence.ForgetAfter <= 0 {
-		bad("silence.forget_after", "must be > 0")
-	}
-	errs = append(errs, c.Limits.problems()...)
 	if len(errs) == 0 {
 		return nil
 	}
 	return errors.New(strings.Join(errs, "; "))
 }
 
-// problems names every invalid limit, one string each.
-func (l Limits) problems() []string {
-	var errs []string
+// appendErrors appends err's message to errs, each error of a join apart.
+func appendErrors(errs []string, err error) []string {
+	if err == nil {
+		return errs
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			errs = appendErrors(errs, e)
+		}
+		return errs
+	}
+	return append(errs, err.Error())
+}
+
+// Validate names every invalid limit (errors.Join). In the file every limit
+// is set (an absent key keeps its default), so zero is invalid here, where
+// guard.Config.Validate takes it for the default.
+func (l Limits) Validate() error {
+	var errs []error
 	bad := func(field, format string, args ...any) {
-		errs = append(errs, "limits."+field+": "+fmt.Sprintf(format, args...))
+		errs = append(errs, fmt.Errorf("limits."+field+": "+format, args...))
 	}
 	positive := func(field string, v float64) bool {
 		if v <= 0 {
@@ -314,14 +174,14 @@ func (l Limits) problems() []string {
 		}
 		return true
 	}
-	positive("max_message_bytes", float64(l.MaxMessageBytes))
+	positive("max_message_bytes", float64(l.MaxRecvMsgBytes))
 	okBatch := positive("max_events_per_batch", float64(l.MaxEventsPerBatch))
 	positive("max_losses_per_batch", float64(l.MaxLossesPerBatch))
 	okStreams := positive("max_streams", float64(l.MaxStreams))
 	if positive("max_streams_per_cluster", float64(l.MaxStreamsPerCluster)) && okStreams && l.MaxStreamsPerCluster > l.MaxStreams {
 		bad("max_streams_per_cluster", "must be <= limits.max_streams (%d)", l.MaxStreams)
 	}
-	if positive("max_streams_per_connection", float64(l.MaxStreamsPerConnection)) && l.MaxStreamsPerConnection > 1<<20 {
+	if positive("max_streams_per_connection", float64(l.MaxStreamsPerConn)) && l.MaxStreamsPerConn > 1<<20 {
 		bad("max_streams_per_connection", "must be <= %d", 1<<20)
 	}
 	positive("hello_timeout", float64(l.HelloTimeout))
@@ -346,10 +206,10 @@ func (l Limits) problems() []string {
 	}
 	// A cluster's quarter of the budget must hold two messages of the
 	// largest size (a batch decodes to about twice its encoded size).
-	if l.MaxMessageBytes > 0 && l.MaxBufferedBytes < 8*l.MaxMessageBytes {
-		bad("max_buffered_bytes", "must be >= 8 x limits.max_message_bytes (%d)", 8*l.MaxMessageBytes)
+	if l.MaxRecvMsgBytes > 0 && l.MaxBufferedBytes < 8*l.MaxRecvMsgBytes {
+		bad("max_buffered_bytes", "must be >= 8 x limits.max_message_bytes (%d)", 8*l.MaxRecvMsgBytes)
 	}
-	return errs
+	return errors.Join(errs...)
 }
 
 // oneLine folds a multi-line yaml error into one line.

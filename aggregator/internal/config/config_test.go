@@ -8,39 +8,49 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/guard"
+	"github.com/tokenwatch/tokenwatch/internal/budget"
+	"github.com/tokenwatch/tokenwatch/internal/correlate"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
+	"github.com/tokenwatch/tokenwatch/internal/silence"
 )
 
 func TestParseGood(t *testing.T) {
 	full := Config{
-		Exclusions: Exclusions{
+		Exclusions: rule.Config{
 			StrictGroups:    false,
-			Platform:        PlatformAny,
+			Platform:        rule.PlatformAny,
 			ReplaceDefaults: true,
-			Add: []Pattern{
+			Add: []rule.Pattern{
 				{User: "system:serviceaccount:vault:vault", Namespaces: []string{"team-*"}, ServiceAccounts: []string{"*"}},
 				{User: "ci-bot"},
 			},
 		},
 		Alerting:    Alerting{StageGrace: 1500 * time.Millisecond, DedupeRetention: 48 * time.Hour},
-		Correlation: Correlation{Window: 15 * time.Minute, Lateness: 0, Clusters: 3, ServiceAccounts: 10, IgnoreUsers: []string{"breakglass"}},
-		Budget:      Budget{MaxAlerts: 100, Window: time.Minute},
-		Silence:     Silence{After: 2 * time.Minute, ForgetAfter: time.Hour},
+		Correlation: correlate.Config{Window: 15 * time.Minute, Lateness: 0, Clusters: 3, ServiceAccounts: 10, IgnoreUsers: []string{"breakglass"}},
+		Budget:      budget.Config{MaxAlerts: 100, Window: time.Minute},
+		Silence:     silence.Config{After: 2 * time.Minute, ForgetAfter: time.Hour},
 		Limits:      DefaultLimits(),
 	}
 	limits := Default()
+	// The guard's fields that are not in the file keep their defaults.
+	gc := guard.DefaultConfig()
+	gc.MaxRecvMsgBytes, gc.MaxEventsPerBatch, gc.MaxLossesPerBatch = 8<<20, 2048, 512
+	gc.MaxStreams, gc.MaxStreamsPerCluster, gc.MaxStreamsPerConn = 4096, 64, 4
+	gc.HelloTimeout, gc.MaxHealthWatches = 3*time.Second, 16
+	gc.EventsPerSecond, gc.EventBurst, gc.MessagesPerSecond, gc.MessageBurst = 500000, 1000000, 5000, 10000
+	gc.ReplayEventsPerSecond, gc.ReplayEventBurst = 1000000, 2000000
+	gc.MaxThrottle, gc.KeepaliveMinTime, gc.WindowBytes = 2*time.Second, 5*time.Second, 256<<10
 	limits.Limits = Limits{
-		MaxMessageBytes: 8 << 20, MaxEventsPerBatch: 2048, MaxLossesPerBatch: 512,
-		MaxStreams: 4096, MaxStreamsPerCluster: 64, MaxStreamsPerConnection: 4,
-		HelloTimeout: 3 * time.Second, MaxHealthWatches: 16, MaxNodesPerCluster: 8,
-		EventsPerSecond: 500000, EventBurst: 1000000, MessagesPerSecond: 5000, MessageBurst: 10000,
-		ReplayEventsPerSecond: 1000000, ReplayEventBurst: 2000000,
-		MaxThrottle: 2 * time.Second, KeepaliveMinTime: 5 * time.Second, WindowBytes: 256 << 10,
-		MaxBufferedBytes: 64 << 20, // not in the file: the default
+		Config:             gc,
+		MaxNodesPerCluster: 8,
+		MaxBufferedBytes:   64 << 20, // not in the file: the default
 	}
 	partial := Default()
 	partial.Correlation.Clusters = 4
 	example := Default()
-	example.Exclusions.Add = []Pattern{{User: "system:serviceaccount:vault:vault", Namespaces: []string{"team-*"}, ServiceAccounts: []string{"*"}}}
+	example.Exclusions.Add = []rule.Pattern{{User: "system:serviceaccount:vault:vault", Namespaces: []string{"team-*"}, ServiceAccounts: []string{"*"}}}
 	example.Correlation.IgnoreUsers = []string{}
 
 	tests := []struct {

@@ -188,19 +188,6 @@ func New(opts Options) (*Pipeline, error) {
 	return p, nil
 }
 
-// RuleConfig converts the configuration file's exclusions for the rule.
-func RuleConfig(c config.Exclusions) rule.Config {
-	rc := rule.Config{
-		StrictGroups:    c.StrictGroups,
-		Platform:        c.Platform,
-		ReplaceDefaults: c.ReplaceDefaults,
-	}
-	for _, a := range c.Add {
-		rc.Add = append(rc.Add, rule.Pattern{User: a.User, Namespaces: a.Namespaces, ServiceAccounts: a.ServiceAccounts})
-	}
-	return rc
-}
-
 // Apply puts a new configuration in force without a restart. The rule and
 // grace apply to the next batch; correlation, budget and silence are rebuilt
 // only when their section changed (their windows start afresh then).
@@ -208,7 +195,7 @@ func (p *Pipeline) Apply(c config.Config) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("apply config: %w", err)
 	}
-	r, err := rule.New(RuleConfig(c.Exclusions))
+	r, err := rule.New(c.Exclusions)
 	if err != nil {
 		return fmt.Errorf("apply config: exclusions: %w", err)
 	}
@@ -219,20 +206,16 @@ func (p *Pipeline) Apply(c config.Config) error {
 		p.logger.Warn("exclusions.replace_defaults is true: the seed rule's exclusion list is DROPPED, only exclusions.add applies",
 			"added", len(c.Exclusions.Add))
 	}
-	if first || !equalCorrelation(p.cfg.Correlation, c.Correlation) {
+	if first || !p.cfg.Correlation.Equal(c.Correlation) {
 		if p.corr != nil {
 			st := p.corr.Stats()
 			p.corrBase.Late += st.Late
 			p.corrBase.Evicted += st.Evicted
 			p.corrBase.Clamped += st.Clamped
 		}
-		p.corr = correlate.New(correlate.Config{
-			Window:          c.Correlation.Window,
-			Lateness:        c.Correlation.Lateness,
-			Clusters:        c.Correlation.Clusters,
-			ServiceAccounts: c.Correlation.ServiceAccounts,
-			IgnoreUsers:     append([]string(nil), c.Correlation.IgnoreUsers...),
-		})
+		cc := c.Correlation
+		cc.IgnoreUsers = append([]string(nil), cc.IgnoreUsers...)
+		p.corr = correlate.New(cc)
 	}
 	if first || p.cfg.Budget != c.Budget {
 		if p.budget != nil {
@@ -241,31 +224,19 @@ func (p *Pipeline) Apply(c config.Config) error {
 		}
 		p.budget = nil
 		if c.Budget.MaxAlerts > 0 {
-			p.budget = budget.New(budget.Config{MaxAlerts: c.Budget.MaxAlerts, Window: c.Budget.Window})
+			p.budget = budget.New(c.Budget)
 		}
 	}
 	if first || p.cfg.Silence != c.Silence {
-		p.silence = silence.New(silence.Config{After: c.Silence.After, ForgetAfter: c.Silence.ForgetAfter,
-			MaxNodesPerCluster: c.Limits.MaxNodesPerCluster})
+		sc := c.Silence // the file sets its node bound in limits
+		sc.MaxNodesPerCluster = c.Limits.MaxNodesPerCluster
+		p.silence = silence.New(sc)
 	}
 	p.rule.Store(r)
 	p.grace.Store(int64(c.Alerting.StageGrace))
 	p.retention = c.Alerting.DedupeRetention
 	p.cfg = c
 	return nil
-}
-
-func equalCorrelation(a, b config.Correlation) bool {
-	if a.Window != b.Window || a.Lateness != b.Lateness || a.Clusters != b.Clusters ||
-		a.ServiceAccounts != b.ServiceAccounts || len(a.IgnoreUsers) != len(b.IgnoreUsers) {
-		return false
-	}
-	for i := range a.IgnoreUsers {
-		if a.IgnoreUsers[i] != b.IgnoreUsers[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // correlationStats returns what the correlators dropped since the start.

@@ -17,6 +17,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/internal/alert"
 	"github.com/tokenwatch/tokenwatch/internal/audit"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -378,7 +379,7 @@ func TestApplyExclusion(t *testing.T) {
 	f := newFixture(t, config.Default())
 	f.process(t, batch("prod", "cp-1", completed("alice", "a1", rrt1, 201)))
 	cfg := config.Default()
-	cfg.Exclusions.Add = []config.Pattern{{User: "alice", Namespaces: []string{"team-*"}}}
+	cfg.Exclusions.Add = []rule.Pattern{{User: "alice", Namespaces: []string{"team-*"}}}
 	if err := f.p.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}

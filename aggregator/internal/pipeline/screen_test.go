@@ -5,6 +5,7 @@ import (
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/config"
 	"github.com/tokenwatch/tokenwatch/internal/audit"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
 	"github.com/tokenwatch/tokenwatch/internal/wire"
 )
 
@@ -51,7 +52,7 @@ func TestScreenAgreesWithEvaluate(t *testing.T) {
 		{"no objectRef", func() *audit.Event { e := secret.event(); e.ObjectRef = nil; return e }(), DropNotMatched},
 	}
 	cfg := config.Default()
-	cfg.Exclusions.Add = []config.Pattern{{User: "system:serviceaccount:vault:vault", Namespaces: []string{"team-*"}}}
+	cfg.Exclusions.Add = []rule.Pattern{{User: "system:serviceaccount:vault:vault", Namespaces: []string{"team-*"}}}
 	f := newFixture(t, cfg)
 	r := f.p.rule.Load()
 	for _, tt := range tests {

@@ -15,9 +15,9 @@ import (
 )
 
 func TestGuardConfigDefaultsAgree(t *testing.T) {
-	got := GuardConfig(config.DefaultLimits())
+	got := config.DefaultLimits().Config
 	if diff := cmp.Diff(guard.DefaultConfig(), got); diff != "" {
-		t.Errorf("GuardConfig(config.DefaultLimits()) differs from guard.DefaultConfig() (-want +got):\n%s", diff)
+		t.Errorf("config.DefaultLimits().Config differs from guard.DefaultConfig() (-want +got):\n%s", diff)
 	}
 }
 

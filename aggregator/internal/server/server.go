@@ -110,7 +110,7 @@ func Run(ctx context.Context, c Config) error {
 			return fmt.Errorf("register certificate metrics: %w", err)
 		}
 	}
-	gc := GuardConfig(fileCfg.Limits)
+	gc := fileCfg.Limits.Config // the file's limits section is the guard's Config
 	if c.Guard != nil {
 		gc = *c.Guard
 	}
@@ -232,31 +232,6 @@ func Run(ctx context.Context, c Config) error {
 	}
 	logger.Info("aggregator stopped", "took", time.Since(start).Round(time.Millisecond).String(), "outbox_depth", store.Depth())
 	return runErr
-}
-
-// GuardConfig maps the configuration file's limits onto the guard's; the
-// guard's other fields keep their defaults.
-func GuardConfig(l config.Limits) guard.Config {
-	gc := guard.DefaultConfig()
-	gc.MaxRecvMsgBytes = l.MaxMessageBytes
-	gc.MaxEventsPerBatch = l.MaxEventsPerBatch
-	gc.MaxLossesPerBatch = l.MaxLossesPerBatch
-	gc.MaxStreams = l.MaxStreams
-	gc.MaxStreamsPerCluster = l.MaxStreamsPerCluster
-	gc.MaxStreamsPerConn = uint32(l.MaxStreamsPerConnection)
-	gc.HelloTimeout = l.HelloTimeout
-	gc.MaxHealthWatches = l.MaxHealthWatches
-	gc.MaxHealthWatchesPerPeer = min(gc.MaxHealthWatchesPerPeer, l.MaxHealthWatches)
-	gc.EventsPerSecond = l.EventsPerSecond
-	gc.EventBurst = l.EventBurst
-	gc.MessagesPerSecond = l.MessagesPerSecond
-	gc.MessageBurst = l.MessageBurst
-	gc.ReplayEventsPerSecond = l.ReplayEventsPerSecond
-	gc.ReplayEventBurst = l.ReplayEventBurst
-	gc.MaxThrottle = l.MaxThrottle
-	gc.KeepaliveMinTime = l.KeepaliveMinTime
-	gc.WindowBytes = int32(l.WindowBytes)
-	return gc
 }
 
 // httpHandler serves /metrics, /healthz and /readyz.
