@@ -304,7 +304,7 @@ func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
 	for i, c := range cands {
 		keys[i] = c.key
 	}
-	var states map[string]state.RequestState
+	var states map[string]detect.State
 	if len(keys) > 0 {
 		var err error
 		states, err = p.store.States(keys)
@@ -319,9 +319,7 @@ func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
 	for _, c := range cands {
 		s, ok := local[c.key]
 		if !ok {
-			// state.RequestState shares detect.State's values, DoneAlone
-			// (a late completion is dropped_late) included.
-			s = detect.State(states[c.key])
+			s = states[c.key]
 		}
 		act := detect.Decide(s, c.e)
 		local[c.key] = detect.After(s, act)

@@ -12,6 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/tokenwatch/tokenwatch/internal/alert"
+	"github.com/tokenwatch/tokenwatch/internal/detect"
 )
 
 // requestKeyOf is a request key as the pipeline writes it (detect.Key.String)
@@ -43,7 +44,7 @@ func TestClientControlledKeysAreBounded(t *testing.T) {
 			defer func() { s.Close() }()
 			p := Pending{Key: tt.key, Deadline: t0.Add(2 * time.Second), Cluster: "prod", Node: "cp-1", Event: []byte{1}}
 			mustCommit(t, s, Change{Pending: []Pending{p}})
-			if got := mustStates(t, s, tt.key); got[tt.key] != StatePending {
+			if got := mustStates(t, s, tt.key); got[tt.key] != detect.StatePending {
 				t.Errorf("States after hold = %v, want pending", got[tt.key])
 			}
 			s.Close()
@@ -62,7 +63,7 @@ func TestClientControlledKeysAreBounded(t *testing.T) {
 			if n := mustCommit(t, s, Change{Records: []alert.Record{rec(longID)}}); n != 0 {
 				t.Errorf("Commit of the same long ID again added %d, want 0", n)
 			}
-			if got := mustStates(t, s, tt.key, tt.key+"x"); !cmp.Equal(got, map[string]RequestState{tt.key: StateDone}) {
+			if got := mustStates(t, s, tt.key, tt.key+"x"); !cmp.Equal(got, map[string]detect.State{tt.key: detect.StateDone}) {
 				t.Errorf("States after done = %v, want only the key done", got)
 			}
 			if due, _ := s.DuePending(t0.Add(time.Hour), 0); len(due) != 0 {
@@ -127,16 +128,16 @@ func TestSchema3IsUpgraded(t *testing.T) {
 				err = tx.Bucket(b).Put(k, v)
 			}
 		}
-		mark := func(st RequestState) []byte {
+		mark := func(st detect.State) []byte {
 			v := make([]byte, 9)
 			v[0] = byte(st)
 			copy(v[1:], u64(timeBits(t0)))
 			return v
 		}
 		put(bucketMeta, keySchema, []byte("3"))
-		put(bucketDedupe, []byte("k-done"), mark(StateDone))
+		put(bucketDedupe, []byte("k-done"), mark(detect.StateDone))
 		put(bucketDedupeAt, timeKey(t0, []byte("k-done")), nil)
-		put(bucketDedupe, []byte("k-held"), mark(StatePending))
+		put(bucketDedupe, []byte("k-held"), mark(detect.StatePending))
 		put(bucketDedupeAt, timeKey(t0, []byte("k-held")), nil)
 		old := encodePendingV3(&Pending{Deadline: t0.Add(time.Second), Cluster: "prod", Node: "cp-1", Event: ev})
 		put(bucketPending, []byte("k-held"), old)
@@ -150,7 +151,7 @@ func TestSchema3IsUpgraded(t *testing.T) {
 	clk := &clock{t: t0}
 	s := open(t, path, clk)
 	defer s.Close()
-	want := map[string]RequestState{"k-done": StateDone, "k-held": StatePending}
+	want := map[string]detect.State{"k-done": detect.StateDone, "k-held": detect.StatePending}
 	if diff := cmp.Diff(want, mustStates(t, s, "k-done", "k-held", "k-none")); diff != "" {
 		t.Errorf("States after upgrade (-want +got):\n%s", diff)
 	}

@@ -18,6 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/tokenwatch/tokenwatch/internal/alert"
+	"github.com/tokenwatch/tokenwatch/internal/detect"
 )
 
 // FileName is the name of the store's file inside the state directory.
@@ -47,7 +48,7 @@ var (
 	bucketOutbox     = []byte("outbox")      // seq (8 bytes BE) -> JSON alert.Record
 	bucketIDs        = []byte("ids")         // record ID -> idState, outbox seq, time (see idOutboxed)
 	bucketExportedAt = []byte("exported_at") // time (8 bytes BE) + record ID -> nil
-	bucketDedupe     = []byte("dedupe")      // requestKey -> RequestState, time
+	bucketDedupe     = []byte("dedupe")      // requestKey -> detect.State, time
 	bucketDedupeAt   = []byte("dedupe_at")   // time (8 bytes BE) + requestKey -> nil
 	bucketPending    = []byte("pending")     // requestKey -> encoded Pending
 	bucketPendingDue = []byte("pending_due") // deadline (8 bytes BE) + requestKey -> nil
@@ -57,39 +58,6 @@ var (
 
 	keySchema = []byte("schema")
 )
-
-// RequestState is what the dedupe record knows about a request. Its values
-// are those of the detection core's state (None 0, Pending 1, Done 2,
-// DoneAlone 3), so a conversion is a plain type conversion.
-type RequestState int
-
-// Request states.
-const (
-	StateNone    RequestState = 0 // never seen (or pruned)
-	StatePending RequestState = 1 // a non-final stage is held for the stage grace
-	StateDone    RequestState = 2 // alerted (or decided) once: never again
-	// StateDoneAlone: a lone RequestReceived was alerted (outcome unknown)
-	// after the stage grace; a later completion is dropped as late.
-	StateDoneAlone RequestState = 3
-)
-
-// done reports whether st is final.
-func (st RequestState) done() bool { return st == StateDone || st == StateDoneAlone }
-
-// String returns the state's name.
-func (s RequestState) String() string {
-	switch s {
-	case StateNone:
-		return "none"
-	case StatePending:
-		return "pending"
-	case StateDone:
-		return "done"
-	case StateDoneAlone:
-		return "done_alone"
-	}
-	return fmt.Sprintf("RequestState(%d)", int(s))
-}
 
 // ID states in bucketIDs. Since schema 3 every entry is written once, as
 // idOutboxed with the time it was outboxed, and the record is exported once
@@ -231,14 +199,14 @@ func (s *Store) Added() <-chan struct{} { return s.added }
 func (s *Store) Depth() int { return int(s.depth.Load()) }
 
 // States returns the dedupe state of each key; keys absent from the result
-// are StateNone.
-func (s *Store) States(keys []string) (map[string]RequestState, error) {
-	m := make(map[string]RequestState, len(keys))
+// are detect.StateNone.
+func (s *Store) States(keys []string) (map[string]detect.State, error) {
+	m := make(map[string]detect.State, len(keys))
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDedupe)
 		for _, k := range keys {
 			if v := b.Get(requestKey(k)); len(v) > 0 {
-				m[k] = RequestState(v[0])
+				m[k] = detect.State(v[0])
 			}
 		}
 		return nil
@@ -265,7 +233,8 @@ type Change struct {
 	// exported within the retention is skipped.
 	Records []alert.Record
 	// Pending entries are stored (replacing one with the same key) and mark
-	// their key Pending, unless the key is already Done or DoneAlone.
+	// their key Pending, unless detect.Settle keeps the key's recorded
+	// state (already Done or DoneAlone).
 	Pending []Pending
 	// Done marks keys Done and removes their pending entries.
 	Done []string
@@ -350,7 +319,7 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 			added++
 		}
 		for i, p := range pend {
-			if st, _ := dedupeMark(tx, p.id); st.done() {
+			if st, _ := dedupeMark(tx, p.id); detect.Settle(st, detect.StatePending) != detect.StatePending {
 				continue
 			}
 			if err := deletePending(tx, p.id); err != nil {
@@ -362,14 +331,14 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 			if err := tx.Bucket(bucketPendingDue).Put(timeKey(c.Pending[i].Deadline, p.id), nil); err != nil {
 				return fmt.Errorf("put pending deadline: %w", err)
 			}
-			if err := setDedupeMark(tx, p.id, StatePending, now); err != nil {
+			if err := setDedupeMark(tx, p.id, detect.StatePending, now); err != nil {
 				return err
 			}
 		}
 		for _, d := range []struct {
 			keys []string
-			st   RequestState
-		}{{c.Done, StateDone}, {c.DoneAlone, StateDoneAlone}} {
+			st   detect.State
+		}{{c.Done, detect.StateDone}, {c.DoneAlone, detect.StateDoneAlone}} {
 			for _, k := range d.keys {
 				key := requestKey(k)
 				if err := deletePending(tx, key); err != nil {
@@ -635,15 +604,15 @@ func pruneIndex(tx *bolt.Tx, index, cutoff []byte, limit int, drop func(key, at 
 	return n, more, nil
 }
 
-func dedupeMark(tx *bolt.Tx, key []byte) (RequestState, []byte) {
+func dedupeMark(tx *bolt.Tx, key []byte) (detect.State, []byte) {
 	v := tx.Bucket(bucketDedupe).Get(key)
 	if len(v) != 9 {
-		return StateNone, nil
+		return detect.StateNone, nil
 	}
-	return RequestState(v[0]), v[1:]
+	return detect.State(v[0]), v[1:]
 }
 
-func setDedupeMark(tx *bolt.Tx, key []byte, st RequestState, now time.Time) error {
+func setDedupeMark(tx *bolt.Tx, key []byte, st detect.State, now time.Time) error {
 	_, old := dedupeMark(tx, key)
 	at := tx.Bucket(bucketDedupeAt)
 	if old != nil {

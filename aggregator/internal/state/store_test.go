@@ -21,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tokenwatch/tokenwatch/internal/alert"
+	"github.com/tokenwatch/tokenwatch/internal/detect"
 )
 
 func TestMain(m *testing.M) {
@@ -101,7 +102,7 @@ func mustOutbox(t testing.TB, s *Store) []alert.Record {
 	return r
 }
 
-func mustStates(t testing.TB, s *Store, keys ...string) map[string]RequestState {
+func mustStates(t testing.TB, s *Store, keys ...string) map[string]detect.State {
 	t.Helper()
 	m, err := s.States(keys)
 	if err != nil {
@@ -138,7 +139,7 @@ func TestCommitSurvivesReopen(t *testing.T) {
 		t.Errorf("Outbox after reopen (-want +got):\n%s", diff)
 	}
 	got := mustStates(t, s, "k-a", "k-b", "k-c", "k-alone", "k-p", "k-unknown")
-	wantStates := map[string]RequestState{"k-a": StateDone, "k-b": StateDone, "k-c": StateDone, "k-alone": StateDoneAlone, "k-p": StatePending}
+	wantStates := map[string]detect.State{"k-a": detect.StateDone, "k-b": detect.StateDone, "k-c": detect.StateDone, "k-alone": detect.StateDoneAlone, "k-p": detect.StatePending}
 	if diff := cmp.Diff(wantStates, got); diff != "" {
 		t.Errorf("States after reopen (-want +got):\n%s", diff)
 	}
@@ -230,25 +231,25 @@ func TestDedupeStates(t *testing.T) {
 	steps := []struct {
 		name    string
 		change  Change
-		want    map[string]RequestState
+		want    map[string]detect.State
 		wantDue []string
 	}{
 		{"hold two", Change{Pending: []Pending{p("k1", time.Second), p("k2", 2*time.Second)}},
-			map[string]RequestState{"k1": StatePending, "k2": StatePending}, []string{"k1", "k2"}},
+			map[string]detect.State{"k1": detect.StatePending, "k2": detect.StatePending}, []string{"k1", "k2"}},
 		{"completion of k1", Change{Records: []alert.Record{rec("r1")}, Done: []string{"k1"}},
-			map[string]RequestState{"k1": StateDone, "k2": StatePending}, []string{"k2"}},
+			map[string]detect.State{"k1": detect.StateDone, "k2": detect.StatePending}, []string{"k2"}},
 		{"k1 held again is ignored", Change{Pending: []Pending{p("k1", time.Second)}},
-			map[string]RequestState{"k1": StateDone, "k2": StatePending}, []string{"k2"}},
+			map[string]detect.State{"k1": detect.StateDone, "k2": detect.StatePending}, []string{"k2"}},
 		{"k2 held again moves its deadline", Change{Pending: []Pending{p("k2", 5*time.Second)}},
-			map[string]RequestState{"k1": StateDone, "k2": StatePending}, nil},
+			map[string]detect.State{"k1": detect.StateDone, "k2": detect.StatePending}, nil},
 		{"k3 done without pending", Change{Done: []string{"k3"}},
-			map[string]RequestState{"k1": StateDone, "k2": StatePending, "k3": StateDone}, nil},
+			map[string]detect.State{"k1": detect.StateDone, "k2": detect.StatePending, "k3": detect.StateDone}, nil},
 		{"k4 held", Change{Pending: []Pending{p("k4", time.Second)}},
-			map[string]RequestState{"k1": StateDone, "k2": StatePending, "k3": StateDone, "k4": StatePending}, []string{"k4"}},
+			map[string]detect.State{"k1": detect.StateDone, "k2": detect.StatePending, "k3": detect.StateDone, "k4": detect.StatePending}, []string{"k4"}},
 		{"k4 alerted alone", Change{DoneAlone: []string{"k4"}},
-			map[string]RequestState{"k1": StateDone, "k2": StatePending, "k3": StateDone, "k4": StateDoneAlone}, nil},
+			map[string]detect.State{"k1": detect.StateDone, "k2": detect.StatePending, "k3": detect.StateDone, "k4": detect.StateDoneAlone}, nil},
 		{"k4 held again is ignored", Change{Pending: []Pending{p("k4", time.Second)}},
-			map[string]RequestState{"k1": StateDone, "k2": StatePending, "k3": StateDone, "k4": StateDoneAlone}, nil},
+			map[string]detect.State{"k1": detect.StateDone, "k2": detect.StatePending, "k3": detect.StateDone, "k4": detect.StateDoneAlone}, nil},
 	}
 	for _, st := range steps {
 		mustCommit(t, s, st.change)
@@ -315,7 +316,7 @@ func TestPrune(t *testing.T) {
 	if n != 3 { // k-old, k-unexported, exported ID "old"
 		t.Errorf("Prune = %d, want 3", n)
 	}
-	want := map[string]RequestState{"k-held": StatePending, "k-new": StateDone}
+	want := map[string]detect.State{"k-held": detect.StatePending, "k-new": detect.StateDone}
 	if diff := cmp.Diff(want, mustStates(t, s, "k-old", "k-held", "k-unexported", "k-new")); diff != "" {
 		t.Errorf("States after prune (-want +got):\n%s", diff)
 	}
@@ -388,7 +389,7 @@ func TestSchemaVersions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		mark := append([]byte{byte(StateDone)}, u64(timeBits(t0))...)
+		mark := append([]byte{byte(detect.StateDone)}, u64(timeBits(t0))...)
 		err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDedupe).Put([]byte("k"), mark) })
 		db.Close()
 		if err != nil {
@@ -399,7 +400,7 @@ func TestSchemaVersions(t *testing.T) {
 		if v := schema(t, s); v != schemaVersion {
 			t.Errorf("schema after Open = %q, want %q", v, schemaVersion)
 		}
-		if got := mustStates(t, s, "k"); got["k"] != StateDone {
+		if got := mustStates(t, s, "k"); got["k"] != detect.StateDone {
 			t.Errorf("States(k) = %v, want done", got["k"])
 		}
 		if n := len(mustOutbox(t, s)); n != 1 {
@@ -641,7 +642,7 @@ func TestCrashKeepsAcknowledgedCommits(t *testing.T) {
 		keys = append(keys, fmt.Sprintf("k%06d", i))
 	}
 	for k, st := range mustStates(t, s, keys...) {
-		if st != StateDone {
+		if st != detect.StateDone {
 			t.Errorf("after SIGKILL %s is %v, want done", k, st)
 		}
 	}
@@ -681,7 +682,7 @@ func TestSubmitCommitsInOrder(t *testing.T) {
 	if diff := cmp.Diff([]string{"first", "second"}, ids(mustOutbox(t, s))); diff != "" {
 		t.Errorf("outbox (-want +got):\n%s", diff)
 	}
-	if st := mustStates(t, s, "k")["k"]; st != StateDone {
+	if st := mustStates(t, s, "k")["k"]; st != detect.StateDone {
 		t.Errorf("k is %v, want done (Done committed before the later Pending)", st)
 	}
 	if _, err := s.Submit(Change{Records: []alert.Record{{}}})(); err == nil {
