@@ -157,17 +157,24 @@ type Verdict struct {
 // Alerts reports whether the verdict calls for an alert.
 func (v Verdict) Alerts() bool { return v.Match && !v.Excluded }
 
-// Evaluate decides about e. Only the authenticated user.username counts,
-// never impersonatedUser. An empty username counts as absent: the apiserver
-// always logs a name (system:anonymous for anonymous requests).
+// Evaluate decides about e: Judge of its Subject.
 func (r *Rule) Evaluate(e *audit.Event) Verdict {
-	user := e.Username()
-	if !e.IsTokenCreate() || user == "" {
+	s := SubjectOf(e)
+	return r.Judge(&s)
+}
+
+// Judge decides about the event whose subject is s. Only the authenticated
+// user.username counts, never impersonatedUser. An empty username counts as
+// absent: the apiserver always logs a name (system:anonymous for anonymous
+// requests). It does not retain s or its strings.
+func (r *Rule) Judge(s *Subject) Verdict {
+	user := s.User
+	if !s.TokenCreate() || user == "" {
 		return Verdict{}
 	}
 	v := Verdict{Match: true}
 	for _, en := range r.entries {
-		if !Wildcard(en.user, user) || !en.targets(e.ObjectRef) {
+		if !Wildcard(en.user, user) || !en.targets(s.Namespace, s.Name) {
 			continue
 		}
 		if en.managed && r.platform == PlatformSelfManaged {
@@ -177,7 +184,7 @@ func (r *Rule) Evaluate(e *audit.Event) Verdict {
 			continue
 		}
 		if r.strict {
-			if want := requiredGroup(user); want != "" && !hasGroup(e.User.Groups, want) {
+			if want := requiredGroup(user); want != "" && !hasGroup(s.Groups, want) {
 				if v.Mismatch == "" {
 					v.Mismatch = fmt.Sprintf("exclusion %q not applied: user %q lacks group %q (strict_groups)", en.user, user, want)
 				}
@@ -190,13 +197,10 @@ func (r *Rule) Evaluate(e *audit.Event) Verdict {
 	return v
 }
 
-func (en entry) targets(ref *audit.ObjectReference) bool {
+// targets reports whether en applies to the service account ns/name.
+func (en entry) targets(ns, name string) bool {
 	if len(en.namespaces) == 0 && len(en.names) == 0 {
 		return true
-	}
-	var ns, name string
-	if ref != nil {
-		ns, name = ref.Namespace, ref.Name
 	}
 	return anyWildcard(en.namespaces, ns) && anyWildcard(en.names, name)
 }

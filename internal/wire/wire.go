@@ -2,6 +2,7 @@ package wire
 
 import (
 	"github.com/tokenwatch/tokenwatch/internal/audit"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
 
@@ -127,4 +128,17 @@ func userFromProto(p *tokenwatchv1.UserInfo) *audit.UserInfo {
 		}
 	}
 	return u
+}
+
+// Subject fills the rule's subject from a wire event without converting it.
+// It does not copy p's slices.
+func Subject(p *tokenwatchv1.TokenEvent) rule.Subject {
+	s := rule.Subject{Verb: p.GetVerb()}
+	if r := p.GetObjectRef(); r != nil {
+		s.Resource, s.Subresource, s.Namespace, s.Name = r.GetResource(), r.GetSubresource(), r.GetNamespace(), r.GetName()
+	}
+	if u := p.GetUser(); u != nil {
+		s.User, s.Groups = u.GetUsername(), u.GetGroups()
+	}
+	return s
 }

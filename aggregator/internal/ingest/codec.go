@@ -8,26 +8,40 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
-	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
 
-// FieldScreener judges an event by the fields the rule reads
-// (*pipeline.Pipeline is one). It must not retain f or its strings.
-type FieldScreener interface {
-	ScreenFields(f *pipeline.Fields) int
-}
-
-var _ FieldScreener = (*pipeline.Pipeline)(nil)
-
 // Placeholders the codec leaves in a batch for the events it screened out
 // while decoding: the batch keeps its length (the guard counts it), nothing
-// of those events is decoded. batch counts them and never converts them.
+// of those events is decoded. prepare takes their verdict back with
+// screenedOut and never converts them.
 var (
 	screenedExcluded   = &tokenwatchv1.TokenEvent{}
 	screenedNotMatched = &tokenwatchv1.TokenEvent{}
 )
+
+// screenedOut reports whether e is a placeholder of the codec, and the
+// verdict it stands for.
+func screenedOut(e *tokenwatchv1.TokenEvent) (rule.Verdict, bool) {
+	switch e {
+	case screenedExcluded:
+		return rule.Verdict{Match: true, Excluded: true}, true
+	case screenedNotMatched:
+		return rule.Verdict{}, true
+	}
+	return rule.Verdict{}, false
+}
+
+// placeholder returns the placeholder of a verdict that does not alert.
+func placeholder(v rule.Verdict) *tokenwatchv1.TokenEvent {
+	if v.Excluded {
+		return screenedExcluded
+	}
+	return screenedNotMatched
+}
 
 // codec is the server's gRPC codec: protobuf, except that the events of a
 // StreamRequest's Batch are judged on their encoded bytes first, and only
@@ -42,10 +56,10 @@ var (
 // the string fields the rule does not read; it is dropped either way.
 type codec struct {
 	proto  encoding.CodecV2
-	screen FieldScreener
+	screen Screener
 }
 
-func newCodec(s FieldScreener) *codec {
+func newCodec(s Screener) *codec {
 	return &codec{proto: encoding.GetCodecV2("proto"), screen: s}
 }
 
@@ -73,7 +87,7 @@ func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
 // its events; ok is false for anything else.
 func (c *codec) batchRequest(b []byte) (*tokenwatchv1.Batch, bool) {
 	num, typ, n := protowire.ConsumeTag(b)
-	if n < 0 || num != 2 || typ != protowire.BytesType {
+	if n < 0 || num != fieldBatch || typ != protowire.BytesType {
 		return nil, false
 	}
 	body, m := protowire.ConsumeBytes(b[n:])
@@ -82,7 +96,7 @@ func (c *codec) batchRequest(b []byte) (*tokenwatchv1.Batch, bool) {
 	}
 	batch := &tokenwatchv1.Batch{}
 	var seen1 bool
-	scratch := &pipeline.Fields{Groups: make([]string, 0, 8)}
+	scratch := &rule.Subject{Groups: make([]string, 0, 8)}
 	for len(body) > 0 {
 		num, typ, n := protowire.ConsumeTag(body)
 		if n < 0 {
@@ -90,13 +104,13 @@ func (c *codec) batchRequest(b []byte) (*tokenwatchv1.Batch, bool) {
 		}
 		body = body[n:]
 		switch {
-		case num == 1 && typ == protowire.VarintType && !seen1:
+		case num == fieldBatchSeq && typ == protowire.VarintType && !seen1:
 			v, n := protowire.ConsumeVarint(body)
 			if n < 0 {
 				return nil, false
 			}
 			batch.Seq, seen1, body = v, true, body[n:]
-		case num == 2 && typ == protowire.BytesType:
+		case num == fieldBatchEvents && typ == protowire.BytesType:
 			ev, n := protowire.ConsumeBytes(body)
 			if n < 0 {
 				return nil, false
@@ -107,7 +121,7 @@ func (c *codec) batchRequest(b []byte) (*tokenwatchv1.Batch, bool) {
 				return nil, false
 			}
 			batch.Events = append(batch.Events, e)
-		case num == 3 && typ == protowire.BytesType:
+		case num == fieldBatchLosses && typ == protowire.BytesType:
 			lb, n := protowire.ConsumeBytes(body)
 			if n < 0 {
 				return nil, false
@@ -126,18 +140,15 @@ func (c *codec) batchRequest(b []byte) (*tokenwatchv1.Batch, bool) {
 }
 
 // event screens one encoded TokenEvent and decodes it when it may alert.
-// f is scratch space, reset here.
-func (c *codec) event(b []byte, f *pipeline.Fields) (*tokenwatchv1.TokenEvent, bool) {
-	clear(f.Groups[:cap(f.Groups)])
-	*f = pipeline.Fields{Groups: f.Groups[:0]}
-	if !scanEvent(b, f) {
+// sub is scratch space, reset here.
+func (c *codec) event(b []byte, sub *rule.Subject) (*tokenwatchv1.TokenEvent, bool) {
+	clear(sub.Groups[:cap(sub.Groups)])
+	*sub = rule.Subject{Groups: sub.Groups[:0]}
+	if !scanEvent(b, sub) {
 		return nil, false
 	}
-	switch c.screen.ScreenFields(f) {
-	case pipeline.DropExcluded:
-		return screenedExcluded, true
-	case pipeline.DropNotMatched:
-		return screenedNotMatched, true
+	if v := c.screen.Screen(sub); !v.Alerts() {
+		return placeholder(v), true
 	}
 	e := &tokenwatchv1.TokenEvent{}
 	if proto.Unmarshal(b, e) != nil {
@@ -146,46 +157,74 @@ func (c *codec) event(b []byte, f *pipeline.Fields) (*tokenwatchv1.TokenEvent, b
 	return e, true
 }
 
-// scanEvent fills f from an encoded TokenEvent without copying: the
+// Field numbers of the fields scanEvent reads, from the generated
+// descriptors.
+var (
+	fieldVerb      = fieldNumber((*tokenwatchv1.TokenEvent)(nil), "verb")
+	fieldObjectRef = fieldNumber((*tokenwatchv1.TokenEvent)(nil), "object_ref")
+	fieldUser      = fieldNumber((*tokenwatchv1.TokenEvent)(nil), "user")
+	fieldResource  = fieldNumber((*tokenwatchv1.ObjectRef)(nil), "resource")
+	fieldSubres    = fieldNumber((*tokenwatchv1.ObjectRef)(nil), "subresource")
+	fieldNamespace = fieldNumber((*tokenwatchv1.ObjectRef)(nil), "namespace")
+	fieldName      = fieldNumber((*tokenwatchv1.ObjectRef)(nil), "name")
+	fieldUsername  = fieldNumber((*tokenwatchv1.UserInfo)(nil), "username")
+	fieldGroups    = fieldNumber((*tokenwatchv1.UserInfo)(nil), "groups")
+
+	// Of a StreamRequest and a Batch, for batchRequest.
+	fieldBatch       = fieldNumber((*tokenwatchv1.StreamRequest)(nil), "batch")
+	fieldBatchSeq    = fieldNumber((*tokenwatchv1.Batch)(nil), "seq")
+	fieldBatchEvents = fieldNumber((*tokenwatchv1.Batch)(nil), "events")
+	fieldBatchLosses = fieldNumber((*tokenwatchv1.Batch)(nil), "losses")
+)
+
+// fieldNumber is the number of m's field name; it panics, at start-up, when
+// the generated code has no such field.
+func fieldNumber(m proto.Message, name protoreflect.Name) protowire.Number {
+	f := m.ProtoReflect().Descriptor().Fields().ByName(name)
+	if f == nil {
+		panic("ingest codec: no field " + string(name) + " in " + string(m.ProtoReflect().Descriptor().FullName()))
+	}
+	return f.Number()
+}
+
+// scanEvent fills s from an encoded TokenEvent without copying: the
 // strings alias b and live only as long as the screening. Singular fields
 // take their last occurrence and messages merge, as protobuf decodes them.
-func scanEvent(b []byte, f *pipeline.Fields) bool {
+func scanEvent(b []byte, s *rule.Subject) bool {
 	return scanFields(b, func(num protowire.Number, typ protowire.Type, v []byte) bool {
 		if typ != protowire.BytesType {
 			return true
 		}
 		switch num {
-		case 5:
-			f.Verb = alias(v)
-		case 7:
-			f.HasObjectRef = true
+		case fieldVerb:
+			s.Verb = alias(v)
+		case fieldObjectRef:
 			return scanFields(v, func(num protowire.Number, typ protowire.Type, v []byte) bool {
 				if typ != protowire.BytesType {
 					return true
 				}
 				switch num {
-				case 1:
-					f.Resource = alias(v)
-				case 2:
-					f.Namespace = alias(v)
-				case 3:
-					f.Name = alias(v)
-				case 6:
-					f.Subresource = alias(v)
+				case fieldResource:
+					s.Resource = alias(v)
+				case fieldNamespace:
+					s.Namespace = alias(v)
+				case fieldName:
+					s.Name = alias(v)
+				case fieldSubres:
+					s.Subresource = alias(v)
 				}
 				return true
 			})
-		case 8:
-			f.HasUser = true
+		case fieldUser:
 			return scanFields(v, func(num protowire.Number, typ protowire.Type, v []byte) bool {
 				if typ != protowire.BytesType {
 					return true
 				}
 				switch num {
-				case 2:
-					f.Username = alias(v)
-				case 4:
-					f.Groups = append(f.Groups, alias(v))
+				case fieldUsername:
+					s.User = alias(v)
+				case fieldGroups:
+					s.Groups = append(s.Groups, alias(v))
 				}
 				return true
 			})

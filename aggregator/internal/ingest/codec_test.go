@@ -10,40 +10,35 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
-	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
+	"github.com/tokenwatch/tokenwatch/internal/wire"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
 
-// fieldRule is a FieldScreener for tests: create by a "system:" user with
+// fieldRule is a Screener for tests: create by a "system:" user with
 // group "ok" is excluded, a create on serviceaccounts/token by another
 // named user is kept, the rest does not match. It reads every field the
 // codec scans, so a scanning mistake changes its verdict.
 type fieldRule struct{}
 
-func (fieldRule) ScreenFields(f *pipeline.Fields) int {
-	if f.Verb != "create" || !f.HasObjectRef || f.Resource != "serviceaccounts" || f.Subresource != "token" || !f.HasUser || f.Username == "" {
-		return pipeline.DropNotMatched
+func (fieldRule) Screen(s *rule.Subject) rule.Verdict {
+	if s.Verb != "create" || s.Resource != "serviceaccounts" || s.Subresource != "token" || s.User == "" {
+		return rule.Verdict{}
 	}
-	if strings.HasPrefix(f.Username, "system:") && strings.HasPrefix(f.Namespace+f.Name, "kube") {
-		for _, g := range f.Groups {
+	if strings.HasPrefix(s.User, "system:") && strings.HasPrefix(s.Namespace+s.Name, "kube") {
+		for _, g := range s.Groups {
 			if g == "ok" {
-				return pipeline.DropExcluded
+				return rule.Verdict{Match: true, Excluded: true}
 			}
 		}
 	}
-	return pipeline.Keep
+	return rule.Verdict{Match: true}
 }
 
 // screenProto is fieldRule over a decoded event: what the codec must decide.
-func screenProto(e *tokenwatchv1.TokenEvent) int {
-	f := pipeline.Fields{Verb: e.GetVerb()}
-	if r := e.GetObjectRef(); r != nil {
-		f.HasObjectRef, f.Resource, f.Subresource, f.Namespace, f.Name = true, r.GetResource(), r.GetSubresource(), r.GetNamespace(), r.GetName()
-	}
-	if u := e.GetUser(); u != nil {
-		f.HasUser, f.Username, f.Groups = true, u.GetUsername(), u.GetGroups()
-	}
-	return fieldRule{}.ScreenFields(&f)
+func screenProto(e *tokenwatchv1.TokenEvent) rule.Verdict {
+	s := wire.Subject(e)
+	return fieldRule{}.Screen(&s)
 }
 
 func tokenEvent(id, user string, groups ...string) *tokenwatchv1.TokenEvent {
@@ -122,8 +117,8 @@ func checkCodecPieces(t *testing.T, raw []byte, data mem.BufferSlice) {
 		v := screenProto(we)
 		switch {
 		case ge == screenedExcluded || ge == screenedNotMatched:
-			if (ge == screenedExcluded) != (v == pipeline.DropExcluded) || v == pipeline.Keep {
-				t.Fatalf("event %d: screened as excluded=%v, verdict of the decoded event %d", i, ge == screenedExcluded, v)
+			if (ge == screenedExcluded) != v.Excluded || v.Alerts() {
+				t.Fatalf("event %d: screened as excluded=%v, verdict of the decoded event %+v", i, ge == screenedExcluded, v)
 			}
 		default:
 			if diff := cmp.Diff(we, ge, protocmp.Transform()); diff != "" {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
 	"github.com/tokenwatch/tokenwatch/internal/silence"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 	"github.com/tokenwatch/tokenwatch/internal/version"
@@ -35,11 +36,14 @@ type Processor interface {
 	Heard(cluster, node string, lastGrowth time.Time)
 }
 
-// Screener is implemented by Processors that can judge a wire event before
-// it is converted (*pipeline.Pipeline does): events it drops are counted in
-// the batch, never converted. A Processor without it sees every event.
+// Screener is implemented by Processors that judge an event by its subject
+// before it is decoded or converted (*pipeline.Pipeline does): the codec
+// judges encoded batch events with it, prepare those the codec did not;
+// events it drops are counted in the batch, never converted, and those it
+// keeps reach Process with their verdict. A Processor without it sees every
+// event and judges it itself. Screen must not retain s or its strings.
 type Screener interface {
-	Screen(e *tokenwatchv1.TokenEvent) int
+	Screen(s *rule.Subject) rule.Verdict
 }
 
 var _ Screener = (*pipeline.Pipeline)(nil)
@@ -117,11 +121,11 @@ func New(opts Options) *Server {
 // ServerOptions returns the gRPC server options the Server wants: a stats
 // handler that tells each stream the size of the messages it receives (the
 // memory budget reserves about that much before the next read) and, with a
-// Processor that is a FieldScreener, a codec that screens batch events
-// before decoding them (see codec).
+// Processor that is a Screener, a codec that screens batch events before
+// decoding them (see codec).
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{grpc.StatsHandler(wireSizes{})}
-	if fs, ok := s.opts.Processor.(FieldScreener); ok {
+	if fs, ok := s.opts.Processor.(Screener); ok {
 		opts = append(opts, grpc.ForceServerCodecV2(newCodec(fs)))
 	}
 	return opts
@@ -391,25 +395,26 @@ func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamServi
 }
 
 // prepare screens b's events, converts those kept and releases b's events.
+// An event the codec screened out is a placeholder with its verdict; the
+// others are screened here, once, when the Processor is a Screener.
 func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch) *prepared {
 	pb := pipeline.Batch{Source: src}
 	sc, screens := s.opts.Processor.(Screener)
 	var kept []*tokenwatchv1.TokenEvent
 	for _, e := range b.GetEvents() {
-		verdict := pipeline.Keep
-		switch {
-		case e == screenedExcluded: // screened by the codec
-			verdict = pipeline.DropExcluded
-		case e == screenedNotMatched:
-			verdict = pipeline.DropNotMatched
-		case screens:
-			verdict = sc.Screen(e)
+		v, screened := screenedOut(e)
+		if !screened && screens {
+			sub := wire.Subject(e)
+			v, screened = sc.Screen(&sub), true
 		}
-		switch verdict {
-		case pipeline.Keep:
+		switch {
+		case !screened || v.Alerts():
 			kept = append(kept, e)
 			pb.Events = append(pb.Events, wire.FromProto(e))
-		case pipeline.DropExcluded:
+			if screens {
+				pb.Verdicts = append(pb.Verdicts, v)
+			}
+		case v.Excluded:
 			pb.Excluded++
 		default:
 			pb.NotMatched++

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
 
@@ -29,11 +30,20 @@ type overlapProcessor struct {
 	timedOut  bool
 }
 
-func (o *overlapProcessor) Screen(e *tokenwatchv1.TokenEvent) int {
-	if e.GetAuditId() == o.next {
+// Screen sees the subject only: the events of these tests name their
+// user after their audit ID (userBatch).
+func (o *overlapProcessor) Screen(s *rule.Subject) rule.Verdict {
+	if s.User == o.next {
 		o.once.Do(func() { close(o.screened) })
 	}
-	return pipeline.Keep
+	return rule.Verdict{Match: true}
+}
+
+// userBatch is batchMsg of one event whose user is named after its audit ID.
+func userBatch(seq uint64, id string) *tokenwatchv1.StreamRequest {
+	m := batchMsg(seq, id)
+	m.GetBatch().GetEvents()[0].User.Username = id
+	return m
 }
 
 func (o *overlapProcessor) Process(_ context.Context, b pipeline.Batch) (pipeline.Result, error) {
@@ -70,7 +80,7 @@ func TestStreamReceivesWhileProcessing(t *testing.T) {
 	st := h.stream(t)
 	send(t, st, hello("prod", "cp-1", false))
 	recv(t, st)
-	send(t, st, batchMsg(1, "a1"), batchMsg(2, "a2"), batchMsg(3, "a3"))
+	send(t, st, userBatch(1, "a1"), userBatch(2, "a2"), userBatch(3, "a3"))
 	for last := uint64(0); last != 3; {
 		got := recv(t, st).GetAck().GetSeq()
 		if got <= last || got > 3 {
@@ -97,11 +107,11 @@ func TestStreamFailureStopsLaterBatches(t *testing.T) {
 	st := h.stream(t)
 	send(t, st, hello("prod", "cp-1", false))
 	recv(t, st)
-	send(t, st, batchMsg(1, "a1"))
+	send(t, st, userBatch(1, "a1"))
 	if got := recv(t, st).GetAck().GetSeq(); got != 1 {
 		t.Fatalf("ack = %d, want 1", got)
 	}
-	send(t, st, batchMsg(2, "a2"), batchMsg(3, "a3"))
+	send(t, st, userBatch(2, "a2"), userBatch(3, "a3"))
 	if err := st.CloseSend(); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
 
@@ -78,11 +79,16 @@ func TestBatchReleasesProtoBeforeProcess(t *testing.T) {
 // screener is a releaseChecker that drops events by audit ID.
 type screener struct {
 	releaseChecker
-	verdict map[string]int
+	verdict map[string]rule.Verdict // by user, which the test names after the audit ID
 	batch   pipeline.Batch
 }
 
-func (s *screener) Screen(e *tokenwatchv1.TokenEvent) int { return s.verdict[e.GetAuditId()] }
+func (s *screener) Screen(sub *rule.Subject) rule.Verdict {
+	if v, ok := s.verdict[sub.User]; ok {
+		return v
+	}
+	return rule.Verdict{Match: true}
+}
 
 func (s *screener) Process(ctx context.Context, b pipeline.Batch) (pipeline.Result, error) {
 	s.batch = b
@@ -94,9 +100,14 @@ func (s *screener) Process(ctx context.Context, b pipeline.Batch) (pipeline.Resu
 // as received and the batch acknowledged.
 func TestBatchScreensBeforeConverting(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	pc := &screener{verdict: map[string]int{"x1": pipeline.DropExcluded, "x2": pipeline.DropExcluded, "n1": pipeline.DropNotMatched}}
+	excluded := rule.Verdict{Match: true, Excluded: true}
+	pc := &screener{verdict: map[string]rule.Verdict{"x1": excluded, "x2": excluded, "n1": {}}}
+
 	s := New(Options{Processor: pc, Insecure: true, Registerer: reg})
 	b := batchMsg(3, "x1", "a1", "n1", "x2", "a2").GetBatch()
+	for _, e := range b.Events {
+		e.User.Username = e.AuditId // the screen sees the subject only
+	}
 	pc.proto = b
 	st := &ackStream{}
 	if err := s.batch(context.Background(), st, detect.Source{Cluster: "prod", Node: "cp-1"}, b, slog.New(slog.DiscardHandler)); err != nil {

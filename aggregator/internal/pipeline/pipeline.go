@@ -74,7 +74,11 @@ type Loss struct {
 type Batch struct {
 	Source detect.Source
 	Events []*audit.Event
-	Losses []Loss
+	// Verdicts, when not nil, holds the verdict Screen gave each event of
+	// Events (all of which it kept), so that Process does not judge them
+	// again; when nil, Process judges Events itself.
+	Verdicts []rule.Verdict
+	Losses   []Loss
 	// Excluded and NotMatched count events of the batch that Screen
 	// dropped before it was built; Process adds them to its Result.
 	Excluded, NotMatched int
@@ -271,12 +275,17 @@ func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
 	res := Result{Excluded: b.Excluded, NotMatched: b.NotMatched}
 	r := p.rule.Load()
 	var cands []candidate
-	for _, e := range b.Events {
-		if e == nil || !e.IsTokenCreate() {
+	for i, e := range b.Events {
+		if e == nil {
 			res.NotMatched++
 			continue
 		}
-		v := r.Evaluate(e)
+		var v rule.Verdict
+		if b.Verdicts != nil {
+			v = b.Verdicts[i]
+		} else {
+			v = r.Evaluate(e)
+		}
 		if !v.Alerts() {
 			if v.Excluded {
 				res.Excluded++

@@ -9,8 +9,8 @@ import (
 	"github.com/tokenwatch/tokenwatch/internal/wire"
 )
 
-// TestScreenAgreesWithEvaluate: the wire-form screen decides as the rule
-// does on the converted event.
+// TestScreenAgreesWithEvaluate: the screen of the wire form's subject
+// decides as the rule does on the converted event.
 func TestScreenAgreesWithEvaluate(t *testing.T) {
 	node := completed("system:node:cp-1", "n1", rrt1, 201)
 	node.groups = []string{"system:nodes", "system:authenticated"}
@@ -33,23 +33,23 @@ func TestScreenAgreesWithEvaluate(t *testing.T) {
 	tests := []struct {
 		name string
 		give *audit.Event
-		want int
+		want string
 	}{
-		{"named user", completed("alice", "a1", rrt1, 201).event(), Keep},
-		{"received stage", received("alice", "a2", rrt1).event(), Keep},
-		{"node with its group", node.event(), DropExcluded},
-		{"node without its group", nodeNoGroup.event(), Keep},
-		{"service account with its group", kcm.event(), DropExcluded},
-		{"service account without its group", kcmNoGroup.event(), Keep},
-		{"controller manager", manager.event(), DropExcluded},
-		{"managed identity, self-managed", eks.event(), Keep},
-		{"added exclusion, target in scope", vault.event(), DropExcluded},
-		{"added exclusion, target out of scope", vaultOther.event(), Keep},
-		{"get, not create", func() *audit.Event { e := get.event(); e.Verb = "get"; return e }(), DropNotMatched},
-		{"no username", noUser.event(), DropNotMatched},
-		{"no user", func() *audit.Event { e := noUser.event(); e.User = nil; return e }(), DropNotMatched},
-		{"secret token", func() *audit.Event { e := secret.event(); e.ObjectRef.Resource = "secrets"; return e }(), DropNotMatched},
-		{"no objectRef", func() *audit.Event { e := secret.event(); e.ObjectRef = nil; return e }(), DropNotMatched},
+		{"named user", completed("alice", "a1", rrt1, 201).event(), "keep"},
+		{"received stage", received("alice", "a2", rrt1).event(), "keep"},
+		{"node with its group", node.event(), "excluded"},
+		{"node without its group", nodeNoGroup.event(), "keep"},
+		{"service account with its group", kcm.event(), "excluded"},
+		{"service account without its group", kcmNoGroup.event(), "keep"},
+		{"controller manager", manager.event(), "excluded"},
+		{"managed identity, self-managed", eks.event(), "keep"},
+		{"added exclusion, target in scope", vault.event(), "excluded"},
+		{"added exclusion, target out of scope", vaultOther.event(), "keep"},
+		{"get, not create", func() *audit.Event { e := get.event(); e.Verb = "get"; return e }(), "not matched"},
+		{"no username", noUser.event(), "not matched"},
+		{"no user", func() *audit.Event { e := noUser.event(); e.User = nil; return e }(), "not matched"},
+		{"secret token", func() *audit.Event { e := secret.event(); e.ObjectRef.Resource = "secrets"; return e }(), "not matched"},
+		{"no objectRef", func() *audit.Event { e := secret.event(); e.ObjectRef = nil; return e }(), "not matched"},
 	}
 	cfg := config.Default()
 	cfg.Exclusions.Add = []rule.Pattern{{User: "system:serviceaccount:vault:vault", Namespaces: []string{"team-*"}}}
@@ -57,25 +57,29 @@ func TestScreenAgreesWithEvaluate(t *testing.T) {
 	r := f.p.rule.Load()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := f.p.Screen(wire.ToProto(tt.give)); got != tt.want {
-				t.Errorf("Screen = %d, want %d", got, tt.want)
+			s := wire.Subject(wire.ToProto(tt.give))
+			if got := kind(f.p.Screen(&s)); got != tt.want {
+				t.Errorf("Screen = %s, want %s", got, tt.want)
 			}
-			v := r.Evaluate(wire.FromProto(wire.ToProto(tt.give)))
-			want := DropNotMatched
-			switch {
-			case v.Alerts():
-				want = Keep
-			case v.Excluded:
-				want = DropExcluded
-			}
-			if want != tt.want {
-				t.Errorf("Evaluate of the converted event says %d, the table %d", want, tt.want)
+			if want := kind(r.Evaluate(wire.FromProto(wire.ToProto(tt.give)))); want != tt.want {
+				t.Errorf("Evaluate of the converted event says %s, the table %s", want, tt.want)
 			}
 		})
 	}
-	if got := f.p.Screen(nil); got != DropNotMatched {
-		t.Errorf("Screen(nil) = %d, want DropNotMatched", got)
+	if got := kind(f.p.Screen(nil)); got != "not matched" {
+		t.Errorf("Screen(nil) = %s, want not matched", got)
 	}
+}
+
+// kind names what a verdict does to an event on its way in.
+func kind(v rule.Verdict) string {
+	switch {
+	case v.Alerts():
+		return "keep"
+	case v.Excluded:
+		return "excluded"
+	}
+	return "not matched"
 }
 
 // TestProcessCountsScreened: events screened out still show in the result.
