@@ -85,10 +85,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
-	if err := setMemoryLimit(c.Logger); err != nil {
+	mem, err := setMemoryLimit()
+	if err != nil {
 		fmt.Fprintf(stderr, "aggregator: %v\n", err)
 		return 2
 	}
+	c.ServingAttrs = mem
 	if err := server.Run(ctx, c); err != nil {
 		fmt.Fprintf(stderr, "aggregator: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 		if errors.Is(err, server.ErrCorruptState) || errors.Is(err, server.ErrConfig) {

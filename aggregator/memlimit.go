@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"math"
 	"os"
 	"runtime/debug"
@@ -71,23 +70,23 @@ func decideMemoryLimit(getenv func(string) string, cgroup func() (uint64, error)
 // setMemoryLimit sets the Go soft memory limit (debug.SetMemoryLimit) to a
 // share of the memory limit the aggregator runs under, so that the collector
 // works harder as the heap nears the limit instead of the kernel killing the
-// process, and logs the figure.
-func setMemoryLimit(logger *slog.Logger) error {
+// process, and returns the figures for the "aggregator serving" line (logged
+// then, not now: a start that fails afterwards says one line).
+func setMemoryLimit() ([]any, error) {
 	d, err := decideMemoryLimit(os.Getenv, memlimit.FromCgroup)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if d.limit > 0 {
 		debug.SetMemoryLimit(d.limit)
 	}
 	current := debug.SetMemoryLimit(-1)
-	attrs := []any{"source", d.source}
+	attrs := []any{"go_memory_limit_source", d.source}
 	if current != math.MaxInt64 {
 		attrs = append(attrs, "go_memory_limit_bytes", current, "go_memory_limit_mib", current>>20)
 	}
 	if d.cgroup > 0 {
-		attrs = append(attrs, "cgroup_limit_bytes", d.cgroup, "ratio", d.ratio)
+		attrs = append(attrs, "cgroup_limit_bytes", d.cgroup, "go_memory_limit_ratio", d.ratio)
 	}
-	logger.Info("go soft memory limit", attrs...)
-	return nil
+	return attrs, nil
 }

@@ -68,7 +68,7 @@ func TestMemoryBoundUnderContainerLimit(t *testing.T) {
 	// The aggregator found the container's limit and set its soft limit.
 	wantSoft := int64(memLimitB) * 85 / 100
 	logs, _ := exec.Command("docker", "logs", id).CombinedOutput()
-	soft := regexp.MustCompile(`"msg":"go soft memory limit"[^\n]*"go_memory_limit_bytes":(\d+)`).FindSubmatch(logs)
+	soft := regexp.MustCompile(`"msg":"aggregator serving"[^\n]*"go_memory_limit_bytes":(\d+)`).FindSubmatch(logs)
 	if soft == nil || string(soft[1]) != strconv.FormatInt(wantSoft, 10) {
 		t.Errorf("no start line setting the Go soft memory limit to %d bytes (85%% of %s); logs:\n%s", wantSoft, memLimit, logs)
 	}

@@ -46,6 +46,10 @@ type Config struct {
 
 	// Logger; discarded when nil.
 	Logger *slog.Logger
+	// ServingAttrs are added to the "aggregator serving" line: facts
+	// decided before Run (the Go soft memory limit) that are logged only
+	// once the state opened, so that a start that fails says one line.
+	ServingAttrs []any
 	// Stdout receives OTLP JSON lines when no OTLP endpoint is configured.
 	Stdout io.Writer
 	// Getenv reads the environment (OTEL_EXPORTER_OTLP_*); os.Getenv when nil.

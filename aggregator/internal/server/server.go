@@ -194,7 +194,7 @@ func Run(ctx context.Context, c Config) error {
 	if mlis != nil {
 		maddr = mlis.Addr().String()
 	}
-	logger.Info("aggregator serving", "listen", lis.Addr().String(), "metrics", maddr, "insecure", c.Insecure)
+	logger.Info("aggregator serving", append([]any{"listen", lis.Addr().String(), "metrics", maddr, "insecure", c.Insecure}, c.ServingAttrs...)...)
 	if c.Started != nil {
 		c.Started(lis.Addr().String(), maddr)
 	}
