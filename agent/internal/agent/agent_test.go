@@ -172,19 +172,17 @@ func (r *recordingStore) offsets() []int64 {
 	return o
 }
 
-// withStore makes Run use rec over the real store of dir.
-func withStore(t *testing.T, rec *recordingStore) {
-	t.Helper()
-	orig := openCheckpoints
-	openCheckpoints = func(dir string) (checkpoints, error) {
-		inner, err := orig(dir)
+// withStore makes Run with c use rec over the real store of the state dir.
+func withStore(c Config, rec *recordingStore) Config {
+	c.openCheckpoints = func(dir string) (checkpoints, error) {
+		inner, err := openCheckpoints(dir)
 		if err != nil {
 			return nil, err
 		}
 		rec.inner = inner
 		return rec, nil
 	}
-	t.Cleanup(func() { openCheckpoints = orig })
+	return c
 }
 
 func config(logPath, addr, state string) Config {
@@ -221,11 +219,10 @@ func TestCheckpointMovesOnlyOnAck(t *testing.T) {
 
 	// 1: nothing acknowledged, nothing saved.
 	rec := &recordingStore{}
-	withStore(t, rec)
 	holding, addr := newAggregator(t, true)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() { errc <- Run(ctx, config(logPath, addr, state)) }()
+	go func() { errc <- Run(ctx, withStore(config(logPath, addr, state), rec)) }()
 	if got := holding.waitEvents(t, 3); !cmp.Equal(got, []string{"a1", "a2", "a3"}) {
 		t.Fatalf("events = %v, want a1 a2 a3", got)
 	}
@@ -240,7 +237,7 @@ func TestCheckpointMovesOnlyOnAck(t *testing.T) {
 
 	// 2: --once with the state dir: everything acknowledged, checkpoint at the end.
 	acking, addr := newAggregator(t, false)
-	cfg := config(logPath, addr, state)
+	cfg := withStore(config(logPath, addr, state), rec)
 	cfg.Once = true
 	if err := Run(context.Background(), cfg); err != nil {
 		t.Fatalf("Run --once = %v", err)
@@ -271,7 +268,7 @@ func TestCheckpointMovesOnlyOnAck(t *testing.T) {
 	resumed, addr := newAggregator(t, false)
 	ctx, cancel = context.WithCancel(context.Background())
 	defer cancel()
-	go func() { errc <- Run(ctx, config(logPath, addr, state)) }()
+	go func() { errc <- Run(ctx, withStore(config(logPath, addr, state), rec)) }()
 	appendFile(t, logPath, noise+tokenLine("b1"))
 	if got := resumed.waitEvents(t, 1); !cmp.Equal(got, []string{"b1"}) {
 		t.Errorf("events after resume = %v, want only b1", got)

@@ -13,4 +13,4 @@ type checkpoints interface {
 }
 
 // openCheckpoints opens the checkpoint store in dir.
-var openCheckpoints = func(dir string) (checkpoints, error) { return checkpoint.Open(dir) }
+func openCheckpoints(dir string) (checkpoints, error) { return checkpoint.Open(dir) }

@@ -51,6 +51,10 @@ type Config struct {
 	CheckpointInterval time.Duration
 	// Logger receives the agent's logs (never a token or a raw line).
 	Logger *slog.Logger
+
+	// openCheckpoints opens the checkpoint store of StateDir (tests wrap
+	// it); the checkpoint package's store when nil.
+	openCheckpoints func(dir string) (checkpoints, error)
 }
 
 // Validate reports the first problem with c as a one-line error naming the

@@ -5,10 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"time"
 
@@ -17,14 +15,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/tokenwatch/tokenwatch/agent/internal/checkpoint"
 	"github.com/tokenwatch/tokenwatch/agent/internal/metrics"
 	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
 	"github.com/tokenwatch/tokenwatch/internal/audit"
 	"github.com/tokenwatch/tokenwatch/internal/follow"
 	"github.com/tokenwatch/tokenwatch/internal/prefilter"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
-	"github.com/tokenwatch/tokenwatch/internal/version"
 	"github.com/tokenwatch/tokenwatch/internal/wire"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
@@ -48,178 +44,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	c := cfg.withDefaults()
-	log := c.Logger
-
-	creds, err := transport(c)
+	a, err := newAgent(cfg.withDefaults())
 	if err != nil {
 		return err
 	}
-	var store checkpoints
-	var resume *follow.Position
-	var lost bool // a checkpoint kept before is missing
-	if c.StateDir != "" {
-		if store, err = openCheckpoints(c.StateDir); err != nil {
-			return err
-		}
-		resume, err = store.Load()
-		if errors.Is(err, checkpoint.ErrMissing) {
-			// Deleted: start at --start-at, and report what that skips.
-			log.Warn("checkpoint missing although one was kept before; what --start-at skips is reported as lost", "err", err)
-			lost, err = true, nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-	fol, err := newReader(c, resume, lost, log)
-	if err != nil {
-		return fmt.Errorf("--audit-log: %w", err)
-	}
-	p := &pipeline{store: store, log: log, needFirst: store != nil && resume == nil}
-	var giveUp time.Duration
-	if c.Once {
-		giveUp = c.OnceTimeout
-	}
-	snd, err := sender.New(sender.Config{
-		Target:      c.Aggregator,
-		Credentials: creds,
-		Hello: &tokenwatchv1.Hello{
-			Cluster: c.Cluster, Node: c.NodeName, AgentVersion: version.Version,
-			Replay: c.Once, SessionId: sessionID(),
-		},
-		GiveUpAfter: giveUp,
-		Status:      func() *tokenwatchv1.Heartbeat { return heartbeat(fol.Stats()) },
-		OnAck:       p.onAck,
-		Classify:    classifier(c),
-		Logger:      log,
-	})
-	if err != nil {
-		return err
-	}
-	p.snd = snd
-	var certs map[string]string
-	if !c.Insecure {
-		certs = map[string]string{"client": c.TLSCert, "ca": c.TLSCA}
-	}
-	p.m = metrics.New(metrics.Sources{Follow: fol.Stats, Send: snd.Stats, Certificates: certs})
-
-	// Background work: metrics endpoint and periodic checkpoints.
-	bg, stopBG := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() {
-		stopBG()
-		wg.Wait()
-	}()
-	// Ready: the audit log can be read and the aggregator is connected.
-	ready := func() error {
-		if err := auditLogProblem(c.AuditLog, fol.Stats()); err != nil {
-			return err
-		}
-		if !snd.Ready() {
-			return errors.New("not connected to the aggregator")
-		}
-		return nil
-	}
-	if !c.Once {
-		wg.Go(func() { watchAuditLog(bg, c.AuditLog, fol.Stats, log) })
-	}
-	if c.MetricsAddr != "" {
-		lis, err := net.Listen("tcp", c.MetricsAddr)
-		if err != nil {
-			return fmt.Errorf("--metrics-addr %s: %w", c.MetricsAddr, err)
-		}
-		wg.Go(func() {
-			if err := metrics.ServeListener(bg, lis, p.m.Handler(ready)); err != nil {
-				log.Error("metrics endpoint stopped", "err", err)
-			}
-		})
-	}
-	if store != nil {
-		wg.Go(func() { p.saveEvery(bg, c.CheckpointInterval) })
-	}
-
-	args := []any{"version", version.Version, "cluster", c.Cluster, "node", c.NodeName, "aggregator", c.Aggregator,
-		"audit_log", c.AuditLog, "once", c.Once, "mtls", !c.Insecure, "state_dir", c.StateDir}
-	if resume != nil {
-		args = append(args, "resume_file", resume.Name, "resume_offset", resume.Offset)
-	} else {
-		args = append(args, "start_at", c.StartAt)
-	}
-	log.Info("agent starting", args...)
-	warnValidity(c)
-
-	sctx, stopSender := context.WithCancel(context.Background())
-	defer stopSender()
-	senderDone := make(chan error, 1)
-	go func() { senderDone <- snd.Run(sctx) }()
-	fctx, stopFollow := context.WithCancel(ctx)
-	defer stopFollow()
-	followDone := make(chan error, 1)
-	go func() { followDone <- fol.Run(fctx, p) }()
-
-	// drain waits for the sender to deliver what it holds, at most timeout.
-	// complete is false when it had to give up.
-	complete := true
-	drain := func(timeout time.Duration) error {
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		select {
-		case err := <-senderDone:
-			return err
-		case <-t.C:
-			stopSender()
-			<-senderDone
-			complete = false
-			n := snd.Stats().UnackedEvents
-			log.Warn("stopped before the aggregator acknowledged everything; the checkpoint stays before it", "unacked_events", n)
-			return nil
-		}
-	}
-
-	var runErr error
-	select {
-	case ferr := <-followDone:
-		snd.Close()
-		switch {
-		case ctx.Err() != nil:
-			log.Info("stopping: delivering what was read", "timeout", c.ShutdownTimeout.String())
-			complete = false // the follower did not reach the end
-			runErr = drain(c.ShutdownTimeout)
-		case ferr != nil:
-			runErr = errors.Join(fmt.Errorf("follow %s: %w", c.AuditLog, ferr), drain(c.ShutdownTimeout))
-		default: // Once: read to the end
-			log.Info("read to the end; waiting for acknowledgements")
-			select {
-			case runErr = <-senderDone:
-			case <-ctx.Done():
-				runErr = drain(c.ShutdownTimeout)
-			}
-		}
-	case serr := <-senderDone:
-		stopFollow()
-		<-followDone
-		runErr = serr
-	}
-	if p.long != nil { // the follower stopped inside an over-long line
-		p.long.Close()
-	}
-	if errors.Is(runErr, context.Canceled) {
-		runErr = nil
-	}
-	if c.Once && runErr == nil && !complete {
-		runErr = errors.New("--once replay interrupted by a stop signal before everything was read and acknowledged")
-	}
-	if store != nil {
-		if err := p.save(); err != nil {
-			runErr = errors.Join(runErr, err)
-		}
-	}
-	st := fol.Stats()
-	ss := snd.Stats()
-	log.Info("agent stopped", "lines_read", st.Lines, "events_sent", ss.EventsSent, "events_acked", ss.EventsAcked,
-		"unacked_events", ss.UnackedEvents, "losses", st.Losses)
-	return runErr
+	return a.run(ctx)
 }
 
 // transport returns the connection's credentials: mTLS unless Insecure.
