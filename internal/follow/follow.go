@@ -68,7 +68,8 @@ func (b Block) End() Position {
 	return Position{ID: b.Pos.ID, Name: b.Pos.Name, Offset: b.Pos.Offset + int64(len(b.Data))}
 }
 
-// Loss reports data that could not be delivered.
+// Loss reports data that could not be delivered. Bytes without BytesKnown
+// is a lower bound (0 when nothing is known), likewise Lines.
 type Loss struct {
 	Reason, File           string
 	Offset, Bytes, Lines   int64
@@ -203,6 +204,7 @@ type Follower struct {
 	hasFloor     bool
 	done         []Identity       // files read to their end, newest last
 	pending      map[string]entry // newer siblings seen but not read yet
+	seen         []seenFile       // files seen at the live name while another was read
 	lastScan     time.Time
 	lastWarn     string
 	pendingBytes int64         // size of the newer siblings not read yet
@@ -214,6 +216,14 @@ type Follower struct {
 type entry struct {
 	sib sibling
 	id  Identity
+}
+
+// seenFile is a file seen at the live name while the follower read an
+// older one: remembered until it is listed as a sibling or read, so that
+// one rotated away and deleted before any listing saw it is still noticed.
+type seenFile struct {
+	id   Identity
+	size int64 // when last seen
 }
 
 // New checks cfg and returns a Follower.

@@ -187,3 +187,75 @@ func TestRotatedFileGoneBeforeRead(t *testing.T) {
 		t.Errorf("losses (-want +got):\n%s", diff)
 	}
 }
+
+// TestLiveFileGoneUnlisted: while the follower is behind, the live file it
+// has seen is rotated away and its backup deleted (or compressed) before
+// the follower lists the folder again. The backup is never listed; the
+// follower knows the file from the live name and reports it, with the size
+// it saw as a lower bound.
+func TestLiveFileGoneUnlisted(t *testing.T) {
+	tests := []struct {
+		name       string
+		backup     func(t *testing.T, path string)
+		wantX      bool
+		wantLosses func(live string, x []string) []Loss
+	}{{
+		name: "deleted",
+		backup: func(t *testing.T, path string) {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+		},
+		wantLosses: func(live string, x []string) []Loss {
+			return []Loss{{Reason: ReasonRotatedFileGone, File: live, Bytes: int64(len(strings.Join(x, "")))}}
+		},
+	}, {
+		name:       "compressed",
+		backup:     gzipFile,
+		wantX:      true,
+		wantLosses: func(string, []string) []Loss { return nil },
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			live := filepath.Join(dir, "audit.log")
+			a := lines("a", 0, 40, 200)
+			appendFile(t, live, a...)
+			p := Position{ID: identityOf(t, live), Name: live, Offset: 0}
+			mustRename(t, live, filepath.Join(dir, "audit-2026-11-27T00-00-01.000.log"))
+			x := lines("x", 0, 5, 200)
+			appendFile(t, live, x...) // seen at the live name at the start
+			c := lines("c", 0, 3, 200)
+
+			rec := newRecorder()
+			rec.onBlock = func(n int) {
+				if n != 1 {
+					return
+				}
+				// Between two listings: rotated, and the backup gone or
+				// compressed before the follower looks again.
+				rx := filepath.Join(dir, "audit-2026-11-27T00-00-02.000.log")
+				if err := os.Rename(live, rx); err != nil {
+					t.Error(err)
+				}
+				appendFile(t, live, c...)
+				tt.backup(t, rx)
+			}
+			runFollower(t, Config{Path: live, Resume: &p, BlockSize: 1024}, rec)
+			want := append([]string(nil), a...)
+			if tt.wantX {
+				want = append(want, x...)
+			}
+			want = append(want, c...)
+			rec.waitLines(t, len(want))
+			got, losses := rec.snapshot()
+			if diff := cmp.Diff(want, texts(got)); diff != "" {
+				t.Errorf("lines (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.wantLosses(live, x), losses, cmpIgnoreDetail); diff != "" {
+				t.Errorf("losses (-want +got):\n%s", diff)
+			}
+			checkOffsets(t, dir, got)
+		})
+	}
+}

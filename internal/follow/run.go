@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 )
@@ -405,6 +406,7 @@ func (f *Follower) next(ctx context.Context, h Handler, wk *waker) (*source, err
 			return src, nil
 		}
 		if live != nil {
+			f.forgetSeen(live)
 			f.updateStats(func(s *Stats) { s.File, s.Offset, s.Size = live.path, 0, live.size })
 			return live, nil
 		}
@@ -417,14 +419,33 @@ func (f *Follower) next(ctx context.Context, h Handler, wk *waker) (*source, err
 // candidates lists the siblings to read, oldest first, and reports those
 // seen earlier that vanished before they were read.
 func (f *Follower) candidates(ctx context.Context, h Handler) ([]sibling, error) {
+	// The live name is looked at before listing: a rotation in between
+	// then shows the file seen there among the siblings.
+	live, lerr := openPlain(f.cfg.Path, 0)
+	defer live.close()
 	sibs, err := f.lay.scan()
 	if err != nil {
 		f.warnOnce("scan siblings", err)
 		return nil, nil
 	}
 	f.lastScan = time.Now()
-	present := map[string]bool{}
-	var out []sibling
+	out, present := f.newer(sibs)
+	if err := f.settlePending(ctx, h, sibs, present); err != nil {
+		return nil, err
+	}
+	if lerr == nil || errors.Is(lerr, os.ErrNotExist) {
+		// After the siblings: a file seen at the live name is newer.
+		if err := f.watchLive(ctx, h, live, sibs); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// newer returns the siblings newer than the floor, oldest first, and
+// remembers them as pending; present holds every listed path.
+func (f *Follower) newer(sibs []sibling) (out []sibling, present map[string]bool) {
+	present = map[string]bool{}
 	for _, s := range sibs {
 		present[s.path] = true
 		if f.hasFloor && s.key.compare(f.floor) <= 0 {
@@ -443,6 +464,12 @@ func (f *Follower) candidates(ctx context.Context, h Handler) ([]sibling, error)
 			}
 		}
 	}
+	return out, present
+}
+
+// settlePending reports the pending siblings that vanished before they
+// were read, and counts the bytes of those still waiting.
+func (f *Follower) settlePending(ctx context.Context, h Handler, sibs []sibling, present map[string]bool) error {
 	var behind int64
 	for path, e := range f.pending {
 		if f.hasFloor && e.sib.key.compare(f.floor) <= 0 {
@@ -462,11 +489,58 @@ func (f *Follower) candidates(ctx context.Context, h Handler) ([]sibling, error)
 			l.Bytes, l.BytesKnown = e.sib.size, true
 		}
 		if err := f.loss(ctx, h, l); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	f.pendingBytes = behind
-	return out, nil
+	return nil
+}
+
+// watchLive remembers the file at the live name (nil: none) while an older
+// file is read, and reports a file remembered before that is now neither
+// at the live name nor among sibs: rotated away and deleted (or truncated
+// in place without a copy) before a listing saw it. What it held is at
+// least the size it had when last seen.
+func (f *Follower) watchLive(ctx context.Context, h Handler, live *source, sibs []sibling) error {
+	var lost []seenFile
+	for _, e := range f.seen {
+		switch {
+		case live != nil && live.matchesID(e.id):
+			// Still there: seen again below.
+		case hasFile(sibs, e.id):
+			// Listed: from now on a sibling like any other.
+		default:
+			lost = append(lost, e)
+		}
+	}
+	f.seen = f.seen[:0]
+	if live != nil && live.id.FPLen > 0 {
+		// Known by its data only once it has some: an empty file could
+		// not be told from another once compressed.
+		f.seen = append(f.seen, seenFile{id: live.id, size: live.size})
+	}
+	for _, e := range lost {
+		if err := f.loss(ctx, h, Loss{
+			Reason: ReasonRotatedFileGone, File: f.cfg.Path, Bytes: e.size,
+			Detail: fmt.Sprintf("a file seen at the live name (%s) was rotated away and deleted (or truncated in place without a copy) before it was listed or read: "+
+				"at least %d bytes lost, with any file rotated after it and deleted before the next listing", e.id, e.size),
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hasFile reports whether one of sibs holds id's data (under its own inode,
+// compressed, or as a copy).
+func hasFile(sibs []sibling, id Identity) bool {
+	_, ok := find(sibs, id, true)
+	return ok
+}
+
+// forgetSeen forgets the file seen at the live name once it is read.
+func (f *Follower) forgetSeen(src *source) {
+	f.seen = slices.DeleteFunc(f.seen, func(e seenFile) bool { return src.matchesID(e.id) })
 }
 
 // notePending lists siblings so that one deleted before it is read is
