@@ -373,6 +373,7 @@ func merge(a, b *prepared) *prepared {
 	a.batches += b.batches
 	a.charged += b.charged
 	a.batch.Events = append(a.batch.Events, b.batch.Events...)
+	a.batch.Verdicts = append(a.batch.Verdicts, b.batch.Verdicts...)
 	a.batch.Losses = append(a.batch.Losses, b.batch.Losses...)
 	a.batch.Excluded += b.batch.Excluded
 	a.batch.NotMatched += b.batch.NotMatched

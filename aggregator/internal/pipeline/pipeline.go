@@ -74,9 +74,9 @@ type Loss struct {
 type Batch struct {
 	Source detect.Source
 	Events []*audit.Event
-	// Verdicts, when not nil, holds the verdict Screen gave each event of
-	// Events (all of which it kept), so that Process does not judge them
-	// again; when nil, Process judges Events itself.
+	// Verdicts, when it has one entry per event, holds the verdict Screen
+	// gave each event of Events (all of which it kept), so that Process
+	// does not judge them again; otherwise Process judges Events itself.
 	Verdicts []rule.Verdict
 	Losses   []Loss
 	// Excluded and NotMatched count events of the batch that Screen
@@ -272,30 +272,7 @@ type candidate struct {
 // implies is durably recorded and the batch may be acknowledged; on error
 // nothing of it should be acknowledged (a re-send is deduplicated).
 func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
-	res := Result{Excluded: b.Excluded, NotMatched: b.NotMatched}
-	r := p.rule.Load()
-	var cands []candidate
-	for i, e := range b.Events {
-		if e == nil {
-			res.NotMatched++
-			continue
-		}
-		var v rule.Verdict
-		if b.Verdicts != nil {
-			v = b.Verdicts[i]
-		} else {
-			v = r.Evaluate(e)
-		}
-		if !v.Alerts() {
-			if v.Excluded {
-				res.Excluded++
-			} else {
-				res.NotMatched++
-			}
-			continue
-		}
-		cands = append(cands, candidate{e: e, v: v, key: detect.KeyOf(b.Source, e).String()})
-	}
+	cands, res := p.candidates(b)
 	if len(cands) == 0 && len(b.Losses) == 0 {
 		p.m.count(&res)
 		return res, nil
@@ -321,37 +298,10 @@ func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
 			return Result{}, fmt.Errorf("process batch: %w", err)
 		}
 	}
-	local := make(map[string]detect.State, len(cands))
 	var ch state.Change
-	var alerts []alerting
-	grace := time.Duration(p.grace.Load())
-	for _, c := range cands {
-		s, ok := local[c.key]
-		if !ok {
-			s = states[c.key]
-		}
-		act := detect.Decide(s, c.e)
-		local[c.key] = detect.After(s, act)
-		switch act {
-		case detect.ActionHold:
-			raw, err := proto.Marshal(wire.ToProto(c.e))
-			if err != nil {
-				return Result{}, fmt.Errorf("process batch: encode pending %s: %w", c.key, err)
-			}
-			ch.Pending = append(ch.Pending, state.Pending{
-				Key: c.key, Deadline: now.Add(grace),
-				Cluster: b.Source.Cluster, Node: b.Source.Node, Event: raw,
-			})
-			res.Held++
-		case detect.ActionAlert:
-			alerts = append(alerts, alerting{e: c.e, rec: detect.TokenRecord(b.Source, c.e, c.v, false)})
-			ch.Done = append(ch.Done, c.key)
-			res.Alerted++
-		case detect.ActionDropLate:
-			res.DroppedLate++
-		default:
-			res.Ignored++
-		}
+	alerts, err := p.decide(&ch, &res, b.Source, cands, states, now)
+	if err != nil {
+		return Result{}, err
 	}
 	if len(alerts) > 0 {
 		p.mu.Lock()
@@ -373,6 +323,76 @@ func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
 	p.m.count(&res)
 	p.m.losses.Add(float64(len(b.Losses)))
 	return res, nil
+}
+
+// candidates returns the events of b that alert, with their verdicts and
+// keys, and the counts of the others. Events come judged by Screen
+// (b.Verdicts); a batch without verdicts is judged here.
+func (p *Pipeline) candidates(b Batch) ([]candidate, Result) {
+	res := Result{Excluded: b.Excluded, NotMatched: b.NotMatched}
+	r := p.rule.Load()
+	judged := b.Verdicts != nil && len(b.Verdicts) == len(b.Events)
+	var cands []candidate
+	for i, e := range b.Events {
+		if e == nil {
+			res.NotMatched++
+			continue
+		}
+		var v rule.Verdict
+		if judged {
+			v = b.Verdicts[i]
+		} else {
+			v = r.Evaluate(e)
+		}
+		switch {
+		case v.Alerts():
+			cands = append(cands, candidate{e: e, v: v, key: detect.KeyOf(b.Source, e).String()})
+		case v.Excluded:
+			res.Excluded++
+		default:
+			res.NotMatched++
+		}
+	}
+	return cands, res
+}
+
+// decide applies the request lifecycle (detect.Decide) to each candidate,
+// from its stored state or the state an earlier event of the batch left,
+// adds holds and done marks to ch, counts into res and returns the alerts
+// to make.
+func (p *Pipeline) decide(ch *state.Change, res *Result, src detect.Source, cands []candidate, states map[string]detect.State, now time.Time) ([]alerting, error) {
+	local := make(map[string]detect.State, len(cands))
+	var alerts []alerting
+	grace := time.Duration(p.grace.Load())
+	for _, c := range cands {
+		s, ok := local[c.key]
+		if !ok {
+			s = states[c.key]
+		}
+		act := detect.Decide(s, c.e)
+		local[c.key] = detect.After(s, act)
+		switch act {
+		case detect.ActionHold:
+			raw, err := proto.Marshal(wire.ToProto(c.e))
+			if err != nil {
+				return nil, fmt.Errorf("process batch: encode pending %s: %w", c.key, err)
+			}
+			ch.Pending = append(ch.Pending, state.Pending{
+				Key: c.key, Deadline: now.Add(grace),
+				Cluster: src.Cluster, Node: src.Node, Event: raw,
+			})
+			res.Held++
+		case detect.ActionAlert:
+			alerts = append(alerts, alerting{e: c.e, rec: detect.TokenRecord(src, c.e, c.v, false)})
+			ch.Done = append(ch.Done, c.key)
+			res.Alerted++
+		case detect.ActionDropLate:
+			res.DroppedLate++
+		default:
+			res.Ignored++
+		}
+	}
+	return alerts, nil
 }
 
 // alertLocked feeds an alerting request to correlation and the budget and
