@@ -60,6 +60,22 @@ type Config struct {
 // Validate reports the first problem with c as a one-line error naming the
 // flag to fix.
 func (c *Config) Validate() error {
+	for _, check := range []func() error{c.validateIdentity, c.validateTransport, c.validateReading} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	if c.MetricsAddr != "" {
+		if err := checkHostPort(c.MetricsAddr); err != nil {
+			return fmt.Errorf("--metrics-addr %q: %w", c.MetricsAddr, err)
+		}
+	}
+	return nil
+}
+
+// validateIdentity checks the required flags, the cluster and node names
+// and the aggregator's address.
+func (c *Config) validateIdentity() error {
 	switch {
 	case c.AuditLog == "":
 		return errors.New("--audit-log: must not be empty")
@@ -81,6 +97,12 @@ func (c *Config) Validate() error {
 	if err := checkHostPort(c.Aggregator); err != nil {
 		return fmt.Errorf("--aggregator %q: %w", c.Aggregator, err)
 	}
+	return nil
+}
+
+// validateTransport checks that the connection is mTLS with all three
+// files, or --insecure to loopback.
+func (c *Config) validateTransport() error {
 	hasTLS := c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != ""
 	switch {
 	case c.Insecure && hasTLS:
@@ -98,6 +120,12 @@ func (c *Config) Validate() error {
 	case c.TLSCA == "":
 		return errors.New("--tls-ca is required with --tls-cert and --tls-key")
 	}
+	return nil
+}
+
+// validateReading checks where and how the audit log is read: --start-at,
+// --once and the files it replays.
+func (c *Config) validateReading() error {
 	switch c.StartAt {
 	case follow.StartBeginning, follow.StartEnd:
 	default:
@@ -114,11 +142,6 @@ func (c *Config) Validate() error {
 	}
 	if c.Once && c.OnceTimeout <= 0 {
 		return fmt.Errorf("--once-timeout %s: must be positive", c.OnceTimeout)
-	}
-	if c.MetricsAddr != "" {
-		if err := checkHostPort(c.MetricsAddr); err != nil {
-			return fmt.Errorf("--metrics-addr %q: %w", c.MetricsAddr, err)
-		}
 	}
 	return nil
 }

@@ -106,42 +106,59 @@ func (c *Config) Resolve(getenv func(string) string) (Endpoint, error) {
 		return Endpoint{}, fmt.Errorf("%s %q: %w", ep.From, raw, err)
 	}
 	ep.Target = target
-	// The insecure setting: the flag when given, else the environment.
-	insName, insRaw := first(getenv, EnvLogsInsecure, EnvInsecure)
-	var insecure, insSet bool
-	switch {
-	case c.Insecure:
-		insName, insecure, insSet = FlagInsecure, true, true
-	case insRaw != "":
-		switch strings.ToLower(insRaw) {
-		case "true":
-			insecure, insSet = true, true
-		case "false":
-			insecure, insSet = false, true
-		default:
-			return Endpoint{}, fmt.Errorf("%s=%q: want true or false", insName, insRaw)
-		}
+	insName, insecure, insSet, err := c.insecureSetting(getenv)
+	if err != nil {
+		return Endpoint{}, err
 	}
 	switch {
 	case scheme == "https" && insSet && insecure:
 		return Endpoint{}, fmt.Errorf("%s %q: the https scheme means TLS, but %s says plaintext", ep.From, raw, insName)
 	case scheme == "http" && insSet && !insecure:
-		return Endpoint{}, fmt.Errorf("%s %q: the http scheme means plaintext, but %s=%s says TLS", ep.From, raw, insName, insRaw)
+		return Endpoint{}, fmt.Errorf("%s %q: the http scheme means plaintext, but %s=%s says TLS", ep.From, raw, insName, getenv(insName)) // only the environment says TLS
 	case scheme == "http":
 		ep.Insecure = true
 	case scheme == "":
 		ep.Insecure = insecure
 	}
 	if !ep.Insecure {
-		_, ep.CAFile = first(getenv, EnvLogsCertificate, EnvCertificate)
-		cn, cert := first(getenv, EnvLogsClientCertificate, EnvClientCertificate)
-		kn, key := first(getenv, EnvLogsClientKey, EnvClientKey)
-		if (cert == "") != (key == "") {
-			return Endpoint{}, fmt.Errorf("%s and %s: give both or neither", cn, kn)
+		if err := ep.tlsFiles(getenv); err != nil {
+			return Endpoint{}, err
 		}
-		ep.CertFile, ep.KeyFile = cert, key
 	}
 	return ep, nil
+}
+
+// insecureSetting is the insecure setting: the flag when given, else the
+// environment. name says where it comes from; set is false when neither
+// says.
+func (c *Config) insecureSetting(getenv func(string) string) (name string, insecure, set bool, err error) {
+	name, raw := first(getenv, EnvLogsInsecure, EnvInsecure)
+	switch {
+	case c.Insecure:
+		return FlagInsecure, true, true, nil
+	case raw == "":
+		return name, false, false, nil
+	}
+	switch strings.ToLower(raw) {
+	case "true":
+		return name, true, true, nil
+	case "false":
+		return name, false, true, nil
+	}
+	return name, false, false, fmt.Errorf("%s=%q: want true or false", name, raw)
+}
+
+// tlsFiles reads the CA and the client certificate and key of a TLS
+// endpoint from the environment.
+func (ep *Endpoint) tlsFiles(getenv func(string) string) error {
+	_, ep.CAFile = first(getenv, EnvLogsCertificate, EnvCertificate)
+	cn, cert := first(getenv, EnvLogsClientCertificate, EnvClientCertificate)
+	kn, key := first(getenv, EnvLogsClientKey, EnvClientKey)
+	if (cert == "") != (key == "") {
+		return fmt.Errorf("%s and %s: give both or neither", cn, kn)
+	}
+	ep.CertFile, ep.KeyFile = cert, key
+	return nil
 }
 
 // first returns the first of the variables names that is set, and its value.
