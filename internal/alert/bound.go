@@ -106,13 +106,7 @@ func Bounded(r Record) (Record, bool) {
 	if out == nil {
 		out = slices.Clone(r.Attrs)
 	}
-	var all []string
-	for _, k := range append(slices.Clone(prevTrunc), truncated...) {
-		if k = audit.Cut(k, MaxKeyBytes); len(all) < maxTruncatedItems && !slices.Contains(all, k) {
-			all = append(all, k)
-		}
-	}
-	if len(all) > 0 {
+	if all := truncatedKeys(prevTrunc, truncated); len(all) > 0 {
 		out = append(out, Strings(AttrTruncated, all))
 	}
 	if dropped > 0 {
@@ -121,6 +115,18 @@ func Bounded(r Record) (Record, bool) {
 	changed := len(body) != len(r.Body) || !slices.EqualFunc(out, r.Attrs, equalAttr)
 	r.Body, r.Attrs = body, out
 	return r, changed
+}
+
+// truncatedKeys merges the keys a record said were truncated with those
+// cut now: each cut to MaxKeyBytes, once, at most maxTruncatedItems.
+func truncatedKeys(prev, now []string) []string {
+	var all []string
+	for _, k := range append(slices.Clone(prev), now...) {
+		if k = audit.Cut(k, MaxKeyBytes); len(all) < maxTruncatedItems && !slices.Contains(all, k) {
+			all = append(all, k)
+		}
+	}
+	return all
 }
 
 // boundAttr cuts a's key and value within the remaining budget, which it

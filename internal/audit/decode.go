@@ -151,46 +151,66 @@ func ambiguousKeys(line []byte) bool {
 		case '}', ']':
 			depth--
 		case '"':
-			j, plain := i+1, true
-			for ; j < len(line) && line[j] != '"'; j++ {
-				switch {
-				case line[j] == '\\':
-					plain = false
-					j++
-				case line[j] >= 0x80:
-					plain = false
-				}
-			}
-			k := j + 1
-			for k < len(line) && (line[k] == ' ' || line[k] == '\t' || line[k] == '\n' || line[k] == '\r') {
-				k++
-			}
+			j, plain := endOfString(line, i+1)
+			k := skipSpace(line, j+1)
 			if k < len(line) && line[k] == ':' && depth >= 0 {
-				if !plain {
+				if !plain || repeatedKey(line[i+1:j], &seen[depth], &lower) {
 					return true
-				}
-				key := line[i+1 : j]
-				if bit, ok := fieldBits[string(key)]; ok {
-					if seen[depth]&bit != 0 {
-						return true
-					}
-					seen[depth] |= bit
-				} else if len(key) <= maxFieldLen {
-					for n, c := range key {
-						if 'A' <= c && c <= 'Z' {
-							c += 'a' - 'A'
-						}
-						lower[n] = c
-					}
-					if foldedFields[string(lower[:len(key)])] {
-						return true
-					}
 				}
 			}
 			i = j
 		}
 	}
 	return false
+}
+
+// endOfString returns the index of the quote that ends the JSON string
+// starting at i (len(line) when none), and whether the string is plain:
+// no escapes, no bytes beyond ASCII.
+func endOfString(line []byte, i int) (int, bool) {
+	plain := true
+	for ; i < len(line) && line[i] != '"'; i++ {
+		switch {
+		case line[i] == '\\':
+			plain = false
+			i++
+		case line[i] >= 0x80:
+			plain = false
+		}
+	}
+	return i, plain
+}
+
+// skipSpace returns the index of the first byte at or after k that is not
+// JSON whitespace.
+func skipSpace(line []byte, k int) int {
+	for k < len(line) && (line[k] == ' ' || line[k] == '\t' || line[k] == '\n' || line[k] == '\r') {
+		k++
+	}
+	return k
+}
+
+// repeatedKey reports whether the plain object key makes the line
+// ambiguous: a field we read seen before in the same object (*seen holds
+// their bits), or a case variant of one.
+func repeatedKey(key []byte, seen *uint64, lower *[maxFieldLen]byte) bool {
+	if bit, ok := fieldBits[string(key)]; ok {
+		if *seen&bit != 0 {
+			return true
+		}
+		*seen |= bit
+		return false
+	}
+	if len(key) > maxFieldLen {
+		return false
+	}
+	for n, c := range key {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		lower[n] = c
+	}
+	return foldedFields[string(lower[:len(key)])]
 }
 
 type fields map[string]json.RawMessage

@@ -526,20 +526,7 @@ func (c *Correlator) record(k seriesKey, win []item, distinct func(item) string)
 		keyAttr = "source.ip"
 	}
 	n := len(set{}.fill(win, distinct))
-	// "minted" only when every request did; denied ones and those
-	// without an outcome were attempts, and the body says how many.
-	verb, note := "minted", ""
-	if failed+unknown > 0 {
-		verb = "attempted to mint"
-		var parts []string
-		if failed > 0 {
-			parts = append(parts, fmt.Sprintf("%d of %d requests denied", failed, len(win)))
-		}
-		if unknown > 0 {
-			parts = append(parts, fmt.Sprintf("%d of %d with outcome unknown", unknown, len(win)))
-		}
-		note = strings.Join(parts, ", ")
-	}
+	verb, note := outcomeNote(failed, unknown, len(win))
 	var body string
 	switch k.kind {
 	case KindTokenSpray:
@@ -583,6 +570,23 @@ func (c *Correlator) record(k seriesKey, win []item, distinct func(item) string)
 		r.Attrs = append(r.Attrs, alert.Int(AttrFailures, failed))
 	}
 	return r
+}
+
+// outcomeNote is the verb of a correlation's body and a note on its
+// requests: "minted" only when every request did; denied ones and those
+// without an outcome were attempts, and the note says how many.
+func outcomeNote(failed, unknown int64, total int) (verb, note string) {
+	if failed+unknown == 0 {
+		return "minted", ""
+	}
+	var parts []string
+	if failed > 0 {
+		parts = append(parts, fmt.Sprintf("%d of %d requests denied", failed, total))
+	}
+	if unknown > 0 {
+		parts = append(parts, fmt.Sprintf("%d of %d with outcome unknown", unknown, total))
+	}
+	return "attempted to mint", strings.Join(parts, ", ")
 }
 
 type set map[string]struct{}
