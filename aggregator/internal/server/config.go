@@ -85,29 +85,7 @@ func (c *Config) Validate() error {
 	} else if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		bad("--listen %q: want HOST:PORT", c.Listen)
 	}
-	tlsFlags := c.TLSCert != "" || c.TLSKey != "" || c.TLSClientCA != ""
-	switch {
-	case c.Insecure && tlsFlags:
-		bad("--insecure: cannot be combined with --tls-cert/--tls-key/--tls-client-ca")
-	case c.Insecure:
-		if c.Listen != "" {
-			if err := tlsconf.CheckLoopback(c.Listen); err != nil {
-				bad("--insecure: refusing plaintext on --listen %s: only a loopback address (127.0.0.1, ::1, localhost) may be insecure", c.Listen)
-			}
-		}
-	case !tlsFlags:
-		bad("no transport security: give --tls-cert, --tls-key and --tls-client-ca for mTLS, or --insecure with a loopback --listen")
-	default:
-		if c.TLSCert == "" {
-			bad("--tls-cert: required for mTLS")
-		}
-		if c.TLSKey == "" {
-			bad("--tls-key: required for mTLS")
-		}
-		if c.TLSClientCA == "" {
-			bad("--tls-client-ca: required for mTLS (the CA that signs agent certificates)")
-		}
-	}
+	errs = append(errs, c.transportProblems()...)
 	if c.TrustDomain == "" && !c.Insecure {
 		bad("--trust-domain: required")
 	}
@@ -134,4 +112,32 @@ func (c *Config) Validate() error {
 		return nil
 	}
 	return errors.New(strings.Join(errs, "; "))
+}
+
+// transportProblems checks that agents connect over mTLS with all three
+// files, or in plaintext on a loopback --listen.
+func (c *Config) transportProblems() []string {
+	tlsFlags := c.TLSCert != "" || c.TLSKey != "" || c.TLSClientCA != ""
+	switch {
+	case c.Insecure && tlsFlags:
+		return []string{"--insecure: cannot be combined with --tls-cert/--tls-key/--tls-client-ca"}
+	case c.Insecure:
+		if c.Listen != "" && tlsconf.CheckLoopback(c.Listen) != nil {
+			return []string{fmt.Sprintf("--insecure: refusing plaintext on --listen %s: only a loopback address (127.0.0.1, ::1, localhost) may be insecure", c.Listen)}
+		}
+		return nil
+	case !tlsFlags:
+		return []string{"no transport security: give --tls-cert, --tls-key and --tls-client-ca for mTLS, or --insecure with a loopback --listen"}
+	}
+	var errs []string
+	if c.TLSCert == "" {
+		errs = append(errs, "--tls-cert: required for mTLS")
+	}
+	if c.TLSKey == "" {
+		errs = append(errs, "--tls-key: required for mTLS")
+	}
+	if c.TLSClientCA == "" {
+		errs = append(errs, "--tls-client-ca: required for mTLS (the CA that signs agent certificates)")
+	}
+	return errs
 }
