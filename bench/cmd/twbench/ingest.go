@@ -80,28 +80,38 @@ func ingest(ctx context.Context, args []string, out io.Writer) error {
 			if err != nil || n <= 0 {
 				return fmt.Errorf("-streams %q: want positive integers", *streamsFlag)
 			}
-			var base loadgen.Result
-			if *withBase {
-				if base, _, err = ingestRun(ctx, *bin, self, tr, n, *clusters, *dur, mix, "-", limitsYAML); err != nil {
-					return fmt.Errorf("baseline %s %d streams: %w", tr, n, err)
-				}
-			}
 			prof := ""
 			if *profile != "" {
 				prof = fmt.Sprintf("%s-%s-%d.pprof", *profile, tr, n)
 			}
-			agg, st, err := ingestRun(ctx, *bin, self, tr, n, *clusters, *dur, mix, prof, limitsYAML)
-			if err != nil {
-				return fmt.Errorf("aggregator %s %d streams: %w", tr, n, err)
+			if err := ingestRow(ctx, out, *bin, self, tr, n, *clusters, *dur, mix, *withBase, prof, limitsYAML); err != nil {
+				return err
 			}
-			baseCell := "-"
-			if *withBase {
-				baseCell = fmt.Sprintf("%.0f", base.PerSecond())
-			}
-			fmt.Fprintf(out, "| %s | %d | %s | %.0f | %.2fx | %d | %s |\n", tr, n, baseCell, agg.PerSecond(),
-				agg.PerSecond()/300000, st.records, mib(st.mem.HWM))
 		}
 	}
+	return nil
+}
+
+// ingestRow measures the aggregator (and the baseline when withBase) with
+// one transport and n streams, and prints the table's row.
+func ingestRow(ctx context.Context, out io.Writer, bin, self, tr string, n, clusters int, dur time.Duration, mix loadgen.Mix, withBase bool, prof, limitsYAML string) error {
+	var base loadgen.Result
+	if withBase {
+		var err error
+		if base, _, err = ingestRun(ctx, bin, self, tr, n, clusters, dur, mix, "-", limitsYAML); err != nil {
+			return fmt.Errorf("baseline %s %d streams: %w", tr, n, err)
+		}
+	}
+	agg, st, err := ingestRun(ctx, bin, self, tr, n, clusters, dur, mix, prof, limitsYAML)
+	if err != nil {
+		return fmt.Errorf("aggregator %s %d streams: %w", tr, n, err)
+	}
+	baseCell := "-"
+	if withBase {
+		baseCell = fmt.Sprintf("%.0f", base.PerSecond())
+	}
+	fmt.Fprintf(out, "| %s | %d | %s | %.0f | %.2fx | %d | %s |\n", tr, n, baseCell, agg.PerSecond(),
+		agg.PerSecond()/300000, st.records, mib(st.mem.HWM))
 	return nil
 }
 
@@ -188,78 +198,16 @@ func ingestRun(ctx context.Context, bin, self, transport string, streams, cluste
 		return loadgen.Result{}, ingestStats{}, err
 	}
 	defer os.RemoveAll(dir)
-	creds := func(string) (credentials.TransportCredentials, error) { return insecure.NewCredentials(), nil }
-	var tlsFlags []string
-	if transport == "mtls" {
-		ca, files, err := devca.WriteSet(filepath.Join(dir, "certs"), devca.Set{})
-		if err != nil {
-			return loadgen.Result{}, ingestStats{}, err
-		}
-		tlsFlags = []string{"--tls-cert", files.ServerCert, "--tls-key", files.ServerKey, "--tls-client-ca", files.CA}
-		pool := x509.NewCertPool()
-		pool.AddCert(ca.Certificate())
-		cache := map[string]credentials.TransportCredentials{}
-		creds = func(cluster string) (credentials.TransportCredentials, error) {
-			if c, ok := cache[cluster]; ok {
-				return c, nil
-			}
-			p, err := ca.Agent("tokenwatch", cluster)
-			if err != nil {
-				return nil, err
-			}
-			cert, err := tls.X509KeyPair(p.CertPEM, p.KeyPEM)
-			if err != nil {
-				return nil, err
-			}
-			c := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12})
-			cache[cluster] = c
-			return c, nil
-		}
-		// Issue the certificates before the load starts (Creds is called
-		// concurrently while connecting).
-		if clusters <= 0 {
-			clusters = min(streams, 100)
-		}
-		for i := range clusters {
-			if _, err := creds("bench-" + strconv.Itoa(i)); err != nil {
-				return loadgen.Result{}, ingestStats{}, err
-			}
-		}
+	creds, tlsFlags, clusters, err := ingestCreds(dir, transport, streams, clusters)
+	if err != nil {
+		return loadgen.Result{}, ingestStats{}, err
 	}
-	var p *proc
-	var target string
-	var sink *otlpsink.Sink
-	if baseline {
-		if target, err = freeAddr(); err != nil {
-			return loadgen.Result{}, ingestStats{}, err
-		}
-		args := append([]string{"acksrv", "-listen", target}, tlsFlags...)
-		if p, err = start("acksrv", dir, self, args...); err != nil {
-			return loadgen.Result{}, ingestStats{}, err
-		}
-		if err := waitTCP(ctx, p, target); err != nil {
-			p.stop()
-			return loadgen.Result{}, ingestStats{}, err
-		}
-	} else {
-		if sink, err = otlpsink.Start("127.0.0.1:0"); err != nil {
-			return loadgen.Result{}, ingestStats{}, err
-		}
+	p, target, sink, err := startIngestTarget(ctx, bin, self, dir, transport, tlsFlags, baseline, limitsYAML)
+	if err != nil {
+		return loadgen.Result{}, ingestStats{}, err
+	}
+	if sink != nil {
 		defer sink.Stop()
-		aggFlags := tlsFlags
-		if transport != "mtls" {
-			aggFlags = []string{"--insecure"}
-		}
-		if limitsYAML != "" {
-			cfg := filepath.Join(dir, "aggregator.yaml")
-			if err := os.WriteFile(cfg, []byte(limitsYAML), 0o644); err != nil {
-				return loadgen.Result{}, ingestStats{}, err
-			}
-			aggFlags = append(aggFlags, "--config", cfg)
-		}
-		if p, target, err = startAggregator(ctx, bin, dir, sink.Addr(), aggFlags...); err != nil {
-			return loadgen.Result{}, ingestStats{}, err
-		}
 	}
 	defer p.stop()
 	profDone := make(chan error, 1)
@@ -290,6 +238,94 @@ func ingestRun(ctx context.Context, bin, self, transport string, streams, cluste
 		st.records = sink.Records()
 	}
 	return res, st, nil
+}
+
+// ingestCreds returns the load's credentials per cluster and the server's
+// TLS flags for transport. With mTLS it issues the certificates of the
+// clusters (min(streams, 100) when clusters is not set) before the load
+// starts, since Creds is called concurrently while connecting, and
+// returns that count.
+func ingestCreds(dir, transport string, streams, clusters int) (func(string) (credentials.TransportCredentials, error), []string, int, error) {
+	creds := func(string) (credentials.TransportCredentials, error) { return insecure.NewCredentials(), nil }
+	if transport != "mtls" {
+		return creds, nil, clusters, nil
+	}
+	ca, files, err := devca.WriteSet(filepath.Join(dir, "certs"), devca.Set{})
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	tlsFlags := []string{"--tls-cert", files.ServerCert, "--tls-key", files.ServerKey, "--tls-client-ca", files.CA}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Certificate())
+	cache := map[string]credentials.TransportCredentials{}
+	creds = func(cluster string) (credentials.TransportCredentials, error) {
+		if c, ok := cache[cluster]; ok {
+			return c, nil
+		}
+		p, err := ca.Agent("tokenwatch", cluster)
+		if err != nil {
+			return nil, err
+		}
+		cert, err := tls.X509KeyPair(p.CertPEM, p.KeyPEM)
+		if err != nil {
+			return nil, err
+		}
+		c := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12})
+		cache[cluster] = c
+		return c, nil
+	}
+	if clusters <= 0 {
+		clusters = min(streams, 100)
+	}
+	for i := range clusters {
+		if _, err := creds("bench-" + strconv.Itoa(i)); err != nil {
+			return nil, nil, 0, err
+		}
+	}
+	return creds, tlsFlags, clusters, nil
+}
+
+// startIngestTarget starts what the load streams to: the acknowledging stub
+// (baseline) or the aggregator exporting to an OTLP sink, which it returns.
+func startIngestTarget(ctx context.Context, bin, self, dir, transport string, tlsFlags []string, baseline bool, limitsYAML string) (*proc, string, *otlpsink.Sink, error) {
+	if baseline {
+		target, err := freeAddr()
+		if err != nil {
+			return nil, "", nil, err
+		}
+		args := append([]string{"acksrv", "-listen", target}, tlsFlags...)
+		p, err := start("acksrv", dir, self, args...)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		if err := waitTCP(ctx, p, target); err != nil {
+			p.stop()
+			return nil, "", nil, err
+		}
+		return p, target, nil, nil
+	}
+	sink, err := otlpsink.Start("127.0.0.1:0")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	aggFlags := tlsFlags
+	if transport != "mtls" {
+		aggFlags = []string{"--insecure"}
+	}
+	if limitsYAML != "" {
+		cfg := filepath.Join(dir, "aggregator.yaml")
+		if err := os.WriteFile(cfg, []byte(limitsYAML), 0o644); err != nil {
+			sink.Stop()
+			return nil, "", nil, err
+		}
+		aggFlags = append(aggFlags, "--config", cfg)
+	}
+	p, target, err := startAggregator(ctx, bin, dir, sink.Addr(), aggFlags...)
+	if err != nil {
+		sink.Stop()
+		return nil, "", nil, err
+	}
+	return p, target, sink, nil
 }
 
 // waitTCP waits until addr accepts connections.
