@@ -138,104 +138,18 @@ func latencyRun(ctx context.Context, bin, otelcol, pipe string, rate int, dur ti
 		return latencyResult{}, err
 	}
 	defer sink.Stop()
-	var agent, agg *proc
-	if pipe == "collector" {
-		cfg := filepath.Join(dir, "otelcol.yaml")
-		if err := os.WriteFile(cfg, fmt.Appendf(nil, latencyCollector, live, sink.Addr()), 0o600); err != nil {
-			return latencyResult{}, err
-		}
-		if agent, err = start("otelcol", dir, otelcol, "--config", cfg); err != nil {
-			return latencyResult{}, err
-		}
-		agg = agent
-	} else {
-		var listen string
-		if agg, listen, err = startAggregator(ctx, bin, dir, sink.Addr()); err != nil {
-			return latencyResult{}, err
-		}
-		maddr, err := freeAddr()
-		if err != nil {
-			return latencyResult{}, err
-		}
-		agent, err = start("agent", dir, filepath.Join(bin, "agent"), "--audit-log", live, "--cluster", "bench",
-			"--node-name", "cp-1", "--aggregator", listen, "--insecure", "--state-dir", filepath.Join(dir, "agent-state"),
-			"--start-at", "end", "--metrics-addr", maddr, "--log-level", "warn")
-		if err != nil {
-			agg.stop()
-			return latencyResult{}, err
-		}
-		if err := waitReady(ctx, agent, maddr); err != nil {
-			agent.stop()
-			agg.stop()
-			return latencyResult{}, err
-		}
+	agent, agg, err := startLatencyPipe(ctx, bin, otelcol, pipe, dir, live, sink.Addr())
+	if err != nil {
+		return latencyResult{}, err
 	}
 	defer agg.stop()
 	defer agent.stop()
-	// One alert end to end before measuring: the follower is at the end of
-	// the file and every connection is up.
-	// The Collector notices the file only at its first poll after start:
-	// re-send the warm-up line until one arrives.
-	warm := func() error {
-		for i := range 60 {
-			warmID := fmt.Sprintf("warm-%d-%d", rate, i)
-			if _, err := f.Write(alertLine(warmID, 0, time.Now())); err != nil {
-				return err
-			}
-			wctx, cancel := context.WithTimeout(ctx, time.Second)
-			err := sink.WaitIDs(wctx, []string{warmID})
-			cancel()
-			if err == nil {
-				return nil
-			}
-		}
-		return fmt.Errorf("no warm-up line arrived in 60 s\n%s: %s\n%s", agent.name, agent.tail(), agg.tail())
-	}
-	if err := warm(); err != nil {
+	if err := latencyWarmUp(ctx, f, sink, rate, agent, agg); err != nil {
 		return latencyResult{}, err
 	}
-
-	sent := map[string]time.Time{}
-	var ids []string
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	start := time.Now()
-	written := 0
-	var chunk bytes.Buffer
-	for {
-		now := time.Now()
-		el := now.Sub(start)
-		if el >= dur {
-			break
-		}
-		due := int(float64(rate)*el.Seconds()) - written
-		chunk.Reset()
-		var chunkIDs []string
-		for k := written; k < written+due; k++ {
-			if k%every == every-1 {
-				id := fmt.Sprintf("lat-%d-%d", rate, k)
-				chunk.Write(alertLine(id, k%50, now))
-				chunkIDs = append(chunkIDs, id)
-			} else {
-				chunk.Write(routine[k%len(routine)])
-			}
-		}
-		written += due
-		if chunk.Len() > 0 {
-			t := time.Now()
-			if _, err := f.Write(chunk.Bytes()); err != nil {
-				return latencyResult{}, fmt.Errorf("append to %s: %w", live, err)
-			}
-			for _, id := range chunkIDs {
-				sent[id] = t
-				ids = append(ids, id)
-			}
-		}
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			return latencyResult{}, ctx.Err()
-		}
+	sent, ids, err := latencyLoad(ctx, f, live, rate, dur, every, routine)
+	if err != nil {
+		return latencyResult{}, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	_ = sink.WaitIDs(wctx, ids)
@@ -254,6 +168,111 @@ func latencyRun(ctx context.Context, bin, otelcol, pipe string, rate int, dur ti
 	}
 	slices.Sort(r.lat)
 	return r, nil
+}
+
+// startLatencyPipe starts what carries the live file's lines to the sink:
+// the Collector alone (pipe "collector"; agent and agg are then the same
+// process), or the aggregator and an agent that is ready.
+func startLatencyPipe(ctx context.Context, bin, otelcol, pipe, dir, live, sinkAddr string) (agent, agg *proc, err error) {
+	if pipe == "collector" {
+		cfg := filepath.Join(dir, "otelcol.yaml")
+		if err := os.WriteFile(cfg, fmt.Appendf(nil, latencyCollector, live, sinkAddr), 0o600); err != nil {
+			return nil, nil, err
+		}
+		if agent, err = start("otelcol", dir, otelcol, "--config", cfg); err != nil {
+			return nil, nil, err
+		}
+		return agent, agent, nil
+	}
+	agg, listen, err := startAggregator(ctx, bin, dir, sinkAddr)
+	if err != nil {
+		return nil, nil, err
+	}
+	maddr, err := freeAddr()
+	if err != nil {
+		agg.stop()
+		return nil, nil, err
+	}
+	agent, err = start("agent", dir, filepath.Join(bin, "agent"), "--audit-log", live, "--cluster", "bench",
+		"--node-name", "cp-1", "--aggregator", listen, "--insecure", "--state-dir", filepath.Join(dir, "agent-state"),
+		"--start-at", "end", "--metrics-addr", maddr, "--log-level", "warn")
+	if err != nil {
+		agg.stop()
+		return nil, nil, err
+	}
+	if err := waitReady(ctx, agent, maddr); err != nil {
+		agent.stop()
+		agg.stop()
+		return nil, nil, err
+	}
+	return agent, agg, nil
+}
+
+// latencyWarmUp waits for one alert end to end before measuring: the
+// follower is at the end of the file and every connection is up. The
+// Collector notices the file only at its first poll after start: it
+// re-sends the warm-up line until one arrives.
+func latencyWarmUp(ctx context.Context, f *os.File, sink *otlpsink.Sink, rate int, agent, agg *proc) error {
+	for i := range 60 {
+		warmID := fmt.Sprintf("warm-%d-%d", rate, i)
+		if _, err := f.Write(alertLine(warmID, 0, time.Now())); err != nil {
+			return err
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := sink.WaitIDs(wctx, []string{warmID})
+		cancel()
+		if err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("no warm-up line arrived in 60 s\n%s: %s\n%s", agent.name, agent.tail(), agg.tail())
+}
+
+// latencyLoad appends rate lines a second to f for dur, every every-th an
+// alerting one, and returns when each alerting line was written.
+func latencyLoad(ctx context.Context, f *os.File, live string, rate int, dur time.Duration, every int, routine [][]byte) (map[string]time.Time, []string, error) {
+	sent := map[string]time.Time{}
+	var ids []string
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	written := 0
+	var chunk bytes.Buffer
+	for {
+		now := time.Now()
+		el := now.Sub(start)
+		if el >= dur {
+			return sent, ids, nil
+		}
+		due := int(float64(rate)*el.Seconds()) - written
+		chunk.Reset()
+		var chunkIDs []string
+		for k := written; k < written+due; k++ {
+			if k%every == every-1 {
+				id := fmt.Sprintf("lat-%d-%d", rate, k)
+				chunk.Write(alertLine(id, k%50, now))
+				chunkIDs = append(chunkIDs, id)
+			} else {
+				chunk.Write(routine[k%len(routine)])
+			}
+		}
+		written += due
+		if chunk.Len() > 0 {
+			t := time.Now()
+			if _, err := f.Write(chunk.Bytes()); err != nil {
+				return nil, nil, fmt.Errorf("append to %s: %w", live, err)
+			}
+			for _, id := range chunkIDs {
+				sent[id] = t
+				ids = append(ids, id)
+			}
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+	}
 }
 
 // pct returns the p-th percentile (nearest rank) of sorted ds.
