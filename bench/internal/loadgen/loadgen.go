@@ -209,36 +209,9 @@ func dial(ctx context.Context, cfg Config, i int) (*stream, error) {
 // send sends the stream's batches, at most Window unacknowledged, and
 // returns the events and alerting events acknowledged.
 func (s *stream) send(ctx context.Context, cfg Config) (int64, int64, error) {
-	nb := (cfg.EventsPerStream + cfg.BatchEvents - 1) / cfg.BatchEvents
-	var (
-		mu      sync.Mutex
-		acked   uint64
-		ackedCh = make(chan struct{}, 1)
-		recvErr = make(chan error, 1)
-	)
-	go func() {
-		for {
-			resp := new(tokenwatchv1.StreamResponse)
-			if err := s.rpc.RecvMsg(resp); err != nil {
-				recvErr <- err
-				return
-			}
-			if a := resp.GetAck(); a != nil {
-				mu.Lock()
-				acked = max(acked, a.Seq)
-				done := acked >= uint64(nb)
-				mu.Unlock()
-				select {
-				case ackedCh <- struct{}{}:
-				default:
-				}
-				if done {
-					recvErr <- nil
-					return
-				}
-			}
-		}
-	}()
+	nb := uint64((cfg.EventsPerStream + cfg.BatchEvents - 1) / cfg.BatchEvents)
+	a := &acks{ch: make(chan struct{}, 1), errc: make(chan error, 1)}
+	go a.read(s.rpc, nb)
 	enc := newEncoder(cfg, s.id)
 	sent, alerts := 0, 0
 	var deadline <-chan time.Time
@@ -249,56 +222,90 @@ func (s *stream) send(ctx context.Context, cfg Config) (int64, int64, error) {
 	}
 	var last uint64
 sending:
-	for seq := uint64(1); seq <= uint64(nb); seq++ {
+	for seq := uint64(1); seq <= nb; seq++ {
 		select {
 		case <-deadline:
 			break sending
 		default:
 		}
-		for {
-			mu.Lock()
-			room := seq-acked <= uint64(cfg.Window)
-			mu.Unlock()
-			if room {
-				break
-			}
-			select {
-			case <-ackedCh:
-			case err := <-recvErr:
-				return 0, 0, fmt.Errorf("stream %d: %w", s.id, orEOF(err))
-			case <-ctx.Done():
-				return 0, 0, ctx.Err()
-			}
+		room := func(acked uint64) bool { return seq-acked <= uint64(cfg.Window) }
+		if err := a.wait(ctx, s.id, room, false); err != nil {
+			return 0, 0, err
 		}
 		n := min(cfg.BatchEvents, cfg.EventsPerStream-sent)
-		msg, a := enc.batch(seq, sent, n)
+		msg, na := enc.batch(seq, sent, n)
 		sent += n
-		alerts += a
+		alerts += na
 		if err := s.rpc.SendMsg(msg); err != nil {
 			return 0, 0, fmt.Errorf("stream %d: send batch %d: %w", s.id, seq, err)
 		}
 		last = seq
 	}
 	// Wait for the acknowledgement of the last batch sent.
-	for {
-		mu.Lock()
-		done := acked >= last
-		mu.Unlock()
-		if done {
-			break
-		}
-		select {
-		case <-ackedCh:
-		case err := <-recvErr:
-			if err != nil {
-				return 0, 0, fmt.Errorf("stream %d: %w", s.id, orEOF(err))
-			}
-		case <-ctx.Done():
-			return 0, 0, ctx.Err()
-		}
+	if err := a.wait(ctx, s.id, func(acked uint64) bool { return acked >= last }, true); err != nil {
+		return 0, 0, err
 	}
 	_ = s.rpc.CloseSend()
 	return int64(sent), int64(alerts), nil
+}
+
+// acks follows a stream's acknowledgements.
+type acks struct {
+	mu    sync.Mutex
+	acked uint64        // the highest sequence acknowledged
+	ch    chan struct{} // a new acknowledgement (capacity 1)
+	errc  chan error    // read's end: nil once nb batches are acknowledged
+}
+
+// read receives the stream's responses until nb batches are acknowledged
+// or the stream fails.
+func (a *acks) read(rpc grpc.ClientStream, nb uint64) {
+	for {
+		resp := new(tokenwatchv1.StreamResponse)
+		if err := rpc.RecvMsg(resp); err != nil {
+			a.errc <- err
+			return
+		}
+		ack := resp.GetAck()
+		if ack == nil {
+			continue
+		}
+		a.mu.Lock()
+		a.acked = max(a.acked, ack.Seq)
+		done := a.acked >= nb
+		a.mu.Unlock()
+		select {
+		case a.ch <- struct{}{}:
+		default:
+		}
+		if done {
+			a.errc <- nil
+			return
+		}
+	}
+}
+
+// wait blocks until ok(the highest acknowledged sequence). The end of read
+// is an error, unless endOK and read ended because everything was
+// acknowledged.
+func (a *acks) wait(ctx context.Context, id int, ok func(acked uint64) bool, endOK bool) error {
+	for {
+		a.mu.Lock()
+		done := ok(a.acked)
+		a.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-a.ch:
+		case err := <-a.errc:
+			if err != nil || !endOK {
+				return fmt.Errorf("stream %d: %w", id, orEOF(err))
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 func orEOF(err error) error {
