@@ -64,11 +64,8 @@ func run() int {
 // files (audit log, alerts) only when keep says they will stay.
 func demo(ctx context.Context, dir string, lines int, keep bool, out io.Writer) error {
 	bin := filepath.Join(dir, "bin")
-	fmt.Fprintln(os.Stderr, "demo: building agent and aggregator")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin+string(filepath.Separator), "./agent", "./aggregator")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("go build (run the demo from the repository root): %w", err)
+	if err := buildBinaries(ctx, bin); err != nil {
+		return err
 	}
 
 	logPath := filepath.Join(dir, "audit.log")
@@ -85,15 +82,11 @@ func demo(ctx context.Context, dir string, lines int, keep bool, out io.Writer) 
 		return err
 	}
 	alertsPath := filepath.Join(dir, "alerts.txt")
-	alerts, err := os.Create(alertsPath)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", alertsPath, err)
-	}
-	defer alerts.Close()
-	aggLog, err := os.Create(filepath.Join(dir, "aggregator.log"))
+	alerts, aggLog, err := createOutputs(alertsPath, filepath.Join(dir, "aggregator.log"))
 	if err != nil {
 		return err
 	}
+	defer alerts.Close()
 	defer aggLog.Close()
 	metrics, err := freeAddr()
 	if err != nil {
@@ -135,23 +128,8 @@ func demo(ctx context.Context, dir string, lines int, keep bool, out io.Writer) 
 	// Acknowledged means recorded in the aggregator's outbox; a lone
 	// RequestReceived alerts after the stage grace. Wait for every expected
 	// alert to be exported, then stop the aggregator cleanly.
-	deadline := time.Now().Add(30 * time.Second)
-	var recs []string
-	for {
-		_, recs, err = readAlerts(alertsPath)
-		if err != nil {
-			return err
-		}
-		if countTokenRequests(recs) >= len(want) || time.Now().After(deadline) {
-			break
-		}
-		select {
-		case <-aggDone:
-			return fmt.Errorf("aggregator exited early: %v (log: %s)", aggErr, aggLog.Name())
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
+	if err := waitExported(ctx, alertsPath, len(want), aggDone, &aggErr, aggLog.Name()); err != nil {
+		return err
 	}
 	_ = agg.Process.Signal(syscall.SIGTERM)
 	select {
@@ -159,19 +137,74 @@ func demo(ctx context.Context, dir string, lines int, keep bool, out io.Writer) 
 	case <-time.After(15 * time.Second):
 		return errors.New("aggregator did not stop within 15 s")
 	}
+	return report(out, alertsPath, len(want), keep)
+}
+
+// createOutputs creates the files the aggregator writes its alerts
+// (stdout) and its log (stderr) to.
+func createOutputs(alertsPath, logPath string) (alerts, aggLog *os.File, err error) {
+	alerts, err = os.Create(alertsPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create %s: %w", alertsPath, err)
+	}
+	aggLog, err = os.Create(logPath)
+	if err != nil {
+		alerts.Close()
+		return nil, nil, err
+	}
+	return alerts, aggLog, nil
+}
+
+// buildBinaries builds the agent and the aggregator into bin.
+func buildBinaries(ctx context.Context, bin string) error {
+	fmt.Fprintln(os.Stderr, "demo: building agent and aggregator")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin+string(filepath.Separator), "./agent", "./aggregator")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("go build (run the demo from the repository root): %w", err)
+	}
+	return nil
+}
+
+// waitExported waits, at most 30 s, until alertsPath holds want
+// token-request alerts. When aggDone is closed first, the aggregator
+// exited early with *aggErr (its log: logName).
+func waitExported(ctx context.Context, alertsPath string, want int, aggDone <-chan struct{}, aggErr *error, logName string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, recs, err := readAlerts(alertsPath)
+		if err != nil {
+			return err
+		}
+		if countTokenRequests(recs) >= want || time.Now().After(deadline) {
+			return nil
+		}
+		select {
+		case <-aggDone:
+			return fmt.Errorf("aggregator exited early: %v (log: %s)", *aggErr, logName)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// report prints the alerts the aggregator wrote to alertsPath and checks
+// that want of them are token-request alerts.
+func report(out io.Writer, alertsPath string, want int, keep bool) error {
 	header, recs, err := readAlerts(alertsPath)
 	if err != nil {
 		return err
 	}
 	print(out, header, recs)
 	n := countTokenRequests(recs)
-	fmt.Fprintf(out, "\n%d token-request alerts (%d expected), %d other records.", n, len(want), len(recs)-n)
+	fmt.Fprintf(out, "\n%d token-request alerts (%d expected), %d other records.", n, want, len(recs)-n)
 	if keep {
 		fmt.Fprintf(out, " As the aggregator printed them: %s", alertsPath)
 	}
 	fmt.Fprintln(out)
-	if n != len(want) {
-		return fmt.Errorf("got %d token-request alerts, want %d", n, len(want))
+	if n != want {
+		return fmt.Errorf("got %d token-request alerts, want %d", n, want)
 	}
 	return nil
 }
