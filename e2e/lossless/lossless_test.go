@@ -72,6 +72,12 @@ func startPipeline(t *testing.T) (string, *harness.Sink, *harness.Aggregator, *h
 		t.Fatal(err)
 	}
 	auditLog := filepath.Join(auditDir, "audit.log")
+	// The file exists before the agent starts, as kube-apiserver creates
+	// it at its own start: an agent whose audit log is absent is not ready
+	// (issue 15), and the agent is waited for ready below.
+	if err := os.WriteFile(auditLog, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	sink := harness.StartSink(t)
 	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
 	agg.Start(t)
