@@ -561,7 +561,6 @@ func (p *parser) value(f field, path string) ([]byte, []string) {
 	if c == 'n' {
 		return p.skip(), nil
 	}
-	var mark []string
 	if f.kind == kObject && c == '{' {
 		p.pos++
 		return p.object(f.obj, path+".")
@@ -570,10 +569,7 @@ func (p *parser) value(f field, path string) ([]byte, []string) {
 	case f.kind == kString && c == '"':
 		p.pos++
 		s, cut := p.str(f.max)
-		if cut {
-			mark = []string{path}
-		}
-		return quote(s), mark
+		return quote(s), marked(path, cut)
 	case f.kind == kInt && (c == '-' || ('0' <= c && c <= '9')):
 		lit := p.number()
 		if len(lit) > 24 {
@@ -583,27 +579,34 @@ func (p *parser) value(f field, path string) ([]byte, []string) {
 	case (f.kind == kList || f.kind == kListLast) && c == '[':
 		p.pos++
 		l, bad, cut := p.list(f.kind == kListLast)
-		if cut {
-			mark = []string{path}
-		}
-		return listJSON(l, bad), mark
+		return listJSON(l, bad), marked(path, cut)
 	case (f.kind == kStringMap || f.kind == kListMap) && c == '{':
 		p.pos++
 		out, cut := p.mapping(f.kind == kListMap)
-		if cut {
-			mark = []string{path}
-		}
-		return out, mark
+		return out, marked(path, cut)
 	}
-	// The wrong JSON type: a placeholder of that type keeps it malformed.
+	return p.placeholder(f, c), nil
+}
+
+// placeholder skips a value of the wrong JSON type for f, which starts
+// with c, and returns a placeholder of that type that keeps it malformed.
+func (p *parser) placeholder(f field, c byte) []byte {
 	if f.kind == kString && c != '"' {
-		return p.skip(), nil
+		return p.skip()
 	}
 	ph := p.skip()
 	if string(ph) == "0" {
 		ph = []byte(`""`) // a number where none is expected
 	}
-	return ph, nil
+	return ph
+}
+
+// marked is the truncation mark of the value at path: path when cut.
+func marked(path string, cut bool) []string {
+	if cut {
+		return []string{path}
+	}
+	return nil
 }
 
 func listJSON(l []string, bad bool) []byte {
