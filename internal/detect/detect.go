@@ -263,11 +263,31 @@ func TokenRecord(src Source, e *audit.Event, v rule.Verdict, unknownOutcome bool
 	if e.ObjectRef != nil {
 		ns, name = e.ObjectRef.Namespace, e.ObjectRef.Name
 	}
+	outcome := Outcome(e, unknownOutcome)
+	dryRun := e.DryRun()
+	a := requestAttrs(src, e, ns, name)
+	a = append(a, outcomeAttrs(e, outcome, unknownOutcome)...)
+	a = append(a, mapAttrs(e)...)
+	a = append(a, requestObjectAttrs(e.RequestObject)...)
+	a = append(a, tokenwatchAttrs(e, v, dryRun)...)
+	a = append(a, ruleAttrs()...)
+	return alert.Record{
+		ID:        KeyOf(src, e).RecordID(),
+		EventName: alert.EventTokenRequest,
+		Time:      Time(e),
+		Severity:  alert.Medium,
+		Body:      body(src, e, outcome, dryRun, ns, name),
+		Attrs:     a,
+	}
+}
+
+// requestAttrs are the record's attributes for where the request ran, what
+// it asked for and who sent it, from where.
+func requestAttrs(src Source, e *audit.Event, ns, name string) []alert.Attr {
 	var groups []string
 	if e.User != nil {
 		groups = e.User.Groups
 	}
-	outcome := Outcome(e, unknownOutcome)
 	a := []alert.Attr{
 		alert.String("k8s.cluster.name", src.Cluster),
 		alert.String("k8s.node.name", src.Node),
@@ -288,14 +308,26 @@ func TokenRecord(src Source, e *audit.Event, v rule.Verdict, unknownOutcome bool
 	if ip := e.SourceIP(); ip != "" {
 		a = append(a, alert.String("source.ip", ip))
 	}
-	a = append(a,
+	return append(a,
 		alert.Strings("kubernetes.audit.sourceIPs", e.SourceIPs),
 		alert.String("user_agent.original", e.UserAgent),
 	)
+}
+
+// outcomeAttrs are the response code, when it is known, and the outcome.
+func outcomeAttrs(e *audit.Event, outcome string, unknownOutcome bool) []alert.Attr {
+	var a []alert.Attr
 	if e.ResponseStatus != nil && !unknownOutcome {
 		a = append(a, alert.Int("kubernetes.audit.responseStatus.code", int64(e.ResponseStatus.Code)))
 	}
-	a = append(a, alert.String("event.outcome", outcome))
+	return append(a, alert.String("event.outcome", outcome))
+}
+
+// mapAttrs are the event's annotations and then its user's extra fields, one
+// attribute each under a dedotted key; the first of two keys that dedot alike
+// wins.
+func mapAttrs(e *audit.Event) []alert.Attr {
+	var a []alert.Attr
 	seen := map[string]bool{}
 	for _, k := range sortedKeys(e.Annotations) {
 		key := "kubernetes.audit.annotations." + Dedot(k)
@@ -313,21 +345,33 @@ func TokenRecord(src Source, e *audit.Event, v rule.Verdict, unknownOutcome bool
 			}
 		}
 	}
-	if ro := e.RequestObject; ro != nil {
-		spec := ro.Spec
-		a = append(a, alert.Strings("kubernetes.audit.requestObject.spec.audiences", spec.Audiences))
-		if spec.ExpirationSeconds != nil {
-			a = append(a, alert.Int("kubernetes.audit.requestObject.spec.expirationSeconds", *spec.ExpirationSeconds))
-		}
-		if b := spec.BoundObjectRef; b != nil {
-			a = append(a,
-				alert.String("kubernetes.audit.requestObject.spec.boundObjectRef.kind", b.Kind),
-				alert.String("kubernetes.audit.requestObject.spec.boundObjectRef.name", b.Name),
-			)
-		}
+	return a
+}
+
+// requestObjectAttrs are the TokenRequest's spec fields, none when the event
+// carries no request object.
+func requestObjectAttrs(ro *audit.TokenRequest) []alert.Attr {
+	if ro == nil {
+		return nil
 	}
-	dryRun := e.DryRun()
-	a = append(a, alert.Bool("tokenwatch.dry_run", dryRun))
+	spec := ro.Spec
+	a := []alert.Attr{alert.Strings("kubernetes.audit.requestObject.spec.audiences", spec.Audiences)}
+	if spec.ExpirationSeconds != nil {
+		a = append(a, alert.Int("kubernetes.audit.requestObject.spec.expirationSeconds", *spec.ExpirationSeconds))
+	}
+	if b := spec.BoundObjectRef; b != nil {
+		a = append(a,
+			alert.String("kubernetes.audit.requestObject.spec.boundObjectRef.kind", b.Kind),
+			alert.String("kubernetes.audit.requestObject.spec.boundObjectRef.name", b.Name),
+		)
+	}
+	return a
+}
+
+// tokenwatchAttrs are tokenwatch's own findings about the event: dry run, an
+// exclusion that did not match, truncated, malformed or missing parts.
+func tokenwatchAttrs(e *audit.Event, v rule.Verdict, dryRun bool) []alert.Attr {
+	a := []alert.Attr{alert.Bool("tokenwatch.dry_run", dryRun)}
 	if v.Mismatch != "" {
 		a = append(a, alert.String("tokenwatch.exclusion.mismatch", v.Mismatch))
 	}
@@ -343,7 +387,12 @@ func TokenRecord(src Source, e *audit.Event, v rule.Verdict, unknownOutcome bool
 			a = append(a, alert.String("log.file.name", o.File), alert.Int("tokenwatch.file.offset", int64(min(o.Offset, math.MaxInt64))))
 		}
 	}
-	a = append(a,
+	return a
+}
+
+// ruleAttrs name the detection rule and the technique it detects.
+func ruleAttrs() []alert.Attr {
+	return []alert.Attr{
 		alert.String("security_rule.name", RuleName),
 		alert.String("security_rule.uuid", RuleUUID),
 		alert.String("security_rule.version", RuleVersion),
@@ -353,14 +402,6 @@ func TokenRecord(src Source, e *audit.Event, v rule.Verdict, unknownOutcome bool
 		alert.String("threat.tactic.name", "Credential Access"),
 		alert.String("threat.technique.id", "T1552"),
 		alert.String("threat.technique.subtechnique.id", "T1552.007"),
-	)
-	return alert.Record{
-		ID:        KeyOf(src, e).RecordID(),
-		EventName: alert.EventTokenRequest,
-		Time:      Time(e),
-		Severity:  alert.Medium,
-		Body:      body(src, e, outcome, dryRun, ns, name),
-		Attrs:     a,
 	}
 }
 
