@@ -233,120 +233,160 @@ func (p *parser) push() {
 // bytes: the result is Cut's for the whole string, and whether it was cut.
 // max 0 keeps nothing (a skipped value).
 func (p *parser) str(max int) (string, bool) {
-	var keep []byte
-	total := 0
-	hashing := false
-	out := func(b []byte) {
-		if total+len(b) > max && !hashing && max > 0 {
-			hashing = true
-			p.x.h.Reset()
-			p.x.h.Write(keep)
-		}
-		if hashing {
-			p.x.h.Write(b)
-		}
-		if room := max - len(keep); room > 0 {
-			keep = append(keep, b[:min(room, len(b))]...)
-		}
-		total += len(b)
-	}
-	var rb [utf8.UTFMax]byte
-	emit := func(r rune) { out(rb[:utf8.EncodeRune(rb[:], r)]) }
-	surrogate := rune(-1)
+	s := strSink{h: p.x.h, max: max}
+	surrogate := rune(-1) // a high surrogate waiting for its pair
 	for {
-		// Fast run of plain ASCII bytes within the current piece.
-		if p.pos < len(p.x.in) && surrogate < 0 {
-			in := p.x.in[p.pos:]
-			n := 0
-			for n < len(in) && in[n] >= 0x20 && in[n] < 0x80 && in[n] != '"' && in[n] != '\\' {
-				n++
-			}
-			if n > 0 {
-				if max > 0 {
-					out(in[:n])
-				}
-				p.pos += n
-				continue
-			}
+		if surrogate < 0 && p.asciiRun(&s) {
+			continue
 		}
 		c := p.byte()
 		if surrogate >= 0 && c != '\\' {
-			emit(utf8.RuneError)
+			s.rune(utf8.RuneError)
 			surrogate = -1
 		}
 		switch {
 		case c == '"':
-			if max > 0 {
-				if total <= max {
-					return string(keep), false
-				}
-				return cutSum(string(keep), total, p.x.h.Sum(nil), max), true
-			}
-			return "", false
+			return s.result()
 		case c < 0x20:
 			p.fail("invalid character in string literal")
 		case c == '\\':
-			e := p.byte()
-			if e != 'u' && surrogate >= 0 {
-				emit(utf8.RuneError)
-				surrogate = -1
-			}
-			switch e {
-			case '"', '\\', '/':
-				out([]byte{e})
-			case 'b':
-				out([]byte{'\b'})
-			case 'f':
-				out([]byte{'\f'})
-			case 'n':
-				out([]byte{'\n'})
-			case 'r':
-				out([]byte{'\r'})
-			case 't':
-				out([]byte{'\t'})
-			case 'u':
-				r := p.hex4()
-				if surrogate >= 0 {
-					if d := utf16.DecodeRune(surrogate, r); d != utf8.RuneError {
-						emit(d)
-						surrogate = -1
-						continue
-					}
-					emit(utf8.RuneError)
-					surrogate = -1
-				}
-				if utf16.IsSurrogate(r) {
-					surrogate = r
-				} else {
-					emit(r)
-				}
-			default:
-				p.fail("invalid escape in string literal")
-			}
+			surrogate = p.escape(&s, surrogate)
 		case c < 0x80:
-			out([]byte{c})
+			s.write([]byte{c})
 		default:
-			// Collect the continuation bytes and decode as encoding/json
-			// does: each invalid byte becomes U+FFFD.
-			seq := []byte{c}
-			for len(seq) < utf8.UTFMax {
-				n, ok := p.peek()
-				if !ok || n < 0x80 || n > 0xBF {
-					break
-				}
-				seq = append(seq, n)
-				p.pos++
-			}
-			for len(seq) > 0 {
-				r, size := utf8.DecodeRune(seq)
-				if r == utf8.RuneError && size == 1 {
-					emit(utf8.RuneError)
-				} else {
-					out(seq[:size])
-				}
-				seq = seq[size:]
-			}
+			p.utf8Seq(&s, c)
 		}
+	}
+}
+
+// strSink keeps the first max decoded bytes of a string and counts them
+// all; once the string outgrows max it hashes it whole, for Cut's sum.
+type strSink struct {
+	h       hash.Hash
+	max     int
+	keep    []byte
+	total   int
+	hashing bool
+	rb      [utf8.UTFMax]byte
+}
+
+func (s *strSink) write(b []byte) {
+	if s.total+len(b) > s.max && !s.hashing && s.max > 0 {
+		s.hashing = true
+		s.h.Reset()
+		s.h.Write(s.keep)
+	}
+	if s.hashing {
+		s.h.Write(b)
+	}
+	if room := s.max - len(s.keep); room > 0 {
+		s.keep = append(s.keep, b[:min(room, len(b))]...)
+	}
+	s.total += len(b)
+}
+
+func (s *strSink) rune(r rune) { s.write(s.rb[:utf8.EncodeRune(s.rb[:], r)]) }
+
+// result is Cut's for the whole string, and whether it was cut.
+func (s *strSink) result() (string, bool) {
+	if s.max <= 0 {
+		return "", false
+	}
+	if s.total <= s.max {
+		return string(s.keep), false
+	}
+	return cutSum(string(s.keep), s.total, s.h.Sum(nil), s.max), true
+}
+
+// asciiRun takes a run of plain ASCII bytes within the current piece into
+// s, reporting whether there was one.
+func (p *parser) asciiRun(s *strSink) bool {
+	if p.pos >= len(p.x.in) {
+		return false
+	}
+	in := p.x.in[p.pos:]
+	n := 0
+	for n < len(in) && in[n] >= 0x20 && in[n] < 0x80 && in[n] != '"' && in[n] != '\\' {
+		n++
+	}
+	if n == 0 {
+		return false
+	}
+	if s.max > 0 {
+		s.write(in[:n])
+	}
+	p.pos += n
+	return true
+}
+
+// escape decodes the escape after a backslash into s. pending is a high
+// surrogate waiting for its pair, or -1; escape returns the new one.
+func (p *parser) escape(s *strSink, pending rune) rune {
+	e := p.byte()
+	if e == 'u' {
+		return p.unicodeEscape(s, pending)
+	}
+	if pending >= 0 {
+		s.rune(utf8.RuneError)
+	}
+	switch e {
+	case '"', '\\', '/':
+		s.write([]byte{e})
+	case 'b':
+		s.write([]byte{'\b'})
+	case 'f':
+		s.write([]byte{'\f'})
+	case 'n':
+		s.write([]byte{'\n'})
+	case 'r':
+		s.write([]byte{'\r'})
+	case 't':
+		s.write([]byte{'\t'})
+	default:
+		p.fail("invalid escape in string literal")
+	}
+	return -1
+}
+
+// unicodeEscape decodes a \u escape after its 'u' into s, pairing it with
+// pending as encoding/json does; it returns the surrogate left pending.
+func (p *parser) unicodeEscape(s *strSink, pending rune) rune {
+	r := p.hex4()
+	if pending >= 0 {
+		if d := utf16.DecodeRune(pending, r); d != utf8.RuneError {
+			s.rune(d)
+			return -1
+		}
+		s.rune(utf8.RuneError)
+	}
+	if utf16.IsSurrogate(r) {
+		return r
+	}
+	s.rune(r)
+	return -1
+}
+
+// utf8Seq reads the continuation bytes after c, the first byte of a
+// non-ASCII sequence, and decodes them into s as encoding/json does: each
+// invalid byte becomes U+FFFD.
+func (p *parser) utf8Seq(s *strSink, c byte) {
+	seq := []byte{c}
+	for len(seq) < utf8.UTFMax {
+		n, ok := p.peek()
+		if !ok || n < 0x80 || n > 0xBF {
+			break
+		}
+		seq = append(seq, n)
+		p.pos++
+	}
+	for len(seq) > 0 {
+		r, size := utf8.DecodeRune(seq)
+		if r == utf8.RuneError && size == 1 {
+			s.rune(utf8.RuneError)
+		} else {
+			s.write(seq[:size])
+		}
+		seq = seq[size:]
 	}
 }
 
