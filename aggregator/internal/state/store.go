@@ -266,31 +266,9 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 	if c.Empty() {
 		return func() (int, error) { return 0, nil }
 	}
-	fail := func(err error) func() (int, error) { return func() (int, error) { return 0, err } }
-	type encoded struct {
-		id  []byte
-		val []byte
-	}
-	recs := make([]encoded, len(c.Records))
-	for i := range c.Records {
-		r := &c.Records[i]
-		if r.ID == "" {
-			return fail(fmt.Errorf("commit: record %d (%s) has no ID", i, r.EventName))
-		}
-		*r, _ = alert.Bounded(*r)
-		v, err := json.Marshal(r)
-		if err != nil {
-			return fail(fmt.Errorf("commit: encode record %.64s: %w", r.ID, err))
-		}
-		recs[i] = encoded{id: idKey(r.ID), val: v}
-	}
-	pend := make([]encoded, len(c.Pending))
-	for i := range c.Pending {
-		p := &c.Pending[i]
-		if p.Key == "" {
-			return fail(fmt.Errorf("commit: pending entry %d has no key", i))
-		}
-		pend[i] = encoded{id: requestKey(p.Key), val: encodePending(p)}
+	recs, pend, err := encodeChange(c)
+	if err != nil {
+		return func() (int, error) { return 0, err }
 	}
 
 	var added int
@@ -299,57 +277,15 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 		added = 0
 		outboxed = outboxed[:0]
 		now := s.now()
-		outbox, ids := tx.Bucket(bucketOutbox), tx.Bucket(bucketIDs)
-		for _, r := range recs {
-			if ids.Get(r.id) != nil {
-				outboxed = append(outboxed, 0)
-				continue
-			}
-			seq, err := outbox.NextSequence()
-			if err != nil {
-				return fmt.Errorf("next outbox sequence: %w", err)
-			}
-			if err := outbox.Put(u64(seq), r.val); err != nil {
-				return fmt.Errorf("put outbox %d: %w", seq, err)
-			}
-			if err := ids.Put(r.id, idValue(idOutboxed, seq, now)); err != nil {
-				return fmt.Errorf("put record id: %w", err)
-			}
-			outboxed = append(outboxed, seq)
-			added++
+		var err error
+		added, outboxed, err = putRecords(tx, recs, outboxed, now)
+		if err != nil {
+			return err
 		}
-		for i, p := range pend {
-			if st, _ := dedupeMark(tx, p.id); detect.Settle(st, detect.StatePending) != detect.StatePending {
-				continue
-			}
-			if err := deletePending(tx, p.id); err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketPending).Put(p.id, p.val); err != nil {
-				return fmt.Errorf("put pending: %w", err)
-			}
-			if err := tx.Bucket(bucketPendingDue).Put(timeKey(c.Pending[i].Deadline, p.id), nil); err != nil {
-				return fmt.Errorf("put pending deadline: %w", err)
-			}
-			if err := setDedupeMark(tx, p.id, detect.StatePending, now); err != nil {
-				return err
-			}
+		if err := putPending(tx, pend, c.Pending, now); err != nil {
+			return err
 		}
-		for _, d := range []struct {
-			keys []string
-			st   detect.State
-		}{{c.Done, detect.StateDone}, {c.DoneAlone, detect.StateDoneAlone}} {
-			for _, k := range d.keys {
-				key := requestKey(k)
-				if err := deletePending(tx, key); err != nil {
-					return err
-				}
-				if err := setDedupeMark(tx, key, d.st, now); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
+		return markDone(tx, c, now)
 	}, func() {
 		if added > 0 {
 			s.remember(outboxed, c.Records)
@@ -366,6 +302,108 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 		}
 		return added, nil
 	})
+}
+
+// encoded is one key and value a change writes.
+type encoded struct {
+	id  []byte
+	val []byte
+}
+
+// encodeChange encodes c's records (bounding each in place first) and
+// pending entries before the transaction, so that it only writes.
+func encodeChange(c Change) (recs, pend []encoded, err error) {
+	recs = make([]encoded, len(c.Records))
+	for i := range c.Records {
+		r := &c.Records[i]
+		if r.ID == "" {
+			return nil, nil, fmt.Errorf("commit: record %d (%s) has no ID", i, r.EventName)
+		}
+		*r, _ = alert.Bounded(*r)
+		v, err := json.Marshal(r)
+		if err != nil {
+			return nil, nil, fmt.Errorf("commit: encode record %.64s: %w", r.ID, err)
+		}
+		recs[i] = encoded{id: idKey(r.ID), val: v}
+	}
+	pend = make([]encoded, len(c.Pending))
+	for i := range c.Pending {
+		p := &c.Pending[i]
+		if p.Key == "" {
+			return nil, nil, fmt.Errorf("commit: pending entry %d has no key", i)
+		}
+		pend[i] = encoded{id: requestKey(p.Key), val: encodePending(p)}
+	}
+	return recs, pend, nil
+}
+
+// putRecords puts each record not seen before in the outbox and marks its ID.
+// It appends each record's outbox sequence, 0 when it was seen before, to
+// outboxed, and returns how many it added.
+func putRecords(tx *bolt.Tx, recs []encoded, outboxed []uint64, now time.Time) (added int, _ []uint64, _ error) {
+	outbox, ids := tx.Bucket(bucketOutbox), tx.Bucket(bucketIDs)
+	for _, r := range recs {
+		if ids.Get(r.id) != nil {
+			outboxed = append(outboxed, 0)
+			continue
+		}
+		seq, err := outbox.NextSequence()
+		if err != nil {
+			return added, outboxed, fmt.Errorf("next outbox sequence: %w", err)
+		}
+		if err := outbox.Put(u64(seq), r.val); err != nil {
+			return added, outboxed, fmt.Errorf("put outbox %d: %w", seq, err)
+		}
+		if err := ids.Put(r.id, idValue(idOutboxed, seq, now)); err != nil {
+			return added, outboxed, fmt.Errorf("put record id: %w", err)
+		}
+		outboxed = append(outboxed, seq)
+		added++
+	}
+	return added, outboxed, nil
+}
+
+// putPending stores each pending entry, encoded in pend, with its deadline,
+// unless its request has settled past pending.
+func putPending(tx *bolt.Tx, pend []encoded, pending []Pending, now time.Time) error {
+	for i, p := range pend {
+		if st, _ := dedupeMark(tx, p.id); detect.Settle(st, detect.StatePending) != detect.StatePending {
+			continue
+		}
+		if err := deletePending(tx, p.id); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketPending).Put(p.id, p.val); err != nil {
+			return fmt.Errorf("put pending: %w", err)
+		}
+		if err := tx.Bucket(bucketPendingDue).Put(timeKey(pending[i].Deadline, p.id), nil); err != nil {
+			return fmt.Errorf("put pending deadline: %w", err)
+		}
+		if err := setDedupeMark(tx, p.id, detect.StatePending, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// markDone drops the pending entries of c's finished requests and marks them
+// done, or done alone.
+func markDone(tx *bolt.Tx, c Change, now time.Time) error {
+	for _, d := range []struct {
+		keys []string
+		st   detect.State
+	}{{c.Done, detect.StateDone}, {c.DoneAlone, detect.StateDoneAlone}} {
+		for _, k := range d.keys {
+			key := requestKey(k)
+			if err := deletePending(tx, key); err != nil {
+				return err
+			}
+			if err := setDedupeMark(tx, key, d.st, now); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // DuePending returns up to max pending entries (all if max <= 0) whose
