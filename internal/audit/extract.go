@@ -738,34 +738,11 @@ func (p *parser) mapping(lists bool) ([]byte, bool) {
 			p.expect('"')
 			k, kcut := p.str(MaxEntry)
 			p.expect(':')
-			p.ws()
-			c, ok := p.peek()
-			if !ok {
-				p.fail("unexpected end of JSON input")
-			}
-			e := entry{key: k, cut: kcut}
-			switch {
-			case c == 'n':
-				p.skip()
-				e.null = true
-			case !lists && c == '"':
-				p.pos++
-				var vcut bool
-				e.str, vcut = p.str(MaxEntry)
-				e.cut = e.cut || vcut
-			case lists && c == '[':
-				p.pos++
-				var lbad, lcut bool
-				e.list, lbad, lcut = p.list(false)
-				bad = bad || lbad
-				e.cut = e.cut || lcut
-			default:
-				p.skip()
-				bad = true
-			}
+			e, ebad := p.mapValue(entry{key: k, cut: kcut}, lists)
+			bad = bad || ebad
 			kept = keepSmallest(kept, e)
 			p.ws()
-			c = p.byte()
+			c := p.byte()
 			if c == '}' {
 				break
 			}
@@ -775,6 +752,42 @@ func (p *parser) mapping(lists bool) ([]byte, bool) {
 		}
 	}
 	p.depth--
+	return mappingJSON(kept, lists, bad)
+}
+
+// mapValue reads the value of the map entry e into it; bad reports a value
+// of another type than the map's (or in a list of strings).
+func (p *parser) mapValue(e entry, lists bool) (entry, bool) {
+	p.ws()
+	c, ok := p.peek()
+	if !ok {
+		p.fail("unexpected end of JSON input")
+	}
+	switch {
+	case c == 'n':
+		p.skip()
+		e.null = true
+	case !lists && c == '"':
+		p.pos++
+		var vcut bool
+		e.str, vcut = p.str(MaxEntry)
+		e.cut = e.cut || vcut
+	case lists && c == '[':
+		p.pos++
+		var lbad, lcut bool
+		e.list, lbad, lcut = p.list(false)
+		e.cut = e.cut || lcut
+		return e, lbad
+	default:
+		p.skip()
+		return e, true
+	}
+	return e, false
+}
+
+// mappingJSON writes the kept entries of a map as a JSON object, with an
+// entry of the wrong type when bad, and reports whether any was cut.
+func mappingJSON(kept []entry, lists, bad bool) ([]byte, bool) {
 	out := []byte{'{'}
 	cut := false
 	for i, e := range kept {
