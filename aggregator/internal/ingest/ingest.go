@@ -150,18 +150,9 @@ func (s *Server) Drain() {
 // Stream serves one agent session.
 func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) error {
 	ctx := stream.Context()
-	first, err := stream.Recv()
+	hello, err := s.readHello(ctx, stream)
 	if err != nil {
 		return err
-	}
-	hello := first.GetHello()
-	if hello == nil {
-		s.refuse(ctx, "no_hello", "agent stream refused: its first message is not a Hello")
-		return status.Error(codes.InvalidArgument, "the first message of a stream must be a Hello")
-	}
-	if reason := checkNode(hello.GetNode()); reason != "" {
-		s.refuse(ctx, reason, "agent stream refused: its Hello has no valid node name")
-		return status.Errorf(codes.InvalidArgument, "hello: node %.64q is not a node name: 1 to %d characters of A-Z a-z 0-9 . _ -", hello.GetNode(), MaxNodeNameLen)
 	}
 	cluster, err := s.bindCluster(ctx, hello)
 	if err != nil {
@@ -189,96 +180,134 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 	if !hello.GetReplay() {
 		s.opts.Processor.Heard(src.Cluster, src.Node, time.Time{})
 	}
-
-	// The stream is served in two stages: this goroutine receives, orders
-	// and screens the next messages while a committer goroutine processes
-	// the previous batch (its commit waits for an fsync), so one agent's
-	// throughput is bounded by the slower stage, not their sum. Batches are
-	// processed one at a time in seq order, and each is acknowledged only
-	// once Process recorded it durably: acks go out in order, and after a
-	// batch that was not recorded nothing more is processed or
-	// acknowledged. Only this goroutine calls Recv (interceptors rely on
-	// it), so a committer's failure ends the stream once the next message
-	// arrives or the agent closes it: the agent, missing its acks, sends a
-	// heartbeat within the interval at the latest.
-	//
-	// Every message is read within the fleet-wide memory budget (memory.go):
-	// the receiver reserves about the size of its previous message before
-	// it reads the next one, charges each screened batch until its commit,
-	// and waits, reading nothing, while the budget is spent.
 	mem := s.budget.stream(cluster)
-	defer mem.close() // after end: the committer has stopped
+	defer mem.close() // after serve: the committer has stopped
+	return s.serve(ctx, stream, src, hello.GetReplay(), mem, log)
+}
+
+// readHello receives a stream's first message and returns its Hello, or
+// refuses the stream when that is not a Hello with a valid node name.
+func (s *Server) readHello(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer) (*tokenwatchv1.Hello, error) {
+	first, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		s.refuse(ctx, "no_hello", "agent stream refused: its first message is not a Hello")
+		return nil, status.Error(codes.InvalidArgument, "the first message of a stream must be a Hello")
+	}
+	if reason := checkNode(hello.GetNode()); reason != "" {
+		s.refuse(ctx, reason, "agent stream refused: its Hello has no valid node name")
+		return nil, status.Errorf(codes.InvalidArgument, "hello: node %.64q is not a node name: 1 to %d characters of A-Z a-z 0-9 . _ -", hello.GetNode(), MaxNodeNameLen)
+	}
+	return hello, nil
+}
+
+// serve runs a welcomed stream until the agent closes it or it fails.
+//
+// The stream is served in two stages: this goroutine receives, orders
+// and screens the next messages while a committer goroutine processes
+// the previous batch (its commit waits for an fsync), so one agent's
+// throughput is bounded by the slower stage, not their sum. Batches are
+// processed one at a time in seq order, and each is acknowledged only
+// once Process recorded it durably: acks go out in order, and after a
+// batch that was not recorded nothing more is processed or
+// acknowledged. Only this goroutine calls Recv (interceptors rely on
+// it), so a committer's failure ends the stream once the next message
+// arrives or the agent closes it: the agent, missing its acks, sends a
+// heartbeat within the interval at the latest.
+//
+// Every message is read within the fleet-wide memory budget (memory.go):
+// the receiver reserves about the size of its previous message before
+// it reads the next one, charges each screened batch until its commit,
+// and waits, reading nothing, while the budget is spent.
+func (s *Server) serve(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, replay bool, mem *streamBudget, log *slog.Logger) error {
 	work := make(chan received, recvAhead)
 	failed := make(chan struct{})
 	var commitErr error
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if commitErr = s.commitLoop(ctx, stream, src, hello.GetReplay(), work, mem, log); commitErr != nil {
+		if commitErr = s.commitLoop(ctx, stream, src, replay, work, mem, log); commitErr != nil {
 			close(failed)
 		}
 	})
-	end := func(err error) error {
-		close(work)
-		wg.Wait()
-		if commitErr != nil {
-			return commitErr
-		}
-		return err
+	err := s.receive(ctx, stream, src, work, failed, mem)
+	close(work)
+	wg.Wait()
+	if commitErr != nil {
+		return commitErr
 	}
+	if errors.Is(err, io.EOF) {
+		log.Info("agent disconnected")
+		return nil
+	}
+	return err
+}
 
+// receive reads, orders and screens a stream's messages and hands them to
+// the committer through work, until Recv fails (io.EOF when the agent closed
+// the stream), a message is refused, or failed is closed (then it returns
+// nil: the committer holds the error).
+func (s *Server) receive(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, work chan<- received, failed <-chan struct{}, mem *streamBudget) error {
 	var last uint64
 	for {
 		reserved, err := mem.acquire(ctx, int64(lastWireSize(ctx)))
 		if err != nil {
-			return end(status.FromContextError(err).Err())
+			return status.FromContextError(err).Err()
 		}
 		req, err := stream.Recv()
 		mem.release(reserved)
-		if errors.Is(err, io.EOF) {
-			if err := end(nil); err != nil {
-				return err
-			}
-			log.Info("agent disconnected")
-			return nil
-		}
 		if err != nil {
-			return end(err)
+			return err
 		}
-		var r received
-		switch msg := req.GetMsg().(type) {
-		case *tokenwatchv1.StreamRequest_Batch:
-			b := msg.Batch
-			if b.GetSeq() != last+1 {
-				s.refuse(ctx, "bad_seq", "agent stream ended: batch out of order", "cluster", cluster, "node", src.Node)
-				return end(status.Errorf(codes.InvalidArgument, "batch seq %d out of order: want %d", b.GetSeq(), last+1))
-			}
-			last = b.GetSeq()
-			r.batch = s.prepare(src, b)
-			if r.batch.charged, err = mem.acquire(ctx, r.batch.cost); err != nil {
-				return end(status.FromContextError(err).Err())
-			}
-		case *tokenwatchv1.StreamRequest_Heartbeat:
-			r.heartbeat = msg.Heartbeat
-		case *tokenwatchv1.StreamRequest_Hello:
-			s.refuse(ctx, "second_hello", "agent stream ended: a second Hello", "cluster", cluster, "node", src.Node)
-			return end(status.Error(codes.InvalidArgument, "hello is allowed only as the first message"))
-		default:
-			return end(status.Error(codes.InvalidArgument, "empty stream message"))
+		r, err := s.accept(ctx, src, req, &last, mem)
+		if err != nil {
+			return err
 		}
 		select {
 		case <-failed:
-			return end(nil)
+			return nil
 		default:
 		}
 		select {
 		case work <- r:
 		case <-failed:
-			return end(nil)
+			return nil
 		}
 		if s.queued != nil {
 			s.queued()
 		}
 	}
+}
+
+// accept checks one message after the Hello and makes it the committer's:
+// a batch must follow the one numbered *last, which it then advances, and is
+// screened and charged to the memory budget; a heartbeat passes as it is.
+func (s *Server) accept(ctx context.Context, src detect.Source, req *tokenwatchv1.StreamRequest, last *uint64, mem *streamBudget) (received, error) {
+	var r received
+	switch msg := req.GetMsg().(type) {
+	case *tokenwatchv1.StreamRequest_Batch:
+		b := msg.Batch
+		if b.GetSeq() != *last+1 {
+			s.refuse(ctx, "bad_seq", "agent stream ended: batch out of order", "cluster", src.Cluster, "node", src.Node)
+			return r, status.Errorf(codes.InvalidArgument, "batch seq %d out of order: want %d", b.GetSeq(), *last+1)
+		}
+		*last = b.GetSeq()
+		r.batch = s.prepare(src, b)
+		var err error
+		if r.batch.charged, err = mem.acquire(ctx, r.batch.cost); err != nil {
+			return r, status.FromContextError(err).Err()
+		}
+	case *tokenwatchv1.StreamRequest_Heartbeat:
+		r.heartbeat = msg.Heartbeat
+	case *tokenwatchv1.StreamRequest_Hello:
+		s.refuse(ctx, "second_hello", "agent stream ended: a second Hello", "cluster", src.Cluster, "node", src.Node)
+		return r, status.Error(codes.InvalidArgument, "hello is allowed only as the first message")
+	default:
+		return r, status.Error(codes.InvalidArgument, "empty stream message")
+	}
+	return r, nil
 }
 
 // recvAhead is how many received messages may wait for the committer
