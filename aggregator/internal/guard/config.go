@@ -132,7 +132,7 @@ func DefaultConfig() Config {
 		KeepaliveTimeout:      10 * time.Second,
 		HandshakeTimeout:      10 * time.Second,
 		MaxHeaderListBytes:    64 << 10,
-		WindowBytes:           64 << 10,
+		WindowBytes:           512 << 10,
 	}
 }
 

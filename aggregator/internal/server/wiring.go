@@ -203,7 +203,7 @@ func (a *service) run(ctx context.Context) error {
 	if a.metrics != nil {
 		maddr = a.metrics.lis.Addr().String()
 	}
-	a.logger.Info("aggregator serving", "listen", addr, "metrics", maddr, "insecure", a.c.Insecure)
+	a.logger.Info("aggregator serving", append([]any{"listen", addr, "metrics", maddr, "insecure", a.c.Insecure}, a.c.ServingAttrs...)...)
 	if a.c.Started != nil {
 		a.c.Started(addr, maddr)
 	}
