@@ -105,9 +105,10 @@ func TestKubeadmAuditWiring(t *testing.T) {
 
 // TestControlPlane runs the real tools: kubeadm validates the kubeadm
 // configuration; a kube-apiserver started with its audit flags and the audit
-// policy accepts every overlay's objects, deploy/otelcol's and an overlay with
-// components/prometheus (server-side apply, dry run, strict field validation,
-// cert-manager's and the prometheus-operator's CRDs installed) and logs a real
+// policy accepts every overlay's objects, deploy/otelcol's, an overlay with
+// components/prometheus and a spoke with components/prometheus-agent
+// (server-side apply, dry run, strict field validation, cert-manager's and
+// the prometheus-operator's CRDs installed) and logs a real
 // TokenRequest at Request level without the token.
 func TestControlPlane(t *testing.T) {
 	bins := k8sBinaries(t)
@@ -147,7 +148,7 @@ func TestControlPlane(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	kits := []string{"otelcol", "check/testdata/prometheus"}
+	kits := []string{"otelcol", "check/testdata/prometheus", "check/testdata/prometheus-spoke"}
 	for _, name := range overlays(t) {
 		kits = append(kits, "overlays/"+name)
 	}

@@ -140,7 +140,8 @@ func TestHelmLint(t *testing.T) {
 		cases = append(cases, lintCase{name, []string{"-f", shapes[name]}})
 	}
 	cases = append(cases, lintCase{"hub NodePort", []string{"-f", shapes["hub"], "--set", "expose.type=NodePort,expose.nodePort=31443"}},
-		lintCase{"prometheus", []string{"-f", shapes["single-cluster"], "--set", "prometheus.enabled=true"}})
+		lintCase{"prometheus", []string{"-f", shapes["single-cluster"], "--set", "prometheus.enabled=true"}},
+		lintCase{"prometheus spoke", []string{"-f", shapes["spoke"], "--set", "prometheus.enabled=true"}})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			out, err := runHelm(helm, append([]string{"lint", "--strict", "--namespace", helmNamespace,
@@ -193,7 +194,9 @@ func TestHelmRefusesBadValues(t *testing.T) {
 // with the same specs and data, once kustomize's ConfigMap name hashes are
 // taken off; Helm may add labels and pod-template annotations. With
 // prometheus.enabled, the single cluster equals the overlay that adds
-// components/prometheus (testdata/prometheus).
+// components/prometheus (testdata/prometheus) and the spoke the one that adds
+// components/prometheus-agent (testdata/prometheus-spoke): no aggregator
+// monitoring or rules where no aggregator runs.
 func TestHelmTemplate(t *testing.T) {
 	helm := helmBinary(t)
 	shapes := helmShapes(t)
@@ -207,30 +210,50 @@ func TestHelmTemplate(t *testing.T) {
 			sameSubstance(t, kustomizeBuild(t, deployPath(t, "overlays", name)), objs)
 		})
 	}
-	t.Run("prometheus", func(t *testing.T) {
-		objs := helmTemplate(t, helm, shapes["single-cluster"], "--set", "prometheus.enabled=true")
-		checkRendered(t, objs)
-		sameSubstance(t, kustomizeBuild(t, deployPath(t, "check", "testdata", "prometheus")), objs)
-		// The rules are deploy/prometheus/rules.yaml's, whatever the component holds.
-		var plain struct {
-			Groups []any `json:"groups"`
-		}
-		readYAML(t, deployPath(t, "prometheus", "rules.yaml"), &plain)
-		rule := find(objs, "PrometheusRule", "tokenwatch")
-		if rule == nil {
-			t.Fatal("no PrometheusRule tokenwatch with prometheus.enabled=true")
-		}
-		got := deepCopy(t, object{"groups": rule.path("spec", "groups")})
-		want := deepCopy(t, object{"groups": plain.Groups})
-		if len(plain.Groups) == 0 || !reflect.DeepEqual(got, want) {
-			t.Error("the chart's PrometheusRule spec.groups differ from deploy/prometheus/rules.yaml groups")
-		}
-	})
+	for _, c := range []struct{ name, shape, kit string }{
+		{"prometheus", "single-cluster", "prometheus"},
+		{"prometheus spoke", "spoke", "prometheus-spoke"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			objs := helmTemplate(t, helm, shapes[c.shape], "--set", "prometheus.enabled=true")
+			checkRendered(t, objs)
+			sameSubstance(t, kustomizeBuild(t, deployPath(t, "check", "testdata", c.kit)), objs)
+			// Each PrometheusRule's rules are its deploy/prometheus file's,
+			// whatever the components hold; the aggregator's only with it.
+			aggregator := find(objs, "Deployment", "tokenwatch-aggregator") != nil
+			for _, rf := range []struct{ name, file string }{
+				{"tokenwatch-agent", "agent-rules.yaml"},
+				{"tokenwatch-aggregator", "aggregator-rules.yaml"},
+			} {
+				rule := find(objs, "PrometheusRule", rf.name)
+				rendered := rf.name == "tokenwatch-agent" || aggregator
+				if !rendered {
+					if rule != nil || find(objs, "ServiceMonitor", "tokenwatch-aggregator") != nil {
+						t.Errorf("the aggregator's PrometheusRule or ServiceMonitor rendered without an aggregator (%s)", c.shape)
+					}
+					continue
+				}
+				if rule == nil {
+					t.Fatalf("no PrometheusRule %s with prometheus.enabled=true (%s)", rf.name, c.shape)
+				}
+				var plain struct {
+					Groups []any `json:"groups"`
+				}
+				readYAML(t, deployPath(t, "prometheus", rf.file), &plain)
+				got := deepCopy(t, object{"groups": rule.path("spec", "groups")})
+				want := deepCopy(t, object{"groups": plain.Groups})
+				if len(plain.Groups) == 0 || !reflect.DeepEqual(got, want) {
+					t.Errorf("the chart's PrometheusRule %s spec.groups differ from deploy/prometheus/%s groups", rf.name, rf.file)
+				}
+			}
+		})
+	}
 	// The chart's aggregator configuration and alerting rules are the kit's
 	// (symbolic links).
 	for file, kit := range map[string][]string{
-		"aggregator.yaml": {"config", "aggregator.yaml"},
-		"rules.yaml":      {"prometheus", "rules.yaml"},
+		"aggregator.yaml":       {"config", "aggregator.yaml"},
+		"agent-rules.yaml":      {"prometheus", "agent-rules.yaml"},
+		"aggregator-rules.yaml": {"prometheus", "aggregator-rules.yaml"},
 	} {
 		want, err := os.ReadFile(deployPath(t, kit...))
 		if err != nil {
@@ -421,7 +444,7 @@ func TestHelmNodePort(t *testing.T) {
 
 // TestHelmControlPlane: a real kube-apiserver with cert-manager's and the
 // prometheus-operator's CRDs accepts every shape's render and the single
-// cluster's with prometheus.enabled (server-side apply, dry run, strict field
+// cluster's and the spoke's with prometheus.enabled (server-side apply, dry run, strict field
 // validation), with the Pod Security verdicts the kustomize overlays get.
 func TestHelmControlPlane(t *testing.T) {
 	helm := helmBinary(t)
@@ -435,7 +458,8 @@ func TestHelmControlPlane(t *testing.T) {
 	}
 	renders["hub NodePort"] = []string{shapes["hub"], "--set", "expose.type=NodePort,expose.nodePort=31443"}
 	renders["prometheus"] = []string{shapes["single-cluster"], "--set", "prometheus.enabled=true"}
-	for _, name := range append(sortedKeys(shapes), "hub NodePort", "prometheus") {
+	renders["prometheus spoke"] = []string{shapes["spoke"], "--set", "prometheus.enabled=true"}
+	for _, name := range append(sortedKeys(shapes), "hub NodePort", "prometheus", "prometheus spoke") {
 		t.Run(name, func(t *testing.T) {
 			r := renders[name]
 			dryRunObjects(t, s, helmTemplate(t, helm, r[0], r[1:]...))

@@ -30,36 +30,101 @@ func promtoolBinary(t *testing.T) string {
 	return runScript(t, 30*time.Minute, nil, script)
 }
 
+// ruleFiles are deploy/prometheus's rule files, each with the
+// PrometheusRule that holds the same groups: the agents' rules (every cluster
+// with agents, a spoke too; components/prometheus-agent) and the aggregator's
+// (where it runs; components/prometheus).
+var ruleFiles = []struct{ file, component string }{
+	{"agent-rules.yaml", "prometheus-agent"},
+	{"aggregator-rules.yaml", "prometheus"},
+}
+
+// ruleTests are the promtool unit test files: rules_test.yaml loads every
+// rule file, spoke_test.yaml only the agents' (a spoke's shape).
+var ruleTests = []string{"rules_test.yaml", "spoke_test.yaml"}
+
 // TestPrometheusRules checks the alerting rules with promtool itself
-// (check rules, then the unit tests of rules_test.yaml) and that the
-// PrometheusRule of components/prometheus holds exactly the same groups.
+// (check rules, then the unit tests), that each PrometheusRule of the
+// components holds exactly the groups of its rule file, that the unit tests
+// name every alert and that the spoke's tests load the agents' rules alone.
 func TestPrometheusRules(t *testing.T) {
-	rules := deployPath(t, "prometheus", "rules.yaml")
-	t.Run("PrometheusRule equals rules.yaml", func(t *testing.T) {
-		var plain struct {
-			Groups []any `json:"groups"`
-		}
-		readYAML(t, rules, &plain)
-		var pr struct {
-			Kind string `json:"kind"`
-			Spec struct {
+	dir := deployPath(t, "prometheus")
+	type ruleGroups struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `json:"alert"`
+			} `json:"rules"`
+		} `json:"groups"`
+	}
+	alerts := map[string]string{} // alert name -> its rule file
+	for _, rf := range ruleFiles {
+		t.Run("PrometheusRule equals "+rf.file, func(t *testing.T) {
+			var plain struct {
 				Groups []any `json:"groups"`
-			} `json:"spec"`
+			}
+			readYAML(t, filepath.Join(dir, rf.file), &plain)
+			var pr struct {
+				Kind string `json:"kind"`
+				Spec struct {
+					Groups []any `json:"groups"`
+				} `json:"spec"`
+			}
+			readYAML(t, deployPath(t, "components", rf.component, "prometheusrule.yaml"), &pr)
+			if pr.Kind != "PrometheusRule" || len(plain.Groups) == 0 {
+				t.Fatalf("kind %q, %d groups in %s", pr.Kind, len(plain.Groups), rf.file)
+			}
+			if !reflect.DeepEqual(plain.Groups, pr.Spec.Groups) {
+				t.Errorf("components/%s/prometheusrule.yaml spec.groups differ from prometheus/%s groups", rf.component, rf.file)
+			}
+		})
+		var rg ruleGroups
+		readYAML(t, filepath.Join(dir, rf.file), &rg)
+		for _, g := range rg.Groups {
+			for _, r := range g.Rules {
+				if other, dup := alerts[r.Alert]; dup {
+					t.Errorf("alert %s in %s and %s", r.Alert, other, rf.file)
+				}
+				alerts[r.Alert] = rf.file
+			}
 		}
-		readYAML(t, deployPath(t, "components", "prometheus", "prometheusrule.yaml"), &pr)
-		if pr.Kind != "PrometheusRule" || len(plain.Groups) == 0 {
-			t.Fatalf("kind %q, %d groups in rules.yaml", pr.Kind, len(plain.Groups))
+	}
+	t.Run("unit tests cover every alert; the spoke loads agent rules only", func(t *testing.T) {
+		tested := map[string]bool{}
+		for _, f := range ruleTests {
+			var ut struct {
+				RuleFiles []string `json:"rule_files"`
+				Tests     []struct {
+					AlertRuleTest []struct {
+						Alertname string `json:"alertname"`
+					} `json:"alert_rule_test"`
+				} `json:"tests"`
+			}
+			readYAML(t, filepath.Join(dir, f), &ut)
+			for _, tc := range ut.Tests {
+				for _, a := range tc.AlertRuleTest {
+					tested[a.Alertname] = true
+				}
+			}
+			if f == "spoke_test.yaml" && !reflect.DeepEqual(ut.RuleFiles, []string{"agent-rules.yaml"}) {
+				t.Errorf("%s loads %v, want only agent-rules.yaml (what a spoke installs)", f, ut.RuleFiles)
+			}
 		}
-		if !reflect.DeepEqual(plain.Groups, pr.Spec.Groups) {
-			t.Error("components/prometheus/prometheusrule.yaml spec.groups differ from prometheus/rules.yaml groups")
+		for a, f := range alerts {
+			if !tested[a] {
+				t.Errorf("alert %s (%s) has no promtool unit test", a, f)
+			}
 		}
 	})
 
 	promtool := promtoolBinary(t)
-	for _, args := range [][]string{{"check", "rules", "rules.yaml"}, {"test", "rules", "rules_test.yaml"}} {
+	check := []string{"check", "rules"}
+	for _, rf := range ruleFiles {
+		check = append(check, rf.file)
+	}
+	for _, args := range [][]string{check, append([]string{"test", "rules"}, ruleTests...)} {
 		t.Run("promtool "+strings.Join(args, " "), func(t *testing.T) {
 			cmd := exec.Command(promtool, args...)
-			cmd.Dir = filepath.Dir(rules)
+			cmd.Dir = dir
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)

@@ -26,8 +26,9 @@ var eventOnly = map[string]string{
 // TestMetricsUsedExist runs an mTLS agent and aggregator on loopback, feeds
 // them a small audit log until records are exported, scrapes both /metrics
 // and checks that every tokenwatch metric named by
-// deploy/prometheus/rules.yaml and dashboard.json is exposed: a rename in the
-// code that leaves the rules or the dashboard behind fails here.
+// deploy/prometheus/{agent,aggregator}-rules.yaml and dashboard.json is
+// exposed: a rename in the code that leaves the rules or the dashboard behind
+// fails here.
 func TestMetricsUsedExist(t *testing.T) {
 	b := suite.Need(t)
 	if b.GenAuditErr != nil {
@@ -39,7 +40,7 @@ func TestMetricsUsedExist(t *testing.T) {
 	}
 	used := map[string][]string{}
 	name := regexp.MustCompile(`\btokenwatch_[a-z0-9_]+`)
-	for _, f := range []string{"rules.yaml", "dashboard.json"} {
+	for _, f := range []string{"agent-rules.yaml", "aggregator-rules.yaml", "dashboard.json"} {
 		path := filepath.Join(root, "deploy", "prometheus", f)
 		data, err := os.ReadFile(path)
 		if err != nil {
