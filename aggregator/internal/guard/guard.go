@@ -352,7 +352,7 @@ func (s *stream) RecvMsg(m any) error {
 		if s.firstErr != nil {
 			return s.firstErr
 		}
-		if req, ok := m.(*tokenwatchv1.StreamRequest); ok {
+		if req, ok := requestOf(m); ok {
 			req.Msg = s.first.Msg // shallow: the codec's screened events keep their identity
 		} else if pm, ok := m.(proto.Message); ok {
 			proto.Merge(pm, s.first)
@@ -364,11 +364,26 @@ func (s *stream) RecvMsg(m any) error {
 	if err != nil {
 		return s.recvError(err)
 	}
-	req, ok := m.(*tokenwatchv1.StreamRequest)
+	req, ok := requestOf(m)
 	if !ok {
 		return nil
 	}
 	return s.check(req)
+}
+
+// requestOf returns the StreamRequest m is, or the one it embeds: a handler
+// may receive into its own type that carries one (ingest's also carries its
+// codec's verdicts), and the limits apply to it all the same.
+func requestOf(m any) (*tokenwatchv1.StreamRequest, bool) {
+	if req, ok := m.(*tokenwatchv1.StreamRequest); ok {
+		return req, true
+	}
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return nil, false
+	}
+	req, ok := pm.ProtoReflect().Interface().(*tokenwatchv1.StreamRequest)
+	return req, ok
 }
 
 // check applies the limits to one received message.

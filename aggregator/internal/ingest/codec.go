@@ -67,94 +67,121 @@ func (c *codec) Name() string { return "proto" }
 
 func (c *codec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Marshal(v) }
 
+// Unmarshal decodes into a *tokenwatchv1.StreamRequest or an *inbound; an
+// inbound also gets the verdict of each batch event the codec judged, so
+// that no event is judged twice.
 func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
-	req, ok := v.(*tokenwatchv1.StreamRequest)
-	if !ok {
+	var req *tokenwatchv1.StreamRequest
+	var verdicts *[]rule.Verdict
+	switch m := v.(type) {
+	case *tokenwatchv1.StreamRequest:
+		req = m
+	case *inbound:
+		req, verdicts = m.StreamRequest, &m.verdicts
+		m.verdicts = nil
+	default:
 		return c.proto.Unmarshal(data, v)
 	}
 	buf := data.MaterializeToBuffer(flatPool)
 	defer buf.Free()
 	b := buf.ReadOnlyData()
-	if batch, ok := c.batchRequest(b); ok {
+	if batch, vs, ok := c.batchRequest(b); ok {
 		proto.Reset(req)
 		req.Msg = &tokenwatchv1.StreamRequest_Batch{Batch: batch}
+		if verdicts != nil {
+			*verdicts = vs
+		}
 		return nil
 	}
 	return proto.Unmarshal(b, req)
 }
 
+// inbound is what the receiver asks gRPC to decode a stream message into:
+// the StreamRequest (embedded, so any codec and the guard see one) and,
+// when the codec screened its batch, the verdict of each batch event, by
+// index. prepare takes those verdicts instead of judging the events again.
+type inbound struct {
+	*tokenwatchv1.StreamRequest
+	verdicts []rule.Verdict
+}
+
 // batchRequest decodes a StreamRequest that is exactly one Batch, screening
-// its events; ok is false for anything else.
-func (c *codec) batchRequest(b []byte) (*tokenwatchv1.Batch, bool) {
+// its events; it returns the batch and the verdict of each of its events,
+// and ok is false for anything else.
+func (c *codec) batchRequest(b []byte) (*tokenwatchv1.Batch, []rule.Verdict, bool) {
 	num, typ, n := protowire.ConsumeTag(b)
 	if n < 0 || num != fieldBatch || typ != protowire.BytesType {
-		return nil, false
+		return nil, nil, false
 	}
 	body, m := protowire.ConsumeBytes(b[n:])
 	if m < 0 || n+m != len(b) {
-		return nil, false
+		return nil, nil, false
 	}
 	batch := &tokenwatchv1.Batch{}
+	var verdicts []rule.Verdict
 	var seen1 bool
 	scratch := &rule.Subject{Groups: make([]string, 0, 8)}
 	for len(body) > 0 {
 		num, typ, n := protowire.ConsumeTag(body)
 		if n < 0 {
-			return nil, false
+			return nil, nil, false
 		}
 		body = body[n:]
 		switch {
 		case num == fieldBatchSeq && typ == protowire.VarintType && !seen1:
 			v, n := protowire.ConsumeVarint(body)
 			if n < 0 {
-				return nil, false
+				return nil, nil, false
 			}
 			batch.Seq, seen1, body = v, true, body[n:]
 		case num == fieldBatchEvents && typ == protowire.BytesType:
 			ev, n := protowire.ConsumeBytes(body)
 			if n < 0 {
-				return nil, false
+				return nil, nil, false
 			}
 			body = body[n:]
-			e, ok := c.event(ev, scratch)
+			e, v, ok := c.event(ev, scratch)
 			if !ok {
-				return nil, false
+				return nil, nil, false
 			}
 			batch.Events = append(batch.Events, e)
+			verdicts = append(verdicts, v)
 		case num == fieldBatchLosses && typ == protowire.BytesType:
 			lb, n := protowire.ConsumeBytes(body)
 			if n < 0 {
-				return nil, false
+				return nil, nil, false
 			}
 			body = body[n:]
 			l := &tokenwatchv1.LossReport{}
 			if proto.Unmarshal(lb, l) != nil {
-				return nil, false
+				return nil, nil, false
 			}
 			batch.Losses = append(batch.Losses, l)
 		default:
-			return nil, false
+			return nil, nil, false
 		}
 	}
-	return batch, true
+	return batch, verdicts, true
 }
 
-// event screens one encoded TokenEvent and decodes it when it may alert.
+// event screens one encoded TokenEvent and decodes it when it may alert;
+// it returns the event (a placeholder when screened out) and its verdict.
 // sub is scratch space, reset here.
-func (c *codec) event(b []byte, sub *rule.Subject) (*tokenwatchv1.TokenEvent, bool) {
+func (c *codec) event(b []byte, sub *rule.Subject) (*tokenwatchv1.TokenEvent, rule.Verdict, bool) {
 	clear(sub.Groups[:cap(sub.Groups)])
 	*sub = rule.Subject{Groups: sub.Groups[:0]}
 	if !scanEvent(b, sub) {
-		return nil, false
+		return nil, rule.Verdict{}, false
 	}
-	if v := c.screen.Screen(sub); !v.Alerts() {
-		return placeholder(v), true
+	v := c.screen.Screen(sub)
+	if !v.Alerts() {
+		return placeholder(v), v, true
 	}
 	e := &tokenwatchv1.TokenEvent{}
 	if proto.Unmarshal(b, e) != nil {
-		return nil, false
+		return nil, rule.Verdict{}, false
 	}
-	return e, true
+	return e, v, true
 }
 
 // Field numbers of the fields scanEvent reads, from the generated

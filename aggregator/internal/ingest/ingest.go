@@ -256,12 +256,13 @@ func (s *Server) receive(ctx context.Context, stream tokenwatchv1.AuditStreamSer
 		if err != nil {
 			return status.FromContextError(err).Err()
 		}
-		req, err := stream.Recv()
+		in := &inbound{StreamRequest: new(tokenwatchv1.StreamRequest)}
+		err = stream.RecvMsg(in)
 		mem.release(reserved)
 		if err != nil {
 			return err
 		}
-		r, err := s.accept(ctx, src, req, &last, mem)
+		r, err := s.accept(ctx, src, in, &last, mem)
 		if err != nil {
 			return err
 		}
@@ -283,10 +284,11 @@ func (s *Server) receive(ctx context.Context, stream tokenwatchv1.AuditStreamSer
 
 // accept checks one message after the Hello and makes it the committer's:
 // a batch must follow the one numbered *last, which it then advances, and is
-// screened and charged to the memory budget; a heartbeat passes as it is.
-func (s *Server) accept(ctx context.Context, src detect.Source, req *tokenwatchv1.StreamRequest, last *uint64, mem *streamBudget) (received, error) {
+// screened (with the codec's verdicts, when it gave them) and charged to the
+// memory budget; a heartbeat passes as it is.
+func (s *Server) accept(ctx context.Context, src detect.Source, in *inbound, last *uint64, mem *streamBudget) (received, error) {
 	var r received
-	switch msg := req.GetMsg().(type) {
+	switch msg := in.GetMsg().(type) {
 	case *tokenwatchv1.StreamRequest_Batch:
 		b := msg.Batch
 		if b.GetSeq() != *last+1 {
@@ -294,7 +296,7 @@ func (s *Server) accept(ctx context.Context, src detect.Source, req *tokenwatchv
 			return r, status.Errorf(codes.InvalidArgument, "batch seq %d out of order: want %d", b.GetSeq(), *last+1)
 		}
 		*last = b.GetSeq()
-		r.batch = s.prepare(src, b)
+		r.batch = s.prepare(src, b, in.verdicts)
 		var err error
 		if r.batch.charged, err = mem.acquire(ctx, r.batch.cost); err != nil {
 			return r, status.FromContextError(err).Err()
@@ -421,19 +423,26 @@ type prepared struct {
 
 // batch processes one batch and acknowledges it once it is recorded.
 func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, b *tokenwatchv1.Batch, log *slog.Logger) error {
-	return s.commit(ctx, stream, s.prepare(src, b), nil, log)
+	return s.commit(ctx, stream, s.prepare(src, b, nil), nil, log)
 }
 
 // prepare screens b's events, converts those kept and releases b's events.
-// An event the codec screened out is a placeholder with its verdict; the
-// others are screened here, once, when the Processor is a Screener.
-func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch) *prepared {
+// verdicts, when it has one entry per event, are the codec's: each event is
+// judged once, by the codec or, for the events it did not judge (a message
+// it left to plain protobuf), here, when the Processor is a Screener. An
+// event the codec screened out is a placeholder with its verdict.
+func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, verdicts []rule.Verdict) *prepared {
 	pb := pipeline.Batch{Source: src}
 	sc, screens := s.opts.Processor.(Screener)
+	judged := verdicts != nil && len(verdicts) == len(b.GetEvents())
 	var kept []*tokenwatchv1.TokenEvent
-	for _, e := range b.GetEvents() {
+	for i, e := range b.GetEvents() {
 		v, screened := screenedOut(e)
-		if !screened && screens {
+		switch {
+		case screened:
+		case judged:
+			v, screened = verdicts[i], true
+		case screens:
 			sub := wire.Subject(e)
 			v, screened = sc.Screen(&sub), true
 		}
