@@ -195,18 +195,6 @@ func After(s State, a Action) State {
 	return s
 }
 
-// Settle returns the state a request is left in when next is recorded over
-// stored, the state already recorded: a request once done stays as it is
-// (a hold that raced its completion, or a re-sent stage, does not reopen
-// it); otherwise next. The store applies it inside its transaction, so
-// concurrent batches deciding from the same read cannot undo a decision.
-func Settle(stored, next State) State {
-	if next == StatePending && (stored == StateDone || stored == StateDoneAlone) {
-		return stored
-	}
-	return next
-}
-
 // Source is where an event came from: the agent's cluster and node.
 type Source struct {
 	Cluster string

@@ -5,7 +5,8 @@
 // For every event of a batch the rule decides; excluded events (the vast
 // majority: system identities) cost one evaluation and are counted, nothing
 // is stored. A matching event is keyed by request (cluster, auditID,
-// requestReceivedTimestamp) and the request's stored state picks the action:
+// requestReceivedTimestamp) and detect.Plan, from the request's stored
+// state, picks the action (the store records the result and decides nothing):
 // a RequestReceived is held as pending with a deadline of now+stage_grace, a
 // completion (or a lone RequestReceived whose deadline passed, with
 // event.outcome=unknown) becomes the alert and marks the request done, a

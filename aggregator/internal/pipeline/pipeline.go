@@ -356,30 +356,26 @@ func (p *Pipeline) candidates(b Batch) ([]candidate, Result) {
 	return cands, res
 }
 
-// decide applies the request lifecycle (detect.Decide) to each candidate,
-// from its stored state or the state an earlier event of the batch left,
-// adds holds and done marks to ch, counts into res and returns the alerts
-// to make.
+// decide turns the lifecycle that detect.Plan decides for the candidates,
+// from their stored states, into holds and done marks in ch, counts into
+// res and returns the alerts to make.
 func (p *Pipeline) decide(ch *state.Change, res *Result, src detect.Source, cands []candidate, states map[string]detect.State, now time.Time) ([]alerting, error) {
-	local := make(map[string]detect.State, len(cands))
+	reqs := make([]detect.Request, len(cands))
+	for i, c := range cands {
+		reqs[i] = detect.Request{Key: c.key, Event: c.e}
+	}
 	var alerts []alerting
-	grace := time.Duration(p.grace.Load())
-	for _, c := range cands {
-		s, ok := local[c.key]
-		if !ok {
-			s = states[c.key]
-		}
-		act := detect.Decide(s, c.e)
-		local[c.key] = detect.After(s, act)
-		switch act {
+	for i, step := range detect.Plan(states, reqs, now, time.Duration(p.grace.Load())) {
+		c := cands[i]
+		switch step.Action {
 		case detect.ActionHold:
 			raw, err := proto.Marshal(wire.ToProto(c.e))
 			if err != nil {
 				return nil, fmt.Errorf("process batch: encode pending %s: %w", c.key, err)
 			}
 			ch.Pending = append(ch.Pending, state.Pending{
-				Key: c.key, Deadline: now.Add(grace),
-				Cluster: src.Cluster, Node: src.Node, Event: raw,
+				Key: c.key, Deadline: step.Deadline,
+				Cluster: src.Cluster, Node: src.Node, Event: raw, Unless: step.Unless,
 			})
 			res.Held++
 		case detect.ActionAlert:

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -225,6 +226,11 @@ type Pending struct {
 	Node     string
 	// Event is the serialized event (proto bytes of a tokenwatchv1.TokenEvent).
 	Event []byte
+	// Unless lists the recorded states of Key this entry does not replace
+	// (detect.Step.Unless): the store leaves such a key as it is. It is
+	// checked inside the commit's transaction, so concurrent batches that
+	// decided from the same read cannot undo a decision. It is not stored.
+	Unless []detect.State
 }
 
 // Change is the outcome of one batch, committed atomically.
@@ -233,8 +239,8 @@ type Change struct {
 	// exported within the retention is skipped.
 	Records []alert.Record
 	// Pending entries are stored (replacing one with the same key) and mark
-	// their key Pending, unless detect.Settle keeps the key's recorded
-	// state (already Done or DoneAlone).
+	// their key Pending, unless the key's recorded state is one of the
+	// entry's Unless (detect.Plan decides which).
 	Pending []Pending
 	// Done marks keys Done and removes their pending entries.
 	Done []string
@@ -364,10 +370,10 @@ func putRecords(tx *bolt.Tx, recs []encoded, outboxed []uint64, now time.Time) (
 }
 
 // putPending stores each pending entry, encoded in pend, with its deadline,
-// unless its request has settled past pending.
+// unless its request's recorded state is one the entry does not replace.
 func putPending(tx *bolt.Tx, pend []encoded, pending []Pending, now time.Time) error {
 	for i, p := range pend {
-		if st, _ := dedupeMark(tx, p.id); detect.Settle(st, detect.StatePending) != detect.StatePending {
+		if st, _ := dedupeMark(tx, p.id); slices.Contains(pending[i].Unless, st) {
 			continue
 		}
 		if err := deletePending(tx, p.id); err != nil {

@@ -225,7 +225,7 @@ func TestDedupeStates(t *testing.T) {
 	s := open(t, filepath.Join(t.TempDir(), FileName), clk)
 	defer s.Close()
 	p := func(k string, d time.Duration) Pending {
-		return Pending{Key: k, Deadline: t0.Add(d), Cluster: "c", Node: "n"}
+		return Pending{Key: k, Deadline: t0.Add(d), Cluster: "c", Node: "n", Unless: detect.Settled()}
 	}
 
 	steps := []struct {
@@ -670,7 +670,7 @@ func TestSubmitCommitsInOrder(t *testing.T) {
 	s := open(t, filepath.Join(t.TempDir(), FileName), nil)
 	defer s.Close()
 	w1 := s.Submit(Change{Records: []alert.Record{rec("first")}, Done: []string{"k"}})
-	w2 := s.Submit(Change{Records: []alert.Record{rec("second")}, Pending: []Pending{{Key: "k", Deadline: t0}}})
+	w2 := s.Submit(Change{Records: []alert.Record{rec("second")}, Pending: []Pending{{Key: "k", Deadline: t0, Unless: detect.Settled()}}})
 	w3 := s.Submit(Change{Records: []alert.Record{rec("first")}})
 	for i, w := range []func() (int, error){w3, w2, w1, w1} {
 		n, err := w()
