@@ -68,17 +68,17 @@ func (c *codec) Name() string { return "proto" }
 func (c *codec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Marshal(v) }
 
 // Unmarshal decodes into a *tokenwatchv1.StreamRequest or an *inbound; an
-// inbound also gets the verdict of each batch event the codec judged, so
-// that no event is judged twice.
+// inbound also gets the verdicts of the batch events the codec judged and
+// decoded, so that no event is judged twice.
 func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
 	var req *tokenwatchv1.StreamRequest
-	var verdicts *[]rule.Verdict
+	var kept *[]rule.Verdict
 	switch m := v.(type) {
 	case *tokenwatchv1.StreamRequest:
 		req = m
 	case *inbound:
-		req, verdicts = m.StreamRequest, &m.verdicts
-		m.verdicts = nil
+		req, kept = m.StreamRequest, &m.kept
+		m.kept = nil
 	default:
 		return c.proto.Unmarshal(data, v)
 	}
@@ -88,8 +88,8 @@ func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if batch, vs, ok := c.batchRequest(b); ok {
 		proto.Reset(req)
 		req.Msg = &tokenwatchv1.StreamRequest_Batch{Batch: batch}
-		if verdicts != nil {
-			*verdicts = vs
+		if kept != nil {
+			*kept = vs
 		}
 		return nil
 	}
@@ -98,16 +98,18 @@ func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
 
 // inbound is what the receiver asks gRPC to decode a stream message into:
 // the StreamRequest (embedded, so any codec and the guard see one) and,
-// when the codec screened its batch, the verdict of each batch event, by
-// index. prepare takes those verdicts instead of judging the events again.
+// when the codec screened its batch, the verdicts of the events it decoded
+// (those that are not placeholders), in order. prepare takes those instead
+// of judging the events again. Only kept events have one: a placeholder
+// stands for its verdict, and a batch is mostly placeholders.
 type inbound struct {
 	*tokenwatchv1.StreamRequest
-	verdicts []rule.Verdict
+	kept []rule.Verdict
 }
 
 // batchRequest decodes a StreamRequest that is exactly one Batch, screening
-// its events; it returns the batch and the verdict of each of its events,
-// and ok is false for anything else.
+// its events; it returns the batch and the verdicts of the events it
+// decoded, in order, and ok is false for anything else.
 func (c *codec) batchRequest(b []byte) (*tokenwatchv1.Batch, []rule.Verdict, bool) {
 	num, typ, n := protowire.ConsumeTag(b)
 	if n < 0 || num != fieldBatch || typ != protowire.BytesType {
@@ -118,7 +120,7 @@ func (c *codec) batchRequest(b []byte) (*tokenwatchv1.Batch, []rule.Verdict, boo
 		return nil, nil, false
 	}
 	batch := &tokenwatchv1.Batch{}
-	var verdicts []rule.Verdict
+	var kept []rule.Verdict
 	var seen1 bool
 	scratch := &rule.Subject{Groups: make([]string, 0, 8)}
 	for len(body) > 0 {
@@ -140,12 +142,11 @@ func (c *codec) batchRequest(b []byte) (*tokenwatchv1.Batch, []rule.Verdict, boo
 				return nil, nil, false
 			}
 			body = body[n:]
-			e, v, ok := c.event(ev, scratch)
+			e, ok := c.event(ev, scratch, &kept)
 			if !ok {
 				return nil, nil, false
 			}
 			batch.Events = append(batch.Events, e)
-			verdicts = append(verdicts, v)
 		case num == fieldBatchLosses && typ == protowire.BytesType:
 			lb, n := protowire.ConsumeBytes(body)
 			if n < 0 {
@@ -161,27 +162,28 @@ func (c *codec) batchRequest(b []byte) (*tokenwatchv1.Batch, []rule.Verdict, boo
 			return nil, nil, false
 		}
 	}
-	return batch, verdicts, true
+	return batch, kept, true
 }
 
-// event screens one encoded TokenEvent and decodes it when it may alert;
-// it returns the event (a placeholder when screened out) and its verdict.
-// sub is scratch space, reset here.
-func (c *codec) event(b []byte, sub *rule.Subject) (*tokenwatchv1.TokenEvent, rule.Verdict, bool) {
+// event screens one encoded TokenEvent and decodes it when it may alert,
+// appending its verdict to kept; a screened-out event is the placeholder of
+// its verdict. sub is scratch space, reset here.
+func (c *codec) event(b []byte, sub *rule.Subject, kept *[]rule.Verdict) (*tokenwatchv1.TokenEvent, bool) {
 	clear(sub.Groups[:cap(sub.Groups)])
 	*sub = rule.Subject{Groups: sub.Groups[:0]}
 	if !scanEvent(b, sub) {
-		return nil, rule.Verdict{}, false
+		return nil, false
 	}
 	v := c.screen.Screen(sub)
 	if !v.Alerts() {
-		return placeholder(v), v, true
+		return placeholder(v), true
 	}
 	e := &tokenwatchv1.TokenEvent{}
 	if proto.Unmarshal(b, e) != nil {
-		return nil, rule.Verdict{}, false
+		return nil, false
 	}
-	return e, v, true
+	*kept = append(*kept, v)
+	return e, true
 }
 
 // Field numbers of the fields scanEvent reads, from the generated

@@ -296,7 +296,7 @@ func (s *Server) accept(ctx context.Context, src detect.Source, in *inbound, las
 			return r, status.Errorf(codes.InvalidArgument, "batch seq %d out of order: want %d", b.GetSeq(), *last+1)
 		}
 		*last = b.GetSeq()
-		r.batch = s.prepare(src, b, in.verdicts)
+		r.batch = s.prepare(src, b, in.kept)
 		var err error
 		if r.batch.charged, err = mem.acquire(ctx, r.batch.cost); err != nil {
 			return r, status.FromContextError(err).Err()
@@ -427,21 +427,20 @@ func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamServi
 }
 
 // prepare screens b's events, converts those kept and releases b's events.
-// verdicts, when it has one entry per event, are the codec's: each event is
-// judged once, by the codec or, for the events it did not judge (a message
-// it left to plain protobuf), here, when the Processor is a Screener. An
-// event the codec screened out is a placeholder with its verdict.
-func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, verdicts []rule.Verdict) *prepared {
+// Each event is judged once: an event the codec screened out is a
+// placeholder with its verdict, judged holds the codec's verdicts of the
+// events it decoded, in order, and the others (a message the codec left to
+// plain protobuf) are judged here, when the Processor is a Screener.
+func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, judged []rule.Verdict) *prepared {
 	pb := pipeline.Batch{Source: src}
 	sc, screens := s.opts.Processor.(Screener)
-	judged := verdicts != nil && len(verdicts) == len(b.GetEvents())
 	var kept []*tokenwatchv1.TokenEvent
-	for i, e := range b.GetEvents() {
+	for _, e := range b.GetEvents() {
 		v, screened := screenedOut(e)
 		switch {
 		case screened:
-		case judged:
-			v, screened = verdicts[i], true
+		case len(judged) > 0:
+			v, screened, judged = judged[0], true, judged[1:]
 		case screens:
 			sub := wire.Subject(e)
 			v, screened = sc.Screen(&sub), true
