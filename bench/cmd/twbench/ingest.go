@@ -178,7 +178,7 @@ func limitsConfig(raised bool, extra string) (string, error) {
 
 func limitsNote(raised bool) string {
 	if raised {
-		return "Its per-agent limits are raised by its config file (limits.events_per_second and event_burst 100,000,000, messages_per_second and message_burst 1,000,000; the defaults, 2,000 events/s and burst 20,000 per agent, would bind the 1-stream load); the other limits are the defaults."
+		return "Its rate limits are raised by its config file (limits.events_per_second and event_burst 100,000,000, messages_per_second and message_burst 1,000,000; the defaults, 10,000 events/s and burst 100,000 per cluster, would bind the 1-stream load); the other limits are the defaults."
 	}
 	return "Its guard limits are the defaults (2,000 events/s per agent, burst 20,000: they bind the 1-stream load)."
 }
