@@ -31,6 +31,71 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// LineageKind says what a lineage watch or match is about.
+type LineageKind int32
+
+const (
+	// LINEAGE_KIND_UNSPECIFIED: not set.
+	LineageKind_LINEAGE_KIND_UNSPECIFIED LineageKind = 0
+	// LINEAGE_KIND_TOKEN: requests authenticated with a watched token, by its
+	// JTI (user.extra authentication.kubernetes.io/credential-id "JTI=<key>").
+	LineageKind_LINEAGE_KIND_TOKEN LineageKind = 1
+	// LINEAGE_KIND_ACTOR_USER: sensitive actions by a minter, by user.username.
+	LineageKind_LINEAGE_KIND_ACTOR_USER LineageKind = 2
+	// LINEAGE_KIND_ACTOR_CREDENTIAL: sensitive actions by a service-account
+	// minter, by the JTI of the credential it minted with.
+	LineageKind_LINEAGE_KIND_ACTOR_CREDENTIAL LineageKind = 3
+	// LINEAGE_KIND_LEGACY_TOKEN: requests authenticated with a legacy
+	// Secret-based token (annotation authentication.k8s.io/legacy-token).
+	// Never pushed as a watch: an agent always matches them.
+	LineageKind_LINEAGE_KIND_LEGACY_TOKEN LineageKind = 4
+)
+
+// Enum value maps for LineageKind.
+var (
+	LineageKind_name = map[int32]string{
+		0: "LINEAGE_KIND_UNSPECIFIED",
+		1: "LINEAGE_KIND_TOKEN",
+		2: "LINEAGE_KIND_ACTOR_USER",
+		3: "LINEAGE_KIND_ACTOR_CREDENTIAL",
+		4: "LINEAGE_KIND_LEGACY_TOKEN",
+	}
+	LineageKind_value = map[string]int32{
+		"LINEAGE_KIND_UNSPECIFIED":      0,
+		"LINEAGE_KIND_TOKEN":            1,
+		"LINEAGE_KIND_ACTOR_USER":       2,
+		"LINEAGE_KIND_ACTOR_CREDENTIAL": 3,
+		"LINEAGE_KIND_LEGACY_TOKEN":     4,
+	}
+)
+
+func (x LineageKind) Enum() *LineageKind {
+	p := new(LineageKind)
+	*p = x
+	return p
+}
+
+func (x LineageKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LineageKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenwatch_v1_stream_proto_enumTypes[0].Descriptor()
+}
+
+func (LineageKind) Type() protoreflect.EnumType {
+	return &file_tokenwatch_v1_stream_proto_enumTypes[0]
+}
+
+func (x LineageKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LineageKind.Descriptor instead.
+func (LineageKind) EnumDescriptor() ([]byte, []int) {
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{0}
+}
+
 // AuditFileState is the state of an agent's live audit log.
 type AuditFileState int32
 
@@ -73,11 +138,11 @@ func (x AuditFileState) String() string {
 }
 
 func (AuditFileState) Descriptor() protoreflect.EnumDescriptor {
-	return file_tokenwatch_v1_stream_proto_enumTypes[0].Descriptor()
+	return file_tokenwatch_v1_stream_proto_enumTypes[1].Descriptor()
 }
 
 func (AuditFileState) Type() protoreflect.EnumType {
-	return &file_tokenwatch_v1_stream_proto_enumTypes[0]
+	return &file_tokenwatch_v1_stream_proto_enumTypes[1]
 }
 
 func (x AuditFileState) Number() protoreflect.EnumNumber {
@@ -86,7 +151,7 @@ func (x AuditFileState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AuditFileState.Descriptor instead.
 func (AuditFileState) EnumDescriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{0}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{1}
 }
 
 // StreamRequest is everything an agent sends on its stream.
@@ -198,6 +263,7 @@ type StreamResponse struct {
 	//
 	//	*StreamResponse_Welcome
 	//	*StreamResponse_Ack
+	//	*StreamResponse_Watch
 	Msg           isStreamResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -258,6 +324,15 @@ func (x *StreamResponse) GetAck() *Ack {
 	return nil
 }
 
+func (x *StreamResponse) GetWatch() *WatchUpdate {
+	if x != nil {
+		if x, ok := x.Msg.(*StreamResponse_Watch); ok {
+			return x.Watch
+		}
+	}
+	return nil
+}
+
 type isStreamResponse_Msg interface {
 	isStreamResponse_Msg()
 }
@@ -272,9 +347,157 @@ type StreamResponse_Ack struct {
 	Ack *Ack `protobuf:"bytes,2,opt,name=ack,proto3,oneof"`
 }
 
+type StreamResponse_Watch struct {
+	// Watch changes the agent's lineage watch set. Only agents whose Welcome
+	// carried LineageSettings receive it. The watches a batch creates are
+	// sent on every lineage stream before that batch's Ack.
+	Watch *WatchUpdate `protobuf:"bytes,3,opt,name=watch,proto3,oneof"`
+}
+
 func (*StreamResponse_Welcome) isStreamResponse_Msg() {}
 
 func (*StreamResponse_Ack) isStreamResponse_Msg() {}
+
+func (*StreamResponse_Watch) isStreamResponse_Msg() {}
+
+// WatchUpdate changes the set of tokens and minters an agent watches for.
+// A stream's watches travel in one or more messages, each under 4 MiB.
+type WatchUpdate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Reset drops every watch the agent holds before Add is applied. The
+	// first WatchUpdate of a stream has Reset.
+	Reset_ bool `protobuf:"varint,1,opt,name=reset,proto3" json:"reset,omitempty"`
+	// Add starts or extends watches.
+	Add []*Watch `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	// Remove stops watches (dropped by lineage.max_watched, or lineage turned
+	// off): only Kind and Key are read.
+	Remove        []*Watch `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchUpdate) Reset() {
+	*x = WatchUpdate{}
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchUpdate) ProtoMessage() {}
+
+func (x *WatchUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchUpdate.ProtoReflect.Descriptor instead.
+func (*WatchUpdate) Descriptor() ([]byte, []int) {
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *WatchUpdate) GetReset_() bool {
+	if x != nil {
+		return x.Reset_
+	}
+	return false
+}
+
+func (x *WatchUpdate) GetAdd() []*Watch {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *WatchUpdate) GetRemove() []*Watch {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+// Watch is one watched token or minter.
+type Watch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  LineageKind            `protobuf:"varint,1,opt,name=kind,proto3,enum=tokenwatch.v1.LineageKind" json:"kind,omitempty"`
+	// Key is the JTI without "JTI=" (TOKEN, ACTOR_CREDENTIAL) or the
+	// user.username (ACTOR_USER).
+	Key string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// From and Until bound the requestReceivedTimestamp of requests that count.
+	From          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
+	Until         *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=until,proto3" json:"until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Watch) Reset() {
+	*x = Watch{}
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Watch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Watch) ProtoMessage() {}
+
+func (x *Watch) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Watch.ProtoReflect.Descriptor instead.
+func (*Watch) Descriptor() ([]byte, []int) {
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Watch) GetKind() LineageKind {
+	if x != nil {
+		return x.Kind
+	}
+	return LineageKind_LINEAGE_KIND_UNSPECIFIED
+}
+
+func (x *Watch) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Watch) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *Watch) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
 
 // Hello identifies the agent and its session.
 type Hello struct {
@@ -291,13 +514,17 @@ type Hello struct {
 	SessionId string `protobuf:"bytes,5,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// MaxBatchEvents is the largest batch this agent will send.
 	MaxBatchEvents uint32 `protobuf:"varint,6,opt,name=max_batch_events,json=maxBatchEvents,proto3" json:"max_batch_events,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Features lists the optional parts of this contract the agent implements.
+	// "lineage": it applies WatchUpdates and sends Batch.uses and Batch.counts.
+	// An agent older than the field sends none and gets no WatchUpdate.
+	Features      []string `protobuf:"bytes,7,rep,name=features,proto3" json:"features,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[2]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -309,7 +536,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[2]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -322,7 +549,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{2}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Hello) GetCluster() string {
@@ -367,6 +594,13 @@ func (x *Hello) GetMaxBatchEvents() uint32 {
 	return 0
 }
 
+func (x *Hello) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
 // Welcome accepts a Hello.
 type Welcome struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -376,13 +610,16 @@ type Welcome struct {
 	AggregatorVersion string `protobuf:"bytes,2,opt,name=aggregator_version,json=aggregatorVersion,proto3" json:"aggregator_version,omitempty"`
 	// HeartbeatInterval is how often the aggregator expects a Heartbeat (ms).
 	HeartbeatIntervalMs uint32 `protobuf:"varint,3,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Lineage is set when the aggregator will push WatchUpdates to this agent:
+	// the agent declared "lineage" and lineage is enabled.
+	Lineage       *LineageSettings `protobuf:"bytes,4,opt,name=lineage,proto3" json:"lineage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[3]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -394,7 +631,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[3]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -407,7 +644,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{3}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Welcome) GetCluster() string {
@@ -431,6 +668,60 @@ func (x *Welcome) GetHeartbeatIntervalMs() uint32 {
 	return 0
 }
 
+func (x *Welcome) GetLineage() *LineageSettings {
+	if x != nil {
+		return x.Lineage
+	}
+	return nil
+}
+
+// LineageSettings tells a lineage agent how to match.
+type LineageSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// LookbackMs: lines read up to this long (agent read clock) before a watch
+	// reached the agent are still matched against it.
+	LookbackMs    uint32 `protobuf:"varint,1,opt,name=lookback_ms,json=lookbackMs,proto3" json:"lookback_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LineageSettings) Reset() {
+	*x = LineageSettings{}
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LineageSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LineageSettings) ProtoMessage() {}
+
+func (x *LineageSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LineageSettings.ProtoReflect.Descriptor instead.
+func (*LineageSettings) Descriptor() ([]byte, []int) {
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *LineageSettings) GetLookbackMs() uint32 {
+	if x != nil {
+		return x.LookbackMs
+	}
+	return 0
+}
+
 // Batch is a unit of acknowledgement.
 type Batch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -439,14 +730,23 @@ type Batch struct {
 	// Events are token-create audit events, in log order.
 	Events []*TokenEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
 	// Losses are data the agent could not deliver.
-	Losses        []*LossReport `protobuf:"bytes,3,rep,name=losses,proto3" json:"losses,omitempty"`
+	Losses []*LossReport `protobuf:"bytes,3,rep,name=losses,proto3" json:"losses,omitempty"`
+	// Uses are requests that matter to lineage and are not token creates
+	// (those are Events): the first request per watched token and reason key
+	// (source IP; sensitive action and namespace), and a watched minter's
+	// sensitive actions, in log order.
+	Uses []*LineageEvent `protobuf:"bytes,4,rep,name=uses,proto3" json:"uses,omitempty"`
+	// Counts summarise the matched requests not sent as Uses since the
+	// agent's previous count: further uses of watched tokens, and every
+	// legacy-token request.
+	Counts        []*UseCount `protobuf:"bytes,5,rep,name=counts,proto3" json:"counts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[4]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -458,7 +758,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[4]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -471,7 +771,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{4}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Batch) GetSeq() uint64 {
@@ -495,6 +795,256 @@ func (x *Batch) GetLosses() []*LossReport {
 	return nil
 }
 
+func (x *Batch) GetUses() []*LineageEvent {
+	if x != nil {
+		return x.Uses
+	}
+	return nil
+}
+
+func (x *Batch) GetCounts() []*UseCount {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+// LineageEvent is one request sent for lineage.
+type LineageEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Event holds the request's fields, as for a token create; requestObject
+	// is never carried for it, nor any response body.
+	Event *TokenEvent `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// Matched says which watches (or the legacy-token annotation) it matched.
+	Matched []LineageKind `protobuf:"varint,2,rep,packed,name=matched,proto3,enum=tokenwatch.v1.LineageKind" json:"matched,omitempty"`
+	// Lookback: the agent read the line before the watch reached it.
+	Lookback      bool `protobuf:"varint,3,opt,name=lookback,proto3" json:"lookback,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LineageEvent) Reset() {
+	*x = LineageEvent{}
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LineageEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LineageEvent) ProtoMessage() {}
+
+func (x *LineageEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LineageEvent.ProtoReflect.Descriptor instead.
+func (*LineageEvent) Descriptor() ([]byte, []int) {
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *LineageEvent) GetEvent() *TokenEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *LineageEvent) GetMatched() []LineageKind {
+	if x != nil {
+		return x.Matched
+	}
+	return nil
+}
+
+func (x *LineageEvent) GetLookback() bool {
+	if x != nil {
+		return x.Lookback
+	}
+	return false
+}
+
+// UseCount counts matched requests of one token or legacy service account.
+type UseCount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Kind is LINEAGE_KIND_TOKEN or LINEAGE_KIND_LEGACY_TOKEN.
+	Kind LineageKind `protobuf:"varint,1,opt,name=kind,proto3,enum=tokenwatch.v1.LineageKind" json:"kind,omitempty"`
+	// Key is the JTI (TOKEN) or the legacy token's service account as
+	// "system:serviceaccount:<namespace>:<name>" (LEGACY_TOKEN).
+	Key string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// Uses counts the requests.
+	Uses uint64 `protobuf:"varint,3,opt,name=uses,proto3" json:"uses,omitempty"`
+	// Verbs counts them by "verb resource[/subresource] namespace".
+	Verbs []*KeyCount `protobuf:"bytes,4,rep,name=verbs,proto3" json:"verbs,omitempty"`
+	// SourceIps are the requests' source IPs (last sourceIPs entry), at most 100.
+	SourceIps []string `protobuf:"bytes,5,rep,name=source_ips,json=sourceIps,proto3" json:"source_ips,omitempty"`
+	// Codes counts them by responseStatus.code ("0" when absent).
+	Codes []*KeyCount `protobuf:"bytes,6,rep,name=codes,proto3" json:"codes,omitempty"`
+	// First and Last are the earliest and latest requestReceivedTimestamp.
+	First *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=first,proto3" json:"first,omitempty"`
+	Last  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last,proto3" json:"last,omitempty"`
+	// User is user.username of the requests (the last seen).
+	User          string `protobuf:"bytes,9,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UseCount) Reset() {
+	*x = UseCount{}
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UseCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UseCount) ProtoMessage() {}
+
+func (x *UseCount) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UseCount.ProtoReflect.Descriptor instead.
+func (*UseCount) Descriptor() ([]byte, []int) {
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *UseCount) GetKind() LineageKind {
+	if x != nil {
+		return x.Kind
+	}
+	return LineageKind_LINEAGE_KIND_UNSPECIFIED
+}
+
+func (x *UseCount) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *UseCount) GetUses() uint64 {
+	if x != nil {
+		return x.Uses
+	}
+	return 0
+}
+
+func (x *UseCount) GetVerbs() []*KeyCount {
+	if x != nil {
+		return x.Verbs
+	}
+	return nil
+}
+
+func (x *UseCount) GetSourceIps() []string {
+	if x != nil {
+		return x.SourceIps
+	}
+	return nil
+}
+
+func (x *UseCount) GetCodes() []*KeyCount {
+	if x != nil {
+		return x.Codes
+	}
+	return nil
+}
+
+func (x *UseCount) GetFirst() *timestamppb.Timestamp {
+	if x != nil {
+		return x.First
+	}
+	return nil
+}
+
+func (x *UseCount) GetLast() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Last
+	}
+	return nil
+}
+
+func (x *UseCount) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+// KeyCount is a count under a key.
+type KeyCount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Count         uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyCount) Reset() {
+	*x = KeyCount{}
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyCount) ProtoMessage() {}
+
+func (x *KeyCount) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyCount.ProtoReflect.Descriptor instead.
+func (*KeyCount) Descriptor() ([]byte, []int) {
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *KeyCount) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *KeyCount) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 // Ack acknowledges every batch of the stream up to and including Seq.
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -505,7 +1055,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[5]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -517,7 +1067,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[5]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -530,7 +1080,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{5}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Ack) GetSeq() uint64 {
@@ -571,7 +1121,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[6]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +1133,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[6]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +1146,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{6}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Heartbeat) GetSent() *timestamppb.Timestamp {
@@ -693,7 +1243,7 @@ type LossReport struct {
 
 func (x *LossReport) Reset() {
 	*x = LossReport{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[7]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +1255,7 @@ func (x *LossReport) String() string {
 func (*LossReport) ProtoMessage() {}
 
 func (x *LossReport) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[7]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +1268,7 @@ func (x *LossReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LossReport.ProtoReflect.Descriptor instead.
 func (*LossReport) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{7}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LossReport) GetReason() string {
@@ -826,7 +1376,7 @@ type TokenEvent struct {
 
 func (x *TokenEvent) Reset() {
 	*x = TokenEvent{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[8]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +1388,7 @@ func (x *TokenEvent) String() string {
 func (*TokenEvent) ProtoMessage() {}
 
 func (x *TokenEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[8]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +1401,7 @@ func (x *TokenEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenEvent.ProtoReflect.Descriptor instead.
 func (*TokenEvent) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{8}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TokenEvent) GetAuditId() string {
@@ -995,7 +1545,7 @@ type ObjectRef struct {
 
 func (x *ObjectRef) Reset() {
 	*x = ObjectRef{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[9]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1557,7 @@ func (x *ObjectRef) String() string {
 func (*ObjectRef) ProtoMessage() {}
 
 func (x *ObjectRef) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[9]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1570,7 @@ func (x *ObjectRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectRef.ProtoReflect.Descriptor instead.
 func (*ObjectRef) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{9}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ObjectRef) GetResource() string {
@@ -1086,7 +1636,7 @@ type UserInfo struct {
 
 func (x *UserInfo) Reset() {
 	*x = UserInfo{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[10]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1648,7 @@ func (x *UserInfo) String() string {
 func (*UserInfo) ProtoMessage() {}
 
 func (x *UserInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[10]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1661,7 @@ func (x *UserInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserInfo.ProtoReflect.Descriptor instead.
 func (*UserInfo) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{10}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UserInfo) GetPresent() bool {
@@ -1158,7 +1708,7 @@ type StringList struct {
 
 func (x *StringList) Reset() {
 	*x = StringList{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[11]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1720,7 @@ func (x *StringList) String() string {
 func (*StringList) ProtoMessage() {}
 
 func (x *StringList) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[11]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1733,7 @@ func (x *StringList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringList.ProtoReflect.Descriptor instead.
 func (*StringList) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{11}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StringList) GetValues() []string {
@@ -1205,7 +1755,7 @@ type ResponseStatus struct {
 
 func (x *ResponseStatus) Reset() {
 	*x = ResponseStatus{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[12]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1767,7 @@ func (x *ResponseStatus) String() string {
 func (*ResponseStatus) ProtoMessage() {}
 
 func (x *ResponseStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[12]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1780,7 @@ func (x *ResponseStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResponseStatus.ProtoReflect.Descriptor instead.
 func (*ResponseStatus) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{12}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResponseStatus) GetCode() int32 {
@@ -1275,7 +1825,7 @@ type TokenRequestSpec struct {
 
 func (x *TokenRequestSpec) Reset() {
 	*x = TokenRequestSpec{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[13]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1837,7 @@ func (x *TokenRequestSpec) String() string {
 func (*TokenRequestSpec) ProtoMessage() {}
 
 func (x *TokenRequestSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[13]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1850,7 @@ func (x *TokenRequestSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenRequestSpec.ProtoReflect.Descriptor instead.
 func (*TokenRequestSpec) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{13}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TokenRequestSpec) GetAudiences() []string {
@@ -1343,7 +1893,7 @@ type BoundObjectReference struct {
 
 func (x *BoundObjectReference) Reset() {
 	*x = BoundObjectReference{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[14]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1905,7 @@ func (x *BoundObjectReference) String() string {
 func (*BoundObjectReference) ProtoMessage() {}
 
 func (x *BoundObjectReference) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[14]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1918,7 @@ func (x *BoundObjectReference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BoundObjectReference.ProtoReflect.Descriptor instead.
 func (*BoundObjectReference) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{14}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BoundObjectReference) GetKind() string {
@@ -1418,7 +1968,7 @@ type SourcePosition struct {
 
 func (x *SourcePosition) Reset() {
 	*x = SourcePosition{}
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[15]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1430,7 +1980,7 @@ func (x *SourcePosition) String() string {
 func (*SourcePosition) ProtoMessage() {}
 
 func (x *SourcePosition) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenwatch_v1_stream_proto_msgTypes[15]
+	mi := &file_tokenwatch_v1_stream_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1443,7 +1993,7 @@ func (x *SourcePosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourcePosition.ProtoReflect.Descriptor instead.
 func (*SourcePosition) Descriptor() ([]byte, []int) {
-	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{15}
+	return file_tokenwatch_v1_stream_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SourcePosition) GetFile() string {
@@ -1483,11 +2033,21 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"\x05hello\x18\x01 \x01(\v2\x14.tokenwatch.v1.HelloH\x00R\x05hello\x12,\n" +
 	"\x05batch\x18\x02 \x01(\v2\x14.tokenwatch.v1.BatchH\x00R\x05batch\x128\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x18.tokenwatch.v1.HeartbeatH\x00R\theartbeatB\x05\n" +
-	"\x03msg\"s\n" +
+	"\x03msg\"\xa7\x01\n" +
 	"\x0eStreamResponse\x122\n" +
 	"\awelcome\x18\x01 \x01(\v2\x16.tokenwatch.v1.WelcomeH\x00R\awelcome\x12&\n" +
-	"\x03ack\x18\x02 \x01(\v2\x12.tokenwatch.v1.AckH\x00R\x03ackB\x05\n" +
-	"\x03msg\"\xbb\x01\n" +
+	"\x03ack\x18\x02 \x01(\v2\x12.tokenwatch.v1.AckH\x00R\x03ack\x122\n" +
+	"\x05watch\x18\x03 \x01(\v2\x1a.tokenwatch.v1.WatchUpdateH\x00R\x05watchB\x05\n" +
+	"\x03msg\"y\n" +
+	"\vWatchUpdate\x12\x14\n" +
+	"\x05reset\x18\x01 \x01(\bR\x05reset\x12&\n" +
+	"\x03add\x18\x02 \x03(\v2\x14.tokenwatch.v1.WatchR\x03add\x12,\n" +
+	"\x06remove\x18\x03 \x03(\v2\x14.tokenwatch.v1.WatchR\x06remove\"\xab\x01\n" +
+	"\x05Watch\x12.\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1a.tokenwatch.v1.LineageKindR\x04kind\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12.\n" +
+	"\x04from\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x120\n" +
+	"\x05until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\"\xd7\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12#\n" +
@@ -1495,15 +2055,40 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"\x06replay\x18\x04 \x01(\bR\x06replay\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x05 \x01(\tR\tsessionId\x12(\n" +
-	"\x10max_batch_events\x18\x06 \x01(\rR\x0emaxBatchEvents\"\x86\x01\n" +
+	"\x10max_batch_events\x18\x06 \x01(\rR\x0emaxBatchEvents\x12\x1a\n" +
+	"\bfeatures\x18\a \x03(\tR\bfeatures\"\xc0\x01\n" +
 	"\aWelcome\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12-\n" +
 	"\x12aggregator_version\x18\x02 \x01(\tR\x11aggregatorVersion\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x03 \x01(\rR\x13heartbeatIntervalMs\"\x7f\n" +
+	"\x15heartbeat_interval_ms\x18\x03 \x01(\rR\x13heartbeatIntervalMs\x128\n" +
+	"\alineage\x18\x04 \x01(\v2\x1e.tokenwatch.v1.LineageSettingsR\alineage\"2\n" +
+	"\x0fLineageSettings\x12\x1f\n" +
+	"\vlookback_ms\x18\x01 \x01(\rR\n" +
+	"lookbackMs\"\xe1\x01\n" +
 	"\x05Batch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x121\n" +
 	"\x06events\x18\x02 \x03(\v2\x19.tokenwatch.v1.TokenEventR\x06events\x121\n" +
-	"\x06losses\x18\x03 \x03(\v2\x19.tokenwatch.v1.LossReportR\x06losses\"\x17\n" +
+	"\x06losses\x18\x03 \x03(\v2\x19.tokenwatch.v1.LossReportR\x06losses\x12/\n" +
+	"\x04uses\x18\x04 \x03(\v2\x1b.tokenwatch.v1.LineageEventR\x04uses\x12/\n" +
+	"\x06counts\x18\x05 \x03(\v2\x17.tokenwatch.v1.UseCountR\x06counts\"\x91\x01\n" +
+	"\fLineageEvent\x12/\n" +
+	"\x05event\x18\x01 \x01(\v2\x19.tokenwatch.v1.TokenEventR\x05event\x124\n" +
+	"\amatched\x18\x02 \x03(\x0e2\x1a.tokenwatch.v1.LineageKindR\amatched\x12\x1a\n" +
+	"\blookback\x18\x03 \x01(\bR\blookback\"\xd3\x02\n" +
+	"\bUseCount\x12.\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1a.tokenwatch.v1.LineageKindR\x04kind\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x12\n" +
+	"\x04uses\x18\x03 \x01(\x04R\x04uses\x12-\n" +
+	"\x05verbs\x18\x04 \x03(\v2\x17.tokenwatch.v1.KeyCountR\x05verbs\x12\x1d\n" +
+	"\n" +
+	"source_ips\x18\x05 \x03(\tR\tsourceIps\x12-\n" +
+	"\x05codes\x18\x06 \x03(\v2\x17.tokenwatch.v1.KeyCountR\x05codes\x120\n" +
+	"\x05first\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x05first\x12.\n" +
+	"\x04last\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04last\x12\x12\n" +
+	"\x04user\x18\t \x01(\tR\x04user\"2\n" +
+	"\bKeyCount\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xf1\x02\n" +
 	"\tHeartbeat\x12.\n" +
@@ -1607,7 +2192,13 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"\x04file\x18\x01 \x01(\tR\x04file\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12 \n" +
 	"\vfingerprint\x18\x03 \x01(\fR\vfingerprint\x12'\n" +
-	"\x0ffingerprint_len\x18\x04 \x01(\rR\x0efingerprintLen*\x8e\x01\n" +
+	"\x0ffingerprint_len\x18\x04 \x01(\rR\x0efingerprintLen*\xa2\x01\n" +
+	"\vLineageKind\x12\x1c\n" +
+	"\x18LINEAGE_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12LINEAGE_KIND_TOKEN\x10\x01\x12\x1b\n" +
+	"\x17LINEAGE_KIND_ACTOR_USER\x10\x02\x12!\n" +
+	"\x1dLINEAGE_KIND_ACTOR_CREDENTIAL\x10\x03\x12\x1d\n" +
+	"\x19LINEAGE_KIND_LEGACY_TOKEN\x10\x04*\x8e\x01\n" +
 	"\x0eAuditFileState\x12 \n" +
 	"\x1cAUDIT_FILE_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18AUDIT_FILE_STATE_PRESENT\x10\x01\x12\x1b\n" +
@@ -1628,59 +2219,82 @@ func file_tokenwatch_v1_stream_proto_rawDescGZIP() []byte {
 	return file_tokenwatch_v1_stream_proto_rawDescData
 }
 
-var file_tokenwatch_v1_stream_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tokenwatch_v1_stream_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_tokenwatch_v1_stream_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_tokenwatch_v1_stream_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_tokenwatch_v1_stream_proto_goTypes = []any{
-	(AuditFileState)(0),           // 0: tokenwatch.v1.AuditFileState
-	(*StreamRequest)(nil),         // 1: tokenwatch.v1.StreamRequest
-	(*StreamResponse)(nil),        // 2: tokenwatch.v1.StreamResponse
-	(*Hello)(nil),                 // 3: tokenwatch.v1.Hello
-	(*Welcome)(nil),               // 4: tokenwatch.v1.Welcome
-	(*Batch)(nil),                 // 5: tokenwatch.v1.Batch
-	(*Ack)(nil),                   // 6: tokenwatch.v1.Ack
-	(*Heartbeat)(nil),             // 7: tokenwatch.v1.Heartbeat
-	(*LossReport)(nil),            // 8: tokenwatch.v1.LossReport
-	(*TokenEvent)(nil),            // 9: tokenwatch.v1.TokenEvent
-	(*ObjectRef)(nil),             // 10: tokenwatch.v1.ObjectRef
-	(*UserInfo)(nil),              // 11: tokenwatch.v1.UserInfo
-	(*StringList)(nil),            // 12: tokenwatch.v1.StringList
-	(*ResponseStatus)(nil),        // 13: tokenwatch.v1.ResponseStatus
-	(*TokenRequestSpec)(nil),      // 14: tokenwatch.v1.TokenRequestSpec
-	(*BoundObjectReference)(nil),  // 15: tokenwatch.v1.BoundObjectReference
-	(*SourcePosition)(nil),        // 16: tokenwatch.v1.SourcePosition
-	nil,                           // 17: tokenwatch.v1.TokenEvent.AnnotationsEntry
-	nil,                           // 18: tokenwatch.v1.UserInfo.ExtraEntry
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(LineageKind)(0),              // 0: tokenwatch.v1.LineageKind
+	(AuditFileState)(0),           // 1: tokenwatch.v1.AuditFileState
+	(*StreamRequest)(nil),         // 2: tokenwatch.v1.StreamRequest
+	(*StreamResponse)(nil),        // 3: tokenwatch.v1.StreamResponse
+	(*WatchUpdate)(nil),           // 4: tokenwatch.v1.WatchUpdate
+	(*Watch)(nil),                 // 5: tokenwatch.v1.Watch
+	(*Hello)(nil),                 // 6: tokenwatch.v1.Hello
+	(*Welcome)(nil),               // 7: tokenwatch.v1.Welcome
+	(*LineageSettings)(nil),       // 8: tokenwatch.v1.LineageSettings
+	(*Batch)(nil),                 // 9: tokenwatch.v1.Batch
+	(*LineageEvent)(nil),          // 10: tokenwatch.v1.LineageEvent
+	(*UseCount)(nil),              // 11: tokenwatch.v1.UseCount
+	(*KeyCount)(nil),              // 12: tokenwatch.v1.KeyCount
+	(*Ack)(nil),                   // 13: tokenwatch.v1.Ack
+	(*Heartbeat)(nil),             // 14: tokenwatch.v1.Heartbeat
+	(*LossReport)(nil),            // 15: tokenwatch.v1.LossReport
+	(*TokenEvent)(nil),            // 16: tokenwatch.v1.TokenEvent
+	(*ObjectRef)(nil),             // 17: tokenwatch.v1.ObjectRef
+	(*UserInfo)(nil),              // 18: tokenwatch.v1.UserInfo
+	(*StringList)(nil),            // 19: tokenwatch.v1.StringList
+	(*ResponseStatus)(nil),        // 20: tokenwatch.v1.ResponseStatus
+	(*TokenRequestSpec)(nil),      // 21: tokenwatch.v1.TokenRequestSpec
+	(*BoundObjectReference)(nil),  // 22: tokenwatch.v1.BoundObjectReference
+	(*SourcePosition)(nil),        // 23: tokenwatch.v1.SourcePosition
+	nil,                           // 24: tokenwatch.v1.TokenEvent.AnnotationsEntry
+	nil,                           // 25: tokenwatch.v1.UserInfo.ExtraEntry
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
 }
 var file_tokenwatch_v1_stream_proto_depIdxs = []int32{
-	3,  // 0: tokenwatch.v1.StreamRequest.hello:type_name -> tokenwatch.v1.Hello
-	5,  // 1: tokenwatch.v1.StreamRequest.batch:type_name -> tokenwatch.v1.Batch
-	7,  // 2: tokenwatch.v1.StreamRequest.heartbeat:type_name -> tokenwatch.v1.Heartbeat
-	4,  // 3: tokenwatch.v1.StreamResponse.welcome:type_name -> tokenwatch.v1.Welcome
-	6,  // 4: tokenwatch.v1.StreamResponse.ack:type_name -> tokenwatch.v1.Ack
-	9,  // 5: tokenwatch.v1.Batch.events:type_name -> tokenwatch.v1.TokenEvent
-	8,  // 6: tokenwatch.v1.Batch.losses:type_name -> tokenwatch.v1.LossReport
-	19, // 7: tokenwatch.v1.Heartbeat.sent:type_name -> google.protobuf.Timestamp
-	19, // 8: tokenwatch.v1.Heartbeat.last_growth:type_name -> google.protobuf.Timestamp
-	0,  // 9: tokenwatch.v1.Heartbeat.file_state:type_name -> tokenwatch.v1.AuditFileState
-	19, // 10: tokenwatch.v1.LossReport.observed:type_name -> google.protobuf.Timestamp
-	10, // 11: tokenwatch.v1.TokenEvent.object_ref:type_name -> tokenwatch.v1.ObjectRef
-	11, // 12: tokenwatch.v1.TokenEvent.user:type_name -> tokenwatch.v1.UserInfo
-	11, // 13: tokenwatch.v1.TokenEvent.impersonated_user:type_name -> tokenwatch.v1.UserInfo
-	13, // 14: tokenwatch.v1.TokenEvent.response_status:type_name -> tokenwatch.v1.ResponseStatus
-	17, // 15: tokenwatch.v1.TokenEvent.annotations:type_name -> tokenwatch.v1.TokenEvent.AnnotationsEntry
-	14, // 16: tokenwatch.v1.TokenEvent.request_spec:type_name -> tokenwatch.v1.TokenRequestSpec
-	16, // 17: tokenwatch.v1.TokenEvent.source:type_name -> tokenwatch.v1.SourcePosition
-	18, // 18: tokenwatch.v1.UserInfo.extra:type_name -> tokenwatch.v1.UserInfo.ExtraEntry
-	15, // 19: tokenwatch.v1.TokenRequestSpec.bound_object_ref:type_name -> tokenwatch.v1.BoundObjectReference
-	12, // 20: tokenwatch.v1.UserInfo.ExtraEntry.value:type_name -> tokenwatch.v1.StringList
-	1,  // 21: tokenwatch.v1.AuditStreamService.Stream:input_type -> tokenwatch.v1.StreamRequest
-	2,  // 22: tokenwatch.v1.AuditStreamService.Stream:output_type -> tokenwatch.v1.StreamResponse
-	22, // [22:23] is the sub-list for method output_type
-	21, // [21:22] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	6,  // 0: tokenwatch.v1.StreamRequest.hello:type_name -> tokenwatch.v1.Hello
+	9,  // 1: tokenwatch.v1.StreamRequest.batch:type_name -> tokenwatch.v1.Batch
+	14, // 2: tokenwatch.v1.StreamRequest.heartbeat:type_name -> tokenwatch.v1.Heartbeat
+	7,  // 3: tokenwatch.v1.StreamResponse.welcome:type_name -> tokenwatch.v1.Welcome
+	13, // 4: tokenwatch.v1.StreamResponse.ack:type_name -> tokenwatch.v1.Ack
+	4,  // 5: tokenwatch.v1.StreamResponse.watch:type_name -> tokenwatch.v1.WatchUpdate
+	5,  // 6: tokenwatch.v1.WatchUpdate.add:type_name -> tokenwatch.v1.Watch
+	5,  // 7: tokenwatch.v1.WatchUpdate.remove:type_name -> tokenwatch.v1.Watch
+	0,  // 8: tokenwatch.v1.Watch.kind:type_name -> tokenwatch.v1.LineageKind
+	26, // 9: tokenwatch.v1.Watch.from:type_name -> google.protobuf.Timestamp
+	26, // 10: tokenwatch.v1.Watch.until:type_name -> google.protobuf.Timestamp
+	8,  // 11: tokenwatch.v1.Welcome.lineage:type_name -> tokenwatch.v1.LineageSettings
+	16, // 12: tokenwatch.v1.Batch.events:type_name -> tokenwatch.v1.TokenEvent
+	15, // 13: tokenwatch.v1.Batch.losses:type_name -> tokenwatch.v1.LossReport
+	10, // 14: tokenwatch.v1.Batch.uses:type_name -> tokenwatch.v1.LineageEvent
+	11, // 15: tokenwatch.v1.Batch.counts:type_name -> tokenwatch.v1.UseCount
+	16, // 16: tokenwatch.v1.LineageEvent.event:type_name -> tokenwatch.v1.TokenEvent
+	0,  // 17: tokenwatch.v1.LineageEvent.matched:type_name -> tokenwatch.v1.LineageKind
+	0,  // 18: tokenwatch.v1.UseCount.kind:type_name -> tokenwatch.v1.LineageKind
+	12, // 19: tokenwatch.v1.UseCount.verbs:type_name -> tokenwatch.v1.KeyCount
+	12, // 20: tokenwatch.v1.UseCount.codes:type_name -> tokenwatch.v1.KeyCount
+	26, // 21: tokenwatch.v1.UseCount.first:type_name -> google.protobuf.Timestamp
+	26, // 22: tokenwatch.v1.UseCount.last:type_name -> google.protobuf.Timestamp
+	26, // 23: tokenwatch.v1.Heartbeat.sent:type_name -> google.protobuf.Timestamp
+	26, // 24: tokenwatch.v1.Heartbeat.last_growth:type_name -> google.protobuf.Timestamp
+	1,  // 25: tokenwatch.v1.Heartbeat.file_state:type_name -> tokenwatch.v1.AuditFileState
+	26, // 26: tokenwatch.v1.LossReport.observed:type_name -> google.protobuf.Timestamp
+	17, // 27: tokenwatch.v1.TokenEvent.object_ref:type_name -> tokenwatch.v1.ObjectRef
+	18, // 28: tokenwatch.v1.TokenEvent.user:type_name -> tokenwatch.v1.UserInfo
+	18, // 29: tokenwatch.v1.TokenEvent.impersonated_user:type_name -> tokenwatch.v1.UserInfo
+	20, // 30: tokenwatch.v1.TokenEvent.response_status:type_name -> tokenwatch.v1.ResponseStatus
+	24, // 31: tokenwatch.v1.TokenEvent.annotations:type_name -> tokenwatch.v1.TokenEvent.AnnotationsEntry
+	21, // 32: tokenwatch.v1.TokenEvent.request_spec:type_name -> tokenwatch.v1.TokenRequestSpec
+	23, // 33: tokenwatch.v1.TokenEvent.source:type_name -> tokenwatch.v1.SourcePosition
+	25, // 34: tokenwatch.v1.UserInfo.extra:type_name -> tokenwatch.v1.UserInfo.ExtraEntry
+	22, // 35: tokenwatch.v1.TokenRequestSpec.bound_object_ref:type_name -> tokenwatch.v1.BoundObjectReference
+	19, // 36: tokenwatch.v1.UserInfo.ExtraEntry.value:type_name -> tokenwatch.v1.StringList
+	2,  // 37: tokenwatch.v1.AuditStreamService.Stream:input_type -> tokenwatch.v1.StreamRequest
+	3,  // 38: tokenwatch.v1.AuditStreamService.Stream:output_type -> tokenwatch.v1.StreamResponse
+	38, // [38:39] is the sub-list for method output_type
+	37, // [37:38] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_tokenwatch_v1_stream_proto_init() }
@@ -1696,14 +2310,15 @@ func file_tokenwatch_v1_stream_proto_init() {
 	file_tokenwatch_v1_stream_proto_msgTypes[1].OneofWrappers = []any{
 		(*StreamResponse_Welcome)(nil),
 		(*StreamResponse_Ack)(nil),
+		(*StreamResponse_Watch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenwatch_v1_stream_proto_rawDesc), len(file_tokenwatch_v1_stream_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   18,
+			NumEnums:      2,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
