@@ -1,0 +1,265 @@
+package linematch
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/tokenwatch/tokenwatch/internal/audit"
+)
+
+// Kind is a set of lineage match kinds, one bit each.
+type Kind uint8
+
+// The kinds of match. Token, ActorUser and ActorCredential are watched
+// (Set); Legacy is always matched.
+const (
+	// Token: a request authenticated with a watched token, by its JTI.
+	Token Kind = 1 << iota
+	// ActorUser: a sensitive action by a followed minter, by user.username.
+	ActorUser
+	// ActorCredential: a sensitive action by a followed service-account
+	// minter, by the JTI of the credential it used.
+	ActorCredential
+	// Legacy: a request made with a legacy Secret-based token (annotation
+	// authentication.k8s.io/legacy-token).
+	Legacy
+)
+
+// String names the kinds of k, joined by "|"; "none" for none.
+func (k Kind) String() string {
+	if k == 0 {
+		return "none"
+	}
+	var parts []string
+	for _, n := range []struct {
+		k    Kind
+		name string
+	}{{Token, "token"}, {ActorUser, "actor_user"}, {ActorCredential, "actor_credential"}, {Legacy, "legacy"}} {
+		if k&n.k != 0 {
+			parts = append(parts, n.name)
+			k &^= n.k
+		}
+	}
+	if k != 0 {
+		parts = append(parts, fmt.Sprintf("0x%x", uint8(k)))
+	}
+	return strings.Join(parts, "|")
+}
+
+// MaxKeyLen bounds a watch key in bytes: audit.MaxIdentity, the bound of a
+// user name on the wire. A longer key cannot match an event that travelled.
+const MaxKeyLen = audit.MaxIdentity
+
+// Watch is one watched token or minter.
+type Watch struct {
+	// Kind is Token, ActorUser or ActorCredential.
+	Kind Kind
+	// Key is the JTI without "JTI=" (Token, ActorCredential) or the
+	// user.username (ActorUser).
+	Key string
+	// From and Until bound the requestReceivedTimestamp of the requests
+	// that count, both included. A zero time leaves that side unbounded.
+	From, Until time.Time
+}
+
+// bounds are a watch's [from, until] in Unix nanoseconds.
+type bounds struct{ from, until int64 }
+
+func boundsOf(w Watch) bounds {
+	b := bounds{from: math.MinInt64, until: math.MaxInt64}
+	if !w.From.IsZero() {
+		b.from = w.From.UnixNano()
+	}
+	if !w.Until.IsZero() {
+		b.until = w.Until.UnixNano()
+	}
+	return b
+}
+
+// hull returns the smallest bounds holding b and o.
+func (b bounds) hull(o bounds) bounds {
+	return bounds{from: min(b.from, o.from), until: max(b.until, o.until)}
+}
+
+// contains reports whether t lies in b; an unknown time (ok false) does:
+// the aggregator decides.
+func (b bounds) contains(t int64, ok bool) bool {
+	return !ok || (b.from <= t && t <= b.until)
+}
+
+// jtis holds watched JTIs: uuids as 16 bytes, any other key as a string.
+type jtis struct {
+	ids  map[[16]byte]bounds
+	strs map[string]bounds
+}
+
+func (j *jtis) len() int { return len(j.ids) + len(j.strs) }
+
+func (j *jtis) add(key string, b bounds) {
+	if id, ok := parseUUID(key); ok {
+		if j.ids == nil {
+			j.ids = make(map[[16]byte]bounds)
+		}
+		if old, ok := j.ids[id]; ok {
+			b = b.hull(old)
+		}
+		j.ids[id] = b
+		return
+	}
+	if j.strs == nil {
+		j.strs = make(map[string]bounds)
+	}
+	if old, ok := j.strs[key]; ok {
+		b = b.hull(old)
+	}
+	j.strs[strings.Clone(key)] = b
+}
+
+func (j *jtis) remove(key string) {
+	if id, ok := parseUUID(key); ok {
+		delete(j.ids, id)
+		return
+	}
+	delete(j.strs, key)
+}
+
+func (j *jtis) lookup(key string) (bounds, bool) {
+	if id, ok := parseUUID(key); ok {
+		b, ok := j.ids[id]
+		return b, ok
+	}
+	b, ok := j.strs[key]
+	return b, ok
+}
+
+func (j *jtis) expire(now int64) int {
+	n := expireMap(j.ids, now)
+	return n + expireMap(j.strs, now)
+}
+
+func expireMap[K comparable](m map[K]bounds, now int64) int {
+	n := 0
+	for k, b := range m {
+		if b.until < now {
+			delete(m, k)
+			n++
+		}
+	}
+	return n
+}
+
+// Set is the watch set of an agent. Its zero value is empty and ready to
+// use; it is not safe for concurrent use.
+//
+// Memory per watch: a JTI that parses as a uuid is kept as 16 bytes with its
+// bounds (16 bytes), about 40 bytes with the map's overhead; any other key
+// (a JTI that is not a uuid, a user name) as a string of at most MaxKeyLen
+// bytes plus about 40 bytes.
+type Set struct {
+	token, cred jtis
+	users       map[string]bounds
+}
+
+// Add starts a watch, or extends one of the same kind and key to the
+// smallest bounds holding both.
+func (s *Set) Add(w Watch) error {
+	if w.Key == "" {
+		return errors.New("add watch: empty key")
+	}
+	if len(w.Key) > MaxKeyLen {
+		return fmt.Errorf("add watch: key of %d bytes exceeds %d", len(w.Key), MaxKeyLen)
+	}
+	b := boundsOf(w)
+	switch w.Kind {
+	case Token:
+		s.token.add(w.Key, b)
+	case ActorCredential:
+		s.cred.add(w.Key, b)
+	case ActorUser:
+		if s.users == nil {
+			s.users = make(map[string]bounds)
+		}
+		if old, ok := s.users[w.Key]; ok {
+			b = b.hull(old)
+		}
+		s.users[strings.Clone(w.Key)] = b
+	default:
+		return fmt.Errorf("add watch: kind %v is not watchable", w.Kind)
+	}
+	return nil
+}
+
+// Remove stops the watch of kind k (one of Token, ActorUser,
+// ActorCredential) and key, if any.
+func (s *Set) Remove(k Kind, key string) {
+	switch k {
+	case Token:
+		s.token.remove(key)
+	case ActorCredential:
+		s.cred.remove(key)
+	case ActorUser:
+		delete(s.users, key)
+	}
+}
+
+// Reset drops every watch.
+func (s *Set) Reset() { *s = Set{} }
+
+// Expire drops the watches whose Until is before now and returns how many.
+func (s *Set) Expire(now time.Time) int {
+	t := now.UnixNano()
+	return s.token.expire(t) + s.cred.expire(t) + expireMap(s.users, t)
+}
+
+// Len returns the number of watches of the kinds in k.
+func (s *Set) Len(k Kind) int {
+	n := 0
+	if k&Token != 0 {
+		n += s.token.len()
+	}
+	if k&ActorCredential != 0 {
+		n += s.cred.len()
+	}
+	if k&ActorUser != 0 {
+		n += len(s.users)
+	}
+	return n
+}
+
+// parseUUID parses the canonical 36-character form of a uuid, hex digits
+// of either case.
+func parseUUID[T string | []byte](s T) ([16]byte, bool) {
+	var id [16]byte
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return id, false
+	}
+	j := 0
+	for i := 0; i < 36; i += 2 {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			i++
+		}
+		hi, ok1 := unhex(s[i])
+		lo, ok2 := unhex(s[i+1])
+		if !ok1 || !ok2 {
+			return id, false
+		}
+		id[j] = hi<<4 | lo
+		j++
+	}
+	return id, true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
