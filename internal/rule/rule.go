@@ -118,6 +118,7 @@ type entry struct {
 	namespaces []string
 	names      []string
 	managed    bool // a managed-cloud identity of the seed list
+	seed       bool // from the seed list, not exclusions.add
 }
 
 // New builds a Rule from cfg after validating it.
@@ -128,7 +129,7 @@ func New(cfg Config) (*Rule, error) {
 	r := &Rule{strict: cfg.StrictGroups, platform: cfg.Platform}
 	if !cfg.ReplaceDefaults {
 		for _, s := range seed {
-			r.entries = append(r.entries, entry{user: s.pattern, managed: s.managed})
+			r.entries = append(r.entries, entry{user: s.pattern, managed: s.managed, seed: true})
 		}
 	}
 	for _, p := range cfg.Add {
@@ -152,6 +153,11 @@ type Verdict struct {
 	// Mismatch says why a hardening kept a pattern from excluding the event
 	// (reported as tokenwatch.exclusion.mismatch); "" otherwise.
 	Mismatch string `json:"mismatch,omitempty"`
+	// ByDefault: Excluded by the seed (default) list only, no
+	// exclusions.add entry excluding the event too. Token lineage overrides
+	// such an exclusion for a chain (a mint authenticated with a watched
+	// token); an explicit entry still wins.
+	ByDefault bool `json:"by_default,omitempty"`
 }
 
 // Alerts reports whether the verdict calls for an alert.
@@ -173,28 +179,57 @@ func (r *Rule) Judge(s *Subject) Verdict {
 		return Verdict{}
 	}
 	v := Verdict{Match: true}
-	for _, en := range r.entries {
-		if !Wildcard(en.user, user) || !en.targets(s.Namespace, s.Name) {
-			continue
-		}
-		if en.managed && r.platform == PlatformSelfManaged {
-			if v.Mismatch == "" {
-				v.Mismatch = fmt.Sprintf("exclusion %q is a managed-cloud identity, not applied with platform %s", en.user, r.platform)
+	for i, en := range r.entries {
+		ok, mismatch := r.excludes(en, s, v.Mismatch == "")
+		if !ok {
+			if mismatch != "" {
+				v.Mismatch = mismatch
 			}
 			continue
-		}
-		if r.strict {
-			if want := requiredGroup(user); want != "" && !hasGroup(s.Groups, want) {
-				if v.Mismatch == "" {
-					v.Mismatch = fmt.Sprintf("exclusion %q not applied: user %q lacks group %q (strict_groups)", en.user, user, want)
-				}
-				continue
-			}
 		}
 		v.Excluded, v.By, v.Mismatch = true, en.user, ""
+		v.ByDefault = en.seed && !r.addedExcludes(r.entries[i+1:], s)
 		return v
 	}
 	return v
+}
+
+// excludes reports whether en excludes the event of s; when a hardening
+// kept a matching pattern from excluding it and why is set, mismatch says
+// why (only the first reason is reported: the others are not formatted).
+func (r *Rule) excludes(en entry, s *Subject, why bool) (ok bool, mismatch string) {
+	if !Wildcard(en.user, s.User) || !en.targets(s.Namespace, s.Name) {
+		return false, ""
+	}
+	if en.managed && r.platform == PlatformSelfManaged {
+		if !why {
+			return false, ""
+		}
+		return false, fmt.Sprintf("exclusion %q is a managed-cloud identity, not applied with platform %s", en.user, r.platform)
+	}
+	if r.strict {
+		if want := requiredGroup(s.User); want != "" && !hasGroup(s.Groups, want) {
+			if !why {
+				return false, ""
+			}
+			return false, fmt.Sprintf("exclusion %q not applied: user %q lacks group %q (strict_groups)", en.user, s.User, want)
+		}
+	}
+	return true, ""
+}
+
+// addedExcludes reports whether one of the exclusions.add entries among
+// entries excludes the event of s.
+func (r *Rule) addedExcludes(entries []entry, s *Subject) bool {
+	for _, en := range entries {
+		if en.seed {
+			continue
+		}
+		if ok, _ := r.excludes(en, s, false); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // targets reports whether en applies to the service account ns/name.

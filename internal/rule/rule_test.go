@@ -291,3 +291,34 @@ func BenchmarkEvaluate(b *testing.B) {
 		}
 	}
 }
+
+func TestByDefault(t *testing.T) {
+	vault := Pattern{User: "system:serviceaccount:kube-system:vault"}
+	tests := []struct {
+		name      string
+		cfg       Config
+		give      *audit.Event
+		excluded  bool
+		byDefault bool
+	}{
+		{"seed only", DefaultConfig(), mint("system:node:cp-1", nodes, "a", "b"), true, true},
+		{"seed kube-system sa", DefaultConfig(), mint("system:serviceaccount:kube-system:x", sa("kube-system"), "a", "b"), true, true},
+		{"added only", Config{Platform: PlatformAny, Add: []Pattern{{User: "vault"}}}, mint("vault", nil, "a", "b"), true, false},
+		{"seed and added both exclude", Config{StrictGroups: true, Platform: PlatformSelfManaged, Add: []Pattern{vault}}, mint("system:serviceaccount:kube-system:vault", sa("kube-system"), "a", "b"), true, false},
+		{"added narrowed elsewhere", Config{StrictGroups: true, Platform: PlatformSelfManaged, Add: []Pattern{{User: vault.User, Namespaces: []string{"other"}}}}, mint("system:serviceaccount:kube-system:vault", sa("kube-system"), "a", "b"), true, true},
+		{"added wildcard covers seed", Config{Platform: PlatformAny, Add: []Pattern{{User: "system:*"}}}, mint("system:kube-scheduler", nil, "a", "b"), true, false},
+		{"added repeats a seed pattern", Config{StrictGroups: true, Platform: PlatformSelfManaged, Add: []Pattern{{User: "system:node:*"}}}, mint("system:node:cp-1", nodes, "a", "b"), true, false},
+		{"managed seed not applied, added excludes", Config{StrictGroups: true, Platform: PlatformSelfManaged, Add: []Pattern{{User: "eks:node-manager"}}}, mint("eks:node-manager", nil, "a", "b"), true, false},
+		{"managed seed with platform any", seedExact, mint("eks:node-manager", nil, "a", "b"), true, true},
+		{"replace defaults", Config{Platform: PlatformAny, ReplaceDefaults: true, Add: []Pattern{{User: "system:node:*"}}}, mint("system:node:cp-1", nodes, "a", "b"), true, false},
+		{"not excluded", DefaultConfig(), mint("alice", nil, "a", "b"), false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := mustNew(t, tt.cfg).Evaluate(tt.give)
+			if got.Excluded != tt.excluded || got.ByDefault != tt.byDefault {
+				t.Errorf("Evaluate(%q) = excluded %v by default %v, want %v, %v", tt.give.Username(), got.Excluded, got.ByDefault, tt.excluded, tt.byDefault)
+			}
+		})
+	}
+}
