@@ -31,21 +31,24 @@ func Classify(e *audit.Event, s *Set) Kind {
 	if lineage.LegacyServiceAccount(e) != "" {
 		k |= Legacy
 	}
-	if s == nil || (s.token.len() == 0 && s.cred.len() == 0 && len(s.users) == 0) {
+	if s == nil || s.Len(Token|ActorUser|ActorCredential) == 0 {
 		return k
 	}
+	return k | s.watched(e)
+}
+
+// watched returns the watched kinds e matches under s.
+func (s *Set) watched(e *audit.Event) Kind {
 	t, tok := eventTime(e)
 	jti := ""
 	if s.token.len() > 0 || s.cred.len() > 0 {
 		jti = lineage.CredentialJTI(e.User)
 	}
+	var k, actor Kind
 	if jti != "" {
 		if b, ok := s.token.lookup(jti); ok && b.contains(t, tok) {
 			k |= Token
 		}
-	}
-	var actor Kind
-	if jti != "" {
 		if b, ok := s.cred.lookup(jti); ok && b.contains(t, tok) {
 			actor |= ActorCredential
 		}
