@@ -470,33 +470,7 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 		}
 	}
 	ch := state.Change{Records: p.carry}
-	r := p.rule.Load()
-	var expired, suppressed int
-	for _, pd := range due {
-		var pe tokenwatchv1.TokenEvent
-		if err := proto.Unmarshal(pd.Event, &pe); err != nil {
-			p.logger.Error("pending event unreadable, dropped", "key", pd.Key, "err", err)
-			p.m.pendingBroken.Inc()
-			ch.Done = append(ch.Done, pd.Key)
-			continue
-		}
-		e := *wire.FromProto(&pe)
-		v := r.Evaluate(&e)
-		if !v.Alerts() {
-			// The exclusions changed while it waited.
-			ch.Done = append(ch.Done, pd.Key)
-			continue
-		}
-		src := detect.Source{Cluster: pd.Cluster, Node: pd.Node}
-		rec := detect.TokenRecord(src, &e, v, true)
-		// Durably alone: its completion, should it come, is dropped as
-		// late, after a restart too.
-		ch.DoneAlone = append(ch.DoneAlone, pd.Key)
-		if !p.alertLocked(&ch, now, pd.Cluster, &e, rec) {
-			suppressed++
-		}
-		expired++
-	}
+	expired, suppressed := p.expireLocked(&ch, due, now)
 	switch {
 	case p.budget != nil && final:
 		ch.Records = append(ch.Records, p.budget.Close(now)...)
@@ -523,6 +497,48 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 	p.m.events.suppressed.Add(float64(suppressed))
 	p.m.recordsAdded.Add(float64(added))
 	return added, nil
+}
+
+// expireLocked turns the due pendings into the steps detect.Due decides
+// for them, each judged again with the rule in force now, and adds those
+// to ch: an alert alone (a record, the request done alone), or the request
+// done. It returns the number alerted and of those the budget suppressed.
+// p.mu must be held.
+func (p *Pipeline) expireLocked(ch *state.Change, due []state.Pending, now time.Time) (expired, suppressed int) {
+	r := p.rule.Load()
+	held := make([]detect.Held, len(due))
+	for i, pd := range due {
+		held[i].Deadline = pd.Deadline
+		var pe tokenwatchv1.TokenEvent
+		if err := proto.Unmarshal(pd.Event, &pe); err != nil {
+			p.logger.Error("pending event unreadable, dropped", "key", pd.Key, "err", err)
+			p.m.pendingBroken.Inc()
+			continue
+		}
+		held[i].Event = wire.FromProto(&pe)
+		held[i].Verdict = r.Evaluate(held[i].Event)
+	}
+	for i, step := range detect.Due(held, now) {
+		pd, h := due[i], held[i]
+		switch step.Mark {
+		case detect.StateDone:
+			ch.Done = append(ch.Done, pd.Key)
+		case detect.StateDoneAlone:
+			// Durably alone: its completion, should it come, is dropped as
+			// late, after a restart too.
+			ch.DoneAlone = append(ch.DoneAlone, pd.Key)
+		}
+		if step.Action != detect.ActionAlert {
+			continue
+		}
+		src := detect.Source{Cluster: pd.Cluster, Node: pd.Node}
+		rec := detect.TokenRecord(src, h.Event, h.Verdict, true)
+		if !p.alertLocked(ch, now, pd.Cluster, h.Event, rec) {
+			suppressed++
+		}
+		expired++
+	}
+	return expired, suppressed
 }
 
 // periodic keeps the records that are not token-request alerts of due
