@@ -10,4 +10,12 @@
 // earlier ones are acknowledged. After a reconnect (exponential backoff with
 // jitter) every unacknowledged batch is sent again with fresh sequence
 // numbers: delivery is at least once and the aggregator deduplicates.
+//
+// With Config.Lineage the Hello declares the "lineage" feature. A stream
+// whose Welcome carries LineageSettings has lineage on: its WatchUpdates go
+// to Lineage.Watch from the receive goroutine, in stream order, so a batch's
+// watches are applied before its Ack moves the mark; batches then carry
+// lineage uses and counts beside the events (EnqueueItems), delivered at
+// least once like events. A Welcome without settings turns lineage off for
+// the stream: uses and counts are not sent on it.
 package sender

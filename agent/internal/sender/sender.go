@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,9 @@ type Config struct {
 	// Classify, when set, names why an attempt failed (see Failure); nil
 	// or a zero Failure falls back to DefaultClassify.
 	Classify func(err error) Failure
+	// Lineage, when set, makes the agent declare the "lineage" feature in
+	// its Hello and receive the lineage side of each stream (see Lineage).
+	Lineage Lineage
 	// Logger receives connection events (never event contents).
 	Logger *slog.Logger
 	// DialOptions are added to the client's options (tests).
@@ -89,6 +93,37 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// FeatureLineage is the Hello feature of an agent that applies WatchUpdates
+// and sends Batch.uses and Batch.counts.
+const FeatureLineage = "lineage"
+
+// Lineage is the agent's lineage side of the stream. Its methods are called
+// from the session's goroutines in stream order: Welcome once per welcomed
+// stream before any of its WatchUpdates, Watch for each WatchUpdate before
+// any Ack received after it is processed (so before OnAck reports the
+// marks it acknowledges). They must be quick and must not call the Sender.
+type Lineage interface {
+	// Welcome starts a stream's lineage: settings from the Welcome, nil
+	// when the aggregator pushes no watches (lineage is off for the stream:
+	// the agent holds no watches and sends no uses or counts).
+	Welcome(settings *tokenwatchv1.LineageSettings)
+	// Watch applies one WatchUpdate of a stream whose Welcome had settings.
+	Watch(u *tokenwatchv1.WatchUpdate)
+}
+
+// Items are what one Enqueue queues, in this order within a batch: losses,
+// token-create events, lineage uses, use counts.
+type Items struct {
+	Events []*tokenwatchv1.TokenEvent
+	Losses []*tokenwatchv1.LossReport
+	Uses   []*tokenwatchv1.LineageEvent
+	Counts []*tokenwatchv1.UseCount
+}
+
+func (it *Items) empty() bool {
+	return len(it.Events)+len(it.Losses)+len(it.Uses)+len(it.Counts) == 0
+}
+
 // MaxEventBytes is the largest encoded event worth sending: the
 // aggregator refuses messages over 4 MiB by default, and a refused event
 // would be re-sent forever. Callers report larger events as losses.
@@ -101,6 +136,8 @@ var ErrClosed = errors.New("sender closed")
 type batch struct {
 	events  []*tokenwatchv1.TokenEvent
 	losses  []*tokenwatchv1.LossReport
+	uses    []*tokenwatchv1.LineageEvent
+	counts  []*tokenwatchv1.UseCount
 	bytes   int
 	mark    any
 	hasMark bool
@@ -113,6 +150,8 @@ type Stats struct {
 	EventsSent, EventsAcked   uint64 // EventsSent counts re-sends too
 	LossesSent, LossesAcked   uint64
 	BatchesSent, BatchesAcked uint64
+	UsesSent, UsesAcked       uint64 // lineage uses (Batch.uses)
+	CountsSent, CountsAcked   uint64 // lineage use counts (Batch.counts)
 	Streams, Reconnects       uint64 // welcomed streams; those after the first
 	UnackedEvents             uint64
 	Connected                 bool
@@ -132,6 +171,9 @@ type Sender struct {
 	wake    chan struct{} // capacity 1: there is something to send
 
 	ready                     atomic.Bool
+	lineageOn                 atomic.Bool // the current stream's Welcome had LineageSettings
+	usesSent, usesAcked       atomic.Uint64
+	countsSent, countsAcked   atomic.Uint64
 	eventsSent, eventsAcked   atomic.Uint64
 	lossesSent, lossesAcked   atomic.Uint64
 	batchesSent, batchesAcked atomic.Uint64
@@ -153,6 +195,9 @@ func New(cfg Config) (*Sender, error) {
 	cfg.setDefaults()
 	hello := proto.Clone(cfg.Hello).(*tokenwatchv1.Hello)
 	hello.MaxBatchEvents = uint32(cfg.MaxBatchEvents)
+	if cfg.Lineage != nil && !slices.Contains(hello.Features, FeatureLineage) {
+		hello.Features = append(hello.Features, FeatureLineage)
+	}
 	cfg.Hello = hello
 	return &Sender{
 		cfg:  cfg,
@@ -175,6 +220,8 @@ func (s *Sender) Stats() Stats {
 		EventsSent: s.eventsSent.Load(), EventsAcked: s.eventsAcked.Load(),
 		LossesSent: s.lossesSent.Load(), LossesAcked: s.lossesAcked.Load(),
 		BatchesSent: s.batchesSent.Load(), BatchesAcked: s.batchesAcked.Load(),
+		UsesSent: s.usesSent.Load(), UsesAcked: s.usesAcked.Load(),
+		CountsSent: s.countsSent.Load(), CountsAcked: s.countsAcked.Load(),
 		Streams: st, Reconnects: re,
 		UnackedEvents: s.unacked.Load(),
 		Connected:     s.ready.Load(),
@@ -188,13 +235,20 @@ func (s *Sender) Stats() Stats {
 // MaxUnacked batches are held; it returns ctx's error when ctx ends first,
 // and ErrClosed after Close.
 func (s *Sender) Enqueue(ctx context.Context, events []*tokenwatchv1.TokenEvent, losses []*tokenwatchv1.LossReport, mark any) error {
+	return s.EnqueueItems(ctx, Items{Events: events, Losses: losses}, mark)
+}
+
+// EnqueueItems is Enqueue with lineage uses and counts beside the events
+// and losses: they are delivered at least once, like events, and their
+// batch's acknowledgement moves the mark alike.
+func (s *Sender) EnqueueItems(ctx context.Context, it Items, mark any) error {
 	for {
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			return ErrClosed
 		}
-		if len(events) == 0 && len(losses) == 0 {
+		if it.empty() {
 			s.placeMark(mark)
 			s.mu.Unlock()
 			return nil
@@ -211,18 +265,8 @@ func (s *Sender) Enqueue(ctx context.Context, events []*tokenwatchv1.TokenEvent,
 			continue
 		}
 		// Fill b; what does not fit goes around the loop again.
-		for len(losses) > 0 && s.fits(b, proto.Size(losses[0])) {
-			b.bytes += proto.Size(losses[0])
-			b.losses = append(b.losses, losses[0])
-			losses = losses[1:]
-		}
-		for len(losses) == 0 && len(events) > 0 && s.fits(b, proto.Size(events[0])) {
-			b.bytes += proto.Size(events[0])
-			b.events = append(b.events, events[0])
-			s.unacked.Add(1)
-			events = events[1:]
-		}
-		done := len(events) == 0 && len(losses) == 0
+		s.fill(b, &it)
+		done := it.empty()
 		if !done {
 			b.full = true
 		}
@@ -237,12 +281,47 @@ func (s *Sender) Enqueue(ctx context.Context, events []*tokenwatchv1.TokenEvent,
 	}
 }
 
+// fill moves what fits of it into b, in order: losses, events, uses,
+// counts. Called with mu held.
+func (s *Sender) fill(b *batch, it *Items) {
+	for len(it.Losses) > 0 && s.fits(b, proto.Size(it.Losses[0])) {
+		b.bytes += proto.Size(it.Losses[0])
+		b.losses = append(b.losses, it.Losses[0])
+		it.Losses = it.Losses[1:]
+	}
+	if len(it.Losses) > 0 {
+		return
+	}
+	for len(it.Events) > 0 && s.fits(b, proto.Size(it.Events[0])) {
+		b.bytes += proto.Size(it.Events[0])
+		b.events = append(b.events, it.Events[0])
+		s.unacked.Add(1)
+		it.Events = it.Events[1:]
+	}
+	if len(it.Events) > 0 {
+		return
+	}
+	for len(it.Uses) > 0 && s.fits(b, proto.Size(it.Uses[0])) {
+		b.bytes += proto.Size(it.Uses[0])
+		b.uses = append(b.uses, it.Uses[0])
+		it.Uses = it.Uses[1:]
+	}
+	if len(it.Uses) > 0 {
+		return
+	}
+	for len(it.Counts) > 0 && s.fits(b, proto.Size(it.Counts[0])) {
+		b.bytes += proto.Size(it.Counts[0])
+		b.counts = append(b.counts, it.Counts[0])
+		it.Counts = it.Counts[1:]
+	}
+}
+
 // openBatch returns a batch that can take more items: the last one if it
 // has not been sent on the current stream and has room, else a new one, or
 // nil when MaxUnacked batches are held. Called with mu held.
 func (s *Sender) openBatch() *batch {
 	if n := len(s.queue); n > s.sent && n > 0 {
-		if b := s.queue[n-1]; !b.full && len(b.events) < s.cfg.MaxBatchEvents && b.bytes < s.cfg.MaxBatchBytes {
+		if b := s.queue[n-1]; !b.full && b.items() < s.cfg.MaxBatchEvents && b.bytes < s.cfg.MaxBatchBytes {
 			return b
 		}
 	}
@@ -254,13 +333,17 @@ func (s *Sender) openBatch() *batch {
 	return b
 }
 
+// items counts the entries of b that MaxBatchEvents bounds: events, uses
+// and counts (a lineage-aware aggregator may count each as an event).
+func (b *batch) items() int { return len(b.events) + len(b.uses) + len(b.counts) }
+
 // fits reports whether an item of size n may join b; an empty batch takes
 // any one item.
 func (s *Sender) fits(b *batch, n int) bool {
-	if len(b.events)+len(b.losses) == 0 {
+	if b.items()+len(b.losses) == 0 {
 		return true
 	}
-	return len(b.events) < s.cfg.MaxBatchEvents && b.bytes+n <= s.cfg.MaxBatchBytes
+	return b.items() < s.cfg.MaxBatchEvents && b.bytes+n <= s.cfg.MaxBatchBytes
 }
 
 // placeMark attaches mark to the newest held batch, or reports it at once
@@ -414,18 +497,11 @@ func (s *Sender) session(ctx context.Context, client tokenwatchv1.AuditStreamSer
 	} else {
 		s.cfg.Logger.Info("connected to aggregator", "aggregator", s.cfg.Target, "cluster", w.Cluster, "aggregator_version", w.AggregatorVersion)
 	}
+	s.welcomeLineage(w)
 	s.ready.Store(true)
 	defer s.ready.Store(false)
 
-	// Everything held is sent again on this stream, numbered from 1.
-	s.mu.Lock()
-	s.sent = 0
-	s.nextSeq = 1
-	for _, b := range s.queue {
-		b.seq = 0
-	}
-	s.mu.Unlock()
-	s.signal()
+	s.resend()
 
 	// From here on exactly one goroutine, receive's, calls Recv: gRPC
 	// allows no concurrent RecvMsg on a stream, and a second caller can
@@ -454,11 +530,40 @@ func (s *Sender) session(ctx context.Context, client tokenwatchv1.AuditStreamSer
 	return true, nil
 }
 
+// resend makes everything held go again on a new stream, numbered from 1.
+func (s *Sender) resend() {
+	s.mu.Lock()
+	s.sent = 0
+	s.nextSeq = 1
+	for _, b := range s.queue {
+		b.seq = 0
+	}
+	s.mu.Unlock()
+	s.signal()
+}
+
+// welcomeLineage starts the stream's lineage from its Welcome: on when it
+// carries LineageSettings and the agent declared the feature, else off.
+// The receive goroutine has not started yet: no WatchUpdate is applied
+// before this.
+func (s *Sender) welcomeLineage(w *tokenwatchv1.Welcome) {
+	if s.cfg.Lineage == nil {
+		return
+	}
+	settings := w.GetLineage()
+	s.lineageOn.Store(settings != nil)
+	s.cfg.Lineage.Welcome(settings)
+	if settings == nil {
+		s.cfg.Logger.Info("aggregator pushes no lineage watches on this stream: lineage off", "aggregator", s.cfg.Target)
+	}
+}
+
 // errStreamOver is send's error when Send reports io.EOF: the stream has
 // ended and receive's Recv returns why.
 var errStreamOver = errors.New("stream ended while sending")
 
-// receive handles acknowledgements until the stream ends.
+// receive handles acknowledgements and watch updates, in stream order,
+// until the stream ends: a WatchUpdate is applied before any Ack after it.
 func (s *Sender) receive(stream grpc.BidiStreamingClient[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse]) error {
 	for {
 		resp, err := stream.Recv()
@@ -471,12 +576,20 @@ func (s *Sender) receive(stream grpc.BidiStreamingClient[tokenwatchv1.StreamRequ
 		if err != nil {
 			return fmt.Errorf("receive: %w", err)
 		}
-		ack := resp.GetAck()
-		if ack == nil {
+		switch m := resp.GetMsg().(type) {
+		case *tokenwatchv1.StreamResponse_Ack:
+			if err := s.acked(m.Ack.GetSeq()); err != nil {
+				return err
+			}
+		case *tokenwatchv1.StreamResponse_Watch:
+			if s.cfg.Lineage == nil {
+				return errors.New("unexpected watch update from aggregator: lineage was not declared")
+			}
+			if s.lineageOn.Load() {
+				s.cfg.Lineage.Watch(m.Watch)
+			}
+		default:
 			return fmt.Errorf("unexpected %T from aggregator", resp.GetMsg())
-		}
-		if err := s.acked(ack.Seq); err != nil {
-			return err
 		}
 	}
 }
@@ -495,6 +608,8 @@ func (s *Sender) acked(seq uint64) error {
 		b := s.queue[n]
 		s.eventsAcked.Add(uint64(len(b.events)))
 		s.lossesAcked.Add(uint64(len(b.losses)))
+		s.usesAcked.Add(uint64(len(b.uses)))
+		s.countsAcked.Add(uint64(len(b.counts)))
 		s.unacked.Add(^uint64(len(b.events) - 1))
 		s.batchesAcked.Add(1)
 		if b.hasMark {
@@ -536,9 +651,7 @@ func (s *Sender) send(ctx context.Context, stream grpc.BidiStreamingClient[token
 			b.seq = s.nextSeq
 			s.nextSeq++
 			s.sent++
-			req = &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: &tokenwatchv1.Batch{
-				Seq: b.seq, Events: b.events, Losses: b.losses,
-			}}}
+			req = &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: s.wireBatch(b)}}
 		}
 		done := s.closed && len(s.queue) == 0
 		s.mu.Unlock()
@@ -548,6 +661,10 @@ func (s *Sender) send(ctx context.Context, stream grpc.BidiStreamingClient[token
 			}
 			s.eventsSent.Add(uint64(len(b.events)))
 			s.lossesSent.Add(uint64(len(b.losses)))
+			if s.lineageOn.Load() {
+				s.usesSent.Add(uint64(len(b.uses)))
+				s.countsSent.Add(uint64(len(b.counts)))
+			}
 			s.batchesSent.Add(1)
 			continue
 		}
@@ -567,6 +684,17 @@ func (s *Sender) send(ctx context.Context, stream grpc.BidiStreamingClient[token
 			}
 		}
 	}
+}
+
+// wireBatch is b as sent on the current stream: without uses and counts
+// when the stream's lineage is off (they were queued on a lineage stream
+// and mean nothing to this aggregator).
+func (s *Sender) wireBatch(b *batch) *tokenwatchv1.Batch {
+	wb := &tokenwatchv1.Batch{Seq: b.seq, Events: b.events, Losses: b.losses}
+	if s.lineageOn.Load() {
+		wb.Uses, wb.Counts = b.uses, b.counts
+	}
+	return wb
 }
 
 func (s *Sender) heartbeat(stream grpc.BidiStreamingClient[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse]) error {
