@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -61,6 +62,13 @@ type Position struct {
 type Block struct {
 	Pos  Position // position of Data[0]
 	Data []byte   // whole lines, each ending in '\n'; valid only until the handler returns
+	// File is the open file Data was read from, valid only until the
+	// handler returns: a handler that reads the lines again later (by
+	// offset, whatever the file is renamed to or whether it is deleted)
+	// duplicates it. When Compressed, File holds gzip data and Pos
+	// offsets are in its decompressed data. Nil when unknown.
+	File       *os.File
+	Compressed bool
 }
 
 // End returns the position just after the block.

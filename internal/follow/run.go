@@ -857,7 +857,7 @@ func (f *Follower) emit(ctx context.Context, h Handler, cur *source) error {
 		}
 	}
 	data := f.buf[:last+1]
-	b := Block{Pos: Position{ID: cur.id, Name: cur.path, Offset: cur.off}, Data: data}
+	b := Block{Pos: Position{ID: cur.id, Name: cur.path, Offset: cur.off}, Data: data, File: cur.f, Compressed: cur.zr != nil}
 	if err := h.Block(ctx, b); err != nil {
 		return handlerError{err}
 	}
