@@ -31,7 +31,7 @@ func mintEvent(jti, user, ip string, t time.Time) *audit.Event {
 		ObjectRef:                &audit.ObjectReference{Resource: "serviceaccounts", Subresource: "token", Namespace: "team-a", Name: "builder"},
 		ResponseStatus:           &audit.Status{Code: 201},
 		RequestReceivedTimestamp: ts(t), StageTimestamp: ts(t),
-		Annotations:              map[string]string{AnnotationIssuedCredentialID: "JTI=" + jti},
+		Annotations: map[string]string{AnnotationIssuedCredentialID: "JTI=" + jti},
 	}
 }
 
