@@ -133,7 +133,7 @@ func (s *State) emitFull(now time.Time, fx *Effects) {
 		EventName: alert.EventPipeline,
 		Time:      s.recordTime(f.Start, now),
 		Severity:  alert.High,
-		Body: fmt.Sprintf("Token lineage watched lineage.max_watched (%d) tokens and dropped %d watches: later uses of those tokens are not reported.",
+		Body: fmt.Sprintf("Token lineage watched lineage.max_watched (%d) tokens and dropped %d watch(es): later uses of those tokens are not reported.",
 			s.cfg.MaxWatched, f.Dropped),
 		Attrs: a,
 	})
