@@ -3,9 +3,6 @@ package linematch
 import (
 	"bytes"
 	"hash/maphash"
-
-	"github.com/tokenwatch/tokenwatch/internal/audit"
-	"github.com/tokenwatch/tokenwatch/internal/lineage"
 )
 
 // Keys are the cheap per-line keys a Lookback keeps: what a watch that
@@ -27,17 +24,17 @@ type Keys struct {
 	User, User2 uint64
 }
 
-// seed keys UserHash for the life of the process: keys are never stored
+// hashSeed keys UserHash for the life of the process: keys are never stored
 // across processes.
-var seed = maphash.MakeSeed()
+var hashSeed = maphash.MakeSeed()
 
 // UserHash is the hash of a user name that Keys hold. It is never 0.
 func UserHash(name string) uint64 {
-	return nonZero(maphash.String(seed, name))
+	return nonZero(maphash.String(hashSeed, name))
 }
 
 func userHashBytes(name []byte) uint64 {
-	return nonZero(maphash.Bytes(seed, name))
+	return nonZero(maphash.Bytes(hashSeed, name))
 }
 
 func nonZero(h uint64) uint64 {
@@ -73,19 +70,91 @@ func AppendKeys(dst []LineKeys, block []byte) []LineKeys {
 	return dst
 }
 
-// KeysOf returns the keys of one line.
+// KeysOf returns the keys of one line, from its bytes alone: the
+// credential JTI is the uuid of every "JTI=" that starts a list entry
+// (lineage.CredentialJTI reads the first such entry of user.extra's
+// credential-id); the user names are those of every object under a key
+// "user" (user.username is the last "username" of the last top-level one).
+// Any \u escape of a byte of those names, a second distinct uuid, a third
+// distinct name, a credential id that is not a uuid or an object it cannot
+// read makes the keys Unsure. A line that does not decode may get any keys:
+// it never matches.
 func KeysOf(line []byte) Keys {
-	ev, err := audit.Decode(line)
-	if err != nil {
-		return Keys{} // never matches anything
+	if indexEscape(line, &keyBytes) >= 0 {
+		return Keys{Unsure: true}
 	}
 	var k Keys
-	if jti := lineage.CredentialJTI(ev.User); jti != "" {
-		id, ok := parseUUID(jti)
-		k.JTI, k.HasJTI, k.Unsure = id, ok, !ok
-	}
-	if name := ev.Username(); name != "" {
-		k.User = UserHash(name)
+	if !k.addJTIs(line) || !k.addUsers(line) {
+		return Keys{Unsure: true}
 	}
 	return k
+}
+
+// addJTIs sets the credential JTI of line; false when unsure.
+func (k *Keys) addJTIs(line []byte) bool {
+	for i := 0; ; {
+		j := bytes.IndexByte(line[i:], 'J')
+		if j < 0 {
+			return true
+		}
+		j += i
+		i = j + 1
+		if !isJTIAt(line, j) {
+			continue
+		}
+		id, kind, _ := credentialAt(line, j)
+		switch {
+		case kind == jtiOdd, kind == jtiUUID && k.HasJTI && id != k.JTI:
+			return false
+		case kind == jtiUUID:
+			k.JTI, k.HasJTI = id, true
+		}
+	}
+}
+
+// addUsers sets the user name hashes of line; false when unsure.
+func (k *Keys) addUsers(line []byte) bool {
+	for i := 0; ; {
+		j := bytes.IndexByte(line[i:], '{')
+		if j < 0 {
+			return true
+		}
+		j += i
+		i = j + 1
+		if !userKeyAt(line, j) {
+			continue
+		}
+		raw, plain, has, ok := userName(line, j)
+		if !ok {
+			return false
+		}
+		if !has || len(raw) == 2 {
+			continue // no name, or an empty one: never followed
+		}
+		h, ok := hashName(raw, plain)
+		if !ok {
+			return false
+		}
+		switch {
+		case h == k.User || h == k.User2:
+		case k.User == 0:
+			k.User = h
+		case k.User2 == 0:
+			k.User2 = h
+		default:
+			return false
+		}
+	}
+}
+
+// hashName returns UserHash of the JSON string raw (quotes included).
+func hashName(raw []byte, plain bool) (uint64, bool) {
+	if plain {
+		return userHashBytes(raw[1 : len(raw)-1]), true
+	}
+	s, ok := unquote(raw)
+	if !ok {
+		return 0, false
+	}
+	return UserHash(s), true
 }

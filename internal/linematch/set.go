@@ -161,6 +161,8 @@ func expireMap[K comparable](m map[K]bounds, now int64) int {
 type Set struct {
 	token, cred jtis
 	users       map[string]bounds
+	// userHashes counts the followed names by UserHash, for lookback keys.
+	userHashes map[uint64]int
 }
 
 // Add starts a watch, or extends one of the same kind and key to the
@@ -179,13 +181,7 @@ func (s *Set) Add(w Watch) error {
 	case ActorCredential:
 		s.cred.add(w.Key, b)
 	case ActorUser:
-		if s.users == nil {
-			s.users = make(map[string]bounds)
-		}
-		if old, ok := s.users[w.Key]; ok {
-			b = b.hull(old)
-		}
-		s.users[strings.Clone(w.Key)] = b
+		s.addUser(w.Key, b)
 	default:
 		return fmt.Errorf("add watch: kind %v is not watchable", w.Kind)
 	}
@@ -201,7 +197,30 @@ func (s *Set) Remove(k Kind, key string) {
 	case ActorCredential:
 		s.cred.remove(key)
 	case ActorUser:
-		delete(s.users, key)
+		if _, ok := s.users[key]; ok {
+			s.removeUser(key)
+		}
+	}
+}
+
+func (s *Set) addUser(name string, b bounds) {
+	if old, ok := s.users[name]; ok {
+		s.users[name] = b.hull(old)
+		return
+	}
+	if s.users == nil {
+		s.users = make(map[string]bounds)
+		s.userHashes = make(map[uint64]int)
+	}
+	s.users[strings.Clone(name)] = b
+	s.userHashes[UserHash(name)]++
+}
+
+func (s *Set) removeUser(name string) {
+	delete(s.users, name)
+	h := UserHash(name)
+	if s.userHashes[h]--; s.userHashes[h] <= 0 {
+		delete(s.userHashes, h)
 	}
 }
 
@@ -211,7 +230,14 @@ func (s *Set) Reset() { *s = Set{} }
 // Expire drops the watches whose Until is before now and returns how many.
 func (s *Set) Expire(now time.Time) int {
 	t := now.UnixNano()
-	return s.token.expire(t) + s.cred.expire(t) + expireMap(s.users, t)
+	n := s.token.expire(t) + s.cred.expire(t)
+	for name, b := range s.users {
+		if b.until < t {
+			s.removeUser(name)
+			n++
+		}
+	}
+	return n
 }
 
 // Len returns the number of watches of the kinds in k.
@@ -262,4 +288,70 @@ func unhex(c byte) (byte, bool) {
 		return c - 'A' + 10, true
 	}
 	return 0, false
+}
+
+// needsJTI reports whether s watches credential JTIs (Token or
+// ActorCredential).
+func (s *Set) needsJTI() bool { return s != nil && (s.token.len() > 0 || s.cred.len() > 0) }
+
+// needsUsers reports whether s follows user names.
+func (s *Set) needsUsers() bool { return s != nil && len(s.users) > 0 }
+
+// mayWatchJTI reports whether a "JTI=" occurrence read by credentialAt may
+// be a credential id that s watches.
+func (s *Set) mayWatchJTI(id [16]byte, kind int, val []byte) bool {
+	switch kind {
+	case jtiUUID:
+		_, ok1 := s.token.ids[id]
+		_, ok2 := s.cred.ids[id]
+		return ok1 || ok2
+	case jtiOdd:
+		if len(s.token.strs) == 0 && len(s.cred.strs) == 0 {
+			return false
+		}
+		if val == nil {
+			return true // not plain: decode and see
+		}
+		_, ok1 := s.token.strs[string(val)]
+		_, ok2 := s.cred.strs[string(val)]
+		return ok1 || ok2
+	}
+	return false
+}
+
+// followsName reports whether s follows the user name written as the JSON
+// string raw (quotes included; plain: its bytes are its value).
+func (s *Set) followsName(raw []byte, plain bool) bool {
+	if len(raw) <= 2 {
+		return false
+	}
+	if plain {
+		_, ok := s.users[string(raw[1:len(raw)-1])]
+		return ok
+	}
+	name, ok := unquote(raw)
+	if !ok {
+		return true // decode and see
+	}
+	_, ok = s.users[name]
+	return ok
+}
+
+// mayMatchKeys reports whether sure keys may match a watch of s.
+func (s *Set) mayMatchKeys(k *Keys) bool {
+	if s == nil {
+		return false
+	}
+	if k.HasJTI {
+		if _, ok := s.token.ids[k.JTI]; ok {
+			return true
+		}
+		if _, ok := s.cred.ids[k.JTI]; ok {
+			return true
+		}
+	}
+	if len(s.userHashes) > 0 && (k.User != 0 || k.User2 != 0) {
+		return s.userHashes[k.User] > 0 || s.userHashes[k.User2] > 0
+	}
+	return false
 }
