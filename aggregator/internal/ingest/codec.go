@@ -14,35 +14,6 @@ import (
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
 
-// Placeholders the codec leaves in a batch for the events it screened out
-// while decoding: the batch keeps its length (the guard counts it), nothing
-// of those events is decoded. prepare takes their verdict back with
-// screenedOut and never converts them.
-var (
-	screenedExcluded   = &tokenwatchv1.TokenEvent{}
-	screenedNotMatched = &tokenwatchv1.TokenEvent{}
-)
-
-// screenedOut reports whether e is a placeholder of the codec, and the
-// verdict it stands for.
-func screenedOut(e *tokenwatchv1.TokenEvent) (rule.Verdict, bool) {
-	switch e {
-	case screenedExcluded:
-		return rule.Verdict{Match: true, Excluded: true}, true
-	case screenedNotMatched:
-		return rule.Verdict{}, true
-	}
-	return rule.Verdict{}, false
-}
-
-// placeholder returns the placeholder of a verdict that does not alert.
-func placeholder(v rule.Verdict) *tokenwatchv1.TokenEvent {
-	if v.Excluded {
-		return screenedExcluded
-	}
-	return screenedNotMatched
-}
-
 // codec is the server's gRPC codec: protobuf, except that the events of a
 // StreamRequest's Batch are judged on their encoded bytes first, and only
 // those that may alert are decoded. About 99% of the token creates a
@@ -67,122 +38,128 @@ func (c *codec) Name() string { return "proto" }
 
 func (c *codec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Marshal(v) }
 
-// Unmarshal decodes into a *tokenwatchv1.StreamRequest or an *inbound; an
-// inbound also gets the verdicts of the batch events the codec judged and
-// decoded, so that no event is judged twice.
+// Unmarshal decodes into an *inbound, screening a batch's events, and
+// anything else as plain protobuf.
 func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
-	var req *tokenwatchv1.StreamRequest
-	var kept *[]rule.Verdict
-	switch m := v.(type) {
-	case *tokenwatchv1.StreamRequest:
-		req = m
-	case *inbound:
-		req, kept = m.StreamRequest, &m.kept
-		m.kept = nil
-	default:
+	in, ok := v.(*inbound)
+	if !ok {
 		return c.proto.Unmarshal(data, v)
 	}
+	in.screened = screening{}
 	buf := data.MaterializeToBuffer(flatPool)
 	defer buf.Free()
 	b := buf.ReadOnlyData()
-	if batch, vs, ok := c.batchRequest(b); ok {
-		proto.Reset(req)
-		req.Msg = &tokenwatchv1.StreamRequest_Batch{Batch: batch}
-		if kept != nil {
-			*kept = vs
-		}
+	var sc screening
+	if batch, ok := c.batchRequest(b, &sc); ok {
+		proto.Reset(in.StreamRequest)
+		in.Msg = &tokenwatchv1.StreamRequest_Batch{Batch: batch}
+		in.screened = sc
 		return nil
 	}
-	return proto.Unmarshal(b, req)
+	return proto.Unmarshal(b, in.StreamRequest)
 }
 
 // inbound is what the receiver asks gRPC to decode a stream message into:
-// the StreamRequest (embedded, so any codec and the guard see one) and,
-// when the codec screened its batch, the verdicts of the events it decoded
-// (those that are not placeholders), in order. prepare takes those instead
-// of judging the events again. Only kept events have one: a placeholder
-// stands for its verdict, and a batch is mostly placeholders.
+// the StreamRequest (embedded, so that the guard checks it as any other)
+// and, when the codec screened its batch, what the screening found.
+//
+// A screened batch keeps one slot per event sent, so that the guard counts
+// them all: the slot of an event the codec kept holds it decoded, the slot
+// of one it screened out is nil (nothing of it was decoded) and the event
+// is counted in screened. prepare takes the verdicts from there instead of
+// judging the events again.
 type inbound struct {
 	*tokenwatchv1.StreamRequest
-	kept []rule.Verdict
+	screened screening
+}
+
+// screening is what the codec found screening a batch's events: the
+// verdicts of those it kept, in order, and the counts of those it screened
+// out. It is empty for a message the codec left to plain protobuf.
+type screening struct {
+	kept                 []rule.Verdict
+	excluded, notMatched int
 }
 
 // batchRequest decodes a StreamRequest that is exactly one Batch, screening
-// its events; it returns the batch and the verdicts of the events it
-// decoded, in order, and ok is false for anything else.
-func (c *codec) batchRequest(b []byte) (*tokenwatchv1.Batch, []rule.Verdict, bool) {
+// its events into sc; ok is false for anything else (sc is then partial).
+func (c *codec) batchRequest(b []byte, sc *screening) (*tokenwatchv1.Batch, bool) {
 	num, typ, n := protowire.ConsumeTag(b)
 	if n < 0 || num != fieldBatch || typ != protowire.BytesType {
-		return nil, nil, false
+		return nil, false
 	}
 	body, m := protowire.ConsumeBytes(b[n:])
 	if m < 0 || n+m != len(b) {
-		return nil, nil, false
+		return nil, false
 	}
 	batch := &tokenwatchv1.Batch{}
-	var kept []rule.Verdict
 	var seen1 bool
 	scratch := &rule.Subject{Groups: make([]string, 0, 8)}
 	for len(body) > 0 {
 		num, typ, n := protowire.ConsumeTag(body)
 		if n < 0 {
-			return nil, nil, false
+			return nil, false
 		}
 		body = body[n:]
 		switch {
 		case num == fieldBatchSeq && typ == protowire.VarintType && !seen1:
 			v, n := protowire.ConsumeVarint(body)
 			if n < 0 {
-				return nil, nil, false
+				return nil, false
 			}
 			batch.Seq, seen1, body = v, true, body[n:]
 		case num == fieldBatchEvents && typ == protowire.BytesType:
 			ev, n := protowire.ConsumeBytes(body)
 			if n < 0 {
-				return nil, nil, false
+				return nil, false
 			}
 			body = body[n:]
-			e, ok := c.event(ev, scratch, &kept)
+			e, ok := c.event(ev, scratch, sc)
 			if !ok {
-				return nil, nil, false
+				return nil, false
 			}
 			batch.Events = append(batch.Events, e)
 		case num == fieldBatchLosses && typ == protowire.BytesType:
 			lb, n := protowire.ConsumeBytes(body)
 			if n < 0 {
-				return nil, nil, false
+				return nil, false
 			}
 			body = body[n:]
 			l := &tokenwatchv1.LossReport{}
 			if proto.Unmarshal(lb, l) != nil {
-				return nil, nil, false
+				return nil, false
 			}
 			batch.Losses = append(batch.Losses, l)
 		default:
-			return nil, nil, false
+			return nil, false
 		}
 	}
-	return batch, kept, true
+	return batch, true
 }
 
 // event screens one encoded TokenEvent and decodes it when it may alert,
-// appending its verdict to kept; a screened-out event is the placeholder of
-// its verdict. sub is scratch space, reset here.
-func (c *codec) event(b []byte, sub *rule.Subject, kept *[]rule.Verdict) (*tokenwatchv1.TokenEvent, bool) {
+// adding its verdict to sc; a screened-out event is only counted in sc and
+// its slot is nil. sub is scratch space, reset here.
+func (c *codec) event(b []byte, sub *rule.Subject, sc *screening) (*tokenwatchv1.TokenEvent, bool) {
 	clear(sub.Groups[:cap(sub.Groups)])
 	*sub = rule.Subject{Groups: sub.Groups[:0]}
 	if !scanEvent(b, sub) {
 		return nil, false
 	}
 	v := c.screen.Screen(sub)
-	if !v.Alerts() {
-		return placeholder(v), true
+	switch {
+	case v.Excluded:
+		sc.excluded++
+		return nil, true
+	case !v.Alerts():
+		sc.notMatched++
+		return nil, true
 	}
 	e := &tokenwatchv1.TokenEvent{}
 	if proto.Unmarshal(b, e) != nil {
 		return nil, false
 	}
-	*kept = append(*kept, v)
+	sc.kept = append(sc.kept, v)
 	return e, true
 }
 

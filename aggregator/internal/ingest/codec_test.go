@@ -52,10 +52,11 @@ func tokenEvent(id, user string, groups ...string) *tokenwatchv1.TokenEvent {
 }
 
 // checkCodec decodes raw with the codec and with plain protobuf and checks
-// they agree: screened events are placeholders with the verdict the decoded
-// event gets, the others equal. The codec sees raw in one piece, then in
-// three (as gRPC hands over a message received in several frames), copied
-// into a reused buffer that still holds another message's bytes.
+// they agree: screened-out events are empty slots counted by the verdict
+// the decoded event gets, the others equal. The codec sees raw in one
+// piece, then in three (as gRPC hands over a message received in several
+// frames), copied into a reused buffer that still holds another message's
+// bytes.
 func checkCodec(t *testing.T, raw []byte) {
 	t.Helper()
 	whole := mem.BufferSlice{mem.SliceBuffer(append([]byte(nil), raw...))}
@@ -77,32 +78,41 @@ func checkCodec(t *testing.T, raw []byte) {
 func checkCodecPieces(t *testing.T, raw []byte, data mem.BufferSlice) {
 	t.Helper()
 	c := newCodec(fieldRule{})
-	var got, want tokenwatchv1.StreamRequest
+	var want, plain tokenwatchv1.StreamRequest
+	got := &inbound{StreamRequest: new(tokenwatchv1.StreamRequest)}
 	werr := proto.Unmarshal(raw, &want)
-	gerr := c.Unmarshal(data, &got)
+	gerr := c.Unmarshal(data, got)
+	perr := c.Unmarshal(data, &plain)
 	// What the codec kept must not point into the buffer it was given back.
 	reused := flatPool.Get(len(raw))
 	for i := range *reused {
 		(*reused)[i] = 0x5a
 	}
 	defer flatPool.Put(reused)
+	if (perr != nil) != (werr != nil) {
+		t.Fatalf("codec into a StreamRequest: %v; protobuf: %v", perr, werr)
+	}
 	if werr != nil {
 		// The codec may drop an event the rule need not read (invalid UTF-8
 		// in an unread field) instead of refusing the message.
 		return
+	}
+	// Into anything but an inbound, the codec is plain protobuf.
+	if diff := cmp.Diff(&want, &plain, protocmp.Transform()); diff != "" {
+		t.Fatalf("codec into a StreamRequest differs (-proto +codec):\n%s", diff)
 	}
 	if gerr != nil {
 		t.Fatalf("codec refused what protobuf decodes: %v", gerr)
 	}
 	wb, gb := want.GetBatch(), got.GetBatch()
 	if wb == nil {
-		if diff := cmp.Diff(&want, &got, protocmp.Transform()); diff != "" {
+		if diff := cmp.Diff(&want, got.StreamRequest, protocmp.Transform()); diff != "" {
 			t.Fatalf("non-batch message differs (-proto +codec):\n%s", diff)
 		}
 		return
 	}
 	if gb == nil {
-		t.Fatalf("codec gave %v, protobuf a batch", &got)
+		t.Fatalf("codec gave %v, protobuf a batch", got.StreamRequest)
 	}
 	if gb.GetSeq() != wb.GetSeq() || len(gb.GetEvents()) != len(wb.GetEvents()) {
 		t.Fatalf("seq %d, %d events; protobuf: seq %d, %d events", gb.GetSeq(), len(gb.GetEvents()), wb.GetSeq(), len(wb.GetEvents()))
@@ -110,38 +120,37 @@ func checkCodecPieces(t *testing.T, raw []byte, data mem.BufferSlice) {
 	if diff := cmp.Diff(wb.GetLosses(), gb.GetLosses(), protocmp.Transform()); diff != "" {
 		t.Fatalf("losses differ (-proto +codec):\n%s", diff)
 	}
-	// Decoded into an inbound, the message comes with the codec's verdicts
-	// of the events it decoded, in order, or none when it fell back to
-	// protobuf.
-	in := &inbound{StreamRequest: new(tokenwatchv1.StreamRequest)}
-	if err := c.Unmarshal(data, in); err != nil {
-		t.Fatalf("codec refused into an inbound what it decoded: %v", err)
-	}
+	// The message comes with the codec's verdicts of the events it decoded,
+	// in order, or none when it fell back to protobuf; the events it
+	// screened out are counted by verdict.
 	var decoded []rule.Verdict
-	for i, ge := range gb.GetEvents() {
-		if _, out := screenedOut(ge); !out {
-			decoded = append(decoded, screenProto(wb.GetEvents()[i]))
-		}
-	}
-	if len(in.kept) > 0 {
-		if diff := cmp.Diff(decoded, in.kept); diff != "" {
-			t.Fatalf("codec's verdicts of the decoded events (-decoded +codec):\n%s", diff)
-		}
-	}
+	var out screening
 	for i, we := range wb.GetEvents() {
-		// Screened out: the placeholder of its verdict. Otherwise (kept,
-		// or decoded by the fallback) the event protobuf decodes.
+		// Screened out: an empty slot, counted by its verdict. Otherwise
+		// (kept, or decoded by the fallback) the event protobuf decodes.
 		ge := gb.GetEvents()[i]
 		v := screenProto(we)
 		switch {
-		case ge == screenedExcluded || ge == screenedNotMatched:
-			if (ge == screenedExcluded) != v.Excluded || v.Alerts() {
-				t.Fatalf("event %d: screened as excluded=%v, verdict of the decoded event %+v", i, ge == screenedExcluded, v)
-			}
+		case ge == nil && v.Alerts():
+			t.Fatalf("event %d screened out, verdict of the decoded event %+v", i, v)
+		case ge == nil && v.Excluded:
+			out.excluded++
+		case ge == nil:
+			out.notMatched++
 		default:
+			decoded = append(decoded, v)
 			if diff := cmp.Diff(we, ge, protocmp.Transform()); diff != "" {
 				t.Fatalf("event %d differs (-proto +codec):\n%s", i, diff)
 			}
+		}
+	}
+	if out.excluded != got.screened.excluded || out.notMatched != got.screened.notMatched {
+		t.Fatalf("codec counted %d excluded, %d not matched; its empty slots are %d and %d",
+			got.screened.excluded, got.screened.notMatched, out.excluded, out.notMatched)
+	}
+	if len(got.screened.kept) > 0 {
+		if diff := cmp.Diff(decoded, got.screened.kept); diff != "" {
+			t.Fatalf("codec's verdicts of the decoded events (-decoded +codec):\n%s", diff)
 		}
 	}
 }
@@ -160,13 +169,14 @@ func TestCodecScreensBatchEvents(t *testing.T) {
 	tests := []struct {
 		name string
 		give *tokenwatchv1.StreamRequest
-		want []*tokenwatchv1.TokenEvent // nil entries: any decoded event
+		// One letter per event: x screened out as excluded, - as not
+		// matching, k kept (decoded).
+		want string
 	}{
-		{"batch", &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: batch}},
-			[]*tokenwatchv1.TokenEvent{screenedExcluded, nil, nil, screenedNotMatched, screenedNotMatched}},
-		{"hello", &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Hello{Hello: &tokenwatchv1.Hello{Cluster: "c", Node: "n"}}}, nil},
-		{"heartbeat", heartbeat(), nil},
-		{"empty batch", &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: &tokenwatchv1.Batch{Seq: 1}}}, []*tokenwatchv1.TokenEvent{}},
+		{"batch", &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: batch}}, "xkk--"},
+		{"hello", &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Hello{Hello: &tokenwatchv1.Hello{Cluster: "c", Node: "n"}}}, ""},
+		{"heartbeat", heartbeat(), ""},
+		{"empty batch", &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: &tokenwatchv1.Batch{Seq: 1}}}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -175,16 +185,25 @@ func TestCodecScreensBatchEvents(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkCodec(t, raw)
-			var got tokenwatchv1.StreamRequest
-			if err := newCodec(fieldRule{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, &got); err != nil {
+			got := &inbound{StreamRequest: new(tokenwatchv1.StreamRequest)}
+			if err := newCodec(fieldRule{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, got); err != nil {
 				t.Fatal(err)
 			}
-			for i, w := range tt.want {
-				if g := got.GetBatch().GetEvents()[i]; w != nil && g != w {
-					t.Errorf("event %d = %p, want placeholder %p", i, g, w)
-				} else if w == nil && (g == screenedExcluded || g == screenedNotMatched) {
-					t.Errorf("event %d screened out, want it decoded", i)
+			var slots []byte
+			for _, e := range got.GetBatch().GetEvents() {
+				if e == nil {
+					slots = append(slots, '?')
+				} else {
+					slots = append(slots, 'k')
 				}
+			}
+			wantSlots := strings.NewReplacer("x", "?", "-", "?").Replace(tt.want)
+			if string(slots) != wantSlots {
+				t.Errorf("slots %q, want %q (?: screened out)", slots, wantSlots)
+			}
+			sc := got.screened
+			if sc.excluded != strings.Count(tt.want, "x") || sc.notMatched != strings.Count(tt.want, "-") || len(sc.kept) != strings.Count(tt.want, "k") {
+				t.Errorf("screened %d excluded, %d not matched, %d kept; want %q", sc.excluded, sc.notMatched, len(sc.kept), tt.want)
 			}
 		})
 	}

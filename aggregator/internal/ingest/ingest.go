@@ -296,7 +296,7 @@ func (s *Server) accept(ctx context.Context, src detect.Source, in *inbound, las
 			return r, status.Errorf(codes.InvalidArgument, "batch seq %d out of order: want %d", b.GetSeq(), *last+1)
 		}
 		*last = b.GetSeq()
-		r.batch = s.prepare(src, b, in.kept)
+		r.batch = s.prepare(src, b, in.screened)
 		var err error
 		if r.batch.charged, err = mem.acquire(ctx, r.batch.cost); err != nil {
 			return r, status.FromContextError(err).Err()
@@ -423,27 +423,32 @@ type prepared struct {
 
 // batch processes one batch and acknowledges it once it is recorded.
 func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, b *tokenwatchv1.Batch, log *slog.Logger) error {
-	return s.commit(ctx, stream, s.prepare(src, b, nil), nil, log)
+	return s.commit(ctx, stream, s.prepare(src, b, screening{}), nil, log)
 }
 
 // prepare screens b's events, converts those kept and releases b's events.
-// Each event is judged once: an event the codec screened out is a
-// placeholder with its verdict, judged holds the codec's verdicts of the
-// events it decoded, in order, and the others (a message the codec left to
-// plain protobuf) are judged here, when the Processor is a Screener.
-func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, judged []rule.Verdict) *prepared {
-	pb := pipeline.Batch{Source: src}
-	sc, screens := s.opts.Processor.(Screener)
+// Each event is judged once: sc holds what the codec's screening found (the
+// counts of the events it screened out, whose slots are nil, and the
+// verdicts of those it decoded, in order), and the others (a message the
+// codec left to plain protobuf) are judged here, when the Processor is a
+// Screener.
+func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, sc screening) *prepared {
+	pb := pipeline.Batch{Source: src, Excluded: sc.excluded, NotMatched: sc.notMatched}
+	sr, screens := s.opts.Processor.(Screener)
+	judged := sc.kept
 	var kept []*tokenwatchv1.TokenEvent
 	for _, e := range b.GetEvents() {
-		v, screened := screenedOut(e)
+		if e == nil {
+			continue // screened out by the codec, counted in sc
+		}
+		var v rule.Verdict
+		var screened bool
 		switch {
-		case screened:
 		case len(judged) > 0:
 			v, screened, judged = judged[0], true, judged[1:]
 		case screens:
 			sub := wire.Subject(e)
-			v, screened = sc.Screen(&sub), true
+			v, screened = sr.Screen(&sub), true
 		}
 		switch {
 		case !screened || v.Alerts():
