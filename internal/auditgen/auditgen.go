@@ -37,6 +37,20 @@ type Config struct {
 	// Pad makes routine lines about this long (bytes), like the ~1.1 KB
 	// lines of a real control plane; 0 leaves them at their natural size.
 	Pad int
+	// WorkloadRate is the fraction of routine requests made by in-cluster
+	// workloads with a bound service-account token (user.extra credential-id
+	// "JTI=<uuid>"), drawn from Workloads. 0 (the default) writes none and
+	// leaves the output as it was without these fields.
+	WorkloadRate float64
+	// Workloads are the service accounts and token IDs of WorkloadRate.
+	Workloads []Workload
+}
+
+// Workload is an in-cluster workload: its service account user name and
+// the JTI of the token it authenticates with.
+type Workload struct {
+	User string
+	JTI  string
 }
 
 // DefaultConfig is the sample of the README: a small log with every scenario.
@@ -347,7 +361,40 @@ func (g *gen) routine() {
 			r.user.Extra = map[string][]string{"authentication.kubernetes.io/credential-id": {"X509SHA256=" + strings.Repeat("0", n)}}
 		}
 	}
+	if g.cfg.WorkloadRate > 0 && len(g.cfg.Workloads) > 0 && g.rnd.Float64() < g.cfg.WorkloadRate {
+		g.workload(&r, g.cfg.Workloads[g.rnd.IntN(len(g.cfg.Workloads))])
+	}
 	g.emit(r)
+}
+
+// workload makes r a request by the pod of w, authenticated with its bound
+// token: the user.extra kube-apiserver logs for it, and a user agent padded
+// so that the line keeps about cfg.Pad bytes.
+func (g *gen) workload(r *request, w Workload) {
+	ns, name := "default", w.User
+	if parts := strings.Split(w.User, ":"); len(parts) == 4 {
+		ns, name = parts[2], parts[3]
+	}
+	pod := fmt.Sprintf("%s-%05d", name, g.rnd.IntN(100000))
+	r.user = user{
+		Username: w.User,
+		UID:      g.uuid(),
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+		Extra: map[string][]string{
+			"authentication.kubernetes.io/credential-id": {"JTI=" + w.JTI},
+			"authentication.kubernetes.io/node-name":     {"worker-1"},
+			"authentication.kubernetes.io/node-uid":      {g.uuid()},
+			"authentication.kubernetes.io/pod-name":      {pod},
+			"authentication.kubernetes.io/pod-uid":       {g.uuid()},
+		},
+	}
+	r.sourceIPs = []string{"10.244.1.17"}
+	r.userAgent = name + "/v1.0.0 (linux/amd64) kubernetes/0000000"
+	if g.cfg.Pad > 0 {
+		if n := g.cfg.Pad - 1020 - len(r.uri); n > 0 {
+			r.userAgent += " " + strings.Repeat("0", n)
+		}
+	}
 }
 
 // systemMint is routine token minting by excluded system identities.
