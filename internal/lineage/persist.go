@@ -73,8 +73,8 @@ func (s *State) load(e Entry) error {
 		if err := json.Unmarshal(e.Value, &t); err != nil {
 			return err
 		}
-		if t.Mint.JTI == "" {
-			return fmt.Errorf("no jti")
+		if t.Mint.JTI == "" || t.FreeAt.IsZero() {
+			return fmt.Errorf("no jti or free_at")
 		}
 		if old := s.tokens[t.Mint.JTI]; old != nil {
 			s.unindex(old)
@@ -91,10 +91,16 @@ func (s *State) load(e Entry) error {
 		if err := json.Unmarshal(e.Value, &a); err != nil {
 			return err
 		}
-		s.actors[actorID(a.Kind, a.Key)] = &a
 		for _, am := range a.Mints {
+			if am.FreeAt.IsZero() {
+				return fmt.Errorf("no free_at")
+			}
 			s.freeBy(am.FreeAt)
 		}
+		if len(a.Mints) == 0 {
+			return fmt.Errorf("no mints")
+		}
+		s.actors[actorID(a.Kind, a.Key)] = &a
 	case "legacy":
 		var l legacy
 		if err := json.Unmarshal(e.Value, &l); err != nil {
