@@ -74,10 +74,13 @@ type inbound struct {
 }
 
 // screening is what the codec found screening a batch's events: the
-// verdicts of those it kept, in order, and the counts of those it screened
-// out. It is empty for a message the codec left to plain protobuf.
+// verdicts of those it kept, in order, with each one's encoding as it
+// arrived (copied out of the receive buffer: a held event is stored in that
+// form), and the counts of those it screened out. It is empty for a message
+// the codec left to plain protobuf.
 type screening struct {
 	kept                 []rule.Verdict
+	raw                  [][]byte // of the kept events, in order
 	excluded, notMatched int
 }
 
@@ -160,6 +163,7 @@ func (c *codec) event(b []byte, sub *rule.Subject, sc *screening) (*tokenwatchv1
 		return nil, false
 	}
 	sc.kept = append(sc.kept, v)
+	sc.raw = append(sc.raw, append([]byte(nil), b...))
 	return e, true
 }
 

@@ -138,6 +138,9 @@ func checkCodecPieces(t *testing.T, raw []byte, data mem.BufferSlice) {
 		case ge == nil:
 			out.notMatched++
 		default:
+			if len(got.screened.kept) > 0 {
+				checkArrived(t, i, we, got.screened.raw[len(decoded)])
+			}
 			decoded = append(decoded, v)
 			if diff := cmp.Diff(we, ge, protocmp.Transform()); diff != "" {
 				t.Fatalf("event %d differs (-proto +codec):\n%s", i, diff)
@@ -152,6 +155,20 @@ func checkCodecPieces(t *testing.T, raw []byte, data mem.BufferSlice) {
 		if diff := cmp.Diff(decoded, got.screened.kept); diff != "" {
 			t.Fatalf("codec's verdicts of the decoded events (-decoded +codec):\n%s", diff)
 		}
+	}
+}
+
+// checkArrived checks that raw, the encoding the codec kept of event i,
+// decodes as protobuf decoded the event (it was copied out of the receive
+// buffer, since overwritten).
+func checkArrived(t *testing.T, i int, want *tokenwatchv1.TokenEvent, raw []byte) {
+	t.Helper()
+	var got tokenwatchv1.TokenEvent
+	if err := proto.Unmarshal(raw, &got); err != nil {
+		t.Fatalf("event %d: its encoding as it arrived does not decode: %v", i, err)
+	}
+	if diff := cmp.Diff(want, &got, protocmp.Transform()); diff != "" {
+		t.Fatalf("event %d: its encoding as it arrived differs (-proto +kept):\n%s", i, diff)
 	}
 }
 

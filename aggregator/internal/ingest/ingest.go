@@ -405,6 +405,7 @@ func merge(a, b *prepared) *prepared {
 	a.charged += b.charged
 	a.batch.Events = append(a.batch.Events, b.batch.Events...)
 	a.batch.Verdicts = append(a.batch.Verdicts, b.batch.Verdicts...)
+	a.batch.Encoded = append(a.batch.Encoded, b.batch.Encoded...)
 	a.batch.Losses = append(a.batch.Losses, b.batch.Losses...)
 	a.batch.Excluded += b.batch.Excluded
 	a.batch.NotMatched += b.batch.NotMatched
@@ -429,23 +430,26 @@ func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamServi
 // prepare screens b's events, converts those kept and releases b's events.
 // Each event is judged once: sc holds what the codec's screening found (the
 // counts of the events it screened out, whose slots are nil, and the
-// verdicts of those it decoded, in order), and the others (a message the
-// codec left to plain protobuf) are judged here, when the Processor is a
-// Screener.
+// verdicts and encodings of those it decoded, in order), and the others (a
+// message the codec left to plain protobuf) are judged here, when the
+// Processor is a Screener. Each kept event goes with its encoding as it
+// arrived, nil when the codec did not keep it.
 func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, sc screening) *prepared {
 	pb := pipeline.Batch{Source: src, Excluded: sc.excluded, NotMatched: sc.notMatched}
 	sr, screens := s.opts.Processor.(Screener)
-	judged := sc.kept
+	judged, raws := sc.kept, sc.raw
 	var kept []*tokenwatchv1.TokenEvent
 	for _, e := range b.GetEvents() {
 		if e == nil {
 			continue // screened out by the codec, counted in sc
 		}
 		var v rule.Verdict
+		var raw []byte
 		var screened bool
 		switch {
 		case len(judged) > 0:
 			v, screened, judged = judged[0], true, judged[1:]
+			raw, raws = raws[0], raws[1:]
 		case screens:
 			sub := wire.Subject(e)
 			v, screened = sr.Screen(&sub), true
@@ -454,6 +458,7 @@ func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, sc screening)
 		case !screened || v.Alerts():
 			kept = append(kept, e)
 			pb.Events = append(pb.Events, wire.FromProto(e))
+			pb.Encoded = append(pb.Encoded, raw)
 			if screens {
 				pb.Verdicts = append(pb.Verdicts, v)
 			}
@@ -464,7 +469,7 @@ func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, sc screening)
 		}
 	}
 	nEvents := len(b.GetEvents())
-	cost := batchCost(kept, nEvents)
+	cost := batchCost(kept, pb.Encoded, nEvents)
 	b.Events = nil // the protobuf form is garbage now, not held while Process waits
 	for _, l := range b.GetLosses() {
 		loss := pipeline.Loss{

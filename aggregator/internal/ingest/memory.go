@@ -209,12 +209,15 @@ func (b *budget) add(n int64) {
 
 // batchCost estimates the bytes a screened batch holds until its commit:
 // its converted events (about twice their encoded size: strings, slices
-// and maps), a pointer per received event while it waits, and a fixed
-// overhead.
-func batchCost(kept []*tokenwatchv1.TokenEvent, received int) int64 {
+// and maps), the encodings kept as they arrived (raw), a pointer per
+// received event while it waits, and a fixed overhead.
+func batchCost(kept []*tokenwatchv1.TokenEvent, raw [][]byte, received int) int64 {
 	n := int64(512 + 16*received)
 	for _, e := range kept {
 		n += 2 * int64(proto.Size(e))
+	}
+	for _, r := range raw {
+		n += int64(len(r))
 	}
 	return n
 }

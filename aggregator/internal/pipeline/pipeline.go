@@ -78,7 +78,12 @@ type Batch struct {
 	// gave each event of Events (all of which it kept), so that Process
 	// does not judge them again; otherwise Process judges Events itself.
 	Verdicts []rule.Verdict
-	Losses   []Loss
+	// Encoded, when it has one entry per event, holds each event of Events
+	// as it arrived: an encoded tokenwatchv1.TokenEvent, or nil when not
+	// known. A held event is stored in that form; Process encodes those it
+	// lacks.
+	Encoded [][]byte
+	Losses  []Loss
 	// Excluded and NotMatched count events of the batch that Screen
 	// dropped before it was built; Process adds them to its Result.
 	Excluded, NotMatched int
@@ -266,6 +271,7 @@ type candidate struct {
 	e   *audit.Event
 	v   rule.Verdict
 	key string
+	raw []byte // e as it arrived (Batch.Encoded), nil when not known
 }
 
 // Process records one batch. When it returns nil, everything the batch
@@ -332,6 +338,7 @@ func (p *Pipeline) candidates(b Batch) ([]candidate, Result) {
 	res := Result{Excluded: b.Excluded, NotMatched: b.NotMatched}
 	r := p.rule.Load()
 	judged := b.Verdicts != nil && len(b.Verdicts) == len(b.Events)
+	arrived := len(b.Encoded) == len(b.Events)
 	var cands []candidate
 	for i, e := range b.Events {
 		if e == nil {
@@ -346,7 +353,11 @@ func (p *Pipeline) candidates(b Batch) ([]candidate, Result) {
 		}
 		switch {
 		case v.Alerts():
-			cands = append(cands, candidate{e: e, v: v, key: detect.KeyOf(b.Source, e).String()})
+			c := candidate{e: e, v: v, key: detect.KeyOf(b.Source, e).String()}
+			if arrived {
+				c.raw = b.Encoded[i]
+			}
+			cands = append(cands, c)
 		case v.Excluded:
 			res.Excluded++
 		default:
@@ -369,7 +380,7 @@ func (p *Pipeline) decide(ch *state.Change, res *Result, src detect.Source, cand
 		c := cands[i]
 		switch step.Action {
 		case detect.ActionHold:
-			raw, err := proto.Marshal(wire.ToProto(c.e))
+			raw, err := encoded(c)
 			if err != nil {
 				return nil, fmt.Errorf("process batch: encode pending %s: %w", c.key, err)
 			}
@@ -389,6 +400,15 @@ func (p *Pipeline) decide(ch *state.Change, res *Result, src detect.Source, cand
 		}
 	}
 	return alerts, nil
+}
+
+// encoded is c's event as it arrived, or encoded once here when that is not
+// known (a message decoded by plain protobuf, a batch built in process).
+func encoded(c candidate) ([]byte, error) {
+	if c.raw != nil {
+		return c.raw, nil
+	}
+	return proto.Marshal(wire.ToProto(c.e))
 }
 
 // alertLocked feeds an alerting request to correlation and the budget and
