@@ -17,6 +17,7 @@ import (
 
 	"github.com/tokenwatch/tokenwatch/agent/internal/metrics"
 	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
+	"github.com/tokenwatch/tokenwatch/agent/internal/uses"
 	"github.com/tokenwatch/tokenwatch/internal/audit"
 	"github.com/tokenwatch/tokenwatch/internal/follow"
 	"github.com/tokenwatch/tokenwatch/internal/prefilter"
@@ -89,6 +90,7 @@ func heartbeat(st follow.Stats) *tokenwatchv1.Heartbeat {
 // It also keeps the newest acknowledged position for the checkpoint.
 type pipeline struct {
 	snd   *sender.Sender
+	lin   *uses.Tracker // token lineage: watches, uses, lookback
 	m     *metrics.Agent
 	store checkpoints
 	log   *slog.Logger
@@ -161,7 +163,21 @@ func (p *pipeline) Block(ctx context.Context, b follow.Block) error {
 			return err
 		}
 	}
-	return p.snd.Enqueue(ctx, p.events, nil, end)
+	// Lineage matches and indexes the block before its token creates are
+	// queued: the watches they create find the lines after them.
+	it, ticket, err := p.lin.Block(ctx, b, len(p.events) > 0)
+	if err != nil {
+		return err
+	}
+	it.Events = p.events
+	return p.snd.EnqueueItems(ctx, it, blockMark{pos: end, ticket: ticket})
+}
+
+// blockMark is the mark of a block's items: the position after it (the
+// checkpoint) and its lineage ticket (the pins it releases).
+type blockMark struct {
+	pos    follow.Position
+	ticket uint64
 }
 
 // convert gives ev's wire form, located at file and off. An event too large
@@ -249,6 +265,7 @@ func (p *pipeline) Loss(ctx context.Context, l follow.Loss) error {
 	var events []*tokenwatchv1.TokenEvent
 	if e := p.longLine(&l); e != nil {
 		events = append(events, e)
+		p.lin.Mint()
 	}
 	p.m.Losses.WithLabelValues(l.Reason).Inc()
 	p.log.Warn("audit data lost", "reason", l.Reason, "file", l.File, "offset", l.Offset,
@@ -265,8 +282,14 @@ func (p *pipeline) Loss(ctx context.Context, l follow.Loss) error {
 
 // onAck is the sender's OnAck: marks arrive in order.
 func (p *pipeline) onAck(mark any) {
-	pos, ok := mark.(follow.Position)
-	if !ok {
+	var pos follow.Position
+	switch m := mark.(type) {
+	case blockMark:
+		pos = m.pos
+		p.lin.Acked(m.ticket)
+	case follow.Position:
+		pos = m
+	default:
 		return
 	}
 	p.mu.Lock()

@@ -13,6 +13,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/agent/internal/checkpoint"
 	"github.com/tokenwatch/tokenwatch/agent/internal/metrics"
 	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
+	"github.com/tokenwatch/tokenwatch/agent/internal/uses"
 	"github.com/tokenwatch/tokenwatch/internal/follow"
 	"github.com/tokenwatch/tokenwatch/internal/lifecycle"
 	"github.com/tokenwatch/tokenwatch/internal/version"
@@ -26,6 +27,7 @@ import (
 //	audit-log      warns when the live audit log goes missing (not --once)
 //	checkpointer   saves the acknowledged position periodically (with a state dir)
 //	delivery       the sender: streams to the aggregator, delivers what it holds on shutdown
+//	lineage        re-reads the lines lookback searches find; flushes use counts
 //	following      the follower: reads the audit log into the sender
 //
 // So a stop stops following, then delivers for up to ShutdownTimeout; the
@@ -36,6 +38,7 @@ type agent struct {
 	store  checkpoints // nil without a state dir
 	resume *follow.Position
 	p      *pipeline
+	lin    *uses.Tracker
 
 	following *following
 	delivery  *delivery
@@ -58,6 +61,8 @@ func newAgent(c Config) (*agent, error) {
 		return nil, fmt.Errorf("--audit-log: %w", err)
 	}
 	a.p = &pipeline{store: a.store, log: a.log, needFirst: a.store != nil && a.resume == nil}
+	a.lin = uses.New(uses.Config{Logger: a.log})
+	a.p.lin = a.lin
 	var giveUp time.Duration
 	if c.Once {
 		giveUp = c.OnceTimeout
@@ -73,19 +78,21 @@ func newAgent(c Config) (*agent, error) {
 		Status:      func() *tokenwatchv1.Heartbeat { return heartbeat(fol.Stats()) },
 		OnAck:       a.p.onAck,
 		Classify:    classifier(c),
+		Lineage:     a.lin,
 		Logger:      a.log,
 	})
 	if err != nil {
 		return nil, err
 	}
 	a.p.snd = snd
+	a.lin.SetQueue(snd)
 	var certs map[string]string
 	if !c.Insecure {
 		certs = map[string]string{"client": c.TLSCert, "ca": c.TLSCA}
 	}
-	a.p.m = metrics.New(metrics.Sources{Follow: fol.Stats, Send: snd.Stats, Certificates: certs})
+	a.p.m = metrics.New(metrics.Sources{Follow: fol.Stats, Send: snd.Stats, Lineage: a.lin.Stats, Certificates: certs})
 	a.delivery = &delivery{snd: snd, log: a.log, done: make(chan struct{})}
-	a.following = &following{fol: fol, p: a.p, snd: snd, log: a.log, path: c.AuditLog}
+	a.following = &following{fol: fol, p: a.p, snd: snd, lin: a.lin, log: a.log, path: c.AuditLog}
 	if err := a.components(fol, snd); err != nil {
 		return nil, err
 	}
@@ -152,6 +159,7 @@ func (a *agent) components(fol reader, snd *sender.Sender) error {
 		}))
 	}
 	a.g.Add(a.delivery)
+	a.g.Add(lifecycle.Func(a.lin.Run))
 	a.g.Add(a.following)
 	return nil
 }
@@ -171,6 +179,7 @@ func (a *agent) run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.ShutdownTimeout)
 	defer cancel()
 	runErr := a.g.Shutdown(sctx)
+	a.lin.Close()
 	complete := a.following.readAll.Load() && !a.delivery.gaveUp.Load()
 	if c.Once && runErr == nil && !complete {
 		runErr = errors.New("--once replay interrupted by a stop signal before everything was read and acknowledged")
@@ -208,6 +217,7 @@ type following struct {
 	fol  reader
 	p    *pipeline
 	snd  *sender.Sender
+	lin  *uses.Tracker
 	log  *slog.Logger
 	path string
 
@@ -223,14 +233,34 @@ func (f *following) Run(ctx context.Context) error {
 	}
 	switch {
 	case ctx.Err() != nil:
+		f.flushCounts(ctx)
 		return nil // stopped
 	case err != nil:
 		return fmt.Errorf("follow %s: %w", f.path, err)
+	}
+	// Every use of what was read is found once the token creates are
+	// acknowledged (their watches arrive before) and the lookback
+	// searches they caused are done; then the counts go last.
+	it, err := f.lin.Drain(ctx)
+	if err != nil {
+		return nil // stopped while waiting
+	}
+	if err := f.snd.EnqueueItems(ctx, it, nil); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("queue lineage counts: %w", err)
 	}
 	f.readAll.Store(true)
 	f.log.Info("read to the end; waiting for acknowledgements")
 	f.snd.Close()
 	return nil
+}
+
+// flushCounts queues the lineage counts not sent yet when following stops,
+// if the sender has room for them at once (ctx has ended): delivery sends
+// them with the rest.
+func (f *following) flushCounts(ctx context.Context) {
+	if it := f.lin.TakeCounts(); len(it.Counts) > 0 {
+		_ = f.snd.EnqueueItems(ctx, it, nil)
+	}
 }
 
 // Shutdown does nothing: the Group cancels Run's context.

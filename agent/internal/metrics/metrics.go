@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
+	"github.com/tokenwatch/tokenwatch/agent/internal/uses"
 	"github.com/tokenwatch/tokenwatch/internal/follow"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
 	"github.com/tokenwatch/tokenwatch/internal/version"
@@ -24,6 +25,8 @@ import (
 type Sources struct {
 	Follow func() follow.Stats
 	Send   func() sender.Stats
+	// Lineage, when set, gives the tokenwatch_agent_lineage_* figures.
+	Lineage func() uses.Stats
 	// Certificates maps a certificate label ("client", "ca") to its PEM
 	// file, read at each scrape for
 	// tokenwatch_agent_certificate_expiry_timestamp_seconds.
@@ -105,6 +108,9 @@ func New(src Sources) *Agent {
 			}
 			return 0
 		})
+	}
+	if l := src.Lineage; l != nil {
+		registerLineage(reg, l, src.Send)
 	}
 	if len(src.Certificates) > 0 {
 		reg.MustRegister(certExpiry{desc: prometheus.NewDesc("tokenwatch_agent_certificate_expiry_timestamp_seconds",
@@ -214,4 +220,47 @@ func ServeListener(ctx context.Context, lis net.Listener, h http.Handler) error 
 		return fmt.Errorf("stop metrics server: %w", err)
 	}
 	return nil
+}
+
+// registerLineage registers the tokenwatch_agent_lineage_* metrics.
+func registerLineage(reg *prometheus.Registry, l func() uses.Stats, send func() sender.Stats) {
+	fn := func(kind prometheus.ValueType, name, help string, v func(uses.Stats) uint64) {
+		desc := prometheus.NewDesc("tokenwatch_agent_lineage_"+name, help, nil, nil)
+		reg.MustRegister(funcCollector{desc: desc, kind: kind, v: func() float64 { return float64(v(l())) }})
+	}
+	reg.MustRegister(lineageWatches{desc: prometheus.NewDesc("tokenwatch_agent_lineage_watches",
+		"Lineage watches held, by kind (token, actor_user, actor_credential).", []string{"kind"}, nil), stats: l})
+	if send != nil {
+		desc := prometheus.NewDesc("tokenwatch_agent_lineage_uses_sent_total", "Lineage uses sent one by one, re-sends included.", nil, nil)
+		reg.MustRegister(funcCollector{desc: desc, kind: prometheus.CounterValue, v: func() float64 { return float64(send().UsesSent) }})
+	}
+	fn(prometheus.CounterValue, "uses_queued_total", "Lineage uses queued to be sent one by one (first use per token and reason key, minters' sensitive actions), lookback ones included.",
+		func(s uses.Stats) uint64 { return s.UsesSent })
+	fn(prometheus.CounterValue, "uses_counted_total", "Lineage requests only counted: further uses of watched tokens, legacy-token requests.",
+		func(s uses.Stats) uint64 { return s.UsesCounted })
+	fn(prometheus.GaugeValue, "lookback_entries", "Lines held in the lookback index.", func(s uses.Stats) uint64 { return uint64(s.LookbackEntries) })
+	fn(prometheus.GaugeValue, "lookback_pinned_entries", "Lookback lines pinned until a token create's batch is acknowledged.",
+		func(s uses.Stats) uint64 { return uint64(s.LookbackPinned) })
+	fn(prometheus.CounterValue, "lookback_hits_total", "Lines read again for a new watch that matched it.", func(s uses.Stats) uint64 { return s.LookbackHits })
+	fn(prometheus.CounterValue, "lookback_misses_total", "Lines found for a new watch that could not be read again (reported as lost).",
+		func(s uses.Stats) uint64 { return s.LookbackMisses })
+	fn(prometheus.CounterValue, "lookback_dropped_total", "Lookback lines dropped before the window ended because the index was full.",
+		func(s uses.Stats) uint64 { return s.LookbackDropped })
+	fn(prometheus.CounterValue, "pin_waits_total", "Times reading waited for acknowledgements because pinned lines filled the lookback index.",
+		func(s uses.Stats) uint64 { return s.PinWaits })
+	fn(prometheus.GaugeValue, "open_files", "Audit files held open to read lookback lines again.", func(s uses.Stats) uint64 { return uint64(s.OpenFiles) })
+}
+
+// lineageWatches is the watches gauge, one series per kind.
+type lineageWatches struct {
+	desc  *prometheus.Desc
+	stats func() uses.Stats
+}
+
+func (c lineageWatches) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c lineageWatches) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(s.TokenWatches), "token")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(s.ActorUserWatches), "actor_user")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(s.ActorCredentialWatches), "actor_credential")
 }

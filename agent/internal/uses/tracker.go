@@ -1,0 +1,285 @@
+package uses
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
+	"github.com/tokenwatch/tokenwatch/internal/linematch"
+	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
+)
+
+// Defaults of Config.
+const (
+	// DefaultCapacity holds 2 minutes of a log read at 2,000 lines/s with
+	// room to spare: 16 MiB of index at linematch.EntryBytes a line.
+	DefaultCapacity        = 1 << 18
+	DefaultMaxKeysPerToken = 32
+	DefaultFlushInterval   = time.Second
+	DefaultLookback        = 2 * time.Minute
+)
+
+// ReasonLookbackUnavailable is the loss reason of a line found for a new
+// watch that could not be read again.
+const ReasonLookbackUnavailable = "lineage_lookback_unavailable"
+
+// Queue takes what the Tracker sends outside a block: uses found by a
+// lookback search, counts flushed on their own, and losses. The sender's
+// EnqueueItems.
+type Queue interface {
+	EnqueueItems(ctx context.Context, it sender.Items, mark any) error
+}
+
+// Config configures a Tracker. Zero values take the defaults.
+type Config struct {
+	// Capacity bounds the lookback index, in lines.
+	Capacity int
+	// Lookback is the window until a Welcome names one (2m: the
+	// aggregator's default).
+	Lookback time.Duration
+	// MaxKeysPerToken bounds the reason keys remembered per token; a use
+	// with a further new key is counted, not sent.
+	MaxKeysPerToken int
+	// FlushInterval: counts not sent with a block are sent on their own
+	// this long after (at most).
+	FlushInterval time.Duration
+	// Now is the agent's read clock (time.Now).
+	Now func() time.Time
+	// Queue receives lookback uses, counts flushed alone and losses.
+	Queue  Queue
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Capacity <= 0 {
+		c.Capacity = DefaultCapacity
+	}
+	if c.MaxKeysPerToken <= 0 {
+		c.MaxKeysPerToken = DefaultMaxKeysPerToken
+	}
+	if c.Lookback <= 0 {
+		c.Lookback = DefaultLookback
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Stats are the Tracker's figures.
+type Stats struct {
+	// Watches held, by kind.
+	TokenWatches, ActorUserWatches, ActorCredentialWatches int
+	// UsesSent counts requests queued one by one (lookback ones included);
+	// UsesCounted those only counted.
+	UsesSent, UsesCounted uint64
+	// LookbackEntries is the index's size; LookbackPinned how many of them
+	// are pinned.
+	LookbackEntries, LookbackPinned int
+	// LookbackHits counts lines read again that matched a new watch;
+	// LookbackMisses lines found that could not be read again.
+	LookbackHits, LookbackMisses uint64
+	// LookbackDropped counts entries evicted early because the index was
+	// full (the window is then shorter than the lookback).
+	LookbackDropped uint64
+	// PinWaits counts the times reading waited for acknowledgements
+	// because pinned entries filled the index.
+	PinWaits uint64
+	// OpenFiles is the number of files held open for re-reading.
+	OpenFiles int
+	// On reports whether lineage is on for the current stream (or not yet
+	// known).
+	On bool
+}
+
+// watchKey names a watch.
+type watchKey struct {
+	kind linematch.Kind
+	key  string
+}
+
+// span is a watch's bounds in Unix nanoseconds (0: unbounded side).
+type span struct{ from, until int64 }
+
+// pin keeps the index entries from seq on until the block ticket is
+// acknowledged.
+type pin struct {
+	ticket uint64
+	seq    uint64
+}
+
+// Tracker is the agent's lineage state. It implements sender.Lineage; the
+// pipeline calls Block for each block and Acked with each acknowledged
+// ticket; Run performs the lookback searches' re-reads and flushes counts.
+type Tracker struct {
+	cfg Config
+
+	mu       sync.Mutex
+	on       bool          // lineage on for the stream, or not yet known
+	window   time.Duration // lookback
+	set      linematch.Set
+	held     map[watchKey]span
+	prior    map[watchKey]span  // the previous stream's watches, until its first reset
+	gapFrom  linematch.Location // where reading stood at the Welcome
+	readTo   linematch.Location // the end of the last block read
+	awaiting bool               // welcomed, waiting for the stream's first reset
+	lb       *linematch.Lookback
+	files    *files
+	pins     []pin
+	ticket   uint64 // the last block's ticket
+	mint     bool   // a token create outside a block: pin from the next one
+	rep      *reporter
+	m        linematch.Matcher
+	hits     []linematch.Hit
+	jobs     []*job
+	busy     bool          // Run is working on a job
+	room     chan struct{} // closed and replaced when pins are released or jobs finish
+	work     chan struct{} // capacity 1: a job is queued
+
+	keys []linematch.LineKeys // Block's, used only from its goroutine
+
+	usesSent, lbHits, lbMisses uint64
+	unindexed                  uint64 // lines the index could not take (pinned full within one block)
+	waits                      uint64 // times Block waited for pins to be released
+
+	onWait func() // tests: Block is about to wait for pins to be released
+}
+
+// New returns a Tracker; lineage counts as on until a Welcome says
+// otherwise.
+func New(cfg Config) *Tracker {
+	cfg.setDefaults()
+	return &Tracker{
+		cfg:    cfg,
+		on:     true,
+		window: cfg.Lookback,
+		held:   map[watchKey]span{},
+		lb:     linematch.NewLookback(cfg.Capacity),
+		files:  newFiles(),
+		rep:    newReporter(cfg.MaxKeysPerToken),
+		room:   make(chan struct{}),
+		work:   make(chan struct{}, 1),
+	}
+}
+
+var _ sender.Lineage = (*Tracker)(nil)
+
+// Stats returns the Tracker's figures.
+func (t *Tracker) Stats() Stats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := Stats{
+		TokenWatches:           t.set.Len(linematch.Token),
+		ActorUserWatches:       t.set.Len(linematch.ActorUser),
+		ActorCredentialWatches: t.set.Len(linematch.ActorCredential),
+		UsesSent:               t.usesSent,
+		UsesCounted:            t.rep.counted,
+		LookbackEntries:        t.lb.Len(),
+		LookbackHits:           t.lbHits,
+		LookbackMisses:         t.lbMisses,
+		LookbackDropped:        t.lb.Dropped() + t.unindexed,
+		PinWaits:               t.waits,
+		OpenFiles:              t.files.open(),
+		On:                     t.on,
+	}
+	if len(t.pins) > 0 {
+		st.LookbackPinned = int(t.lb.Next() - t.pins[0].seq)
+	}
+	return st
+}
+
+// Welcome starts a stream's lineage (sender.Lineage). Off: the watch set,
+// the index and the pins are dropped. On: the stream starts with no watch
+// until its first WatchUpdate (a reset); the lines read meanwhile are found
+// by that reset.
+func (t *Tracker) Welcome(settings *tokenwatchv1.LineageSettings) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if settings == nil {
+		t.on = false
+		t.set.Reset()
+		t.held, t.prior, t.awaiting = map[watchKey]span{}, nil, false
+		t.lb = linematch.NewLookback(t.cfg.Capacity)
+		for _, j := range t.jobs {
+			for _, no := range j.files {
+				if f := t.files.byNo[no]; f != nil {
+					f.jobs--
+				}
+			}
+		}
+		t.jobs = nil
+		t.files.closeAll()
+		t.pins = nil
+		t.signalRoom()
+		return
+	}
+	t.on = true
+	t.window = time.Duration(settings.LookbackMs) * time.Millisecond
+	if !t.awaiting {
+		t.prior = t.held
+	}
+	t.held = map[watchKey]span{}
+	t.set.Reset()
+	t.awaiting = true
+	t.gapFrom = t.readTo
+}
+
+// signalRoom wakes those waiting for pins to be released or jobs to end.
+// Called with mu held.
+func (t *Tracker) signalRoom() {
+	close(t.room)
+	t.room = make(chan struct{})
+}
+
+// Acked releases the pins of the blocks up to ticket: their batches, and
+// the watches they created, have reached the aggregator and this agent.
+func (t *Tracker) Acked(ticket uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for n < len(t.pins) && t.pins[n].ticket <= ticket {
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	t.pins = t.pins[n:]
+	t.setPin()
+	t.signalRoom()
+}
+
+// setPin pins the index from the oldest pin held. Called with mu held.
+func (t *Tracker) setPin() {
+	if len(t.pins) == 0 {
+		t.lb.Pin(linematch.NoPin)
+		return
+	}
+	t.lb.Pin(t.pins[0].seq)
+}
+
+// SetQueue sets Config.Queue; it is called before Run.
+func (t *Tracker) SetQueue(q Queue) { t.cfg.Queue = q }
+
+// Mint notes a token create sent outside a block (an over-long line): the
+// lines of the next block are pinned.
+func (t *Tracker) Mint() {
+	t.mu.Lock()
+	t.mint = true
+	t.mu.Unlock()
+}
+
+// Close closes the files held open. The Tracker is not used afterwards.
+func (t *Tracker) Close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for no := range t.files.byNo {
+		t.files.drop(no)
+	}
+}

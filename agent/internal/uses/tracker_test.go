@@ -1,0 +1,330 @@
+package uses
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
+	"github.com/tokenwatch/tokenwatch/internal/follow"
+	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
+)
+
+const legacySA = "system:serviceaccount:team-b:old"
+
+// TestFirstUsePerKeyThenCounts: the first use of a watched token per reason
+// key (source IP; sensitive action and namespace) is sent, the rest
+// counted; legacy-token requests are only counted; an unwatched token's
+// requests are nothing.
+func TestFirstUsePerKeyThenCounts(t *testing.T) {
+	tr, _, _ := newTracker(t, 1000)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	log := newLog(t)
+	b := log.block(lines(
+		req{id: "u1", jti: jtiA, ip: "10.0.0.1", ns: "team-a"},
+		req{id: "u2", jti: jtiA, ip: "10.0.0.1", ns: "team-a"},
+		req{id: "u3", jti: jtiA, ip: "10.0.0.2", ns: "team-a"},
+		req{id: "u4", jti: jtiA, ip: "10.0.0.1", verb: "list", resource: "secrets", ns: "kube-system"},
+		req{id: "u5", jti: jtiA, ip: "10.0.0.1", verb: "list", resource: "secrets", ns: "kube-system", code: 403},
+		req{id: "l1", user: legacySA, legacy: legacySA, ip: "10.0.0.7", ns: "team-b"},
+		req{id: "l2", user: legacySA, legacy: legacySA, ip: "10.0.0.8", ns: "team-b", code: 401},
+		req{id: "x1", jti: jtiB, ip: "10.0.0.1", ns: "team-a"},
+	))
+	it, _, err := tr.Block(context.Background(), b, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"u1", "u3", "u4"}, useIDs(it)); diff != "" {
+		t.Errorf("uses sent (-want +got):\n%s", diff)
+	}
+	for _, u := range it.Uses {
+		if u.Lookback || !cmp.Equal(u.Matched, []tokenwatchv1.LineageKind{tokenwatchv1.LineageKind_LINEAGE_KIND_TOKEN}) {
+			t.Errorf("use %s: lookback %v, matched %v; want live, TOKEN", u.Event.AuditId, u.Lookback, u.Matched)
+		}
+		if u.Event.Source.GetFile() != log.path {
+			t.Errorf("use %s: source %v, want the file", u.Event.AuditId, u.Event.Source)
+		}
+	}
+	want := []*tokenwatchv1.UseCount{
+		{Kind: tokenwatchv1.LineageKind_LINEAGE_KIND_TOKEN, Key: jtiA, Uses: 2,
+			Verbs:     []*tokenwatchv1.KeyCount{{Key: "get configmaps team-a", Count: 1}, {Key: "list secrets kube-system", Count: 1}},
+			SourceIps: []string{"10.0.0.1"},
+			Codes:     []*tokenwatchv1.KeyCount{{Key: "200", Count: 1}, {Key: "403", Count: 1}},
+			User:      "system:serviceaccount:team-a:app"},
+		{Kind: tokenwatchv1.LineageKind_LINEAGE_KIND_LEGACY_TOKEN, Key: legacySA, Uses: 2,
+			Verbs:     []*tokenwatchv1.KeyCount{{Key: "get configmaps team-b", Count: 2}},
+			SourceIps: []string{"10.0.0.7", "10.0.0.8"},
+			Codes:     []*tokenwatchv1.KeyCount{{Key: "200", Count: 1}, {Key: "401", Count: 1}},
+			User:      legacySA},
+	}
+	if diff := cmp.Diff(want, it.Counts, protocmp.Transform(), protocmp.IgnoreFields(&tokenwatchv1.UseCount{}, "first", "last")); diff != "" {
+		t.Errorf("counts (-want +got):\n%s", diff)
+	}
+	for _, c := range it.Counts {
+		if c.First == nil || c.Last == nil {
+			t.Errorf("count %s: no first or last time", c.Key)
+		}
+	}
+	st := tr.Stats()
+	if st.UsesSent != 3 || st.UsesCounted != 4 || st.TokenWatches != 1 {
+		t.Errorf("Stats = %+v, want 3 sent, 4 counted, 1 token watch", st)
+	}
+}
+
+// TestMaxKeysPerToken: past the bound of reason keys, a token's uses with
+// a new source IP are counted.
+func TestMaxKeysPerToken(t *testing.T) {
+	q := newQueue()
+	tr := New(Config{MaxKeysPerToken: 2, Queue: q})
+	t.Cleanup(tr.Close)
+	tr.Welcome(settings())
+	tr.Watch(&tokenwatchv1.WatchUpdate{Reset_: true, Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	b := newLog(t).block(lines(
+		req{id: "a", jti: jtiA, ip: "10.0.0.1"}, req{id: "b", jti: jtiA, ip: "10.0.0.2"}, req{id: "c", jti: jtiA, ip: "10.0.0.3"},
+	))
+	it, _, err := tr.Block(context.Background(), b, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := useIDs(it); !cmp.Equal(got, []string{"a", "b"}) {
+		t.Errorf("uses = %v, want a b (the third key is past the bound)", got)
+	}
+	if len(it.Counts) != 1 || it.Counts[0].Uses != 1 {
+		t.Errorf("counts = %v, want c counted", it.Counts)
+	}
+}
+
+// TestLookbackAfterRename: a use read before its watch arrived is read
+// again from the file, renamed and deleted meanwhile, and sent with
+// Lookback; a further use of the same key is counted and flushed on its
+// own.
+func TestLookbackAfterRename(t *testing.T) {
+	tr, q, _ := newTracker(t, 1000)
+	tr.cfg.FlushInterval = time.Millisecond
+	run(t, tr)
+	log := newLog(t)
+	b := log.block(lines(
+		req{id: "early", jti: jtiA, ip: "10.0.0.1"},
+		req{id: "other", jti: jtiB, ip: "10.0.0.1"},
+		req{id: "again", jti: jtiA, ip: "10.0.0.1"},
+	))
+	it, _, err := tr.Block(context.Background(), b, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(it.Uses)+len(it.Counts) != 0 {
+		t.Fatalf("Block = %v before any watch, want nothing", it)
+	}
+	rotated := log.path + ".1"
+	if err := os.Rename(log.path, rotated); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(rotated); err != nil {
+		t.Fatal(err)
+	}
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	items := q.wait(t, "the lookback use and its count", func(items []sender.Items) bool {
+		var uses, counts int
+		for _, it := range items {
+			uses += len(it.Uses)
+			counts += len(it.Counts)
+		}
+		return uses == 1 && counts == 1
+	})
+	var got []string
+	for _, it := range items {
+		got = append(got, useIDs(it)...)
+		for _, u := range it.Uses {
+			if !u.Lookback {
+				t.Errorf("use %s without Lookback", u.Event.AuditId)
+			}
+		}
+		for _, c := range it.Counts {
+			if c.Key != jtiA || c.Uses != 1 {
+				t.Errorf("count = %v, want 1 use of %s", c, jtiA)
+			}
+		}
+		if len(it.Losses) > 0 {
+			t.Errorf("losses %v", it.Losses)
+		}
+	}
+	if !cmp.Equal(got, []string{"early"}) {
+		t.Errorf("lookback uses = %v, want early", got)
+	}
+	if st := tr.Stats(); st.LookbackHits != 2 || st.LookbackMisses != 0 {
+		t.Errorf("Stats = %+v, want 2 lookback hits, no miss", st)
+	}
+}
+
+// TestLookbackCompressed: lines read from a compressed file are read again
+// by decompressing it.
+func TestLookbackCompressed(t *testing.T) {
+	tr, q, _ := newTracker(t, 1000)
+	run(t, tr)
+	data := lines(req{id: "n1", jti: jtiB, ip: "10.0.0.1"}, req{id: "gz", jti: jtiA, ip: "10.0.0.1"})
+	path := filepath.Join(t.TempDir(), "audit-2026-11-26T23-00-00.000.log.gz")
+	var zb bytes.Buffer
+	zw := gzip.NewWriter(&zb)
+	zw.Write([]byte(data))
+	zw.Close()
+	if err := os.WriteFile(path, zb.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := follow.Block{Pos: follow.Position{ID: follow.Identity{FP: []byte("gzfp"), FPLen: 4}, Name: path}, Data: []byte(data), File: f, Compressed: true}
+	if _, _, err := tr.Block(context.Background(), b, false); err != nil {
+		t.Fatal(err)
+	}
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	items := q.wait(t, "the lookback use", func(items []sender.Items) bool { return len(items) > 0 })
+	if got := useIDs(items[0]); !cmp.Equal(got, []string{"gz"}) || len(items[0].Losses) > 0 {
+		t.Errorf("queued %v, want the use gz and no loss", items[0])
+	}
+}
+
+// TestLookbackUnavailable: a line whose file could not be kept open is
+// reported lost.
+func TestLookbackUnavailable(t *testing.T) {
+	tr, q, _ := newTracker(t, 1000)
+	run(t, tr)
+	b := newLog(t).block(lines(req{id: "u", jti: jtiA, ip: "10.0.0.1"}))
+	b.File = nil
+	if _, _, err := tr.Block(context.Background(), b, false); err != nil {
+		t.Fatal(err)
+	}
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	items := q.wait(t, "the loss", func(items []sender.Items) bool { return len(items) > 0 })
+	if l := items[0].Losses; len(l) != 1 || l[0].Reason != ReasonLookbackUnavailable || l[0].LinesLost != 1 {
+		t.Errorf("losses = %v, want one line lost for %s", l, ReasonLookbackUnavailable)
+	}
+	if st := tr.Stats(); st.LookbackMisses != 1 {
+		t.Errorf("LookbackMisses = %d, want 1", st.LookbackMisses)
+	}
+}
+
+// TestPinBlocksEviction: lines read after a token create stay in the index
+// past the window until the create's batch is acknowledged; when they fill
+// the index, Block waits for that acknowledgement instead of dropping them,
+// and the watch that arrives before it finds them.
+func TestPinBlocksEviction(t *testing.T) {
+	tr, q, clk := newTracker(t, 3)
+	run(t, tr)
+	waiting := make(chan struct{}, 1)
+	tr.onWait = func() { waiting <- struct{}{} }
+	log := newLog(t)
+	mint := log.block(lines(req{id: "mint", jti: jtiB, ip: "10.0.0.9"}, req{id: "use", jti: jtiA, ip: "10.0.0.1"}))
+	_, ticket, err := tr.Block(context.Background(), mint, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.add(10 * time.Minute) // far past the window: only the pin keeps them
+	next := log.block(lines(req{id: "n1", jti: jtiB, ip: "10.0.0.9"}, req{id: "n2", jti: jtiB, ip: "10.0.0.9"}))
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := tr.Block(context.Background(), next, false)
+		done <- err
+	}()
+	<-waiting // 2 pinned + 2 new > 3: Block waits
+	if st := tr.Stats(); st.LookbackEntries != 2 || st.LookbackPinned != 2 {
+		t.Errorf("Stats = %+v while waiting, want the 2 pinned entries held", st)
+	}
+	// The aggregator's watch for the mint arrives before its Ack.
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	tr.Acked(ticket)
+	if err := <-done; err != nil {
+		t.Fatalf("Block = %v", err)
+	}
+	items := q.wait(t, "the pinned use", func(items []sender.Items) bool { return len(items) > 0 })
+	if got := useIDs(items[0]); !cmp.Equal(got, []string{"use"}) {
+		t.Errorf("lookback uses = %v, want use", got)
+	}
+	if st := tr.Stats(); st.LookbackPinned != 0 || st.PinWaits != 1 {
+		t.Errorf("Stats = %+v after the ack, want nothing pinned and one wait", st)
+	}
+}
+
+// TestUnpinnedEntriesExpire: without a pin, lines read longer than the
+// lookback ago are not found.
+func TestUnpinnedEntriesExpire(t *testing.T) {
+	tr, _, clk := newTracker(t, 100)
+	log := newLog(t)
+	if _, _, err := tr.Block(context.Background(), log.block(lines(req{id: "old", jti: jtiA, ip: "10.0.0.1"})), false); err != nil {
+		t.Fatal(err)
+	}
+	clk.add(3 * time.Minute)
+	if _, _, err := tr.Block(context.Background(), log.block(lines(req{id: "new", jti: jtiB, ip: "10.0.0.1"})), false); err != nil {
+		t.Fatal(err)
+	}
+	if st := tr.Stats(); st.LookbackEntries != 1 {
+		t.Errorf("LookbackEntries = %d, want 1 (the old line evicted)", st.LookbackEntries)
+	}
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	tr.mu.Lock()
+	jobs := len(tr.jobs)
+	tr.mu.Unlock()
+	if jobs != 0 {
+		t.Errorf("%d lookback searches for a line past the window, want none", jobs)
+	}
+}
+
+// TestReconnectSearchesTheGap: after a reconnect the stream starts with no
+// watch until its reset; the reset finds the lines read in between for the
+// watches held before, and does not report again those matched before.
+func TestReconnectSearchesTheGap(t *testing.T) {
+	tr, q, _ := newTracker(t, 100)
+	run(t, tr)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Reset_: true, Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	log := newLog(t)
+	it, _, err := tr.Block(context.Background(), log.block(lines(req{id: "live", jti: jtiA, ip: "10.0.0.1"})), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := useIDs(it); !cmp.Equal(got, []string{"live"}) {
+		t.Fatalf("live uses = %v, want live", got)
+	}
+	tr.Welcome(settings()) // reconnected
+	it, _, err = tr.Block(context.Background(), log.block(lines(req{id: "gap", jti: jtiA, ip: "10.0.0.2"})), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(it.Uses) != 0 {
+		t.Errorf("uses %v before the new stream's reset, want none", useIDs(it))
+	}
+	tr.Watch(&tokenwatchv1.WatchUpdate{Reset_: true, Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	items := q.wait(t, "the gap's use", func(items []sender.Items) bool { return len(items) > 0 })
+	if got := useIDs(items[0]); !cmp.Equal(got, []string{"gap"}) {
+		t.Errorf("lookback uses after the reset = %v, want gap only", got)
+	}
+}
+
+// TestLineageOff: a Welcome without settings drops the watches and the
+// index; nothing is matched, not even legacy tokens.
+func TestLineageOff(t *testing.T) {
+	tr, _, _ := newTracker(t, 100)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	tr.Welcome(nil)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiB)}})
+	it, _, err := tr.Block(context.Background(), newLog(t).block(lines(
+		req{id: "u", jti: jtiA, ip: "10.0.0.1"}, req{id: "l", user: legacySA, legacy: legacySA, ip: "10.0.0.1"},
+	)), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(it.Uses)+len(it.Counts) != 0 {
+		t.Errorf("Block = %v with lineage off, want nothing", it)
+	}
+	if st := tr.Stats(); st.On || st.TokenWatches != 0 || st.LookbackEntries != 0 || st.LookbackPinned != 0 {
+		t.Errorf("Stats = %+v, want off, no watch, no entry, nothing pinned", st)
+	}
+}

@@ -1,0 +1,204 @@
+package uses
+
+import (
+	"math"
+	"time"
+
+	"github.com/tokenwatch/tokenwatch/internal/linematch"
+	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
+)
+
+// job is a lookback search: the lines found for new watches, to be read
+// again and classified against them.
+type job struct {
+	locs []linematch.Location
+	set  linematch.Set // the new watches
+	// old holds, for a watch that was extended, its bounds before: its
+	// matches within them were found already, except in the gap.
+	old     map[watchKey]span
+	gap     bool // gapFrom applies: lines from it on are in the gap
+	gapFrom linematch.Location
+	files   []uint32 // the files of locs, each holding a job reference
+}
+
+// kindOf maps a wire kind to a watchable linematch kind.
+func kindOf(k tokenwatchv1.LineageKind) (linematch.Kind, bool) {
+	switch k {
+	case tokenwatchv1.LineageKind_LINEAGE_KIND_TOKEN:
+		return linematch.Token, true
+	case tokenwatchv1.LineageKind_LINEAGE_KIND_ACTOR_USER:
+		return linematch.ActorUser, true
+	case tokenwatchv1.LineageKind_LINEAGE_KIND_ACTOR_CREDENTIAL:
+		return linematch.ActorCredential, true
+	}
+	return 0, false
+}
+
+func watchOf(w *tokenwatchv1.Watch) (linematch.Watch, bool) {
+	k, ok := kindOf(w.GetKind())
+	if !ok || w.GetKey() == "" || len(w.GetKey()) > linematch.MaxKeyLen {
+		return linematch.Watch{}, false
+	}
+	lw := linematch.Watch{Kind: k, Key: w.GetKey()}
+	if w.GetFrom() != nil {
+		lw.From = w.GetFrom().AsTime()
+	}
+	if w.GetUntil() != nil {
+		lw.Until = w.GetUntil().AsTime()
+	}
+	return lw, true
+}
+
+func spanOf(w linematch.Watch) span {
+	s := span{from: math.MinInt64, until: math.MaxInt64}
+	if !w.From.IsZero() {
+		s.from = w.From.UnixNano()
+	}
+	if !w.Until.IsZero() {
+		s.until = w.Until.UnixNano()
+	}
+	return s
+}
+
+func (s span) hull(o span) span { return span{min(s.from, o.from), max(s.until, o.until)} }
+
+func (s span) holds(o span) bool { return s.from <= o.from && o.until <= s.until }
+
+func (s span) contains(t int64) bool { return s.from <= t && t <= s.until }
+
+// Watch applies a WatchUpdate (sender.Lineage) and searches the index for
+// the lines read before it that its new watches may match: the search is
+// queued for Run, which reads them again. Under the lock that Block holds
+// while it matches and indexes a block, so no line escapes both.
+func (t *Tracker) Watch(u *tokenwatchv1.WatchUpdate) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.on {
+		return
+	}
+	ref, gap := t.held, false
+	if u.GetReset_() {
+		if t.awaiting {
+			// The stream's first reset: watches the previous stream held
+			// were matched until the Welcome; the gap since is searched.
+			ref, gap = t.prior, true
+		}
+		t.set.Reset()
+		t.held = map[watchKey]span{}
+	}
+	for _, w := range u.GetRemove() {
+		k, ok := kindOf(w.GetKind())
+		if !ok {
+			continue
+		}
+		t.set.Remove(k, w.GetKey())
+		delete(t.held, watchKey{k, w.GetKey()})
+		if k == linematch.Token {
+			t.rep.forget(w.GetKey())
+		}
+	}
+	j := &job{gap: gap, gapFrom: t.gapFrom}
+	full, inGap := t.addWatches(u.GetAdd(), ref, gap, j)
+	if u.GetReset_() {
+		t.awaiting, t.prior = false, nil
+		t.forgetUnwatched()
+	}
+	t.search(j, full, inGap)
+}
+
+// addWatches adds ws to the set and sorts them for the search: full ones
+// are new or extended relative to ref, searched in the whole index; inGap
+// ones were held before (ref, with gap) and are searched in the gap only.
+func (t *Tracker) addWatches(ws []*tokenwatchv1.Watch, ref map[watchKey]span, gap bool, j *job) (full, inGap []linematch.Watch) {
+	for _, pw := range ws {
+		w, ok := watchOf(pw)
+		if !ok || t.set.Add(w) != nil {
+			continue
+		}
+		k := watchKey{w.Kind, w.Key}
+		old, had := ref[k] // before held changes: ref may be held
+		s := spanOf(w)
+		if cur, ok := t.held[k]; ok {
+			s = s.hull(cur)
+		}
+		t.held[k] = s
+		_ = j.set.Add(w)
+		switch {
+		case !had:
+			full = append(full, w)
+		case !old.holds(s):
+			full = append(full, w)
+			if j.old == nil {
+				j.old = map[watchKey]span{}
+			}
+			j.old[k] = old
+		case gap:
+			inGap = append(inGap, w)
+		}
+	}
+	return full, inGap
+}
+
+// forgetUnwatched drops the reason keys of tokens no longer watched.
+func (t *Tracker) forgetUnwatched() {
+	for jti := range t.rep.seen {
+		if _, ok := t.held[watchKey{linematch.Token, jti}]; !ok {
+			t.rep.forget(jti)
+		}
+	}
+}
+
+// search finds the index entries of full (all) and inGap (from gapFrom on)
+// and queues j to read them again. Called with mu held.
+func (t *Tracker) search(j *job, full, inGap []linematch.Watch) {
+	if len(full) == 0 && len(inGap) == 0 {
+		return
+	}
+	seen := map[linematch.Location]bool{}
+	for _, l := range t.lb.Find(full) {
+		seen[l] = true
+	}
+	for _, l := range t.lb.Find(inGap) {
+		if j.inGap(l) {
+			seen[l] = true
+		}
+	}
+	if len(seen) == 0 {
+		return
+	}
+	j.locs = make([]linematch.Location, 0, len(seen))
+	refs := map[uint32]bool{}
+	for l := range seen {
+		j.locs = append(j.locs, l)
+		if f := t.files.byNo[l.File]; f != nil && !refs[l.File] {
+			refs[l.File] = true
+			f.jobs++
+			j.files = append(j.files, l.File)
+		}
+	}
+	sortLocations(j.locs)
+	t.jobs = append(t.jobs, j)
+	select {
+	case t.work <- struct{}{}:
+	default:
+	}
+}
+
+// inGap reports whether l was read after the Welcome of a stream's first
+// reset (files are numbered in reading order).
+func (j *job) inGap(l linematch.Location) bool {
+	if !j.gap {
+		return false
+	}
+	return l.File > j.gapFrom.File || (l.File == j.gapFrom.File && l.Offset >= j.gapFrom.Offset)
+}
+
+// excluded reports whether a match of kind k and key, timed at ts, read at
+// l, was found before the watch was extended.
+func (j *job) excluded(k linematch.Kind, key string, ts time.Time, ok bool, l linematch.Location) bool {
+	old, had := j.old[watchKey{k, key}]
+	if !had || j.inGap(l) {
+		return false
+	}
+	return !ok || old.contains(ts.UnixNano()) // an unknown time matched the old bounds too
+}
