@@ -7,10 +7,12 @@
 // is stored. A matching event is keyed by request (cluster, auditID,
 // requestReceivedTimestamp) and detect.Plan, from the request's stored
 // state, picks the action (the store records the result and decides nothing):
-// a RequestReceived is held as pending with a deadline of now+stage_grace, a
-// completion (or a lone RequestReceived whose deadline passed, with
-// event.outcome=unknown) becomes the alert and marks the request done, a
-// late completion is dropped and counted. Every alerting request feeds the
+// a RequestReceived is held as pending (in the encoding it arrived in) with a
+// deadline of now+stage_grace, a completion becomes the alert and marks the
+// request done, a late completion is dropped and counted. At its deadline a
+// lone RequestReceived is judged again with the rule in force then, and
+// detect.Due decides: it alerts alone (event.outcome=unknown) and marks the
+// request done alone, or marks it done when it no longer alerts. Every alerting request feeds the
 // correlator and passes the budget. All records of a batch are written in
 // one state commit, after which the batch may be acknowledged.
 //

@@ -224,7 +224,8 @@ type Pending struct {
 	Deadline time.Time
 	Cluster  string
 	Node     string
-	// Event is the serialized event (proto bytes of a tokenwatchv1.TokenEvent).
+	// Event is the held event as the aggregator received it: an encoded
+	// tokenwatchv1.TokenEvent.
 	Event []byte
 	// Unless lists the recorded states of Key this entry does not replace
 	// (detect.Step.Unless): the store leaves such a key as it is. It is
