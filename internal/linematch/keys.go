@@ -51,19 +51,18 @@ type LineKeys struct {
 	Keys       Keys
 }
 
-// AppendKeys appends to dst the keys of each line of block, in order. block
-// holds whole lines separated by '\n' (a last line without one is a line
-// too); empty lines are skipped.
+// AppendKeys appends to dst the keys of each line of block, in order, as
+// KeysOf gives them. block holds whole lines separated by '\n' (a last line
+// without one is a line too); empty lines are skipped.
 func AppendKeys(dst []LineKeys, block []byte) []LineKeys {
+	var sc blockScan
+	sc.keyPasses(block)
+	var cur cursor
 	for off := 0; off < len(block); {
-		end := bytes.IndexByte(block[off:], '\n')
-		if end < 0 {
-			end = len(block)
-		} else {
-			end += off
-		}
+		end := lineEnd(block, off)
 		if end > off {
-			dst = append(dst, LineKeys{Start: off, End: end, Keys: KeysOf(block[off:end])})
+			k, _, _ := sc.line(block, off, end, &cur)
+			dst = append(dst, LineKeys{Start: off, End: end, Keys: k})
 		}
 		off = end + 1
 	}
@@ -73,78 +72,91 @@ func AppendKeys(dst []LineKeys, block []byte) []LineKeys {
 // KeysOf returns the keys of one line, from its bytes alone: the
 // credential JTI is the uuid of every "JTI=" that starts a list entry
 // (lineage.CredentialJTI reads the first such entry of user.extra's
-// credential-id); the user names are those of every object under a key
-// "user" (user.username is the last "username" of the last top-level one).
-// Any \u escape of a byte of those names, a second distinct uuid, a third
-// distinct name, a credential id that is not a uuid or an object it cannot
-// read makes the keys Unsure. A line that does not decode may get any keys:
-// it never matches.
+// credential-id); the user names are the string values of every key
+// "username", at any depth (user.username is one of them). Any \u escape of
+// a byte of those names, a second distinct uuid, a third distinct name or a
+// credential id that is not a uuid makes the keys Unsure. A line that does
+// not decode may get any keys: it never matches.
 func KeysOf(line []byte) Keys {
-	if indexEscape(line, &keyBytes) >= 0 {
-		return Keys{Unsure: true}
+	if i := bytes.IndexByte(line, '\n'); i >= 0 {
+		line = line[:i] // one line only
 	}
-	var k Keys
-	if !k.addJTIs(line) || !k.addUsers(line) {
-		return Keys{Unsure: true}
-	}
+	var sc blockScan
+	sc.keyPasses(line)
+	var cur cursor
+	k, _, _ := sc.line(line, 0, len(line), &cur)
 	return k
 }
 
-// addJTIs sets the credential JTI of line; false when unsure.
-func (k *Keys) addJTIs(line []byte) bool {
-	for i := 0; ; {
-		j := bytes.IndexByte(line[i:], 'J')
-		if j < 0 {
-			return true
-		}
-		j += i
-		i = j + 1
-		if !isJTIAt(line, j) {
-			continue
-		}
-		id, kind, _ := credentialAt(line, j)
-		switch {
-		case kind == jtiOdd, kind == jtiUUID && k.HasJTI && id != k.JTI:
-			return false
-		case kind == jtiUUID:
-			k.JTI, k.HasJTI = id, true
-		}
-	}
+// keyPasses runs the passes the keys need over block.
+func (sc *blockScan) keyPasses(block []byte) {
+	sc.escapes(block)
+	sc.jtis = marks(sc.jtis, block, 'J', isJTIAt)
+	sc.users = marks(sc.users, block, 'm', usernameAt)
 }
 
-// addUsers sets the user name hashes of line; false when unsure.
-func (k *Keys) addUsers(line []byte) bool {
-	for i := 0; ; {
-		j := bytes.IndexByte(line[i:], '{')
-		if j < 0 {
-			return true
-		}
-		j += i
-		i = j + 1
-		if !userKeyAt(line, j) {
-			continue
-		}
-		raw, plain, has, ok := userName(line, j)
-		if !ok {
-			return false
-		}
-		if !has || len(raw) == 2 {
-			continue // no name, or an empty one: never followed
-		}
-		h, ok := hashName(raw, plain)
-		if !ok {
-			return false
-		}
-		switch {
-		case h == k.User || h == k.User2:
-		case k.User == 0:
-			k.User = h
-		case k.User2 == 0:
-			k.User2 = h
-		default:
-			return false
-		}
+// cursor is where the per-line reading of a blockScan's lists stands.
+type cursor struct{ esc, jti, user, legacy int }
+
+// line reads the marks of block[start:end], one line, and returns its keys,
+// the escape classes found in it and whether it holds "legacy-token". The
+// cursor moves past the line's marks.
+func (sc *blockScan) line(block []byte, start, end int, cur *cursor) (Keys, uint8, bool) {
+	var esc uint8
+	for ; cur.esc < len(sc.escs) && sc.escs[cur.esc].pos < end; cur.esc++ {
+		esc |= sc.escs[cur.esc].class
 	}
+	legacy := false
+	for ; cur.legacy < len(sc.legacys) && sc.legacys[cur.legacy] < end; cur.legacy++ {
+		legacy = true
+	}
+	line := block[start:end]
+	var k Keys
+	ok := esc&escKeys == 0
+	for ; cur.jti < len(sc.jtis) && sc.jtis[cur.jti] < end; cur.jti++ {
+		ok = ok && k.addJTI(line, sc.jtis[cur.jti]-start)
+	}
+	for ; cur.user < len(sc.users) && sc.users[cur.user] < end; cur.user++ {
+		ok = ok && k.addUser(line, sc.users[cur.user]-start)
+	}
+	if !ok {
+		k = Keys{Unsure: true}
+	}
+	return k, esc, legacy
+}
+
+// addJTI reads the "JTI=" at j; false when the keys become unsure.
+func (k *Keys) addJTI(line []byte, j int) bool {
+	id, kind, _ := credentialAt(line, j)
+	switch {
+	case kind == jtiOdd, kind == jtiUUID && k.HasJTI && id != k.JTI:
+		return false
+	case kind == jtiUUID:
+		k.JTI, k.HasJTI = id, true
+	}
+	return true
+}
+
+// addUser reads the "username" whose 'm' is at i; false when the keys
+// become unsure.
+func (k *Keys) addUser(line []byte, i int) bool {
+	raw, plain, has := nameValue(line, i)
+	if !has || len(raw) == 2 {
+		return true // no name, or an empty one: never followed
+	}
+	h, ok := hashName(raw, plain)
+	switch {
+	case !ok:
+		return false
+	case h == k.User || h == k.User2:
+	case k.User == 0:
+		k.User = h
+	case k.User2 == 0:
+		k.User2 = h
+	default:
+		return false
+	}
+	return true
 }
 
 // hashName returns UserHash of the JSON string raw (quotes included).

@@ -31,6 +31,7 @@ type Counts struct {
 // use; it reuses its buffers between calls and is not safe for concurrent
 // use.
 type Matcher struct {
+	sc    blockScan
 	spans []span
 }
 
@@ -40,8 +41,13 @@ type span struct{ start, end int }
 // Block appends to dst the lines of block that Classify matches under s, in
 // block order, each decoded once. block holds whole lines separated by '\n'
 // (a last line without one is a line too). It is exact: a line is a hit iff
-// Classify(audit.Decode(line), s) != 0, a line that does not decode never
+// Classify(audit.Decode(line), s) != 0; a line that does not decode never
 // is.
+//
+// Only candidate lines are decoded: those holding "legacy-token", a
+// credential id entry "JTI=<uuid>" that s watches, a key "username" whose
+// value s follows, or a \u escape of a byte that could hide one of those. It searches only for what s needs: with no watch, for
+// "legacy-token" and escapes alone.
 func (m *Matcher) Block(dst []Hit, block []byte, s *Set) ([]Hit, Counts) {
 	m.spans = m.candidates(m.spans[:0], block, s)
 	c := Counts{Candidates: len(m.spans)}
@@ -51,165 +57,43 @@ func (m *Matcher) Block(dst []Hit, block []byte, s *Set) ([]Hit, Counts) {
 	return dst, c
 }
 
-// Scan gates: the bytes whose \u escape makes a line a candidate, by what
-// the set needs.
-var (
-	gateLegacy     = legacyBytes
-	gateJTI        = union(legacyBytes, jtiBytes)
-	gateUsers      = union(legacyBytes, userBytes)
-	gateJTIAndUser = union(gateJTI, userBytes)
-)
-
-// candidates appends the lines of block that may match under s, in order,
-// each once: those holding "legacy-token", a credential JTI watched in s,
-// a user name followed in s, or an escape that could hide one of those.
-// It searches only for what s needs.
-func (m *Matcher) candidates(dst []span, block []byte, s *Set) []span {
-	base := len(dst)
-	jti, users := s.needsJTI(), s.needsUsers()
-	gate := &gateLegacy
-	switch {
-	case jti && users:
-		gate = &gateJTIAndUser
-	case jti:
-		gate = &gateJTI
-	case users:
-		gate = &gateUsers
-	}
-	dst = scanLegacy(dst, block)
-	dst = scanEscapes(dst, block, gate)
-	if jti {
-		dst = scanJTIs(dst, block, s)
-	}
-	if users {
-		dst = scanUsers(dst, block, s)
-	}
-	if len(dst)-base > 1 {
-		c := dst[base:]
-		slices.SortFunc(c, func(a, b span) int { return a.start - b.start })
-		dst = append(dst[:base], slices.Compact(c)...)
-	}
-	return dst
-}
-
-// scanLegacy appends the lines holding "legacy-token", found by its byte
-// 'y' (rare in audit lines).
-func scanLegacy(dst []span, block []byte) []span {
-	for i := 0; ; {
-		k := bytes.IndexByte(block[i:], 'y')
-		if k < 0 {
-			return dst
-		}
-		k += i
-		i = k + 1
-		if legacyAt(block, k) {
-			sp := lineAt(block, k)
-			dst = append(dst, sp)
-			if i = sp.end + 1; i >= len(block) {
-				return dst
-			}
-		}
-	}
-}
-
-// scanEscapes appends the lines holding an escape of a byte of gate.
-func scanEscapes(dst []span, block []byte, gate *byteSet) []span {
-	for i := 0; i < len(block); {
-		k := indexEscape(block[i:], gate)
-		if k < 0 {
-			return dst
-		}
-		sp := lineAt(block, i+k)
-		dst = append(dst, sp)
-		i = sp.end + 1
-	}
-	return dst
-}
-
-// scanJTIs appends the lines holding a credential id that s watches.
-func scanJTIs(dst []span, block []byte, s *Set) []span {
-	for i := 0; ; {
-		k := bytes.IndexByte(block[i:], 'J')
-		if k < 0 {
-			return dst
-		}
-		k += i
-		i = k + 1
-		if !isJTIAt(block, k) || !s.mayWatchJTI(credentialAt(block, k)) {
-			continue
-		}
-		sp := lineAt(block, k)
-		dst = append(dst, sp)
-		if i = sp.end + 1; i >= len(block) {
-			return dst
-		}
-	}
-}
-
-// scanUsers appends the lines holding an object under a key "user" whose
-// name s follows (or that it cannot read).
-func scanUsers(dst []span, block []byte, s *Set) []span {
-	for i := 0; ; {
-		k := bytes.IndexByte(block[i:], '{')
-		if k < 0 {
-			return dst
-		}
-		k += i
-		i = k + 1
-		if !userKeyAt(block, k) {
-			continue
-		}
-		// The object ends on its line: a newline is a space to JSON,
-		// but never in a line; the search stops at the line's end.
-		sp := lineAt(block, k)
-		raw, plain, has, ok := userName(block[:sp.end], k)
-		if ok && (!has || !s.followsName(raw, plain)) {
-			continue
-		}
-		dst = append(dst, sp)
-		if i = sp.end + 1; i >= len(block) {
-			return dst
-		}
-	}
-}
-
-// lineAt returns the line of block that holds byte i.
-func lineAt(block []byte, i int) span {
-	start := bytes.LastIndexByte(block[:i], '\n') + 1
-	end := bytes.IndexByte(block[i:], '\n')
-	if end < 0 {
-		end = len(block)
-	} else {
-		end += i
-	}
-	return span{start, end}
-}
-
 // BlockKeys does Block and AppendKeys in one pass over block, for a reader
 // that keeps a lookback: it appends the hits to dst and the keys of every
 // non-empty line to keys. Its hits are exactly Block's.
 func (m *Matcher) BlockKeys(dst []Hit, keys []LineKeys, block []byte, s *Set) ([]Hit, []LineKeys, Counts) {
+	sc := &m.sc
+	sc.reset()
+	sc.keyPasses(block)
+	sc.legacys = marks(sc.legacys, block, 'y', legacyAt)
+	gate, watching := gateOf(s)
 	var c Counts
-	jti, users := s.needsJTI(), s.needsUsers()
+	var cur cursor
 	for off := 0; off < len(block); {
-		end := bytes.IndexByte(block[off:], '\n')
-		if end < 0 {
-			end = len(block)
-		} else {
-			end += off
-		}
-		line := block[off:end]
-		if len(line) > 0 {
-			k := KeysOf(line)
+		end := lineEnd(block, off)
+		if end > off {
+			k, esc, legacy := sc.line(block, off, end, &cur)
 			keys = append(keys, LineKeys{Start: off, End: end, Keys: k})
-			if hasLegacy(line) || (k.Unsure && (jti || users)) || s.mayMatchKeys(&k) || (jti && hasOddJTI(line, s)) {
+			if legacy || esc&gate != 0 || (k.Unsure && watching) || s.mayMatchKeys(&k) {
 				c.Candidates++
-				dst = m.decode(dst, &c, line, off, s)
+				dst = m.decode(dst, &c, block[off:end], off, s)
 			}
 		}
 		off = end + 1
 	}
 	return dst, keys, c
+}
+
+// gateOf returns the escape classes that make a line a candidate under s,
+// and whether s watches anything.
+func gateOf(s *Set) (uint8, bool) {
+	gate := uint8(escLegacy)
+	if s.needsJTI() {
+		gate |= escJTI
+	}
+	if s.needsUsers() {
+		gate |= escUser
+	}
+	return gate, gate != escLegacy
 }
 
 // decode decodes a candidate line and appends it to dst when Classify
@@ -228,27 +112,58 @@ func (m *Matcher) decode(dst []Hit, c *Counts, line []byte, off int, s *Set) []H
 	return dst
 }
 
-// hasLegacy reports whether line may carry the legacy-token annotation.
-func hasLegacy(line []byte) bool {
-	for i := 0; ; {
-		k := bytes.IndexByte(line[i:], 'y')
-		if k < 0 {
-			break
+// candidates appends the lines of block that may match under s, in order,
+// each once.
+func (m *Matcher) candidates(dst []span, block []byte, s *Set) []span {
+	sc := &m.sc
+	sc.reset()
+	sc.escapes(block)
+	sc.legacys = marks(sc.legacys, block, 'y', legacyAt)
+	gate, _ := gateOf(s)
+	base := len(dst)
+	for _, e := range sc.escs {
+		if e.class&gate != 0 {
+			dst = appendLine(dst, block, e.pos)
 		}
-		k += i
-		if legacyAt(line, k) {
-			return true
-		}
-		i = k + 1
 	}
-	return indexEscape(line, &legacyBytes) >= 0
+	for _, k := range sc.legacys {
+		dst = appendLine(dst, block, k)
+	}
+	if s.needsJTI() {
+		sc.jtis = marks(sc.jtis, block, 'J', isJTIAt)
+		for _, j := range sc.jtis {
+			if s.mayWatchJTI(credentialAt(block, j)) {
+				dst = appendLine(dst, block, j)
+			}
+		}
+	}
+	if s.needsUsers() {
+		sc.users = marks(sc.users, block, 'm', usernameAt)
+		for _, k := range sc.users {
+			// A name holds no newline: read it within the block.
+			if raw, plain, has := nameValue(block, k); has && s.followsName(raw, plain) {
+				dst = appendLine(dst, block, k)
+			}
+		}
+	}
+	if len(dst)-base > 1 {
+		c := dst[base:]
+		slices.SortFunc(c, func(a, b span) int { return a.start - b.start })
+		dst = append(dst[:base], slices.Compact(c)...)
+	}
+	return dst
 }
 
-// hasOddJTI reports whether line holds a credential id that is not a uuid
-// and that s may watch (sure keys carry uuids only).
-func hasOddJTI(line []byte, s *Set) bool {
-	if len(s.token.strs) == 0 && len(s.cred.strs) == 0 {
-		return false
+// appendLine appends the line of block holding byte i, unless it is the
+// last one of dst already.
+func appendLine(dst []span, block []byte, i int) []span {
+	if n := len(dst); n > 0 && dst[n-1].start <= i && i <= dst[n-1].end {
+		return dst
 	}
-	return len(scanJTIs(nil, line, s)) > 0
+	return append(dst, lineAt(block, i))
+}
+
+// lineAt returns the line of block that holds byte i.
+func lineAt(block []byte, i int) span {
+	return span{bytes.LastIndexByte(block[:i], '\n') + 1, lineEnd(block, i)}
 }

@@ -32,7 +32,7 @@ func union(a, b byteSet) byteSet {
 var (
 	// jtiBytes can write a credential JTI: "JTI=" and a uuid.
 	jtiBytes = setOf("JTI=", "0123456789abcdefABCDEF-")
-	// userBytes can write the keys "user" and "username".
+	// userBytes can write the key "username".
 	userBytes = setOf("username")
 	// legacyBytes can write "legacy-token".
 	legacyBytes = setOf("legacy-token")
@@ -64,7 +64,9 @@ func indexEscape(b []byte, set *byteSet) int {
 	}
 }
 
-func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+// isSpace reports whether c is JSON space within a line: a newline ends
+// the line, so the searches never step over one into another line.
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' }
 
 // skipSpace returns the first index at or after i that is not JSON space.
 func skipSpace(b []byte, i int) int {
@@ -84,24 +86,30 @@ func spaceBack(b []byte, i int) int {
 }
 
 // stringEnd returns the index just after the JSON string whose opening
-// quote is at i, and whether it is plain (no backslash, ASCII only, so its
-// raw bytes are its value); ok is false when it does not end in b.
-func stringEnd(b []byte, i int) (end int, plain, ok bool) {
-	plain = true
+// quote is at i; ok is false when it does not end in b.
+func stringEnd(b []byte, i int) (end int, ok bool) {
 	for j := i + 1; ; {
 		k := bytes.IndexByte(b[j:], '"')
 		if k < 0 {
-			return 0, false, false
+			return 0, false
 		}
 		k += j
-		if plain && (bytes.IndexByte(b[i+1:k], '\\') >= 0 || !ascii(b[i+1:k])) {
-			plain = false
-		}
-		if !escaped(b, k) {
-			return k + 1, plain, true
+		if b[k-1] != '\\' || !escaped(b, k) {
+			return k + 1, true
 		}
 		j = k + 1
 	}
+}
+
+// plain reports whether the bytes of a JSON string are its value: no
+// backslash, ASCII only.
+func plain(s []byte) bool {
+	for _, c := range s {
+		if c == '\\' || c >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // escaped reports whether the quote at k is escaped: preceded by an odd
@@ -114,113 +122,32 @@ func escaped(b []byte, k int) bool {
 	return n%2 == 1
 }
 
-func ascii(b []byte) bool {
-	for _, c := range b {
-		if c >= 0x80 {
-			return false
-		}
-	}
-	return true
+// usernameAt reports whether the 'm' at k is that of a string
+// "username": `"username"` around it.
+func usernameAt(b []byte, k int) bool {
+	return k >= 7 && k+2 < len(b) && string(b[k-7:k+3]) == `"username"`
 }
 
-// maxSkipDepth bounds the nesting skipValue follows.
-const maxSkipDepth = 64
-
-// skipValue returns the index just after the JSON value starting at i (no
-// leading space), ok false when it is not one it can skip. It checks
-// brackets and strings, not the grammar: Decode is the judge.
-func skipValue(b []byte, i int) (int, bool) {
-	start, depth := i, 0
-	for i < len(b) {
-		c := b[i]
-		switch {
-		case c == '"':
-			end, _, ok := stringEnd(b, i)
-			if !ok {
-				return 0, false
-			}
-			i = end
-		case c == '{' || c == '[':
-			depth++
-			if depth > maxSkipDepth {
-				return 0, false
-			}
-			i++
-			continue
-		case c == '}' || c == ']':
-			if depth == 0 { // ends a scalar: the bracket is the parent's
-				return i, i > start
-			}
-			depth--
-			i++
-		case depth == 0 && (c == ',' || isSpace(c)):
-			return i, i > start
-		default:
-			i++
-			continue
-		}
-		if depth == 0 {
-			return i, true
-		}
+// nameValue reads the value of the "username" whose 'm' is at k, within
+// line: its raw JSON string (quotes included) and whether its bytes are its
+// value. has is false when the string is not followed by ':' and a string
+// (then it is not a key, or its value is not a name: the decoded name is
+// empty).
+func nameValue(line []byte, k int) (raw []byte, isPlain, has bool) {
+	i := skipSpace(line, k+3)
+	if i >= len(line) || line[i] != ':' {
+		return nil, false, false
 	}
-	return i, depth == 0 && i > start
-}
-
-// userKeyAt reports whether the '{' at i may open the value of a key
-// "user": `"user"`, space, ':', space before it.
-func userKeyAt(b []byte, i int) bool {
-	j := spaceBack(b, i-1)
-	if j < 0 || b[j] != ':' {
-		return false
+	i = skipSpace(line, i+1)
+	if i >= len(line) || line[i] != '"' {
+		return nil, false, false
 	}
-	j = spaceBack(b, j-1)
-	return j >= 5 && b[j] == '"' && b[j-1] == 'r' && b[j-2] == 'e' && b[j-3] == 's' && b[j-4] == 'u' && b[j-5] == '"'
-}
-
-// userName finds the value of the last "username" key of the object that
-// opens at i: its raw string (quotes included) and whether it is plain.
-// has is false when the object has no string username (the decoded name
-// is then empty); ok is false when the object is not one it can read.
-func userName(b []byte, i int) (raw []byte, plain, has, ok bool) {
-	i = skipSpace(b, i+1)
-	if i < len(b) && b[i] == '}' {
-		return nil, false, false, true
+	end, ok := stringEnd(line, i)
+	if !ok {
+		return nil, false, false
 	}
-	for i < len(b) {
-		if b[i] != '"' {
-			return nil, false, false, false
-		}
-		kend, kplain, ok := stringEnd(b, i)
-		if !ok || !kplain {
-			return nil, false, false, false
-		}
-		key := b[i+1 : kend-1]
-		i = skipSpace(b, kend)
-		if i >= len(b) || b[i] != ':' {
-			return nil, false, false, false
-		}
-		i = skipSpace(b, i+1)
-		vend, ok := skipValue(b, i)
-		if !ok || vend <= i {
-			return nil, false, false, false
-		}
-		if string(key) == "username" {
-			has = b[i] == '"'
-			raw, plain = b[i:vend], false
-			if has {
-				_, plain, _ = stringEnd(b, i)
-			}
-		}
-		i = skipSpace(b, vend)
-		if i < len(b) && b[i] == '}' {
-			return raw, plain, has, true
-		}
-		if i >= len(b) || b[i] != ',' {
-			return nil, false, false, false
-		}
-		i = skipSpace(b, i+1)
-	}
-	return nil, false, false, false
+	raw = line[i:end]
+	return raw, plain(raw[1 : len(raw)-1]), true
 }
 
 // unquote returns the value of a JSON string (quotes included), as
@@ -258,13 +185,13 @@ func credentialAt(b []byte, j int) (id [16]byte, kind int, val []byte) {
 	if v < len(b) && b[v] == '"' {
 		return id, jtiNone, nil // "JTI=" alone is skipped by lineage.CredentialJTI
 	}
-	if v+36 < len(b) && b[v+36] == '"' {
+	if v+36 < len(b) && b[v+36] == '"' { // a uuid holds no newline
 		if id, ok := parseUUID(b[v : v+36]); ok {
 			return id, jtiUUID, nil
 		}
 	}
-	end, plain, ok := stringEnd(b, j-1)
-	if !ok || !plain {
+	end, ok := stringEnd(b[:lineEnd(b, j)], j-1)
+	if !ok || !plain(b[v:end-1]) {
 		return id, jtiOdd, nil
 	}
 	return id, jtiOdd, b[v : end-1]
@@ -278,4 +205,93 @@ func isJTIAt(b []byte, j int) bool {
 // legacyAt reports whether "legacy-token" holds the 'y' at k.
 func legacyAt(b []byte, k int) bool {
 	return k >= 5 && k+7 <= len(b) && string(b[k-5:k+7]) == "legacy-token"
+}
+
+// Escape classes: the searches an escaped byte could hide something from.
+const (
+	escKeys   = 1 << iota // a byte of keyBytes: lookback keys
+	escJTI                // a byte of jtiBytes
+	escUser               // a byte of userBytes
+	escLegacy             // a byte of legacyBytes
+)
+
+// escClass maps a byte to its escape classes.
+var escClass = func() (c [256]uint8) {
+	for i := range 256 {
+		for _, x := range []struct {
+			set *byteSet
+			bit uint8
+		}{{&keyBytes, escKeys}, {&jtiBytes, escJTI}, {&userBytes, escUser}, {&legacyBytes, escLegacy}} {
+			if x.set[i] {
+				c[i] |= x.bit
+			}
+		}
+	}
+	return c
+}()
+
+// escMark is an escape found in a block: where, and what it could hide.
+type escMark struct {
+	pos   int
+	class uint8
+}
+
+// blockScan holds the positions, in one block, of what the searches found,
+// each list in block order. Its passes each run over the whole block with
+// a vectorised search for one byte that is rare in audit lines, so that a
+// block costs a few passes rather than a few calls per line.
+type blockScan struct {
+	escs    []escMark // \u00XX escapes of a byte some search looks for
+	jtis    []int     // "JTI=" occurrences
+	users   []int     // "username" occurrences (the 'm')
+	legacys []int     // "legacy-token" occurrences (the 'y')
+}
+
+// reset empties the lists, keeping their memory.
+func (sc *blockScan) reset() {
+	sc.escs, sc.jtis, sc.users, sc.legacys = sc.escs[:0], sc.jtis[:0], sc.users[:0], sc.legacys[:0]
+}
+
+// escapes records the escapes of block whose byte has a class.
+func (sc *blockScan) escapes(block []byte) {
+	for i := 0; ; {
+		k := bytes.IndexByte(block[i:], '\\')
+		if k < 0 {
+			return
+		}
+		k += i
+		i = k + 1
+		if k+5 < len(block) && block[k+1] == 'u' && block[k+2] == '0' && block[k+3] == '0' {
+			hi, ok1 := unhex(block[k+4])
+			lo, ok2 := unhex(block[k+5])
+			if c := escClass[hi<<4|lo]; ok1 && ok2 && c != 0 {
+				sc.escs = append(sc.escs, escMark{k, c})
+			}
+		}
+	}
+}
+
+// marks appends to dst the positions of c in block where at(block, k)
+// holds.
+func marks(dst []int, block []byte, c byte, at func([]byte, int) bool) []int {
+	for i := 0; ; {
+		k := bytes.IndexByte(block[i:], c)
+		if k < 0 {
+			return dst
+		}
+		k += i
+		i = k + 1
+		if at(block, k) {
+			dst = append(dst, k)
+		}
+	}
+}
+
+// lineEnd returns the index of the newline ending the line that holds i,
+// or len(block).
+func lineEnd(block []byte, i int) int {
+	if e := bytes.IndexByte(block[i:], '\n'); e >= 0 {
+		return i + e
+	}
+	return len(block)
 }
