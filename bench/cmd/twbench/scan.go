@@ -23,8 +23,21 @@ func genlog(_ context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("genlog", flag.ContinueOnError)
 	size := fs.String("size", "1GiB", "size of the generated log")
 	genuine := fs.String("genuine", "", "instead of generating, repeat this genuine audit log (plain or .gz) to -size")
+	lineage := fs.Bool("lineage", false, "the lineage log: 60% of requests by 5,000 workloads with bound tokens")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *lineage {
+		n, err := logfile.ParseSize(*size)
+		if err != nil {
+			return err
+		}
+		path, err := logfile.EnsureLineage(filepath.Join(cacheDir(), "logs"), 1, n)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, path)
+		return nil
 	}
 	if *genuine != "" {
 		n, err := logfile.ParseSize(*size)

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,13 +38,59 @@ func Config(seed uint64, size int64) auditgen.Config {
 // missing. Files are written under temporary names and renamed, so a crash
 // never leaves a short log behind.
 func Ensure(dir string, seed uint64, size int64) (string, error) {
+	return ensure(dir, Name(seed, size), Config(seed, size), size)
+}
+
+// LineageWorkloads is the number of in-cluster workloads of a lineage log.
+const LineageWorkloads = 5000
+
+// LineageConfig returns the generator settings of a lineage log of about
+// size bytes: Config's, with 60% of routine requests made by
+// LineageWorkloads pods authenticated with bound tokens (a JTI credential
+// id), as on a cluster busy with in-cluster clients.
+func LineageConfig(seed uint64, size int64) auditgen.Config {
+	cfg := Config(seed, size)
+	cfg.WorkloadRate = 0.6
+	cfg.Workloads = Workloads(seed, LineageWorkloads)
+	return cfg
+}
+
+// Workloads returns n workloads, the same for the same seed: service
+// accounts system:serviceaccount:ns-<i%50>:sa-<i> with random uuid JTIs.
+func Workloads(seed uint64, n int) []auditgen.Workload {
+	rnd := rand.New(rand.NewPCG(seed, 0x6a09e667f3bcc908))
+	ws := make([]auditgen.Workload, n)
+	for i := range ws {
+		a, b := rnd.Uint64(), rnd.Uint64()
+		ws[i] = auditgen.Workload{
+			User: fmt.Sprintf("system:serviceaccount:ns-%d:sa-%d", i%50, i),
+			JTI: fmt.Sprintf("%08x-%04x-4%03x-%04x-%012x", uint32(a>>32), uint16(a>>16), uint16(a)&0xfff,
+				(uint16(b>>48)&0x3fff)|0x8000, b&0xffffffffffff),
+		}
+	}
+	return ws
+}
+
+// EnsureLineage is Ensure for the lineage log of LineageConfig.
+func EnsureLineage(dir string, seed uint64, size int64) (string, error) {
+	return ensure(dir, LineageName(seed, size), LineageConfig(seed, size), size)
+}
+
+// LineageName is the cached lineage log's name for (seed, size).
+func LineageName(seed uint64, size int64) string {
+	return fmt.Sprintf("audit-lineage-s%d-%s.log", seed, human(size))
+}
+
+// ensure returns dir/name, generating it with cfg first when it or its
+// expectation file is missing.
+func ensure(dir, name string, cfg auditgen.Config, size int64) (string, error) {
 	if size <= 0 {
 		return "", fmt.Errorf("audit log size %d: must be positive", size)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("create log cache %s: %w", dir, err)
 	}
-	path := filepath.Join(dir, Name(seed, size))
+	path := filepath.Join(dir, name)
 	_, err := os.Stat(path)
 	_, errx := os.Stat(ExpectPath(path))
 	if err == nil && errx == nil {
@@ -54,12 +101,17 @@ func Ensure(dir string, seed uint64, size int64) (string, error) {
 			return "", fmt.Errorf("stat cached log: %w", err)
 		}
 	}
+	return generate(dir, path, cfg)
+}
+
+// generate writes the log of cfg to path and its expectations beside it.
+func generate(dir, path string, cfg auditgen.Config) (string, error) {
 	tmp, err := os.CreateTemp(dir, ".gen-*.log")
 	if err != nil {
 		return "", fmt.Errorf("create audit log in %s: %w", dir, err)
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
-	want, _, err := auditgen.Generate(tmp, Config(seed, size))
+	want, _, err := auditgen.Generate(tmp, cfg)
 	if err != nil {
 		tmp.Close()
 		return "", fmt.Errorf("generate %s: %w", path, err)

@@ -87,3 +87,28 @@ func TestEnsureRepeat(t *testing.T) {
 		t.Error("EnsureRepeat of a torn line succeeded")
 	}
 }
+
+func TestEnsureLineage(t *testing.T) {
+	dir := t.TempDir()
+	const size = 256 << 10
+	path, err := EnsureLineage(dir, 7, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain, _ := Ensure(dir, 7, size); plain == path {
+		t.Fatalf("lineage and plain logs share the cached name %s", path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Count(b, []byte{'\n'})
+	jti := bytes.Count(b, []byte(`"authentication.kubernetes.io/credential-id":["JTI=`))
+	if frac := float64(jti) / float64(lines); frac < 0.5 || frac > 0.7 {
+		t.Errorf("%d of %d lines carry a JTI credential id (%.2f), want about 0.6", jti, lines, frac)
+	}
+	ws := Workloads(7, 3)
+	if len(ws) != 3 || ws[0] == ws[1] || Workloads(7, 3)[2] != ws[2] {
+		t.Errorf("Workloads(7, 3) = %v: want 3 distinct, the same every call", ws)
+	}
+}

@@ -1,0 +1,220 @@
+package scan_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenwatch/tokenwatch/bench/internal/logfile"
+	"github.com/tokenwatch/tokenwatch/internal/audit"
+	"github.com/tokenwatch/tokenwatch/internal/follow"
+	"github.com/tokenwatch/tokenwatch/internal/linematch"
+	"github.com/tokenwatch/tokenwatch/internal/prefilter"
+)
+
+// lookbackEntries is the lookback of the lineage contenders: 2 minutes of
+// 2,000 lines/s, the contract's figures.
+const lookbackEntries = 240_000
+
+// lineageReader is the agent's read path with lineage: every block through
+// the pre-filter and decode of token creates, and through the lineage
+// matcher (linematch) under a watch set; with keys, every line's keys also
+// go into a lookback.
+type lineageReader struct {
+	f       prefilter.Filter
+	ms      []prefilter.Match
+	m       linematch.Matcher
+	hits    []linematch.Hit
+	keys    []linematch.LineKeys
+	set     *linematch.Set
+	lb      *linematch.Lookback // nil: Block only, no keys
+	read    time.Time
+	creates int
+	uses    int
+}
+
+func (r *lineageReader) Block(_ context.Context, b follow.Block) error {
+	r.ms, _ = r.f.Block(r.ms[:0], b.Data)
+	r.creates += len(r.ms)
+	if r.lb == nil {
+		r.hits, _ = r.m.Block(r.hits[:0], b.Data, r.set)
+	} else {
+		r.hits, r.keys, _ = r.m.BlockKeys(r.hits[:0], r.keys[:0], b.Data, r.set)
+		for _, k := range r.keys {
+			loc := linematch.Location{Offset: uint64(b.Pos.Offset) + uint64(k.Start), Length: uint32(k.End - k.Start)}
+			r.lb.Add(k.Keys, loc, r.read)
+		}
+	}
+	r.uses += len(r.hits)
+	return nil
+}
+
+func (r *lineageReader) Loss(context.Context, follow.Loss) error { return nil }
+
+// scanLineage reads path to its end as `agent --once` does, with the
+// lineage matcher under set (keys into a lookback when keys is set), and
+// returns the token creates and lineage hits found.
+func scanLineage(tb testing.TB, path string, set *linematch.Set, keys bool) (creates, uses int) {
+	tb.Helper()
+	fol, err := follow.New(follow.Config{Path: path, StartAt: follow.StartBeginning, Once: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := lineageReader{set: set, read: time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)}
+	if keys {
+		r.lb = linematch.NewLookback(lookbackEntries)
+	}
+	if err := fol.Run(context.Background(), &r); err != nil {
+		tb.Fatal(err)
+	}
+	return r.creates, r.uses
+}
+
+// exactLineage counts the lines of data that Classify matches under set,
+// decoding every line.
+func exactLineage(tb testing.TB, data []byte, set *linematch.Set) int {
+	tb.Helper()
+	n := 0
+	for line := range bytes.Lines(data) {
+		ev, err := audit.Decode(line)
+		if err != nil {
+			tb.Fatalf("decode: %v", err)
+		}
+		if linematch.Classify(ev, set) != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// watchedSet is the watch set of variant (b): 10,000 watched tokens and
+// 1,000 followed minters (500 by user name, 500 by credential). 20 of the
+// tokens, 10 of the names and 10 of the credentials belong to the lineage
+// log's workloads (logfile.Workloads); the others are not in any log.
+func watchedSet(tb testing.TB) *linematch.Set {
+	tb.Helper()
+	ws := logfile.Workloads(1, logfile.LineageWorkloads)
+	other := func(i int) string { return fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i) }
+	var watches []linematch.Watch
+	for i := range 10_000 {
+		key := other(i)
+		if i < 20 {
+			key = ws[i].JTI
+		}
+		watches = append(watches, linematch.Watch{Kind: linematch.Token, Key: key})
+	}
+	for i := range 500 {
+		name, cred := fmt.Sprintf("user-%d@example.com", i), other(100_000+i)
+		if i < 10 {
+			name, cred = ws[20+i].User, ws[30+i].JTI
+		}
+		watches = append(watches, linematch.Watch{Kind: linematch.ActorUser, Key: name},
+			linematch.Watch{Kind: linematch.ActorCredential, Key: cred})
+	}
+	s := &linematch.Set{}
+	for _, w := range watches {
+		if err := s.Add(w); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return s
+}
+
+// BenchmarkLineageScan measures the agent's read path with the lineage
+// matcher over a warm file, next to `LC_ALL=C grep -cF
+// '"subresource":"token"'` and the agent's path without lineage on the same
+// file:
+//
+//   - agent: follow + prefilter + decode (as BenchmarkScan);
+//   - legacy: the same + linematch Block with no watch (the
+//     legacy-token search alone);
+//   - idle: the same + BlockKeys with no watch, every line's keys into a
+//     lookback of 240,000 entries (variant (a): lineage on, nothing
+//     watched yet);
+//   - watched: the same with 10,000 watched tokens and 1,000 followed
+//     minters (variant (b), on the lineage log).
+//
+// Each contender's hits are checked against a full decode and Classify of
+// every line (skipped with TOKENWATCH_BENCH_SKIP_EXACT=1). Run through
+//
+//	bench/run.sh lineage
+func BenchmarkLineageScan(b *testing.B) {
+	path := benchFile(b)
+	fi, err := os.Stat(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	size := fi.Size()
+	idle, watched := &linematch.Set{}, watchedSet(b)
+	if os.Getenv("TOKENWATCH_BENCH_SKIP_EXACT") != "1" {
+		checkLineage(b, path, idle, watched)
+	}
+	b.Run("baseline-grep", func(b *testing.B) {
+		grep, err := exec.LookPath("grep")
+		if err != nil {
+			b.Skip("no grep")
+		}
+		b.SetBytes(size)
+		var n int
+		for b.Loop() {
+			cmd := exec.Command(grep, "-cF", needle, path)
+			cmd.Env = append(os.Environ(), "LC_ALL=C")
+			out, err := cmd.Output()
+			if err != nil {
+				b.Fatalf("grep: %v", err)
+			}
+			n, _ = strconv.Atoi(strings.TrimSpace(string(out)))
+		}
+		b.ReportMetric(float64(n), "lines-with-needle/op")
+	})
+	b.Run("agent", func(b *testing.B) {
+		b.SetBytes(size)
+		var n int
+		for b.Loop() {
+			n = scan(b, path)
+		}
+		b.ReportMetric(float64(n), "token-creates/op")
+	})
+	for _, c := range []struct {
+		name string
+		set  *linematch.Set
+		keys bool
+	}{{"legacy", idle, false}, {"idle", idle, true}, {"watched", watched, true}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(size)
+			var n int
+			for b.Loop() {
+				_, n = scanLineage(b, path, c.set, c.keys)
+			}
+			b.ReportMetric(float64(n), "lineage-hits/op")
+		})
+	}
+}
+
+// checkLineage fails unless the lineage path finds exactly what a full
+// decode finds, token creates and lineage hits, under both sets.
+func checkLineage(b *testing.B, path string, idle, watched *linematch.Set) {
+	b.Helper()
+	data, err := os.ReadFile(path) // also warms the page cache
+	if err != nil {
+		b.Fatal(err)
+	}
+	wantCreates := exact(b, data)
+	for _, c := range []struct {
+		set  *linematch.Set
+		keys bool
+	}{{idle, false}, {idle, true}, {watched, true}} {
+		want := exactLineage(b, data, c.set)
+		creates, uses := scanLineage(b, path, c.set, c.keys)
+		if creates != wantCreates || uses != want {
+			b.Fatalf("the lineage path found %d token creates and %d lineage hits, a full decode %d and %d",
+				creates, uses, wantCreates, want)
+		}
+	}
+}
