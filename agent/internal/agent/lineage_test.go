@@ -190,7 +190,7 @@ func TestOnceLineage(t *testing.T) {
 		counts[c.Kind.String()+" "+c.Key] += c.Uses
 	}
 	wantCounts := map[string]uint64{
-		"LINEAGE_KIND_TOKEN " + jtiMint:        2, // u1 (the IP of "before"), u3 (the IP and action of u2)
+		"LINEAGE_KIND_TOKEN " + jtiMint:         2, // u1 (the IP of "before"), u3 (the IP and action of u2)
 		"LINEAGE_KIND_LEGACY_TOKEN " + legacySA: 1,
 	}
 	if diff := cmp.Diff(wantCounts, counts); diff != "" {

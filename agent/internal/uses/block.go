@@ -94,8 +94,8 @@ func (t *Tracker) index(b follow.Block, no uint32, now time.Time) {
 		f.fp, f.fpLen = bytes.Clone(b.Pos.ID.FP), b.Pos.ID.FPLen
 	}
 	for _, k := range t.keys {
-		if k.Keys == (linematch.Keys{}) {
-			continue // no credential JTI, no user: no watch can match it
+		if !k.Keys.HasJTI && !k.Keys.Unsure && (k.Keys.User == 0 || !maySensitive(b.Data[k.Start:k.End])) {
+			continue // no watch can match it: no credential JTI, and no sensitive action of its user
 		}
 		loc := linematch.Location{File: no, Offset: uint64(b.Pos.Offset) + uint64(k.Start), Length: uint32(k.End - k.Start)}
 		seq, ok := t.lb.Add(k.Keys, loc, now)
@@ -143,4 +143,25 @@ func toUse(e *audit.Event, kinds linematch.Kind, lookback bool) *tokenwatchv1.Li
 		}
 	}
 	return u
+}
+
+// sensitiveBytes are byte strings one of which every sensitive action's
+// line holds (lineage.Action: the resources it names, impersonatedUser), or
+// an escape that could hide them.
+var sensitiveBytes = [][]byte{
+	[]byte("secrets"), []byte("pods"), []byte("nodes"), []byte("serviceaccounts"), []byte("role"),
+	[]byte("certificatesigningrequests"), []byte("impersonatedUser"), []byte(`\u`),
+}
+
+// maySensitive reports whether line may be a sensitive action, the only
+// requests a followed minter's user name (ActorUser) matches: a line
+// without a credential JTI that is not one need not be indexed. It never
+// says no to a sensitive action.
+func maySensitive(line []byte) bool {
+	for _, s := range sensitiveBytes {
+		if bytes.Contains(line, s) {
+			return true
+		}
+	}
+	return false
 }

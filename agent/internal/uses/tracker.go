@@ -13,9 +13,11 @@ import (
 
 // Defaults of Config.
 const (
-	// DefaultCapacity holds 2 minutes of a log read at 2,000 lines/s with
-	// room to spare: 16 MiB of index at linematch.EntryBytes a line.
-	DefaultCapacity        = 1 << 18
+	// DefaultCapacity holds 2 minutes of 1,600 indexed lines/s (lines
+	// with a credential JTI, or that may be a sensitive action): 12 MiB
+	// at linematch.EntryBytes a line. Beyond, the oldest unpinned lines
+	// go early (tokenwatch_agent_lineage_lookback_dropped_total).
+	DefaultCapacity        = 3 << 16
 	DefaultMaxKeysPerToken = 32
 	DefaultFlushInterval   = time.Second
 	DefaultLookback        = 2 * time.Minute

@@ -328,3 +328,53 @@ func TestLineageOff(t *testing.T) {
 		t.Errorf("Stats = %+v, want off, no watch, no entry, nothing pinned", st)
 	}
 }
+
+// TestActorLookback: a followed minter's sensitive action read before the
+// watch is found by the lookback; its other requests are not indexed.
+func TestActorLookback(t *testing.T) {
+	tr, q, _ := newTracker(t, 100)
+	run(t, tr)
+	const minter = "alice"
+	b := newLog(t).block(lines(
+		req{id: "plain", user: minter, ip: "10.0.0.1", verb: "get", resource: "configmaps", ns: "team-a"},
+		req{id: "exec", user: minter, ip: "10.0.0.1", verb: "create", resource: "pods", sub: "exec", ns: "team-a"},
+		req{id: "read", user: minter, ip: "10.0.0.1", verb: "list", resource: "secrets", ns: "team-a"},
+	))
+	if _, _, err := tr.Block(context.Background(), b, false); err != nil {
+		t.Fatal(err)
+	}
+	if st := tr.Stats(); st.LookbackEntries != 2 {
+		t.Errorf("LookbackEntries = %d, want 2 (the sensitive actions only)", st.LookbackEntries)
+	}
+	w := tokenWatch(minter)
+	w.Kind = tokenwatchv1.LineageKind_LINEAGE_KIND_ACTOR_USER
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{w}})
+	items := q.wait(t, "the actor's actions", func(items []sender.Items) bool { return len(items) > 0 })
+	if got := useIDs(items[0]); !cmp.Equal(got, []string{"exec", "read"}) {
+		t.Errorf("lookback uses = %v, want exec read", got)
+	}
+}
+
+// TestMaySensitive: every sensitive action's line passes the byte test.
+func TestMaySensitive(t *testing.T) {
+	tests := []struct {
+		name string
+		r    req
+		want bool
+	}{
+		{"secrets read", req{verb: "get", resource: "secrets"}, true},
+		{"pod exec", req{verb: "create", resource: "pods", sub: "exec"}, true},
+		{"node proxy", req{verb: "get", resource: "nodes", sub: "proxy"}, true},
+		{"rbac write", req{verb: "create", resource: "clusterrolebindings"}, true},
+		{"token mint", req{verb: "create", resource: "serviceaccounts", sub: "token"}, true},
+		{"csr", req{verb: "create", resource: "certificatesigningrequests"}, true},
+		{"configmaps", req{verb: "get", resource: "configmaps"}, false},
+		{"escaped", req{verb: "get", resource: `s\u0065crets`}, true},
+	}
+	for _, tt := range tests {
+		l := tt.r.line()
+		if got := maySensitive([]byte(l)); got != tt.want {
+			t.Errorf("%s: maySensitive = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
