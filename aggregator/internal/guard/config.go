@@ -17,7 +17,9 @@ type Config struct {
 	// agent's batches are at most 1 MiB unless one event is larger).
 	MaxRecvMsgBytes int `yaml:"max_message_bytes"`
 	// MaxEventsPerBatch and MaxLossesPerBatch bound one Batch (defaults
-	// 4096 and 1024; the agent sends at most 512 events per batch).
+	// 4096 and 1024; the agent sends at most 512 events per batch). A
+	// batch's lineage uses and use counts count as events here and in the
+	// event rate (BatchEvents).
 	MaxEventsPerBatch int `yaml:"max_events_per_batch"`
 	MaxLossesPerBatch int `yaml:"max_losses_per_batch"`
 

@@ -1,6 +1,6 @@
 // Package guard protects the aggregator's gRPC server from a hostile or
-// broken peer: it bounds received message size, events and loss reports per
-// batch, concurrent streams (server-wide, per cluster and per client
+// broken peer: it bounds received message size, events (lineage uses and
+// counts included) and loss reports per batch, concurrent streams (server-wide, per cluster and per client
 // certificate from the stream's first moment; health watches in a pool of
 // their own), the time to a stream's Hello, and each cluster's rate of
 // events and messages, and it enforces keepalive policy. Every

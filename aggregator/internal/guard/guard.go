@@ -398,7 +398,7 @@ func (s *stream) check(req *tokenwatchv1.StreamRequest) error {
 		return s.admit(0)
 	case *tokenwatchv1.StreamRequest_Batch:
 		b := msg.Batch
-		if n := len(b.GetEvents()); n > s.g.cfg.MaxEventsPerBatch {
+		if n := BatchEvents(b); n > s.g.cfg.MaxEventsPerBatch {
 			return s.fail(ReasonBatchTooLarge, codes.ResourceExhausted,
 				"batch %d has %d events, more than the limit of %d", b.GetSeq(), n, s.g.cfg.MaxEventsPerBatch)
 		}
@@ -406,10 +406,19 @@ func (s *stream) check(req *tokenwatchv1.StreamRequest) error {
 			return s.fail(ReasonBatchTooLarge, codes.ResourceExhausted,
 				"batch %d has %d loss reports, more than the limit of %d", b.GetSeq(), n, s.g.cfg.MaxLossesPerBatch)
 		}
-		return s.admit(len(b.GetEvents()))
+		return s.admit(BatchEvents(b))
 	default:
 		return s.admit(0)
 	}
+}
+
+// BatchEvents is what a batch counts as events against MaxEventsPerBatch
+// and the event rate: its token-create events, lineage uses and use counts
+// together. Each use and count is processed like an event (a use is one,
+// decoded), and the agent's Hello.max_batch_events bounds the three
+// together, so a lineage agent's batch fits the same limit.
+func BatchEvents(b *tokenwatchv1.Batch) int {
+	return len(b.GetEvents()) + len(b.GetUses()) + len(b.GetCounts())
 }
 
 // recvError counts oversized and undecodable messages. gRPC itself has

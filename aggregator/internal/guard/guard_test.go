@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -268,6 +269,59 @@ func TestBatchLimits(t *testing.T) {
 	if got := f.violations(guard.ReasonBatchTooLarge); got != 2 {
 		t.Errorf("batch_too_large violations = %v, want 2", got)
 	}
+}
+
+// TestBatchLimitsCountLineage: a batch's lineage uses and use counts count
+// as events, against the per-batch limit and the event rate alike.
+func TestBatchLimitsCountLineage(t *testing.T) {
+	tests := []struct {
+		name                string
+		events, uses, count int
+		wantErr             bool
+	}{
+		{"at the limit", 4, 3, 3, false},
+		{"uses over the limit", 4, 4, 3, true},
+		{"counts over the limit", 0, 0, 11, true},
+	}
+	f := start(t, guard.Config{MaxEventsPerBatch: 10, EventBurst: 1000})
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := mustOpen(t, f.conn, "a", fmt.Sprintf("n%d", i))
+			b := &tokenwatchv1.Batch{Seq: 1}
+			for range tt.events {
+				b.Events = append(b.Events, &tokenwatchv1.TokenEvent{AuditId: "id"})
+			}
+			for range tt.uses {
+				b.Uses = append(b.Uses, &tokenwatchv1.LineageEvent{Event: &tokenwatchv1.TokenEvent{AuditId: "id"}})
+			}
+			for range tt.count {
+				b.Counts = append(b.Counts, &tokenwatchv1.UseCount{Key: "j"})
+			}
+			_ = a.stream.Send(&tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: b}})
+			_, err := a.stream.Recv()
+			if !tt.wantErr {
+				if err != nil {
+					t.Fatalf("batch of %d events, %d uses, %d counts: %v", tt.events, tt.uses, tt.count, err)
+				}
+				return
+			}
+			wantCode(t, tt.name, err, codes.ResourceExhausted, "more than the limit of 10")
+		})
+	}
+
+	// The event rate charges them too: a burst of 10 takes one full batch.
+	r := start(t, guard.Config{EventsPerSecond: 1e-6, EventBurst: 10, MaxEventsPerBatch: 10, MaxThrottle: time.Nanosecond})
+	a := mustOpen(t, r.conn, "a", "n1")
+	b := &tokenwatchv1.Batch{Seq: 1, Uses: make([]*tokenwatchv1.LineageEvent, 10)}
+	for i := range b.Uses {
+		b.Uses[i] = &tokenwatchv1.LineageEvent{}
+	}
+	_ = a.stream.Send(&tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: b}})
+	if _, err := a.stream.Recv(); err != nil {
+		t.Fatalf("burst of uses: %v", err)
+	}
+	a.seq = 1
+	wantCode(t, "one event over the rate", a.send(1, 0), codes.ResourceExhausted, "events/s")
 }
 
 // rawCodec sends pre-encoded bytes under the proto content type.
