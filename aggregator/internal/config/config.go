@@ -14,6 +14,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/guard"
 	"github.com/tokenwatch/tokenwatch/internal/budget"
 	"github.com/tokenwatch/tokenwatch/internal/correlate"
+	"github.com/tokenwatch/tokenwatch/internal/lineage"
 	"github.com/tokenwatch/tokenwatch/internal/rule"
 	"github.com/tokenwatch/tokenwatch/internal/silence"
 )
@@ -29,6 +30,9 @@ type Config struct {
 	Budget      budget.Config    `yaml:"budget"`
 	Silence     silence.Config   `yaml:"silence"`
 	Limits      Limits           `yaml:"limits"`
+	// Lineage is read at start, as Limits are: a reload that changes it is
+	// logged and takes effect at the next restart.
+	Lineage lineage.Config `yaml:"lineage"`
 }
 
 // Alerting tunes how token requests become alerts.
@@ -93,6 +97,7 @@ func Default() Config {
 		Budget:      budget.DefaultConfig(),
 		Silence:     silence.DefaultConfig(),
 		Limits:      DefaultLimits(),
+		Lineage:     lineage.DefaultConfig(),
 	}
 }
 
@@ -135,7 +140,7 @@ func (c Config) Validate() error {
 	var errs []string
 	for _, err := range []error{
 		c.Exclusions.Validate(), c.Alerting.Validate(), c.Correlation.Validate(),
-		c.Budget.Validate(), c.Silence.Validate(), c.Limits.Validate(),
+		c.Budget.Validate(), c.Silence.Validate(), c.Limits.Validate(), c.Lineage.Validate(),
 	} {
 		errs = appendErrors(errs, err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/guard"
 	"github.com/tokenwatch/tokenwatch/internal/budget"
 	"github.com/tokenwatch/tokenwatch/internal/correlate"
+	"github.com/tokenwatch/tokenwatch/internal/lineage"
 	"github.com/tokenwatch/tokenwatch/internal/rule"
 	"github.com/tokenwatch/tokenwatch/internal/silence"
 )
@@ -32,6 +33,10 @@ func TestParseGood(t *testing.T) {
 		Budget:      budget.Config{MaxAlerts: 100, Window: time.Minute},
 		Silence:     silence.Config{After: 2 * time.Minute, ForgetAfter: time.Hour},
 		Limits:      DefaultLimits(),
+		Lineage: lineage.Config{
+			Enabled: false, DefaultTokenTTL: 30 * time.Minute, MaxTokenTTL: 12 * time.Hour,
+			Lookback: time.Minute, ActorWindow: 5 * time.Minute, SummaryInterval: time.Minute, MaxWatched: 500,
+		},
 	}
 	limits := Default()
 	// The guard's fields that are not in the file keep their defaults.
@@ -101,6 +106,7 @@ func TestParseBad(t *testing.T) {
 		{"limits-nodes.bad.yaml", "limits.max_nodes_per_cluster: must be > 0"},
 		{"silence-forget.bad.yaml", "silence.forget_after: must be > 0"},
 		{"type.bad.yaml", "cannot unmarshal"},
+		{"lineage.bad.yaml", "lineage.max_token_ttl: must be > 0; lineage.max_watched: must be >= 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -150,11 +156,12 @@ func TestValidateReportsEveryField(t *testing.T) {
 	c.Correlation.Window = 0
 	c.Silence.After = 0
 	c.Budget.Window = -time.Second
+	c.Lineage.SummaryInterval = 0
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("Validate() = nil, want an error")
 	}
-	for _, field := range []string{"correlation.window", "silence.after", "budget.window"} {
+	for _, field := range []string{"correlation.window", "silence.after", "budget.window", "lineage.summary_interval"} {
 		if !strings.Contains(err.Error(), field+":") {
 			t.Errorf("Validate() = %q, want it to name %s", err, field)
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/internal/budget"
 	"github.com/tokenwatch/tokenwatch/internal/correlate"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
+	"github.com/tokenwatch/tokenwatch/internal/lineage"
 	"github.com/tokenwatch/tokenwatch/internal/rule"
 	"github.com/tokenwatch/tokenwatch/internal/silence"
 	"github.com/tokenwatch/tokenwatch/internal/wire"
@@ -87,6 +88,10 @@ type Batch struct {
 	// Excluded and NotMatched count events of the batch that Screen
 	// dropped before it was built; Process adds them to its Result.
 	Excluded, NotMatched int
+	// Uses are the requests the agent sent for lineage; Counts count those
+	// it matched and did not send one by one.
+	Uses   []Use
+	Counts []lineage.Count
 }
 
 // Result tells what one batch did.
@@ -94,6 +99,10 @@ type Result struct {
 	Excluded, NotMatched, Held, Alerted, DroppedLate, Ignored, Suppressed int
 	// Records is the number of records newly added to the outbox.
 	Records int
+	// WatchAdd and WatchRemove are the watch changes this batch made: the
+	// caller pushes them to every lineage agent before it acknowledges the
+	// batch.
+	WatchAdd, WatchRemove []lineage.Watch
 }
 
 // Pipeline is safe for concurrent use by many streams.
@@ -136,6 +145,14 @@ type Pipeline struct {
 	retention time.Duration
 	// lastExpire is when the correlator last dropped old events.
 	lastExpire time.Time
+
+	// Lineage: its state (mutated and drained under mu, and its changes
+	// submitted under mu so that they commit in mutation order), the
+	// configuration read at start, and the agents reported as lacking it.
+	lin         *lineage.State
+	linCfg      lineage.Config
+	unsupported map[unsupportedKey]bool
+	runID       string
 }
 
 // agentLock serialises one source's batches; refs counts the batches
@@ -177,6 +194,10 @@ func New(opts Options) (*Pipeline, error) {
 		every:  opts.TickInterval,
 		prune:  opts.PruneInterval,
 		agents: map[detect.Source]*agentLock{},
+
+		linCfg:      opts.Config.Lineage,
+		unsupported: map[unsupportedKey]bool{},
+		runID:       newRunID(),
 	}
 	if p.now == nil {
 		p.now = time.Now
@@ -191,6 +212,9 @@ func New(opts Options) (*Pipeline, error) {
 		p.prune = DefaultPruneInterval
 	}
 	p.m = newMetrics(opts.Registerer, p.correlationStats)
+	if err := p.openLineage(opts.Registerer); err != nil {
+		return nil, fmt.Errorf("new pipeline: %w", err)
+	}
 	if err := p.Apply(opts.Config); err != nil {
 		return nil, fmt.Errorf("new pipeline: %w", err)
 	}
