@@ -10,10 +10,13 @@
 //     late even after a restart) with the time it was recorded, pruned after
 //     the retention;
 //   - pending requests: non-final stages held for the stage grace, with their
-//     deadline and serialized event, so that a restart resumes them.
+//     deadline and serialized event, so that a restart resumes them;
+//   - token lineage's state (lineage.Entry: watched tokens, followed minters,
+//     summary accumulators, what was reported), written with the batch that
+//     changed it and read back whole at start (LineageEntries).
 //
 // The ack rule of the aggregator rests on Commit: everything a batch changes
-// (records, dedupe marks, pending entries) is written in one transaction, and
+// (records, dedupe marks, pending entries, lineage entries) is written in one transaction, and
 // Commit returns only after that transaction is durable (fsync), so a batch can
 // be acknowledged to its agent as soon as Commit returns nil. Concurrent
 // Commits from several streams are grouped into one transaction (group commit)
@@ -29,5 +32,7 @@
 // 3 stopped rewriting a record's ID entry when it is exported (the outbox
 // tells); version 4 keys requests by digest. Open upgrades a version 1, 2
 // or 3 file in place and refuses any other version with an error naming
-// it, so an older aggregator does not misread a newer file.
+// it, so an older aggregator does not misread a newer file. The lineage
+// bucket came without a new version: Open creates it where it is missing,
+// and an older aggregator leaves it alone.
 package state

@@ -20,6 +20,7 @@ import (
 
 	"github.com/tokenwatch/tokenwatch/internal/alert"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
+	"github.com/tokenwatch/tokenwatch/internal/lineage"
 )
 
 // FileName is the name of the store's file inside the state directory.
@@ -55,7 +56,7 @@ var (
 	bucketPendingDue = []byte("pending_due") // deadline (8 bytes BE) + requestKey -> nil
 
 	allBuckets = [][]byte{bucketMeta, bucketOutbox, bucketIDs, bucketExportedAt,
-		bucketDedupe, bucketDedupeAt, bucketPending, bucketPendingDue}
+		bucketDedupe, bucketDedupeAt, bucketPending, bucketPendingDue, bucketLineage}
 
 	keySchema = []byte("schema")
 )
@@ -248,11 +249,17 @@ type Change struct {
 	// DoneAlone marks keys DoneAlone (their lone RequestReceived was
 	// alerted after the stage grace) and removes their pending entries.
 	DoneAlone []string
+	// LineagePut stores token lineage entries (replacing those with the
+	// same key) and LineageDelete deletes entries by key, as
+	// lineage.State.Changes returns them; LineageEntries reads them back.
+	LineagePut    []lineage.Entry
+	LineageDelete []string
 }
 
 // Empty reports whether c changes nothing.
 func (c *Change) Empty() bool {
-	return len(c.Records) == 0 && len(c.Pending) == 0 && len(c.Done) == 0 && len(c.DoneAlone) == 0
+	return len(c.Records) == 0 && len(c.Pending) == 0 && len(c.Done) == 0 && len(c.DoneAlone) == 0 &&
+		len(c.LineagePut) == 0 && len(c.LineageDelete) == 0
 }
 
 // Commit writes c in one transaction and returns once it is durable. It
@@ -277,6 +284,10 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 	if err != nil {
 		return func() (int, error) { return 0, err }
 	}
+	lin, err := encodeLineage(c.LineagePut)
+	if err != nil {
+		return func() (int, error) { return 0, err }
+	}
 
 	var added int
 	var outboxed []uint64 // outbox seq of c.Records[i], 0 when not added
@@ -290,6 +301,9 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 			return err
 		}
 		if err := putPending(tx, pend, c.Pending, now); err != nil {
+			return err
+		}
+		if err := putLineage(tx, lin, c.LineageDelete); err != nil {
 			return err
 		}
 		return markDone(tx, c, now)
