@@ -2,6 +2,7 @@ package uses
 
 import (
 	"cmp"
+	"hash/maphash"
 	"slices"
 	"strconv"
 	"time"
@@ -108,13 +109,14 @@ func (c *count) proto(k countKey) *tokenwatchv1.UseCount {
 // legacy-token request is always counted. Not safe for concurrent use.
 type reporter struct {
 	maxKeys int
-	seen    map[string]map[string]struct{} // per token JTI: the reason keys sent
+	seen    map[string][]uint64 // per token JTI: the hashes of the reason keys sent
+	seed    maphash.Seed
 	counts  map[countKey]*count
 	counted uint64 // requests counted, ever
 }
 
 func newReporter(maxKeys int) *reporter {
-	return &reporter{maxKeys: maxKeys, seen: map[string]map[string]struct{}{}, counts: map[countKey]*count{}}
+	return &reporter{maxKeys: maxKeys, seen: map[string][]uint64{}, seed: maphash.MakeSeed(), counts: map[countKey]*count{}}
 }
 
 // reasonKeys are the reason keys of a use of a token: its source IP and,
@@ -157,19 +159,21 @@ func (r *reporter) decide(e *audit.Event, kinds linematch.Kind) bool {
 
 // firstUse records e's reason keys for the token jti and reports whether
 // one of them is new and could be remembered (at most maxKeys per token).
+// A token's keys are kept as 64-bit hashes (a collision would count a
+// use that brings a new key: negligible at 2^-64 per pair).
 func (r *reporter) firstUse(jti string, e *audit.Event) bool {
 	seen := r.seen[jti]
-	if seen == nil {
-		seen = map[string]struct{}{}
-		r.seen[jti] = seen
-	}
 	fresh := false
 	for _, k := range reasonKeys(e) {
-		if _, ok := seen[k]; ok || len(seen) >= r.maxKeys {
+		h := maphash.String(r.seed, k)
+		if slices.Contains(seen, h) || len(seen) >= r.maxKeys {
 			continue
 		}
-		seen[k] = struct{}{}
+		seen = append(seen, h)
 		fresh = true
+	}
+	if fresh {
+		r.seen[jti] = slices.Clip(seen)
 	}
 	return fresh
 }
