@@ -35,9 +35,9 @@ func benchLog(tb testing.TB, size int, lineage bool) []byte {
 	return buf.Bytes()
 }
 
-// benchSet watches 10,000 tokens (50 of them the workloads') and follows
-// 1,000 minters (250 workload names, 50 present; 500 credentials, 50
-// present; 250 other names).
+// benchSet watches 10,000 tokens (20 of them the workloads') and follows
+// 1,000 minters (500 names, 10 of them workloads'; 500 credentials, 10 of
+// them workloads'), as bench/scan's variant (b).
 func benchSet(tb testing.TB) *Set {
 	s := &Set{}
 	add := func(w Watch) {
@@ -47,21 +47,19 @@ func benchSet(tb testing.TB) *Set {
 	}
 	for i := range 10000 {
 		k := benchUUID(100000 + i)
-		if i < 50 {
+		if i < 20 {
 			k = benchUUID(i * 100)
 		}
 		add(Watch{Kind: Token, Key: k})
 	}
-	for i := range 250 {
-		add(Watch{Kind: ActorUser, Key: fmt.Sprintf("system:serviceaccount:ns-%d:sa-%d", (i*20+7)%50, i*20+7)})
-		add(Watch{Kind: ActorUser, Key: fmt.Sprintf("user-%d@example.com", i)})
-	}
 	for i := range 500 {
-		k := benchUUID(200000 + i)
-		if i < 50 {
-			k = benchUUID(i*100 + 13)
+		name, cred := fmt.Sprintf("user-%d@example.com", i), benchUUID(200000+i)
+		if i < 10 {
+			name = fmt.Sprintf("system:serviceaccount:ns-%d:sa-%d", (i*20+7)%50, i*20+7)
+			cred = benchUUID(i*100 + 13)
 		}
-		add(Watch{Kind: ActorCredential, Key: k})
+		add(Watch{Kind: ActorUser, Key: name})
+		add(Watch{Kind: ActorCredential, Key: cred})
 	}
 	return s
 }
@@ -117,4 +115,19 @@ func split(data []byte, size int) [][]byte {
 		data = data[n:]
 	}
 	return out
+}
+
+// BenchmarkLookbackAdd measures Add on a full lookback of 240,000 entries
+// (2 minutes of 2,000 lines/s), the steady state of a reader.
+func BenchmarkLookbackAdd(b *testing.B) {
+	l := NewLookback(240_000)
+	k := Keys{HasJTI: true, User: 1}
+	for i := range 240_000 {
+		l.Add(k, Location{Offset: uint64(i)}, t0)
+	}
+	i := 0
+	for b.Loop() {
+		l.Add(k, Location{Offset: uint64(i)}, t0)
+		i++
+	}
 }

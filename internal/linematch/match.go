@@ -35,8 +35,18 @@ type Matcher struct {
 	spans []span
 }
 
-// span is one line of a block: block[start:end], without its newline.
-type span struct{ start, end int }
+// span is a candidate line of a block, block[start:end] without its
+// newline, and the kinds it may match for (Legacy also stands for any
+// reason that needs a decode: an escape, unsure keys).
+type span struct {
+	start, end int
+	why        Kind
+}
+
+// mustDecode are the reasons a candidate is decoded without more ado: the
+// actor kinds also need a sensitive action, which maySensitive rules out
+// cheaply first.
+const mustDecode = Token | Legacy
 
 // Block appends to dst the lines of block that Classify matches under s, in
 // block order, each decoded once. block holds whole lines separated by '\n'
@@ -52,7 +62,7 @@ func (m *Matcher) Block(dst []Hit, block []byte, s *Set) ([]Hit, Counts) {
 	m.spans = m.candidates(m.spans[:0], block, s)
 	c := Counts{Candidates: len(m.spans)}
 	for _, sp := range m.spans {
-		dst = m.decode(dst, &c, block[sp.start:sp.end], sp.start, s)
+		dst = m.decode(dst, &c, block[sp.start:sp.end], sp.start, sp.why, s)
 	}
 	return dst, c
 }
@@ -73,9 +83,13 @@ func (m *Matcher) BlockKeys(dst []Hit, keys []LineKeys, block []byte, s *Set) ([
 		if end > off {
 			k, esc, legacy := sc.line(block, off, end, &cur)
 			keys = append(keys, LineKeys{Start: off, End: end, Keys: k})
-			if legacy || esc&gate != 0 || (k.Unsure && watching) || s.mayMatchKeys(&k) {
+			why := s.mayMatchKeys(&k)
+			if legacy || esc&gate != 0 || (k.Unsure && watching) {
+				why |= Legacy
+			}
+			if why != 0 {
 				c.Candidates++
-				dst = m.decode(dst, &c, block[off:end], off, s)
+				dst = m.decode(dst, &c, block[off:end], off, why, s)
 			}
 		}
 		off = end + 1
@@ -97,8 +111,12 @@ func gateOf(s *Set) (uint8, bool) {
 }
 
 // decode decodes a candidate line and appends it to dst when Classify
-// matches it.
-func (m *Matcher) decode(dst []Hit, c *Counts, line []byte, off int, s *Set) []Hit {
+// matches it. A line that may only match an actor watch (why) and cannot
+// be a sensitive action is not decoded.
+func (m *Matcher) decode(dst []Hit, c *Counts, line []byte, off int, why Kind, s *Set) []Hit {
+	if why&mustDecode == 0 && !maySensitive(line) {
+		return dst
+	}
 	c.Decoded++
 	ev, err := audit.Decode(line)
 	if err != nil {
@@ -123,17 +141,17 @@ func (m *Matcher) candidates(dst []span, block []byte, s *Set) []span {
 	base := len(dst)
 	for _, e := range sc.escs {
 		if e.class&gate != 0 {
-			dst = appendLine(dst, block, e.pos)
+			dst = appendLine(dst, block, e.pos, Legacy)
 		}
 	}
 	for _, k := range sc.legacys {
-		dst = appendLine(dst, block, k)
+		dst = appendLine(dst, block, k, Legacy)
 	}
 	if s.needsJTI() {
 		sc.jtis = marks(sc.jtis, block, 'J', isJTIAt)
 		for _, j := range sc.jtis {
-			if s.mayWatchJTI(credentialAt(block, j)) {
-				dst = appendLine(dst, block, j)
+			if why := s.mayWatchJTI(credentialAt(block, j)); why != 0 {
+				dst = appendLine(dst, block, j, why)
 			}
 		}
 	}
@@ -142,28 +160,44 @@ func (m *Matcher) candidates(dst []span, block []byte, s *Set) []span {
 		for _, k := range sc.users {
 			// A name holds no newline: read it within the block.
 			if raw, plain, has := nameValue(block, k); has && s.followsName(raw, plain) {
-				dst = appendLine(dst, block, k)
+				dst = appendLine(dst, block, k, ActorUser)
 			}
 		}
 	}
-	if len(dst)-base > 1 {
-		c := dst[base:]
-		slices.SortFunc(c, func(a, b span) int { return a.start - b.start })
-		dst = append(dst[:base], slices.Compact(c)...)
-	}
-	return dst
+	return mergeSpans(dst, base)
 }
 
-// appendLine appends the line of block holding byte i, unless it is the
-// last one of dst already.
-func appendLine(dst []span, block []byte, i int) []span {
-	if n := len(dst); n > 0 && dst[n-1].start <= i && i <= dst[n-1].end {
+// mergeSpans sorts dst[base:] by line and merges the spans of one line.
+func mergeSpans(dst []span, base int) []span {
+	c := dst[base:]
+	if len(c) < 2 {
 		return dst
 	}
-	return append(dst, lineAt(block, i))
+	slices.SortFunc(c, func(a, b span) int { return a.start - b.start })
+	out := c[:1]
+	for _, sp := range c[1:] {
+		if last := &out[len(out)-1]; sp.start == last.start {
+			last.why |= sp.why
+			continue
+		}
+		out = append(out, sp)
+	}
+	return dst[:base+len(out)]
+}
+
+// appendLine appends the line of block holding byte i with the reason why,
+// or adds why to the last span of dst when it is that line.
+func appendLine(dst []span, block []byte, i int, why Kind) []span {
+	if n := len(dst); n > 0 && dst[n-1].start <= i && i <= dst[n-1].end {
+		dst[n-1].why |= why
+		return dst
+	}
+	sp := lineAt(block, i)
+	sp.why = why
+	return append(dst, sp)
 }
 
 // lineAt returns the line of block that holds byte i.
 func lineAt(block []byte, i int) span {
-	return span{bytes.LastIndexByte(block[:i], '\n') + 1, lineEnd(block, i)}
+	return span{start: bytes.LastIndexByte(block[:i], '\n') + 1, end: lineEnd(block, i)}
 }

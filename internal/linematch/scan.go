@@ -295,3 +295,28 @@ func lineEnd(block []byte, i int) int {
 	}
 	return len(block)
 }
+
+// sensitiveValues are quoted forms one of which a sensitive action's line
+// holds (lineage.Action): the key impersonatedUser, or the resource
+// secrets, pods, nodes, roles, clusterroles, rolebindings,
+// clusterrolebindings or certificatesigningrequests. (A token create is
+// never a lineage match.)
+var sensitiveValues = [][]byte{
+	[]byte(`"impersonatedUser"`), []byte(`"secrets"`), []byte(`"pods"`), []byte(`"nodes"`),
+	[]byte(`roles"`), []byte(`bindings"`), []byte(`"certificatesigningrequests"`),
+}
+
+// sensitiveBytes can write the words of sensitiveValues.
+var sensitiveBytes = setOf("impersonatedUser", "secrets", "pods", "nodes", "rolebindings", "clusterroles",
+	"certificatesigningrequests")
+
+// maySensitive reports whether line may be a sensitive action: it holds
+// one of sensitiveValues, or an escape that could hide one.
+func maySensitive(line []byte) bool {
+	for _, v := range sensitiveValues {
+		if bytes.Contains(line, v) {
+			return true
+		}
+	}
+	return indexEscape(line, &sensitiveBytes) >= 0
+}

@@ -262,21 +262,29 @@ func parseUUID[T string | []byte](s T) ([16]byte, bool) {
 	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
 		return id, false
 	}
-	j := 0
-	for i := 0; i < 36; i += 2 {
-		if i == 8 || i == 13 || i == 18 || i == 23 {
-			i++
-		}
-		hi, ok1 := unhex(s[i])
-		lo, ok2 := unhex(s[i+1])
-		if !ok1 || !ok2 {
-			return id, false
-		}
+	bad := byte(0)
+	for j, i := range uuidDigits {
+		hi, lo := hexVal[s[i]], hexVal[s[i+1]]
+		bad |= hi | lo
 		id[j] = hi<<4 | lo
-		j++
 	}
-	return id, true
+	return id, bad&0xf0 == 0
 }
+
+// uuidDigits are the offsets of the 16 digit pairs of a uuid's text.
+var uuidDigits = [16]int{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+
+// hexVal maps a hex digit to its value, any other byte to 0xff.
+var hexVal = func() (t [256]byte) {
+	for i := range t {
+		if v, ok := unhex(byte(i)); ok {
+			t[i] = v
+		} else {
+			t[i] = 0xff
+		}
+	}
+	return t
+}()
 
 func unhex(c byte) (byte, bool) {
 	switch {
@@ -297,26 +305,37 @@ func (s *Set) needsJTI() bool { return s != nil && (s.token.len() > 0 || s.cred.
 // needsUsers reports whether s follows user names.
 func (s *Set) needsUsers() bool { return s != nil && len(s.users) > 0 }
 
-// mayWatchJTI reports whether a "JTI=" occurrence read by credentialAt may
-// be a credential id that s watches.
-func (s *Set) mayWatchJTI(id [16]byte, kind int, val []byte) bool {
+// mayWatchJTI returns the kinds (Token, ActorCredential) under which s
+// may watch a "JTI=" occurrence read by credentialAt.
+func (s *Set) mayWatchJTI(id [16]byte, kind int, val []byte) Kind {
+	var k Kind
 	switch kind {
 	case jtiUUID:
-		_, ok1 := s.token.ids[id]
-		_, ok2 := s.cred.ids[id]
-		return ok1 || ok2
+		if _, ok := s.token.ids[id]; ok {
+			k |= Token
+		}
+		if _, ok := s.cred.ids[id]; ok {
+			k |= ActorCredential
+		}
 	case jtiOdd:
-		if len(s.token.strs) == 0 && len(s.cred.strs) == 0 {
-			return false
-		}
-		if val == nil {
-			return true // not plain: decode and see
-		}
-		_, ok1 := s.token.strs[string(val)]
-		_, ok2 := s.cred.strs[string(val)]
-		return ok1 || ok2
+		k = s.token.mayHold(val, Token) | s.cred.mayHold(val, ActorCredential)
 	}
-	return false
+	return k
+}
+
+// mayHold returns k when j may hold the credential id val (nil: not plain,
+// decode and see), 0 otherwise.
+func (j *jtis) mayHold(val []byte, k Kind) Kind {
+	if len(j.strs) == 0 {
+		return 0
+	}
+	if val == nil {
+		return k
+	}
+	if _, ok := j.strs[string(val)]; ok {
+		return k
+	}
+	return 0
 }
 
 // followsName reports whether s follows the user name written as the JSON
@@ -337,21 +356,23 @@ func (s *Set) followsName(raw []byte, plain bool) bool {
 	return ok
 }
 
-// mayMatchKeys reports whether sure keys may match a watch of s.
-func (s *Set) mayMatchKeys(k *Keys) bool {
+// mayMatchKeys returns the kinds under which sure keys may match a watch
+// of s.
+func (s *Set) mayMatchKeys(k *Keys) Kind {
 	if s == nil {
-		return false
+		return 0
 	}
+	var kinds Kind
 	if k.HasJTI {
 		if _, ok := s.token.ids[k.JTI]; ok {
-			return true
+			kinds |= Token
 		}
 		if _, ok := s.cred.ids[k.JTI]; ok {
-			return true
+			kinds |= ActorCredential
 		}
 	}
-	if len(s.userHashes) > 0 && (k.User != 0 || k.User2 != 0) {
-		return s.userHashes[k.User] > 0 || s.userHashes[k.User2] > 0
+	if len(s.userHashes) > 0 && (s.userHashes[k.User] > 0 || s.userHashes[k.User2] > 0) {
+		kinds |= ActorUser
 	}
-	return false
+	return kinds
 }
