@@ -16,6 +16,22 @@
 // correlator and passes the budget. All records of a batch are written in
 // one state commit, after which the batch may be acknowledged.
 //
+// Token lineage (internal/lineage) follows the tokens alerted on. An
+// alerting request that issued a JTI is watched (budget-held ones too) and
+// its record says until when; a token create authenticated with a watched
+// token is a chain: it alerts even when only a default exclusion excludes
+// it (chainScreen keeps it in the lifecycle, the lineage step decides in
+// batch order, so a chain in its parent's batch is found), with its chain
+// attributes, and is a use of its parent. The agents' uses and counts
+// (Batch.Uses, Batch.Counts) become token_use, actor_followup, summary and
+// legacy records; chains, first uses and pipeline records bypass the
+// budget, the others count against it. The lineage state is mutated,
+// drained (State.Changes) and its entries submitted with the batch's change
+// under p.mu, so entries are committed in the order the state changed;
+// after a failed commit it is rebuilt from the store. Result.WatchAdd and
+// WatchRemove are the watch changes to push before the acknowledgement;
+// Watches is the set for a new agent. The lineage section is read at start.
+//
 // The pipeline never reads the clock itself: Now is injected, and Tick does
 // one round of the periodic work (due pendings, budget flush, silence) at a
 // given time, so tests drive it without sleeping.

@@ -3,7 +3,9 @@ package pipeline
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tokenwatch/tokenwatch/internal/alert"
 	"github.com/tokenwatch/tokenwatch/internal/correlate"
+	"github.com/tokenwatch/tokenwatch/internal/lineage"
 )
 
 type eventCounters struct {
@@ -17,6 +19,7 @@ type metrics struct {
 	expired       prometheus.Counter
 	pendingBroken prometheus.Counter
 	tickErrors    prometheus.Counter
+	lineage       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, corr func() correlate.Stats) *metrics {
@@ -55,7 +58,16 @@ func newMetrics(reg prometheus.Registerer, corr func() correlate.Stats) *metrics
 			Help: "Failed rounds of the periodic work (due pendings, budget, silence).",
 		}),
 	}
+	m.lineage = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tokenwatch_aggregator_lineage_records_total",
+		Help: "Token lineage records committed to the outbox (a re-sent batch's included, which the outbox keeps once), by event_name.",
+	}, []string{"event_name"})
+	for _, n := range []string{lineage.EventTokenUse, lineage.EventTokenUseSummary, lineage.EventActorFollowup,
+		lineage.EventLegacyTokenUse, alert.EventPipeline} {
+		m.lineage.WithLabelValues(n)
+	}
 	if reg != nil {
+		reg.MustRegister(m.lineage)
 		reg.MustRegister(ev, m.recordsAdded, m.losses, m.expired, m.pendingBroken, m.tickErrors,
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "tokenwatch_aggregator_correlation_late_events_total",
@@ -87,4 +99,11 @@ func (m *metrics) count(r *Result) {
 	add(m.events.ignored, r.Ignored)
 	add(m.events.suppressed, r.Suppressed)
 	add(m.recordsAdded, r.Records)
+}
+
+// lineageRecords counts committed lineage records by event name.
+func (m *metrics) lineageRecords(names []string) {
+	for _, n := range names {
+		m.lineage.WithLabelValues(n).Inc()
+	}
 }

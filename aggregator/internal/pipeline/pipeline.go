@@ -38,6 +38,9 @@ const (
 	maxDuePerTick = 1000
 	// expireInterval is how often Tick lets the correlator drop old events.
 	expireInterval = time.Second
+	// lineageTickInterval is how often Tick ends lineage's summary
+	// intervals and frees what expired.
+	lineageTickInterval = time.Second
 )
 
 // Options configure a Pipeline.
@@ -56,6 +59,10 @@ type Options struct {
 	TickInterval time.Duration
 	// PruneInterval is how often Run prunes the state; DefaultPruneInterval when 0.
 	PruneInterval time.Duration
+	// OnWatchChange, when set, is told of the watch changes a Tick made
+	// (after its commit): a pending request alerted alone at its deadline
+	// that minted a token. Batches return theirs in Result instead.
+	OnWatchChange func(add, remove []lineage.Watch)
 }
 
 // Loss is one agent loss report.
@@ -153,6 +160,12 @@ type Pipeline struct {
 	linCfg      lineage.Config
 	unsupported map[unsupportedKey]bool
 	runID       string
+	// linStale: a commit of lineage entries failed; the state is rebuilt
+	// from the store before its next use.
+	linStale atomic.Bool
+	// lastLineageTick is when Tick last ran lineage's Tick.
+	lastLineageTick time.Time
+	onWatch         func(add, remove []lineage.Watch)
 }
 
 // agentLock serialises one source's batches; refs counts the batches
@@ -195,6 +208,7 @@ func New(opts Options) (*Pipeline, error) {
 		prune:  opts.PruneInterval,
 		agents: map[detect.Source]*agentLock{},
 
+		onWatch:     opts.OnWatchChange,
 		linCfg:      opts.Config.Lineage,
 		unsupported: map[unsupportedKey]bool{},
 		runID:       newRunID(),
@@ -212,10 +226,10 @@ func New(opts Options) (*Pipeline, error) {
 		p.prune = DefaultPruneInterval
 	}
 	p.m = newMetrics(opts.Registerer, p.correlationStats)
-	if err := p.openLineage(opts.Registerer); err != nil {
+	if err := p.Apply(opts.Config); err != nil {
 		return nil, fmt.Errorf("new pipeline: %w", err)
 	}
-	if err := p.Apply(opts.Config); err != nil {
+	if err := p.openLineage(opts.Registerer); err != nil {
 		return nil, fmt.Errorf("new pipeline: %w", err)
 	}
 	return p, nil
@@ -265,6 +279,12 @@ func (p *Pipeline) Apply(c config.Config) error {
 		sc.MaxNodesPerCluster = c.Limits.MaxNodesPerCluster
 		p.silence = silence.New(sc)
 	}
+	if !first && c.Lineage != p.linCfg {
+		p.logger.Warn("config reload: lineage changed; it is read at start and takes effect at the next restart")
+	}
+	if p.lin != nil {
+		p.lin.SetHooks(lineageHooks(r))
+	}
 	p.rule.Store(r)
 	p.grace.Store(int64(c.Alerting.StageGrace))
 	p.retention = c.Alerting.DedupeRetention
@@ -288,12 +308,13 @@ func (p *Pipeline) correlationStats() correlate.Stats {
 
 type alerting struct {
 	e   *audit.Event
+	v   rule.Verdict // when it does not alert, e alerts only as a chain
 	rec alert.Record
 }
 
 type candidate struct {
 	e   *audit.Event
-	v   rule.Verdict
+	v   rule.Verdict // when it does not alert, e may be a chain
 	key string
 	raw []byte // e as it arrived (Batch.Encoded), nil when not known
 }
@@ -302,8 +323,8 @@ type candidate struct {
 // implies is durably recorded and the batch may be acknowledged; on error
 // nothing of it should be acknowledged (a re-send is deduplicated).
 func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
-	cands, res := p.candidates(b)
-	if len(cands) == 0 && len(b.Losses) == 0 {
+	cands, creates, res := p.candidates(b)
+	if len(cands) == 0 && len(creates) == 0 && len(b.Losses) == 0 && len(b.Uses) == 0 && len(b.Counts) == 0 {
 		p.m.count(&res)
 		return res, nil
 	}
@@ -333,37 +354,86 @@ func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	if len(alerts) > 0 {
-		p.mu.Lock()
-		for _, a := range alerts {
-			if !p.alertLocked(&ch, now, b.Source.Cluster, a.e, a.rec) {
-				res.Suppressed++
-			}
-		}
-		p.mu.Unlock()
-	}
 	for _, l := range b.Losses {
 		ch.Records = append(ch.Records, LossRecord(b.Source, l, now))
 	}
-	added, err := p.store.Commit(ch)
+	var run lineageRun
+	var wait func() (int, error)
+	if len(alerts) > 0 || len(creates) > 0 || len(b.Uses) > 0 || len(b.Counts) > 0 {
+		if wait, err = p.submitLocked(&ch, &res, &run, b, alerts, creates, now); err != nil {
+			return Result{}, fmt.Errorf("process batch: %w", err)
+		}
+	} else {
+		wait = p.store.Submit(ch)
+	}
+	added, err := wait()
 	if err != nil {
+		if run.entries {
+			p.linStale.Store(true)
+		}
 		return Result{}, fmt.Errorf("process batch: %w", err)
 	}
 	res.Records = added
+	res.WatchAdd, res.WatchRemove = run.add, run.remove
 	p.m.count(&res)
 	p.m.losses.Add(float64(len(b.Losses)))
+	p.m.lineageRecords(run.names)
 	return res, nil
 }
 
-// candidates returns the events of b that alert, with their verdicts and
-// keys, and the counts of the others. Events come judged by Screen
-// (b.Verdicts); a batch without verdicts is judged here.
-func (p *Pipeline) candidates(b Batch) ([]candidate, Result) {
+// submitLocked feeds a batch's alerts to correlation, the budget and
+// lineage, and its uses and counts to lineage, adds what results to ch and
+// submits ch, all under p.mu: lineage entries are committed in the order
+// the state changed. It returns the commit's wait. A change that does not
+// commit marks the lineage state stale.
+func (p *Pipeline) submitLocked(ch *state.Change, res *Result, run *lineageRun, b Batch, alerts []alerting, creates []*audit.Event, now time.Time) (func() (int, error), error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.reloadStaleLocked(); err != nil {
+		return nil, err
+	}
+	src := b.Source
+	for _, a := range alerts {
+		rec, chained, ok := p.lineageAlertLocked(run, now, src, a)
+		if !ok { // not a chain after all: the default exclusion stands
+			res.Alerted--
+			res.Excluded++
+			continue
+		}
+		if !p.alertLocked(ch, now, src.Cluster, a.e, rec, chained) {
+			res.Suppressed++
+		}
+	}
+	for _, e := range creates {
+		run.merge(p.lin.Use(now, src, e, nil, false))
+	}
+	for _, u := range b.Uses {
+		run.merge(p.lin.Use(now, src, u.Event, u.Kinds, u.Lookback))
+	}
+	for _, c := range b.Counts {
+		run.merge(p.lin.Count(now, src, c))
+	}
+	if err := p.finishLineageLocked(ch, run, now); err != nil {
+		p.linStale.Store(true)
+		return nil, err
+	}
+	return p.store.Submit(*ch), nil
+}
+
+// candidates returns the events of b that alert, or may alert as chains
+// (see chainScreen), with their verdicts and keys, the excluded token
+// creates that are only lineage uses, and the counts of the others. Events
+// come judged by Screen (b.Verdicts); a batch without verdicts is judged
+// here.
+func (p *Pipeline) candidates(b Batch) ([]candidate, []*audit.Event, Result) {
 	res := Result{Excluded: b.Excluded, NotMatched: b.NotMatched}
 	r := p.rule.Load()
 	judged := b.Verdicts != nil && len(b.Verdicts) == len(b.Events)
 	arrived := len(b.Encoded) == len(b.Events)
+	chains := p.newChainScreen()
+	defer chains.done()
 	var cands []candidate
+	var creates []*audit.Event
 	for i, e := range b.Events {
 		if e == nil {
 			res.NotMatched++
@@ -376,19 +446,23 @@ func (p *Pipeline) candidates(b Batch) ([]candidate, Result) {
 			v = r.Evaluate(e)
 		}
 		switch {
-		case v.Alerts():
+		case v.Alerts() || chains.maybe(e, v):
 			c := candidate{e: e, v: v, key: detect.KeyOf(b.Source, e).String()}
 			if arrived {
 				c.raw = b.Encoded[i]
 			}
 			cands = append(cands, c)
+			chains.minting(e)
 		case v.Excluded:
 			res.Excluded++
+			if chains.use(e) {
+				creates = append(creates, e)
+			}
 		default:
 			res.NotMatched++
 		}
 	}
-	return cands, res
+	return cands, creates, res
 }
 
 // decide turns the lifecycle that detect.Plan decides for the candidates,
@@ -414,7 +488,7 @@ func (p *Pipeline) decide(ch *state.Change, res *Result, src detect.Source, cand
 			})
 			res.Held++
 		case detect.ActionAlert:
-			alerts = append(alerts, alerting{e: c.e, rec: detect.TokenRecord(src, c.e, c.v, false)})
+			alerts = append(alerts, alerting{e: c.e, v: c.v, rec: detect.TokenRecord(src, c.e, c.v, false)})
 			ch.Done = append(ch.Done, c.key)
 			res.Alerted++
 		case detect.ActionDropLate:
@@ -436,9 +510,9 @@ func encoded(c candidate) ([]byte, error) {
 }
 
 // alertLocked feeds an alerting request to correlation and the budget and
-// adds what results to ch. It reports whether rec itself was admitted.
-// p.mu must be held.
-func (p *Pipeline) alertLocked(ch *state.Change, now time.Time, cluster string, e *audit.Event, rec alert.Record) bool {
+// adds what results to ch. It reports whether rec itself was admitted; a
+// chain bypasses the budget. p.mu must be held.
+func (p *Pipeline) alertLocked(ch *state.Change, now time.Time, cluster string, e *audit.Event, rec alert.Record, chain bool) bool {
 	ev := correlate.Event{Time: rec.Time, Cluster: cluster, User: e.Username(), SourceIP: e.SourceIP(), AuditID: e.AuditID}
 	if e.ObjectRef != nil {
 		ev.Namespace, ev.Name = e.ObjectRef.Namespace, e.ObjectRef.Name
@@ -447,7 +521,7 @@ func (p *Pipeline) alertLocked(ch *state.Change, now time.Time, cluster string, 
 		ev.Outcome = o.Str
 	}
 	ch.Records = append(ch.Records, p.corr.Observe(now, ev)...)
-	if p.budget != nil && !p.budget.Admit(now, ev.User, e.AuditID) {
+	if p.budget != nil && !chain && !p.budget.Admit(now, ev.User, e.AuditID) {
 		return false
 	}
 	ch.Records = append(ch.Records, rec)
@@ -513,8 +587,15 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 			return 0, fmt.Errorf("tick: %w", err)
 		}
 	}
+	if err := p.reloadStaleLocked(); err != nil {
+		return 0, fmt.Errorf("tick: %w", err)
+	}
 	ch := state.Change{Records: p.carry}
-	expired, suppressed := p.expireLocked(&ch, due, now)
+	var run lineageRun
+	expired, suppressed := p.expireLocked(&ch, &run, due, now)
+	if err := p.tickLineageLocked(&ch, &run, now, final); err != nil {
+		return 0, fmt.Errorf("tick: %w", err)
+	}
 	switch {
 	case p.budget != nil && final:
 		ch.Records = append(ch.Records, p.budget.Close(now)...)
@@ -532,23 +613,31 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 	added, err := p.store.Commit(ch)
 	if err != nil {
 		// Periodic records exist only in memory: keep them for the next try.
-		// Due pendings are still in the store and come back by themselves.
+		// Due pendings are still in the store and come back by themselves;
+		// lineage is rebuilt from the store.
 		p.carry = periodic(ch.Records, due)
+		if run.entries {
+			p.linStale.Store(true)
+		}
 		return 0, fmt.Errorf("tick: %w", err)
 	}
 	p.carry = nil
 	p.m.expired.Add(float64(expired))
 	p.m.events.suppressed.Add(float64(suppressed))
 	p.m.recordsAdded.Add(float64(added))
+	p.m.lineageRecords(run.names)
+	if p.onWatch != nil && (len(run.add) > 0 || len(run.remove) > 0) {
+		p.onWatch(run.add, run.remove)
+	}
 	return added, nil
 }
 
 // expireLocked turns the due pendings into the steps detect.Due decides
-// for them, each judged again with the rule in force now, and adds those
-// to ch: an alert alone (a record, the request done alone), or the request
-// done. It returns the number alerted and of those the budget suppressed.
-// p.mu must be held.
-func (p *Pipeline) expireLocked(ch *state.Change, due []state.Pending, now time.Time) (expired, suppressed int) {
+// for them, each judged again with the rule in force now (and as a chain
+// by lineage), and adds those to ch: an alert alone (a record, the request
+// done alone), or the request done. It returns the number alerted and of
+// those the budget suppressed. p.mu must be held.
+func (p *Pipeline) expireLocked(ch *state.Change, run *lineageRun, due []state.Pending, now time.Time) (expired, suppressed int) {
 	r := p.rule.Load()
 	held := make([]detect.Held, len(due))
 	for i, pd := range due {
@@ -560,7 +649,7 @@ func (p *Pipeline) expireLocked(ch *state.Change, due []state.Pending, now time.
 			continue
 		}
 		held[i].Event = wire.FromProto(&pe)
-		held[i].Verdict = r.Evaluate(held[i].Event)
+		held[i].Verdict = p.chainVerdictLocked(now, held[i].Event, r.Evaluate(held[i].Event))
 	}
 	for i, step := range detect.Due(held, now) {
 		pd, h := due[i], held[i]
@@ -576,8 +665,9 @@ func (p *Pipeline) expireLocked(ch *state.Change, due []state.Pending, now time.
 			continue
 		}
 		src := detect.Source{Cluster: pd.Cluster, Node: pd.Node}
-		rec := detect.TokenRecord(src, h.Event, h.Verdict, true)
-		if !p.alertLocked(ch, now, pd.Cluster, h.Event, rec) {
+		a := alerting{e: h.Event, v: h.Verdict, rec: detect.TokenRecord(src, h.Event, h.Verdict, true)}
+		rec, chained, _ := p.lineageAlertLocked(run, now, src, a) // h.Verdict alerts
+		if !p.alertLocked(ch, now, pd.Cluster, h.Event, rec, chained) {
 			suppressed++
 		}
 		expired++
