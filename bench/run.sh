@@ -124,12 +124,16 @@ lineage_table() {
 	TOKENWATCH_BENCH_LOG="$log" go test ./bench/scan -run '^$' -bench '^BenchmarkLineageScan$' \
 		-benchtime 5x -count "$RUNS" | tee "$work/lineage.txt" >&2
 	echo "$label: $(basename "$log") ($(du -m "$log" | cut -f1) MiB), warm; median of $RUNS counts of 5 iterations each."
+	echo "CPU is user + system time (grep's from its process, the others' from the benchmark process)."
 	echo
 	awk '
 		/^BenchmarkLineageScan\// {
 			name=$1; sub(/^BenchmarkLineageScan\//, "", name); sub(/-[0-9]+$/, "", name)
 			v[name]=v[name] " " $3; mb[name]=mb[name] " " $5
-			for (i = 6; i < NF; i++) if ($(i+1) ~ /\/op$/) extra[name]=$i " " $(i+1)
+			for (i = 6; i < NF; i++) {
+				if ($(i+1) == "cpu-ns/op") cpu[name]=cpu[name] " " $i
+				else if ($(i+1) ~ /\/op$/) extra[name]=$i " " $(i+1)
+			}
 		}
 		function med(s,   a, n, i, j, t) {
 			n = split(s, a, " ")
@@ -137,13 +141,13 @@ lineage_table() {
 			return a[int((n + 1) / 2)]
 		}
 		function row(name, label, target) {
-			printf "| %s | %.1f ms | %s MB/s | **%.2fx**%s | %s |\n", label, med(v[name]) / 1e6, med(mb[name]), med(v[name]) / g, target, extra[name]
+			printf "| %s | %.1f ms | %s MB/s | **%.2fx**%s | %.0f ms, %.2fx | %s |\n", label, med(v[name]) / 1e6, med(mb[name]), med(v[name]) / g, target, med(cpu[name]) / 1e6, med(cpu[name]) / gc, extra[name]
 		}
 		END {
-			g = med(v["baseline-grep"])
-			print "| contender | time/op | throughput | vs grep | result |"
-			print "|---|---|---|---|---|"
-			printf "| baseline: `LC_ALL=C grep -cF '\''\"subresource\":\"token\"'\''` (process, warm file) | %.1f ms | %s MB/s | 1.00x | %s (not exact) |\n", g / 1e6, med(mb["baseline-grep"]), extra["baseline-grep"]
+			g = med(v["baseline-grep"]); gc = med(cpu["baseline-grep"])
+			print "| contender | time/op | throughput | vs grep | CPU/op, vs grep | result |"
+			print "|---|---|---|---|---|---|"
+			printf "| baseline: `LC_ALL=C grep -cF '\''\"subresource\":\"token\"'\''` (process, warm file) | %.1f ms | %s MB/s | 1.00x | %.0f ms, 1.00x | %s (not exact) |\n", g / 1e6, med(mb["baseline-grep"]), gc / 1e6, extra["baseline-grep"]
 			row("agent", "agent path without lineage: follow + prefilter + decode", "")
 			row("legacy", "+ linematch Block, no watch (legacy-token search only)", "")
 			row("idle", "(a) + linematch BlockKeys, no watch, every line keyed into a 240,000-entry lookback", " (target ≤ 1.0x)")

@@ -91,8 +91,8 @@ func KeysOf(line []byte) Keys {
 // keyPasses runs the passes the keys need over block.
 func (sc *blockScan) keyPasses(block []byte) {
 	sc.escapes(block)
-	sc.jtis = marks(sc.jtis, block, 'J', isJTIAt)
-	sc.users = marks(sc.users, block, 'm', usernameAt)
+	sc.jtis = marksJTI(sc.jtis, block)
+	sc.users = marksUsername(sc.users, block)
 }
 
 // cursor is where the per-line reading of a blockScan's lists stands.

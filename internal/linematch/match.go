@@ -19,7 +19,8 @@ type Hit struct {
 type Counts struct {
 	// Candidates is the number of lines the byte-level search let through.
 	Candidates int
-	// Decoded is the number of candidates decoded (all of them).
+	// Decoded is the number of candidates decoded: all but those that
+	// may match only a followed minter and cannot be a sensitive action.
 	Decoded int
 	// Hits is the number of lines Classify matched.
 	Hits int
@@ -74,7 +75,7 @@ func (m *Matcher) BlockKeys(dst []Hit, keys []LineKeys, block []byte, s *Set) ([
 	sc := &m.sc
 	sc.reset()
 	sc.keyPasses(block)
-	sc.legacys = marks(sc.legacys, block, 'y', legacyAt)
+	sc.legacys = marksLegacy(sc.legacys, block)
 	gate, watching := gateOf(s)
 	var c Counts
 	var cur cursor
@@ -136,7 +137,7 @@ func (m *Matcher) candidates(dst []span, block []byte, s *Set) []span {
 	sc := &m.sc
 	sc.reset()
 	sc.escapes(block)
-	sc.legacys = marks(sc.legacys, block, 'y', legacyAt)
+	sc.legacys = marksLegacy(sc.legacys, block)
 	gate, _ := gateOf(s)
 	base := len(dst)
 	for _, e := range sc.escs {
@@ -148,7 +149,7 @@ func (m *Matcher) candidates(dst []span, block []byte, s *Set) []span {
 		dst = appendLine(dst, block, k, Legacy)
 	}
 	if s.needsJTI() {
-		sc.jtis = marks(sc.jtis, block, 'J', isJTIAt)
+		sc.jtis = marksJTI(sc.jtis, block)
 		for _, j := range sc.jtis {
 			if why := s.mayWatchJTI(credentialAt(block, j)); why != 0 {
 				dst = appendLine(dst, block, j, why)
@@ -156,7 +157,7 @@ func (m *Matcher) candidates(dst []span, block []byte, s *Set) []span {
 		}
 	}
 	if s.needsUsers() {
-		sc.users = marks(sc.users, block, 'm', usernameAt)
+		sc.users = marksUsername(sc.users, block)
 		for _, k := range sc.users {
 			// A name holds no newline: read it within the block.
 			if raw, plain, has := nameValue(block, k); has && s.followsName(raw, plain) {

@@ -271,17 +271,50 @@ func (sc *blockScan) escapes(block []byte) {
 	}
 }
 
-// marks appends to dst the positions of c in block where at(block, k)
-// holds.
-func marks(dst []int, block []byte, c byte, at func([]byte, int) bool) []int {
+// The mark passes append to dst the positions of one byte in block where
+// what they look for holds. They are written out, one per byte, so that the
+// check inlines: most stops are not a match.
+
+// marksJTI appends the positions of "JTI=".
+func marksJTI(dst []int, block []byte) []int {
 	for i := 0; ; {
-		k := bytes.IndexByte(block[i:], c)
+		k := bytes.IndexByte(block[i:], 'J')
 		if k < 0 {
 			return dst
 		}
 		k += i
 		i = k + 1
-		if at(block, k) {
+		if isJTIAt(block, k) {
+			dst = append(dst, k)
+		}
+	}
+}
+
+// marksUsername appends the positions of the 'm' of "username" strings.
+func marksUsername(dst []int, block []byte) []int {
+	for i := 0; ; {
+		k := bytes.IndexByte(block[i:], 'm')
+		if k < 0 {
+			return dst
+		}
+		k += i
+		i = k + 1
+		if k >= 7 && block[k-1] == 'a' && block[k-2] == 'n' && usernameAt(block, k) {
+			dst = append(dst, k)
+		}
+	}
+}
+
+// marksLegacy appends the positions of the 'y' of "legacy-token".
+func marksLegacy(dst []int, block []byte) []int {
+	for i := 0; ; {
+		k := bytes.IndexByte(block[i:], 'y')
+		if k < 0 {
+			return dst
+		}
+		k += i
+		i = k + 1
+		if k >= 5 && block[k-1] == 'c' && legacyAt(block, k) {
 			dst = append(dst, k)
 		}
 	}
