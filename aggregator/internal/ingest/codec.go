@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/tokenwatch/tokenwatch/internal/lineage"
 	"github.com/tokenwatch/tokenwatch/internal/rule"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
@@ -25,9 +26,19 @@ import (
 //
 // One difference: a screened-out event is not checked for invalid UTF-8 in
 // the string fields the rule does not read; it is dropped either way.
+//
+// With chains set (lineage enabled), an event excluded by the default list
+// only (rule.Verdict.ByDefault) whose user authenticated with a bound token
+// (a "JTI=" credential ID in user.extra, read from the encoded bytes for
+// those events only) is kept with its verdict: Process decides, with the
+// watch set, whether it is a chain, which alerts despite that exclusion.
+//
+// A batch's lineage uses and counts are not screened: they are decoded as
+// plain protobuf.
 type codec struct {
 	proto  encoding.CodecV2
 	screen Screener
+	chains bool
 }
 
 func newCodec(s Screener) *codec {
@@ -122,22 +133,56 @@ func (c *codec) batchRequest(b []byte, sc *screening) (*tokenwatchv1.Batch, bool
 				return nil, false
 			}
 			batch.Events = append(batch.Events, e)
-		case num == fieldBatchLosses && typ == protowire.BytesType:
-			lb, n := protowire.ConsumeBytes(body)
+		case typ == protowire.BytesType && plainBatchField(num):
+			n := plainField(body, num, batch)
 			if n < 0 {
 				return nil, false
 			}
 			body = body[n:]
-			l := &tokenwatchv1.LossReport{}
-			if proto.Unmarshal(lb, l) != nil {
-				return nil, false
-			}
-			batch.Losses = append(batch.Losses, l)
 		default:
 			return nil, false
 		}
 	}
 	return batch, true
+}
+
+// plainBatchField reports whether num is a Batch field the codec decodes
+// as plain protobuf (plainField).
+func plainBatchField(num protowire.Number) bool {
+	switch num {
+	case fieldBatchLosses, fieldBatchUses, fieldBatchCounts:
+		return true
+	}
+	return false
+}
+
+// plainField decodes one loss report, lineage use or use count (field num
+// of a Batch, its value at the start of b) as plain protobuf, appends it
+// to batch and returns the bytes it took, negative when malformed.
+func plainField(b []byte, num protowire.Number, batch *tokenwatchv1.Batch) int {
+	v, n := protowire.ConsumeBytes(b)
+	if n < 0 {
+		return n
+	}
+	var err error
+	switch num {
+	case fieldBatchLosses:
+		l := &tokenwatchv1.LossReport{}
+		err = proto.Unmarshal(v, l)
+		batch.Losses = append(batch.Losses, l)
+	case fieldBatchUses:
+		u := &tokenwatchv1.LineageEvent{}
+		err = proto.Unmarshal(v, u)
+		batch.Uses = append(batch.Uses, u)
+	default:
+		c := &tokenwatchv1.UseCount{}
+		err = proto.Unmarshal(v, c)
+		batch.Counts = append(batch.Counts, c)
+	}
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // event screens one encoded TokenEvent and decodes it when it may alert,
@@ -151,10 +196,13 @@ func (c *codec) event(b []byte, sub *rule.Subject, sc *screening) (*tokenwatchv1
 	}
 	v := c.screen.Screen(sub)
 	switch {
+	case v.Alerts():
+	case c.chains && mayChain(v) && scanCredentialJTI(b):
+		// excluded by default, authenticated with a token: Process decides
 	case v.Excluded:
 		sc.excluded++
 		return nil, true
-	case !v.Alerts():
+	default:
 		sc.notMatched++
 		return nil, true
 	}
@@ -180,11 +228,20 @@ var (
 	fieldUsername  = fieldNumber((*tokenwatchv1.UserInfo)(nil), "username")
 	fieldGroups    = fieldNumber((*tokenwatchv1.UserInfo)(nil), "groups")
 
+	// Of user.extra, for scanCredentialJTI: the map's entries, their key
+	// and value, and the value's strings.
+	fieldExtra      = fieldNumber((*tokenwatchv1.UserInfo)(nil), "extra")
+	fieldExtraKey   = mapField((*tokenwatchv1.UserInfo)(nil), "extra").MapKey().Number()
+	fieldExtraValue = mapField((*tokenwatchv1.UserInfo)(nil), "extra").MapValue().Number()
+	fieldValues     = fieldNumber((*tokenwatchv1.StringList)(nil), "values")
+
 	// Of a StreamRequest and a Batch, for batchRequest.
 	fieldBatch       = fieldNumber((*tokenwatchv1.StreamRequest)(nil), "batch")
 	fieldBatchSeq    = fieldNumber((*tokenwatchv1.Batch)(nil), "seq")
 	fieldBatchEvents = fieldNumber((*tokenwatchv1.Batch)(nil), "events")
 	fieldBatchLosses = fieldNumber((*tokenwatchv1.Batch)(nil), "losses")
+	fieldBatchUses   = fieldNumber((*tokenwatchv1.Batch)(nil), "uses")
+	fieldBatchCounts = fieldNumber((*tokenwatchv1.Batch)(nil), "counts")
 )
 
 // fieldNumber is the number of m's field name; it panics, at start-up, when
@@ -195,6 +252,81 @@ func fieldNumber(m proto.Message, name protoreflect.Name) protowire.Number {
 		panic("ingest codec: no field " + string(name) + " in " + string(m.ProtoReflect().Descriptor().FullName()))
 	}
 	return f.Number()
+}
+
+// mapField is m's map field name; it panics, at start-up, when the
+// generated code has no such map.
+func mapField(m proto.Message, name protoreflect.Name) protoreflect.FieldDescriptor {
+	f := m.ProtoReflect().Descriptor().Fields().ByName(name)
+	if f == nil || !f.IsMap() {
+		panic("ingest codec: no map " + string(name) + " in " + string(m.ProtoReflect().Descriptor().FullName()))
+	}
+	return f
+}
+
+// scanFields with a fn that looks only at fields of bytes type.
+func scanBytesFields(b []byte, fn func(num protowire.Number, v []byte) bool) bool {
+	return scanFields(b, func(num protowire.Number, typ protowire.Type, v []byte) bool {
+		return typ != protowire.BytesType || fn(num, v)
+	})
+}
+
+// scanCredentialJTI reports whether the encoded TokenEvent b's user
+// authenticated with a bound token: a "JTI=<id>" value under user.extra's
+// credential-id key (lineage.CredentialJTI on the decoded event). It
+// copies nothing; malformed input reports false.
+func scanCredentialJTI(b []byte) bool {
+	found := false
+	scanBytesFields(b, func(num protowire.Number, v []byte) bool {
+		if num != fieldUser {
+			return true
+		}
+		return scanBytesFields(v, func(num protowire.Number, entry []byte) bool {
+			if num == fieldExtra && extraHasJTI(entry) {
+				found = true
+			}
+			return !found
+		})
+	})
+	return found
+}
+
+// extraHasJTI reports whether a user.extra map entry is the credential ID
+// holding a "JTI=" value.
+func extraHasJTI(entry []byte) bool {
+	var key string
+	var values [][]byte
+	scanBytesFields(entry, func(num protowire.Number, v []byte) bool {
+		switch num {
+		case fieldExtraKey:
+			key = alias(v)
+		case fieldExtraValue:
+			values = append(values, v)
+		}
+		return true
+	})
+	if key != lineage.ExtraCredentialID {
+		return false
+	}
+	found := false
+	for _, list := range values {
+		scanBytesFields(list, func(num protowire.Number, v []byte) bool {
+			if num == fieldValues && len(v) > len(jtiPrefix) && string(v[:len(jtiPrefix)]) == jtiPrefix {
+				found = true
+			}
+			return !found
+		})
+	}
+	return found
+}
+
+// jtiPrefix starts the credential ID of a bound token.
+const jtiPrefix = "JTI="
+
+// mayChain reports whether a request judged v could still alert as a
+// chain: it matches and only the default list excludes it.
+func mayChain(v rule.Verdict) bool {
+	return v.Match && v.Excluded && v.ByDefault
 }
 
 // scanEvent fills s from an encoded TokenEvent without copying: the

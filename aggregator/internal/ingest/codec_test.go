@@ -120,6 +120,12 @@ func checkCodecPieces(t *testing.T, raw []byte, data mem.BufferSlice) {
 	if diff := cmp.Diff(wb.GetLosses(), gb.GetLosses(), protocmp.Transform()); diff != "" {
 		t.Fatalf("losses differ (-proto +codec):\n%s", diff)
 	}
+	if diff := cmp.Diff(wb.GetUses(), gb.GetUses(), protocmp.Transform()); diff != "" {
+		t.Fatalf("uses differ (-proto +codec):\n%s", diff)
+	}
+	if diff := cmp.Diff(wb.GetCounts(), gb.GetCounts(), protocmp.Transform()); diff != "" {
+		t.Fatalf("counts differ (-proto +codec):\n%s", diff)
+	}
 	// The message comes with the codec's verdicts of the events it decoded,
 	// in order, or none when it fell back to protobuf; the events it
 	// screened out are counted by verdict.
@@ -183,6 +189,8 @@ func TestCodecScreensBatchEvents(t *testing.T) {
 		tokenEvent("k1", "system:node:cp-1", "other"),
 		notToken, noUser,
 	}, Losses: []*tokenwatchv1.LossReport{{Reason: "line_too_long", File: "audit.log", BytesLost: 9}}}
+	withLineage := proto.CloneOf(batch)
+	withLineage.Uses, withLineage.Counts = lineageUses(), lineageCounts()
 	tests := []struct {
 		name string
 		give *tokenwatchv1.StreamRequest
@@ -191,6 +199,8 @@ func TestCodecScreensBatchEvents(t *testing.T) {
 		want string
 	}{
 		{"batch", &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: batch}}, "xkk--"},
+		{"batch with lineage uses and counts", &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: withLineage}}, "xkk--"},
+		{"lineage only", &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: &tokenwatchv1.Batch{Seq: 2, Uses: lineageUses()}}}, ""},
 		{"hello", &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Hello{Hello: &tokenwatchv1.Hello{Cluster: "c", Node: "n"}}}, ""},
 		{"heartbeat", heartbeat(), ""},
 		{"empty batch", &tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: &tokenwatchv1.Batch{Seq: 1}}}, ""},
@@ -261,6 +271,9 @@ func FuzzCodec(f *testing.F) {
 		{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: &tokenwatchv1.Batch{Seq: 3, Events: []*tokenwatchv1.TokenEvent{
 			tokenEvent("a", "system:node:n", "ok"), tokenEvent("b", "alice"),
 		}, Losses: []*tokenwatchv1.LossReport{{Reason: "r"}}}}},
+		{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: &tokenwatchv1.Batch{Seq: 4, Events: []*tokenwatchv1.TokenEvent{
+			tokenEvent("c", "alice"),
+		}, Uses: lineageUses(), Counts: lineageCounts()}}},
 		heartbeat(),
 	} {
 		raw, _ := proto.Marshal(m)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/pipeline"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
+	"github.com/tokenwatch/tokenwatch/internal/lineage"
 	"github.com/tokenwatch/tokenwatch/internal/rule"
 	"github.com/tokenwatch/tokenwatch/internal/silence"
 	"github.com/tokenwatch/tokenwatch/internal/tlsconf"
@@ -70,8 +72,12 @@ type Options struct {
 	// streams together, beyond each stream's own StreamShareBytes
 	// (DefaultMaxBufferedBytes when 0); see memory.go.
 	MaxBufferedBytes int64
-	Logger           *slog.Logger
-	Registerer       prometheus.Registerer
+	// MaxPendingWatches bounds the watches a lineage stream may have
+	// waiting to be sent after its first (full) set
+	// (DefaultMaxPendingWatches when 0): a stream further behind is ended.
+	MaxPendingWatches int
+	Logger            *slog.Logger
+	Registerer        prometheus.Registerer
 }
 
 // Server implements AuditStreamService.
@@ -86,6 +92,14 @@ type Server struct {
 	nodes  nodes // live agents' nodes
 
 	refusals refusals // refused streams' log
+
+	// Lineage: the Processor's side (nil without it), its configuration
+	// read at start, the lineage streams, and the streams' writers, which
+	// may outlive their handler by one Send (Wait).
+	lin     LineageProcessor
+	linCfg  lineage.Config
+	fleet   *fleet
+	writers sync.WaitGroup
 
 	// closing is set under a write lock of drain; batches run under a read
 	// lock, so Drain waits for every batch in flight to be committed and
@@ -109,8 +123,16 @@ func New(opts Options) *Server {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if opts.MaxPendingWatches <= 0 {
+		opts.MaxPendingWatches = DefaultMaxPendingWatches
+	}
 	b := newBudget(opts.MaxBufferedBytes)
-	s := &Server{opts: opts, logger: logger, health: health.NewServer(), m: newMetrics(opts.Registerer, b), budget: b}
+	f := newFleet()
+	s := &Server{opts: opts, logger: logger, health: health.NewServer(), m: newMetrics(opts.Registerer, b, f), budget: b, fleet: f}
+	f.m = s.m
+	if lp, ok := opts.Processor.(LineageProcessor); ok {
+		s.lin, s.linCfg = lp, lp.LineageConfig()
+	}
 	s.health.SetServingStatus(tokenwatchv1.AuditStreamService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	if opts.Registerer != nil {
 		opts.Registerer.MustRegister(connectedNodes{n: &s.nodes})
@@ -122,11 +144,14 @@ func New(opts Options) *Server {
 // handler that tells each stream the size of the messages it receives (the
 // memory budget reserves about that much before the next read) and, with a
 // Processor that is a Screener, a codec that screens batch events before
-// decoding them (see codec).
+// decoding them (see codec); with lineage enabled it keeps the possible
+// chains among the events excluded by default.
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{grpc.StatsHandler(wireSizes{})}
 	if fs, ok := s.opts.Processor.(Screener); ok {
-		opts = append(opts, grpc.ForceServerCodecV2(newCodec(fs)))
+		c := newCodec(fs)
+		c.chains = s.linCfg.Enabled
+		opts = append(opts, grpc.ForceServerCodecV2(c))
 	}
 	return opts
 }
@@ -135,6 +160,12 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 func (s *Server) Register(g *grpc.Server) {
 	tokenwatchv1.RegisterAuditStreamServiceServer(g, s)
 	healthpb.RegisterHealthServer(g, s.health)
+}
+
+// Wait waits for the streams' writers to stop: call it once the gRPC
+// server has stopped (each ends with its stream).
+func (s *Server) Wait() {
+	s.writers.Wait()
 }
 
 // Drain stops accepting batches (new ones fail with Unavailable, so agents
@@ -167,22 +198,48 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 		}
 		defer release()
 	}
-	if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Welcome{Welcome: &tokenwatchv1.Welcome{
+	lin := s.lin != nil && s.linCfg.Enabled && slices.Contains(hello.GetFeatures(), FeatureLineage)
+	welcome := &tokenwatchv1.Welcome{
 		Cluster:             cluster,
 		AggregatorVersion:   version.Version,
 		HeartbeatIntervalMs: uint32(s.opts.HeartbeatInterval / time.Millisecond),
-	}}}); err != nil {
+	}
+	if lin {
+		welcome.Lineage = lineageSettings(s.linCfg)
+	}
+	if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Welcome{Welcome: welcome}}); err != nil {
 		return err
 	}
-	log.Info("agent connected", "agent_version", hello.GetAgentVersion())
+	log.Info("agent connected", "agent_version", hello.GetAgentVersion(), "lineage", lin)
 	s.m.streams.Inc()
 	defer s.m.streams.Dec()
+	out := newOutbox(stream, s.opts.MaxPendingWatches, s.m)
+	s.writers.Go(out.run)
+	defer out.close()
+	defer s.startLineage(ctx, out, hello, src, lin, log)()
 	if !hello.GetReplay() {
 		s.opts.Processor.Heard(src.Cluster, src.Node, time.Time{})
 	}
 	mem := s.budget.stream(cluster)
 	defer mem.close() // after serve: the committer has stopped
-	return s.serve(ctx, stream, src, hello.GetReplay(), mem, log)
+	return s.serve(ctx, stream, src, hello.GetReplay(), mem, out, log)
+}
+
+// startLineage starts a welcomed stream's lineage: a stream with lineage
+// (lin) joins the fleet, receiving the whole watch set first; an agent
+// that does not declare the feature is reported and receives no watch
+// update (it delivers token creates as before). It returns what to do
+// when the stream ends.
+func (s *Server) startLineage(ctx context.Context, out *outbox, hello *tokenwatchv1.Hello, src detect.Source, lin bool, log *slog.Logger) (stop func()) {
+	switch {
+	case lin:
+		return s.fleet.join(out, s.lin.Watches)
+	case s.lin != nil && !slices.Contains(hello.GetFeatures(), FeatureLineage):
+		if err := s.lin.LineageUnsupported(ctx, src, hello.GetAgentVersion()); err != nil {
+			log.Warn("agent without lineage support not recorded", "agent_version", hello.GetAgentVersion(), "err", err)
+		}
+	}
+	return func() {}
 }
 
 // readHello receives a stream's first message and returns its Hello, or
@@ -216,27 +273,36 @@ func (s *Server) readHello(ctx context.Context, stream tokenwatchv1.AuditStreamS
 // acknowledged. Only this goroutine calls Recv (interceptors rely on
 // it), so a committer's failure ends the stream once the next message
 // arrives or the agent closes it: the agent, missing its acks, sends a
-// heartbeat within the interval at the latest.
+// heartbeat within the interval at the latest. So does a failure of the
+// stream's outbox (out), which sends the acks and the watch updates.
 //
 // Every message is read within the fleet-wide memory budget (memory.go):
 // the receiver reserves about the size of its previous message before
 // it reads the next one, charges each screened batch until its commit,
 // and waits, reading nothing, while the budget is spent.
-func (s *Server) serve(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, replay bool, mem *streamBudget, log *slog.Logger) error {
+func (s *Server) serve(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, replay bool, mem *streamBudget, out *outbox, log *slog.Logger) error {
 	work := make(chan received, recvAhead)
 	failed := make(chan struct{})
 	var commitErr error
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if commitErr = s.commitLoop(ctx, stream, src, replay, work, mem, log); commitErr != nil {
+		if commitErr = s.commitLoop(ctx, out, src, replay, work, mem, log); commitErr != nil {
 			close(failed)
 		}
 	})
-	err := s.receive(ctx, stream, src, work, failed, mem)
+	err := s.receive(ctx, stream, src, work, failed, out.gone, mem)
 	close(work)
 	wg.Wait()
 	if commitErr != nil {
 		return commitErr
+	}
+	select {
+	case <-out.gone:
+		if errors.Is(out.stopped(), errWatchOverflow) {
+			log.Warn("agent stream ended: its lineage watch updates backed up")
+		}
+		return out.stopped()
+	default:
 	}
 	if errors.Is(err, io.EOF) {
 		log.Info("agent disconnected")
@@ -247,9 +313,9 @@ func (s *Server) serve(ctx context.Context, stream tokenwatchv1.AuditStreamServi
 
 // receive reads, orders and screens a stream's messages and hands them to
 // the committer through work, until Recv fails (io.EOF when the agent closed
-// the stream), a message is refused, or failed is closed (then it returns
-// nil: the committer holds the error).
-func (s *Server) receive(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, work chan<- received, failed <-chan struct{}, mem *streamBudget) error {
+// the stream), a message is refused, or failed or gone is closed (then it
+// returns nil: the committer or the outbox holds the error).
+func (s *Server) receive(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, work chan<- received, failed, gone <-chan struct{}, mem *streamBudget) error {
 	var last uint64
 	for {
 		reserved, err := mem.acquire(ctx, int64(lastWireSize(ctx)))
@@ -269,11 +335,15 @@ func (s *Server) receive(ctx context.Context, stream tokenwatchv1.AuditStreamSer
 		select {
 		case <-failed:
 			return nil
+		case <-gone:
+			return nil
 		default:
 		}
 		select {
 		case work <- r:
 		case <-failed:
+			return nil
+		case <-gone:
 			return nil
 		}
 		if s.queued != nil {
@@ -335,7 +405,7 @@ type received struct {
 // fsync) and acknowledged by one cumulative Ack of the last: an agent whose
 // batches arrive faster than a commit completes pays one fsync per group,
 // not one per batch.
-func (s *Server) commitLoop(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, replay bool, work <-chan received, mem *streamBudget, log *slog.Logger) error {
+func (s *Server) commitLoop(ctx context.Context, out acker, src detect.Source, replay bool, work <-chan received, mem *streamBudget, log *slog.Logger) error {
 	var next *received
 	for {
 		var r received
@@ -365,7 +435,7 @@ func (s *Server) commitLoop(ctx context.Context, stream tokenwatchv1.AuditStream
 					break more
 				}
 			}
-			if err := s.commit(ctx, stream, group, mem, log); err != nil {
+			if err := s.commit(ctx, out, group, mem, log); err != nil {
 				return err
 			}
 			continue
@@ -407,6 +477,8 @@ func merge(a, b *prepared) *prepared {
 	a.batch.Verdicts = append(a.batch.Verdicts, b.batch.Verdicts...)
 	a.batch.Encoded = append(a.batch.Encoded, b.batch.Encoded...)
 	a.batch.Losses = append(a.batch.Losses, b.batch.Losses...)
+	a.batch.Uses = append(a.batch.Uses, b.batch.Uses...)
+	a.batch.Counts = append(a.batch.Counts, b.batch.Counts...)
 	a.batch.Excluded += b.batch.Excluded
 	a.batch.NotMatched += b.batch.NotMatched
 	return a
@@ -422,9 +494,23 @@ type prepared struct {
 	charged int64 // of which charged to the memory budget
 }
 
-// batch processes one batch and acknowledges it once it is recorded.
-func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, src detect.Source, b *tokenwatchv1.Batch, log *slog.Logger) error {
-	return s.commit(ctx, stream, s.prepare(src, b, screening{}), nil, log)
+// batch processes one batch and acknowledges it on stream once it is
+// recorded.
+func (s *Server) batch(ctx context.Context, stream sender, src detect.Source, b *tokenwatchv1.Batch, log *slog.Logger) error {
+	return s.commit(ctx, directAck{stream}, s.prepare(src, b, screening{}), nil, log)
+}
+
+// acker acknowledges batches on a stream: its outbox, after the watch
+// updates queued before.
+type acker interface {
+	ack(ctx context.Context, seq uint64) error
+}
+
+// directAck sends acks on a stream itself.
+type directAck struct{ stream sender }
+
+func (d directAck) ack(_ context.Context, seq uint64) error {
+	return d.stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Ack{Ack: &tokenwatchv1.Ack{Seq: seq}}})
 }
 
 // prepare screens b's events, converts those kept and releases b's events.
@@ -433,7 +519,10 @@ func (s *Server) batch(ctx context.Context, stream tokenwatchv1.AuditStreamServi
 // verdicts and encodings of those it decoded, in order), and the others (a
 // message the codec left to plain protobuf) are judged here, when the
 // Processor is a Screener. Each kept event goes with its encoding as it
-// arrived, nil when the codec did not keep it.
+// arrived, nil when the codec did not keep it. With lineage enabled an
+// event that only the default list excludes and whose user authenticated
+// with a bound token is kept with its verdict (a possible chain, which
+// Process decides). Lineage uses and counts are converted as they are.
 func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, sc screening) *prepared {
 	pb := pipeline.Batch{Source: src, Excluded: sc.excluded, NotMatched: sc.notMatched}
 	sr, screens := s.opts.Processor.(Screener)
@@ -455,7 +544,7 @@ func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, sc screening)
 			v, screened = sr.Screen(&sub), true
 		}
 		switch {
-		case !screened || v.Alerts():
+		case !screened || v.Alerts() || s.linCfg.Enabled && mayChain(v) && protoCredentialJTI(e):
 			kept = append(kept, e)
 			pb.Events = append(pb.Events, wire.FromProto(e))
 			pb.Encoded = append(pb.Encoded, raw)
@@ -469,8 +558,10 @@ func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, sc screening)
 		}
 	}
 	nEvents := len(b.GetEvents())
-	cost := batchCost(kept, pb.Encoded, nEvents)
-	b.Events = nil // the protobuf form is garbage now, not held while Process waits
+	cost := batchCost(kept, pb.Encoded, nEvents) + lineageCost(b)
+	prepareLineage(b, &pb)
+	// The protobuf forms are garbage now, not held while Process waits.
+	b.Events, b.Uses, b.Counts = nil, nil, nil
 	for _, l := range b.GetLosses() {
 		loss := pipeline.Loss{
 			Reason: l.GetReason(), File: l.GetFile(), Offset: l.GetOffset(),
@@ -490,10 +581,12 @@ func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, sc screening)
 }
 
 // commit processes a prepared batch and acknowledges it once it is
-// recorded. The batch's memory budget is released once Process returned,
-// before the acknowledgement, which an agent that does not read could
-// hold up.
-func (s *Server) commit(ctx context.Context, stream tokenwatchv1.AuditStreamService_StreamServer, p *prepared, mem *streamBudget, log *slog.Logger) error {
+// recorded. The watches the batch changed are queued on every lineage
+// stream before the acknowledgement is queued on this one, so each stream
+// sends them before any later ack. The batch's memory budget is released
+// once Process returned, before the acknowledgement, which an agent that
+// does not read could hold up.
+func (s *Server) commit(ctx context.Context, out acker, p *prepared, mem *streamBudget, log *slog.Logger) error {
 	s.drain.RLock()
 	defer s.drain.RUnlock()
 	if s.closing.Load() {
@@ -501,7 +594,7 @@ func (s *Server) commit(ctx context.Context, stream tokenwatchv1.AuditStreamServ
 	}
 	// A batch is committed whole even when the stream goes away meanwhile:
 	// the agent resends what it did not see acknowledged and dedupe absorbs it.
-	_, err := s.opts.Processor.Process(context.WithoutCancel(ctx), p.batch)
+	res, err := s.opts.Processor.Process(context.WithoutCancel(ctx), p.batch)
 	mem.release(p.charged)
 	p.charged = 0
 	if err != nil {
@@ -509,9 +602,10 @@ func (s *Server) commit(ctx context.Context, stream tokenwatchv1.AuditStreamServ
 		log.Error("batch not recorded", "seq", p.seq, "err", err)
 		return status.Error(codes.Unavailable, "batch not recorded; resend")
 	}
+	s.fleet.publish(res.WatchAdd, res.WatchRemove)
 	s.m.batches.Add(float64(p.batches))
 	s.m.events.Add(float64(p.events))
-	return stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Ack{Ack: &tokenwatchv1.Ack{Seq: p.seq}}})
+	return out.ack(ctx, p.seq)
 }
 
 // bindCluster returns the cluster of the stream.

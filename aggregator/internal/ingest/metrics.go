@@ -11,9 +11,13 @@ type metrics struct {
 	refused     *prometheus.CounterVec
 	buffered    prometheus.GaugeFunc
 	budgetWaits prometheus.CounterFunc
+
+	lineageStreams prometheus.GaugeFunc
+	watchUpdates   prometheus.Counter
+	lineageDropped prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, b *budget) *metrics {
+func newMetrics(reg prometheus.Registerer, b *budget, f *fleet) *metrics {
 	m := &metrics{
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tokenwatch_aggregator_streams",
@@ -40,6 +44,18 @@ func newMetrics(reg prometheus.Registerer, b *budget) *metrics {
 			Help: "Streams refused, by reason (cluster_mismatch: the claimed cluster differs from the certificate; node_in_use: another live stream names the same node; too_many_nodes: limits.max_nodes_per_cluster).",
 		}, []string{"reason"}),
 	}
+	m.lineageStreams = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tokenwatch_aggregator_lineage_streams",
+		Help: "Agent streams receiving lineage watch updates.",
+	}, func() float64 { return float64(f.size()) })
+	m.watchUpdates = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tokenwatch_aggregator_lineage_watch_updates_total",
+		Help: "Lineage watch updates (WatchUpdate messages) sent to agents.",
+	})
+	m.lineageDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tokenwatch_aggregator_lineage_streams_dropped_total",
+		Help: "Lineage streams ended because their agent fell too far behind the watch updates (it reconnects and receives the watch set again).",
+	})
 	m.buffered = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tokenwatch_aggregator_buffered_bytes",
 		Help: "Bytes of received agent data held by all streams (messages being read, batches waiting for their commit), estimated.",
@@ -53,7 +69,8 @@ func newMetrics(reg prometheus.Registerer, b *budget) *metrics {
 		m.refused.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.streams, m.batches, m.events, m.heartbeats, m.batchErrors, m.refused, m.buffered, m.budgetWaits)
+		reg.MustRegister(m.streams, m.batches, m.events, m.heartbeats, m.batchErrors, m.refused, m.buffered, m.budgetWaits,
+			m.lineageStreams, m.watchUpdates, m.lineageDropped)
 	}
 	return m
 }

@@ -42,7 +42,7 @@ func TestLimitsFromConfigFile(t *testing.T) {
 	}}}); err != nil {
 		t.Fatalf("send: %v", err)
 	}
-	_, err := b.st.Recv()
+	_, err := b.recv()
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("batch of 3 with limits.max_events_per_batch 2: err = %v, want ResourceExhausted", err)
 	}

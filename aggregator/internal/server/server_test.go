@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/export"
+	"github.com/tokenwatch/tokenwatch/aggregator/internal/ingest"
 	"github.com/tokenwatch/tokenwatch/internal/audit"
 	"github.com/tokenwatch/tokenwatch/internal/wire"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
@@ -269,9 +271,18 @@ type agent struct {
 	conn *grpc.ClientConn
 	st   tokenwatchv1.AuditStreamService_StreamClient
 	seq  uint64
+	// watches are the WatchUpdates received so far.
+	watches []*tokenwatchv1.WatchUpdate
 }
 
+// dial connects an agent that declares lineage, as the current agent does.
 func dial(t *testing.T, addr, cluster, node string, replay bool) *agent {
+	t.Helper()
+	return dialFeatures(t, addr, cluster, node, replay, ingest.FeatureLineage)
+}
+
+// dialFeatures connects an agent that declares features in its Hello.
+func dialFeatures(t *testing.T, addr, cluster, node string, replay bool, features ...string) *agent {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -285,7 +296,7 @@ func dial(t *testing.T, addr, cluster, node string, replay bool) *agent {
 	a := &agent{conn: conn, st: st}
 	t.Cleanup(func() { cancel(); a.close() })
 	if err := st.Send(&tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Hello{Hello: &tokenwatchv1.Hello{
-		Cluster: cluster, Node: node, Replay: replay, SessionId: "test",
+		Cluster: cluster, Node: node, Replay: replay, SessionId: "test", Features: features,
 	}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -311,12 +322,23 @@ func (a *agent) send(t *testing.T, events []*tokenwatchv1.TokenEvent) {
 	if err := a.st.Send(&tokenwatchv1.StreamRequest{Msg: &tokenwatchv1.StreamRequest_Batch{Batch: &tokenwatchv1.Batch{Seq: a.seq, Events: events}}}); err != nil {
 		t.Fatalf("send batch %d: %v", a.seq, err)
 	}
-	r, err := a.st.Recv()
+	r, err := a.recv()
 	if err != nil {
 		t.Fatalf("batch %d: %v", a.seq, err)
 	}
 	if got := r.GetAck().GetSeq(); got != a.seq {
 		t.Fatalf("ack = %d, want %d", got, a.seq)
+	}
+}
+
+// recv returns the next response that is not a WatchUpdate, keeping those.
+func (a *agent) recv() (*tokenwatchv1.StreamResponse, error) {
+	for {
+		r, err := a.st.Recv()
+		if err != nil || r.GetWatch() == nil {
+			return r, err
+		}
+		a.watches = append(a.watches, r.GetWatch())
 	}
 }
 
@@ -489,9 +511,15 @@ func TestRealLogEndToEnd(t *testing.T) {
 		t.Errorf("records:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	for _, r := range tokenRequests(recs) {
-		if r.Attrs["k8s.cluster.name"] != "prod" || r.Attrs["k8s.node.name"] != "cp-1" || r.Severity != "medium" {
-			t.Errorf("record %s: cluster %q node %q severity %q, want prod cp-1 medium",
-				r.Attrs["kubernetes.audit.auditID"], r.Attrs["k8s.cluster.name"], r.Attrs["k8s.node.name"], r.Severity)
+		// A token request made with a token minted (and watched) earlier in
+		// the log is a chain: high.
+		sev := "medium"
+		if r.Attrs["tokenwatch.lineage.parent_jti"] != "" {
+			sev = "high"
+		}
+		if r.Attrs["k8s.cluster.name"] != "prod" || r.Attrs["k8s.node.name"] != "cp-1" || r.Severity != sev {
+			t.Errorf("record %s: cluster %q node %q severity %q, want prod cp-1 %s",
+				r.Attrs["kubernetes.audit.auditID"], r.Attrs["k8s.cluster.name"], r.Attrs["k8s.node.name"], r.Severity, sev)
 		}
 		if u := r.Attrs["user.name"]; u == "aksService" || u == "eks:node-manager" {
 			if r.Attrs["tokenwatch.exclusion.mismatch"] == "" {
@@ -865,4 +893,33 @@ func truncate(b []byte) string {
 		return string(b[:200]) + "..."
 	}
 	return string(b)
+}
+
+// TestAgentWithoutLineage: an agent of the previous version (no "lineage"
+// feature) is reported once by a tokenwatch.pipeline record, is sent no
+// watch update, and delivers token requests as before.
+func TestAgentWithoutLineage(t *testing.T) {
+	s := newSetup(t)
+	agg := s.start(t)
+	a := dialFeatures(t, agg.addr, "prod", "cp-old", false)
+	a.send(t, []*tokenwatchv1.TokenEvent{event("alice", "o1", audit.StageResponseComplete, 201, "team-a", "builder", "10.1.2.3")})
+	recs := agg.out.waitFor(t, "o1 and the unsupported agent", func(r []record) bool {
+		return hasAuditID("o1")(r) && slices.ContainsFunc(r, func(x record) bool {
+			return x.Attrs["tokenwatch.pipeline.kind"] == "lineage_unsupported_agent"
+		})
+	})
+	for _, r := range recs {
+		if r.Attrs["tokenwatch.pipeline.kind"] == "lineage_unsupported_agent" && r.Attrs["k8s.node.name"] != "cp-old" {
+			t.Errorf("lineage_unsupported_agent record names node %q, want cp-old", r.Attrs["k8s.node.name"])
+		}
+	}
+	if len(a.watches) != 0 {
+		t.Errorf("the agent without lineage got %d watch updates, want none", len(a.watches))
+	}
+	// A lineage agent gets its watch set, reset first.
+	b := dial(t, agg.addr, "prod", "cp-new", false)
+	b.send(t, nil)
+	if len(b.watches) == 0 || !b.watches[0].GetReset_() {
+		t.Errorf("the lineage agent's updates = %v, want the set with reset first", b.watches)
+	}
 }

@@ -271,6 +271,7 @@ func (s *grpcServer) Shutdown(context.Context) error {
 	s.serving.Store(false)
 	s.in.Drain()
 	s.gs.Stop()
+	s.in.Wait()       // the streams' writers, which end with their streams
 	_ = s.lis.Close() // Serve closes it; this is for a Shutdown before Run
 	return nil
 }
