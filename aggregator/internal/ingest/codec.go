@@ -27,11 +27,12 @@ import (
 // One difference: a screened-out event is not checked for invalid UTF-8 in
 // the string fields the rule does not read; it is dropped either way.
 //
-// With chains set (lineage enabled), an event excluded by the default list
-// only (rule.Verdict.ByDefault) whose user authenticated with a bound token
-// (a "JTI=" credential ID in user.extra, read from the encoded bytes for
-// those events only) is kept with its verdict: Process decides, with the
-// watch set, whether it is a chain, which alerts despite that exclusion.
+// With chains set (lineage enabled), an excluded event whose user
+// authenticated with a bound token (a "JTI=" credential ID in user.extra,
+// read from the encoded bytes for excluded events only) is kept with its
+// verdict: Process decides with the watch set whether it is a chain (which
+// alerts despite an exclusion of the default list, rule.Verdict.ByDefault)
+// or a use of a watched token (whatever excluded it).
 //
 // A batch's lineage uses and counts are not screened: they are decoded as
 // plain protobuf.
@@ -197,8 +198,8 @@ func (c *codec) event(b []byte, sub *rule.Subject, sc *screening) (*tokenwatchv1
 	v := c.screen.Screen(sub)
 	switch {
 	case v.Alerts():
-	case c.chains && mayChain(v) && scanCredentialJTI(b):
-		// excluded by default, authenticated with a token: Process decides
+	case c.chains && lineageCandidate(v) && scanCredentialJTI(b):
+		// excluded, authenticated with a token: Process decides
 	case v.Excluded:
 		sc.excluded++
 		return nil, true
@@ -323,10 +324,12 @@ func extraHasJTI(entry []byte) bool {
 // jtiPrefix starts the credential ID of a bound token.
 const jtiPrefix = "JTI="
 
-// mayChain reports whether a request judged v could still alert as a
-// chain: it matches and only the default list excludes it.
-func mayChain(v rule.Verdict) bool {
-	return v.Match && v.Excluded && v.ByDefault
+// lineageCandidate reports whether a token create judged v, when made
+// with a bound token, still matters to lineage: it matches and is
+// excluded (a chain when only the default list excludes it, a use of the
+// token it was made with either way). One that alerts is kept anyway.
+func lineageCandidate(v rule.Verdict) bool {
+	return v.Match && v.Excluded
 }
 
 // scanEvent fills s from an encoded TokenEvent without copying: the

@@ -18,7 +18,7 @@
 // updates pass Options.MaxPendingWatches is ended and counted, never
 // waited for. An agent without the feature is reported to the pipeline and
 // sent no update. Batch.uses and Batch.counts are decoded as plain protobuf
-// and handed to Process; a token create that only the default exclusions
-// exclude, made with a bound token, is kept for Process to judge as a
-// possible chain.
+// and handed to Process; an excluded token create made with a bound token
+// is kept for Process to judge as a possible chain or a use of a watched
+// token.
 package ingest

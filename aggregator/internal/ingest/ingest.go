@@ -145,7 +145,7 @@ func New(opts Options) *Server {
 // memory budget reserves about that much before the next read) and, with a
 // Processor that is a Screener, a codec that screens batch events before
 // decoding them (see codec); with lineage enabled it keeps the possible
-// chains among the events excluded by default.
+// chains and token uses among the excluded events.
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{grpc.StatsHandler(wireSizes{})}
 	if fs, ok := s.opts.Processor.(Screener); ok {
@@ -520,9 +520,9 @@ func (d directAck) ack(_ context.Context, seq uint64) error {
 // message the codec left to plain protobuf) are judged here, when the
 // Processor is a Screener. Each kept event goes with its encoding as it
 // arrived, nil when the codec did not keep it. With lineage enabled an
-// event that only the default list excludes and whose user authenticated
-// with a bound token is kept with its verdict (a possible chain, which
-// Process decides). Lineage uses and counts are converted as they are.
+// excluded event whose user authenticated with a bound token is kept with
+// its verdict (a possible chain or use of a watched token, which Process
+// decides). Lineage uses and counts are converted as they are.
 func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, sc screening) *prepared {
 	pb := pipeline.Batch{Source: src, Excluded: sc.excluded, NotMatched: sc.notMatched}
 	sr, screens := s.opts.Processor.(Screener)
@@ -544,7 +544,7 @@ func (s *Server) prepare(src detect.Source, b *tokenwatchv1.Batch, sc screening)
 			v, screened = sr.Screen(&sub), true
 		}
 		switch {
-		case !screened || v.Alerts() || s.linCfg.Enabled && mayChain(v) && protoCredentialJTI(e):
+		case !screened || v.Alerts() || s.linCfg.Enabled && lineageCandidate(v) && protoCredentialJTI(e):
 			kept = append(kept, e)
 			pb.Events = append(pb.Events, wire.FromProto(e))
 			pb.Encoded = append(pb.Encoded, raw)

@@ -421,15 +421,16 @@ func withCredential(e *tokenwatchv1.TokenEvent, values ...string) *tokenwatchv1.
 	return e
 }
 
-// TestChainException: with lineage on, a token create excluded by the
-// default list only, by a user authenticated with a bound token, reaches
-// Process with its verdict (the pipeline decides whether it is a chain);
-// without a token credential, excluded by an explicit entry, or with
-// lineage off it is screened out as excluded. The codec (screening the
-// encoded events) and prepare (judging a message the codec left to plain
-// protobuf) decide alike.
+// TestChainException: with lineage on, an excluded token create by a user
+// authenticated with a bound token reaches Process with its verdict (the
+// pipeline decides whether it is a chain, which overrides an exclusion of
+// the default list only, or a use of a watched token); without a token
+// credential, or with lineage off, it is screened out as excluded. The
+// codec (screening the encoded events) and prepare (judging a message the
+// codec left to plain protobuf) decide alike.
 func TestChainException(t *testing.T) {
 	byDefault := rule.Verdict{Match: true, Excluded: true, ByDefault: true, By: "system:*"}
+	explicit := rule.Verdict{Match: true, Excluded: true, By: "vault"}
 	events := []*tokenwatchv1.TokenEvent{
 		withCredential(tokenEvent("chain", "system:serviceaccount:ns:app"), "X509SHA256=ab", "JTI=j1"),
 		withCredential(tokenEvent("cert", "system:serviceaccount:ns:app"), "X509SHA256=ab"),
@@ -445,7 +446,7 @@ func TestChainException(t *testing.T) {
 		wantVs   []rule.Verdict
 		excluded int
 	}{
-		{"lineage on", true, []string{"chain", "alice"}, []rule.Verdict{byDefault, {Match: true}}, 4},
+		{"lineage on", true, []string{"chain", "vault", "alice"}, []rule.Verdict{byDefault, explicit, {Match: true}}, 3},
 		{"lineage off", false, []string{"alice"}, []rule.Verdict{{Match: true}}, 5},
 	}
 	for _, tt := range tests {
