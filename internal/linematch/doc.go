@@ -2,15 +2,28 @@
 // matter to token lineage: requests authenticated with a watched token
 // (Token), sensitive actions of a followed minter by user name (ActorUser)
 // or by the credential it used (ActorCredential), and requests made with a
-// legacy Secret-based token (Legacy).
+// legacy Secret-based token (Legacy). Token creates are never lineage
+// matches: the pre-filter sends them.
 //
-// Classify is the exact decision on a decoded event. Matcher.Block finds the
-// lines of a block that Classify matches, decoding only candidates: a
-// byte-level search that never misses a true match (the literal forms of what
-// the watch set needs, and any \u escape of a byte that could hide one)
-// selects them, and audit.Decode and Classify decide. LineKeys and Lookback
-// keep cheap per-line keys of recently read lines so that a watch arriving
-// later finds the lines it would have matched.
+// Classify is the exact decision on a decoded event, under a Set of
+// watches. Matcher.Block finds the lines of a block that Classify matches,
+// decoding only candidates; it is exact: a line is a hit iff Classify of its
+// audit.Decode says so. Candidates come from byte searches that never miss,
+// each a pass over the whole block for one byte rare in audit lines:
+// "JTI=" entries of a list ('J') whose uuid the set watches, the string
+// values of keys "username" ('m') that it follows, "legacy-token" ('y'), and
+// any \u00XX escape ('\') of a byte that could hide one of those. Only what
+// the set needs is searched: with no watch, "legacy-token" and escapes.
+//
+// KeysOf, AppendKeys and Matcher.BlockKeys give each line cheap keys (its
+// credential JTI, the hashes of its user names, or Unsure) from the same
+// passes, and Lookback keeps them with the caller's location of the line,
+// so that a watch arriving later finds every line read before it that may
+// match it (Find never misses; the caller reads those lines again and
+// classifies them). BlockKeys does Block and AppendKeys in one set of
+// passes. A reader that cannot afford per-line keys may add one Unsure entry
+// per block instead (its location covering the block): Find then returns
+// the block for every watch, to be matched again with Block.
 //
 // The package is pure: no clock, file or socket; times are parameters.
 package linematch
