@@ -25,7 +25,7 @@ step "go test"
 # One package at a time: each starts real processes (apiservers, etcd, the
 # agent and aggregator) and 2 cores are shared by all of them.
 set +e
-go test -count=1 -p 1 -timeout 35m -v "$@" ./...
+go test -count=1 -p 1 -timeout 40m -v "$@" ./...
 status=$?
 set -e
 step "go test exited $status"

@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -96,13 +97,19 @@ rules:
 
 // Options configures one apiserver.
 type Options struct {
-	Name      string // cluster name; also the etcd prefix
+	Name      string // cluster name; also the etcd prefix (unless Twin)
 	Policy    string // audit policy YAML (default PolicyRequest)
 	MaxSizeMB int    // --audit-log-maxsize (default 1)
 	MaxBackup int    // --audit-log-maxbackup (default 1000)
 	Compress  bool   // --audit-log-compress
 	// Owner, when set, owns the apiserver process (for starts from subtests).
 	Owner testing.TB
+	// Twin, when set, makes this apiserver serve Twin's data under its own
+	// name: Twin's etcd prefix (the same objects and UIDs) and Twin's
+	// service-account signing key, issuer and API audiences, so tokens
+	// minted by either are accepted by both. Its audit log, CA and port are
+	// its own.
+	Twin *Cluster
 }
 
 // Cluster is one kube-apiserver with its audit log.
@@ -114,6 +121,9 @@ type Cluster struct {
 	Proc     *harness.Proc
 	Admin    *Client
 	dir      string
+
+	etcdPrefix   string
+	saPub, saKey string // service-account verification and signing key files
 }
 
 // StartCluster starts a kube-apiserver on 127.0.0.1 backed by etcd, with
@@ -143,8 +153,14 @@ func StartCluster(t testing.TB, binDir, logDir string, etcd *Etcd, o Options) *C
 	must(t, err)
 	certFile, keyFile, err := serving.Write(dir, "apiserver")
 	must(t, err)
-	saPub, saKey, err := writeRSAKey(dir)
-	must(t, err)
+	prefix := "/" + o.Name
+	var saPub, saKey string
+	if o.Twin != nil {
+		prefix, saPub, saKey = o.Twin.etcdPrefix, o.Twin.saPub, o.Twin.saKey
+	} else {
+		saPub, saKey, err = writeRSAKey(dir)
+		must(t, err)
+	}
 	policy := filepath.Join(dir, "audit-policy.yaml")
 	must(t, os.WriteFile(policy, []byte(o.Policy), 0o644))
 	auditDir := filepath.Join(dir, "audit")
@@ -152,7 +168,7 @@ func StartCluster(t testing.TB, binDir, logDir string, etcd *Etcd, o Options) *C
 	port := harness.FreePort(t)
 
 	args := []string{
-		"--etcd-servers", etcd.URL, "--etcd-prefix", "/" + o.Name,
+		"--etcd-servers", etcd.URL, "--etcd-prefix", prefix,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", strconv.Itoa(port),
 		"--tls-cert-file", certFile, "--tls-private-key-file", keyFile, "--client-ca-file", caFile,
 		"--cert-dir", filepath.Join(dir, "certs"),
@@ -168,7 +184,7 @@ func StartCluster(t testing.TB, binDir, logDir string, etcd *Etcd, o Options) *C
 	}
 	p := harness.StartOwned(t, owner, logDir, "kube-apiserver-"+o.Name, filepath.Join(binDir, "kube-apiserver"), args...)
 	c := &Cluster{Name: o.Name, AuditLog: filepath.Join(auditDir, "audit.log"), Host: "https://" + harness.Addr(port),
-		CA: ca, Proc: p, dir: dir}
+		CA: ca, Proc: p, dir: dir, etcdPrefix: prefix, saPub: saPub, saKey: saKey}
 	c.Admin = c.CertClient(t, "admin-"+o.Name, "system:masters")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -248,6 +264,25 @@ func (c *Cluster) TokenClient(t testing.TB, name, token string) *Client {
 	return c.newClient(t, name, &rest.Config{BearerToken: token})
 }
 
+// TokenClientFrom authenticates with a bearer token and connects from the
+// local address ip (any 127.0.0.0/8 address is loopback on Linux), so the
+// apiserver logs ip as the request's source.
+func (c *Cluster) TokenClientFrom(t testing.TB, name, token, ip string) *Client {
+	t.Helper()
+	local := net.ParseIP(ip)
+	if local == nil {
+		t.Fatalf("TokenClientFrom %s: %q is not an IP address", name, ip)
+	}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: local}, Timeout: 10 * time.Second}
+	return c.newClient(t, name, &rest.Config{BearerToken: token, Dial: d.DialContext})
+}
+
+// WithAuditID returns ctx for a request whose Audit-Id response header is
+// to be stored into *id.
+func WithAuditID(ctx context.Context, id *string) context.Context {
+	return context.WithValue(ctx, auditIDKey{}, id)
+}
+
 // Mint is one TokenRequest as the client saw it.
 type Mint struct {
 	Client    string
@@ -269,14 +304,24 @@ func (m Mint) Outcome() string {
 
 // MintToken creates a TokenRequest for ns/sa.
 func (cl *Client) MintToken(ctx context.Context, ns, sa string, dryRun bool) Mint {
+	return cl.mint(ctx, ns, sa, dryRun, nil)
+}
+
+// MintTokenExpiring creates a TokenRequest for ns/sa asking for a lifetime of
+// seconds (spec.expirationSeconds, logged with the request body).
+func (cl *Client) MintTokenExpiring(ctx context.Context, ns, sa string, seconds int64) Mint {
+	return cl.mint(ctx, ns, sa, false, &seconds)
+}
+
+func (cl *Client) mint(ctx context.Context, ns, sa string, dryRun bool, seconds *int64) Mint {
 	var auditID string
-	ctx = context.WithValue(ctx, auditIDKey{}, &auditID)
+	ctx = WithAuditID(ctx, &auditID)
 	opts := metav1.CreateOptions{}
 	if dryRun {
 		opts.DryRun = []string{metav1.DryRunAll}
 	}
 	tr, err := cl.CS.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"https://kubernetes.default.svc"}},
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"https://kubernetes.default.svc"}, ExpirationSeconds: seconds},
 	}, opts)
 	m := Mint{Client: cl.Name, AuditID: auditID, Namespace: ns, Name: sa, Err: err, DryRun: dryRun}
 	if err == nil {
