@@ -64,15 +64,15 @@ func (o *outbox) run() {
 		if !ok {
 			return
 		}
+		if it.msg.GetWatch() != nil {
+			o.m.watchUpdates.Inc() // before the agent may see it
+		}
 		if err := o.stream.Send(it.msg); err != nil {
 			o.fail(err)
 			return
 		}
 		if it.sent != nil {
 			close(it.sent)
-		}
-		if it.msg.GetWatch() != nil {
-			o.m.watchUpdates.Inc()
 		}
 	}
 }
