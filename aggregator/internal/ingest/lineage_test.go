@@ -519,3 +519,27 @@ func TestPrepareLineage(t *testing.T) {
 		t.Errorf("cost %d", p.cost)
 	}
 }
+
+// FuzzCredentialJTI: the codec's scan of an encoded event's user.extra
+// finds a token credential wherever the decoded event has one (it may
+// find one more often: any repeated map entry counts, not only the last),
+// so that no possible chain is screened out.
+func FuzzCredentialJTI(f *testing.F) {
+	for _, e := range []*tokenwatchv1.TokenEvent{
+		withCredential(tokenEvent("a", "system:x"), "X509SHA256=ab", "JTI=j1"),
+		withCredential(tokenEvent("b", "system:x"), "JTI="),
+		tokenEvent("c", "alice"),
+	} {
+		raw, _ := proto.Marshal(e)
+		f.Add(raw)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var e tokenwatchv1.TokenEvent
+		if proto.Unmarshal(raw, &e) != nil {
+			return
+		}
+		if protoCredentialJTI(&e) && !scanCredentialJTI(raw) {
+			t.Fatalf("decoded event has a token credential %v, the scan finds none", e.GetUser().GetExtra())
+		}
+	})
+}
