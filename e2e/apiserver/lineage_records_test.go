@@ -561,6 +561,50 @@ func checkSummaries(t *testing.T, x lineageIndex, recs []harness.Record, v *line
 			t.Errorf("no token_use_summary of %s, want %s", tok, summaryText(want))
 		}
 	}
+	checkUseSpan(t, x, recs)
+}
+
+// checkUseSpan: over a token's summaries, the earliest first_use and the
+// latest last_use are its first and last uses' requestReceivedTimestamp.
+func checkUseSpan(t *testing.T, x lineageIndex, recs []harness.Record) {
+	t.Helper()
+	type span struct{ first, last time.Time }
+	want, got := map[string]*span{}, map[string]*span{}
+	widen := func(m map[string]*span, tok string, first, last time.Time) {
+		s := m[tok]
+		if s == nil {
+			m[tok] = &span{first, last}
+			return
+		}
+		if first.Before(s.first) {
+			s.first = first
+		}
+		if last.After(s.last) {
+			s.last = last
+		}
+	}
+	for _, f := range lineageFacts {
+		if _, ok := lineageSummaries[f.credential]; ok {
+			ts := x.r.events[f.label].RequestReceivedTimestamp
+			widen(want, f.credential, ts, ts)
+		}
+	}
+	for _, rec := range harness.ByEvent(recs, eventTokenUseSummary) {
+		first, err1 := time.Parse(time.RFC3339Nano, rec.Str("tokenwatch.lineage.first_use"))
+		last, err2 := time.Parse(time.RFC3339Nano, rec.Str("tokenwatch.lineage.last_use"))
+		if err1 != nil || err2 != nil {
+			t.Errorf("token_use_summary of %s: first_use %q, last_use %q: want RFC 3339", x.tokenOf(rec),
+				rec.Str("tokenwatch.lineage.first_use"), rec.Str("tokenwatch.lineage.last_use"))
+			continue
+		}
+		widen(got, x.tokenOf(rec), first, last)
+	}
+	for tok, w := range want {
+		g := got[tok]
+		if g == nil || !g.first.Equal(w.first) || !g.last.Equal(w.last) {
+			t.Errorf("%s summaries span %v, want first_use %s last_use %s", tok, g, w.first.Format(time.RFC3339Nano), w.last.Format(time.RFC3339Nano))
+		}
+	}
 }
 
 // checkFollowups: alice's secret read and RoleBinding, once each.
