@@ -271,9 +271,9 @@ func (r *lineageRun) stepsBeforeRestart(t *testing.T) {
 	wantForbidden(t, r.do(t, "legacy_denied", "c1", listSecrets(legacy, "team-b")))
 }
 
-// stepsAfterRestart are T1's further uses (one bringing nothing new, a new
-// source, another cluster) and T2's use.
-func (r *lineageRun) stepsAfterRestart(t *testing.T) {
+// stepsWhileDown are T1's further uses: one bringing nothing new, a new
+// source, another cluster.
+func (r *lineageRun) stepsWhileDown(t *testing.T) {
 	t.Helper()
 	t1 := r.c1.TokenClientFrom(t, "T1@"+secondSource, r.tokens["T1"], secondSource)
 	wantOK(t, r.do(t, "U3_list_secrets_again", "c1", listSecrets(t1, "team-a")))
@@ -281,6 +281,11 @@ func (r *lineageRun) stepsAfterRestart(t *testing.T) {
 	wantOK(t, r.do(t, "U4_new_source", "c1", listConfigMaps(t1third, "team-a")))
 	t1c2 := r.c2.TokenClient(t, "T1@c2", r.tokens["T1"])
 	wantOK(t, r.do(t, "U5_other_cluster", "c2", listConfigMaps(t1c2, "team-a")))
+}
+
+// stepsAfterReconnect is T2's use.
+func (r *lineageRun) stepsAfterReconnect(t *testing.T) {
+	t.Helper()
 	t2 := r.c1.TokenClientFrom(t, "T2@"+firstSource, r.tokens["T2"], firstSource)
 	wantForbidden(t, r.do(t, "U6_T2_denied", "c1", listSecrets(t2, "team-a")))
 }
@@ -403,9 +408,10 @@ type lineageVariant struct {
 	name string
 	// backlog: c1's agent starts only after everything was logged.
 	backlog bool
-	// restart: the aggregator is stopped (SIGTERM) between the two halves of
-	// the scenario and started again on its state; every agent reconnects.
-	// The previous version's agent takes part.
+	// restart: the aggregator is stopped (SIGTERM) in the middle of the
+	// scenario and started again on its state (every agent reconnects),
+	// then the agents are restarted. The previous version's agent takes
+	// part.
 	restart bool
 }
 
@@ -435,8 +441,8 @@ func startLineageTokenwatch(t *testing.T, b *harness.Binaries, logs string, r *l
 }
 
 // TestLineage is issue 14's end-to-end scenario: the same requests watched
-// live (with a graceful aggregator restart in the middle and an agent of
-// the previous version connected), then with c1's agent started only after
+// live (with a graceful aggregator restart in the middle, then every agent
+// restarted, and an agent of the previous version connected), then with c1's agent started only after
 // everything was logged (backlog). Per token, both give the same records,
 // the same union of reasons and the same summary totals.
 func TestLineage(t *testing.T) {
@@ -488,9 +494,10 @@ func runLineage(t *testing.T, b *harness.Binaries, v lineageVariant, supported b
 	}
 	r.stepsBeforeRestart(t)
 	if tw != nil && v.restart {
-		tw.restartAggregator(t, r)
+		tw.restart(t, r)
 	} else {
-		r.stepsAfterRestart(t)
+		r.stepsWhileDown(t)
+		r.stepsAfterReconnect(t)
 	}
 
 	t.Run("audit_log", func(t *testing.T) { checkAuditFacts(t, r) })
@@ -523,11 +530,13 @@ func runLineage(t *testing.T, b *harness.Binaries, v lineageVariant, supported b
 	return view
 }
 
-// restartAggregator waits until T1's first use has been exported (so that
-// watches and reported reasons are in the aggregator's state), stops the
-// aggregator with SIGTERM, runs the second half of the scenario while it is
-// down, and starts it again on the same state: every agent reconnects.
-func (tw *lineageTokenwatch) restartAggregator(t *testing.T, r *lineageRun) {
+// restart waits until T1's first use has been exported (so that watches
+// and reported reasons are in the aggregator's state), stops the aggregator
+// with SIGTERM, runs T1's further uses while it is down, and starts it
+// again on the same state: every agent reconnects. Then each agent of c1
+// and c2 is restarted (SIGTERM, same state: a new process holds no watch
+// until the aggregator pushes them again) before T2 is used.
+func (tw *lineageTokenwatch) restart(t *testing.T, r *lineageRun) {
 	t.Helper()
 	u1 := r.step("U1_list_secrets")
 	if !tw.sink.WaitFor(2*time.Minute, func(recs []harness.Record) bool {
@@ -547,7 +556,7 @@ func (tw *lineageTokenwatch) restartAggregator(t *testing.T, r *lineageRun) {
 	if err := tw.agg.Proc.Stop(15 * time.Second); err != nil {
 		t.Errorf("aggregator graceful stop: %v", err)
 	}
-	r.stepsAfterRestart(t)
+	r.stepsWhileDown(t)
 	if tw.previous != nil {
 		tw.previous.appendMint(t, r)
 	}
@@ -555,6 +564,14 @@ func (tw *lineageTokenwatch) restartAggregator(t *testing.T, r *lineageRun) {
 	if tw.previous != nil {
 		tw.previous.waitDelivered(t, tw.sink, 1)
 	}
+	for _, c := range []string{"c1", "c2"} {
+		a := tw.agents[c]
+		if err := a.Proc.Stop(15 * time.Second); err != nil {
+			t.Errorf("agent %s did not stop cleanly on SIGTERM: %v", c, err)
+		}
+		a.Start(t)
+	}
+	r.stepsAfterReconnect(t)
 }
 
 // probeLineage starts the aggregator with a lineage: section: an aggregator
