@@ -540,6 +540,11 @@ func checkSummaries(t *testing.T, x lineageIndex, recs []harness.Record, v *line
 		tok := x.tokenOf(rec)
 		what := "token_use_summary of " + tok
 		severity(t, what, rec, "low", 9)
+		for _, k := range []string{"k8s.cluster.names", "tokenwatch.lineage.source_ips", "tokenwatch.lineage.verbs"} {
+			if _, ok := rec.Attrs[k].([]any); !ok {
+				t.Errorf("%s: %s = %v, want an array", what, k, rec.Attrs[k])
+			}
+		}
 		if _, ok := lineageSummaries[tok]; ok {
 			checkMintAttrs(t, x, what, rec, tok)
 		}
