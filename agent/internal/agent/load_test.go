@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokenwatch/tokenwatch/internal/lineage"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
@@ -26,7 +27,7 @@ import (
 // TOKENWATCH_LINEAGE_LOAD names a directory. It serves a lineage
 // aggregator on loopback (its address in DIR/addr) that pushes
 // LOAD_WATCHES token watches (10,000) on each stream and a watch for every
-// token minted, and, once an agent connects, writes DIR/audit.log at
+// token minted (from its mint time, as the aggregator's), and, once an agent connects, writes DIR/audit.log at
 // LOAD_RATE lines/s (2,000) for LOAD_DURATION (150s); LOAD_LINEAGE_OFF
 // welcomes without lineage (the baseline): LOAD_JTI_PERCENT
 // (60) of the lines carry a JTI credential, one in ten of those a watched
@@ -102,9 +103,12 @@ func (a *loadAggregator) Stream(stream grpc.BidiStreamingServer[tokenwatchv1.Str
 		a.once.Do(func() { close(a.hello) })
 		return a.ackAll(stream)
 	}
+	// As the aggregator: each watch from its mint time until its expiry.
+	now := time.Now()
 	reset := &tokenwatchv1.WatchUpdate{Reset_: true}
 	for _, jti := range a.watched {
-		reset.Add = append(reset.Add, &tokenwatchv1.Watch{Kind: tokenwatchv1.LineageKind_LINEAGE_KIND_TOKEN, Key: jti})
+		reset.Add = append(reset.Add, &tokenwatchv1.Watch{Kind: tokenwatchv1.LineageKind_LINEAGE_KIND_TOKEN, Key: jti,
+			From: timestamppb.New(now.Add(-time.Hour)), Until: timestamppb.New(now.Add(47 * time.Hour))})
 	}
 	if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Watch{Watch: reset}}); err != nil {
 		return err
@@ -135,7 +139,9 @@ func (a *loadAggregator) ackAll(stream grpc.BidiStreamingServer[tokenwatchv1.Str
 		u := &tokenwatchv1.WatchUpdate{}
 		for _, e := range b.Events {
 			if jti, ok := strings.CutPrefix(e.Annotations[lineage.AnnotationIssuedCredentialID], "JTI="); ok {
-				u.Add = append(u.Add, &tokenwatchv1.Watch{Kind: tokenwatchv1.LineageKind_LINEAGE_KIND_TOKEN, Key: jti})
+				from, _ := time.Parse(time.RFC3339Nano, e.RequestReceivedTimestamp)
+				u.Add = append(u.Add, &tokenwatchv1.Watch{Kind: tokenwatchv1.LineageKind_LINEAGE_KIND_TOKEN, Key: jti,
+					From: timestamppb.New(from), Until: timestamppb.New(from.Add(time.Hour))})
 			}
 		}
 		if len(u.Add) > 0 && !a.off {

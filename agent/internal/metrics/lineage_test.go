@@ -17,7 +17,7 @@ func TestLineageMetrics(t *testing.T) {
 		Send: func() sender.Stats { return sender.Stats{UsesSent: 6} },
 		Lineage: func() uses.Stats {
 			return uses.Stats{TokenWatches: 10, ActorUserWatches: 2, UsesSent: 5, UsesCounted: 40,
-				LookbackEntries: 300, LookbackHits: 3, LookbackMisses: 1}
+				LookbackEntries: 300, LookbackBytes: 4096, LookbackRescanned: 8192, LookbackHits: 3, LookbackMisses: 1}
 		},
 	})
 	want := `# HELP tokenwatch_agent_lineage_watches Lineage watches held, by kind (token, actor_user, actor_credential).
@@ -31,15 +31,21 @@ tokenwatch_agent_lineage_uses_sent_total 6
 # HELP tokenwatch_agent_lineage_uses_counted_total Lineage requests only counted: further uses of watched tokens, legacy-token requests.
 # TYPE tokenwatch_agent_lineage_uses_counted_total counter
 tokenwatch_agent_lineage_uses_counted_total 40
-# HELP tokenwatch_agent_lineage_lookback_entries Lines held in the lookback index.
+# HELP tokenwatch_agent_lineage_lookback_entries Blocks of log held in the lookback index.
 # TYPE tokenwatch_agent_lineage_lookback_entries gauge
 tokenwatch_agent_lineage_lookback_entries 300
 # HELP tokenwatch_agent_lineage_lookback_hits_total Lines read again for a new watch that matched it.
 # TYPE tokenwatch_agent_lineage_lookback_hits_total counter
 tokenwatch_agent_lineage_lookback_hits_total 3
-# HELP tokenwatch_agent_lineage_lookback_misses_total Lines found for a new watch that could not be read again (reported as lost).
+# HELP tokenwatch_agent_lineage_lookback_misses_total Lookback blocks a new watch may match that could not be read again (reported as lost).
 # TYPE tokenwatch_agent_lineage_lookback_misses_total counter
 tokenwatch_agent_lineage_lookback_misses_total 1
+# HELP tokenwatch_agent_lineage_lookback_bytes Bytes of log the lookback index covers.
+# TYPE tokenwatch_agent_lineage_lookback_bytes gauge
+tokenwatch_agent_lineage_lookback_bytes 4096
+# HELP tokenwatch_agent_lineage_lookback_rescanned_bytes_total Bytes of log read again for new watches.
+# TYPE tokenwatch_agent_lineage_lookback_rescanned_bytes_total counter
+tokenwatch_agent_lineage_lookback_rescanned_bytes_total 8192
 `
 	mfs, err := a.Registry.Gather()
 	if err != nil {

@@ -238,17 +238,20 @@ func registerLineage(reg *prometheus.Registry, l func() uses.Stats, send func() 
 		func(s uses.Stats) uint64 { return s.UsesSent })
 	fn(prometheus.CounterValue, "uses_counted_total", "Lineage requests only counted: further uses of watched tokens, legacy-token requests.",
 		func(s uses.Stats) uint64 { return s.UsesCounted })
-	fn(prometheus.GaugeValue, "lookback_entries", "Lines held in the lookback index.", func(s uses.Stats) uint64 { return uint64(s.LookbackEntries) })
-	fn(prometheus.GaugeValue, "lookback_pinned_entries", "Lookback lines pinned until a token create's batch is acknowledged.",
+	fn(prometheus.GaugeValue, "lookback_entries", "Blocks of log held in the lookback index.", func(s uses.Stats) uint64 { return uint64(s.LookbackEntries) })
+	fn(prometheus.GaugeValue, "lookback_pinned_entries", "Lookback blocks pinned until a token create's batch is acknowledged.",
 		func(s uses.Stats) uint64 { return uint64(s.LookbackPinned) })
+	fn(prometheus.GaugeValue, "lookback_bytes", "Bytes of log the lookback index covers.", func(s uses.Stats) uint64 { return s.LookbackBytes })
+	fn(prometheus.CounterValue, "lookback_rescanned_bytes_total", "Bytes of log read again for new watches.",
+		func(s uses.Stats) uint64 { return s.LookbackRescanned })
 	fn(prometheus.CounterValue, "lookback_hits_total", "Lines read again for a new watch that matched it.", func(s uses.Stats) uint64 { return s.LookbackHits })
-	fn(prometheus.CounterValue, "lookback_misses_total", "Lines found for a new watch that could not be read again (reported as lost).",
+	fn(prometheus.CounterValue, "lookback_misses_total", "Lookback blocks a new watch may match that could not be read again (reported as lost).",
 		func(s uses.Stats) uint64 { return s.LookbackMisses })
-	fn(prometheus.CounterValue, "lookback_dropped_total", "Lookback lines dropped before the window ended because the index was full.",
+	fn(prometheus.CounterValue, "lookback_dropped_total", "Lookback blocks dropped before the window ended because the index was full.",
 		func(s uses.Stats) uint64 { return s.LookbackDropped })
-	fn(prometheus.CounterValue, "pin_waits_total", "Times reading waited for acknowledgements because pinned lines filled the lookback index.",
+	fn(prometheus.CounterValue, "pin_waits_total", "Times reading waited for acknowledgements because pinned blocks filled the lookback index.",
 		func(s uses.Stats) uint64 { return s.PinWaits })
-	fn(prometheus.GaugeValue, "open_files", "Audit files held open to read lookback lines again.", func(s uses.Stats) uint64 { return uint64(s.OpenFiles) })
+	fn(prometheus.GaugeValue, "open_files", "Audit files held open to read lookback blocks again.", func(s uses.Stats) uint64 { return uint64(s.OpenFiles) })
 }
 
 // lineageWatches is the watches gauge, one series per kind.

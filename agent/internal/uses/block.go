@@ -15,16 +15,16 @@ import (
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
 
-// Block matches b's lines against the watch set and indexes them for the
-// lookback. It returns the uses and counts to queue with b's token creates
-// and b's ticket, which the block's mark carries to Acked once it is
-// acknowledged. mints says b holds token creates: its lines are then pinned
-// in the index until that acknowledgement. Block waits, until ctx ends,
-// while pinned entries leave no room for b's lines. It is called from one
-// goroutine (the follower's).
+// Block matches b's lines against the watch set and indexes b for the
+// lookback (one entry: its location and read time). It returns the uses
+// and counts to queue with b's token creates and b's ticket, which the
+// block's mark carries to Acked once it is acknowledged. mints says b holds
+// token creates: b and the blocks after it are then pinned in the index
+// until that acknowledgement. Block waits, until ctx ends, while pinned
+// blocks leave no room for b. It is called from one goroutine (the
+// follower's).
 func (t *Tracker) Block(ctx context.Context, b follow.Block, mints bool) (sender.Items, uint64, error) {
-	t.keys = linematch.AppendKeys(t.keys[:0], b.Data)
-	if err := t.waitRoom(ctx, len(t.keys)); err != nil {
+	if err := t.waitRoom(ctx, len(b.Data)); err != nil {
 		return sender.Items{}, 0, err
 	}
 	t.mu.Lock()
@@ -36,16 +36,16 @@ func (t *Tracker) Block(ctx context.Context, b follow.Block, mints bool) (sender
 		return sender.Items{}, ticket, nil
 	}
 	now := t.cfg.Now()
-	t.lb.Evict(now, t.window)
+	t.lb.evict(now, t.window)
 	no := t.files.of(b)
 	if mints || t.mint {
-		t.pins = append(t.pins, pin{ticket: ticket, seq: t.lb.Next()})
+		t.pins = append(t.pins, pin{ticket: ticket, seq: t.lb.next()})
 		t.setPin()
 		t.mint = false
 	}
 	t.hits, _ = t.m.Block(t.hits[:0], b.Data, &t.set)
 	t.index(b, no, now)
-	t.files.release(t.lb.Next() - uint64(t.lb.Len()))
+	t.files.release(t.lb.first)
 	var uses []*tokenwatchv1.LineageEvent
 	if len(t.hits) > 0 {
 		fp := bytes.Clone(b.Pos.ID.FP)
@@ -61,14 +61,14 @@ func (t *Tracker) Block(ctx context.Context, b follow.Block, mints bool) (sender
 	return sender.Items{Uses: uses, Counts: t.rep.take()}, ticket, nil
 }
 
-// waitRoom waits until the index can take n more entries without evicting
-// a pinned one (or nothing is pinned).
-func (t *Tracker) waitRoom(ctx context.Context, n int) error {
-	for {
+// waitRoom waits until the index can take a block of size bytes without
+// evicting a pinned one (or nothing is pinned).
+func (t *Tracker) waitRoom(ctx context.Context, size int) error {
+	for waited := false; ; waited = true {
 		t.mu.Lock()
-		ok := !t.on || len(t.pins) == 0 || int(t.lb.Next()-t.pins[0].seq)+n <= t.cfg.Capacity
+		ok := !t.on || len(t.pins) == 0 || t.lb.room(size)
 		room := t.room
-		if !ok {
+		if !ok && !waited {
 			t.waits++
 		}
 		onWait := t.onWait
@@ -87,27 +87,25 @@ func (t *Tracker) waitRoom(ctx context.Context, n int) error {
 	}
 }
 
-// index adds b's lines with keys to the index. Called with mu held.
+// index adds b to the index. Called with mu held.
 func (t *Tracker) index(b follow.Block, no uint32, now time.Time) {
 	f := t.files.byNo[no]
 	if f != nil && f.fpLen != b.Pos.ID.FPLen {
 		f.fp, f.fpLen = bytes.Clone(b.Pos.ID.FP), b.Pos.ID.FPLen
 	}
-	for _, k := range t.keys {
-		if !k.Keys.HasJTI && !k.Keys.Unsure && (k.Keys.User == 0 || !maySensitive(b.Data[k.Start:k.End])) {
-			continue // no watch can match it: no credential JTI, and no sensitive action of its user
-		}
-		loc := linematch.Location{File: no, Offset: uint64(b.Pos.Offset) + uint64(k.Start), Length: uint32(k.End - k.Start)}
-		seq, ok := t.lb.Add(k.Keys, loc, now)
-		if !ok {
-			t.unindexed++
-			continue
-		}
-		if f != nil {
-			f.last = seq
-		}
-	}
 	t.readTo = linematch.Location{File: no, Offset: uint64(b.Pos.Offset) + uint64(len(b.Data))}
+	if len(b.Data) == 0 {
+		return
+	}
+	loc := linematch.Location{File: no, Offset: uint64(b.Pos.Offset), Length: uint32(len(b.Data))}
+	seq, ok := t.lb.add(loc, now)
+	if !ok {
+		t.unindexed++
+		return
+	}
+	if f != nil {
+		f.last = seq
+	}
 }
 
 // report decides whether e, matched as kinds, is sent (the use returned) or
@@ -143,25 +141,4 @@ func toUse(e *audit.Event, kinds linematch.Kind, lookback bool) *tokenwatchv1.Li
 		}
 	}
 	return u
-}
-
-// sensitiveBytes are byte strings one of which every sensitive action's
-// line holds (lineage.Action: the resources it names, impersonatedUser), or
-// an escape that could hide them.
-var sensitiveBytes = [][]byte{
-	[]byte("secrets"), []byte("pods"), []byte("nodes"), []byte("serviceaccounts"), []byte("role"),
-	[]byte("certificatesigningrequests"), []byte("impersonatedUser"), []byte(`\u`),
-}
-
-// maySensitive reports whether line may be a sensitive action, the only
-// requests a followed minter's user name (ActorUser) matches: a line
-// without a credential JTI that is not one need not be indexed. It never
-// says no to a sensitive action.
-func maySensitive(line []byte) bool {
-	for _, s := range sensitiveBytes {
-		if bytes.Contains(line, s) {
-			return true
-		}
-	}
-	return false
 }

@@ -2,28 +2,42 @@
 // the aggregator pushes, finds in each block the requests that matter (a
 // watched token's uses, a followed minter's sensitive actions, legacy-token
 // requests), sends the first use per token and reason key at once and counts
-// the rest, and keeps a lookback index of the lines it read so that a watch
-// arriving later still finds them.
+// the rest, and keeps a lookback index of the blocks it read so that a watch
+// arriving later still finds their lines.
 //
 // Ordering. A block is matched against the watch set and indexed under one
 // lock, and a WatchUpdate is applied and searched for in the index under the
 // same lock: every line is either matched live or found by the watch's
-// search. Lines read after a token create whose batch is not acknowledged
+// search. Blocks read after a token create whose batch is not acknowledged
 // are pinned in the index until that acknowledgement (the aggregator sends a
 // batch's watches before its Ack), so a use read after its mint is found
-// however far ahead of the aggregator the agent reads. When pinned entries
+// however far ahead of the aggregator the agent reads. When pinned blocks
 // fill the index, Block waits for acknowledgements: they are never dropped.
 //
-// Re-reading. The index keeps only keys and locations (linematch.Lookback,
-// 64 bytes a line). Each file read within the window is kept open through a
-// duplicate of the follower's handle, so a rotation, rename or deletion does
-// not matter; a plain file's line is read again with ReadAt, a compressed
-// file's by decompressing it again from its start (once per search, in
-// offset order). A line that cannot be read again is reported as a loss
-// (reason lineage_lookback_unavailable).
+// The index. Reading costs one pass of the matcher (linematch.Matcher.Block)
+// per block and one index entry per block: its location and read time,
+// never keys per line. A search costs on a watch's arrival instead: Run
+// reads again the blocks the watch may match and runs the matcher on them
+// with the new watches (searches queued meanwhile are run together, each
+// block read once). Only blocks read since readSlack before the watch's
+// From (the mint time) can hold its matches: a line is read after the
+// apiserver of the same node logged it, and it logs a request after its
+// requestReceivedTimestamp, so a block read earlier holds only requests
+// received before From. A live agent thus reads again a second or two of
+// log per watch; an agent behind (a backlog) reads again the whole window.
+// (A line whose requestReceivedTimestamp does not parse matches any bounds,
+// as linematch.Classify has it; in a block read before From it is not
+// found.)
 //
-// Memory. The index holds at most Config.Capacity entries; per token at most
-// Config.MaxKeysPerToken reason keys are remembered (further uses with a new
-// key are counted, not sent); a count holds at most 100 source IPs and 100
-// verb keys.
+// Re-reading. Each file read within the window is kept open through a
+// duplicate of the follower's handle, so a rotation, rename or deletion does
+// not matter; a plain file's block is read again with ReadAt, a compressed
+// file's by decompressing it again from its start (once per search, in
+// offset order). A block that cannot be read again is reported as a loss
+// (reason lineage_lookback_unavailable: its bytes, and a line at least).
+//
+// Memory. The index holds at most Config.Capacity bytes of log in at most
+// 65,536 blocks (32 bytes each); per token at most Config.MaxKeysPerToken
+// reason keys are remembered (further uses with a new key are counted, not
+// sent); a count holds at most 100 source IPs and 100 verb keys.
 package uses

@@ -22,10 +22,10 @@ import (
 )
 
 // sortLocations orders locations by file, then offset: reading order.
-func sortLocations(locs []linematch.Location) {
-	slices.SortFunc(locs, func(a, b linematch.Location) int {
-		return cmp.Or(cmp.Compare(a.File, b.File), cmp.Compare(a.Offset, b.Offset))
-	})
+func sortLocations(locs []linematch.Location) { slices.SortFunc(locs, compareLocations) }
+
+func compareLocations(a, b linematch.Location) int {
+	return cmp.Or(cmp.Compare(a.File, b.File), cmp.Compare(a.Offset, b.Offset))
 }
 
 // Run reads again the lines that lookback searches found and sends those
@@ -35,8 +35,8 @@ func (t *Tracker) Run(ctx context.Context) error {
 	tick := time.NewTicker(t.cfg.FlushInterval)
 	defer tick.Stop()
 	for {
-		if j := t.nextJob(); j != nil {
-			if err := t.runJob(ctx, j); err != nil {
+		if jobs := t.takeJobs(); len(jobs) > 0 {
+			if err := t.runJobs(ctx, jobs); err != nil {
 				return err
 			}
 			continue
@@ -53,18 +53,18 @@ func (t *Tracker) Run(ctx context.Context) error {
 	}
 }
 
-// nextJob takes the oldest queued search, marking Run busy.
-func (t *Tracker) nextJob() *job {
+// takeJobs takes the queued searches, marking Run busy: they are run
+// together, each block read once for all of them.
+func (t *Tracker) takeJobs() []*job {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if len(t.jobs) == 0 {
 		return nil
 	}
-	j := t.jobs[0]
-	t.jobs[0] = nil
-	t.jobs = t.jobs[1:]
+	jobs := t.jobs
+	t.jobs = nil
 	t.busy = true
-	return j
+	return jobs
 }
 
 // flush sends the counts waiting, if any.
@@ -91,43 +91,48 @@ func (t *Tracker) enqueue(ctx context.Context, it sender.Items) error {
 	return fmt.Errorf("queue lineage uses: %w", err)
 }
 
-// reread is a line read again.
+// reread is a line read again that matched a search's watches.
 type reread struct {
-	loc   linematch.Location
+	loc   linematch.Location // the line (offset only)
+	block linematch.Location // its block
 	e     *audit.Event
-	kinds linematch.Kind
 }
 
-// runJob reads j's lines again, classifies them against j's watches and
-// sends the matches; the lines it cannot read are reported lost.
-func (t *Tracker) runJob(ctx context.Context, j *job) error {
-	defer func() {
-		t.mu.Lock()
-		for _, no := range j.files {
-			if f := t.files.byNo[no]; f != nil {
-				f.jobs--
+// rescanner reads blocks again for the lookback searches: Run's matcher
+// and buffer, used only from Run's goroutine.
+type rescanner struct {
+	m    linematch.Matcher
+	hits []linematch.Hit
+	buf  []byte
+	set  linematch.Set // the watches of the searches run together
+}
+
+// runJobs reads again the blocks of jobs, each once, matches them against
+// the jobs' new watches and sends the matches; the blocks it cannot read
+// are reported lost.
+func (t *Tracker) runJobs(ctx context.Context, jobs []*job) error {
+	defer t.endJobs(jobs)
+	locs := t.rescan.union(jobs)
+	found, missed, read := t.readBlocks(locs)
+	var it sender.Items
+	t.mu.Lock()
+	t.rescanned += read
+	for _, r := range found {
+		var kinds linematch.Kind
+		for _, j := range jobs {
+			if j.has(r.block) {
+				kinds |= t.classify(j, r)
 			}
 		}
-		t.busy = false
-		t.signalRoom()
-		t.mu.Unlock()
-	}()
-	found, missed := t.readJob(j)
-	var hits []reread
-	for _, r := range found {
-		if r.kinds = t.classify(j, r); r.kinds != 0 {
-			hits = append(hits, r)
+		if kinds == 0 {
+			continue
 		}
-	}
-	t.mu.Lock()
-	var it sender.Items
-	for _, h := range hits {
-		t.fillOrigin(h)
-		if u := t.report(h.e, h.kinds, true); u != nil {
+		t.lbHits++
+		t.fillOrigin(r)
+		if u := t.report(r.e, kinds, true); u != nil {
 			it.Uses = append(it.Uses, u)
 		}
 	}
-	t.lbHits += uint64(len(hits))
 	for _, m := range missed {
 		t.lbMisses += m.LinesLost
 	}
@@ -137,6 +142,42 @@ func (t *Tracker) runJob(ctx context.Context, j *job) error {
 		return nil
 	}
 	return t.enqueue(ctx, it)
+}
+
+// endJobs releases the files of jobs and wakes those waiting for them.
+func (t *Tracker) endJobs(jobs []*job) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, j := range jobs {
+		for _, no := range j.files {
+			if f := t.files.byNo[no]; f != nil {
+				f.jobs--
+			}
+		}
+	}
+	t.busy = false
+	t.signalRoom()
+}
+
+// union sets r.set to the watches of jobs and returns their blocks, in
+// reading order, each once.
+func (r *rescanner) union(jobs []*job) []linematch.Location {
+	r.set.Reset()
+	var locs []linematch.Location
+	for _, j := range jobs {
+		for _, w := range j.watches {
+			_ = r.set.Add(w)
+		}
+		locs = append(locs, j.locs...)
+	}
+	sortLocations(locs)
+	return slices.Compact(locs)
+}
+
+// has reports whether j searches the block l.
+func (j *job) has(l linematch.Location) bool {
+	_, ok := slices.BinarySearchFunc(j.locs, l, compareLocations)
+	return ok
 }
 
 // fillOrigin locates h's event by its file's name and fingerprint when
@@ -170,89 +211,104 @@ func (t *Tracker) classify(j *job, r reread) linematch.Kind {
 	return k
 }
 
-// readJob reads j's lines again, file by file in offset order. It returns
-// the lines decoded and a loss report per file for those it could not read.
-func (t *Tracker) readJob(j *job) ([]reread, []*tokenwatchv1.LossReport) {
+// readBlocks reads locs again (blocks, in reading order), file by file,
+// and matches them against the searches' watches. It returns the lines
+// that matched, a loss report per file for the blocks it could not read,
+// and the bytes it read.
+func (t *Tracker) readBlocks(locs []linematch.Location) ([]reread, []*tokenwatchv1.LossReport, uint64) {
 	var found []reread
 	var losses []*tokenwatchv1.LossReport
-	for i := 0; i < len(j.locs); {
+	var read uint64
+	for i := 0; i < len(locs); {
 		n := i + 1
-		for n < len(j.locs) && j.locs[n].File == j.locs[i].File {
+		for n < len(locs) && locs[n].File == locs[i].File {
 			n++
 		}
 		t.mu.Lock()
-		f := t.files.byNo[j.locs[i].File]
+		f := t.files.byNo[locs[i].File]
 		var h file
 		if f != nil {
 			h = *f
 		}
 		t.mu.Unlock()
-		got, failed, err := readLines(&h, j.locs[i:n])
-		found = append(found, got...)
+		var failed int
+		var err error
+		found, failed, err = t.rescan.file(found, &h, locs[i:n], &read)
 		if failed >= 0 {
-			losses = append(losses, lookbackLoss(h, j.locs[i+failed], uint64(n-i-failed), err))
+			losses = append(losses, lookbackLoss(h, locs[i+failed:n], err))
 		}
 		i = n
 	}
-	return found, losses
+	if cap(t.rescan.buf) > 1<<20 {
+		t.rescan.buf = nil
+	}
+	return found, losses, read
 }
 
-// readLines reads locs (one file's, in offset order) from f and decodes
-// them; it stops at the first failure and returns its index in locs (-1
-// when none) and why.
-func readLines(f *file, locs []linematch.Location) ([]reread, int, error) {
+// file reads locs (one file's blocks, in offset order) from f and appends
+// their matches to dst; it stops at the first failure and returns its index
+// in locs (-1 when none) and why.
+func (r *rescanner) file(dst []reread, f *file, locs []linematch.Location, read *uint64) ([]reread, int, error) {
 	if f.f == nil {
 		reason := f.err
 		if reason == "" {
 			reason = "the file was closed"
 		}
-		return nil, 0, errors.New(reason)
+		return dst, 0, errors.New(reason)
 	}
 	var next func(l linematch.Location) ([]byte, error)
 	if f.gz {
 		zr, err := gzip.NewReader(io.NewSectionReader(f.f, 0, math.MaxInt64))
 		if err != nil {
-			return nil, 0, fmt.Errorf("read %s again: %w", f.name, err)
+			return dst, 0, fmt.Errorf("read %s again: %w", f.name, err)
 		}
 		defer zr.Close()
 		var pos uint64
-		next = func(l linematch.Location) ([]byte, error) { return gzLine(zr, &pos, l) }
+		next = func(l linematch.Location) ([]byte, error) { return r.gzBlock(zr, &pos, l) }
 	} else {
-		next = func(l linematch.Location) ([]byte, error) { return plainLine(f.f, l) }
+		next = func(l linematch.Location) ([]byte, error) { return r.plainBlock(f.f, l) }
 	}
-	var out []reread
 	for i, l := range locs {
-		line, err := next(l)
+		data, err := next(l)
 		if err != nil {
-			return out, i, fmt.Errorf("read %s again at %d: %w", f.name, l.Offset, err)
+			return dst, i, fmt.Errorf("read %s again at %d: %w", f.name, l.Offset, err)
 		}
-		e, err := audit.Decode(line)
-		if err != nil {
-			continue // it decoded when read: the file changed since; not a match
+		*read += uint64(len(data))
+		r.hits, _ = r.m.Block(r.hits[:0], data, &r.set)
+		for k, h := range r.hits {
+			h.Event.Origin = &audit.Origin{}
+			dst = append(dst, reread{loc: linematch.Location{File: l.File, Offset: l.Offset + uint64(h.Offset)}, block: l, e: h.Event})
+			r.hits[k].Event = nil
 		}
-		e.Origin = &audit.Origin{}
-		out = append(out, reread{loc: l, e: e})
 	}
-	return out, -1, nil
+	return dst, -1, nil
 }
 
-func plainLine(f *os.File, l linematch.Location) ([]byte, error) {
-	b := make([]byte, l.Length)
+// buffer returns r.buf resized to n bytes.
+func (r *rescanner) buffer(n uint32) []byte {
+	if cap(r.buf) < int(n) {
+		r.buf = make([]byte, n)
+	}
+	return r.buf[:n]
+}
+
+func (r *rescanner) plainBlock(f *os.File, l linematch.Location) ([]byte, error) {
+	b := r.buffer(l.Length)
 	if _, err := f.ReadAt(b, int64(l.Offset)); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
-// gzLine reads l from a decompressing reader at *pos, forward only.
-func gzLine(zr io.Reader, pos *uint64, l linematch.Location) ([]byte, error) {
+// gzBlock reads l from a decompressing reader at *pos, forward only.
+func (r *rescanner) gzBlock(zr io.Reader, pos *uint64, l linematch.Location) ([]byte, error) {
 	if l.Offset < *pos {
 		return nil, fmt.Errorf("offset %d behind %d", l.Offset, *pos)
 	}
 	if _, err := io.CopyN(io.Discard, zr, int64(l.Offset-*pos)); err != nil {
 		return nil, err
 	}
-	b := make([]byte, l.Length)
+	b := r.buffer(l.Length)
 	if _, err := io.ReadFull(zr, b); err != nil {
 		return nil, err
 	}
@@ -260,14 +316,21 @@ func gzLine(zr io.Reader, pos *uint64, l linematch.Location) ([]byte, error) {
 	return b, nil
 }
 
-func lookbackLoss(f file, at linematch.Location, lines uint64, err error) *tokenwatchv1.LossReport {
-	detail := "lines read before a watch arrived that may match it could not be read again"
+// lookbackLoss reports the blocks lost that a search could not read
+// again: their bytes, and at least one line each.
+func lookbackLoss(f file, lost []linematch.Location, err error) *tokenwatchv1.LossReport {
+	detail := "blocks read before a watch arrived that may hold matches of it could not be read again"
 	if err != nil {
 		detail += ": " + err.Error()
 	}
+	var bytes uint64
+	for _, l := range lost {
+		bytes += uint64(l.Length)
+	}
 	return &tokenwatchv1.LossReport{
-		Reason: ReasonLookbackUnavailable, File: f.name, Offset: at.Offset,
-		LinesLost: lines, LinesKnown: true, Observed: timestamppb.Now(), Detail: detail,
+		Reason: ReasonLookbackUnavailable, File: f.name, Offset: lost[0].Offset,
+		BytesLost: bytes, BytesKnown: true, LinesLost: uint64(len(lost)),
+		Observed: timestamppb.Now(), Detail: detail,
 	}
 }
 

@@ -13,15 +13,27 @@ import (
 
 // Defaults of Config.
 const (
-	// DefaultCapacity holds 2 minutes of 1,600 indexed lines/s (lines
-	// with a credential JTI, or that may be a sensitive action): 12 MiB
-	// at linematch.EntryBytes a line. Beyond, the oldest unpinned lines
-	// go early (tokenwatch_agent_lineage_lookback_dropped_total).
-	DefaultCapacity        = 3 << 16
+	// DefaultCapacity is the log the lookback index covers, in bytes: 2
+	// minutes of 4,000 lines/s of 1.1 KB. The index holds only the
+	// blocks' locations (32 bytes a block); the bytes bound what a search
+	// reads again. Beyond, the oldest unpinned blocks go early
+	// (tokenwatch_agent_lineage_lookback_dropped_total).
+	DefaultCapacity        = 512 << 20
 	DefaultMaxKeysPerToken = 32
 	DefaultFlushInterval   = time.Second
 	DefaultLookback        = 2 * time.Minute
 )
+
+// maxBlocks bounds the lookback index in blocks (32 bytes each): a live
+// follower reads small blocks, each write or so.
+const maxBlocks = 1 << 16
+
+// readSlack is how long before a watch's From (the mint time) a block read
+// may still hold a request the watch matches. A line is read after the
+// apiserver wrote it, and it wrote it after requestReceivedTimestamp, on
+// the same node's clock: a block read before From holds no line logged at
+// or after From. The slack covers a clock step between the two.
+const readSlack = time.Second
 
 // ReasonLookbackUnavailable is the loss reason of a line found for a new
 // watch that could not be read again.
@@ -36,7 +48,7 @@ type Queue interface {
 
 // Config configures a Tracker. Zero values take the defaults.
 type Config struct {
-	// Capacity bounds the lookback index, in lines.
+	// Capacity bounds the lookback index, in bytes of log.
 	Capacity int
 	// Lookback is the window until a Welcome names one (2m: the
 	// aggregator's default).
@@ -82,13 +94,16 @@ type Stats struct {
 	// UsesSent counts requests queued one by one (lookback ones included);
 	// UsesCounted those only counted.
 	UsesSent, UsesCounted uint64
-	// LookbackEntries is the index's size; LookbackPinned how many of them
-	// are pinned.
+	// LookbackEntries is the number of blocks in the index, LookbackBytes
+	// their size; LookbackPinned how many of them are pinned.
 	LookbackEntries, LookbackPinned int
+	LookbackBytes                   uint64
 	// LookbackHits counts lines read again that matched a new watch;
-	// LookbackMisses lines found that could not be read again.
+	// LookbackMisses blocks that could not be read again.
 	LookbackHits, LookbackMisses uint64
-	// LookbackDropped counts entries evicted early because the index was
+	// LookbackRescanned counts the bytes read again for new watches.
+	LookbackRescanned uint64
+	// LookbackDropped counts blocks evicted early because the index was
 	// full (the window is then shorter than the lookback).
 	LookbackDropped uint64
 	// PinWaits counts the times reading waited for acknowledgements
@@ -110,8 +125,8 @@ type watchKey struct {
 // span is a watch's bounds in Unix nanoseconds (0: unbounded side).
 type span struct{ from, until int64 }
 
-// pin keeps the index entries from seq on until the block ticket is
-// acknowledged.
+// pin keeps the index entries (blocks) from seq on until the block ticket
+// is acknowledged.
 type pin struct {
 	ticket uint64
 	seq    uint64
@@ -132,23 +147,24 @@ type Tracker struct {
 	gapFrom  linematch.Location // where reading stood at the Welcome
 	readTo   linematch.Location // the end of the last block read
 	awaiting bool               // welcomed, waiting for the stream's first reset
-	lb       *linematch.Lookback
+	lb       *blockIndex
 	files    *files
 	pins     []pin
 	ticket   uint64 // the last block's ticket
 	mint     bool   // a token create outside a block: pin from the next one
 	rep      *reporter
-	m        linematch.Matcher
+	m        linematch.Matcher // Block's
 	hits     []linematch.Hit
 	jobs     []*job
 	busy     bool          // Run is working on a job
 	room     chan struct{} // closed and replaced when pins are released or jobs finish
 	work     chan struct{} // capacity 1: a job is queued
 
-	keys []linematch.LineKeys // Block's, used only from its goroutine
+	rescan rescanner // Run's, used only from its goroutine
 
 	usesSent, lbHits, lbMisses uint64
-	unindexed                  uint64 // lines the index could not take (pinned full within one block)
+	rescanned                  uint64 // bytes read again for searches
+	unindexed                  uint64 // blocks the index could not take (pinned full)
 	waits                      uint64 // times Block waited for pins to be released
 
 	onWait func() // tests: Block is about to wait for pins to be released
@@ -163,7 +179,7 @@ func New(cfg Config) *Tracker {
 		on:     true,
 		window: cfg.Lookback,
 		held:   map[watchKey]span{},
-		lb:     linematch.NewLookback(cfg.Capacity),
+		lb:     newBlockIndex(uint64(cfg.Capacity), maxBlocks),
 		files:  newFiles(),
 		rep:    newReporter(cfg.MaxKeysPerToken),
 		room:   make(chan struct{}),
@@ -183,16 +199,16 @@ func (t *Tracker) Stats() Stats {
 		ActorCredentialWatches: t.set.Len(linematch.ActorCredential),
 		UsesSent:               t.usesSent,
 		UsesCounted:            t.rep.counted,
-		LookbackEntries:        t.lb.Len(),
+		LookbackEntries:        t.lb.n,
+		LookbackBytes:          t.lb.bytes,
+		LookbackPinned:         t.lb.pinnedEntries(),
 		LookbackHits:           t.lbHits,
 		LookbackMisses:         t.lbMisses,
-		LookbackDropped:        t.lb.Dropped() + t.unindexed,
+		LookbackRescanned:      t.rescanned,
+		LookbackDropped:        t.lb.dropped + t.unindexed,
 		PinWaits:               t.waits,
 		OpenFiles:              t.files.open(),
 		On:                     t.on,
-	}
-	if len(t.pins) > 0 {
-		st.LookbackPinned = int(t.lb.Next() - t.pins[0].seq)
 	}
 	return st
 }
@@ -208,7 +224,7 @@ func (t *Tracker) Welcome(settings *tokenwatchv1.LineageSettings) {
 		t.on = false
 		t.set.Reset()
 		t.held, t.prior, t.awaiting = map[watchKey]span{}, nil, false
-		t.lb = linematch.NewLookback(t.cfg.Capacity)
+		t.lb = newBlockIndex(uint64(t.cfg.Capacity), maxBlocks)
 		for _, j := range t.jobs {
 			for _, no := range j.files {
 				if f := t.files.byNo[no]; f != nil {
@@ -260,10 +276,10 @@ func (t *Tracker) Acked(ticket uint64) {
 // setPin pins the index from the oldest pin held. Called with mu held.
 func (t *Tracker) setPin() {
 	if len(t.pins) == 0 {
-		t.lb.Pin(linematch.NoPin)
+		t.lb.pin = noPin
 		return
 	}
-	t.lb.Pin(t.pins[0].seq)
+	t.lb.pin = t.pins[0].seq
 }
 
 // SetQueue sets Config.Queue; it is called before Run.

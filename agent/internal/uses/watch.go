@@ -2,17 +2,19 @@ package uses
 
 import (
 	"math"
+	"slices"
 	"time"
 
 	"github.com/tokenwatch/tokenwatch/internal/linematch"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
 
-// job is a lookback search: the lines found for new watches, to be read
-// again and classified against them.
+// job is a lookback search: the blocks read before new watches arrived
+// that may hold their matches, to be read again and matched against them.
 type job struct {
-	locs []linematch.Location
-	set  linematch.Set // the new watches
+	locs    []linematch.Location // blocks, in reading order
+	set     linematch.Set        // the new watches
+	watches []linematch.Watch    // the same, as added
 	// old holds, for a watch that was extended, its bounds before: its
 	// matches within them were found already, except in the gap.
 	old     map[watchKey]span
@@ -123,6 +125,7 @@ func (t *Tracker) addWatches(ws []*tokenwatchv1.Watch, ref map[watchKey]span, ga
 		}
 		t.held[k] = s
 		_ = j.set.Add(w)
+		j.watches = append(j.watches, w)
 		switch {
 		case !had:
 			full = append(full, w)
@@ -148,40 +151,53 @@ func (t *Tracker) forgetUnwatched() {
 	}
 }
 
-// search finds the index entries of full (all) and inGap (from gapFrom on)
-// and queues j to read them again. Called with mu held.
+// search finds the blocks of the index that full (all) and inGap (from
+// gapFrom on) may match, and queues j to read them again. Only blocks read
+// since shortly before the watches' From can hold their matches
+// (readSlack). Called with mu held.
 func (t *Tracker) search(j *job, full, inGap []linematch.Watch) {
 	if len(full) == 0 && len(inGap) == 0 {
 		return
 	}
-	seen := map[linematch.Location]bool{}
-	for _, l := range t.lb.Find(full) {
-		seen[l] = true
+	var locs []linematch.Location
+	if len(full) > 0 {
+		locs = t.lb.find(locs, readFrom(full), nil)
 	}
-	for _, l := range t.lb.Find(inGap) {
-		if j.inGap(l) {
-			seen[l] = true
-		}
+	if len(inGap) > 0 {
+		locs = t.lb.find(locs, readFrom(inGap), j.inGap)
 	}
-	if len(seen) == 0 {
+	if len(locs) == 0 {
 		return
 	}
-	j.locs = make([]linematch.Location, 0, len(seen))
+	sortLocations(locs)
+	j.locs = slices.Compact(locs)
 	refs := map[uint32]bool{}
-	for l := range seen {
-		j.locs = append(j.locs, l)
+	for _, l := range j.locs {
 		if f := t.files.byNo[l.File]; f != nil && !refs[l.File] {
 			refs[l.File] = true
 			f.jobs++
 			j.files = append(j.files, l.File)
 		}
 	}
-	sortLocations(j.locs)
 	t.jobs = append(t.jobs, j)
 	select {
 	case t.work <- struct{}{}:
 	default:
 	}
+}
+
+// readFrom returns the earliest read time, in Unix nanoseconds, of a block
+// that may hold a match of ws: readSlack before their earliest From (no
+// bound when one has none).
+func readFrom(ws []linematch.Watch) int64 {
+	from := int64(math.MaxInt64)
+	for _, w := range ws {
+		if w.From.IsZero() {
+			return math.MinInt64
+		}
+		from = min(from, w.From.Add(-readSlack).UnixNano())
+	}
+	return from
 }
 
 // inGap reports whether l was read after the Welcome of a stream's first
