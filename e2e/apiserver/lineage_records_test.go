@@ -44,6 +44,7 @@ var lineageUses = []useWant{
 	{step: "U4_new_source", token: "T1", newReasons: []string{"new_source_ip"}},
 	{step: "U5_other_cluster", token: "T1", newReasons: []string{"other_cluster"}},
 	{step: "U6_T2_denied", token: "T2", newReasons: []string{"first_use", "source_ip_differs_from_mint", "sensitive_action"}, action: "secrets_read"},
+	{step: "U7_T3_mints_T4", token: "T3", newReasons: []string{"first_use", "source_ip_differs_from_mint", "sensitive_action"}, action: "token_mint"},
 }
 
 // allReasons is the union of T1's reasons: every kind the contract names.
@@ -53,6 +54,7 @@ var allReasons = []string{"first_use", "new_source_ip", "other_cluster", "sensit
 var mintOf = map[string]struct{ step, user, source, sa string }{
 	"T1": {"mint_T1", "alice", firstSource, "team-a/reader"},
 	"T2": {"U2_mint_T2", userReader, secondSource, "team-a/reader2"},
+	"T3": {"mint_T3", "alice", firstSource, "kube-system/lineage-minter"},
 }
 
 // summaryWant is the totals of a token's summaries over the whole run.
@@ -68,6 +70,7 @@ var lineageSummaries = map[string]summaryWant{
 	"T1": {uses: 5, sources: []string{firstSource, secondSource, thirdSource}, clusters: []string{"c1", "c2"},
 		verbs: map[string]int64{"list secrets team-a": 2, "create serviceaccounts/token team-a": 1, "list configmaps team-a": 2}},
 	"T2": {uses: 1, sources: []string{firstSource}, clusters: []string{"c1"}, verbs: map[string]int64{"list secrets team-a": 1}},
+	"T3": {uses: 1, sources: []string{secondSource}, clusters: []string{"c1"}, verbs: map[string]int64{"create serviceaccounts/token kube-system": 1}},
 }
 
 var legacyWant = summaryWant{uses: 4, sources: []string{firstSource}, clusters: []string{"c1"},
@@ -75,7 +78,8 @@ var legacyWant = summaryWant{uses: 4, sources: []string{firstSource}, clusters: 
 	codes: map[string]int64{"200": 3, "403": 1}}
 
 // followupWant are alice's next steps: action per step.
-var followupWant = map[string]string{"alice_get_secret": "secrets_read", "alice_create_rolebinding": "rbac_write"}
+var followupWant = map[string]string{"alice_get_secret": "secrets_read", "alice_create_rolebinding": "rbac_write",
+	"mint_T3": "token_mint"}
 
 // lineageView is a run's records per token in terms of the scenario's
 // steps, so that two runs (other auditIDs, JTIs, times) compare.
@@ -87,6 +91,10 @@ type lineageView struct {
 	Followups []string            // "action step"
 	Legacy    string              // legacy_token_use totals
 	uses      map[string]int64    // token (or "legacy") -> uses summed
+	totals    map[string]summaryWant
+	// recounted: tokens (or "legacy") whose totals show the known bug
+	// reconnect_recount; they are not compared.
+	recounted map[string]bool
 }
 
 func (v *lineageView) String() string {
@@ -111,13 +119,17 @@ func (v *lineageView) diff(w *lineageView) string {
 		}
 	}
 	cmp("token_request", v.Requests, w.Requests)
-	for _, tok := range []string{"T0", "T1", "T2"} {
+	for _, tok := range []string{"T0", "T1", "T2", "T3", "T4"} {
 		cmp(tok+" token_use", v.Uses[tok], w.Uses[tok])
 		cmp(tok+" reasons", v.Reasons[tok], w.Reasons[tok])
-		cmp(tok+" summaries", v.Summaries[tok], w.Summaries[tok])
+		if !v.recounted[tok] && !w.recounted[tok] {
+			cmp(tok+" summaries", v.Summaries[tok], w.Summaries[tok])
+		}
 	}
 	cmp("actor_followup", v.Followups, w.Followups)
-	cmp("legacy_token_use", v.Legacy, w.Legacy)
+	if !v.recounted["legacy"] && !w.recounted["legacy"] {
+		cmp("legacy_token_use", v.Legacy, w.Legacy)
+	}
 	return strings.Join(out, "\n")
 }
 
@@ -129,6 +141,8 @@ var knownLineageBugs = map[string]string{
 	"stage_counted": "every audit stage of a request is taken as a use (RequestReceived and ResponseComplete " +
 		"of one request are two uses): summary and legacy counts double, and token_use and actor_followup " +
 		"records are built from RequestReceived, without responseStatus.code (event.outcome unknown)",
+	"reconnect_recount": "after the aggregator's graceful restart (every agent reconnects) and the agents' " +
+		"restart, uses already counted are counted again: summary totals grow, in some runs only",
 }
 
 // lineageIndex maps what records name back to the scenario.
@@ -136,6 +150,9 @@ type lineageIndex struct {
 	r        *lineageRun
 	jtiLabel map[string]string
 	bugsSeen map[string]int
+	// restarted: the run restarted the aggregator and the agents
+	// (reconnect_recount may show).
+	restarted bool
 }
 
 // bug fails t unless id is a known product bug, which is logged instead.
@@ -165,16 +182,23 @@ func (x lineageIndex) tokenOf(rec harness.Record) string {
 // spell, asserts them against the contract and the audit facts, and
 // returns the run's view.
 func checkLineageRecords(t *testing.T, r *lineageRun, tw *lineageTokenwatch) *lineageView {
-	x := lineageIndex{r: r, jtiLabel: map[string]string{}, bugsSeen: map[string]int{}}
+	x := lineageIndex{r: r, jtiLabel: map[string]string{}, bugsSeen: map[string]int{}, restarted: tw.restarted}
 	for l, j := range r.jtis {
 		x.jtiLabel[j] = l
 	}
 	complete := func(recs []harness.Record) bool {
 		v := buildView(x, recs)
-		return len(v.Requests) >= 2 && len(v.Uses["T1"])+len(v.Uses["T2"]) >= len(lineageUses) &&
-			len(v.Followups) >= len(followupWant) &&
-			v.uses["T1"] >= lineageSummaries["T1"].uses && v.uses["T2"] >= lineageSummaries["T2"].uses &&
-			v.uses["legacy"] >= legacyWant.uses
+		n := 0
+		for _, u := range v.Uses {
+			n += len(u)
+		}
+		for tok, w := range lineageSummaries {
+			if v.uses[tok] < w.uses {
+				return false
+			}
+		}
+		return len(v.Requests) >= len(lineageRequests) && n >= len(lineageUses) &&
+			len(v.Followups) >= len(followupWant) && v.uses["legacy"] >= legacyWant.uses
 	}
 	if !tw.sink.WaitProgress(45*time.Second, 4*time.Minute, complete) {
 		t.Errorf("lineage records stopped arriving (45 s without one) before the expected set was complete")
@@ -223,7 +247,7 @@ func dumpLineageRecords(t *testing.T, recs []harness.Record) {
 // kept under their unknown names so that a comparison shows them.
 func buildView(x lineageIndex, recs []harness.Record) *lineageView {
 	v := &lineageView{Uses: map[string][]string{}, Reasons: map[string][]string{}, Summaries: map[string]string{},
-		uses: map[string]int64{}}
+		uses: map[string]int64{}, totals: map[string]summaryWant{}, recounted: map[string]bool{}}
 	for _, rec := range harness.ByEvent(recs, harness.EventTokenRequest) {
 		if s := x.stepOf(rec); s != nil {
 			v.Requests = append(v.Requests, s.label)
@@ -260,6 +284,7 @@ func buildView(x lineageIndex, recs []harness.Record) *lineageView {
 	for tok, s := range sums {
 		v.Summaries[tok] = summaryText(*s)
 		v.uses[tok] = s.uses
+		v.totals[tok] = *s
 	}
 	for _, rec := range harness.ByEvent(recs, eventActorFollowup) {
 		label := "unknown request " + rec.Str("kubernetes.audit.auditID")
@@ -276,6 +301,7 @@ func buildView(x lineageIndex, recs []harness.Record) *lineageView {
 	}
 	v.Legacy = summaryText(*legacy)
 	v.uses["legacy"] = legacy.uses
+	v.totals["legacy"] = *legacy
 	return v
 }
 
@@ -409,10 +435,31 @@ func severity(t *testing.T, what string, rec harness.Record, text string, number
 	}
 }
 
-// checkTokenRequests: alice's mint and the chain alert, with their watch
-// attributes; the excluded mint does not.
+// requestWant is a token_request record the scenario must produce, once.
+type requestWant struct {
+	step    string
+	ttl     time.Duration // the token's lifetime: watch_until - the request's time
+	chainOf string        // the watched token the mint was made with ("" none)
+	user    string        // the chain mint's user
+}
+
+var lineageRequests = []requestWant{
+	{step: "mint_T1", ttl: lineageTTL * time.Second},
+	{step: "U2_mint_T2", ttl: 600 * time.Second, chainOf: "T1", user: userReader},
+	{step: "mint_T3", ttl: 600 * time.Second},
+	// A kube-system service account: excluded by default, but the mint
+	// was made with a watched token.
+	{step: "U7_T3_mints_T4", ttl: 600 * time.Second, chainOf: "T3", user: userMinter},
+}
+
+// checkTokenRequests: alice's mints and the chains alert, with their watch
+// and chain attributes; the excluded mint does not.
 func checkTokenRequests(t *testing.T, x lineageIndex, recs []harness.Record, previous bool) {
 	t.Helper()
+	want := map[string]requestWant{}
+	for _, w := range lineageRequests {
+		want[w.step] = w
+	}
 	got := map[string]int{}
 	for _, rec := range harness.ByEvent(recs, harness.EventTokenRequest) {
 		s := x.stepOf(rec)
@@ -423,6 +470,11 @@ func checkTokenRequests(t *testing.T, x lineageIndex, recs []harness.Record, pre
 			continue
 		}
 		got[s.label]++
+		w, ok := want[s.label]
+		if !ok {
+			t.Errorf("unexpected token_request for step %s (by %s)", s.label, rec.Str("user.name"))
+			continue
+		}
 		e := x.r.events[s.label]
 		what := "token_request " + s.label
 		watchUntil, err := time.Parse(time.RFC3339, rec.Str("tokenwatch.lineage.watch_until"))
@@ -432,35 +484,32 @@ func checkTokenRequests(t *testing.T, x lineageIndex, recs []harness.Record, pre
 		if capped, ok := rec.Attrs["tokenwatch.lineage.watch_capped"].(bool); !ok || capped {
 			t.Errorf("%s: tokenwatch.lineage.watch_capped = %v, want false", what, rec.Attrs["tokenwatch.lineage.watch_capped"])
 		}
-		switch s.label {
-		case "mint_T1":
-			// The watch lasts the token's own lifetime from its mint.
-			if d := watchUntil.Sub(e.RequestReceivedTimestamp); d < lineageTTL*time.Second-time.Second || d > lineageTTL*time.Second+5*time.Second {
-				t.Errorf("%s: watch_until %s is %s after the request, want %ds (expirationSeconds)", what, watchUntil, d, lineageTTL)
-			}
+		// The watch lasts the token's own lifetime (expirationSeconds) from its mint.
+		if d := watchUntil.Sub(e.RequestReceivedTimestamp); d < w.ttl-time.Second || d > w.ttl+5*time.Second {
+			t.Errorf("%s: watch_until %s is %s after the request, want %s (expirationSeconds)", what, watchUntil, d, w.ttl)
+		}
+		if w.chainOf == "" {
 			severity(t, what, rec, "medium", 13)
 			if _, ok := rec.Attrs["tokenwatch.lineage.parent_jti"]; ok {
 				t.Errorf("%s: carries a parent_jti; alice minted with her certificate", what)
 			}
-		case "U2_mint_T2":
-			severity(t, what, rec, "high", 17)
-			want := map[string]any{"tokenwatch.lineage.parent_jti": x.r.jtis["T1"], "tokenwatch.lineage.root.user": "alice",
-				"tokenwatch.lineage.depth": int64(1), "user.name": userReader, "source.ip": secondSource}
-			for _, k := range slices.Sorted(maps.Keys(want)) {
-				if fmt.Sprint(rec.Attrs[k]) != fmt.Sprint(want[k]) {
-					t.Errorf("%s: %s = %v, want %v", what, k, rec.Attrs[k], want[k])
-				}
+			continue
+		}
+		severity(t, what, rec, "high", 17)
+		attrs := map[string]any{"tokenwatch.lineage.parent_jti": x.r.jtis[w.chainOf], "tokenwatch.lineage.root.user": "alice",
+			"tokenwatch.lineage.depth": int64(1), "user.name": w.user, "source.ip": secondSource}
+		for _, k := range slices.Sorted(maps.Keys(attrs)) {
+			if fmt.Sprint(rec.Attrs[k]) != fmt.Sprint(attrs[k]) {
+				t.Errorf("%s: %s = %v, want %v", what, k, rec.Attrs[k], attrs[k])
 			}
-		default:
-			t.Errorf("unexpected token_request for step %s (by %s)", s.label, rec.Str("user.name"))
 		}
 	}
-	for _, l := range []string{"mint_T1", "U2_mint_T2"} {
-		if got[l] != 1 {
-			t.Errorf("token_request %s: %d records, want 1", l, got[l])
+	for _, w := range lineageRequests {
+		if got[w.step] != 1 {
+			t.Errorf("token_request %s: %d records, want 1", w.step, got[w.step])
 		}
 	}
-	t.Logf("token_request: mint_T1 %d, chain U2_mint_T2 %d, excluded mint_T0 %d (want 1, 1, 0)", got["mint_T1"], got["U2_mint_T2"], got["mint_T0"])
+	t.Logf("token_request: %d expected, received per step %v; excluded mint_T0 %d (want 0)", len(lineageRequests), got, got["mint_T0"])
 }
 
 // checkTokenUses: every expected use exactly once with its reasons and
@@ -525,7 +574,7 @@ func checkTokenUses(t *testing.T, x lineageIndex, recs []harness.Record) {
 			t.Errorf("token_use %s: %d records, want 1", u.step, got[u.step])
 		}
 	}
-	for _, tok := range []string{"T1", "T2"} {
+	for _, tok := range []string{"T1", "T2", "T3"} {
 		if firstUse[tok] != 1 {
 			t.Errorf("%s: %d token_use records with first_use among new_reasons, want 1", tok, firstUse[tok])
 		}
@@ -555,11 +604,7 @@ func checkSummaries(t *testing.T, x lineageIndex, recs []harness.Record, v *line
 			t.Errorf("unexpected token_use_summary of %s: %s", tok, v.Summaries[tok])
 			continue
 		}
-		if got := v.Summaries[tok]; got == summaryText(stageDoubled(want)) {
-			x.bug(t, "stage_counted", "%s summaries total %s, want %s", tok, got, summaryText(want))
-		} else if got != summaryText(want) {
-			t.Errorf("%s summaries total %s, want %s", tok, got, summaryText(want))
-		}
+		x.totals(t, v, tok, tok+" summaries", want)
 	}
 	for tok, want := range lineageSummaries {
 		if _, ok := v.Summaries[tok]; !ok {
@@ -654,11 +699,45 @@ func checkLegacy(t *testing.T, x lineageIndex, recs []harness.Record, v *lineage
 			t.Errorf("%s: user.name %q in %q, want %s in c1", what, rec.Str("user.name"), rec.Str("k8s.cluster.name"), userLegacy)
 		}
 	}
-	if v.Legacy == summaryText(stageDoubled(legacyWant)) {
-		x.bug(t, "stage_counted", "legacy_token_use totals %s, want %s", v.Legacy, summaryText(legacyWant))
-	} else if v.Legacy != summaryText(legacyWant) {
-		t.Errorf("legacy_token_use totals %s, want %s", v.Legacy, summaryText(legacyWant))
+	x.totals(t, v, "legacy", "legacy_token_use", legacyWant)
+}
+
+// totals compares the totals of key (a token, or "legacy") with want and
+// names the known bug a difference shows, if any.
+func (x lineageIndex) totals(t *testing.T, v *lineageView, key, what string, want summaryWant) {
+	t.Helper()
+	got := v.totals[key]
+	switch {
+	case summaryText(got) == summaryText(want):
+	case summaryText(got) == summaryText(stageDoubled(want)):
+		x.bug(t, "stage_counted", "%s total %s, want %s", what, summaryText(got), summaryText(want))
+	case x.restarted && (recount(got, want) || recount(got, stageDoubled(want))):
+		v.recounted[key] = true
+		x.bug(t, "reconnect_recount", "%s total %s after the restarts, want %s", what, summaryText(got), summaryText(want))
+	default:
+		t.Errorf("%s total %s, want %s", what, summaryText(got), summaryText(want))
 	}
+}
+
+// recount reports whether got is base with some requests counted again:
+// the same sources, clusters and keys, no count lower, some higher.
+func recount(got, base summaryWant) bool {
+	if fmt.Sprint(union(nil, got.sources), union(nil, got.clusters)) != fmt.Sprint(union(nil, base.sources), union(nil, base.clusters)) ||
+		got.uses <= base.uses {
+		return false
+	}
+	covers := func(g, b map[string]int64) bool {
+		if len(g) != len(b) {
+			return false
+		}
+		for k, n := range b {
+			if g[k] < n {
+				return false
+			}
+		}
+		return true
+	}
+	return covers(got.verbs, base.verbs) && (base.codes == nil || covers(got.codes, base.codes))
 }
 
 // stageDoubled is what totals read when both audit stages of a

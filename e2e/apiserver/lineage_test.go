@@ -28,7 +28,10 @@ import (
 //     same account (excluded: it must not alert, nor anything it does);
 //   - T1 is used from a second address (the client bound to 127.0.0.2) to
 //     list secrets and to mint T2 for team-a/reader2 (a chain, depth 1);
-//   - alice gets a secret and creates a RoleBinding (her next steps);
+//   - alice gets a secret and creates a RoleBinding (her next steps), and
+//     mints T3 for kube-system/lineage-minter, which is used from
+//     127.0.0.2 to mint T4 for itself: kube-system's service accounts are
+//     excluded by default, but a mint made with a watched token alerts;
 //   - a legacy Secret-based token of team-a/legacy lists configmaps (and is
 //     denied secrets in team-b);
 //   - then T1 lists secrets again from 127.0.0.2 (nothing new), lists
@@ -50,6 +53,7 @@ const (
 
 	userReader = "system:serviceaccount:team-a:reader"
 	userLegacy = "system:serviceaccount:team-a:legacy"
+	userMinter = "system:serviceaccount:kube-system:lineage-minter"
 )
 
 // lineageConfig is the aggregator's configuration for the scenario: short
@@ -115,14 +119,14 @@ func (r *lineageRun) record(t *testing.T, label, cluster, auditID string, err er
 }
 
 // mint runs a TokenRequest as a step and keeps the token.
-func (r *lineageRun) mint(t *testing.T, label, token string, cl *kube.Client, sa string, seconds int64) {
+func (r *lineageRun) mint(t *testing.T, label, token string, cl *kube.Client, ns, sa string, seconds int64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m := cl.MintTokenExpiring(ctx, "team-a", sa, seconds)
+	m := cl.MintTokenExpiring(ctx, ns, sa, seconds)
 	s := r.record(t, label, "c1", m.AuditID, m.Err)
 	if s.err != nil || m.Token == "" {
-		t.Fatalf("step %s: %s mints team-a/%s: %v", label, cl.Name, sa, s.err)
+		t.Fatalf("step %s: %s mints %s/%s: %v", label, cl.Name, ns, sa, s.err)
 	}
 	r.tokens[token] = m.Token
 }
@@ -223,6 +227,18 @@ func setupLineage(t *testing.T, c *kube.Cluster) {
 		}, metav1.CreateOptions{})
 		check("rolebinding "+r.name, err)
 	}
+	_, err = cs.CoreV1().ServiceAccounts("kube-system").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "lineage-minter"}}, metav1.CreateOptions{})
+	check("serviceaccount kube-system/lineage-minter", err)
+	_, err = cs.RbacV1().Roles("kube-system").Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "lineage-minter"},
+		Rules: []rbacv1.PolicyRule{rule("", "serviceaccounts/token", []string{"lineage-minter"}, "create")}}, metav1.CreateOptions{})
+	check("role kube-system/lineage-minter", err)
+	_, err = cs.RbacV1().RoleBindings("kube-system").Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "lineage-minter"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "lineage-minter"},
+		Subjects: []rbacv1.Subject{user("alice"),
+			{Kind: rbacv1.ServiceAccountKind, Namespace: "kube-system", Name: "lineage-minter"}},
+	}, metav1.CreateOptions{})
+	check("rolebinding kube-system/lineage-minter", err)
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -234,15 +250,15 @@ func (r *lineageRun) stepsBeforeRestart(t *testing.T) {
 	c1 := r.c1
 	alice := c1.CertClient(t, "alice")
 	kcm := c1.CertClient(t, "system:kube-controller-manager")
-	r.mint(t, "mint_T1", "T1", alice, "reader", lineageTTL)
-	r.mint(t, "mint_T0", "T0", kcm, "reader", lineageTTL)
+	r.mint(t, "mint_T1", "T1", alice, "team-a", "reader", lineageTTL)
+	r.mint(t, "mint_T0", "T0", kcm, "team-a", "reader", lineageTTL)
 
 	t0 := c1.TokenClientFrom(t, "T0@"+secondSource, r.tokens["T0"], secondSource)
 	wantOK(t, r.do(t, "use_T0", "c1", listSecrets(t0, "team-a")))
 
 	t1 := c1.TokenClientFrom(t, "T1@"+secondSource, r.tokens["T1"], secondSource)
 	wantOK(t, r.do(t, "U1_list_secrets", "c1", listSecrets(t1, "team-a")))
-	r.mint(t, "U2_mint_T2", "T2", t1, "reader2", 600)
+	r.mint(t, "U2_mint_T2", "T2", t1, "team-a", "reader2", 600)
 
 	wantOK(t, r.do(t, "alice_get_secret", "c1", func(ctx context.Context) error {
 		_, err := alice.CS.CoreV1().Secrets("team-a").Get(ctx, "db-password", metav1.GetOptions{})
@@ -256,6 +272,11 @@ func (r *lineageRun) stepsBeforeRestart(t *testing.T) {
 		}, metav1.CreateOptions{})
 		return err
 	}))
+	// A chain through a default-excluded user: kube-system's service
+	// accounts are excluded, but a mint made with a watched token alerts.
+	r.mint(t, "mint_T3", "T3", alice, "kube-system", "lineage-minter", 600)
+	t3 := c1.TokenClientFrom(t, "T3@"+secondSource, r.tokens["T3"], secondSource)
+	r.mint(t, "U7_T3_mints_T4", "T4", t3, "kube-system", "lineage-minter", 600)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -307,6 +328,8 @@ var lineageFacts = []auditFact{
 	{label: "U2_mint_T2", user: userReader, verb: "create", resource: "serviceaccounts/token", namespace: "team-a", source: secondSource, code: 201, credential: "T1", issues: "T2"},
 	{label: "alice_get_secret", user: "alice", verb: "get", resource: "secrets", namespace: "team-a", source: firstSource, code: 200},
 	{label: "alice_create_rolebinding", user: "alice", verb: "create", resource: "rolebindings", namespace: "team-a", source: firstSource, code: 201},
+	{label: "mint_T3", user: "alice", verb: "create", resource: "serviceaccounts/token", namespace: "kube-system", source: firstSource, code: 201, issues: "T3"},
+	{label: "U7_T3_mints_T4", user: userMinter, verb: "create", resource: "serviceaccounts/token", namespace: "kube-system", source: secondSource, code: 201, credential: "T3", issues: "T4"},
 	{label: "legacy_list_1", user: userLegacy, verb: "list", resource: "configmaps", namespace: "team-a", source: firstSource, code: 200, legacy: true},
 	{label: "legacy_list_2", user: userLegacy, verb: "list", resource: "configmaps", namespace: "team-a", source: firstSource, code: 200, legacy: true},
 	{label: "legacy_list_3", user: userLegacy, verb: "list", resource: "configmaps", namespace: "team-a", source: firstSource, code: 200, legacy: true},
@@ -421,6 +444,8 @@ type lineageTokenwatch struct {
 	agg      *harness.Aggregator
 	agents   map[string]*harness.Agent // by cluster
 	previous *previousAgent            // nil when not part of the run
+	// restarted: the aggregator and the agents were restarted mid-run.
+	restarted bool
 }
 
 func startLineageTokenwatch(t *testing.T, b *harness.Binaries, logs string, r *lineageRun, v lineageVariant) *lineageTokenwatch {
@@ -564,6 +589,7 @@ func (tw *lineageTokenwatch) restart(t *testing.T, r *lineageRun) {
 	if tw.previous != nil {
 		tw.previous.waitDelivered(t, tw.sink, 1)
 	}
+	tw.restarted = true
 	for _, c := range []string{"c1", "c2"} {
 		a := tw.agents[c]
 		if err := a.Proc.Stop(15 * time.Second); err != nil {
