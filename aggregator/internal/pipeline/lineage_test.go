@@ -565,3 +565,26 @@ func TestLineageUnsupportedAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestLineageReadAtStart: a reload that changes the lineage section keeps
+// the one in force; one that adds an exclusion re-sets lineage's hooks.
+func TestLineageReadAtStart(t *testing.T) {
+	f := newFixture(t, config.Default())
+	cfg := config.Default()
+	cfg.Lineage.Enabled = false
+	cfg.Exclusions.Add = []rule.Pattern{{User: "system:serviceaccount:ci:quiet"}}
+	if err := f.p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.p.LineageConfig(); !got.Enabled {
+		t.Errorf("LineageConfig after reload = %+v, want the one read at start", got)
+	}
+	legacy := useEv("", "system:serviceaccount:ci:quiet", "10.0.0.5", t0, "list", "secrets", "ci")
+	legacy.Annotations = map[string]string{lineage.AnnotationLegacyToken: "system:serviceaccount:ci:quiet"}
+	f.process(t, uses(prod, nil, legacy))
+	f.clk.Add(time.Minute)
+	f.tick(t)
+	if got := lin(t, f.outbox(t)); len(got) != 0 {
+		t.Errorf("records = %q, want none: the reloaded exclusion silences the service account", got)
+	}
+}
