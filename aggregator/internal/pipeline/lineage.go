@@ -164,8 +164,6 @@ type chainScreen struct {
 	minted map[string]bool // JTIs issued by candidates of the batch
 }
 
-func (p *Pipeline) newChainScreen() *chainScreen { return &chainScreen{p: p} }
-
 // maybe reports whether e, judged v, may be a chain that overrides its
 // exclusion.
 func (c *chainScreen) maybe(e *audit.Event, v rule.Verdict) bool {

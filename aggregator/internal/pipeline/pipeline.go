@@ -430,7 +430,7 @@ func (p *Pipeline) candidates(b Batch) ([]candidate, []*audit.Event, Result) {
 	r := p.rule.Load()
 	judged := b.Verdicts != nil && len(b.Verdicts) == len(b.Events)
 	arrived := len(b.Encoded) == len(b.Events)
-	chains := p.newChainScreen()
+	chains := chainScreen{p: p}
 	defer chains.done()
 	var cands []candidate
 	var creates []*audit.Event
