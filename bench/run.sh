@@ -149,9 +149,8 @@ lineage_table() {
 			print "|---|---|---|---|---|---|"
 			printf "| baseline: `LC_ALL=C grep -cF '\''\"subresource\":\"token\"'\''` (process, warm file) | %.1f ms | %s MB/s | 1.00x | %.0f ms, 1.00x | %s (not exact) |\n", g / 1e6, med(mb["baseline-grep"]), gc / 1e6, extra["baseline-grep"]
 			row("agent", "agent path without lineage: follow + prefilter + decode", "")
-			row("legacy", "+ linematch Block, no watch (legacy-token search only)", "")
-			row("idle", "(a) + linematch BlockKeys, no watch, every line keyed into a 240,000-entry lookback", " (target ≤ 1.0x)")
-			row("watched", "(b) + BlockKeys and lookback, 10,000 watched tokens and 1,000 followed minters", " (target ≤ 1.2x on the lineage log)")
+			row("idle", "(a) + linematch Block, no watch, and the lookback index (one entry per block)", " (target ≤ 1.0x)")
+			row("watched", "(b) + Block and the index, 10,000 watched tokens and 1,000 followed minters", " (target ≤ 1.2x on the lineage log)")
 		}' "$work/lineage.txt"
 }
 

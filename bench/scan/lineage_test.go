@@ -19,38 +19,38 @@ import (
 	"github.com/tokenwatch/tokenwatch/internal/prefilter"
 )
 
-// lookbackEntries is the lookback of the lineage contenders: 2 minutes of
-// 2,000 lines/s, the contract's figures.
-const lookbackEntries = 240_000
-
 // lineageReader is the agent's read path with lineage: every block through
 // the pre-filter and decode of token creates, and through the lineage
-// matcher (linematch) under a watch set; with keys, every line's keys also
-// go into a lookback.
+// matcher (linematch.Matcher.Block) under a watch set; with index, each
+// block's location also goes into a lookback index, one entry per block, as
+// the agent's (agent/internal/uses) does.
 type lineageReader struct {
 	f       prefilter.Filter
 	ms      []prefilter.Match
 	m       linematch.Matcher
 	hits    []linematch.Hit
-	keys    []linematch.LineKeys
 	set     *linematch.Set
-	lb      *linematch.Lookback // nil: Block only, no keys
+	index   bool
+	blocks  []blockEntry
 	read    time.Time
 	creates int
 	uses    int
 }
 
+// blockEntry is a lookback entry of the agent: a block's location and read
+// time.
+type blockEntry struct {
+	loc  linematch.Location
+	read int64
+}
+
 func (r *lineageReader) Block(_ context.Context, b follow.Block) error {
 	r.ms, _ = r.f.Block(r.ms[:0], b.Data)
 	r.creates += len(r.ms)
-	if r.lb == nil {
-		r.hits, _ = r.m.Block(r.hits[:0], b.Data, r.set)
-	} else {
-		r.hits, r.keys, _ = r.m.BlockKeys(r.hits[:0], r.keys[:0], b.Data, r.set)
-		for _, k := range r.keys {
-			loc := linematch.Location{Offset: uint64(b.Pos.Offset) + uint64(k.Start), Length: uint32(k.End - k.Start)}
-			r.lb.Add(k.Keys, loc, r.read)
-		}
+	r.hits, _ = r.m.Block(r.hits[:0], b.Data, r.set)
+	if r.index {
+		loc := linematch.Location{Offset: uint64(b.Pos.Offset), Length: uint32(len(b.Data))}
+		r.blocks = append(r.blocks, blockEntry{loc: loc, read: r.read.UnixNano()})
 	}
 	r.uses += len(r.hits)
 	return nil
@@ -59,18 +59,15 @@ func (r *lineageReader) Block(_ context.Context, b follow.Block) error {
 func (r *lineageReader) Loss(context.Context, follow.Loss) error { return nil }
 
 // scanLineage reads path to its end as `agent --once` does, with the
-// lineage matcher under set (keys into a lookback when keys is set), and
-// returns the token creates and lineage hits found.
-func scanLineage(tb testing.TB, path string, set *linematch.Set, keys bool) (creates, uses int) {
+// lineage matcher under set (and the agent's block index when index is
+// set), and returns the token creates and lineage hits found.
+func scanLineage(tb testing.TB, path string, set *linematch.Set, index bool) (creates, uses int) {
 	tb.Helper()
 	fol, err := follow.New(follow.Config{Path: path, StartAt: follow.StartBeginning, Once: true})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	r := lineageReader{set: set, read: time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)}
-	if keys {
-		r.lb = linematch.NewLookback(lookbackEntries)
-	}
+	r := lineageReader{set: set, index: index, read: time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)}
 	if err := fol.Run(context.Background(), &r); err != nil {
 		tb.Fatal(err)
 	}
@@ -133,13 +130,15 @@ func watchedSet(tb testing.TB) *linematch.Set {
 // file:
 //
 //   - agent: follow + prefilter + decode (as BenchmarkScan);
-//   - legacy: the same + linematch Block with no watch (the
-//     legacy-token search alone);
-//   - idle: the same + BlockKeys with no watch, every line's keys into a
-//     lookback of 240,000 entries (variant (a): lineage on, nothing
-//     watched yet);
+//   - idle: the same + linematch Block with no watch and the agent's
+//     lookback index, one entry per block (variant (a): lineage on,
+//     nothing watched yet);
 //   - watched: the same with 10,000 watched tokens and 1,000 followed
 //     minters (variant (b), on the lineage log).
+//
+// The lookback's other cost, reading blocks again when a watch arrives,
+// falls on the watch's arrival, not on the scan: bench/lineage-rss.sh
+// reports it (tokenwatch_agent_lineage_lookback_rescanned_bytes_total).
 //
 // Each contender's hits are checked against a full decode and Classify of
 // every line (skipped with TOKENWATCH_BENCH_SKIP_EXACT=1). Run through
@@ -188,16 +187,16 @@ func BenchmarkLineageScan(b *testing.B) {
 		b.ReportMetric(float64(n), "token-creates/op")
 	})
 	for _, c := range []struct {
-		name string
-		set  *linematch.Set
-		keys bool
-	}{{"legacy", idle, false}, {"idle", idle, true}, {"watched", watched, true}} {
+		name  string
+		set   *linematch.Set
+		index bool
+	}{{"idle", idle, true}, {"watched", watched, true}} {
 		b.Run(c.name, func(b *testing.B) {
 			b.SetBytes(size)
 			var n int
 			start := cpuTime(b)
 			for b.Loop() {
-				_, n = scanLineage(b, path, c.set, c.keys)
+				_, n = scanLineage(b, path, c.set, c.index)
 			}
 			b.ReportMetric(float64((cpuTime(b)-start).Nanoseconds())/float64(b.N), "cpu-ns/op")
 			b.ReportMetric(float64(n), "lineage-hits/op")
@@ -225,11 +224,11 @@ func checkLineage(b *testing.B, path string, idle, watched *linematch.Set) {
 	}
 	wantCreates := exact(b, data)
 	for _, c := range []struct {
-		set  *linematch.Set
-		keys bool
-	}{{idle, false}, {idle, true}, {watched, true}} {
+		set   *linematch.Set
+		index bool
+	}{{idle, true}, {watched, true}} {
 		want := exactLineage(b, data, c.set)
-		creates, uses := scanLineage(b, path, c.set, c.keys)
+		creates, uses := scanLineage(b, path, c.set, c.index)
 		if creates != wantCreates || uses != want {
 			b.Fatalf("the lineage path found %d token creates and %d lineage hits, a full decode %d and %d",
 				creates, uses, wantCreates, want)
