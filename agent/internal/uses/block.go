@@ -109,9 +109,10 @@ func (t *Tracker) index(b follow.Block, no uint32, now time.Time) {
 }
 
 // report decides whether e, matched as kinds, is sent (the use returned) or
-// counted (nil). Called with mu held.
+// counted (nil); e is neither when it is not its request's use (stages).
+// Called with mu held.
 func (t *Tracker) report(e *audit.Event, kinds linematch.Kind, lookback bool) *tokenwatchv1.LineageEvent {
-	if !t.rep.decide(e, kinds) {
+	if !t.stages.use(e) || !t.rep.decide(e, kinds) {
 		return nil
 	}
 	t.usesSent++

@@ -29,6 +29,15 @@
 // as linematch.Classify has it; in a block read before From it is not
 // found.)
 //
+// Stages. The apiserver logs a request once per audit stage, all with its
+// auditID; a request counts once, as the event that carries its outcome:
+// its ResponseComplete (or Panic), or, for a long-running request (watch,
+// exec, attach, portforward, proxy, log), its ResponseStarted, the later
+// ResponseComplete being skipped. RequestReceived events are never uses:
+// a policy that logs only that stage yields no lineage (see stages for the
+// bound on the long-running requests remembered). Live and lookback
+// matches follow the same rule.
+//
 // Re-reading. Each file read within the window is kept open through a
 // duplicate of the follower's handle, so a rotation, rename or deletion does
 // not matter; a plain file's block is read again with ReadAt, a compressed

@@ -28,6 +28,7 @@ const (
 type req struct {
 	id, user, jti, ip, verb, resource, sub, ns, legacy string
 	code                                               int
+	stage                                              string // "": ResponseComplete
 }
 
 func (r req) line() string {
@@ -54,11 +55,18 @@ func (r req) line() string {
 	if code == 0 {
 		code = 200
 	}
-	return fmt.Sprintf(`{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":%q,"stage":"ResponseComplete",`+
+	stage, status := r.stage, fmt.Sprintf(`"responseStatus":{"metadata":{},"code":%d},`, code)
+	switch stage {
+	case "":
+		stage = "ResponseComplete"
+	case "RequestReceived":
+		status = ""
+	}
+	return fmt.Sprintf(`{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":%q,"stage":%q,`+
 		`"requestURI":"/api/v1/namespaces/%s/%s","verb":%q,"user":{"username":%q%s},"sourceIPs":[%q],`+
-		`"objectRef":{"resource":%q,"namespace":%q,"subresource":%q,"apiVersion":"v1"},"responseStatus":{"metadata":{},"code":%d},`+
+		`"objectRef":{"resource":%q,"namespace":%q,"subresource":%q,"apiVersion":"v1"},%s`+
 		`"requestReceivedTimestamp":"2026-11-26T23:09:25.383216Z","stageTimestamp":"2026-11-26T23:09:25.386281Z"%s}`+"\n",
-		r.id, r.ns, res, verb, user, extra, r.ip, res, r.ns, r.sub, code, ann)
+		r.id, stage, r.ns, res, verb, user, extra, r.ip, res, r.ns, r.sub, status, ann)
 }
 
 func lines(rs ...req) string {

@@ -94,6 +94,9 @@ type Stats struct {
 	// UsesSent counts requests queued one by one (lookback ones included);
 	// UsesCounted those only counted.
 	UsesSent, UsesCounted uint64
+	// StartsForgotten counts long-running requests whose ResponseStarted
+	// was forgotten before their end (maxStarted): they count twice.
+	StartsForgotten uint64
 	// LookbackEntries is the number of blocks in the index, LookbackBytes
 	// their size; LookbackPinned how many of them are pinned.
 	LookbackEntries, LookbackPinned int
@@ -153,6 +156,7 @@ type Tracker struct {
 	ticket   uint64 // the last block's ticket
 	mint     bool   // a token create outside a block: pin from the next one
 	rep      *reporter
+	stages   *stages           // which audit stage of a request is its use
 	m        linematch.Matcher // Block's
 	hits     []linematch.Hit
 	jobs     []*job
@@ -182,6 +186,7 @@ func New(cfg Config) *Tracker {
 		lb:     newBlockIndex(uint64(cfg.Capacity), maxBlocks),
 		files:  newFiles(),
 		rep:    newReporter(cfg.MaxKeysPerToken),
+		stages: newStages(maxStarted),
 		room:   make(chan struct{}),
 		work:   make(chan struct{}, 1),
 	}
@@ -199,6 +204,7 @@ func (t *Tracker) Stats() Stats {
 		ActorCredentialWatches: t.set.Len(linematch.ActorCredential),
 		UsesSent:               t.usesSent,
 		UsesCounted:            t.rep.counted,
+		StartsForgotten:        t.stages.forgotten,
 		LookbackEntries:        t.lb.n,
 		LookbackBytes:          t.lb.bytes,
 		LookbackPinned:         t.lb.pinnedEntries(),
