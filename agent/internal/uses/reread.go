@@ -276,9 +276,12 @@ func (r *rescanner) file(dst []reread, f *file, locs []linematch.Location, read 
 		*read += uint64(len(data))
 		r.hits, _ = r.m.Block(r.hits[:0], data, &r.set)
 		for k, h := range r.hits {
+			r.hits[k].Event = nil
+			if h.Kinds&^linematch.Legacy == 0 {
+				continue // a legacy-token request alone: matched when first read
+			}
 			h.Event.Origin = &audit.Origin{}
 			dst = append(dst, reread{loc: linematch.Location{File: l.File, Offset: l.Offset + uint64(h.Offset)}, block: l, e: h.Event})
-			r.hits[k].Event = nil
 		}
 	}
 	return dst, -1, nil
