@@ -138,9 +138,6 @@ func (v *lineageView) diff(w *lineageView) string {
 // failing, so that everything else keeps guarding main. A bug that no
 // longer shows is logged too: remove its entry then.
 var knownLineageBugs = map[string]string{
-	"stage_counted": "every audit stage of a request is taken as a use (RequestReceived and ResponseComplete " +
-		"of one request are two uses): summary and legacy counts double, and token_use and actor_followup " +
-		"records are built from RequestReceived, without responseStatus.code (event.outcome unknown)",
 	"reconnect_recount": "after the aggregator's graceful restart (every agent reconnects) and the agents' " +
 		"restart, uses already counted are counted again: summary totals grow, in some runs only",
 }
@@ -374,7 +371,7 @@ func strs(rec harness.Record, key string) []string {
 
 // checkRequestFields compares the record's request attributes with the
 // step's audit event.
-func checkRequestFields(t *testing.T, x lineageIndex, what string, rec harness.Record, s *step, e kube.AuditEvent) {
+func checkRequestFields(t *testing.T, what string, rec harness.Record, s *step, e kube.AuditEvent) {
 	t.Helper()
 	outcome := "success"
 	if e.Code() >= 400 {
@@ -391,12 +388,7 @@ func checkRequestFields(t *testing.T, x lineageIndex, what string, rec harness.R
 			t.Errorf("%s: %s = %v, want %v", what, k, got, want[k])
 		}
 	}
-	code, hasCode := rec.Attrs["kubernetes.audit.responseStatus.code"]
-	switch {
-	case !hasCode && rec.Str("event.outcome") == "unknown":
-		x.bug(t, "stage_counted", "%s: no kubernetes.audit.responseStatus.code and event.outcome unknown (a RequestReceived event), want %d and %s",
-			what, e.Code(), outcome)
-	case fmt.Sprint(code) != fmt.Sprint(int64(e.Code())) || rec.Str("event.outcome") != outcome:
+	if code := rec.Attrs["kubernetes.audit.responseStatus.code"]; fmt.Sprint(code) != fmt.Sprint(int64(e.Code())) || rec.Str("event.outcome") != outcome {
 		t.Errorf("%s: kubernetes.audit.responseStatus.code %v, event.outcome %q, want %d and %s", what, code, rec.Str("event.outcome"), e.Code(), outcome)
 	}
 	if rec.Str("user_agent.original") == "" {
@@ -567,7 +559,7 @@ func checkTokenUses(t *testing.T, x lineageIndex, recs []harness.Record) {
 			severity(t, what, rec, "medium", 13)
 		}
 		checkMintAttrs(t, x, what, rec, tok)
-		checkRequestFields(t, x, what, rec, s, x.r.events[s.label])
+		checkRequestFields(t, what, rec, s, x.r.events[s.label])
 	}
 	for _, u := range lineageUses {
 		if got[u.step] != 1 {
@@ -680,7 +672,7 @@ func checkFollowups(t *testing.T, x lineageIndex, recs []harness.Record) {
 		}
 		severity(t, what, rec, "high", 17)
 		checkMintAttrs(t, x, what, rec, "T1")
-		checkRequestFields(t, x, what, rec, s, x.r.events[s.label])
+		checkRequestFields(t, what, rec, s, x.r.events[s.label])
 	}
 	for l := range followupWant {
 		if got[l] != 1 {
@@ -709,9 +701,7 @@ func (x lineageIndex) totals(t *testing.T, v *lineageView, key, what string, wan
 	got := v.totals[key]
 	switch {
 	case summaryText(got) == summaryText(want):
-	case summaryText(got) == summaryText(stageDoubled(want)):
-		x.bug(t, "stage_counted", "%s total %s, want %s", what, summaryText(got), summaryText(want))
-	case x.restarted && (recount(got, want) || recount(got, stageDoubled(want))):
+	case x.restarted && recount(got, want):
 		v.recounted[key] = true
 		x.bug(t, "reconnect_recount", "%s total %s after the restarts, want %s", what, summaryText(got), summaryText(want))
 	default:
@@ -738,27 +728,6 @@ func recount(got, base summaryWant) bool {
 		return true
 	}
 	return covers(got.verbs, base.verbs) && (base.codes == nil || covers(got.codes, base.codes))
-}
-
-// stageDoubled is what totals read when both audit stages of a
-// Metadata-level request count as uses (token creates excepted: the
-// aggregator takes them as one request).
-func stageDoubled(s summaryWant) summaryWant {
-	d := s
-	d.verbs, d.uses = map[string]int64{}, 0
-	for k, n := range s.verbs {
-		if !strings.HasPrefix(k, "create serviceaccounts/token ") {
-			n *= 2
-		}
-		d.verbs[k] = n
-		d.uses += n
-	}
-	if s.codes != nil {
-		// A RequestReceived event has no responseStatus: code "0".
-		d.codes = maps.Clone(s.codes)
-		d.codes["0"] += d.uses - s.uses
-	}
-	return d
 }
 
 // checkPipeline: the previous agent is reported as lacking lineage (and
