@@ -94,12 +94,8 @@ func BenchmarkMatch(b *testing.B) {
 		run("prefilter", func(bl []byte) { ms, _ = f.Block(ms[:0], bl) })
 		var m Matcher
 		var hs []Hit
-		var ks []LineKeys
 		run("block-empty", func(bl []byte) { hs, _ = m.Block(hs[:0], bl, &Set{}) })
-		run("keys", func(bl []byte) { ks = AppendKeys(ks[:0], bl) })
-		run("blockkeys-empty", func(bl []byte) { hs, ks, _ = m.BlockKeys(hs[:0], ks[:0], bl, &Set{}) })
 		run("block-watched", func(bl []byte) { hs, _ = m.Block(hs[:0], bl, lg.watched) })
-		run("blockkeys-watched", func(bl []byte) { hs, ks, _ = m.BlockKeys(hs[:0], ks[:0], bl, lg.watched) })
 	}
 }
 
@@ -115,19 +111,4 @@ func split(data []byte, size int) [][]byte {
 		data = data[n:]
 	}
 	return out
-}
-
-// BenchmarkLookbackAdd measures Add on a full lookback of 240,000 entries
-// (2 minutes of 2,000 lines/s), the steady state of a reader.
-func BenchmarkLookbackAdd(b *testing.B) {
-	l := NewLookback(240_000)
-	k := Keys{HasJTI: true, User: 1}
-	for i := range 240_000 {
-		l.Add(k, Location{Offset: uint64(i)}, t0)
-	}
-	i := 0
-	for b.Loop() {
-		l.Add(k, Location{Offset: uint64(i)}, t0)
-		i++
-	}
 }

@@ -15,15 +15,5 @@
 // any \u00XX escape ('\') of a byte that could hide one of those. Only what
 // the set needs is searched: with no watch, "legacy-token" and escapes.
 //
-// KeysOf, AppendKeys and Matcher.BlockKeys give each line cheap keys (its
-// credential JTI, the hashes of its user names, or Unsure) from the same
-// passes, and Lookback keeps them with the caller's location of the line,
-// so that a watch arriving later finds every line read before it that may
-// match it (Find never misses; the caller reads those lines again and
-// classifies them). BlockKeys does Block and AppendKeys in one set of
-// passes. A reader that cannot afford per-line keys may add one Unsure entry
-// per block instead (its location covering the block): Find then returns
-// the block for every watch, to be matched again with Block.
-//
 // The package is pure: no clock, file or socket; times are parameters.
 package linematch

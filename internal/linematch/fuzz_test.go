@@ -124,7 +124,7 @@ func fuzzWatches(block []byte, extra string, mode uint8, from, until int64) []Wa
 	return ws
 }
 
-// checkBlock checks Block and BlockKeys against a full decode of block.
+// checkBlock checks Block against a full decode of block.
 func checkBlock(t *testing.T, block []byte, s *Set) {
 	t.Helper()
 	want := fullClassify(block, s)
@@ -135,42 +135,6 @@ func checkBlock(t *testing.T, block []byte, s *Set) {
 	}
 	if c.Hits != len(got) || c.Candidates < c.Decoded || c.Decoded < c.Hits+c.Malformed {
 		t.Fatalf("Block(%q) counts %+v inconsistent with %d hits", block, c, len(got))
-	}
-	got2, keys, _ := m.BlockKeys(nil, nil, block, s)
-	if diff := cmp.Diff(want, hitsOf(got2)); diff != "" {
-		t.Fatalf("BlockKeys(%q) (-full decode +block):\n%s", block, diff)
-	}
-	if diff := cmp.Diff(AppendKeys(nil, block), keys); diff != "" {
-		t.Fatalf("BlockKeys(%q) keys (-AppendKeys +BlockKeys):\n%s", block, diff)
-	}
-}
-
-// checkLookback checks that a Lookback of block's lines finds, for watches
-// that arrive after the lines were read, every line Classify matches under
-// them.
-func checkLookback(t *testing.T, block []byte, ws []Watch) {
-	t.Helper()
-	s := &Set{}
-	for _, w := range ws {
-		_ = s.Add(w) // keys the Set refuses are refused by the aggregator too
-	}
-	l := NewLookback(1 << 16)
-	for _, lk := range AppendKeys(nil, block) {
-		l.Add(lk.Keys, Location{Offset: uint64(lk.Start), Length: uint32(lk.End - lk.Start)}, t0)
-	}
-	found := map[int]bool{}
-	for _, loc := range l.Find(ws) {
-		found[int(loc.Offset)] = true
-	}
-	for _, h := range fullClassify(block, s) {
-		if h.Kinds&^Legacy != 0 && !found[h.Offset] {
-			end := bytes.IndexByte(block[h.Offset:], '\n')
-			if end < 0 {
-				end = len(block) - h.Offset
-			}
-			line := block[h.Offset : h.Offset+end]
-			t.Fatalf("Find(%v) missed line %q (%v); its keys %+v", ws, line, h.Kinds, KeysOf(line))
-		}
 	}
 }
 
@@ -189,11 +153,9 @@ func FuzzMatch(f *testing.F) {
 			_ = s.Add(w)
 		}
 		checkBlock(t, block, s)
-		checkLookback(t, block, ws)
 		// The same among genuine neighbours, without a final newline.
 		wrapped := []byte(neighbours[0] + "\n" + string(block) + "\n" + neighbours[1])
 		checkBlock(t, wrapped, s)
-		checkLookback(t, wrapped, ws)
 	})
 }
 
@@ -265,7 +227,6 @@ func TestAdversarial(t *testing.T) {
 				_ = s.Add(w)
 			}
 			checkBlock(t, []byte(sd.line), s)
-			checkLookback(t, []byte(sd.line), ws)
 		})
 	}
 }

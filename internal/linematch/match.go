@@ -28,6 +28,14 @@ type Counts struct {
 	Malformed int
 }
 
+// Location is where the caller read a line or a block: a file of its own
+// numbering, the offset and length.
+type Location struct {
+	File   uint32
+	Length uint32
+	Offset uint64
+}
+
 // Matcher finds the lineage matches of blocks. Its zero value is ready to
 // use; it reuses its buffers between calls and is not safe for concurrent
 // use.
@@ -68,39 +76,8 @@ func (m *Matcher) Block(dst []Hit, block []byte, s *Set) ([]Hit, Counts) {
 	return dst, c
 }
 
-// BlockKeys does Block and AppendKeys in one pass over block, for a reader
-// that keeps a lookback: it appends the hits to dst and the keys of every
-// non-empty line to keys. Its hits are exactly Block's.
-func (m *Matcher) BlockKeys(dst []Hit, keys []LineKeys, block []byte, s *Set) ([]Hit, []LineKeys, Counts) {
-	sc := &m.sc
-	sc.reset()
-	sc.keyPasses(block)
-	sc.legacys = marksLegacy(sc.legacys, block)
-	gate, watching := gateOf(s)
-	var c Counts
-	var cur cursor
-	for off := 0; off < len(block); {
-		end := lineEnd(block, off)
-		if end > off {
-			k, esc, legacy := sc.line(block, off, end, &cur)
-			keys = append(keys, LineKeys{Start: off, End: end, Keys: k})
-			why := s.mayMatchKeys(&k)
-			if legacy || esc&gate != 0 || (k.Unsure && watching) {
-				why |= Legacy
-			}
-			if why != 0 {
-				c.Candidates++
-				dst = m.decode(dst, &c, block[off:end], off, why, s)
-			}
-		}
-		off = end + 1
-	}
-	return dst, keys, c
-}
-
-// gateOf returns the escape classes that make a line a candidate under s,
-// and whether s watches anything.
-func gateOf(s *Set) (uint8, bool) {
+// gateOf returns the escape classes that make a line a candidate under s.
+func gateOf(s *Set) uint8 {
 	gate := uint8(escLegacy)
 	if s.needsJTI() {
 		gate |= escJTI
@@ -108,7 +85,7 @@ func gateOf(s *Set) (uint8, bool) {
 	if s.needsUsers() {
 		gate |= escUser
 	}
-	return gate, gate != escLegacy
+	return gate
 }
 
 // decode decodes a candidate line and appends it to dst when Classify
@@ -138,7 +115,7 @@ func (m *Matcher) candidates(dst []span, block []byte, s *Set) []span {
 	sc.reset()
 	sc.escapes(block)
 	sc.legacys = marksLegacy(sc.legacys, block)
-	gate, _ := gateOf(s)
+	gate := gateOf(s)
 	base := len(dst)
 	for _, e := range sc.escs {
 		if e.class&gate != 0 {

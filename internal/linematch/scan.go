@@ -7,7 +7,7 @@ import (
 
 // This file holds the byte-level pieces of the scan. None of them decides:
 // each finds what may matter, never missing it, and audit.Decode with
-// Classify (or a re-check of an Unsure lookback entry) decides.
+// Classify decides.
 
 // byteSet is a set of bytes.
 type byteSet [256]bool
@@ -22,13 +22,6 @@ func setOf(words ...string) byteSet {
 	return s
 }
 
-func union(a, b byteSet) byteSet {
-	for i, ok := range b {
-		a[i] = a[i] || ok
-	}
-	return a
-}
-
 var (
 	// jtiBytes can write a credential JTI: "JTI=" and a uuid.
 	jtiBytes = setOf("JTI=", "0123456789abcdefABCDEF-")
@@ -36,8 +29,6 @@ var (
 	userBytes = setOf("username")
 	// legacyBytes can write "legacy-token".
 	legacyBytes = setOf("legacy-token")
-	// keyBytes are the bytes whose escape makes a line's Keys unsure.
-	keyBytes = union(jtiBytes, userBytes)
 )
 
 // indexEscape returns the index of the first \u00XX escape in b that writes
@@ -209,8 +200,7 @@ func legacyAt(b []byte, k int) bool {
 
 // Escape classes: the searches an escaped byte could hide something from.
 const (
-	escKeys   = 1 << iota // a byte of keyBytes: lookback keys
-	escJTI                // a byte of jtiBytes
+	escJTI    = 1 << iota // a byte of jtiBytes
 	escUser               // a byte of userBytes
 	escLegacy             // a byte of legacyBytes
 )
@@ -221,7 +211,7 @@ var escClass = func() (c [256]uint8) {
 		for _, x := range []struct {
 			set *byteSet
 			bit uint8
-		}{{&keyBytes, escKeys}, {&jtiBytes, escJTI}, {&userBytes, escUser}, {&legacyBytes, escLegacy}} {
+		}{{&jtiBytes, escJTI}, {&userBytes, escUser}, {&legacyBytes, escLegacy}} {
 			if x.set[i] {
 				c[i] |= x.bit
 			}

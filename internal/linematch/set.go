@@ -161,8 +161,6 @@ func expireMap[K comparable](m map[K]bounds, now int64) int {
 type Set struct {
 	token, cred jtis
 	users       map[string]bounds
-	// userHashes counts the followed names by UserHash, for lookback keys.
-	userHashes map[uint64]int
 }
 
 // Add starts a watch, or extends one of the same kind and key to the
@@ -197,9 +195,7 @@ func (s *Set) Remove(k Kind, key string) {
 	case ActorCredential:
 		s.cred.remove(key)
 	case ActorUser:
-		if _, ok := s.users[key]; ok {
-			s.removeUser(key)
-		}
+		delete(s.users, key)
 	}
 }
 
@@ -210,18 +206,8 @@ func (s *Set) addUser(name string, b bounds) {
 	}
 	if s.users == nil {
 		s.users = make(map[string]bounds)
-		s.userHashes = make(map[uint64]int)
 	}
 	s.users[strings.Clone(name)] = b
-	s.userHashes[UserHash(name)]++
-}
-
-func (s *Set) removeUser(name string) {
-	delete(s.users, name)
-	h := UserHash(name)
-	if s.userHashes[h]--; s.userHashes[h] <= 0 {
-		delete(s.userHashes, h)
-	}
 }
 
 // Reset drops every watch.
@@ -231,13 +217,7 @@ func (s *Set) Reset() { *s = Set{} }
 func (s *Set) Expire(now time.Time) int {
 	t := now.UnixNano()
 	n := s.token.expire(t) + s.cred.expire(t)
-	for name, b := range s.users {
-		if b.until < t {
-			s.removeUser(name)
-			n++
-		}
-	}
-	return n
+	return n + expireMap(s.users, t)
 }
 
 // Len returns the number of watches of the kinds in k.
@@ -354,25 +334,4 @@ func (s *Set) followsName(raw []byte, plain bool) bool {
 	}
 	_, ok = s.users[name]
 	return ok
-}
-
-// mayMatchKeys returns the kinds under which sure keys may match a watch
-// of s.
-func (s *Set) mayMatchKeys(k *Keys) Kind {
-	if s == nil {
-		return 0
-	}
-	var kinds Kind
-	if k.HasJTI {
-		if _, ok := s.token.ids[k.JTI]; ok {
-			kinds |= Token
-		}
-		if _, ok := s.cred.ids[k.JTI]; ok {
-			kinds |= ActorCredential
-		}
-	}
-	if len(s.userHashes) > 0 && (s.userHashes[k.User] > 0 || s.userHashes[k.User2] > 0) {
-		kinds |= ActorUser
-	}
-	return kinds
 }
