@@ -170,7 +170,12 @@ func (p *pipeline) Block(ctx context.Context, b follow.Block) error {
 		return err
 	}
 	it.Events = p.events
-	return p.snd.EnqueueItems(ctx, it, blockMark{pos: end, ticket: ticket})
+	if err := p.snd.EnqueueItems(ctx, it, blockMark{pos: end, ticket: ticket}); err != nil {
+		return err
+	}
+	// Lookback matches in b may go on their own now: after b's mark.
+	p.lin.Queued(ticket)
+	return nil
 }
 
 // blockMark is the mark of a block's items: the position after it (the

@@ -254,11 +254,11 @@ func (f *following) Run(ctx context.Context) error {
 	return nil
 }
 
-// flushCounts queues the lineage counts not sent yet when following stops,
-// if the sender has room for them at once (ctx has ended): delivery sends
-// them with the rest.
+// flushCounts queues the lineage uses and counts not sent yet when
+// following stops, if the sender has room for them at once (ctx has
+// ended): delivery sends them with the rest.
 func (f *following) flushCounts(ctx context.Context) {
-	if it := f.lin.TakeCounts(); len(it.Counts) > 0 {
+	if it := f.lin.TakeCounts(); len(it.Uses)+len(it.Counts) > 0 {
 		_ = f.snd.EnqueueItems(ctx, it, nil)
 	}
 }

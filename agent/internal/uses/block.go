@@ -45,6 +45,7 @@ func (t *Tracker) Block(ctx context.Context, b follow.Block, mints bool) (sender
 	}
 	t.hits, _ = t.m.Block(t.hits[:0], b.Data, &t.set)
 	t.index(b, no, now)
+	t.lastBlock = linematch.Location{File: no, Offset: uint64(b.Pos.Offset)}
 	t.files.release(t.lb.first)
 	var uses []*tokenwatchv1.LineageEvent
 	if len(t.hits) > 0 {

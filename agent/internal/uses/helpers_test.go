@@ -219,6 +219,15 @@ func run(t *testing.T, tr *Tracker) {
 	})
 }
 
+// queueAll acts as the pipeline once the items of every block read are
+// queued (Queued).
+func queueAll(tr *Tracker) {
+	tr.mu.Lock()
+	ticket := tr.ticket
+	tr.mu.Unlock()
+	tr.Queued(ticket)
+}
+
 func useIDs(it sender.Items) []string {
 	var ids []string
 	for _, u := range it.Uses {

@@ -91,6 +91,7 @@ func TestLookbackSearchesRunTogether(t *testing.T) {
 	if _, _, err := tr.Block(context.Background(), b, false); err != nil {
 		t.Fatal(err)
 	}
+	queueAll(tr)
 	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
 	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiB)}})
 	run(t, tr)

@@ -29,8 +29,9 @@ func compareLocations(a, b linematch.Location) int {
 }
 
 // Run reads again the lines that lookback searches found and sends those
-// that match as uses (Lookback set), and sends counts not sent with a block
-// within FlushInterval, until ctx ends (nil) or the queue fails.
+// that match as uses (Lookback set) with their counts, and sends those held
+// until their block was queued (hold.go), until ctx ends (nil) or the
+// queue fails.
 func (t *Tracker) Run(ctx context.Context) error {
 	tick := time.NewTicker(t.cfg.FlushInterval)
 	defer tick.Stop()
@@ -41,14 +42,14 @@ func (t *Tracker) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		if err := t.flush(ctx); err != nil {
+			return err
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.work:
 		case <-tick.C:
-			if err := t.flush(ctx); err != nil {
-				return err
-			}
 		}
 	}
 }
@@ -67,15 +68,17 @@ func (t *Tracker) takeJobs() []*job {
 	return jobs
 }
 
-// flush sends the counts waiting, if any.
+// flush sends the uses and counts held until their block was queued, and
+// the counts waiting, if any.
 func (t *Tracker) flush(ctx context.Context) error {
 	t.mu.Lock()
-	counts := t.rep.take()
+	it := t.released()
+	it.Counts = append(it.Counts, t.rep.take()...)
 	t.mu.Unlock()
-	if len(counts) == 0 {
+	if len(it.Uses)+len(it.Counts) == 0 {
 		return nil
 	}
-	return t.enqueue(ctx, sender.Items{Counts: counts})
+	return t.enqueue(ctx, it)
 }
 
 // enqueue hands it to the queue; a closed queue (the agent is stopping)
@@ -114,31 +117,15 @@ func (t *Tracker) runJobs(ctx context.Context, jobs []*job) error {
 	defer t.endJobs(jobs)
 	locs := t.rescan.union(jobs)
 	found, missed, read := t.readBlocks(locs)
-	var it sender.Items
 	t.mu.Lock()
 	t.rescanned += read
-	for _, r := range found {
-		var kinds linematch.Kind
-		for _, j := range jobs {
-			if j.has(r.block) {
-				kinds |= t.classify(j, r)
-			}
-		}
-		if kinds == 0 {
-			continue
-		}
-		t.lbHits++
-		t.fillOrigin(r)
-		if u := t.report(r.e, kinds, true); u != nil {
-			it.Uses = append(it.Uses, u)
-		}
-	}
+	it := t.reportFound(jobs, found)
 	for _, m := range missed {
 		t.lbMisses += m.LinesLost
 	}
 	t.mu.Unlock()
 	it.Losses = missed
-	if len(it.Uses)+len(it.Losses) == 0 {
+	if len(it.Uses)+len(it.Counts)+len(it.Losses) == 0 {
 		return nil
 	}
 	return t.enqueue(ctx, it)
@@ -338,17 +325,19 @@ func lookbackLoss(f file, lost []linematch.Location, err error) *tokenwatchv1.Lo
 }
 
 // Drain waits until no line is pinned and no lookback search is pending,
-// then returns the counts not sent yet: at the end of a replay, once it
-// returns, every use of what was read has been queued but those counts.
+// then returns the uses and counts not sent yet: at the end of a replay,
+// once it returns, every use of what was read has been queued but those.
+// Those of a block whose items are not queued stay held.
 func (t *Tracker) Drain(ctx context.Context) (sender.Items, error) {
 	for {
 		t.mu.Lock()
 		done := !t.on || (len(t.pins) == 0 && len(t.jobs) == 0 && !t.busy)
 		room := t.room
 		if done {
-			counts := t.rep.take()
+			it := t.released()
+			it.Counts = append(it.Counts, t.rep.take()...)
 			t.mu.Unlock()
-			return sender.Items{Counts: counts}, nil
+			return it, nil
 		}
 		t.mu.Unlock()
 		select {
@@ -359,9 +348,15 @@ func (t *Tracker) Drain(ctx context.Context) (sender.Items, error) {
 	}
 }
 
-// TakeCounts returns the counts not sent yet, without waiting.
+// TakeCounts returns the uses and counts not sent yet, without waiting,
+// when reading stops: those held for a block whose items were never
+// queued are dropped (the checkpoint is before it; a restart reads it
+// again).
 func (t *Tracker) TakeCounts() sender.Items {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return sender.Items{Counts: t.rep.take()}
+	it := t.released()
+	it.Counts = append(it.Counts, t.rep.take()...)
+	t.dropUnqueued()
+	return it
 }

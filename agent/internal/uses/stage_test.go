@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/testing/protocmp"
@@ -186,7 +185,6 @@ func TestStageIsOneUse(t *testing.T) {
 // again by its search, each request of stagedLog is one use too.
 func TestStageIsOneUseLookback(t *testing.T) {
 	tr, q, _ := newTracker(t, 1<<20)
-	tr.cfg.FlushInterval = time.Hour // counts are taken by Drain
 	run(t, tr)
 	log := newLog(t)
 	var legacy []*tokenwatchv1.UseCount // legacy requests are counted when read
@@ -197,6 +195,7 @@ func TestStageIsOneUseLookback(t *testing.T) {
 		}
 		legacy = mergeCounts(legacy, it.Counts)
 	}
+	queueAll(tr)
 	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
 	items := q.wait(t, "the lookback uses", func(items []sender.Items) bool { return len(items) > 0 })
 	rest, err := tr.Drain(context.Background())
@@ -204,10 +203,12 @@ func TestStageIsOneUseLookback(t *testing.T) {
 		t.Fatal(err)
 	}
 	var uses []*tokenwatchv1.LineageEvent
+	counts := rest.Counts
 	for _, it := range items {
 		uses = append(uses, it.Uses...)
+		counts = mergeCounts(counts, it.Counts)
 	}
-	checkStaged(t, uses, rest.Counts, false)
+	checkStaged(t, uses, counts, false)
 	if diff := cmp.Diff(wantStaged.counts[1:], legacy, protocmp.Transform(),
 		protocmp.IgnoreFields(&tokenwatchv1.UseCount{}, "first", "last")); diff != "" {
 		t.Errorf("legacy counts (-want +got):\n%s", diff)

@@ -106,6 +106,9 @@ type Stats struct {
 	LookbackHits, LookbackMisses uint64
 	// LookbackRescanned counts the bytes read again for new watches.
 	LookbackRescanned uint64
+	// LookbackUnqueued counts the lookback uses dropped at a stop because
+	// their block's items were never queued (a restart reads it again).
+	LookbackUnqueued uint64
 	// LookbackDropped counts blocks evicted early because the index was
 	// full (the window is then shorter than the lookback).
 	LookbackDropped uint64
@@ -136,8 +139,9 @@ type pin struct {
 }
 
 // Tracker is the agent's lineage state. It implements sender.Lineage; the
-// pipeline calls Block for each block and Acked with each acknowledged
-// ticket; Run performs the lookback searches' re-reads and flushes counts.
+// pipeline calls Block for each block, Queued once the block's items are
+// queued, and Acked with each acknowledged ticket; Run performs the
+// lookback searches' re-reads and sends what they find.
 type Tracker struct {
 	cfg Config
 
@@ -166,10 +170,16 @@ type Tracker struct {
 
 	rescan rescanner // Run's, used only from its goroutine
 
+	// Holding lookback matches until their block is queued (hold.go).
+	queued    uint64             // the last ticket whose block's items are queued (Queued, Acked)
+	lastBlock linematch.Location // the last block read, its file and offset
+	later     []heldItems        // lookback uses and counts held, in ticket order
+
 	usesSent, lbHits, lbMisses uint64
 	rescanned                  uint64 // bytes read again for searches
 	unindexed                  uint64 // blocks the index could not take (pinned full)
 	waits                      uint64 // times Block waited for pins to be released
+	unqueued                   uint64 // lookback uses held and dropped at a stop (hold.go)
 
 	onWait func() // tests: Block is about to wait for pins to be released
 }
@@ -212,6 +222,7 @@ func (t *Tracker) Stats() Stats {
 		LookbackMisses:         t.lbMisses,
 		LookbackRescanned:      t.rescanned,
 		LookbackDropped:        t.lb.dropped + t.unindexed,
+		LookbackUnqueued:       t.unqueued,
 		PinWaits:               t.waits,
 		OpenFiles:              t.files.open(),
 		On:                     t.on,
@@ -267,6 +278,7 @@ func (t *Tracker) signalRoom() {
 func (t *Tracker) Acked(ticket uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.queuedTo(ticket)
 	n := 0
 	for n < len(t.pins) && t.pins[n].ticket <= ticket {
 		n++

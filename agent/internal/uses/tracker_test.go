@@ -129,6 +129,7 @@ func TestLookbackAfterRename(t *testing.T) {
 	if err := os.Remove(rotated); err != nil {
 		t.Fatal(err)
 	}
+	queueAll(tr)
 	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
 	items := q.wait(t, "the lookback use and its count", func(items []sender.Items) bool {
 		var uses, counts int
@@ -186,6 +187,7 @@ func TestLookbackCompressed(t *testing.T) {
 	if _, _, err := tr.Block(context.Background(), b, false); err != nil {
 		t.Fatal(err)
 	}
+	queueAll(tr)
 	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
 	items := q.wait(t, "the lookback use", func(items []sender.Items) bool { return len(items) > 0 })
 	if got := useIDs(items[0]); !cmp.Equal(got, []string{"gz"}) || len(items[0].Losses) > 0 {
@@ -305,6 +307,7 @@ func TestReconnectSearchesTheGap(t *testing.T) {
 	if len(it.Uses) != 0 {
 		t.Errorf("uses %v before the new stream's reset, want none", useIDs(it))
 	}
+	queueAll(tr)
 	tr.Watch(&tokenwatchv1.WatchUpdate{Reset_: true, Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
 	items := q.wait(t, "the gap's use", func(items []sender.Items) bool { return len(items) > 0 })
 	if got := useIDs(items[0]); !cmp.Equal(got, []string{"gap"}) {
@@ -350,6 +353,7 @@ func TestActorLookback(t *testing.T) {
 	if st := tr.Stats(); st.LookbackEntries != 1 {
 		t.Errorf("LookbackEntries = %d, want 1 (one block)", st.LookbackEntries)
 	}
+	queueAll(tr)
 	w := tokenWatch(minter)
 	w.Kind = tokenwatchv1.LineageKind_LINEAGE_KIND_ACTOR_USER
 	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{w}})
