@@ -95,7 +95,8 @@ type Server struct {
 
 	// Lineage: the Processor's side (nil without it), its configuration
 	// read at start, the lineage streams, and the streams' writers, which
-	// may outlive their handler by one Send (Wait).
+	// may outlive their handler by one Send, and receivers, which outlive
+	// it when EndStreams ended it (Wait).
 	lin     LineageProcessor
 	linCfg  lineage.Config
 	fleet   *fleet
@@ -106,6 +107,10 @@ type Server struct {
 	// acknowledged.
 	drain   sync.RWMutex
 	closing atomic.Bool
+
+	// ending is closed by EndStreams: every stream handler returns.
+	ending  chan struct{}
+	endOnce sync.Once
 
 	// queued, when set (tests), is called each time the receiver has handed
 	// a message to the committer.
@@ -128,7 +133,7 @@ func New(opts Options) *Server {
 	}
 	b := newBudget(opts.MaxBufferedBytes)
 	f := newFleet()
-	s := &Server{opts: opts, logger: logger, health: health.NewServer(), m: newMetrics(opts.Registerer, b, f), budget: b, fleet: f}
+	s := &Server{opts: opts, logger: logger, health: health.NewServer(), m: newMetrics(opts.Registerer, b, f), budget: b, fleet: f, ending: make(chan struct{})}
 	f.m = s.m
 	if lp, ok := opts.Processor.(LineageProcessor); ok {
 		s.lin, s.linCfg = lp, lp.LineageConfig()
@@ -162,8 +167,8 @@ func (s *Server) Register(g *grpc.Server) {
 	healthpb.RegisterHealthServer(g, s.health)
 }
 
-// Wait waits for the streams' writers to stop: call it once the gRPC
-// server has stopped (each ends with its stream).
+// Wait waits for the streams' writers and receivers to stop: call it once
+// the gRPC server has stopped (each ends with its stream).
 func (s *Server) Wait() {
 	s.writers.Wait()
 }
@@ -176,6 +181,17 @@ func (s *Server) Drain() {
 	s.drain.Lock()
 	s.closing.Store(true)
 	s.drain.Unlock()
+}
+
+// EndStreams drains the Server (Drain) and then ends every stream: each
+// handler returns Unavailable, so that gRPC sends the status after the
+// acks the stream sent, and its receiver and committer stop once gRPC has
+// ended the stream. Every batch committed has its ack sent before its
+// stream's status: a graceful stop of the gRPC server (GracefulStop)
+// then delivers both. It is safe to call twice.
+func (s *Server) EndStreams() {
+	s.Drain()
+	s.endOnce.Do(func() { close(s.ending) })
 }
 
 // Stream serves one agent session.
@@ -220,9 +236,7 @@ func (s *Server) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 	if !hello.GetReplay() {
 		s.opts.Processor.Heard(src.Cluster, src.Node, time.Time{})
 	}
-	mem := s.budget.stream(cluster)
-	defer mem.close() // after serve: the committer has stopped
-	return s.serve(ctx, stream, src, hello.GetReplay(), mem, out, log)
+	return s.serve(ctx, stream, src, hello.GetReplay(), s.budget.stream(cluster), out, log)
 }
 
 // startLineage starts a welcomed stream's lineage: a stream with lineage
@@ -261,16 +275,18 @@ func (s *Server) readHello(ctx context.Context, stream tokenwatchv1.AuditStreamS
 	return hello, nil
 }
 
-// serve runs a welcomed stream until the agent closes it or it fails.
+// serve runs a welcomed stream until the agent closes it, it fails or
+// EndStreams ends it; it closes mem once the stream's receiver and
+// committer have stopped (after it returned, when EndStreams ended it).
 //
-// The stream is served in two stages: this goroutine receives, orders
+// The stream is served in two stages: a receiver goroutine receives, orders
 // and screens the next messages while a committer goroutine processes
 // the previous batch (its commit waits for an fsync), so one agent's
 // throughput is bounded by the slower stage, not their sum. Batches are
 // processed one at a time in seq order, and each is acknowledged only
 // once Process recorded it durably: acks go out in order, and after a
 // batch that was not recorded nothing more is processed or
-// acknowledged. Only this goroutine calls Recv (interceptors rely on
+// acknowledged. Only the receiver calls Recv (interceptors rely on
 // it), so a committer's failure ends the stream once the next message
 // arrives or the agent closes it: the agent, missing its acks, sends a
 // heartbeat within the interval at the latest. So does a failure of the
@@ -290,9 +306,23 @@ func (s *Server) serve(ctx context.Context, stream tokenwatchv1.AuditStreamServi
 			close(failed)
 		}
 	})
-	err := s.receive(ctx, stream, src, work, failed, out.gone, mem)
-	close(work)
-	wg.Wait()
+	done := make(chan error, 1)
+	s.writers.Go(func() {
+		err := s.receive(ctx, stream, src, work, failed, out.gone, mem)
+		close(work)
+		wg.Wait()
+		mem.close() // the receiver and the committer have stopped
+		done <- err
+	})
+	var err error
+	select {
+	case err = <-done:
+	case <-s.ending:
+		// Drained: this stream's committed batches have their acks sent,
+		// and no more is committed. Returning ends the stream (and so its
+		// receiver and committer) after them.
+		return status.Error(codes.Unavailable, "aggregator shutting down")
+	}
 	if commitErr != nil {
 		return commitErr
 	}

@@ -426,3 +426,51 @@ func TestStreamCoalescesWaitingBatches(t *testing.T) {
 		t.Errorf("heard %q, want the hello and the heartbeat", heard)
 	}
 }
+
+// TestEndStreamsDeliversCommittedAck stops a server gracefully while a
+// batch is being committed: the agent receives the batch's ack, then
+// Unavailable, and the stop ends without the agent closing its stream.
+func TestEndStreamsDeliversCommittedAck(t *testing.T) {
+	rec := &recorder{block: make(chan struct{}), entered: make(chan struct{}, 1)}
+	srv := New(Options{Processor: rec, Insecure: true})
+	g := grpc.NewServer()
+	srv.Register(g)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = g.Serve(lis) })
+	defer wg.Wait()
+	defer g.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	h := &harness{srv: srv, conn: conn}
+	st := h.stream(t)
+	send(t, st, hello("prod", "cp-1", false))
+	recv(t, st)
+	send(t, st, batchMsg(1, "a1"))
+	<-rec.entered // the batch is being committed
+
+	stopped := make(chan struct{})
+	go func() {
+		srv.EndStreams()
+		g.GracefulStop()
+		srv.Wait()
+		close(stopped)
+	}()
+	close(rec.block)
+	if got := recv(t, st).GetAck().GetSeq(); got != 1 {
+		t.Fatalf("ack at stop = %d, want 1", got)
+	}
+	if code := recvErr(t, st); code != codes.Unavailable {
+		t.Errorf("stream ended with %v at stop, want Unavailable", code)
+	}
+	<-stopped
+	if batches, _ := rec.snapshot(); len(batches) != 1 {
+		t.Errorf("processed %d batches, want 1", len(batches))
+	}
+}

@@ -251,8 +251,9 @@ func (n named) Shutdown(ctx context.Context) error {
 
 // grpcServer serves the agents' streams. Its Shutdown marks the aggregator
 // not serving, drains ingest (batches in flight are committed and acked,
-// new ones refused) and closes the streams: agents reconnect elsewhere or
-// later.
+// new ones refused) and ends the streams, then stops the gRPC server
+// gracefully, so that the acks sent reach the agents, until ctx ends (then
+// at once): agents reconnect elsewhere or later.
 type grpcServer struct {
 	in      *ingest.Server
 	gs      *grpc.Server
@@ -267,11 +268,21 @@ func (s *grpcServer) Run(context.Context) error {
 	return nil
 }
 
-func (s *grpcServer) Shutdown(context.Context) error {
+func (s *grpcServer) Shutdown(ctx context.Context) error {
 	s.serving.Store(false)
-	s.in.Drain()
-	s.gs.Stop()
-	s.in.Wait()       // the streams' writers, which end with their streams
+	s.in.EndStreams() // every committed batch's ack is sent, then its stream's status
+	stopped := make(chan struct{})
+	go func() {
+		s.gs.GracefulStop() // writes out what the streams sent
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		s.gs.Stop() // other RPCs (health watches) held it: close them
+		<-stopped
+	}
+	s.in.Wait()       // the streams' writers and receivers, which end with their streams
 	_ = s.lis.Close() // Serve closes it; this is for a Shutdown before Run
 	return nil
 }
