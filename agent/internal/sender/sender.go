@@ -111,6 +111,13 @@ type Lineage interface {
 	Watch(u *tokenwatchv1.WatchUpdate)
 }
 
+// WatchSetCompleter is a Lineage told when a lineage stream's first Ack
+// arrives: the aggregator queues a stream's whole watch set, which may
+// take several WatchUpdates (the first resets), before any Ack.
+type WatchSetCompleter interface {
+	WatchSetComplete()
+}
+
 // Items are what one Enqueue queues, in this order within a batch: losses,
 // token-create events, lineage uses, use counts.
 type Items struct {
@@ -565,6 +572,7 @@ var errStreamOver = errors.New("stream ended while sending")
 // receive handles acknowledgements and watch updates, in stream order,
 // until the stream ends: a WatchUpdate is applied before any Ack after it.
 func (s *Sender) receive(stream grpc.BidiStreamingClient[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse]) error {
+	setDone := false // the stream's watch set is complete: an Ack arrived
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -578,6 +586,10 @@ func (s *Sender) receive(stream grpc.BidiStreamingClient[tokenwatchv1.StreamRequ
 		}
 		switch m := resp.GetMsg().(type) {
 		case *tokenwatchv1.StreamResponse_Ack:
+			if !setDone {
+				setDone = true
+				s.watchSetComplete()
+			}
 			if err := s.acked(m.Ack.GetSeq()); err != nil {
 				return err
 			}
@@ -591,6 +603,14 @@ func (s *Sender) receive(stream grpc.BidiStreamingClient[tokenwatchv1.StreamRequ
 		default:
 			return fmt.Errorf("unexpected %T from aggregator", resp.GetMsg())
 		}
+	}
+}
+
+// watchSetComplete tells Lineage, when it is a WatchSetCompleter and
+// lineage is on for the stream, that the stream's watch set is complete.
+func (s *Sender) watchSetComplete() {
+	if c, ok := s.cfg.Lineage.(WatchSetCompleter); ok && s.lineageOn.Load() {
+		c.WatchSetComplete()
 	}
 }
 

@@ -154,19 +154,23 @@ type Tracker struct {
 	gapFrom  linematch.Location // where reading stood at the Welcome
 	readTo   linematch.Location // the end of the last block read
 	awaiting bool               // welcomed, waiting for the stream's first reset
-	lb       *blockIndex
-	files    *files
-	pins     []pin
-	ticket   uint64 // the last block's ticket
-	mint     bool   // a token create outside a block: pin from the next one
-	rep      *reporter
-	stages   *stages           // which audit stage of a request is its use
-	m        linematch.Matcher // Block's
-	hits     []linematch.Hit
-	jobs     []*job
-	busy     bool          // Run is working on a job
-	room     chan struct{} // closed and replaced when pins are released or jobs finish
-	work     chan struct{} // capacity 1: a job is queued
+	// completing: the stream's first reset is applied, but its set may go
+	// on in later updates until the stream's first Ack (WatchSetComplete);
+	// prior stays the reference until then.
+	completing bool
+	lb         *blockIndex
+	files      *files
+	pins       []pin
+	ticket     uint64 // the last block's ticket
+	mint       bool   // a token create outside a block: pin from the next one
+	rep        *reporter
+	stages     *stages           // which audit stage of a request is its use
+	m          linematch.Matcher // Block's
+	hits       []linematch.Hit
+	jobs       []*job
+	busy       bool          // Run is working on a job
+	room       chan struct{} // closed and replaced when pins are released or jobs finish
+	work       chan struct{} // capacity 1: a job is queued
 
 	rescan rescanner // Run's, used only from its goroutine
 
@@ -202,7 +206,10 @@ func New(cfg Config) *Tracker {
 	}
 }
 
-var _ sender.Lineage = (*Tracker)(nil)
+var (
+	_ sender.Lineage           = (*Tracker)(nil)
+	_ sender.WatchSetCompleter = (*Tracker)(nil)
+)
 
 // Stats returns the Tracker's figures.
 func (t *Tracker) Stats() Stats {
@@ -240,7 +247,7 @@ func (t *Tracker) Welcome(settings *tokenwatchv1.LineageSettings) {
 	if settings == nil {
 		t.on = false
 		t.set.Reset()
-		t.held, t.prior, t.awaiting = map[watchKey]span{}, nil, false
+		t.held, t.prior, t.awaiting, t.completing = map[watchKey]span{}, nil, false, false
 		t.lb = newBlockIndex(uint64(t.cfg.Capacity), maxBlocks)
 		for _, j := range t.jobs {
 			for _, no := range j.files {
@@ -257,7 +264,18 @@ func (t *Tracker) Welcome(settings *tokenwatchv1.LineageSettings) {
 	}
 	t.on = true
 	t.window = time.Duration(settings.LookbackMs) * time.Millisecond
-	if !t.awaiting {
+	switch {
+	case t.completing:
+		// The last stream's set was not complete: what the stream before
+		// held is still the reference, with what arrived since.
+		for k, sp := range t.held {
+			if cur, ok := t.prior[k]; ok {
+				sp = sp.hull(cur)
+			}
+			t.prior[k] = sp
+		}
+		t.completing = false
+	case !t.awaiting:
 		t.prior = t.held
 	}
 	t.held = map[watchKey]span{}

@@ -362,3 +362,42 @@ func TestActorLookback(t *testing.T) {
 		t.Errorf("lookback uses = %v, want exec read", got)
 	}
 }
+
+// TestSplitResetSet: after a reconnect the watch set comes in two parts
+// (the first resets) before the stream's first Ack. Watches held before
+// that arrive in the second part are not searched again in the whole
+// index, and their uses already reported are not reported again.
+func TestSplitResetSet(t *testing.T) {
+	tr, _, _ := newTracker(t, 1<<20)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Reset_: true, Add: []*tokenwatchv1.Watch{tokenWatch(jtiA), tokenWatch(jtiB)}})
+	log := newLog(t)
+	it, _, err := tr.Block(context.Background(), log.block(lines(
+		req{id: "liveA", jti: jtiA, ip: "10.0.0.1"}, req{id: "liveB", jti: jtiB, ip: "10.0.0.1"},
+	)), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := useIDs(it); !cmp.Equal(got, []string{"liveA", "liveB"}) {
+		t.Fatalf("live uses = %v, want liveA liveB", got)
+	}
+	queueAll(tr)
+	tr.Welcome(settings()) // reconnected
+	tr.Watch(&tokenwatchv1.WatchUpdate{Reset_: true, Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiB)}})
+	tr.WatchSetComplete() // the stream's first Ack
+	tr.mu.Lock()
+	jobs := len(tr.jobs)
+	tr.mu.Unlock()
+	if jobs != 0 {
+		t.Errorf("%d lookback searches after the split set, want none (nothing read in the gap)", jobs)
+	}
+	it, _, err = tr.Block(context.Background(), log.block(lines(
+		req{id: "againA", jti: jtiA, ip: "10.0.0.1"}, req{id: "againB", jti: jtiB, ip: "10.0.0.1"},
+	)), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := useIDs(it); len(got) != 0 {
+		t.Errorf("uses after the split set = %v, want none (reported before the reconnect)", got)
+	}
+}

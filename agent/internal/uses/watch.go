@@ -79,6 +79,11 @@ func (t *Tracker) Watch(u *tokenwatchv1.WatchUpdate) {
 		return
 	}
 	ref, gap := t.held, false
+	if t.completing {
+		// A later part of the stream's set (or a change queued after it):
+		// compared with the previous stream's watches, as its first part.
+		ref, gap = t.prior, true
+	}
 	if u.GetReset_() {
 		if t.awaiting {
 			// The stream's first reset: watches the previous stream held
@@ -101,11 +106,33 @@ func (t *Tracker) Watch(u *tokenwatchv1.WatchUpdate) {
 	}
 	j := &job{gap: gap, gapFrom: t.gapFrom}
 	full, inGap := t.addWatches(u.GetAdd(), ref, gap, j)
-	if u.GetReset_() {
-		t.awaiting, t.prior = false, nil
+	switch {
+	case u.GetReset_() && t.awaiting:
+		// The set may go on in later updates: see WatchSetComplete.
+		t.awaiting, t.completing = false, t.prior != nil
+		if !t.completing {
+			t.forgetUnwatched()
+		}
+	case u.GetReset_():
+		t.completing, t.prior = false, nil
 		t.forgetUnwatched()
 	}
 	t.search(j, full, inGap)
+}
+
+// WatchSetComplete tells that the stream's whole watch set has arrived
+// (sender.WatchSetCompleter): the aggregator queues every part of it
+// before the stream's first Ack. The previous stream's watches stop being
+// the reference, and the reason keys of tokens no longer watched are
+// forgotten.
+func (t *Tracker) WatchSetComplete() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.completing {
+		return
+	}
+	t.completing, t.prior = false, nil
+	t.forgetUnwatched()
 }
 
 // addWatches adds ws to the set and sorts them for the search: full ones
