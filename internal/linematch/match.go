@@ -42,6 +42,7 @@ type Location struct {
 type Matcher struct {
 	sc    blockScan
 	spans []span
+	win   []span // candidates of one window
 }
 
 // span is a candidate line of a block, block[start:end] without its
@@ -65,8 +66,9 @@ const mustDecode = Token | Legacy
 //
 // Only candidate lines are decoded: those holding "legacy-token", a
 // credential id entry "JTI=<uuid>" that s watches, a key "username" whose
-// value s follows, or a \u escape of a byte that could hide one of those. It searches only for what s needs: with no watch, for
-// "legacy-token" and escapes alone.
+// value s follows in a line that may be a sensitive action, or a \u escape
+// of a byte that could hide one of those. It searches only for what s
+// needs: with no watch, for "legacy-token" and escapes alone.
 func (m *Matcher) Block(dst []Hit, block []byte, s *Set) ([]Hit, Counts) {
 	m.spans = m.candidates(m.spans[:0], block, s)
 	c := Counts{Candidates: len(m.spans)}
@@ -76,16 +78,19 @@ func (m *Matcher) Block(dst []Hit, block []byte, s *Set) ([]Hit, Counts) {
 	return dst, c
 }
 
-// gateOf returns the escape classes that make a line a candidate under s.
-func gateOf(s *Set) uint8 {
-	gate := uint8(escLegacy)
+// gateOf returns the escape classes that make a line a candidate under s:
+// those that must be decoded (must) and those that matter only to a
+// followed name (actor: the line is decoded only if it may be a sensitive
+// action).
+func gateOf(s *Set) (must, actor uint8) {
+	must = escLegacy
 	if s.needsJTI() {
-		gate |= escJTI
+		must |= escJTI
 	}
 	if s.needsUsers() {
-		gate |= escUser
+		actor = escUser | escAct
 	}
-	return gate
+	return must, actor
 }
 
 // decode decodes a candidate line and appends it to dst when Classify
@@ -111,38 +116,91 @@ func (m *Matcher) decode(dst []Hit, c *Counts, line []byte, off int, why Kind, s
 // candidates appends the lines of block that may match under s, in order,
 // each once.
 func (m *Matcher) candidates(dst []span, block []byte, s *Set) []span {
+	base := len(dst)
+	for off := 0; off < len(block); {
+		end := windowEnd(block, off)
+		m.win = m.window(m.win[:0], block[off:end], s)
+		for _, sp := range m.win {
+			dst = append(dst, span{start: off + sp.start, end: off + sp.end, why: sp.why})
+		}
+		off = end
+	}
+	return mergeSpans(dst, base)
+}
+
+// window is the size of the windows the searches run over together, so
+// that each pass reads from the nearest cache rather than the whole block
+// from memory.
+const window = 64 << 10
+
+// windowEnd returns the end of the window of block that starts at off:
+// just after the first newline from off+window on, or len(block). A window
+// holds whole lines, so nothing the searches look for crosses its edge.
+func windowEnd(block []byte, off int) int {
+	e := off + window
+	if e >= len(block) {
+		return len(block)
+	}
+	if k := bytes.IndexByte(block[e:], '\n'); k >= 0 {
+		return e + k + 1
+	}
+	return len(block)
+}
+
+// window appends the candidate lines of w, whole lines, with offsets in w.
+func (m *Matcher) window(dst []span, w []byte, s *Set) []span {
 	sc := &m.sc
 	sc.reset()
-	sc.escapes(block)
-	sc.legacys = marksLegacy(sc.legacys, block)
-	gate := gateOf(s)
-	base := len(dst)
+	sc.escapes(w)
+	sc.legacys = marksLegacy(sc.legacys, w)
+	must, actor := gateOf(s)
 	for _, e := range sc.escs {
-		if e.class&gate != 0 {
-			dst = appendLine(dst, block, e.pos, Legacy)
+		switch {
+		case e.class&must != 0:
+			dst = appendLine(dst, w, e.pos, Legacy)
+		case e.class&actor != 0:
+			dst = appendLine(dst, w, e.pos, ActorUser)
 		}
 	}
 	for _, k := range sc.legacys {
-		dst = appendLine(dst, block, k, Legacy)
+		dst = appendLine(dst, w, k, Legacy)
 	}
 	if s.needsJTI() {
-		sc.jtis = marksJTI(sc.jtis, block)
+		sc.jtis = marksJTI(sc.jtis, w)
 		for _, j := range sc.jtis {
-			if why := s.mayWatchJTI(credentialAt(block, j)); why != 0 {
-				dst = appendLine(dst, block, j, why)
+			if why := s.mayWatchJTI(credentialAt(w, j)); why != 0 {
+				dst = appendLine(dst, w, j, why)
 			}
 		}
 	}
 	if s.needsUsers() {
-		sc.users = marksUsername(sc.users, block)
+		dst = m.followed(dst, w, s)
+	}
+	return dst
+}
+
+// followed appends the lines of block that may be sensitive actions and
+// hold a "username" key whose value s follows. A name holds no newline: it
+// is read within its line.
+func (m *Matcher) followed(dst []span, block []byte, s *Set) []span {
+	sc := &m.sc
+	sc.acts = marksObjectRef(sc.acts, block)
+	sc.acts = marksImpersonated(sc.acts, block)
+	for _, k := range sc.acts {
+		sc.lines = appendLine(sc.lines, block, k, ActorUser)
+	}
+	sc.lines = mergeSpans(sc.lines, 0)
+	for _, ln := range sc.lines {
+		line := block[ln.start:ln.end]
+		sc.users = marksUsername(sc.users[:0], line)
 		for _, k := range sc.users {
-			// A name holds no newline: read it within the block.
-			if raw, plain, has := nameValue(block, k); has && s.followsName(raw, plain) {
-				dst = appendLine(dst, block, k, ActorUser)
+			if raw, plain, has := nameValue(line, k); has && s.followsName(raw, plain) {
+				dst = appendLine(dst, block, ln.start, ActorUser)
+				break
 			}
 		}
 	}
-	return mergeSpans(dst, base)
+	return dst
 }
 
 // mergeSpans sorts dst[base:] by line and merges the spans of one line.
@@ -177,5 +235,28 @@ func appendLine(dst []span, block []byte, i int, why Kind) []span {
 
 // lineAt returns the line of block that holds byte i.
 func lineAt(block []byte, i int) span {
-	return span{start: bytes.LastIndexByte(block[:i], '\n') + 1, end: lineEnd(block, i)}
+	return span{start: lineStart(block, i), end: lineEnd(block, i)}
+}
+
+// lineStart returns the index of the first byte of the line that holds i.
+// It searches back in windows with the vectorised forward search:
+// bytes.LastIndexByte reads a byte at a time.
+func lineStart(block []byte, i int) int {
+	for hi := i; hi > 0; {
+		lo := max(0, hi-512)
+		last := -1
+		for j := lo; ; {
+			k := bytes.IndexByte(block[j:hi], '\n')
+			if k < 0 {
+				break
+			}
+			last = j + k
+			j = last + 1
+		}
+		if last >= 0 {
+			return last + 1
+		}
+		hi = lo
+	}
+	return 0
 }

@@ -203,6 +203,7 @@ const (
 	escJTI    = 1 << iota // a byte of jtiBytes
 	escUser               // a byte of userBytes
 	escLegacy             // a byte of legacyBytes
+	escAct                // a byte of actionBytes
 )
 
 // escClass maps a byte to its escape classes.
@@ -211,7 +212,7 @@ var escClass = func() (c [256]uint8) {
 		for _, x := range []struct {
 			set *byteSet
 			bit uint8
-		}{{&jtiBytes, escJTI}, {&userBytes, escUser}, {&legacyBytes, escLegacy}} {
+		}{{&jtiBytes, escJTI}, {&userBytes, escUser}, {&legacyBytes, escLegacy}, {&actionBytes, escAct}} {
 			if x.set[i] {
 				c[i] |= x.bit
 			}
@@ -226,20 +227,23 @@ type escMark struct {
 	class uint8
 }
 
-// blockScan holds the positions, in one block, of what the searches found,
-// each list in block order. Its passes each run over the whole block with
-// a vectorised search for one byte that is rare in audit lines, so that a
-// block costs a few passes rather than a few calls per line.
+// blockScan holds the positions, in one window of a block, of what the
+// searches found, each list in order. Its passes each run over the window
+// with a vectorised search for one byte that is rare in audit lines, so
+// that a block costs a few passes rather than a few calls per line.
 type blockScan struct {
 	escs    []escMark // \u00XX escapes of a byte some search looks for
 	jtis    []int     // "JTI=" occurrences
 	users   []int     // "username" occurrences (the 'm')
 	legacys []int     // "legacy-token" occurrences (the 'y')
+	acts    []int     // "objectRef" and "impersonatedUser" that may be actions
+	lines   []span    // lines that may be sensitive actions
 }
 
 // reset empties the lists, keeping their memory.
 func (sc *blockScan) reset() {
 	sc.escs, sc.jtis, sc.users, sc.legacys = sc.escs[:0], sc.jtis[:0], sc.users[:0], sc.legacys[:0]
+	sc.acts, sc.lines = sc.acts[:0], sc.lines[:0]
 }
 
 // escapes records the escapes of block whose byte has a class.

@@ -1,0 +1,169 @@
+package linematch
+
+import "bytes"
+
+// This file finds, block-wide, the lines that may be a sensitive action
+// (lineage.Action), so that followed user names are looked for only there:
+// a followed name matches nothing else. Like the other searches it never
+// misses a line; audit.Decode with Classify decides.
+//
+// A sensitive action has impersonatedUser set, or an objectRef whose
+// resource is one of those lineage.Action names. Both keys are found by a
+// byte rare in audit lines ('U' of "impersonatedUser", 'j' of "objectRef");
+// an escape of a byte of either key is found by the escape pass (escAct).
+// audit.Decode matches keys exactly (its fast path only when that cannot
+// differ), so one of these spellings holds the key that decides.
+
+// actionBytes can write the keys "objectRef" and "impersonatedUser".
+var actionBytes = setOf("objectRef", "impersonatedUser")
+
+// marksImpersonated appends the positions of the 'U' of "impersonatedUser"
+// strings.
+func marksImpersonated(dst []int, block []byte) []int {
+	for i := 0; ; {
+		k := bytes.IndexByte(block[i:], 'U')
+		if k < 0 {
+			return dst
+		}
+		k += i
+		i = k + 1
+		if k >= 13 && k+5 <= len(block) && string(block[k-13:k+5]) == `"impersonatedUser"` {
+			dst = append(dst, k)
+		}
+	}
+}
+
+// marksObjectRef appends the positions of the 'j' of the "objectRef" keys
+// whose value may name a sensitive action (mayActRef).
+func marksObjectRef(dst []int, block []byte) []int {
+	for i := 0; ; {
+		k := bytes.IndexByte(block[i:], 'j')
+		if k < 0 {
+			return dst
+		}
+		k += i
+		i = k + 1
+		if k >= 3 && k+8 <= len(block) && string(block[k-3:k+8]) == `"objectRef"` && mayActRef(block, k+8) {
+			dst = append(dst, k)
+		}
+	}
+}
+
+// maxRef bounds the bytes mayActRef reads of an objectRef value; a longer
+// one may be anything.
+const maxRef = 1024
+
+// mayActRef reports whether the value after the string "objectRef" ending
+// at i may be the objectRef of a sensitive action: false only when it is
+// no key, null, or a flat object without escapes whose one "resource" key
+// names no sensitive resource (or pods or nodes without a subresource).
+func mayActRef(b []byte, i int) bool {
+	i = skipSpace(b, i)
+	if i >= len(b) || b[i] != ':' {
+		return false // a string, not a key
+	}
+	i = skipSpace(b, i+1)
+	if i >= len(b) || b[i] == 'n' {
+		return false // null, or torn: no objectRef
+	}
+	if b[i] != '{' {
+		return true
+	}
+	w := b[i+1 : min(len(b), i+1+maxRef)]
+	end := bytes.IndexByte(w, '}')
+	if end < 0 {
+		return true
+	}
+	obj := w[:end]
+	// The '}' ends the object when no object opens before it and it is not
+	// inside a string: without escapes, quotes pair up. (A newline before
+	// it leaves the object open at the line's end: that line does not
+	// decode. An array may hold a string "resource": keys says may.)
+	if bytes.IndexByte(obj, '\\') >= 0 || bytes.IndexByte(obj, '{') >= 0 || bytes.Count(obj, quote)%2 != 0 {
+		return true
+	}
+	var r refScan
+	if !r.keys(obj) {
+		return true
+	}
+	return r.mayAct()
+}
+
+var quote = []byte(`"`)
+
+// refScan reads the inside of an objectRef object.
+type refScan struct {
+	res            []byte // the value of its "resource" key
+	hasRes, hasSub bool   // it has a "resource", a "subresource" key
+}
+
+// keys finds the strings "resource" and "subresource" of obj, the inside
+// of a flat object without escapes, by their 'u' (rare in an objectRef),
+// and reads the value of "resource"; false when obj may be anything: a
+// second "resource", or one that is not a key with a string value.
+func (r *refScan) keys(obj []byte) bool {
+	at := -1
+	for i := 0; ; {
+		k := bytes.IndexByte(obj[i:], 'u')
+		if k < 0 {
+			break
+		}
+		k += i
+		i = k + 1
+		// 'u' is the fifth byte of "resource".
+		if k < 5 || k+5 > len(obj) || string(obj[k-4:k+5]) != `resource"` {
+			continue
+		}
+		switch {
+		case obj[k-5] == '"':
+			if at >= 0 {
+				return false
+			}
+			at = k + 5
+		case k >= 8 && string(obj[k-8:k-4]) == `"sub`:
+			r.hasSub = true
+		}
+	}
+	if at < 0 {
+		return true
+	}
+	r.hasRes = true
+	return r.value(obj, at)
+}
+
+// value reads the value of the key "resource" that ends at i.
+func (r *refScan) value(obj []byte, i int) bool {
+	i = skipSpace(obj, i)
+	if i >= len(obj) || obj[i] != ':' {
+		return false
+	}
+	i = skipSpace(obj, i+1)
+	if i >= len(obj) || obj[i] != '"' {
+		return false
+	}
+	e := bytes.IndexByte(obj[i+1:], '"')
+	if e < 0 {
+		return false
+	}
+	r.res = obj[i+1 : i+1+e]
+	return true
+}
+
+// mayAct reports whether an objectRef with the keys read may be that of a
+// sensitive action (lineage.Action), whatever the verb and API group.
+func (r *refScan) mayAct() bool {
+	if !r.hasRes {
+		return false // no resource: no sensitive action
+	}
+	switch string(r.res) {
+	case "secrets", "roles", "rolebindings", "clusterroles", "clusterrolebindings", "certificatesigningrequests":
+		return true
+	case "pods", "nodes":
+		// Only with a subresource (exec, attach, portforward,
+		// ephemeralcontainers; proxy).
+		return r.hasSub
+	}
+	// Anything else is no sensitive action; a create of
+	// serviceaccounts/token is a token create, never a lineage match.
+	return false
+}
