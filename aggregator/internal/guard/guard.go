@@ -202,15 +202,15 @@ func (g *Guard) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Stre
 	} else {
 		err = w.recvError(err)
 	}
-	if w.violation != nil {
+	if v := w.failed(); v != nil {
 		w.release()
-		return w.violation
+		return v
 	}
 	w.first, w.firstErr, w.pre = first, err, true
 	err = handler(srv, w)
 	w.release()
-	if w.violation != nil {
-		return w.violation
+	if v := w.failed(); v != nil {
+		return v
 	}
 	return err
 }
@@ -331,7 +331,11 @@ type stream struct {
 	grpc.ServerStream
 	g *Guard
 
-	// Only the handler's goroutine calls RecvMsg; release runs after it.
+	// One goroutine calls RecvMsg at a time, but it may still be in one
+	// (ingest's receive loop) when the handler has returned and release
+	// runs: mu guards agent and violation between the two. Lock order:
+	// Guard.mu before stream.mu.
+	mu        sync.Mutex
 	key       agentKey
 	agent     *agent
 	violation error
@@ -344,8 +348,8 @@ type stream struct {
 }
 
 func (s *stream) RecvMsg(m any) error {
-	if s.violation != nil {
-		return s.violation
+	if v := s.failed(); v != nil {
+		return v
 	}
 	if s.pre {
 		s.pre = false
@@ -390,7 +394,7 @@ func requestOf(m any) (*tokenwatchv1.StreamRequest, bool) {
 func (s *stream) check(req *tokenwatchv1.StreamRequest) error {
 	switch msg := req.GetMsg().(type) {
 	case *tokenwatchv1.StreamRequest_Hello:
-		if s.agent == nil {
+		if s.current() == nil {
 			if err := s.hello(msg.Hello); err != nil {
 				return err
 			}
@@ -444,8 +448,26 @@ func (s *stream) recvError(err error) error {
 
 func (s *stream) fail(reason string, code codes.Code, format string, args ...any) error {
 	s.g.m.violation(reason)
-	s.violation = status.Errorf(code, format, args...)
+	v := status.Errorf(code, format, args...)
+	s.mu.Lock()
+	s.violation = v
+	s.mu.Unlock()
+	return v
+}
+
+// failed returns the stream's violation, nil while it has none.
+func (s *stream) failed() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.violation
+}
+
+// current returns the agent whose slot the stream holds, nil before its
+// Hello and after release.
+func (s *stream) current() *agent {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.agent
 }
 
 // hello takes a per-cluster stream slot and the cluster's rate state.
@@ -480,7 +502,9 @@ func (s *stream) hello(h *tokenwatchv1.Hello) error {
 	}
 	a.streams++
 	g.clusters[ck]++
+	s.mu.Lock()
 	s.key, s.agent = key, a
+	s.mu.Unlock()
 	return nil
 }
 
@@ -524,7 +548,7 @@ func (g *Guard) sweepLocked() {
 // waiting up to MaxThrottle for them. Messages before the Hello are not
 // charged (the handler refuses them).
 func (s *stream) admit(events int) error {
-	a := s.agent
+	a := s.current()
 	if a == nil {
 		return nil
 	}
@@ -576,16 +600,19 @@ func wait(ctx context.Context, d time.Duration) error {
 
 // release returns the stream's per-cluster slot.
 func (s *stream) release() {
-	if s.agent == nil {
-		return
-	}
 	g := s.g
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	s.agent.streams--
-	ck := clusterKey{cluster: s.key.cluster, peer: s.key.peer}
+	s.mu.Lock()
+	a, key := s.agent, s.key
+	s.agent = nil
+	s.mu.Unlock()
+	if a == nil {
+		return
+	}
+	a.streams--
+	ck := clusterKey{cluster: key.cluster, peer: key.peer}
 	if g.clusters[ck]--; g.clusters[ck] <= 0 {
 		delete(g.clusters, ck)
 	}
-	s.agent = nil
 }
