@@ -12,6 +12,8 @@
 #   RUNS               runs per contender, median reported [3]
 #   LATENCY_RATES      audit lines/s [1000,20000]
 #   LATENCY_DURATION   per rate [20s]
+#   LATENCY_USES       token_use figure: uses of watched tokens/s, 0 skips [100]
+#   LATENCY_FLOOD      flood figure: uses/s of one watched token, 0 skips [5000]
 #   INGEST_STREAMS     [1,100,1000]    INGEST_DURATION per load [10s]
 #   BENCH_NO_RECORD=1  print only, do not append to docs/BENCHMARKS.md
 set -euo pipefail
@@ -185,7 +187,7 @@ run_collector() {
 
 run_latency() {
 	"$tw" latency -bin "$bin" -otelcol "$(collector_bin)" -rates "${LATENCY_RATES:-1000,20000}" \
-		-duration "${LATENCY_DURATION:-20s}" >"$work/latency.md"
+		-duration "${LATENCY_DURATION:-20s}" -uses "${LATENCY_USES:-100}" -flood "${LATENCY_FLOOD:-5000}" >"$work/latency.md"
 	record "End-to-end latency: line appended to OTLP record received" "bench/run.sh latency" "$work/latency.md"
 }
 

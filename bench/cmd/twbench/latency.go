@@ -35,11 +35,25 @@ func latency(ctx context.Context, args []string, out io.Writer) error {
 	dur := fs.Duration("duration", 20*time.Second, "how long each rate is written")
 	every := fs.Int("alert-every", 100, "one alerting token create every this many lines")
 	otelcol := fs.String("otelcol", "", "Collector binary built from bench/collector (optional: adds the Collector's filelog path as a baseline)")
+	uses := fs.Int("uses", 100, "uses of watched tokens a second for the token_use figure (0: skip it)")
+	flood := fs.Int("flood", 5000, "uses of one watched token a second for the flood figure (0: skip it)")
+	lineageOnly := fs.Bool("lineage-only", false, "measure only the lineage figures (token_use, flood)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *bin == "" {
 		return fmt.Errorf("-bin is required")
+	}
+	if *uses < 0 || *flood < 0 || *every <= 0 {
+		return fmt.Errorf("-uses, -flood: want >= 0; -alert-every: want > 0")
+	}
+	var rateList []int
+	for _, f := range strings.Split(*rates, ",") {
+		rate, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || rate <= 0 {
+			return fmt.Errorf("-rates %q: want positive integers", *rates)
+		}
+		rateList = append(rateList, rate)
 	}
 	var routine [][]byte
 	var buf bytes.Buffer
@@ -50,23 +64,31 @@ func latency(ctx context.Context, args []string, out io.Writer) error {
 	for l := range bytes.Lines(buf.Bytes()) {
 		routine = append(routine, l)
 	}
-	fmt.Fprintf(out, "Each rate for %v: a paced writer appends ~1.1 KB lines to the live file every 5 ms; one line in %d is a token create that must alert; latency is from just before the write(2) that appends it to the arrival of its OTLP record at an OTLP/gRPC receiver in the harness (agent -> aggregator -> outbox -> OTLP export, loopback, plaintext).\n\n", *dur, *every)
-	if *otelcol != "" {
+	fmt.Fprintf(out, "Each rate for %v: a paced writer appends ~1.1 KB lines to the live file every 5 ms; one line in %d is a token create that must alert; latency is from just before the write(2) that appends it to the arrival of its OTLP record at an OTLP/gRPC receiver in the harness (agent -> aggregator -> outbox -> OTLP export, loopback, plaintext).\n", *dur, *every)
+	if !*lineageOnly {
+		if err := latencyTable(ctx, out, *bin, *otelcol, rateList, *dur, *every, routine); err != nil {
+			return err
+		}
+	}
+	return lineageLatency(ctx, out, *bin, rateList, *uses, *flood, *dur, *every, routine)
+}
+
+// latencyTable prints the token-request latency of tokenwatch and of the
+// Collector (with otelcol) at each rate.
+func latencyTable(ctx context.Context, out io.Writer, bin, otelcol string, rates []int, dur time.Duration, every int, routine [][]byte) error {
+	fmt.Fprintln(out)
+	if otelcol != "" {
 		fmt.Fprintf(out, "Baseline measured in the same run: the Collector (v0.159.0) tailing the same kind of live file with filelog (default 200 ms poll) + json_parser + filter (token creates) + OTLP/gRPC exporter to the same receiver; its record carries the event's own auditID.\n\n")
 	}
 	fmt.Fprintln(out, "| rate (lines/s) | pipeline | alerts measured | p50 | p99 | max | missing | baseline: seed rule every 5 min (p50 / p99 / max) |")
 	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|")
-	for _, f := range strings.Split(*rates, ",") {
-		rate, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || rate <= 0 {
-			return fmt.Errorf("-rates %q: want positive integers", *rates)
-		}
+	for _, rate := range rates {
 		pipes := []string{"tokenwatch"}
-		if *otelcol != "" {
+		if otelcol != "" {
 			pipes = append(pipes, "collector")
 		}
 		for _, pipe := range pipes {
-			r, err := latencyRun(ctx, *bin, *otelcol, pipe, rate, *dur, *every, routine)
+			r, err := latencyRun(ctx, bin, otelcol, pipe, rate, dur, every, routine)
 			if err != nil {
 				return err
 			}
@@ -119,93 +141,147 @@ service:
 // latencyRun measures one rate through pipe: "tokenwatch" (agent and
 // aggregator from bin) or "collector" (the otelcol binary).
 func latencyRun(ctx context.Context, bin, otelcol, pipe string, rate int, dur time.Duration, every int, routine [][]byte) (latencyResult, error) {
-	dir, err := os.MkdirTemp("", "twbench-latency-")
+	env, err := openLatencyEnv(ctx, bin, otelcol, pipe, rate)
 	if err != nil {
 		return latencyResult{}, err
 	}
-	defer os.RemoveAll(dir)
-	live := filepath.Join(dir, "log", "audit.log")
-	if err := os.MkdirAll(filepath.Dir(live), 0o755); err != nil {
-		return latencyResult{}, err
-	}
-	f, err := os.OpenFile(live, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return latencyResult{}, err
-	}
-	defer f.Close()
-	sink, err := otlpsink.Start("127.0.0.1:0")
-	if err != nil {
-		return latencyResult{}, err
-	}
-	defer sink.Stop()
-	agent, agg, err := startLatencyPipe(ctx, bin, otelcol, pipe, dir, live, sink.Addr())
-	if err != nil {
-		return latencyResult{}, err
-	}
-	defer agg.stop()
-	defer agent.stop()
-	if err := latencyWarmUp(ctx, f, sink, rate, agent, agg); err != nil {
-		return latencyResult{}, err
-	}
-	sent, ids, err := latencyLoad(ctx, f, live, rate, dur, every, routine)
+	defer env.close()
+	sent, ids, err := latencyLoad(ctx, env.f, env.live, rate, dur, every, routine, nil)
 	if err != nil {
 		return latencyResult{}, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	_ = sink.WaitIDs(wctx, ids)
+	_ = env.sink.WaitIDs(wctx, ids)
 	cancel()
+	r := env.collect(ids, sent, "")
+	if len(r.lat) == 0 {
+		return r, fmt.Errorf("no alert arrived of %d\n%s", len(ids), env.tails())
+	}
+	return r, nil
+}
+
+// latencyEnv is one measured pipeline: the live file, the OTLP sink and
+// the processes between them, warmed up.
+type latencyEnv struct {
+	dir, live  string
+	metrics    string // the agent's metrics address ("" for the Collector)
+	f          *os.File
+	sink       *otlpsink.Sink
+	agent, agg *proc
+}
+
+// openLatencyEnv starts pipe between a new live file and a new sink and
+// waits for one alert end to end. Close it when done.
+func openLatencyEnv(ctx context.Context, bin, otelcol, pipe string, rate int) (_ *latencyEnv, err error) {
+	e := &latencyEnv{}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	if e.dir, err = os.MkdirTemp("", "twbench-latency-"); err != nil {
+		return nil, err
+	}
+	e.live = filepath.Join(e.dir, "log", "audit.log")
+	if err = os.MkdirAll(filepath.Dir(e.live), 0o755); err != nil {
+		return nil, err
+	}
+	if e.f, err = os.OpenFile(e.live, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
+		return nil, err
+	}
+	if e.sink, err = otlpsink.Start("127.0.0.1:0"); err != nil {
+		return nil, err
+	}
+	if e.agent, e.agg, e.metrics, err = startLatencyPipe(ctx, bin, otelcol, pipe, e.dir, e.live, e.sink.Addr()); err != nil {
+		return nil, err
+	}
+	if err = latencyWarmUp(ctx, e.f, e.sink, rate, e.agent, e.agg); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// close stops the agent, then the aggregator and the sink, and removes
+// the directory. It is safe on a partly opened env.
+func (e *latencyEnv) close() {
+	if e.agent != nil {
+		e.agent.stop()
+	}
+	if e.agg != nil && e.agg != e.agent {
+		e.agg.stop()
+	}
+	if e.sink != nil {
+		_ = e.sink.Stop()
+	}
+	if e.f != nil {
+		e.f.Close()
+	}
+	if e.dir != "" {
+		os.RemoveAll(e.dir)
+	}
+}
+
+func (e *latencyEnv) tails() string {
+	return fmt.Sprintf("%s: %s\n%s", e.agent.name, e.agent.tail(), e.agg.tail())
+}
+
+// collect returns the sorted latencies of ids (arrival - sent), counting
+// those that did not arrive. With eventName set, only a record of that
+// EventName counts as the arrival.
+func (e *latencyEnv) collect(ids []string, sent map[string]time.Time, eventName string) latencyResult {
 	var r latencyResult
 	for _, id := range ids {
-		at, ok := sink.Arrival(id)
+		at, ok := e.sink.Arrival(id)
+		if eventName != "" {
+			at, ok = e.sink.ArrivalOf(eventName, id)
+		}
 		if !ok {
 			r.missing++
 			continue
 		}
 		r.lat = append(r.lat, at.Sub(sent[id]))
 	}
-	if len(r.lat) == 0 {
-		return r, fmt.Errorf("no alert arrived of %d\n%s: %s\n%s", len(ids), agent.name, agent.tail(), agg.tail())
-	}
 	slices.Sort(r.lat)
-	return r, nil
+	return r
 }
 
 // startLatencyPipe starts what carries the live file's lines to the sink:
 // the Collector alone (pipe "collector"; agent and agg are then the same
-// process), or the aggregator and an agent that is ready.
-func startLatencyPipe(ctx context.Context, bin, otelcol, pipe, dir, live, sinkAddr string) (agent, agg *proc, err error) {
+// process), or the aggregator and an agent that is ready, with the
+// agent's metrics address.
+func startLatencyPipe(ctx context.Context, bin, otelcol, pipe, dir, live, sinkAddr string) (agent, agg *proc, metrics string, err error) {
 	if pipe == "collector" {
 		cfg := filepath.Join(dir, "otelcol.yaml")
 		if err := os.WriteFile(cfg, fmt.Appendf(nil, latencyCollector, live, sinkAddr), 0o600); err != nil {
-			return nil, nil, err
+			return nil, nil, "", err
 		}
 		if agent, err = start("otelcol", dir, otelcol, "--config", cfg); err != nil {
-			return nil, nil, err
+			return nil, nil, "", err
 		}
-		return agent, agent, nil
+		return agent, agent, "", nil
 	}
 	agg, listen, err := startAggregator(ctx, bin, dir, sinkAddr)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	maddr, err := freeAddr()
 	if err != nil {
 		agg.stop()
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	agent, err = start("agent", dir, filepath.Join(bin, "agent"), "--audit-log", live, "--cluster", "bench",
 		"--node-name", "cp-1", "--aggregator", listen, "--insecure", "--state-dir", filepath.Join(dir, "agent-state"),
 		"--start-at", "end", "--metrics-addr", maddr, "--log-level", "warn")
 	if err != nil {
 		agg.stop()
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	if err := waitReady(ctx, agent, maddr); err != nil {
 		agent.stop()
 		agg.stop()
-		return nil, nil, err
+		return nil, nil, "", err
 	}
-	return agent, agg, nil
+	return agent, agg, maddr, nil
 }
 
 // latencyWarmUp waits for one alert end to end before measuring: the
@@ -228,9 +304,21 @@ func latencyWarmUp(ctx context.Context, f *os.File, sink *otlpsink.Sink, rate in
 	return fmt.Errorf("no warm-up line arrived in 60 s\n%s: %s\n%s", agent.name, agent.tail(), agg.tail())
 }
 
+// loadMix adds lines to the paced writer's chunks besides the routine
+// lines and the alerting token creates.
+type loadMix interface {
+	// add appends the lines due el after the start (timestamped now) to
+	// chunk and returns the IDs of those to time.
+	add(chunk *bytes.Buffer, el time.Duration, now time.Time) []string
+	// phase names the phase at el; the alerts' IDs carry it.
+	phase(el time.Duration) string
+}
+
 // latencyLoad appends rate lines a second to f for dur, every every-th an
-// alerting one, and returns when each alerting line was written.
-func latencyLoad(ctx context.Context, f *os.File, live string, rate int, dur time.Duration, every int, routine [][]byte) (map[string]time.Time, []string, error) {
+// alerting one, and the lines of mix (when not nil); it returns when each
+// line to time was written, and the IDs of the alerts ("lat-<phase>-<rate>-<n>"
+// with a phase) and of mix's lines, in the order written.
+func latencyLoad(ctx context.Context, f *os.File, live string, rate int, dur time.Duration, every int, routine [][]byte, mix loadMix) (map[string]time.Time, []string, error) {
 	sent := map[string]time.Time{}
 	var ids []string
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -247,9 +335,15 @@ func latencyLoad(ctx context.Context, f *os.File, live string, rate int, dur tim
 		due := int(float64(rate)*el.Seconds()) - written
 		chunk.Reset()
 		var chunkIDs []string
+		prefix := "lat-"
+		if mix != nil {
+			if p := mix.phase(el); p != "" {
+				prefix += p + "-"
+			}
+		}
 		for k := written; k < written+due; k++ {
 			if k%every == every-1 {
-				id := fmt.Sprintf("lat-%d-%d", rate, k)
+				id := fmt.Sprintf("%s%d-%d", prefix, rate, k)
 				chunk.Write(alertLine(id, k%50, now))
 				chunkIDs = append(chunkIDs, id)
 			} else {
@@ -257,6 +351,9 @@ func latencyLoad(ctx context.Context, f *os.File, live string, rate int, dur tim
 			}
 		}
 		written += due
+		if mix != nil {
+			chunkIDs = append(chunkIDs, mix.add(&chunk, el, now)...)
+		}
 		if chunk.Len() > 0 {
 			t := time.Now()
 			if _, err := f.Write(chunk.Bytes()); err != nil {

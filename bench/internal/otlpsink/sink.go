@@ -37,6 +37,7 @@ type Sink struct {
 	mu      sync.Mutex
 	records int64
 	arrived map[string]time.Time // first arrival per auditID
+	byEvent map[string]time.Time // first arrival per EventName and auditID
 	changed chan struct{}
 }
 
@@ -54,6 +55,7 @@ func Start(addr string) (*Sink, error) {
 		done:    make(chan error, 1),
 		now:     time.Now,
 		arrived: map[string]time.Time{},
+		byEvent: map[string]time.Time{},
 		changed: make(chan struct{}),
 	}
 	collogspb.RegisterLogsServiceServer(s.srv, s)
@@ -83,14 +85,16 @@ func (s *Sink) Stop() error {
 func (s *Sink) Export(_ context.Context, req *collogspb.ExportLogsServiceRequest) (*collogspb.ExportLogsServiceResponse, error) {
 	now := s.now()
 	var n int64
-	var ids []string
+	var ids, keys []string
 	for _, rl := range req.GetResourceLogs() {
 		for _, sl := range rl.GetScopeLogs() {
 			for _, lr := range sl.GetLogRecords() {
 				n++
 				for _, kv := range lr.GetAttributes() {
 					if k := kv.GetKey(); k == AuditIDKey || k == RawAuditIDKey {
-						ids = append(ids, kv.GetValue().GetStringValue())
+						id := kv.GetValue().GetStringValue()
+						ids = append(ids, id)
+						keys = append(keys, eventKey(lr.GetEventName(), id))
 						break
 					}
 				}
@@ -102,6 +106,11 @@ func (s *Sink) Export(_ context.Context, req *collogspb.ExportLogsServiceRequest
 	for _, id := range ids {
 		if _, ok := s.arrived[id]; !ok {
 			s.arrived[id] = now
+		}
+	}
+	for _, k := range keys {
+		if _, ok := s.byEvent[k]; !ok {
+			s.byEvent[k] = now
 		}
 	}
 	close(s.changed)
@@ -124,6 +133,18 @@ func (s *Sink) Arrival(auditID string) (time.Time, bool) {
 	t, ok := s.arrived[auditID]
 	return t, ok
 }
+
+// ArrivalOf returns when the first record named eventName (its EventName,
+// e.g. "tokenwatch.token_use") of auditID arrived: one request can give
+// several records (a mint's token_request and its actor_followup).
+func (s *Sink) ArrivalOf(eventName, auditID string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.byEvent[eventKey(eventName, auditID)]
+	return t, ok
+}
+
+func eventKey(eventName, auditID string) string { return eventName + "\x00" + auditID }
 
 // IDs returns how many distinct audit IDs arrived.
 func (s *Sink) IDs() int {

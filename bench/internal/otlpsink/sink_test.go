@@ -79,6 +79,28 @@ func TestSinkRecordsArrivals(t *testing.T) {
 			t.Errorf("Arrival(%q) = %v, %v, want %v, %v", tt.id, got, ok, tt.want, tt.wantOK)
 		}
 	}
+	use := record("a")
+	use.EventName = "tokenwatch.token_use"
+	export(use) // a third record of a, the first of its name
+	if err := s.WaitRecords(ctx, 6); err != nil {
+		t.Fatal(err)
+	}
+	byName := []struct {
+		name, id string
+		want     time.Time
+		wantOK   bool
+	}{
+		{"tokenwatch.token_request", "a", first, true},
+		{"tokenwatch.token_use", "a", clock, true},
+		{"tokenwatch.token_use", "b", time.Time{}, false},
+		{"tokenwatch.token_request", "c", clock, true},
+	}
+	for _, tt := range byName {
+		got, ok := s.ArrivalOf(tt.name, tt.id)
+		if ok != tt.wantOK || !got.Equal(tt.want) {
+			t.Errorf("ArrivalOf(%q, %q) = %v, %v, want %v, %v", tt.name, tt.id, got, ok, tt.want, tt.wantOK)
+		}
+	}
 
 	short, cancelShort := context.WithCancel(ctx)
 	cancelShort()
