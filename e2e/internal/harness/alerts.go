@@ -27,6 +27,10 @@ type Want struct {
 	Name                     string `json:"name"`
 	Outcome                  string `json:"outcome"`
 	DryRun                   bool   `json:"dryRun,omitempty"`
+	// Chain: the request was made with a watched token (one minted by an
+	// alerting request), so it alerts at high / 17 with the chain attributes
+	// (docs/CONTRACT.md "Token lineage").
+	Chain bool `json:"chain,omitempty"`
 }
 
 // Key identifies a request as the contract does.
@@ -175,8 +179,15 @@ func CheckTokenRecord(r Record, w Want) []string {
 	if dr, _ := r.Attrs["tokenwatch.dry_run"].(bool); dr != w.DryRun {
 		bad = append(bad, fmt.Sprintf("tokenwatch.dry_run = %v, want %v", dr, w.DryRun))
 	}
-	if r.SeverityText != "medium" || r.SeverityNumber != 13 {
-		bad = append(bad, fmt.Sprintf("severity = %s/%d, want medium/13", r.SeverityText, r.SeverityNumber))
+	wantText, wantNumber := "medium", 13
+	if w.Chain {
+		wantText, wantNumber = "high", 17
+		if r.Str("tokenwatch.lineage.parent_jti") == "" {
+			bad = append(bad, "missing attribute tokenwatch.lineage.parent_jti (a chain)")
+		}
+	}
+	if r.SeverityText != wantText || r.SeverityNumber != wantNumber {
+		bad = append(bad, fmt.Sprintf("severity = %s/%d, want %s/%d", r.SeverityText, r.SeverityNumber, wantText, wantNumber))
 	}
 	if r.Resource["service.name"] != "tokenwatch-aggregator" {
 		bad = append(bad, fmt.Sprintf("resource service.name = %v, want tokenwatch-aggregator", r.Resource["service.name"]))
