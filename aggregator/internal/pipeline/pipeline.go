@@ -743,8 +743,12 @@ func LossRecord(src detect.Source, l Loss, now time.Time) alert.Record {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
+	kind, sev := "audit_data_lost", alert.High
+	if l.Reason == ReasonLookbackUnavailable {
+		kind, sev = KindLookbackLost, alert.Medium
+	}
 	attrs := []alert.Attr{
-		alert.String("tokenwatch.pipeline.kind", "audit_data_lost"),
+		alert.String("tokenwatch.pipeline.kind", kind),
 		alert.String("k8s.cluster.name", src.Cluster),
 		alert.String("k8s.node.name", src.Node),
 		alert.String("tokenwatch.loss.reason", l.Reason),
@@ -766,13 +770,29 @@ func LossRecord(src detect.Source, l Loss, now time.Time) alert.Record {
 	if l.Detail != "" {
 		attrs = append(attrs, alert.String("tokenwatch.loss.detail", l.Detail))
 	}
+	body := fmt.Sprintf("The tokenwatch agent on node %s of cluster %s lost %s from %s (%s): token requests in it were not checked.",
+		src.Node, src.Cluster, what, l.File, l.Reason)
+	if kind == KindLookbackLost {
+		body = fmt.Sprintf("The tokenwatch agent on node %s of cluster %s could not read %s from %s again for newly watched tokens (%s): their uses in it may be missing; its token requests were checked.",
+			src.Node, src.Cluster, what, l.File, l.Reason)
+	}
 	return alert.Record{
 		ID:        "loss-" + hex.EncodeToString(h.Sum(nil)[:16]),
 		EventName: alert.EventPipeline,
 		Time:      now,
-		Severity:  alert.High,
-		Body: fmt.Sprintf("The tokenwatch agent on node %s of cluster %s lost %s from %s (%s): token requests in it were not checked.",
-			src.Node, src.Cluster, what, l.File, l.Reason),
-		Attrs: attrs,
+		Severity:  sev,
+		Body:      body,
+		Attrs:     attrs,
 	}
 }
+
+// ReasonLookbackUnavailable is the agent's loss reason for log it read
+// before a watch arrived and could not read again to search for it (the
+// file was truncated in place, say). That data was checked for token
+// requests when first read: only the lineage search of it is lost.
+const ReasonLookbackUnavailable = "lineage_lookback_unavailable"
+
+// KindLookbackLost is the pipeline record kind of a ReasonLookbackUnavailable
+// loss: medium, not the high audit_data_lost, as no token request went
+// unchecked.
+const KindLookbackLost = "lineage_lookback_lost"
