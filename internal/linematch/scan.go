@@ -3,24 +3,18 @@ package linematch
 import (
 	"bytes"
 	"encoding/json"
+
+	"github.com/tokenwatch/tokenwatch/internal/prefilter"
 )
 
 // This file holds the byte-level pieces of the scan. None of them decides:
 // each finds what may matter, never missing it, and audit.Decode with
 // Classify decides.
 
-// byteSet is a set of bytes.
-type byteSet [256]bool
+// byteSet is a set of bytes; setOf builds one (the pre-filter's).
+type byteSet = prefilter.Letters
 
-func setOf(words ...string) byteSet {
-	var s byteSet
-	for _, w := range words {
-		for i := 0; i < len(w); i++ {
-			s[w[i]] = true
-		}
-	}
-	return s
-}
+var setOf = prefilter.LetterSet
 
 var (
 	// jtiBytes can write a credential JTI: "JTI=" and a uuid.
@@ -32,28 +26,8 @@ var (
 )
 
 // indexEscape returns the index of the first \u00XX escape in b that writes
-// a byte of set, or -1. It may report an escaped backslash followed by
-// "u00XX": a false candidate, never a missed one. JSON can write a byte
-// below 0x80 only as itself or as such an escape (\" \\ \/ \b \f \n \r \t
-// write bytes no search here looks for).
-func indexEscape(b []byte, set *byteSet) int {
-	i := 0
-	for {
-		k := bytes.IndexByte(b[i:], '\\')
-		if k < 0 {
-			return -1
-		}
-		k += i
-		if k+5 < len(b) && b[k+1] == 'u' && b[k+2] == '0' && b[k+3] == '0' {
-			hi, ok1 := unhex(b[k+4])
-			lo, ok2 := unhex(b[k+5])
-			if ok1 && ok2 && set[hi<<4|lo] {
-				return k
-			}
-		}
-		i = k + 1
-	}
-}
+// a byte of set, or -1: the pre-filter's search, which never misses one.
+func indexEscape(b []byte, set *byteSet) int { return prefilter.IndexEscape(b, set) }
 
 // isSpace reports whether c is JSON space within a line: a newline ends
 // the line, so the searches never step over one into another line.

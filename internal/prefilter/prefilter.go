@@ -53,7 +53,7 @@ func literal(dst []Span, block []byte) []Span {
 func escaped(dst []Span, block []byte) []Span {
 	i := 0
 	for {
-		b := indexEscape(block[i:], &tokenLetters)
+		b := IndexEscape(block[i:], &tokenLetters)
 		if b < 0 {
 			return dst
 		}
@@ -66,27 +66,33 @@ func escaped(dst []Span, block []byte) []Span {
 	}
 }
 
-// letters is a set of bytes.
-type letters [256]bool
+// Letters is a set of bytes.
+type Letters [256]bool
 
-func letterSet(word string) letters {
-	var l letters
-	for i := 0; i < len(word); i++ {
-		l[word[i]] = true
+// LetterSet returns the set of the bytes of words.
+func LetterSet(words ...string) Letters {
+	var l Letters
+	for _, w := range words {
+		for i := 0; i < len(w); i++ {
+			l[w[i]] = true
+		}
 	}
 	return l
 }
 
 var (
-	tokenLetters  = letterSet("token")
-	createLetters = letterSet("create")
-	saLetters     = letterSet("serviceaccounts")
+	tokenLetters  = LetterSet("token")
+	createLetters = LetterSet("create")
+	saLetters     = LetterSet("serviceaccounts")
 )
 
-// indexEscape returns the index of the first \u00XX escape in b that writes
+// IndexEscape returns the index of the first \u00XX escape in b that writes
 // a byte of set, or -1. It may report an escaped backslash followed by
-// "u00XX": a false candidate, never a missed one.
-func indexEscape(b []byte, set *letters) int {
+// "u00XX": a false candidate, never a missed one. JSON can write a byte
+// below 0x80 only as itself or as such an escape (\" \\ \/ \b \f \n \r \t
+// write only '"', '\\', '/' and control bytes), so a search for a literal
+// byte outside those misses nothing once IndexEscape has found no escape of it.
+func IndexEscape(b []byte, set *Letters) int {
 	i := 0
 	for {
 		k := bytes.IndexByte(b[i:], '\\')
@@ -119,8 +125,8 @@ func unhex(c byte) (byte, bool) {
 
 // mayHold reports whether line can hold the JSON string value written
 // quoted: it has the literal or an escape of one of its letters.
-func mayHold(line []byte, quoted []byte, set *letters) bool {
-	return bytes.Contains(line, quoted) || indexEscape(line, set) >= 0
+func mayHold(line []byte, quoted []byte, set *Letters) bool {
+	return bytes.Contains(line, quoted) || IndexEscape(line, set) >= 0
 }
 
 var (
