@@ -36,6 +36,7 @@ type window struct {
 	start, end time.Time
 	admitted   int
 	held       int
+	lineage    int // of held: lineage records (AdmitLineage)
 	users      map[string]int
 	auditIDs   []string
 }
@@ -46,6 +47,17 @@ func New(cfg Config) *Budget { return &Budget{cfg: cfg} }
 // Admit reports whether an alert of user (audit ID auditID) may be emitted
 // at now; false means it is held back and counted in the window's summary.
 func (b *Budget) Admit(now time.Time, user, auditID string) bool {
+	return b.admit(now, user, auditID, false)
+}
+
+// AdmitLineage is Admit for a lineage record (a token use, a follow-up, a
+// summary): the window's summary counts it as such. id is its request's
+// audit ID, or the record's ID when it has none.
+func (b *Budget) AdmitLineage(now time.Time, user, id string) bool {
+	return b.admit(now, user, id, true)
+}
+
+func (b *Budget) admit(now time.Time, user, auditID string, lineage bool) bool {
 	if b.cfg.MaxAlerts <= 0 || b.cfg.Window <= 0 {
 		return true
 	}
@@ -55,6 +67,9 @@ func (b *Budget) Admit(now time.Time, user, auditID string) bool {
 		return true
 	}
 	b.cur.held++
+	if lineage {
+		b.cur.lineage++
+	}
 	if b.cur.users == nil {
 		b.cur.users = map[string]int{}
 	}
@@ -111,6 +126,16 @@ func (b *Budget) Close(now time.Time) []alert.Record {
 	return out
 }
 
+// body is the summary's text: what was held back, by whom.
+func (b *Budget) body(w window, top []string) string {
+	what := fmt.Sprintf("%d token request alerts", w.held)
+	if w.lineage > 0 {
+		what = fmt.Sprintf("%d alerts (%d token request alerts, %d lineage records)", w.held, w.held-w.lineage, w.lineage)
+	}
+	return fmt.Sprintf("Alert budget of %d per %s exceeded: %s held back (%s).",
+		b.cfg.MaxAlerts, b.cfg.Window, what, strings.Join(top, ", "))
+}
+
 func (b *Budget) summary(w window, end time.Time) alert.Record {
 	users := make([]string, 0, len(w.users))
 	for u := range w.users {
@@ -139,8 +164,7 @@ func (b *Budget) summary(w window, end time.Time) alert.Record {
 		EventName: alert.EventPipeline,
 		Time:      end,
 		Severity:  alert.Low,
-		Body: fmt.Sprintf("Alert budget of %d per %s exceeded: %d token request alerts held back (%s).",
-			b.cfg.MaxAlerts, b.cfg.Window, w.held, strings.Join(top, ", ")),
+		Body:      b.body(w, top),
 		Attrs: []alert.Attr{
 			alert.String("tokenwatch.pipeline.kind", "alerts_suppressed"),
 			alert.Int("tokenwatch.suppressed.count", int64(w.held)),

@@ -159,3 +159,36 @@ func TestAuditIDsCapped(t *testing.T) {
 		t.Errorf("auditIDs %d, count %d; want %d and %d", len(ids.Strings), count.Int, MaxAuditIDs, MaxAuditIDs+50)
 	}
 }
+
+func TestLineageHeldBack(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		lineage []bool // per Admit after the first (admitted): a lineage record or not
+		want    string
+	}{
+		{"token requests only", []bool{false, false},
+			"Alert budget of 1 per 1m0s exceeded: 2 token request alerts held back (u=2)."},
+		{"mixed", []bool{true, false, true},
+			"Alert budget of 1 per 1m0s exceeded: 3 alerts (1 token request alerts, 2 lineage records) held back (u=3)."},
+		{"lineage only", []bool{true},
+			"Alert budget of 1 per 1m0s exceeded: 1 alerts (0 token request alerts, 1 lineage records) held back (u=1)."},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := New(Config{MaxAlerts: 1, Window: time.Minute})
+			b.Admit(at(0), "u", "first")
+			for i, l := range tc.lineage {
+				admit := b.Admit
+				if l {
+					admit = b.AdmitLineage
+				}
+				if admit(at(0), "u", fmt.Sprint(i)) {
+					t.Fatalf("record %d admitted over the budget", i)
+				}
+			}
+			recs := b.Flush(at(1))
+			if len(recs) != 1 || recs[0].Body != tc.want {
+				t.Fatalf("Flush = %+v\nwant one record with body %q", recs, tc.want)
+			}
+		})
+	}
+}

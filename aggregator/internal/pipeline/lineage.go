@@ -381,7 +381,7 @@ func (p *Pipeline) finishLineageLocked(ch *state.Change, run *lineageRun, now ti
 			if id.Str == "" {
 				id.Str = r.ID
 			}
-			if !p.budget.Admit(now, user.Str, id.Str) {
+			if !p.budget.AdmitLineage(now, user.Str, id.Str) {
 				continue
 			}
 		}
