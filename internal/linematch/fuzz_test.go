@@ -2,6 +2,7 @@ package linematch
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -200,6 +201,11 @@ func adversarial(genuine []string) []seed {
 		{"jti as an annotation value", r(g, `"annotations":{`, `"annotations":{"authentication.kubernetes.io/issued-credential-id":"JTI=`+jtiA+`",`, 1), jtiA, modeExtraTokens},
 		{"two jti credentials", cred("JTI=" + jtiA + `","JTI=` + jtiB), jtiB, modeExtraTokens | modeExtraCreds},
 		{"empty jti first", cred(`JTI=","JTI=` + jtiB), jtiB, modeExtraTokens},
+		{"upper-case jti, lower-case watch", cred("JTI=" + strings.ToUpper(jtiA)), jtiA, modeExtraTokens | modeExtraCreds},
+		{"lower-case jti, upper-case watch", withJTI, strings.ToUpper(jtiA), modeExtraTokens | modeExtraCreds},
+		{"mixed-case jti", cred("JTI=832496D6-e170-47C8-93f8-DB734a6d468b"), jtiA, modeExtraTokens},
+		{"jti the filter lets through", cred("JTI=" + filterTwin(jtiA)), jtiA, modeExtraTokens | modeExtraCreds},
+		{"jti the filter lets through, odd watch", cred("JTI=" + filterTwin(jtiA)), jtiA + ",not-a-uuid", modeExtraTokens},
 		{"odd jti", cred("JTI=not-a-uuid"), "not-a-uuid", modeExtraTokens},
 		{"odd jti with escape", cred(`JTI=not-a-\u0026uuid`), "not-a-&uuid", modeExtraTokens},
 		{"duplicate extra key", r(withJTI, `"extra":{`, `"extra":{"authentication.kubernetes.io/credential-id":["JTI=`+jtiB+`"],`, 1), jtiA + "," + jtiB, modeExtraTokens},
@@ -270,6 +276,10 @@ func TestAdversarialHits(t *testing.T) {
 		"duplicate username key":                  ActorUser,
 		"spaces around keys":                      ActorUser,
 		"odd jti":                                 Token,
+		"upper-case jti, lower-case watch":        Token | ActorCredential,
+		"lower-case jti, upper-case watch":        Token | ActorCredential,
+		"mixed-case jti":                          Token,
+		"jti the filter lets through":             0,
 		"odd jti with escape":                     Token,
 		"two jti credentials":                     0,
 		"empty jti first":                         Token,
@@ -325,4 +335,19 @@ func TestAdversarialHits(t *testing.T) {
 		}
 	}
 
+}
+
+// filterTwin returns a uuid other than key that the filter of a set
+// watching key alone lets through: a false positive the maps must rule out.
+func filterTwin(key string) string {
+	s := &Set{}
+	if err := s.Add(Watch{Kind: Token, Key: key}); err != nil {
+		panic(err)
+	}
+	for i := 1; ; i++ {
+		u := fmt.Sprintf("%08x-1111-4222-8333-%012x", i, i)
+		if id, _ := parseUUID(u); s.ids.mayHold(&id) {
+			return u
+		}
+	}
 }

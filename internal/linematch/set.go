@@ -98,16 +98,19 @@ type jtis struct {
 
 func (j *jtis) len() int { return len(j.ids) + len(j.strs) }
 
-func (j *jtis) add(key string, b bounds) {
+// add watches key within b; isNew tells that key is a uuid, id, that j did
+// not hold.
+func (j *jtis) add(key string, b bounds) (id [16]byte, isNew bool) {
 	if id, ok := parseUUID(key); ok {
 		if j.ids == nil {
 			j.ids = make(map[[16]byte]bounds)
 		}
-		if old, ok := j.ids[id]; ok {
+		old, ok := j.ids[id]
+		if ok {
 			b = b.hull(old)
 		}
 		j.ids[id] = b
-		return
+		return id, !ok
 	}
 	if j.strs == nil {
 		j.strs = make(map[string]bounds)
@@ -116,6 +119,7 @@ func (j *jtis) add(key string, b bounds) {
 		b = b.hull(old)
 	}
 	j.strs[strings.Clone(key)] = b
+	return id, false
 }
 
 func (j *jtis) remove(key string) {
@@ -161,6 +165,7 @@ func expireMap[K comparable](m map[K]bounds, now int64) int {
 type Set struct {
 	token, cred jtis
 	users       map[string]bounds
+	ids         idFilter // over the uuid keys of token and cred
 }
 
 // Add starts a watch, or extends one of the same kind and key to the
@@ -173,17 +178,34 @@ func (s *Set) Add(w Watch) error {
 		return fmt.Errorf("add watch: key of %d bytes exceeds %d", len(w.Key), MaxKeyLen)
 	}
 	b := boundsOf(w)
+	var id [16]byte
+	var isNew bool
 	switch w.Kind {
 	case Token:
-		s.token.add(w.Key, b)
+		id, isNew = s.token.add(w.Key, b)
 	case ActorCredential:
-		s.cred.add(w.Key, b)
+		id, isNew = s.cred.add(w.Key, b)
 	case ActorUser:
 		s.addUser(w.Key, b)
 	default:
 		return fmt.Errorf("add watch: kind %v is not watchable", w.Kind)
 	}
+	if isNew {
+		if s.ids.full() {
+			s.ids.build(s.token.ids, s.cred.ids)
+		} else {
+			s.ids.set(&id)
+		}
+	}
 	return nil
+}
+
+// pruneFilter rebuilds the uuid filter once removed keys outnumber the
+// live ones.
+func (s *Set) pruneFilter() {
+	if s.ids.keys > 2*(len(s.token.ids)+len(s.cred.ids)) {
+		s.ids.build(s.token.ids, s.cred.ids)
+	}
 }
 
 // Remove stops the watch of kind k (one of Token, ActorUser,
@@ -197,6 +219,7 @@ func (s *Set) Remove(k Kind, key string) {
 	case ActorUser:
 		delete(s.users, key)
 	}
+	s.pruneFilter()
 }
 
 func (s *Set) addUser(name string, b bounds) {
@@ -217,6 +240,7 @@ func (s *Set) Reset() { *s = Set{} }
 func (s *Set) Expire(now time.Time) int {
 	t := now.UnixNano()
 	n := s.token.expire(t) + s.cred.expire(t)
+	s.pruneFilter()
 	return n + expireMap(s.users, t)
 }
 
@@ -291,6 +315,9 @@ func (s *Set) mayWatchJTI(id [16]byte, kind int, val []byte) Kind {
 	var k Kind
 	switch kind {
 	case jtiUUID:
+		if !s.ids.mayHold(&id) {
+			return 0
+		}
 		if _, ok := s.token.ids[id]; ok {
 			k |= Token
 		}
