@@ -21,7 +21,8 @@ import (
 
 // lineageReader is the agent's read path with lineage: every block through
 // the pre-filter and decode of token creates, and through the lineage
-// matcher (linematch.Matcher.Block) under a watch set; with index, each
+// matcher (linematch.Matcher.BlockMarked, with the pre-filter's marks of
+// the block) under a watch set; with index, each
 // block's location also goes into a lookback index, one entry per block, as
 // the agent's (agent/internal/uses) does.
 type lineageReader struct {
@@ -47,7 +48,7 @@ type blockEntry struct {
 func (r *lineageReader) Block(_ context.Context, b follow.Block) error {
 	r.ms, _ = r.f.Block(r.ms[:0], b.Data)
 	r.creates += len(r.ms)
-	r.hits, _ = r.m.Block(r.hits[:0], b.Data, r.set)
+	r.hits, _ = r.m.BlockMarked(r.hits[:0], b.Data, r.set, r.f.Marks())
 	if r.index {
 		loc := linematch.Location{Offset: uint64(b.Pos.Offset), Length: uint32(len(b.Data))}
 		r.blocks = append(r.blocks, blockEntry{loc: loc, read: r.read.UnixNano()})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokenwatch/tokenwatch/internal/audit"
 	"github.com/tokenwatch/tokenwatch/internal/lineage"
+	"github.com/tokenwatch/tokenwatch/internal/prefilter"
 )
 
 // genuineLines returns the genuine kube-apiserver v1.35.4 lines of
@@ -136,6 +137,16 @@ func checkBlock(t *testing.T, block []byte, s *Set) {
 	}
 	if c.Hits != len(got) || c.Candidates < c.Decoded || c.Decoded < c.Hits+c.Malformed {
 		t.Fatalf("Block(%q) counts %+v inconsistent with %d hits", block, c, len(got))
+	}
+	// The same with the pre-filter's marks of block.
+	var f prefilter.Filter
+	f.Block(nil, block)
+	got, c = m.BlockMarked(got[:0], block, s, f.Marks())
+	if diff := cmp.Diff(want, hitsOf(got)); diff != "" {
+		t.Fatalf("BlockMarked(%q) (-full decode +block):\n%s", block, diff)
+	}
+	if c.Hits != len(got) || c.Candidates < c.Decoded || c.Decoded < c.Hits+c.Malformed {
+		t.Fatalf("BlockMarked(%q) counts %+v inconsistent with %d hits", block, c, len(got))
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/tokenwatch/tokenwatch/internal/audit"
+	"github.com/tokenwatch/tokenwatch/internal/prefilter"
 )
 
 // Hit is a line that matters to lineage: its offset in the block, its
@@ -43,6 +44,11 @@ type Matcher struct {
 	sc    blockScan
 	spans []span
 	win   []span // candidates of one window
+
+	// The pre-filter's marks of the block (nil: none) and the next of its
+	// escapes and legacy-tokens the windows take.
+	mk       *prefilter.Marks
+	esc, leg int
 }
 
 // span is a candidate line of a block, block[start:end] without its
@@ -70,7 +76,17 @@ const mustDecode = Token | Legacy
 // of a byte that could hide one of those. It searches only for what s
 // needs: with no watch, for "legacy-token" and escapes alone.
 func (m *Matcher) Block(dst []Hit, block []byte, s *Set) ([]Hit, Counts) {
+	return m.BlockMarked(dst, block, s, nil)
+}
+
+// BlockMarked is Block for a block that the pre-filter has just read
+// (prefilter.Filter.Block): it takes the escapes and the "legacy-token"s of
+// block from mk, the pre-filter's marks of it, rather than read block again
+// for them. With mk nil it is Block.
+func (m *Matcher) BlockMarked(dst []Hit, block []byte, s *Set, mk *prefilter.Marks) ([]Hit, Counts) {
+	m.mk, m.esc, m.leg = mk, 0, 0
 	m.spans = m.candidates(m.spans[:0], block, s)
+	m.mk = nil
 	c := Counts{Candidates: len(m.spans)}
 	for _, sp := range m.spans {
 		dst = m.decode(dst, &c, block[sp.start:sp.end], sp.start, sp.why, s)
@@ -119,7 +135,7 @@ func (m *Matcher) candidates(dst []span, block []byte, s *Set) []span {
 	base := len(dst)
 	for off := 0; off < len(block); {
 		end := windowEnd(block, off)
-		m.win = m.window(m.win[:0], block[off:end], s)
+		m.win = m.window(m.win[:0], block[off:end], off, s)
 		for _, sp := range m.win {
 			dst = append(dst, span{start: off + sp.start, end: off + sp.end, why: sp.why})
 		}
@@ -147,12 +163,17 @@ func windowEnd(block []byte, off int) int {
 	return len(block)
 }
 
-// window appends the candidate lines of w, whole lines, with offsets in w.
-func (m *Matcher) window(dst []span, w []byte, s *Set) []span {
+// window appends the candidate lines of w, whole lines at off in the
+// block, with offsets in w.
+func (m *Matcher) window(dst []span, w []byte, off int, s *Set) []span {
 	sc := &m.sc
 	sc.reset()
-	sc.escapes(w)
-	sc.legacys = marksLegacy(sc.legacys, w)
+	if m.mk == nil {
+		sc.escapes(w)
+		sc.legacys = marksLegacy(sc.legacys, w)
+	} else {
+		m.marked(off, off+len(w))
+	}
 	must, actor := gateOf(s)
 	for _, e := range sc.escs {
 		switch {
@@ -177,6 +198,20 @@ func (m *Matcher) window(dst []span, w []byte, s *Set) []span {
 		dst = m.followed(dst, w, s)
 	}
 	return dst
+}
+
+// marked takes the pre-filter's marks of block[off:end] into the window's
+// lists, with offsets in the window.
+func (m *Matcher) marked(off, end int) {
+	sc, mk := &m.sc, m.mk
+	for ; m.esc < len(mk.Escapes) && mk.Escapes[m.esc].Pos < end; m.esc++ {
+		if e := mk.Escapes[m.esc]; escClass[e.Byte] != 0 {
+			sc.escs = append(sc.escs, escMark{e.Pos - off, escClass[e.Byte]})
+		}
+	}
+	for ; m.leg < len(mk.Legacy) && mk.Legacy[m.leg] < end; m.leg++ {
+		sc.legacys = append(sc.legacys, mk.Legacy[m.leg]-off)
+	}
 }
 
 // followed appends the lines of block that may be sensitive actions and

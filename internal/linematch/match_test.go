@@ -29,3 +29,35 @@ func TestBlockSmall(t *testing.T) {
 		t.Errorf("Block kinds = %v, %v", hits[0].Kinds, hits[1].Kinds)
 	}
 }
+
+// TestBlockWindows checks Block and BlockMarked against a full decode on a
+// block of many windows, so that lines with a JTI, an escape or a legacy
+// token fall on every side of the windows' edges.
+func TestBlockWindows(t *testing.T) {
+	r := strings.Replace
+	x509 := "X509SHA256=59b31e704fec74a956a1c7980cb1b1b1b2558a0a6d72b027ca4cb4ac05237880"
+	withJTI := r(genuineGet, x509, "JTI="+jtiA, 1)
+	variants := []string{
+		genuineGet,
+		withJTI,
+		r(genuineGet, x509, "JTI="+strings.ToUpper(jtiB), 1),
+		r(withJTI, "JTI=8", `JTI=\u0038`, 1),
+		r(genuineGet, `"annotations":{`, `"annotations":{"authentication.k8s.io/legacy-token":"system:serviceaccount:ns:sa",`, 1),
+		r(genuineGet, `"annotations":{`, `"annotations":{"authentication.k8s.io/leg\u0061cy-token":"system:serviceaccount:ns:sa",`, 1),
+		r(genuineGet, `?limit=500`, `?limit=500\u0026x=1`, 1),
+	}
+	var b strings.Builder
+	for i := 0; b.Len() < 5*window; i++ {
+		b.WriteString(variants[i*7%len(variants)])
+		b.WriteString(strings.Repeat(" ", i%13)) // moves the lines against the edges
+		b.WriteByte('\n')
+	}
+	block := []byte(b.String())
+	for _, s := range []*Set{
+		{},
+		watchSet(t, Watch{Kind: Token, Key: jtiA}, Watch{Kind: Token, Key: jtiB}),
+		watchSet(t, Watch{Kind: ActorCredential, Key: jtiB}, Watch{Kind: ActorUser, Key: "kubernetes-admin"}),
+	} {
+		checkBlock(t, block, s)
+	}
+}

@@ -14,56 +14,132 @@ type Span struct {
 // Candidates appends to dst the lines of block that may hold a token create,
 // in block order, each once. block holds whole lines separated by '\n'; a
 // last line without a newline is treated as a line too.
-func Candidates(dst []Span, block []byte) []Span {
+func Candidates(dst []Span, block []byte) []Span { return candidates(dst, block, nil) }
+
+// candidates is Candidates that also records mk's marks when mk is not nil.
+func candidates(dst []Span, block []byte, mk *Marks) []Span {
 	base := len(dst)
-	dst = literal(dst, block)
+	dst = literal(dst, block, mk)
 	nlit := len(dst)
-	dst = escaped(dst, block)
+	dst = escaped(dst, block, mk)
 	if len(dst) > nlit && nlit > base {
 		dst = merge(dst, base, nlit)
 	}
 	return dst
 }
 
-// literal finds lines holding `"token"` by searching for its rarest byte.
-func literal(dst []Span, block []byte) []Span {
-	i := 0
-	for {
+// Escape is a \u00XX escape of a block: the index of its backslash and the
+// byte it writes. (An escaped backslash followed by "u00XX" is reported
+// too: a false escape, never a missed one.)
+type Escape struct {
+	Pos  int
+	Byte byte
+}
+
+// Marks are what the pre-filter's searches of a block saw on their way that
+// a later search of the same block can use instead of reading it again, in
+// block order: every \u00XX escape (the escape search stops at each
+// backslash) and every "legacy-token" (the literal search stops at each
+// 'k'; lineage matches that annotation).
+type Marks struct {
+	Escapes []Escape
+	Legacy  []int // the index of the 'l' of each "legacy-token"
+}
+
+// maxKeptMarks bounds the marks whose memory a Filter keeps between
+// blocks: a block of escapes does not pin its list.
+const maxKeptMarks = 1 << 14
+
+// reset empties the lists, keeping their memory unless it is large.
+func (mk *Marks) reset() {
+	if cap(mk.Escapes) > maxKeptMarks {
+		mk.Escapes = nil
+	}
+	if cap(mk.Legacy) > maxKeptMarks {
+		mk.Legacy = nil
+	}
+	mk.Escapes, mk.Legacy = mk.Escapes[:0], mk.Legacy[:0]
+}
+
+// literal finds lines holding `"token"` by searching for its rarest byte;
+// with mk, it also records the "legacy-token"s it stops at (and so reads
+// on after a line's first `"token"`).
+func literal(dst []Span, block []byte, mk *Marks) []Span {
+	base := len(dst)
+	for i := 0; ; {
 		k := bytes.IndexByte(block[i:], 'k')
 		if k < 0 {
 			return dst
 		}
 		k += i
-		if k >= 3 && k+3 < len(block) &&
-			block[k-3] == '"' && block[k-2] == 't' && block[k-1] == 'o' &&
-			block[k+1] == 'e' && block[k+2] == 'n' && block[k+3] == '"' {
+		i = k + 1
+		if k < 3 || block[k-1] != 'o' || block[k-2] != 't' {
+			continue
+		}
+		switch {
+		case k+3 < len(block) && block[k-3] == '"' && block[k+1] == 'e' && block[k+2] == 'n' && block[k+3] == '"':
+			if n := len(dst); n > base && k < dst[n-1].End {
+				continue // its line is in
+			}
 			s := lineAt(block, k)
+			dst = append(dst, s)
+			if mk == nil {
+				i = s.End
+			}
+		case mk != nil && k >= 9 && k+3 <= len(block) && string(block[k-9:k+3]) == "legacy-token":
+			mk.Legacy = append(mk.Legacy, k-9)
+		}
+		if i >= len(block) {
+			return dst
+		}
+	}
+}
+
+// escaped finds lines holding a \u escape of one of the letters of "token";
+// with mk, it reads every escape and records it.
+func escaped(dst []Span, block []byte, mk *Marks) []Span {
+	if mk == nil {
+		for i := 0; ; {
+			b := IndexEscape(block[i:], &tokenLetters)
+			if b < 0 {
+				return dst
+			}
+			s := lineAt(block, i+b)
 			dst = append(dst, s)
 			i = s.End
 			if i >= len(block) {
 				return dst
 			}
+		}
+	}
+	base := len(dst)
+	for i := 0; ; {
+		k := bytes.IndexByte(block[i:], '\\')
+		if k < 0 {
+			return dst
+		}
+		k += i
+		i = k + 1
+		c, ok := escapeAt(block, k)
+		if !ok {
 			continue
 		}
-		i = k + 1
+		mk.Escapes = append(mk.Escapes, Escape{Pos: k, Byte: c})
+		if n := len(dst); tokenLetters[c] && (n == base || k >= dst[n-1].End) {
+			dst = append(dst, lineAt(block, k))
+		}
 	}
 }
 
-// escaped finds lines holding a \u escape of one of the letters of "token".
-func escaped(dst []Span, block []byte) []Span {
-	i := 0
-	for {
-		b := IndexEscape(block[i:], &tokenLetters)
-		if b < 0 {
-			return dst
-		}
-		s := lineAt(block, i+b)
-		dst = append(dst, s)
-		i = s.End
-		if i >= len(block) {
-			return dst
-		}
+// escapeAt reads the \u00XX escape whose backslash is at k, if it is one,
+// and returns the byte it writes.
+func escapeAt(b []byte, k int) (byte, bool) {
+	if k+5 >= len(b) || b[k+1] != 'u' || b[k+2] != '0' || b[k+3] != '0' {
+		return 0, false
 	}
+	hi, ok1 := unhex(b[k+4])
+	lo, ok2 := unhex(b[k+5])
+	return hi<<4 | lo, ok1 && ok2
 }
 
 // Letters is a set of bytes.
@@ -93,19 +169,14 @@ var (
 // write only '"', '\\', '/' and control bytes), so a search for a literal
 // byte outside those misses nothing once IndexEscape has found no escape of it.
 func IndexEscape(b []byte, set *Letters) int {
-	i := 0
-	for {
+	for i := 0; ; {
 		k := bytes.IndexByte(b[i:], '\\')
 		if k < 0 {
 			return -1
 		}
 		k += i
-		if k+5 < len(b) && b[k+1] == 'u' && b[k+2] == '0' && b[k+3] == '0' {
-			hi, ok1 := unhex(b[k+4])
-			lo, ok2 := unhex(b[k+5])
-			if ok1 && ok2 && set[hi<<4|lo] {
-				return k
-			}
+		if c, ok := escapeAt(b, k); ok && set[c] {
+			return k
 		}
 		i = k + 1
 	}
@@ -200,11 +271,17 @@ type Counts struct {
 // it reuses its buffers between calls and is not safe for concurrent use.
 type Filter struct {
 	spans []Span
+	marks Marks
 }
+
+// Marks returns the marks of the last block passed to Block, valid until
+// the next call.
+func (f *Filter) Marks() *Marks { return &f.marks }
 
 // Block appends to dst the token creates of block, in order.
 func (f *Filter) Block(dst []Match, block []byte) ([]Match, Counts) {
-	f.spans = Candidates(f.spans[:0], block)
+	f.marks.reset()
+	f.spans = candidates(f.spans[:0], block, &f.marks)
 	c := Counts{Candidates: len(f.spans)}
 	for _, s := range f.spans {
 		line := block[s.Start:s.End]

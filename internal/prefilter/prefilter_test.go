@@ -5,10 +5,12 @@ import (
 	"compress/gzip"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/tokenwatch/tokenwatch/internal/audit"
 )
@@ -159,6 +161,7 @@ func FuzzFilter(f *testing.F) {
 	f.Add([]byte(`{"verb":"create","objectRef":{"resource":"serviceaccounts","subresource":"\u0074oken"}}`))
 	f.Add([]byte(`{"verb":"create","objectRef":{"resource":"serviceaccounts","subresource":"toke\u006E"}}` + "\n" + `{"verb":"get"}`))
 	f.Add([]byte("{}\n\n" + `{"verb":"create","objectRef":{"subresource":"token","resource":"serviceaccounts"}}` + "\n"))
+	f.Add([]byte(`{"subresource":"token","annotations":{"authentication.k8s.io/legacy-token":"x","a":"\u006B\u0026"}}` + "\nlegacy-token"))
 	f.Fuzz(func(t *testing.T, block []byte) {
 		var flt Filter
 		got, c := flt.Block(nil, block)
@@ -169,5 +172,55 @@ func FuzzFilter(f *testing.F) {
 		if c.Matches != len(got) || c.Candidates < c.Decoded || c.Decoded < c.Matches+c.Malformed {
 			t.Fatalf("Block(%q) counts %+v inconsistent with %d matches", block, c, len(got))
 		}
+		if diff := cmp.Diff(refMarks(block), *flt.Marks(), cmpopts.EquateEmpty()); diff != "" {
+			t.Fatalf("Block(%q) marks (-reference +filter):\n%s", block, diff)
+		}
+		if diff := cmp.Diff(Candidates(nil, block), candidates(nil, block, &Marks{})); diff != "" {
+			t.Fatalf("Candidates(%q) (-without marks +with marks):\n%s", block, diff)
+		}
 	})
+}
+
+// refMarks returns the marks of block found byte by byte: the reference
+// Filter.Marks must agree with.
+func refMarks(block []byte) Marks {
+	var mk Marks
+	for k := range block {
+		if block[k] == '\\' && k+5 < len(block) && string(block[k+1:k+4]) == "u00" {
+			if v, err := strconv.ParseUint(string(block[k+4:k+6]), 16, 8); err == nil {
+				mk.Escapes = append(mk.Escapes, Escape{Pos: k, Byte: byte(v)})
+			}
+		}
+		if bytes.HasPrefix(block[k:], []byte("legacy-token")) {
+			mk.Legacy = append(mk.Legacy, k)
+		}
+	}
+	return mk
+}
+
+func TestMarks(t *testing.T) {
+	legacy := `{"annotations":{"authentication.k8s.io/legacy-token":"system:serviceaccount:ns:sa"}}`
+	tests := []struct {
+		name string
+		give string
+	}{
+		{"none", `{"verb":"get"}`},
+		{"legacy", legacy},
+		{"legacy after a token", `{"subresource":"token",` + legacy[1:]},
+		{"legacy at the block end", `{"a":"legacy-token`},
+		{"two legacy", legacy + "\n" + legacy + legacy},
+		{"escapes of either case", `{"a":"\u0026\u006B\u006b\u00zz\u01","b":"\\u0074"}`},
+		{"escape at the block end", `"\u0074`},
+		{"escape cut at the block end", `"\u007`},
+		{"token escaped and legacy", `{"s":"\u0074oken","x":"legacy-token"}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var f Filter
+			f.Block(nil, []byte(tt.give))
+			if diff := cmp.Diff(refMarks([]byte(tt.give)), *f.Marks(), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("Marks of %q (-reference +filter):\n%s", tt.give, diff)
+			}
+		})
+	}
 }

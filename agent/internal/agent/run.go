@@ -165,7 +165,7 @@ func (p *pipeline) Block(ctx context.Context, b follow.Block) error {
 	}
 	// Lineage matches and indexes the block before its token creates are
 	// queued: the watches they create find the lines after them.
-	it, ticket, err := p.lin.Block(ctx, b, len(p.events) > 0)
+	it, ticket, err := p.lin.BlockMarked(ctx, b, len(p.events) > 0, p.filter.Marks())
 	if err != nil {
 		return err
 	}

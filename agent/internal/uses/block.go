@@ -11,6 +11,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/internal/audit"
 	"github.com/tokenwatch/tokenwatch/internal/follow"
 	"github.com/tokenwatch/tokenwatch/internal/linematch"
+	"github.com/tokenwatch/tokenwatch/internal/prefilter"
 	"github.com/tokenwatch/tokenwatch/internal/wire"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
@@ -24,6 +25,13 @@ import (
 // blocks leave no room for b. It is called from one goroutine (the
 // follower's).
 func (t *Tracker) Block(ctx context.Context, b follow.Block, mints bool) (sender.Items, uint64, error) {
+	return t.BlockMarked(ctx, b, mints, nil)
+}
+
+// BlockMarked is Block for a block the pre-filter has just read: mk is its
+// marks of b (prefilter.Filter.Marks), which spare the matcher reading b
+// again for them; nil, none.
+func (t *Tracker) BlockMarked(ctx context.Context, b follow.Block, mints bool, mk *prefilter.Marks) (sender.Items, uint64, error) {
 	if err := t.waitRoom(ctx, len(b.Data)); err != nil {
 		return sender.Items{}, 0, err
 	}
@@ -43,7 +51,7 @@ func (t *Tracker) Block(ctx context.Context, b follow.Block, mints bool) (sender
 		t.setPin()
 		t.mint = false
 	}
-	t.hits, _ = t.m.Block(t.hits[:0], b.Data, &t.set)
+	t.hits, _ = t.m.BlockMarked(t.hits[:0], b.Data, &t.set, mk)
 	t.index(b, no, now)
 	t.lastBlock = linematch.Location{File: no, Offset: uint64(b.Pos.Offset)}
 	t.files.release(t.lb.first)
