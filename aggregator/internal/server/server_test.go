@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -823,6 +824,31 @@ func TestRunRefusesBadConfig(t *testing.T) {
 	err := Run(context.Background(), Config{Listen: "127.0.0.1:0", Insecure: true, StateDir: s.stateDir, ConfigFile: s.configFile, TrustDomain: "tokenwatch"})
 	if err == nil || !strings.Contains(err.Error(), "correlation.window: must be > 0") || strings.Contains(err.Error(), "\n") {
 		t.Errorf("Run with a bad config = %v, want one line naming correlation.window", err)
+	}
+}
+
+// TestRunRefusesBusyAddress: an address already taken is a one-line error
+// naming its flag, after what was built is released (the state file is
+// closed: a second Run on it is not refused as locked).
+func TestRunRefusesBusyAddress(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	stateDir := t.TempDir()
+	for _, tc := range []struct {
+		flag string
+		c    Config
+	}{
+		{"--listen", Config{Listen: busy.Addr().String()}},
+		{"--metrics-addr", Config{Listen: "127.0.0.1:0", MetricsAddr: busy.Addr().String()}},
+	} {
+		tc.c.Insecure, tc.c.StateDir, tc.c.TrustDomain = true, stateDir, "tokenwatch"
+		err := Run(context.Background(), tc.c)
+		if err == nil || !strings.HasPrefix(err.Error(), tc.flag+":") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("Run with %s busy = %v, want one line starting %q", tc.flag, err, tc.flag+":")
+		}
 	}
 }
 

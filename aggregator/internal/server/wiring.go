@@ -54,8 +54,10 @@ type service struct {
 
 // newService builds the aggregator's parts; nothing runs yet. On an
 // error, what it had opened is released.
-func newService(ctx context.Context, c Config) (a *service, err error) {
-	a = &service{c: c, logger: c.Logger, reg: newRegistry(), fileCfg: config.Default()}
+func newService(ctx context.Context, c Config) (_ *service, err error) {
+	// a is not the named result: the error returns below set that to nil,
+	// and the deferred release needs what a built.
+	a := &service{c: c, logger: c.Logger, reg: newRegistry(), fileCfg: config.Default()}
 	if err := a.loadConfigFile(); err != nil {
 		return nil, err
 	}
