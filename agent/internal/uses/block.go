@@ -107,7 +107,7 @@ func (t *Tracker) index(b follow.Block, no uint32, now time.Time) {
 		return
 	}
 	loc := linematch.Location{File: no, Offset: uint64(b.Pos.Offset), Length: uint32(len(b.Data))}
-	seq, ok := t.lb.add(loc, now)
+	seq, ok := t.lb.add(loc, now, lastLogged(b.Data))
 	if !ok {
 		t.unindexed++
 		return

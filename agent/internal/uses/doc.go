@@ -23,11 +23,14 @@
 // From (the mint time) can hold its matches: a line is read after the
 // apiserver of the same node logged it, and it logs a request after its
 // requestReceivedTimestamp, so a block read earlier holds only requests
-// received before From. A live agent thus reads again a second or two of
-// log per watch; an agent behind (a backlog) reads again the whole window.
-// (A line whose requestReceivedTimestamp does not parse matches any bounds,
-// as linematch.Classify has it; in a block read before From it is not
-// found.)
+// received before From. Nor can a block whose last line was logged
+// (stageTimestamp) more than logSlack before From: the apiserver writes
+// its events in the order it stamps them. A live agent thus reads again a
+// second or two of log per watch, and an agent behind (a backlog) the
+// blocks logged since about From, not the whole window. (A line whose
+// requestReceivedTimestamp does not parse matches any bounds, as
+// linematch.Classify has it; in a block read or logged before From it is
+// not found.)
 //
 // Stages. The apiserver logs a request once per audit stage, all with its
 // auditID; a request counts once, as the event that carries its outcome:

@@ -28,7 +28,8 @@ const (
 type req struct {
 	id, user, jti, ip, verb, resource, sub, ns, legacy string
 	code                                               int
-	stage                                              string // "": ResponseComplete
+	stage                                              string    // "": ResponseComplete
+	at                                                 time.Time // received; zero: 2026-11-26T23:09:25.383216Z
 }
 
 func (r req) line() string {
@@ -55,6 +56,10 @@ func (r req) line() string {
 	if code == 0 {
 		code = 200
 	}
+	received, logged := "2026-11-26T23:09:25.383216Z", "2026-11-26T23:09:25.386281Z"
+	if !r.at.IsZero() {
+		received, logged = r.at.Format(time.RFC3339Nano), r.at.Add(3*time.Millisecond).Format(time.RFC3339Nano)
+	}
 	stage, status := r.stage, fmt.Sprintf(`"responseStatus":{"metadata":{},"code":%d},`, code)
 	switch stage {
 	case "":
@@ -65,8 +70,8 @@ func (r req) line() string {
 	return fmt.Sprintf(`{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":%q,"stage":%q,`+
 		`"requestURI":"/api/v1/namespaces/%s/%s","verb":%q,"user":{"username":%q%s},"sourceIPs":[%q],`+
 		`"objectRef":{"resource":%q,"namespace":%q,"subresource":%q,"apiVersion":"v1"},%s`+
-		`"requestReceivedTimestamp":"2026-11-26T23:09:25.383216Z","stageTimestamp":"2026-11-26T23:09:25.386281Z"%s}`+"\n",
-		r.id, stage, r.ns, res, verb, user, extra, r.ip, res, r.ns, r.sub, status, ann)
+		`"requestReceivedTimestamp":%q,"stageTimestamp":%q%s}`+"\n",
+		r.id, stage, r.ns, res, verb, user, extra, r.ip, res, r.ns, r.sub, status, received, logged, ann)
 }
 
 func lines(rs ...req) string {

@@ -1,6 +1,7 @@
 package uses
 
 import (
+	"bytes"
 	"math"
 	"time"
 
@@ -10,12 +11,22 @@ import (
 // noPin pins nothing (blockIndex.pin).
 const noPin = math.MaxUint64
 
+// logSlack is how much earlier than a block's last line a line before it
+// in the block may have been logged: the apiserver writes its audit events
+// in the order it stamps them (stageTimestamp), up to the jitter between
+// stamping and writing (under 3 ms in the genuine logs of FIELD-NOTES).
+const logSlack = 10 * time.Second
+
 // blockEntry is one block read: where, when (the read clock, Unix
-// nanoseconds) and the bytes indexed before it (for the pinned size).
+// nanoseconds), the latest requestReceivedTimestamp a line of it may have
+// (Unix nanoseconds: the read time, or its last line's stageTimestamp plus
+// logSlack when that is earlier) and the bytes indexed before it (for the
+// pinned size).
 type blockEntry struct {
-	loc  linematch.Location
-	read int64
-	cum  uint64
+	loc    linematch.Location
+	read   int64
+	latest int64
+	cum    uint64
 }
 
 // blockIndex is the lookback index: a bounded ring of the blocks read
@@ -67,10 +78,11 @@ func (x *blockIndex) room(size int) bool {
 	return x.pinnedBytes()+uint64(size) <= x.maxBytes && x.pinnedEntries() < x.maxEntries
 }
 
-// add appends a block read at read and returns its sequence number. It
-// evicts the oldest entries first while the index is full, unless one is
-// pinned: then it adds nothing and returns false.
-func (x *blockIndex) add(loc linematch.Location, read time.Time) (uint64, bool) {
+// add appends a block read at read, whose last line was logged at logged
+// (zero: unknown), and returns its sequence number. It evicts the oldest
+// entries first while the index is full, unless one is pinned: then it
+// adds nothing and returns false.
+func (x *blockIndex) add(loc linematch.Location, read, logged time.Time) (uint64, bool) {
 	for x.n > 0 && (x.n == x.maxEntries || x.bytes+uint64(loc.Length) > x.maxBytes) {
 		if x.first >= x.pin {
 			return 0, false
@@ -82,7 +94,11 @@ func (x *blockIndex) add(loc linematch.Location, read time.Time) (uint64, bool) 
 		x.grow()
 	}
 	seq := x.next()
-	*x.at(x.n) = blockEntry{loc: loc, read: read.UnixNano(), cum: x.added}
+	latest := read.UnixNano()
+	if !logged.IsZero() {
+		latest = min(latest, logged.Add(logSlack).UnixNano())
+	}
+	*x.at(x.n) = blockEntry{loc: loc, read: read.UnixNano(), latest: latest, cum: x.added}
 	x.n++
 	x.bytes += uint64(loc.Length)
 	x.added += uint64(loc.Length)
@@ -122,14 +138,44 @@ func (x *blockIndex) evict(now time.Time, window time.Duration) int {
 	return n
 }
 
-// find appends to dst the locations of the entries read at or after
-// readFrom (Unix nanoseconds) that keep accepts (nil: all), oldest first.
-func (x *blockIndex) find(dst []linematch.Location, readFrom int64, keep func(linematch.Location) bool) []linematch.Location {
+// find appends to dst the locations of the entries that may hold a request
+// received at or after from (Unix nanoseconds) and that keep accepts (nil:
+// all), oldest first.
+func (x *blockIndex) find(dst []linematch.Location, from int64, keep func(linematch.Location) bool) []linematch.Location {
 	for i := 0; i < x.n; i++ {
 		e := x.at(i)
-		if e.read >= readFrom && (keep == nil || keep(e.loc)) {
+		if e.latest >= from && (keep == nil || keep(e.loc)) {
 			dst = append(dst, e.loc)
 		}
 	}
 	return dst
+}
+
+// stageKey is the key of an audit event's stageTimestamp, its top-level
+// one being the last in a line (audit.Event's field order; a quote inside
+// a string is escaped, so the key cannot be spelled by a value).
+var stageKey = []byte(`"stageTimestamp":"`)
+
+// lastLogged returns the stageTimestamp of the last line of block, zero
+// when it has none that parses.
+func lastLogged(block []byte) time.Time {
+	end := len(block)
+	if end > 0 && block[end-1] == '\n' {
+		end--
+	}
+	line := block[bytes.LastIndexByte(block[:end], '\n')+1 : end]
+	k := bytes.LastIndex(line, stageKey)
+	if k < 0 {
+		return time.Time{}
+	}
+	v := line[k+len(stageKey):]
+	q := bytes.IndexByte(v, '"')
+	if q < 0 {
+		return time.Time{}
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(v[:q]))
+	if err != nil {
+		return time.Time{}
+	}
+	return t
 }

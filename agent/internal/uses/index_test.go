@@ -2,6 +2,7 @@ package uses
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,12 +23,12 @@ func TestBlockIndexBounds(t *testing.T) {
 		return linematch.Location{File: 1, Offset: off, Length: uint32(n)}
 	}
 	for i, n := range []uint64{40, 40} {
-		if _, ok := x.add(loc(uint64(i)*40, n), t0); !ok {
+		if _, ok := x.add(loc(uint64(i)*40, n), t0, time.Time{}); !ok {
 			t.Fatalf("add %d refused", i)
 		}
 	}
 	x.pin = x.next() // pins what comes next
-	if _, ok := x.add(loc(80, 40), t0); !ok {
+	if _, ok := x.add(loc(80, 40), t0, time.Time{}); !ok {
 		t.Fatal("add refused with unpinned blocks to evict")
 	}
 	if x.n != 2 || x.bytes != 80 || x.dropped != 1 || x.pinnedEntries() != 1 || x.pinnedBytes() != 40 {
@@ -37,10 +38,10 @@ func TestBlockIndexBounds(t *testing.T) {
 	if !x.room(60) || x.room(61) {
 		t.Errorf("room(60), room(61) = %v, %v, want true, false", x.room(60), x.room(61))
 	}
-	if _, ok := x.add(loc(120, 60), t0); !ok {
+	if _, ok := x.add(loc(120, 60), t0, time.Time{}); !ok {
 		t.Fatal("add refused with an unpinned block to evict")
 	}
-	if _, ok := x.add(loc(180, 10), t0); ok {
+	if _, ok := x.add(loc(180, 10), t0, time.Time{}); ok {
 		t.Error("add evicted a pinned block")
 	}
 	if n := x.evict(t0.Add(time.Hour), time.Minute); n != 0 {
@@ -58,12 +59,12 @@ func TestBlockIndexBounds(t *testing.T) {
 func TestLookbackReadsSinceFrom(t *testing.T) {
 	tr, _, clk := newTracker(t, 1<<20)
 	log := newLog(t)
-	first := log.block(lines(req{id: "before", jti: jtiA, ip: "10.0.0.1"}))
+	first := log.block(lines(req{id: "before", jti: jtiA, ip: "10.0.0.1", at: clk.now()}))
 	if _, _, err := tr.Block(context.Background(), first, false); err != nil {
 		t.Fatal(err)
 	}
 	clk.add(time.Minute)
-	second := log.block(lines(req{id: "after", jti: jtiA, ip: "10.0.0.1"}))
+	second := log.block(lines(req{id: "after", jti: jtiA, ip: "10.0.0.1", at: clk.now()}))
 	if _, _, err := tr.Block(context.Background(), second, false); err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +81,84 @@ func TestLookbackReadsSinceFrom(t *testing.T) {
 	}
 	if want := []uint64{uint64(second.Pos.Offset)}; !cmp.Equal(got, want) {
 		t.Errorf("blocks searched at %v, want %v (the block read after From only)", got, want)
+	}
+}
+
+// TestLookbackBoundedByLogTime: an agent reading a backlog reads every
+// block long after the apiserver logged it; a search then reads again only
+// the blocks whose last line was logged no more than logSlack before the
+// watch's From, and those whose last line has no time.
+func TestLookbackBoundedByLogTime(t *testing.T) {
+	tr, _, clk := newTracker(t, 1<<20)
+	log := newLog(t)
+	mint := clk.now().Add(-time.Hour) // the log is an hour behind
+	blocks := []struct {
+		name string
+		data string
+		want bool
+	}{
+		{"an hour before", lines(req{id: "a", jti: jtiA, at: mint.Add(-time.Hour)}), false},
+		{"just before the slack", lines(req{id: "b", jti: jtiA, at: mint.Add(-logSlack - readSlack - time.Second)}), false},
+		{"within the slack", lines(req{id: "c", jti: jtiA, at: mint.Add(-logSlack)}), true},
+		{"after the mint", lines(req{id: "d", jti: jtiA, at: mint.Add(time.Second)}), true},
+		{"last line without a time", lines(req{id: "e", jti: jtiA, at: mint.Add(-time.Hour)}) + "{\"kind\":\"Event\"}\n", true},
+		{"older again", lines(req{id: "f", jti: jtiA, at: mint.Add(-time.Minute)}), false},
+	}
+	want := map[uint64]string{}
+	for _, b := range blocks {
+		blk := log.block(b.data)
+		if b.want {
+			want[uint64(blk.Pos.Offset)] = b.name
+		}
+		if _, _, err := tr.Block(context.Background(), blk, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := tokenWatch(jtiA)
+	w.From = timestamppb.New(mint)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{w}})
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	got := map[uint64]string{}
+	for _, j := range tr.jobs {
+		for _, l := range j.locs {
+			got[l.Offset] = "searched"
+		}
+	}
+	for off, name := range want {
+		if got[off] == "" {
+			t.Errorf("block %q not searched", name)
+		}
+	}
+	for off := range got {
+		if want[off] == "" {
+			t.Errorf("block at %d searched, want not (logged before From)", off)
+		}
+	}
+}
+
+// TestLastLogged: the stageTimestamp of a block's last line, the top-level
+// one, whatever the line holds before it.
+func TestLastLogged(t *testing.T) {
+	at := time.Date(2026, 11, 26, 23, 9, 25, 383216000, time.UTC)
+	line := req{id: "x", at: at}.line()
+	for _, tc := range []struct {
+		name, block string
+		want        time.Time
+	}{
+		{"one line", line, at.Add(3 * time.Millisecond)},
+		{"no final newline", strings.TrimSuffix(line, "\n"), at.Add(3 * time.Millisecond)},
+		{"the last of two", req{id: "y", at: at.Add(-time.Hour)}.line() + line, at.Add(3 * time.Millisecond)},
+		{"a nested key first", `{"requestObject":{"stageTimestamp":"2000-01-01T00:00:00Z"},"stageTimestamp":"2026-11-26T23:09:25Z"}`,
+			time.Date(2026, 11, 26, 23, 9, 25, 0, time.UTC)},
+		{"no key", `{"kind":"Event"}` + "\n", time.Time{}},
+		{"not a time", `{"stageTimestamp":"yesterday"}`, time.Time{}},
+		{"unterminated", `{"stageTimestamp":"2026-11-26T23:09:25Z`, time.Time{}},
+		{"empty", "", time.Time{}},
+	} {
+		if got := lastLogged([]byte(tc.block)); !got.Equal(tc.want) {
+			t.Errorf("%s: lastLogged = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
 
