@@ -49,7 +49,7 @@
 // (reason lineage_lookback_unavailable: its bytes, and a line at least).
 //
 // Memory. The index holds at most Config.Capacity bytes of log in at most
-// 65,536 blocks (32 bytes each); per token at most Config.MaxKeysPerToken
+// 65,536 blocks (40 bytes each); per token at most Config.MaxKeysPerToken
 // reason keys are remembered (further uses with a new key are counted, not
 // sent); a count holds at most 100 source IPs and 100 verb keys.
 package uses

@@ -15,7 +15,7 @@ import (
 const (
 	// DefaultCapacity is the log the lookback index covers, in bytes: 2
 	// minutes of 4,000 lines/s of 1.1 KB. The index holds only the
-	// blocks' locations (32 bytes a block); the bytes bound what a search
+	// blocks' locations (40 bytes a block); the bytes bound what a search
 	// reads again. Beyond, the oldest unpinned blocks go early
 	// (tokenwatch_agent_lineage_lookback_dropped_total).
 	DefaultCapacity        = 512 << 20
@@ -24,7 +24,7 @@ const (
 	DefaultLookback        = 2 * time.Minute
 )
 
-// maxBlocks bounds the lookback index in blocks (32 bytes each): a live
+// maxBlocks bounds the lookback index in blocks (40 bytes each): a live
 // follower reads small blocks, each write or so.
 const maxBlocks = 1 << 16
 
