@@ -315,6 +315,54 @@ func TestReconnectSearchesTheGap(t *testing.T) {
 	}
 }
 
+// TestReconnectNewWatchBesideHeldOnes: after a reconnect the reset holds
+// watches held before and a new one (a token minted while the agent was
+// away). The new watch is searched in the whole index, and the blocks read
+// before the Welcome are read again for it; the lines there of the watches
+// held before were matched live and are not reported again: only the gap's
+// are. Before, the whole reset was matched on those blocks and a use
+// already counted was counted again (reconnect_recount).
+func TestReconnectNewWatchBesideHeldOnes(t *testing.T) {
+	tr, q, _ := newTracker(t, 1<<20)
+	run(t, tr)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	tr.WatchSetComplete()
+	log := newLog(t)
+	it, _, err := tr.Block(context.Background(), log.block(lines(
+		req{id: "liveA", jti: jtiA, ip: "10.0.0.1"}, req{id: "againA", jti: jtiA, ip: "10.0.0.1"},
+		req{id: "earlyB", jti: jtiB, ip: "10.0.0.1"},
+	)), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := useIDs(it); !cmp.Equal(got, []string{"liveA"}) || len(it.Counts) != 1 || it.Counts[0].Uses != 1 {
+		t.Fatalf("live: uses %v, counts %v; want liveA and againA counted", got, it.Counts)
+	}
+	tr.Welcome(settings()) // reconnected
+	if _, _, err := tr.Block(context.Background(), log.block(lines(req{id: "gapA", jti: jtiA, ip: "10.0.0.1"})), false); err != nil {
+		t.Fatal(err)
+	}
+	queueAll(tr)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Reset_: true, Add: []*tokenwatchv1.Watch{tokenWatch(jtiA), tokenWatch(jtiB)}})
+	left, err := tr.Drain(context.Background()) // the search is done
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.mu.Lock()
+	items := append(append([]sender.Items(nil), q.items...), left)
+	q.mu.Unlock()
+	ids, _ := queuedUses(items)
+	counted := map[string]uint64{}
+	for _, it := range items {
+		for _, c := range it.Counts {
+			counted[c.Key] += c.Uses
+		}
+	}
+	if !cmp.Equal(ids, []string{"earlyB"}) || counted[jtiA] != 1 || counted[jtiB] != 0 {
+		t.Errorf("after the reset: lookback uses %v, counted %v; want earlyB, and %s's gap line counted once", ids, counted, jtiA)
+	}
+}
+
 // TestLineageOff: a Welcome without settings drops the watches and the
 // index; nothing is matched, not even legacy tokens.
 func TestLineageOff(t *testing.T) {

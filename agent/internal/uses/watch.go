@@ -15,8 +15,12 @@ type job struct {
 	locs    []linematch.Location // blocks, in reading order
 	set     linematch.Set        // the new watches
 	watches []linematch.Watch    // the same, as added
-	// old holds, for a watch that was extended, its bounds before: its
-	// matches within them were found already, except in the gap.
+	// old holds, for a watch held before (extended, or held with the same
+	// bounds before a reconnect), its bounds then: its matches within them
+	// were found already, live or by an earlier search, except those read
+	// in the gap. The job's blocks are matched against all its watches at
+	// once, so a block read again for a new watch also holds lines of those
+	// held before: old keeps them from being reported twice.
 	old     map[watchKey]span
 	gap     bool // gapFrom applies: lines from it on are in the gap
 	gapFrom linematch.Location
@@ -137,7 +141,8 @@ func (t *Tracker) WatchSetComplete() {
 
 // addWatches adds ws to the set and sorts them for the search: full ones
 // are new or extended relative to ref, searched in the whole index; inGap
-// ones were held before (ref, with gap) and are searched in the gap only.
+// ones were held before (ref, with gap) and are searched in the gap only;
+// those held before with the same bounds and no gap are not searched.
 func (t *Tracker) addWatches(ws []*tokenwatchv1.Watch, ref map[watchKey]span, gap bool, j *job) (full, inGap []linematch.Watch) {
 	for _, pw := range ws {
 		w, ok := watchOf(pw)
@@ -151,22 +156,31 @@ func (t *Tracker) addWatches(ws []*tokenwatchv1.Watch, ref map[watchKey]span, ga
 			s = s.hull(cur)
 		}
 		t.held[k] = s
-		_ = j.set.Add(w)
-		j.watches = append(j.watches, w)
 		switch {
 		case !had:
 			full = append(full, w)
 		case !old.holds(s):
 			full = append(full, w)
-			if j.old == nil {
-				j.old = map[watchKey]span{}
-			}
-			j.old[k] = old
+			j.found(k, old)
 		case gap:
 			inGap = append(inGap, w)
+			j.found(k, old)
+		default:
+			continue // held with these bounds, and matched live since
 		}
+		_ = j.set.Add(w)
+		j.watches = append(j.watches, w)
 	}
 	return full, inGap
+}
+
+// found notes that the matches of the watch k within old were found before
+// the job (see job.old).
+func (j *job) found(k watchKey, old span) {
+	if j.old == nil {
+		j.old = map[watchKey]span{}
+	}
+	j.old[k] = old
 }
 
 // forgetUnwatched drops the reason keys of tokens no longer watched.
@@ -237,7 +251,8 @@ func (j *job) inGap(l linematch.Location) bool {
 }
 
 // excluded reports whether a match of kind k and key, timed at ts, read at
-// l, was found before the watch was extended.
+// l, was found before the job: within the watch's bounds before and read
+// outside the gap.
 func (j *job) excluded(k linematch.Kind, key string, ts time.Time, ok bool, l linematch.Location) bool {
 	old, had := j.old[watchKey{k, key}]
 	if !had || j.inGap(l) {
