@@ -363,6 +363,46 @@ func TestReconnectNewWatchBesideHeldOnes(t *testing.T) {
 	}
 }
 
+// TestWatchPushedAgainBeforeFirstAck: a watch of the stream's reset can
+// come again before the stream's first Ack (a change published to a stream
+// that joined with it in its set already). What the stream holds of it was
+// searched by the reset or matched live since: nothing is reported again.
+func TestWatchPushedAgainBeforeFirstAck(t *testing.T) {
+	tr, q, _ := newTracker(t, 1<<20)
+	run(t, tr)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	tr.WatchSetComplete()
+	log := newLog(t)
+	if _, _, err := tr.Block(context.Background(), log.block(lines(req{id: "liveA", jti: jtiA, ip: "10.0.0.1"})), false); err != nil {
+		t.Fatal(err)
+	}
+	tr.Welcome(settings()) // reconnected
+	if _, _, err := tr.Block(context.Background(), log.block(lines(req{id: "gapA", jti: jtiA, ip: "10.0.0.1"})), false); err != nil {
+		t.Fatal(err)
+	}
+	queueAll(tr)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Reset_: true, Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	it, _, err := tr.Block(context.Background(), log.block(lines(req{id: "afterA", jti: jtiA, ip: "10.0.0.1"})), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(it.Counts) != 1 || it.Counts[0].Uses != 1 {
+		t.Fatalf("after the reset: counts %v, want afterA counted live", it.Counts)
+	}
+	queueAll(tr)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}}) // again, no Ack yet
+	left, err := tr.Drain(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.mu.Lock()
+	ids, counted := queuedUses(append(append([]sender.Items(nil), q.items...), left))
+	q.mu.Unlock()
+	if len(ids) != 0 || counted != 1 {
+		t.Errorf("lookback: uses %v and %d counted; want gapA counted once", ids, counted)
+	}
+}
+
 // TestLineageOff: a Welcome without settings drops the watches and the
 // index; nothing is matched, not even legacy tokens.
 func TestLineageOff(t *testing.T) {

@@ -15,16 +15,23 @@ type job struct {
 	locs    []linematch.Location // blocks, in reading order
 	set     linematch.Set        // the new watches
 	watches []linematch.Watch    // the same, as added
-	// old holds, for a watch held before (extended, or held with the same
-	// bounds before a reconnect), its bounds then: its matches within them
-	// were found already, live or by an earlier search, except those read
-	// in the gap. The job's blocks are matched against all its watches at
-	// once, so a block read again for a new watch also holds lines of those
-	// held before: old keeps them from being reported twice.
-	old     map[watchKey]span
+	// old holds what was found before of the watches held before (extended,
+	// or held with the same bounds before a reconnect). The job's blocks
+	// are matched against all its watches at once, so a block read again
+	// for a new watch also holds lines of those held before: old keeps
+	// them from being reported twice.
+	old     map[watchKey]before
 	gap     bool // gapFrom applies: lines from it on are in the gap
 	gapFrom linematch.Location
 	files   []uint32 // the files of locs, each holding a job reference
+}
+
+// before is what was found of a watch before a job: its matches within
+// span, live or by an earlier search, except, with gap, those read in the
+// gap (the watch was held by the previous stream).
+type before struct {
+	span
+	gap bool
 }
 
 // kindOf maps a wire kind to a watchable linematch kind.
@@ -85,7 +92,8 @@ func (t *Tracker) Watch(u *tokenwatchv1.WatchUpdate) {
 	ref, gap := t.held, false
 	if t.completing {
 		// A later part of the stream's set (or a change queued after it):
-		// compared with the previous stream's watches, as its first part.
+		// compared with the previous stream's watches, as its first part
+		// (a watch this stream holds already, with what it holds).
 		ref, gap = t.prior, true
 	}
 	if u.GetReset_() {
@@ -140,9 +148,10 @@ func (t *Tracker) WatchSetComplete() {
 }
 
 // addWatches adds ws to the set and sorts them for the search: full ones
-// are new or extended relative to ref, searched in the whole index; inGap
-// ones were held before (ref, with gap) and are searched in the gap only;
-// those held before with the same bounds and no gap are not searched.
+// are new or extended relative to ref (or to what the stream holds, for a
+// watch it holds already), searched in the whole index; inGap ones were
+// held before (ref, with gap) and are searched in the gap only; those held
+// before with the same bounds and no gap are not searched.
 func (t *Tracker) addWatches(ws []*tokenwatchv1.Watch, ref map[watchKey]span, gap bool, j *job) (full, inGap []linematch.Watch) {
 	for _, pw := range ws {
 		w, ok := watchOf(pw)
@@ -151,8 +160,13 @@ func (t *Tracker) addWatches(ws []*tokenwatchv1.Watch, ref map[watchKey]span, ga
 		}
 		k := watchKey{w.Kind, w.Key}
 		old, had := ref[k] // before held changes: ref may be held
+		newGap := gap
 		s := spanOf(w)
 		if cur, ok := t.held[k]; ok {
+			// Held by this stream already (pushed again: a change
+			// published to a stream that joined with it in its set): it
+			// was searched then, the gap included, and matched live since.
+			old, had, newGap = cur, true, false
 			s = s.hull(cur)
 		}
 		t.held[k] = s
@@ -161,10 +175,10 @@ func (t *Tracker) addWatches(ws []*tokenwatchv1.Watch, ref map[watchKey]span, ga
 			full = append(full, w)
 		case !old.holds(s):
 			full = append(full, w)
-			j.found(k, old)
-		case gap:
+			j.found(k, before{old, newGap})
+		case newGap:
 			inGap = append(inGap, w)
-			j.found(k, old)
+			j.found(k, before{old, true})
 		default:
 			continue // held with these bounds, and matched live since
 		}
@@ -174,13 +188,12 @@ func (t *Tracker) addWatches(ws []*tokenwatchv1.Watch, ref map[watchKey]span, ga
 	return full, inGap
 }
 
-// found notes that the matches of the watch k within old were found before
-// the job (see job.old).
-func (j *job) found(k watchKey, old span) {
+// found notes what was found of the watch k before the job (job.old).
+func (j *job) found(k watchKey, b before) {
 	if j.old == nil {
-		j.old = map[watchKey]span{}
+		j.old = map[watchKey]before{}
 	}
-	j.old[k] = old
+	j.old[k] = b
 }
 
 // forgetUnwatched drops the reason keys of tokens no longer watched.
@@ -251,12 +264,12 @@ func (j *job) inGap(l linematch.Location) bool {
 }
 
 // excluded reports whether a match of kind k and key, timed at ts, read at
-// l, was found before the job: within the watch's bounds before and read
-// outside the gap.
+// l, was found before the job: within the watch's bounds before, and not
+// read in a gap that was new to it.
 func (j *job) excluded(k linematch.Kind, key string, ts time.Time, ok bool, l linematch.Location) bool {
-	old, had := j.old[watchKey{k, key}]
-	if !had || j.inGap(l) {
+	b, had := j.old[watchKey{k, key}]
+	if !had || b.gap && j.inGap(l) {
 		return false
 	}
-	return !ok || old.contains(ts.UnixNano()) // an unknown time matched the old bounds too
+	return !ok || b.contains(ts.UnixNano()) // an unknown time matched the old bounds too
 }
