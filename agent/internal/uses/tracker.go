@@ -280,8 +280,12 @@ func (t *Tracker) Welcome(settings *tokenwatchv1.LineageSettings) {
 	}
 	t.held = map[watchKey]span{}
 	t.set.Reset()
+	if !t.awaiting {
+		// A stream that ended before its reset leaves its gap open: the
+		// lines read since its Welcome were matched with no watch too.
+		t.gapFrom = t.readTo
+	}
 	t.awaiting = true
-	t.gapFrom = t.readTo
 }
 
 // signalRoom wakes those waiting for pins to be released or jobs to end.

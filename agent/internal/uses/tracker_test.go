@@ -403,6 +403,37 @@ func TestWatchPushedAgainBeforeFirstAck(t *testing.T) {
 	}
 }
 
+// TestStreamEndedBeforeItsReset: a stream welcomed whose reset never came
+// (it ended at once: an aggregator stopping, say) leaves no watch; the
+// lines read since its Welcome are in the gap of the next stream's reset.
+func TestStreamEndedBeforeItsReset(t *testing.T) {
+	tr, q, _ := newTracker(t, 1<<20)
+	run(t, tr)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	tr.WatchSetComplete()
+	log := newLog(t)
+	tr.Welcome(settings()) // reconnected; the stream ends before its reset
+	if _, _, err := tr.Block(context.Background(), log.block(lines(req{id: "gap1", jti: jtiA, ip: "10.0.0.1"})), false); err != nil {
+		t.Fatal(err)
+	}
+	tr.Welcome(settings()) // reconnected again
+	if _, _, err := tr.Block(context.Background(), log.block(lines(req{id: "gap2", jti: jtiA, ip: "10.0.0.2"})), false); err != nil {
+		t.Fatal(err)
+	}
+	queueAll(tr)
+	tr.Watch(&tokenwatchv1.WatchUpdate{Reset_: true, Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	left, err := tr.Drain(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.mu.Lock()
+	ids, _ := queuedUses(append(append([]sender.Items(nil), q.items...), left))
+	q.mu.Unlock()
+	if !cmp.Equal(ids, []string{"gap1", "gap2"}) {
+		t.Errorf("lookback uses after the reset = %v, want gap1 gap2", ids)
+	}
+}
+
 // TestLineageOff: a Welcome without settings drops the watches and the
 // index; nothing is matched, not even legacy tokens.
 func TestLineageOff(t *testing.T) {
