@@ -35,18 +35,25 @@ func TestMain(m *testing.M) {
 
 // ackServer behaves like the ingest handler as far as the guard cares: a
 // Hello gets a Welcome, each batch an Ack, and a Recv error ends the stream
-// with that error.
+// with that error. recvErrs, when set, is told of each such error: the
+// guard has counted what it counts of it by then (gRPC may already have
+// sent the peer its status).
 type ackServer struct {
 	tokenwatchv1.UnimplementedAuditStreamServiceServer
+	recvErrs chan<- struct{}
 }
 
-func (ackServer) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) error {
+func (a ackServer) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) error {
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
+			select {
+			case a.recvErrs <- struct{}{}:
+			default:
+			}
 			return err
 		}
 		var resp *tokenwatchv1.StreamResponse
@@ -65,10 +72,11 @@ func (ackServer) Stream(stream tokenwatchv1.AuditStreamService_StreamServer) err
 }
 
 type fixture struct {
-	addr string
-	reg  *prometheus.Registry
-	conn *grpc.ClientConn
-	g    *guard.Guard
+	addr     string
+	reg      *prometheus.Registry
+	conn     *grpc.ClientConn
+	g        *guard.Guard
+	recvErrs <-chan struct{} // see ackServer
 }
 
 func start(t *testing.T, cfg guard.Config) *fixture {
@@ -95,14 +103,15 @@ func startWith(t *testing.T, cfg guard.Config, client credentials.TransportCrede
 		extra = []grpc.ServerOption{grpc.Creds(g.Credentials(nil))}
 	}
 	gs := grpc.NewServer(append(g.ServerOptions(), extra...)...)
-	tokenwatchv1.RegisterAuditStreamServiceServer(gs, ackServer{})
+	recvErrs := make(chan struct{}, 16)
+	tokenwatchv1.RegisterAuditStreamServiceServer(gs, ackServer{recvErrs: recvErrs})
 	healthpb.RegisterHealthServer(gs, health.NewServer())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		_ = gs.Serve(lis)
 	}()
-	f := &fixture{addr: lis.Addr().String(), reg: reg, g: g}
+	f := &fixture{addr: lis.Addr().String(), reg: reg, g: g, recvErrs: recvErrs}
 	f.conn = f.dialWith(t, client)
 	t.Cleanup(func() {
 		gs.Stop()
@@ -124,6 +133,16 @@ func (f *fixture) dialWith(t *testing.T, creds credentials.TransportCredentials)
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// recvError waits until a handler's Recv has returned an error.
+func (f *fixture) recvError(t *testing.T) {
+	t.Helper()
+	select {
+	case <-f.recvErrs:
+	case <-time.After(20 * time.Second): // a failure bound, not a pace
+		t.Fatal("no handler saw its Recv fail")
+	}
 }
 
 func (f *fixture) violations(reason string) float64 {
@@ -239,6 +258,7 @@ func TestOversizedMessageCutOffOthersUnaffected(t *testing.T) {
 		t.Fatalf("good agent before: %v", err)
 	}
 	wantCode(t, "oversized batch", bad.send(1, 100<<10), codes.ResourceExhausted, "larger than max")
+	f.recvError(t)
 	if err := good.send(10, 1000); err != nil {
 		t.Fatalf("good agent after the oversized message: %v", err)
 	}
@@ -348,6 +368,7 @@ func TestMalformedMessage(t *testing.T) {
 	err = cs.RecvMsg(new([]byte))
 	// gRPC answers an undecodable message itself, with Internal.
 	wantCode(t, "malformed message", err, codes.Internal, "failed to unmarshal")
+	f.recvError(t)
 	if got := f.violations(guard.ReasonMalformedMessage); got != 1 {
 		t.Errorf("malformed_message violations = %v, want 1", got)
 	}
