@@ -46,9 +46,11 @@ const snapshotMaxAge = 5 * time.Second
 
 // fleet is the set of lineage streams that receive the watches. A stream
 // joins with the full set and then receives every change published after;
-// both happen under mu, so a change is either in the set a stream starts
-// with or published to it (the pipeline applies a change before its batch's
-// Result, and so before it is published).
+// both happen under mu, so a change is in the set a stream starts with or
+// published to it, or both: the pipeline applies a change before its
+// batch's Result, and so before it is published, and a stream that joins
+// in between gets it twice (the agent takes a watch it holds with the same
+// bounds as nothing new).
 type fleet struct {
 	m *metrics
 
