@@ -55,6 +55,11 @@ func TestIDFilterHoldsEveryKey(t *testing.T) {
 				if !s.ids.mayHold(&id) {
 					t.Fatalf("filter rules out watched key %d %s", i, key(i))
 				}
+				for _, text := range []string{key(i), strings.ToUpper(key(i)), strings.ToUpper(key(i)[:4]) + key(i)[4:]} {
+					if line := `"` + text + `"`; !s.ids.mayHoldText([]byte(line), 1) {
+						t.Fatalf("filter rules out watched key %d written %s", i, text)
+					}
+				}
 				live++
 			}
 			if got := s.Len(Token | ActorCredential); got != live {

@@ -189,7 +189,7 @@ func (m *Matcher) window(dst []span, w []byte, off int, s *Set) []span {
 	if s.needsJTI() {
 		sc.jtis = marksJTI(sc.jtis, w)
 		for _, j := range sc.jtis {
-			if why := s.mayWatchJTI(credentialAt(w, j)); why != 0 {
+			if why := s.jtiAt(w, j); why != 0 {
 				dst = appendLine(dst, w, j, why)
 			}
 		}

@@ -309,15 +309,22 @@ func (s *Set) needsJTI() bool { return s != nil && (s.token.len() > 0 || s.cred.
 // needsUsers reports whether s follows user names.
 func (s *Set) needsUsers() bool { return s != nil && len(s.users) > 0 }
 
+// jtiAt returns the kinds (Token, ActorCredential) under which s may watch
+// the "JTI=" at j of b. An unwatched uuid costs a filter test, unless s
+// watches odd (non-uuid) keys, which only the full read rules out.
+func (s *Set) jtiAt(b []byte, j int) Kind {
+	if len(s.token.strs) == 0 && len(s.cred.strs) == 0 && !s.ids.mayHoldText(b, j+4) {
+		return 0
+	}
+	return s.mayWatchJTI(credentialAt(b, j))
+}
+
 // mayWatchJTI returns the kinds (Token, ActorCredential) under which s
 // may watch a "JTI=" occurrence read by credentialAt.
 func (s *Set) mayWatchJTI(id [16]byte, kind int, val []byte) Kind {
 	var k Kind
 	switch kind {
 	case jtiUUID:
-		if !s.ids.mayHold(&id) {
-			return 0
-		}
 		if _, ok := s.token.ids[id]; ok {
 			k |= Token
 		}
