@@ -7,8 +7,11 @@
 // events, so memory is bounded and Enqueue blocks when the aggregator falls
 // behind (the audit files are the buffer). Each item carries an opaque mark;
 // OnAck receives, in order, the mark of the newest item whose batch and all
-// earlier ones are acknowledged. After a reconnect (exponential backoff with
-// jitter) every unacknowledged batch is sent again with fresh sequence
+// earlier ones are acknowledged. The items of one call with a mark are
+// queued with it all or none (EnqueueItems says when they cannot be): the
+// mark is a checkpoint, and an item acknowledged without it would be sent
+// again from the checkpoint before. After a reconnect (exponential backoff
+// with jitter) every unacknowledged batch is sent again with fresh sequence
 // numbers: delivery is at least once and the aggregator deduplicates.
 //
 // With Config.Lineage the Hello declares the "lineage" feature. A stream

@@ -176,6 +176,7 @@ type Sender struct {
 	closed  bool
 	room    chan struct{} // closed and replaced when the queue shrinks or the sender closes
 	wake    chan struct{} // capacity 1: there is something to send
+	onWait  func()        // tests: called when EnqueueItems waits for room
 
 	ready                     atomic.Bool
 	lineageOn                 atomic.Bool // the current stream's Welcome had LineageSettings
@@ -248,22 +249,36 @@ func (s *Sender) Enqueue(ctx context.Context, events []*tokenwatchv1.TokenEvent,
 // EnqueueItems is Enqueue with lineage uses and counts beside the events
 // and losses: they are delivered at least once, like events, and their
 // batch's acknowledgement moves the mark alike.
+//
+// Items with a mark are queued all or nothing: EnqueueItems waits until
+// the batches held leave room for all of them, then queues them and the
+// mark together, so an ended ctx leaves none of them queued. The mark is a
+// checkpoint: an item sent without it would be sent again by an agent
+// restarted from the mark before. The bound: items that would not fit even
+// in MaxUnacked empty batches (more than MaxUnacked × MaxBatchEvents items
+// or about MaxUnacked × MaxBatchBytes encoded) are queued as room frees,
+// and an ended ctx may leave some of them queued without the mark. Items
+// without a mark are queued as room frees, too.
 func (s *Sender) EnqueueItems(ctx context.Context, it Items, mark any) error {
+	p := pending{it: it, sizes: it.sizes()}
+	whole := mark != nil && s.newBatches(nil, p.sizes, len(it.Losses)) <= s.cfg.MaxUnacked
 	for {
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			return ErrClosed
 		}
-		if it.empty() {
+		if p.it.empty() {
 			s.placeMark(mark)
 			s.mu.Unlock()
 			return nil
 		}
-		b := s.openBatch()
-		if b == nil {
+		if (whole && !s.roomFor(&p)) || (!whole && !s.fillSome(&p)) {
 			room := s.room
 			s.mu.Unlock()
+			if s.onWait != nil {
+				s.onWait()
+			}
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -271,14 +286,12 @@ func (s *Sender) EnqueueItems(ctx context.Context, it Items, mark any) error {
 			}
 			continue
 		}
-		// Fill b; what does not fit goes around the loop again.
-		s.fill(b, &it)
-		done := it.empty()
-		if !done {
-			b.full = true
+		if whole {
+			s.fillAll(&p)
 		}
+		done := p.it.empty()
 		if done && mark != nil {
-			b.mark, b.hasMark = mark, true
+			s.queue[len(s.queue)-1].mark, s.queue[len(s.queue)-1].hasMark = mark, true
 		}
 		s.mu.Unlock()
 		s.signal()
@@ -288,38 +301,114 @@ func (s *Sender) EnqueueItems(ctx context.Context, it Items, mark any) error {
 	}
 }
 
-// fill moves what fits of it into b, in order: losses, events, uses,
+// pending is what is left to queue of one EnqueueItems call, with the
+// encoded sizes of its items in queueing order.
+type pending struct {
+	it    Items
+	sizes []int
+}
+
+// sizes returns the encoded sizes of it's items in queueing order: losses,
+// events, uses, counts.
+func (it *Items) sizes() []int {
+	n := make([]int, 0, len(it.Losses)+len(it.Events)+len(it.Uses)+len(it.Counts))
+	for _, l := range it.Losses {
+		n = append(n, proto.Size(l))
+	}
+	for _, e := range it.Events {
+		n = append(n, proto.Size(e))
+	}
+	for _, u := range it.Uses {
+		n = append(n, proto.Size(u))
+	}
+	for _, c := range it.Counts {
+		n = append(n, proto.Size(c))
+	}
+	return n
+}
+
+// fillSome moves what fits of p into the open batch, or into a new one
+// when there is room, and reports whether there was a batch to fill; a
+// batch left with items to spare takes no more. Called with mu held.
+func (s *Sender) fillSome(p *pending) bool {
+	b := s.openBatch()
+	if b == nil {
+		return false
+	}
+	s.fill(b, p)
+	if !p.it.empty() {
+		b.full = true
+	}
+	return true
+}
+
+// fillAll moves all of p into the open batch and new ones; roomFor(p)
+// must be true. Called with mu held.
+func (s *Sender) fillAll(p *pending) {
+	for !p.it.empty() {
+		if !s.fillSome(p) {
+			return
+		}
+	}
+}
+
+// roomFor reports whether the batches held leave room for all of p now,
+// packed as fillAll packs them. Called with mu held.
+func (s *Sender) roomFor(p *pending) bool {
+	var open *load
+	if b := s.openable(); b != nil {
+		l := b.load()
+		open = &l
+	}
+	return s.newBatches(open, p.sizes, len(p.it.Losses)) <= s.cfg.MaxUnacked-len(s.queue)
+}
+
+// newBatches counts the new batches that items of sizes (the first
+// losses of them losses) need after topping up a batch loaded as open
+// (nil: none can take more), packed as fill packs them.
+func (s *Sender) newBatches(open *load, sizes []int, losses int) int {
+	var l load
+	n := 0
+	if open != nil {
+		l = *open
+	}
+	for i, size := range sizes {
+		if (open == nil && i == 0) || !s.takes(l, size) {
+			l = load{}
+			n++
+		}
+		l.bytes += size
+		if i < losses {
+			l.losses++
+		} else {
+			l.items++
+		}
+	}
+	return n
+}
+
+// fill moves what fits of p into b, in order: losses, events, uses,
 // counts. Called with mu held.
-func (s *Sender) fill(b *batch, it *Items) {
-	for len(it.Losses) > 0 && s.fits(b, proto.Size(it.Losses[0])) {
-		b.bytes += proto.Size(it.Losses[0])
-		b.losses = append(b.losses, it.Losses[0])
-		it.Losses = it.Losses[1:]
-	}
-	if len(it.Losses) > 0 {
-		return
-	}
-	for len(it.Events) > 0 && s.fits(b, proto.Size(it.Events[0])) {
-		b.bytes += proto.Size(it.Events[0])
-		b.events = append(b.events, it.Events[0])
-		s.unacked.Add(1)
-		it.Events = it.Events[1:]
-	}
-	if len(it.Events) > 0 {
-		return
-	}
-	for len(it.Uses) > 0 && s.fits(b, proto.Size(it.Uses[0])) {
-		b.bytes += proto.Size(it.Uses[0])
-		b.uses = append(b.uses, it.Uses[0])
-		it.Uses = it.Uses[1:]
-	}
-	if len(it.Uses) > 0 {
-		return
-	}
-	for len(it.Counts) > 0 && s.fits(b, proto.Size(it.Counts[0])) {
-		b.bytes += proto.Size(it.Counts[0])
-		b.counts = append(b.counts, it.Counts[0])
-		it.Counts = it.Counts[1:]
+func (s *Sender) fill(b *batch, p *pending) {
+	for len(p.sizes) > 0 && s.fits(b, p.sizes[0]) {
+		b.bytes += p.sizes[0]
+		p.sizes = p.sizes[1:]
+		it := &p.it
+		switch {
+		case len(it.Losses) > 0:
+			b.losses = append(b.losses, it.Losses[0])
+			it.Losses = it.Losses[1:]
+		case len(it.Events) > 0:
+			b.events = append(b.events, it.Events[0])
+			s.unacked.Add(1)
+			it.Events = it.Events[1:]
+		case len(it.Uses) > 0:
+			b.uses = append(b.uses, it.Uses[0])
+			it.Uses = it.Uses[1:]
+		default:
+			b.counts = append(b.counts, it.Counts[0])
+			it.Counts = it.Counts[1:]
+		}
 	}
 }
 
@@ -327,10 +416,8 @@ func (s *Sender) fill(b *batch, it *Items) {
 // has not been sent on the current stream and has room, else a new one, or
 // nil when MaxUnacked batches are held. Called with mu held.
 func (s *Sender) openBatch() *batch {
-	if n := len(s.queue); n > s.sent && n > 0 {
-		if b := s.queue[n-1]; !b.full && b.items() < s.cfg.MaxBatchEvents && b.bytes < s.cfg.MaxBatchBytes {
-			return b
-		}
+	if b := s.openable(); b != nil {
+		return b
 	}
 	if len(s.queue) >= s.cfg.MaxUnacked {
 		return nil
@@ -340,17 +427,36 @@ func (s *Sender) openBatch() *batch {
 	return b
 }
 
+// openable returns the last batch when it has not been sent on the
+// current stream and can take more items, else nil. Called with mu held.
+func (s *Sender) openable() *batch {
+	if n := len(s.queue); n > s.sent && n > 0 {
+		if b := s.queue[n-1]; !b.full && b.items() < s.cfg.MaxBatchEvents && b.bytes < s.cfg.MaxBatchBytes {
+			return b
+		}
+	}
+	return nil
+}
+
 // items counts the entries of b that MaxBatchEvents bounds: events, uses
 // and counts (a lineage-aware aggregator may count each as an event).
 func (b *batch) items() int { return len(b.events) + len(b.uses) + len(b.counts) }
 
-// fits reports whether an item of size n may join b; an empty batch takes
-// any one item.
-func (s *Sender) fits(b *batch, n int) bool {
-	if b.items()+len(b.losses) == 0 {
+// load is what a batch holds, as far as the batch bounds are concerned.
+type load struct{ items, losses, bytes int }
+
+func (b *batch) load() load { return load{items: b.items(), losses: len(b.losses), bytes: b.bytes} }
+
+// fits reports whether an item of size n may join b.
+func (s *Sender) fits(b *batch, n int) bool { return s.takes(b.load(), n) }
+
+// takes reports whether an item of size n may join a batch loaded as l;
+// an empty batch takes any one item.
+func (s *Sender) takes(l load, n int) bool {
+	if l.items+l.losses == 0 {
 		return true
 	}
-	return b.items() < s.cfg.MaxBatchEvents && b.bytes+n <= s.cfg.MaxBatchBytes
+	return l.items < s.cfg.MaxBatchEvents && l.bytes+n <= s.cfg.MaxBatchBytes
 }
 
 // placeMark attaches mark to the newest held batch, or reports it at once
