@@ -156,20 +156,16 @@ func (p *pipeline) Block(ctx context.Context, b follow.Block) error {
 	}
 	end := b.End()
 	end.ID.FP = bytes.Clone(end.ID.FP)
-	if len(losses) > 0 {
-		// Losses go first; the order among one block's items does not
-		// matter to the aggregator.
-		if err := p.snd.Enqueue(ctx, nil, losses, nil); err != nil {
-			return err
-		}
-	}
 	// Lineage matches and indexes the block before its token creates are
 	// queued: the watches they create find the lines after them.
 	it, ticket, err := p.lin.BlockMarked(ctx, b, len(p.events) > 0, p.filter.Marks())
 	if err != nil {
 		return err
 	}
-	it.Events = p.events
+	// The block's losses, token creates, uses and counts are queued with
+	// its mark, all or none: a restart from the checkpoint before the
+	// block reports none of them twice.
+	it.Events, it.Losses = p.events, losses
 	if err := p.snd.EnqueueItems(ctx, it, blockMark{pos: end, ticket: ticket}); err != nil {
 		return err
 	}
