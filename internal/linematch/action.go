@@ -102,8 +102,11 @@ type refScan struct {
 // and reads the value of "resource"; false when obj may be anything: a
 // second "resource", or one that is not a key with a string value.
 func (r *refScan) keys(obj []byte) bool {
-	at := -1
-	for i := 0; ; {
+	at, i := -1, 0
+	if len(obj) >= 10 && string(obj[:10]) == `"resource"` {
+		at, i = 10, 10 // the usual first key, without a search
+	}
+	for {
 		k := bytes.IndexByte(obj[i:], 'u')
 		if k < 0 {
 			break
@@ -141,11 +144,15 @@ func (r *refScan) value(obj []byte, i int) bool {
 	if i >= len(obj) || obj[i] != '"' {
 		return false
 	}
-	e := bytes.IndexByte(obj[i+1:], '"')
-	if e < 0 {
+	// A resource name is short: a loop costs less than a search's call.
+	e := i + 1
+	for e < len(obj) && obj[e] != '"' {
+		e++
+	}
+	if e == len(obj) {
 		return false
 	}
-	r.res = obj[i+1 : i+1+e]
+	r.res = obj[i+1 : e]
 	return true
 }
 
