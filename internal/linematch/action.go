@@ -27,7 +27,7 @@ func marksImpersonated(dst []int, block []byte) []int {
 		}
 		k += i
 		i = k + 1
-		if k >= 13 && k+5 <= len(block) && string(block[k-13:k+5]) == `"impersonatedUser"` {
+		if k >= 13 && block[k-1] == 'd' && k+5 <= len(block) && string(block[k-13:k+5]) == `"impersonatedUser"` {
 			dst = append(dst, k)
 		}
 	}
