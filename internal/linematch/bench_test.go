@@ -65,7 +65,8 @@ func benchSet(tb testing.TB) *Set {
 }
 
 // BenchmarkMatch measures the matcher on 1 MiB blocks against the
-// pre-filter on the same blocks. Run with
+// pre-filter on the same blocks, and the two as the agent runs them (the
+// matcher taking the pre-filter's marks). Run with
 //
 //	go test ./internal/linematch -run XXX -bench Match
 func BenchmarkMatch(b *testing.B) {
@@ -96,6 +97,15 @@ func BenchmarkMatch(b *testing.B) {
 		var hs []Hit
 		run("block-empty", func(bl []byte) { hs, _ = m.Block(hs[:0], bl, &Set{}) })
 		run("block-watched", func(bl []byte) { hs, _ = m.Block(hs[:0], bl, lg.watched) })
+		// As the agent reads: the pre-filter, then the matcher with its marks.
+		run("prefilter+block-empty", func(bl []byte) {
+			ms, _ = f.Block(ms[:0], bl)
+			hs, _ = m.BlockMarked(hs[:0], bl, &Set{}, f.Marks())
+		})
+		run("prefilter+block-watched", func(bl []byte) {
+			ms, _ = f.Block(ms[:0], bl)
+			hs, _ = m.BlockMarked(hs[:0], bl, lg.watched, f.Marks())
+		})
 	}
 }
 
