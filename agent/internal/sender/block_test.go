@@ -7,9 +7,7 @@ import (
 	"io"
 	"net"
 	"slices"
-	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 
@@ -23,20 +21,14 @@ import (
 type gate struct {
 	tokenwatchv1.UnimplementedAuditStreamServiceServer
 
-	mu      sync.Mutex
+	changes
 	ackUpTo uint64 // on the current stream; ^0 once open
 	last    uint64 // the newest batch received on the current stream
 	uses    map[string]int
 	order   []string // uses in arrival order
-	changed chan struct{}
 }
 
-func newGate() *gate { return &gate{uses: map[string]int{}, changed: make(chan struct{})} }
-
-func (g *gate) notifyLocked() {
-	close(g.changed)
-	g.changed = make(chan struct{})
-}
+func newGate() *gate { return &gate{uses: map[string]int{}, changes: newChanges()} }
 
 // ackTo acknowledges the current stream's batches up to seq.
 func (g *gate) ackTo(seq uint64) {
@@ -48,27 +40,6 @@ func (g *gate) ackTo(seq uint64) {
 
 // open acknowledges every batch from now on.
 func (g *gate) open() { g.ackTo(^uint64(0)) }
-
-// wait blocks until cond (called with mu held) is true; 20 s is a failure
-// bound, not a measurement.
-func (g *gate) wait(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for {
-		g.mu.Lock()
-		ok, ch := cond(), g.changed
-		g.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
 
 func (g *gate) Stream(stream grpc.BidiStreamingServer[tokenwatchv1.StreamRequest, tokenwatchv1.StreamResponse]) error {
 	first, err := stream.Recv()

@@ -29,34 +29,44 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type stub struct {
 	tokenwatchv1.UnimplementedAuditStreamServiceServer
 
-	mu         sync.Mutex
+	changes
 	hold       bool
 	hellos     []*tokenwatchv1.Hello
 	events     []string // audit IDs, in arrival order, all streams
 	seqs       [][]uint64
 	heartbeats []*tokenwatchv1.Heartbeat
 	violations []string
-	changed    chan struct{} // closed and replaced on every message
 }
 
 var _ tokenwatchv1.AuditStreamServiceServer = (*stub)(nil)
 
-func newStub(hold bool) *stub { return &stub{hold: hold, changed: make(chan struct{})} }
+func newStub(hold bool) *stub { return &stub{hold: hold, changes: newChanges()} }
 
-func (st *stub) notify() {
-	close(st.changed)
-	st.changed = make(chan struct{})
+// changes is the state of a test server that tests wait on: mu guards it,
+// and changed is closed and replaced on every change (notifyLocked).
+type changes struct {
+	mu      sync.Mutex
+	changed chan struct{}
 }
 
-// wait blocks until cond (called with mu held) is true.
-func (st *stub) wait(t *testing.T, what string, cond func() bool) {
+func newChanges() changes { return changes{changed: make(chan struct{})} }
+
+// notifyLocked wakes the waiters. Called with mu held.
+func (c *changes) notifyLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// wait blocks until cond (called with mu held) is true; 20 s is a failure
+// bound, not a measurement.
+func (c *changes) wait(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for {
-		st.mu.Lock()
-		ok, ch := cond(), st.changed
-		st.mu.Unlock()
+		c.mu.Lock()
+		ok, ch := cond(), c.changed
+		c.mu.Unlock()
 		if ok {
 			return
 		}
@@ -82,7 +92,7 @@ func (st *stub) Stream(stream grpc.BidiStreamingServer[tokenwatchv1.StreamReques
 	st.hellos = append(st.hellos, first.GetHello())
 	st.seqs = append(st.seqs, nil)
 	stream_ := len(st.seqs) - 1
-	st.notify()
+	st.notifyLocked()
 	st.mu.Unlock()
 	if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Welcome{Welcome: &tokenwatchv1.Welcome{Cluster: first.GetHello().Cluster}}}); err != nil {
 		return err
@@ -118,7 +128,7 @@ func (st *stub) Stream(stream grpc.BidiStreamingServer[tokenwatchv1.StreamReques
 				ack = b.Seq
 			}
 		}
-		st.notify()
+		st.notifyLocked()
 		st.mu.Unlock()
 		if ack > 0 {
 			if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Ack{Ack: &tokenwatchv1.Ack{Seq: ack}}}); err != nil {
@@ -443,42 +453,15 @@ func TestBatchBytesBound(t *testing.T) {
 type throttler struct {
 	tokenwatchv1.UnimplementedAuditStreamServiceServer
 
-	mu      sync.Mutex
+	changes
 	acking  bool
 	held    int // streams that reached their hold, ever
 	events  map[string]bool
 	release chan struct{}
-	changed chan struct{} // closed and replaced on every change
 }
 
 func newThrottler() *throttler {
-	return &throttler{events: map[string]bool{}, release: make(chan struct{}), changed: make(chan struct{})}
-}
-
-func (th *throttler) notifyLocked() {
-	close(th.changed)
-	th.changed = make(chan struct{})
-}
-
-// wait blocks until cond (called with mu held) is true; 20 s is a failure
-// bound, not a measurement.
-func (th *throttler) wait(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for {
-		th.mu.Lock()
-		ok, ch := cond(), th.changed
-		th.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
+	return &throttler{events: map[string]bool{}, release: make(chan struct{}), changes: newChanges()}
 }
 
 // endHeld ends the streams that are held now, and serves later ones normally
