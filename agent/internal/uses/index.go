@@ -151,9 +151,12 @@ func (x *blockIndex) find(dst []linematch.Location, from int64, keep func(linema
 	return dst
 }
 
-// stageKey is the key of an audit event's stageTimestamp, its top-level
-// one being the last in a line (audit.Event's field order; a quote inside
-// a string is escaped, so the key cannot be spelled by a value).
+// stageKey is the key of an audit event's stageTimestamp. A value cannot
+// spell it (a quote inside a string is escaped), and in audit.Event's field
+// order the top-level one comes after requestObject and responseObject;
+// only an annotation key could follow it, and those the apiserver does not
+// set itself are prefixed ("<webhook>/..."). A time that does not parse
+// leaves the block's bound at its read time.
 var stageKey = []byte(`"stageTimestamp":"`)
 
 // lastLogged returns the stageTimestamp of the last line of block, zero
