@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Decode decodes one audit log line: a JSON object holding an
@@ -29,10 +31,12 @@ func Decode(line []byte) (*Event, error) {
 		// No excerpt of the line: a torn line may start inside a token.
 		return nil, errors.New("decode audit event: not a JSON object")
 	}
-	// Fast path: encoding/json into a struct, one pass. It matches keys
-	// case-insensitively and merges duplicate objects, so it is used only
-	// when a scan of the keys shows neither can matter; otherwise (and on
-	// any error) the exact decoder decides.
+	// Fast path: JSON v2 into a struct, one pass. Its defaults are the
+	// exact decoder's rules or stricter: names match case-sensitively, a
+	// name twice in one object is an error, and so is invalid UTF-8 or a
+	// value of the wrong type. On any error the exact decoder decides: it
+	// takes the last of duplicates, replaces invalid UTF-8 and leaves a
+	// wrong-typed field absent, as encoding/json does.
 	if e, ok := decodeFast(line); ok {
 		return e, nil
 	}
@@ -70,18 +74,17 @@ type fastEvent struct {
 	UserAgent                string            `json:"userAgent"`
 	ObjectRef                *ObjectReference  `json:"objectRef"`
 	ResponseStatus           *Status           `json:"responseStatus"`
-	RequestObject            json.RawMessage   `json:"requestObject"`
+	RequestObject            jsontext.Value    `json:"requestObject"`
 	RequestReceivedTimestamp string            `json:"requestReceivedTimestamp"`
 	StageTimestamp           string            `json:"stageTimestamp"`
 	Annotations              map[string]string `json:"annotations"`
 }
 
+// decodeFast decodes line in one pass with JSON v2's default rules; false
+// when they reject it (see Decode).
 func decodeFast(line []byte) (*Event, bool) {
 	var f fastEvent
-	if err := json.Unmarshal(line, &f); err != nil {
-		return nil, false
-	}
-	if ambiguousKeys(line) {
+	if err := jsonv2.Unmarshal(line, &f); err != nil {
 		return nil, false
 	}
 	e := &Event{
@@ -93,124 +96,12 @@ func decodeFast(line []byte) (*Event, bool) {
 	}
 	if e.IsTokenCreate() && len(f.RequestObject) > 0 && !bytes.Equal(f.RequestObject, []byte("null")) {
 		tr := &TokenRequest{}
-		if err := json.Unmarshal(f.RequestObject, tr); err != nil {
+		if err := jsonv2.Unmarshal(f.RequestObject, tr); err != nil {
 			return nil, false
 		}
 		e.RequestObject = tr
 	}
 	return e, true
-}
-
-// fieldBits numbers the JSON names of every field Event decodes, at any
-// level.
-var fieldBits = func() map[string]uint64 {
-	names := []string{
-		"level", "auditID", "stage", "requestURI", "verb", "user", "impersonatedUser", "sourceIPs",
-		"userAgent", "objectRef", "responseStatus", "requestObject", "requestReceivedTimestamp",
-		"stageTimestamp", "annotations", "username", "uid", "groups", "extra", "resource",
-		"namespace", "name", "apiGroup", "apiVersion", "subresource", "status", "message", "reason",
-		"code", "spec", "audiences", "expirationSeconds", "boundObjectRef", "kind",
-	}
-	m := make(map[string]uint64, len(names))
-	for i, n := range names {
-		m[n] = 1 << i
-	}
-	return m
-}()
-
-// foldedFields holds the lower-case forms of fieldBits' names.
-var foldedFields = func() map[string]bool {
-	m := make(map[string]bool, len(fieldBits))
-	for n := range fieldBits {
-		m[strings.ToLower(n)] = true
-	}
-	return m
-}()
-
-const maxFieldLen = len("requestReceivedTimestamp")
-
-// maxScanDepth bounds the nesting the key scan follows.
-const maxScanDepth = 64
-
-// ambiguousKeys reports whether line, valid JSON, has a key on which
-// encoding/json's struct decoding could differ from exact decoding: a key
-// equal to a field name only up to case, an escaped or non-ASCII key, a
-// field name twice in one object, or nesting deeper than maxScanDepth.
-func ambiguousKeys(line []byte) bool {
-	var seen [maxScanDepth]uint64
-	var lower [maxFieldLen]byte
-	depth := -1
-	for i := 0; i < len(line); i++ {
-		switch line[i] {
-		case '{', '[':
-			depth++
-			if depth >= maxScanDepth {
-				return true
-			}
-			seen[depth] = 0
-		case '}', ']':
-			depth--
-		case '"':
-			j, plain := endOfString(line, i+1)
-			k := skipSpace(line, j+1)
-			if k < len(line) && line[k] == ':' && depth >= 0 {
-				if !plain || repeatedKey(line[i+1:j], &seen[depth], &lower) {
-					return true
-				}
-			}
-			i = j
-		}
-	}
-	return false
-}
-
-// endOfString returns the index of the quote that ends the JSON string
-// starting at i (len(line) when none), and whether the string is plain:
-// no escapes, no bytes beyond ASCII.
-func endOfString(line []byte, i int) (int, bool) {
-	plain := true
-	for ; i < len(line) && line[i] != '"'; i++ {
-		switch {
-		case line[i] == '\\':
-			plain = false
-			i++
-		case line[i] >= 0x80:
-			plain = false
-		}
-	}
-	return i, plain
-}
-
-// skipSpace returns the index of the first byte at or after k that is not
-// JSON whitespace.
-func skipSpace(line []byte, k int) int {
-	for k < len(line) && (line[k] == ' ' || line[k] == '\t' || line[k] == '\n' || line[k] == '\r') {
-		k++
-	}
-	return k
-}
-
-// repeatedKey reports whether the plain object key makes the line
-// ambiguous: a field we read seen before in the same object (*seen holds
-// their bits), or a case variant of one.
-func repeatedKey(key []byte, seen *uint64, lower *[maxFieldLen]byte) bool {
-	if bit, ok := fieldBits[string(key)]; ok {
-		if *seen&bit != 0 {
-			return true
-		}
-		*seen |= bit
-		return false
-	}
-	if len(key) > maxFieldLen {
-		return false
-	}
-	for n, c := range key {
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		lower[n] = c
-	}
-	return foldedFields[string(lower[:len(key)])]
 }
 
 type fields map[string]json.RawMessage

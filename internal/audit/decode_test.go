@@ -292,27 +292,46 @@ func BenchmarkDecode(b *testing.B) {
 	}
 }
 
-// TestFastPath: lines as kube-apiserver writes them take the one-pass path;
-// ambiguous ones go to the exact decoder.
+// TestFastPath: lines as kube-apiserver writes them take the one-pass
+// path; on lines where JSON v2's defaults and the exact decoder could part
+// (case variants, duplicates, escaped names, invalid UTF-8, lone surrogates,
+// wrong types, deep nesting) the fast path either declines or gives the
+// exact decoder's result.
 func TestFastPath(t *testing.T) {
 	tests := []struct {
 		give string
-		want bool // ambiguous
+		fast bool // the fast path must take it
 	}{
-		{canonical, false},
-		{`{"Verb":"create"}`, true},
-		{`{"objectRef":{"Name":"x"}}`, true},
-		{`{"verb":"a","verb":"b"}`, true},
-		{`{"\u0076erb":"create"}`, true},
-		{"{\"v\u00e9rb\":1}", true},
-		{`{"a":{"verb":1},"b":{"verb":2}}`, false},
-		{`{"s":"\"Verb\":1"}`, false},
-		{`{"labels":{"Team":"a"}}`, false},
-		{strings.Repeat(`{"a":`, 70) + "1" + strings.Repeat("}", 70), true},
+		{canonical, true},
+		{`{"a":{"verb":1},"b":{"verb":2}}`, true},
+		{`{"s":"\"Verb\":1"}`, true},
+		{`{"labels":{"Team":"a"}}`, true},
+		{`{"Verb":"create"}`, false},
+		{`{"objectRef":{"Name":"x"}}`, false},
+		{`{"verb":"a","verb":"b"}`, false},
+		{`{"\u0076erb":"create"}`, false},
+		{`{"verb":"create","\u0076erb":"get"}`, false},
+		{"{\"v\u00e9rb\":1}", false},
+		{"{\"verb\":\"\xff\"}", false},
+		{`{"verb":"\ud800x"}`, false},
+		{`{"annotations":{"a":"1","a":"2"}}`, false},
+		{`{"responseStatus":{"code":1e0}}`, false},
+		{`{"responseStatus":{"code":-0}}`, false},
+		{strings.Repeat(`{"a":`, 70) + "1" + strings.Repeat("}", 70), false},
 	}
 	for _, tt := range tests {
-		if got := ambiguousKeys([]byte(tt.give)); got != tt.want {
-			t.Errorf("ambiguousKeys(%.40s) = %v, want %v", tt.give, got, tt.want)
+		exact, err := decodeExact([]byte(tt.give))
+		if err != nil {
+			t.Fatalf("exact decoder on %.40q: %v", tt.give, err)
+		}
+		got, ok := decodeFast([]byte(tt.give))
+		if tt.fast && !ok {
+			t.Errorf("decodeFast(%.40q) declined a plain line", tt.give)
+		}
+		if ok {
+			if diff := cmp.Diff(exact, got); diff != "" {
+				t.Errorf("decodeFast(%.40q) differs from the exact decoder (-exact +fast):\n%s", tt.give, diff)
+			}
 		}
 	}
 }
