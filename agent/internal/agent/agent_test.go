@@ -34,6 +34,7 @@ type aggregator struct {
 
 	mu      sync.Mutex
 	hold    bool
+	beatMs  uint32 // the heartbeat interval it asks for (0: the agent's default)
 	hellos  []*tokenwatchv1.Hello
 	events  []string
 	tokens  []*tokenwatchv1.TokenEvent
@@ -71,7 +72,10 @@ func (a *aggregator) Stream(stream grpc.BidiStreamingServer[tokenwatchv1.StreamR
 	a.mu.Lock()
 	a.hellos = append(a.hellos, first.GetHello())
 	a.mu.Unlock()
-	if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Welcome{Welcome: &tokenwatchv1.Welcome{}}}); err != nil {
+	a.mu.Lock()
+	w := &tokenwatchv1.Welcome{HeartbeatIntervalMs: a.beatMs}
+	a.mu.Unlock()
+	if err := stream.Send(&tokenwatchv1.StreamResponse{Msg: &tokenwatchv1.StreamResponse_Welcome{Welcome: w}}); err != nil {
 		return err
 	}
 	for {

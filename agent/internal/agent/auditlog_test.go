@@ -90,6 +90,9 @@ func TestAuditLogAbsent(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "missing")
 	logPath := filepath.Join(dir, "audit.log")
 	agg, addr := newAggregator(t, false)
+	// Heartbeats often: the first can leave before the follower has looked
+	// at the file, and the default 10 s would outlast eventually's wait.
+	agg.beatMs = 20
 	cfg := config(logPath, addr, "")
 	cfg.MetricsAddr = freeAddr(t)
 	var logs syncBuffer
