@@ -287,10 +287,9 @@ func (s *Server) readHello(ctx context.Context, stream tokenwatchv1.AuditStreamS
 // once Process recorded it durably: acks go out in order, and after a
 // batch that was not recorded nothing more is processed or
 // acknowledged. Only the receiver calls Recv (interceptors rely on
-// it), so a committer's failure ends the stream once the next message
-// arrives or the agent closes it: the agent, missing its acks, sends a
-// heartbeat within the interval at the latest. So does a failure of the
-// stream's outbox (out), which sends the acks and the watch updates.
+// it); a committer's failure, or a failure of the stream's outbox (out),
+// which sends the acks and the watch updates, ends the stream at once: serve
+// returns, and its receiver and committer stop after it.
 //
 // Every message is read within the fleet-wide memory budget (memory.go):
 // the receiver reserves about the size of its previous message before
@@ -322,21 +321,36 @@ func (s *Server) serve(ctx context.Context, stream tokenwatchv1.AuditStreamServi
 		// and no more is committed. Returning ends the stream (and so its
 		// receiver and committer) after them.
 		return status.Error(codes.Unavailable, "aggregator shutting down")
+	case <-failed:
+		// A batch was not recorded, so nothing more is: end the stream
+		// now, not at the agent's next message.
+		return commitErr
+	case <-out.gone:
+		// Nothing more can be sent (a failed Send, or watch updates the
+		// agent did not read in time): end the stream now too.
+		return outboxEnded(out, log)
 	}
 	if commitErr != nil {
 		return commitErr
 	}
 	select {
 	case <-out.gone:
-		if errors.Is(out.stopped(), errWatchOverflow) {
-			log.Warn("agent stream ended: its lineage watch updates backed up")
-		}
-		return out.stopped()
+		return outboxEnded(out, log)
 	default:
 	}
 	if errors.Is(err, io.EOF) {
 		log.Info("agent disconnected")
 		return nil
+	}
+	return err
+}
+
+// outboxEnded returns the error that ended a stream's outbox, and logs the
+// case the agent should hear of.
+func outboxEnded(out *outbox, log *slog.Logger) error {
+	err := out.stopped()
+	if errors.Is(err, errWatchOverflow) {
+		log.Warn("agent stream ended: its lineage watch updates backed up")
 	}
 	return err
 }

@@ -269,7 +269,7 @@ func TestLineageFullSetChunked(t *testing.T) {
 }
 
 // TestLineageSlowStreamDropped: a lineage stream whose agent reads nothing
-// is ended once its pending updates pass the bound, counted, while the
+// is ended, at once, once its pending updates pass the bound, counted, while the
 // other streams' batches are acknowledged and their updates delivered
 // throughout.
 func TestLineageSlowStreamDropped(t *testing.T) {
@@ -315,10 +315,17 @@ func TestLineageSlowStreamDropped(t *testing.T) {
 	if got := metricValue(t, reg, "tokenwatch_aggregator_lineage_streams"); got != 1 {
 		t.Errorf("lineage streams = %v, want 1 (the fast one)", got)
 	}
-	// The slow stream ends with its next message.
-	send(t, slow, heartbeat())
-	if code := recvErr(t, slow); code != codes.ResourceExhausted {
-		t.Errorf("slow stream ended with %v, want ResourceExhausted", code)
+	// The slow stream ends at once, its agent sending nothing more (it
+	// used to end only with its next message).
+	ended := make(chan codes.Code, 1)
+	go func() { ended <- recvErr(t, slow) }()
+	select {
+	case code := <-ended:
+		if code != codes.ResourceExhausted {
+			t.Errorf("slow stream ended with %v, want ResourceExhausted", code)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the slow stream did not end until its agent sent something")
 	}
 	seq++
 	p.willAdd("last", tokenWatch("j-last"))
