@@ -186,8 +186,8 @@ func (m *Matcher) window(dst []span, w []byte, off int, s *Set) []span {
 	for _, k := range sc.legacys {
 		dst = appendLine(dst, w, k, Legacy)
 	}
+	sc.marksKeys(w, s.needsJTI(), s.needsUsers())
 	if s.needsJTI() {
-		sc.jtis = marksJTI(sc.jtis, w)
 		for _, j := range sc.jtis {
 			if why := s.jtiAt(w, j); why != 0 {
 				dst = appendLine(dst, w, j, why)
@@ -219,9 +219,7 @@ func (m *Matcher) marked(off, end int) {
 // is read within its line.
 func (m *Matcher) followed(dst []span, block []byte, s *Set) []span {
 	sc := &m.sc
-	sc.acts = marksObjectRef(sc.acts, block)
-	sc.acts = marksImpersonated(sc.acts, block)
-	for _, k := range sc.acts {
+	for _, k := range sc.acts { // marksKeys found them
 		sc.lines = appendLine(sc.lines, block, k, ActorUser)
 	}
 	sc.lines = mergeSpans(sc.lines, 0)

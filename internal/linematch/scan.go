@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 
+	"github.com/gofiber/utils/v2/simd"
 	"github.com/tokenwatch/tokenwatch/internal/prefilter"
 )
 
@@ -243,31 +244,83 @@ func (sc *blockScan) escapes(block []byte) {
 // what they look for holds. They are written out, one per byte, so that the
 // check inlines: most stops are not a match.
 
-// marksJTI appends the positions of "JTI=".
-func marksJTI(dst []int, block []byte) []int {
-	for i := 0; ; {
-		k := bytes.IndexByte(block[i:], 'J')
-		if k < 0 {
-			return dst
+// marksKeys records in one pass over block the positions of "JTI=" (in
+// sc.jtis) when jti is set, and when act is set those of the keys of a
+// sensitive action (in sc.acts): the 'j' of each "objectRef" whose value
+// may name one (objectRefActAt) and the 'U' of each "impersonatedUser".
+// One search for the two or three bytes costs about what a search for one
+// does: each pass over the window is mostly the reading of it.
+func (sc *blockScan) marksKeys(block []byte, jti, act bool) {
+	switch {
+	case jti && act:
+		sc.marksBoth(block)
+	case jti:
+		for i := 0; ; {
+			k := bytes.IndexByte(block[i:], 'J')
+			if k < 0 {
+				return
+			}
+			k += i
+			i = k + 1
+			sc.markJTI(block, k)
 		}
-		k += i
-		i = k + 1
-		if isJTIAt(block, k) {
-			dst = append(dst, k)
+	case act:
+		for i := 0; ; {
+			k := simd.Memchr2(block[i:], 'j', 'U')
+			if k < 0 {
+				return
+			}
+			k += i
+			i = k + 1
+			sc.markAct(block, k)
 		}
 	}
 }
 
+// marksBoth is marksKeys with jti and act set.
+func (sc *blockScan) marksBoth(block []byte) {
+	for i := 0; ; {
+		k := simd.Memchr3(block[i:], 'J', 'j', 'U')
+		if k < 0 {
+			return
+		}
+		k += i
+		i = k + 1
+		if block[k] == 'J' {
+			sc.markJTI(block, k)
+		} else {
+			sc.markAct(block, k)
+		}
+	}
+}
+
+// markJTI records the 'J' at k if it starts "JTI=".
+func (sc *blockScan) markJTI(block []byte, k int) {
+	if isJTIAt(block, k) {
+		sc.jtis = append(sc.jtis, k)
+	}
+}
+
+// markAct records the 'j' or 'U' at k if it is that of a key of a
+// sensitive action.
+func (sc *blockScan) markAct(block []byte, k int) {
+	if block[k] == 'j' && objectRefActAt(block, k) || block[k] == 'U' && impersonatedAt(block, k) {
+		sc.acts = append(sc.acts, k)
+	}
+}
+
 // marksUsername appends the positions of the 'm' of "username" strings.
+// It stops only at an 'm' with a quote two bytes on ("me"): most 'm's of a
+// line are not, and every "username" string is.
 func marksUsername(dst []int, block []byte) []int {
 	for i := 0; ; {
-		k := bytes.IndexByte(block[i:], 'm')
+		k := simd.MemchrPair(block[i:], 'm', '"', 2)
 		if k < 0 {
 			return dst
 		}
 		k += i
 		i = k + 1
-		if k >= 7 && block[k-1] == 'a' && block[k-2] == 'n' && usernameAt(block, k) {
+		if usernameAt(block, k) {
 			dst = append(dst, k)
 		}
 	}
