@@ -3,6 +3,8 @@ package prefilter
 import (
 	"bytes"
 
+	"github.com/gofiber/utils/v2/simd"
+
 	"github.com/tokenwatch/tokenwatch/internal/audit"
 )
 
@@ -16,12 +18,18 @@ type Span struct {
 // last line without a newline is treated as a line too.
 func Candidates(dst []Span, block []byte) []Span { return candidates(dst, block, nil) }
 
-// candidates is Candidates that also records mk's marks when mk is not nil.
+// candidates is Candidates that also records mk's marks when mk is not nil:
+// without marks, it searches for the literal and for escapes in turn, each
+// pass leaving a line at its first find; with them, in one pass that reads
+// every 'k' and every backslash (marked).
 func candidates(dst []Span, block []byte, mk *Marks) []Span {
+	if mk != nil {
+		return marked(dst, block, mk)
+	}
 	base := len(dst)
-	dst = literal(dst, block, mk)
+	dst = literal(dst, block)
 	nlit := len(dst)
-	dst = escaped(dst, block, mk)
+	dst = escaped(dst, block)
 	if len(dst) > nlit && nlit > base {
 		dst = merge(dst, base, nlit)
 	}
@@ -61,11 +69,8 @@ func (mk *Marks) reset() {
 	mk.Escapes, mk.Legacy = mk.Escapes[:0], mk.Legacy[:0]
 }
 
-// literal finds lines holding `"token"` by searching for its rarest byte;
-// with mk, it also records the "legacy-token"s it stops at (and so reads
-// on after a line's first `"token"`).
-func literal(dst []Span, block []byte, mk *Marks) []Span {
-	base := len(dst)
+// literal finds lines holding `"token"` by searching for its rarest byte.
+func literal(dst []Span, block []byte) []Span {
 	for i := 0; ; {
 		k := bytes.IndexByte(block[i:], 'k')
 		if k < 0 {
@@ -73,60 +78,69 @@ func literal(dst []Span, block []byte, mk *Marks) []Span {
 		}
 		k += i
 		i = k + 1
-		if k < 3 || block[k-1] != 'o' || block[k-2] != 't' {
+		if k < 3 || block[k-1] != 'o' || block[k-2] != 't' || block[k-3] != '"' ||
+			k+3 >= len(block) || block[k+1] != 'e' || block[k+2] != 'n' || block[k+3] != '"' {
 			continue
 		}
-		switch {
-		case k+3 < len(block) && block[k-3] == '"' && block[k+1] == 'e' && block[k+2] == 'n' && block[k+3] == '"':
-			if n := len(dst); n > base && k < dst[n-1].End {
-				continue // its line is in
-			}
-			s := lineAt(block, k)
-			dst = append(dst, s)
-			if mk == nil {
-				i = s.End
-			}
-		case mk != nil && k >= 9 && k+3 <= len(block) && string(block[k-9:k+3]) == "legacy-token":
-			mk.Legacy = append(mk.Legacy, k-9)
-		}
+		s := lineAt(block, k)
+		dst = append(dst, s)
+		i = s.End
 		if i >= len(block) {
 			return dst
 		}
 	}
 }
 
-// escaped finds lines holding a \u escape of one of the letters of "token";
-// with mk, it reads every escape and records it.
-func escaped(dst []Span, block []byte, mk *Marks) []Span {
-	if mk == nil {
-		for i := 0; ; {
-			b := IndexEscape(block[i:], &tokenLetters)
-			if b < 0 {
-				return dst
-			}
-			s := lineAt(block, i+b)
-			dst = append(dst, s)
-			i = s.End
-			if i >= len(block) {
-				return dst
-			}
-		}
-	}
+// marked is candidates with marks: literal and escaped in one pass, which
+// stops at every 'k' and every backslash of block. Its spans are in block
+// order without duplicates, as each is added at a stop past the last.
+func marked(dst []Span, block []byte, mk *Marks) []Span {
 	base := len(dst)
 	for i := 0; ; {
-		k := bytes.IndexByte(block[i:], '\\')
+		k := simd.Memchr2(block[i:], 'k', '\\')
 		if k < 0 {
 			return dst
 		}
 		k += i
 		i = k + 1
-		c, ok := escapeAt(block, k)
-		if !ok {
+		in := len(dst) > base && k < dst[len(dst)-1].End // its line is in
+		if block[k] == '\\' {
+			c, ok := escapeAt(block, k)
+			if !ok {
+				continue
+			}
+			mk.Escapes = append(mk.Escapes, Escape{Pos: k, Byte: c})
+			if tokenLetters[c] && !in {
+				dst = append(dst, lineAt(block, k))
+			}
 			continue
 		}
-		mk.Escapes = append(mk.Escapes, Escape{Pos: k, Byte: c})
-		if n := len(dst); tokenLetters[c] && (n == base || k >= dst[n-1].End) {
-			dst = append(dst, lineAt(block, k))
+		if k < 3 || block[k-1] != 'o' || block[k-2] != 't' {
+			continue
+		}
+		switch {
+		case k+3 < len(block) && block[k-3] == '"' && block[k+1] == 'e' && block[k+2] == 'n' && block[k+3] == '"':
+			if !in {
+				dst = append(dst, lineAt(block, k))
+			}
+		case k >= 9 && k+3 <= len(block) && string(block[k-9:k+3]) == "legacy-token":
+			mk.Legacy = append(mk.Legacy, k-9)
+		}
+	}
+}
+
+// escaped finds lines holding a \u escape of one of the letters of "token".
+func escaped(dst []Span, block []byte) []Span {
+	for i := 0; ; {
+		b := IndexEscape(block[i:], &tokenLetters)
+		if b < 0 {
+			return dst
+		}
+		s := lineAt(block, i+b)
+		dst = append(dst, s)
+		i = s.End
+		if i >= len(block) {
+			return dst
 		}
 	}
 }
