@@ -44,6 +44,8 @@ func TestBlockWindows(t *testing.T) {
 		r(withJTI, "JTI=8", `JTI=\u0038`, 1),
 		r(genuineGet, `"annotations":{`, `"annotations":{"authentication.k8s.io/legacy-token":"system:serviceaccount:ns:sa",`, 1),
 		r(genuineGet, `"annotations":{`, `"annotations":{"authentication.k8s.io/leg\u0061cy-token":"system:serviceaccount:ns:sa",`, 1),
+		r(genuineGet, `"annotations":{`, `"annotations":{"authentication.k8s.io/legacy-toke\u006e":"system:serviceaccount:ns:sa",`, 1),
+		r(genuineGet, `"annotations":{`, `"annotations":{"authentication.k8s.io/legacy-token-x":"system:serviceaccount:ns:sa",`, 1),
 		r(genuineGet, `?limit=500`, `?limit=500\u0026x=1`, 1),
 	}
 	var b strings.Builder

@@ -168,9 +168,11 @@ func isJTIAt(b []byte, j int) bool {
 	return j+4 <= len(b) && b[j] == 'J' && b[j+1] == 'T' && b[j+2] == 'I' && b[j+3] == '='
 }
 
-// legacyAt reports whether "legacy-token" holds the 'y' at k.
+// legacyAt reports whether `legacy-token"` holds the 'y' at k: the end of
+// the key of the annotation authentication.k8s.io/legacy-token, unless an
+// escape writes a byte of it (then the escape makes the line a candidate).
 func legacyAt(b []byte, k int) bool {
-	return k >= 5 && k+7 <= len(b) && string(b[k-5:k+7]) == "legacy-token"
+	return k >= 5 && k+8 <= len(b) && string(b[k-5:k+8]) == `legacy-token"`
 }
 
 // Escape classes: the searches an escaped byte could hide something from.
@@ -326,7 +328,7 @@ func marksUsername(dst []int, block []byte) []int {
 	}
 }
 
-// marksLegacy appends the positions of the 'y' of "legacy-token".
+// marksLegacy appends the positions of the 'y' of each `legacy-token"`.
 func marksLegacy(dst []int, block []byte) []int {
 	for i := 0; ; {
 		k := bytes.IndexByte(block[i:], 'y')

@@ -47,11 +47,13 @@ type Escape struct {
 // Marks are what the pre-filter's searches of a block saw on their way that
 // a later search of the same block can use instead of reading it again, in
 // block order: every \u00XX escape (the escape search stops at each
-// backslash) and every "legacy-token" (the literal search stops at each
-// 'k'; lineage matches that annotation).
+// backslash) and every "legacy-token" that ends a string (the literal
+// search stops at each 'k' with a quote three bytes on; lineage matches
+// the annotation authentication.k8s.io/legacy-token, whose key ends so
+// unless an escape writes its end).
 type Marks struct {
 	Escapes []Escape
-	Legacy  []int // the index of the 'l' of each "legacy-token"
+	Legacy  []int // the index of the 'l' of each `legacy-token"`
 }
 
 // maxKeptMarks bounds the marks whose memory a Filter keeps between
@@ -91,40 +93,57 @@ func literal(dst []Span, block []byte) []Span {
 	}
 }
 
-// marked is candidates with marks: literal and escaped in one pass, which
-// stops at every 'k' and every backslash of block. Its spans are in block
-// order without duplicates, as each is added at a stop past the last.
+// marked is candidates with marks. Its first pass stops only at a 'k'
+// with a quote three bytes on, as in "token" and in "legacy-token" ending a
+// string (the annotation's key; written otherwise, the escapes find it), so
+// most 'k's of a line cost nothing; its second stops at every backslash.
 func marked(dst []Span, block []byte, mk *Marks) []Span {
 	base := len(dst)
 	for i := 0; ; {
-		k := simd.Memchr2(block[i:], 'k', '\\')
+		k := simd.MemchrPair(block[i:], 'k', '"', 3)
+		if k < 0 {
+			break
+		}
+		k += i
+		i = k + 1
+		if k < 3 || block[k-1] != 'o' || block[k-2] != 't' {
+			continue
+		}
+		switch {
+		case block[k-3] == '"' && block[k+1] == 'e' && block[k+2] == 'n':
+			if n := len(dst); n == base || k >= dst[n-1].End {
+				dst = append(dst, lineAt(block, k))
+			}
+		case k >= 9 && string(block[k-9:k+4]) == `legacy-token"`:
+			mk.Legacy = append(mk.Legacy, k-9)
+		}
+	}
+	nlit := len(dst)
+	dst = markEscapes(dst, block, mk)
+	if len(dst) > nlit && nlit > base {
+		dst = merge(dst, base, nlit)
+	}
+	return dst
+}
+
+// markEscapes records every escape of block in mk and appends the lines
+// holding one of a letter of "token".
+func markEscapes(dst []Span, block []byte, mk *Marks) []Span {
+	base := len(dst)
+	for i := 0; ; {
+		k := bytes.IndexByte(block[i:], '\\')
 		if k < 0 {
 			return dst
 		}
 		k += i
 		i = k + 1
-		in := len(dst) > base && k < dst[len(dst)-1].End // its line is in
-		if block[k] == '\\' {
-			c, ok := escapeAt(block, k)
-			if !ok {
-				continue
-			}
-			mk.Escapes = append(mk.Escapes, Escape{Pos: k, Byte: c})
-			if tokenLetters[c] && !in {
-				dst = append(dst, lineAt(block, k))
-			}
+		c, ok := escapeAt(block, k)
+		if !ok {
 			continue
 		}
-		if k < 3 || block[k-1] != 'o' || block[k-2] != 't' {
-			continue
-		}
-		switch {
-		case k+3 < len(block) && block[k-3] == '"' && block[k+1] == 'e' && block[k+2] == 'n' && block[k+3] == '"':
-			if !in {
-				dst = append(dst, lineAt(block, k))
-			}
-		case k >= 9 && k+3 <= len(block) && string(block[k-9:k+3]) == "legacy-token":
-			mk.Legacy = append(mk.Legacy, k-9)
+		mk.Escapes = append(mk.Escapes, Escape{Pos: k, Byte: c})
+		if n := len(dst); tokenLetters[c] && (n == base || k >= dst[n-1].End) {
+			dst = append(dst, lineAt(block, k))
 		}
 	}
 }

@@ -191,7 +191,7 @@ func refMarks(block []byte) Marks {
 				mk.Escapes = append(mk.Escapes, Escape{Pos: k, Byte: byte(v)})
 			}
 		}
-		if bytes.HasPrefix(block[k:], []byte("legacy-token")) {
+		if bytes.HasPrefix(block[k:], []byte(`legacy-token"`)) {
 			mk.Legacy = append(mk.Legacy, k)
 		}
 	}
