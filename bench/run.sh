@@ -132,6 +132,7 @@ lineage_table() {
 		/^BenchmarkLineageScan\// {
 			name=$1; sub(/^BenchmarkLineageScan\//, "", name); sub(/-[0-9]+$/, "", name)
 			v[name]=v[name] " " $3; mb[name]=mb[name] " " $5
+			for (i = 3; i < NF; i++) if ($(i+1) == "cpu-vs-grep") paired[name]=paired[name] " " $i
 			for (i = 6; i < NF; i++) {
 				if ($(i+1) == "cpu-ns/op") cpu[name]=cpu[name] " " $i
 				else if ($(i+1) ~ /\/op$/) extra[name]=$i " " $(i+1)
@@ -153,6 +154,8 @@ lineage_table() {
 			row("agent", "agent path without lineage: follow + prefilter + decode", "")
 			row("idle", "(a) + linematch Block, no watch, and the lookback index (one entry per block)", " (target ≤ 1.0x)")
 			row("watched", "(b) + Block and the index, 10,000 watched tokens and 1,000 followed minters", " (target ≤ 1.2x on the lineage log)")
+			if (paired["watched-paired"] != "")
+				printf "| (b) again, each iteration next to a grep run: median of the CPU ratios | - | - | - | %.2fx | - |\n", med(paired["watched-paired"])
 		}' "$work/lineage.txt"
 }
 
