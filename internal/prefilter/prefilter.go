@@ -18,18 +18,23 @@ type Span struct {
 // last line without a newline is treated as a line too.
 func Candidates(dst []Span, block []byte) []Span { return candidates(dst, block, nil) }
 
-// candidates is Candidates that also records mk's marks when mk is not nil:
-// without marks, it searches for the literal and for escapes in turn, each
-// pass leaving a line at its first find; with them, in one pass that reads
-// every 'k' and every backslash (marked).
+// candidates is Candidates that also records mk's marks when mk is not nil.
+// It searches for the literal, then for escapes, and merges the two lists.
+// Without marks, each search leaves a line at its first find; with them,
+// each reads on to record every mark (markLiteral, markEscapes).
 func candidates(dst []Span, block []byte, mk *Marks) []Span {
-	if mk != nil {
-		return marked(dst, block, mk)
-	}
 	base := len(dst)
-	dst = literal(dst, block)
+	if mk == nil {
+		dst = literal(dst, block)
+	} else {
+		dst = markLiteral(dst, block, mk)
+	}
 	nlit := len(dst)
-	dst = escaped(dst, block)
+	if mk == nil {
+		dst = escaped(dst, block)
+	} else {
+		dst = markEscapes(dst, block, mk)
+	}
 	if len(dst) > nlit && nlit > base {
 		dst = merge(dst, base, nlit)
 	}
@@ -93,16 +98,17 @@ func literal(dst []Span, block []byte) []Span {
 	}
 }
 
-// marked is candidates with marks. Its first pass stops only at a 'k'
-// with a quote three bytes on, as in "token" and in "legacy-token" ending a
-// string (the annotation's key; written otherwise, the escapes find it), so
-// most 'k's of a line cost nothing; its second stops at every backslash.
-func marked(dst []Span, block []byte, mk *Marks) []Span {
+// markLiteral is literal that also records the "legacy-token"s ending a
+// string. It stops only at a 'k' with a quote three bytes on, as in
+// "token" and in "legacy-token" ending a string (the annotation's key;
+// written otherwise, an escape of it makes the line a candidate), so most
+// 'k's of a line cost nothing.
+func markLiteral(dst []Span, block []byte, mk *Marks) []Span {
 	base := len(dst)
 	for i := 0; ; {
 		k := simd.MemchrPair(block[i:], 'k', '"', 3)
 		if k < 0 {
-			break
+			return dst
 		}
 		k += i
 		i = k + 1
@@ -118,12 +124,6 @@ func marked(dst []Span, block []byte, mk *Marks) []Span {
 			mk.Legacy = append(mk.Legacy, k-9)
 		}
 	}
-	nlit := len(dst)
-	dst = markEscapes(dst, block, mk)
-	if len(dst) > nlit && nlit > base {
-		dst = merge(dst, base, nlit)
-	}
-	return dst
 }
 
 // markEscapes records every escape of block in mk and appends the lines
