@@ -168,3 +168,47 @@ func FuzzBoundedSize(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkHops measures each hop of a token create across the wire, so
+// that the cost of converting the aggregator's decoded TokenEvent back into
+// audit.Event (FromProto) reads next to the protobuf decoding it follows.
+func BenchmarkHops(b *testing.B) {
+	e, err := audit.Decode([]byte(full))
+	if err != nil {
+		b.Fatal(err)
+	}
+	enc, err := proto.Marshal(ToProto(e))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var decoded tokenwatchv1.TokenEvent
+	if err := proto.Unmarshal(enc, &decoded); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("ToProto", func(b *testing.B) {
+		for b.Loop() {
+			ToProto(e)
+		}
+	})
+	b.Run("Marshal", func(b *testing.B) {
+		p := ToProto(e)
+		for b.Loop() {
+			if _, err := proto.Marshal(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Unmarshal", func(b *testing.B) {
+		for b.Loop() {
+			var p tokenwatchv1.TokenEvent
+			if err := proto.Unmarshal(enc, &p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("FromProto", func(b *testing.B) {
+		for b.Loop() {
+			FromProto(&decoded)
+		}
+	})
+}
