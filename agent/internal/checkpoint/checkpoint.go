@@ -5,6 +5,8 @@
 package checkpoint
 
 import (
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -47,6 +49,53 @@ type file struct {
 	FPLen   int    `json:"fingerprint_len"`
 	Name    string `json:"name"`
 	Offset  int64  `json:"offset"`
+	// Starts: optional, so an older agent reading it ignores it.
+	Starts *startsFile `json:"open_starts,omitempty"`
+}
+
+// startsFile is Starts on disk.
+type startsFile struct {
+	Key    string `json:"key"`    // hex
+	Hashes string `json:"hashes"` // base64 of 8-byte big-endian hashes
+}
+
+// Starts are the long-running requests the agent counted at their start
+// and whose end it had not read at the checkpoint's position: the keyed
+// hashes of their auditIDs, and the key. Empty when there are none.
+type Starts struct {
+	Key    []byte
+	Hashes []uint64
+}
+
+func (st Starts) file() *startsFile {
+	if len(st.Hashes) == 0 {
+		return nil
+	}
+	b := make([]byte, 0, 8*len(st.Hashes))
+	for _, h := range st.Hashes {
+		b = binary.BigEndian.AppendUint64(b, h)
+	}
+	return &startsFile{Key: hex.EncodeToString(st.Key), Hashes: base64.StdEncoding.EncodeToString(b)}
+}
+
+// starts reads f; a nil f is no starts. ok is false when f is corrupt.
+func (f *startsFile) starts() (Starts, bool) {
+	if f == nil {
+		return Starts{}, true
+	}
+	key, err := hex.DecodeString(f.Key)
+	if err != nil || len(key) == 0 {
+		return Starts{}, false
+	}
+	b, err := base64.StdEncoding.DecodeString(f.Hashes)
+	if err != nil || len(b)%8 != 0 {
+		return Starts{}, false
+	}
+	st := Starts{Key: key, Hashes: make([]uint64, 0, len(b)/8)}
+	for ; len(b) > 0; b = b[8:] {
+		st.Hashes = append(st.Hashes, binary.BigEndian.Uint64(b))
+	}
+	return st, true
 }
 
 // Open makes dir if needed and removes temporary files a crash left behind.
@@ -74,46 +123,60 @@ func Open(dir string) (*Store, error) {
 func (s *Store) Path() string { return s.path }
 
 // Load returns the saved position, or nil and no error when there is none.
+// It is LoadStarts without the starts.
+func (s *Store) Load() (*follow.Position, error) {
+	p, _, err := s.LoadStarts()
+	return p, err
+}
+
+// LoadStarts returns the saved position and starts, or nil and no error when there is none.
 // When there is none but the folder kept one before, it returns nil and an
 // error wrapping ErrMissing. A file that cannot be understood is an error
 // naming it.
-func (s *Store) Load() (*follow.Position, error) {
+func (s *Store) LoadStarts() (*follow.Position, Starts, error) {
 	data, err := os.ReadFile(s.path)
 	if errors.Is(err, os.ErrNotExist) {
 		if s.marked {
-			return nil, fmt.Errorf("read checkpoint %s: %w (%s says one was kept here before)", s.path, ErrMissing, MarkerName)
+			return nil, Starts{}, fmt.Errorf("read checkpoint %s: %w (%s says one was kept here before)", s.path, ErrMissing, MarkerName)
 		}
-		return nil, nil
+		return nil, Starts{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read checkpoint: %w", err)
+		return nil, Starts{}, fmt.Errorf("read checkpoint: %w", err)
 	}
 	var f file
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("read checkpoint %s: corrupt (remove it to start over at --start-at): %w", s.path, err)
+		return nil, Starts{}, fmt.Errorf("read checkpoint %s: corrupt (remove it to start over at --start-at): %w", s.path, err)
 	}
 	if f.Version != version {
-		return nil, fmt.Errorf("read checkpoint %s: version %d, want %d", s.path, f.Version, version)
+		return nil, Starts{}, fmt.Errorf("read checkpoint %s: version %d, want %d", s.path, f.Version, version)
 	}
 	fp, err := hex.DecodeString(f.FP)
 	if err != nil || len(fp) != len(f.FP)/2 || f.FPLen < 0 || f.Offset < 0 || (f.FPLen > 0) != (len(fp) > 0) {
-		return nil, fmt.Errorf("read checkpoint %s: corrupt (remove it to start over at --start-at): bad fingerprint or offset", s.path)
+		return nil, Starts{}, fmt.Errorf("read checkpoint %s: corrupt (remove it to start over at --start-at): bad fingerprint or offset", s.path)
 	}
 	if len(fp) == 0 {
 		fp = nil
+	}
+	st, ok := f.Starts.starts()
+	if !ok {
+		return nil, Starts{}, fmt.Errorf("read checkpoint %s: corrupt (remove it to start over at --start-at): bad open_starts", s.path)
 	}
 	return &follow.Position{
 		ID:     follow.Identity{Dev: f.Dev, Ino: f.Ino, FP: fp, FPLen: f.FPLen},
 		Name:   f.Name,
 		Offset: f.Offset,
-	}, nil
+	}, st, nil
 }
 
-// Save replaces the checkpoint with p durably.
-func (s *Store) Save(p follow.Position) error {
+// Save replaces the checkpoint with p durably, without starts.
+func (s *Store) Save(p follow.Position) error { return s.SaveStarts(p, Starts{}) }
+
+// SaveStarts replaces the checkpoint with p and st durably.
+func (s *Store) SaveStarts(p follow.Position, st Starts) error {
 	data, err := json.Marshal(file{
 		Version: version, Dev: p.ID.Dev, Ino: p.ID.Ino, FP: hex.EncodeToString(p.ID.FP), FPLen: p.ID.FPLen,
-		Name: p.Name, Offset: p.Offset,
+		Name: p.Name, Offset: p.Offset, Starts: st.file(),
 	})
 	if err != nil {
 		return fmt.Errorf("write checkpoint %s: %w", s.path, err)

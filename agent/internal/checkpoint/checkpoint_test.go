@@ -49,6 +49,40 @@ func TestSaveLoad(t *testing.T) {
 	}
 }
 
+// TestStarts: the starts are saved with the position and read back; a
+// checkpoint written without them (Save, or an older agent) has none, and
+// Load, as an older agent reads, ignores them.
+func TestStarts(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := follow.Position{ID: follow.Identity{Dev: 1, Ino: 2}, Name: "x", Offset: 7}
+	want := Starts{Key: []byte("0123456789abcdef0123456789abcdef"), Hashes: []uint64{1, 1 << 63, 42}}
+	if err := s.SaveStarts(pos, want); err != nil {
+		t.Fatal(err)
+	}
+	p, got, err := s.LoadStarts()
+	if err != nil || p == nil || p.Offset != 7 {
+		t.Fatalf("LoadStarts = %v, %v; want offset 7", p, err)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("starts (-want +got):\n%s", diff)
+	}
+	if p, err := s.Load(); err != nil || p == nil || p.Offset != 7 {
+		t.Errorf("Load of a checkpoint with starts = %v, %v; want offset 7", p, err)
+	}
+	if err := s.Save(pos); err != nil {
+		t.Fatal(err)
+	}
+	if _, got, err := s.LoadStarts(); err != nil || got.Key != nil || got.Hashes != nil {
+		t.Errorf("LoadStarts after Save = %v, %v; want no starts", got, err)
+	}
+	if data, _ := os.ReadFile(s.Path()); strings.Contains(string(data), "open_starts") {
+		t.Errorf("Save without starts wrote %s", data)
+	}
+}
+
 func TestLoadErrors(t *testing.T) {
 	tests := []struct {
 		name, give, want string
@@ -58,6 +92,10 @@ func TestLoadErrors(t *testing.T) {
 		{name: "other version", give: `{"version":2,"offset":1}`, want: "version 2, want 1"},
 		{name: "bad fingerprint", give: `{"version":1,"fingerprint":"zz","fingerprint_len":1}`, want: "bad fingerprint"},
 		{name: "negative offset", give: `{"version":1,"offset":-1}`, want: "bad fingerprint or offset"},
+		{name: "starts key not hex", give: `{"version":1,"open_starts":{"key":"zz","hashes":"AAAAAAAAAAE="}}`, want: "bad open_starts"},
+		{name: "starts without key", give: `{"version":1,"open_starts":{"key":"","hashes":"AAAAAAAAAAE="}}`, want: "bad open_starts"},
+		{name: "starts hashes torn", give: `{"version":1,"open_starts":{"key":"01","hashes":"AAAAAAAAAA=="}}`, want: "bad open_starts"},
+		{name: "starts hashes not base64", give: `{"version":1,"open_starts":{"key":"01","hashes":"!"}}`, want: "bad open_starts"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
