@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tokenwatch/tokenwatch/agent/internal/checkpoint"
 	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
 	"github.com/tokenwatch/tokenwatch/internal/follow"
 	"github.com/tokenwatch/tokenwatch/internal/wire"
@@ -158,12 +159,14 @@ type recordingStore struct {
 	inner checkpoints
 }
 
-func (r *recordingStore) Load() (*follow.Position, error) { return r.inner.Load() }
-func (r *recordingStore) Save(p follow.Position) error {
+func (r *recordingStore) LoadStarts() (*follow.Position, checkpoint.Starts, error) {
+	return r.inner.LoadStarts()
+}
+func (r *recordingStore) SaveStarts(p follow.Position, st checkpoint.Starts) error {
 	r.mu.Lock()
 	r.saved = append(r.saved, p)
 	r.mu.Unlock()
-	return r.inner.Save(p)
+	return r.inner.SaveStarts(p, st)
 }
 
 func (r *recordingStore) offsets() []int64 {

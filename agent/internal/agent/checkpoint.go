@@ -8,8 +8,8 @@ import (
 // checkpoints keeps the acknowledged position across restarts;
 // *checkpoint.Store is one. Tests wrap it to record every save.
 type checkpoints interface {
-	Load() (*follow.Position, error)
-	Save(follow.Position) error
+	LoadStarts() (*follow.Position, checkpoint.Starts, error)
+	SaveStarts(follow.Position, checkpoint.Starts) error
 }
 
 // openCheckpoints opens the checkpoint store in dir.

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tokenwatch/tokenwatch/agent/internal/checkpoint"
 	"github.com/tokenwatch/tokenwatch/agent/internal/metrics"
 	"github.com/tokenwatch/tokenwatch/agent/internal/sender"
 	"github.com/tokenwatch/tokenwatch/agent/internal/uses"
@@ -106,6 +107,10 @@ type pipeline struct {
 	acked    *follow.Position // newest acknowledged; nil before the first
 	ackedVer uint64
 	savedVer uint64
+	// savedGen is the generation of lineage's starts last saved
+	// (uses.Tracker.Starts); they are read with acked under mu, and Acked
+	// is called under mu, so that both agree.
+	savedGen uint64
 	saveMu   sync.Mutex // one Save at a time
 }
 
@@ -283,6 +288,8 @@ func (p *pipeline) Loss(ctx context.Context, l follow.Loss) error {
 
 // onAck is the sender's OnAck: marks arrive in order.
 func (p *pipeline) onAck(mark any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var pos follow.Position
 	switch m := mark.(type) {
 	case blockMark:
@@ -293,36 +300,45 @@ func (p *pipeline) onAck(mark any) {
 	default:
 		return
 	}
-	p.mu.Lock()
 	p.acked = &pos
 	p.ackedVer++
-	p.mu.Unlock()
 }
 
-// Acked returns the newest acknowledged position, if any.
-func (p *pipeline) ackedPos() (follow.Position, uint64, bool) {
+// acknowledged is what a checkpoint saves: the newest acknowledged
+// position, lineage's starts as of it, and their versions.
+type acknowledged struct {
+	pos      follow.Position
+	starts   checkpoint.Starts
+	ver, gen uint64
+}
+
+// ackedPos returns what was acknowledged last; ok is false before the
+// first acknowledgement.
+func (p *pipeline) ackedPos() (a acknowledged, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.acked == nil {
-		return follow.Position{}, 0, false
+		return acknowledged{}, false
 	}
-	return *p.acked, p.ackedVer, true
+	a.pos, a.ver = *p.acked, p.ackedVer
+	a.starts.Key, a.starts.Hashes, a.gen = p.lin.Starts()
+	return a, true
 }
 
 // save writes the acknowledged position when it moved since the last save.
 func (p *pipeline) save() error {
 	p.saveMu.Lock()
 	defer p.saveMu.Unlock()
-	pos, ver, ok := p.ackedPos()
-	if !ok || ver == p.savedVer {
+	a, ok := p.ackedPos()
+	if !ok || (a.ver == p.savedVer && a.gen == p.savedGen) {
 		return nil
 	}
-	if err := p.store.Save(pos); err != nil {
+	if err := p.store.SaveStarts(a.pos, a.starts); err != nil {
 		p.m.SaveErrors.Inc()
 		return err
 	}
 	p.m.Saves.Inc()
-	p.savedVer = ver
+	p.savedVer, p.savedGen = a.ver, a.gen
 	return nil
 }
 
@@ -331,10 +347,10 @@ func (p *pipeline) save() error {
 func (p *pipeline) saveFirst(pos follow.Position) error {
 	p.saveMu.Lock()
 	defer p.saveMu.Unlock()
-	if _, _, ok := p.ackedPos(); ok {
+	if _, ok := p.ackedPos(); ok {
 		return nil
 	}
-	if err := p.store.Save(pos); err != nil {
+	if err := p.store.SaveStarts(pos, checkpoint.Starts{}); err != nil {
 		p.m.SaveErrors.Inc()
 		return err
 	}

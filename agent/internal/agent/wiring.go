@@ -37,6 +37,7 @@ type agent struct {
 	log    *slog.Logger
 	store  checkpoints // nil without a state dir
 	resume *follow.Position
+	starts checkpoint.Starts // kept with resume
 	p      *pipeline
 	lin    *uses.Tracker
 
@@ -62,6 +63,7 @@ func newAgent(c Config) (*agent, error) {
 	}
 	a.p = &pipeline{store: a.store, log: a.log, needFirst: a.store != nil && a.resume == nil}
 	a.lin = uses.New(uses.Config{Logger: a.log})
+	a.lin.RestoreStarts(a.starts.Key, a.starts.Hashes)
 	a.p.lin = a.lin
 	var giveUp time.Duration
 	if c.Once {
@@ -112,7 +114,7 @@ func (a *agent) openStore() (lost bool, err error) {
 	if a.store, err = open(a.c.StateDir); err != nil {
 		return false, err
 	}
-	a.resume, err = a.store.Load()
+	a.resume, a.starts, err = a.store.LoadStarts()
 	if errors.Is(err, checkpoint.ErrMissing) {
 		// Deleted: start at --start-at, and report what that skips.
 		a.log.Warn("checkpoint missing although one was kept before; what --start-at skips is reported as lost", "err", err)

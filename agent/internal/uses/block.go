@@ -121,7 +121,7 @@ func (t *Tracker) index(b follow.Block, no uint32, now time.Time) {
 // counted (nil); e is neither when it is not its request's use (stages).
 // Called with mu held.
 func (t *Tracker) report(e *audit.Event, kinds linematch.Kind, lookback bool) *tokenwatchv1.LineageEvent {
-	if !t.stages.use(e) || !t.rep.decide(e, kinds) {
+	if !t.stages.use(e, t.ticket) || !t.rep.decide(e, kinds) {
 		return nil
 	}
 	t.usesSent++

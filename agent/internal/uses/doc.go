@@ -38,8 +38,9 @@
 // exec, attach, portforward, proxy, log), its ResponseStarted, the later
 // ResponseComplete being skipped. RequestReceived events are never uses:
 // a policy that logs only that stage yields no lineage (see stages for the
-// bound on the long-running requests remembered). Live and lookback
-// matches follow the same rule.
+// bound on the long-running requests remembered, and for the starts the
+// checkpoint keeps across a restart: Starts, RestoreStarts). Live and
+// lookback matches follow the same rule.
 //
 // Re-reading. Each file read within the window is kept open through a
 // duplicate of the follower's handle, so a rotation, rename or deletion does

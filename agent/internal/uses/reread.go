@@ -324,14 +324,18 @@ func lookbackLoss(f file, lost []linematch.Location, err error) *tokenwatchv1.Lo
 	}
 }
 
-// Drain waits until no line is pinned and no lookback search is pending,
-// then returns the uses and counts not sent yet: at the end of a replay,
-// once it returns, every use of what was read has been queued but those.
-// Those of a block whose items are not queued stay held.
+// Drain waits until a stream has applied its first reset (the watches the
+// aggregator already held, which search what was read before), no line is
+// pinned and no lookback search is pending, then returns the uses and
+// counts not sent yet: at the end of a replay, once it returns, every use
+// of what was read has been queued but those. Those of a block whose items
+// are not queued stay held. It does not wait for the later parts of a
+// watch set split over several updates, which end at the stream's first
+// acknowledgement: a replay that sent nothing gets none.
 func (t *Tracker) Drain(ctx context.Context) (sender.Items, error) {
 	for {
 		t.mu.Lock()
-		done := !t.on || (len(t.pins) == 0 && len(t.jobs) == 0 && !t.busy)
+		done := !t.on || (t.welcomed && !t.awaiting && len(t.pins) == 0 && len(t.jobs) == 0 && !t.busy)
 		room := t.room
 		if done {
 			it := t.released()

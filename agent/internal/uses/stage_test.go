@@ -48,7 +48,7 @@ func TestStages(t *testing.T) {
 			s := newStages(maxStarted)
 			var got []bool
 			for _, e := range tt.give {
-				got = append(got, s.use(&audit.Event{Stage: e.stage, AuditID: e.id}))
+				got = append(got, s.use(&audit.Event{Stage: e.stage, AuditID: e.id}, 0))
 			}
 			if !cmp.Equal(got, tt.want) {
 				t.Errorf("use(%v) = %v, want %v", tt.give, got, tt.want)
@@ -62,7 +62,7 @@ func TestStages(t *testing.T) {
 func TestStagesBound(t *testing.T) {
 	const max = 3
 	s := newStages(max)
-	use := func(stage, id string) bool { return s.use(&audit.Event{Stage: stage, AuditID: id}) }
+	use := func(stage, id string) bool { return s.use(&audit.Event{Stage: stage, AuditID: id}, 0) }
 	for i := range max + 1 {
 		if !use(audit.StageResponseStarted, fmt.Sprint("w", i)) {
 			t.Fatalf("start w%d is not a use", i)
@@ -256,4 +256,115 @@ func addKeyCounts(dst, more []*tokenwatchv1.KeyCount) []*tokenwatchv1.KeyCount {
 		}
 	}
 	return dst
+}
+
+// TestStagesAcknowledged: the starts kept are the open ones and those
+// whose end was read in a block not acknowledged yet; restored, they make
+// an end read after a restart be skipped.
+func TestStagesAcknowledged(t *testing.T) {
+	s := newStages(maxStarted)
+	use := func(stage, id string, ticket uint64) bool {
+		return s.use(&audit.Event{Stage: stage, AuditID: id}, ticket)
+	}
+	ha, hb := s.hash("a"), s.hash("b")
+	both := slices.Sorted(slices.Values([]uint64{ha, hb}))
+	var lastGen uint64
+	check := func(when string, want []uint64, changed bool) {
+		t.Helper()
+		key, got, gen := s.settled()
+		if (key == nil) != (len(got) == 0) {
+			t.Errorf("%s: key %x with %d hashes", when, key, len(got))
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: kept %x, want %x", when, got, want)
+		}
+		if (gen != lastGen) != changed {
+			t.Errorf("%s: generation %d after %d, want changed=%v", when, gen, lastGen, changed)
+		}
+		lastGen = gen
+	}
+	check("at first", nil, false)
+	use(audit.StageResponseStarted, "a", 1)
+	use(audit.StageResponseStarted, "b", 2)
+	check("two starts, none acknowledged", both, true)
+	use(audit.StageResponseComplete, "a", 3)
+	check("a ended in block 3", both, false)
+	s.acknowledged(2)
+	check("block 2 acknowledged", both, false)
+	s.acknowledged(3)
+	check("block 3 acknowledged", []uint64{hb}, true)
+	s.acknowledged(3)
+	check("block 3 acknowledged again", []uint64{hb}, false)
+
+	key, hashes, _ := s.settled()
+	restored := newStages(maxStarted)
+	restored.restore(key, hashes)
+	if restored.use(&audit.Event{Stage: audit.StageResponseComplete, AuditID: "b"}, 1) {
+		t.Error("end of b, started before the restart: a use, want it skipped")
+	}
+	if !restored.use(&audit.Event{Stage: audit.StageResponseComplete, AuditID: "a"}, 1) {
+		t.Error("end of a, ended before the restart: skipped, want a use")
+	}
+	other := newStages(maxStarted)
+	other.restore(key[:8], hashes)
+	if !other.use(&audit.Event{Stage: audit.StageResponseComplete, AuditID: "b"}, 1) {
+		t.Error("restored with a short key: end of b skipped, want the starts ignored")
+	}
+}
+
+// TestStageRestart: a long-running request whose start was acknowledged
+// before the agent restarted counts once: its end, read by the next
+// Tracker from the checkpoint's starts, is neither sent nor counted.
+func TestStageRestart(t *testing.T) {
+	log := newLog(t)
+	blocks := stagedLog()
+	first, _, _ := newTracker(t, 1<<20)
+	first.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+	var ticket uint64
+	for _, s := range blocks[:2] {
+		var err error
+		if _, ticket, err = first.Block(context.Background(), log.block(s), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first.Acked(ticket)
+	key, hashes, _ := first.Starts()
+	if len(hashes) != 2 {
+		t.Fatalf("starts kept: %d, want 2 (the watch and the exec)", len(hashes))
+	}
+	last := log.block(blocks[2])
+	for _, tt := range []struct {
+		name    string
+		restore bool
+		want    uint64
+	}{
+		{"restored", true, 1},      // list2
+		{"not restored", false, 3}, // list2, and the watch and exec ends again
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			next, _, _ := newTracker(t, 1<<20)
+			next.Watch(&tokenwatchv1.WatchUpdate{Add: []*tokenwatchv1.Watch{tokenWatch(jtiA)}})
+			if tt.restore {
+				next.RestoreStarts(key, hashes)
+			}
+			it, _, err := next.Block(context.Background(), last, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := uint64(0)
+			for _, u := range it.Uses {
+				if slices.Contains(u.GetMatched(), tokenwatchv1.LineageKind_LINEAGE_KIND_TOKEN) {
+					n++
+				}
+			}
+			for _, c := range it.Counts {
+				if c.GetKey() == jtiA {
+					n += c.GetUses()
+				}
+			}
+			if n != tt.want {
+				t.Errorf("requests of the token after the restart: %d (uses %v), want %d", n, useIDs(it), tt.want)
+			}
+		})
+	}
 }

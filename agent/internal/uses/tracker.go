@@ -153,6 +153,7 @@ type Tracker struct {
 	prior    map[watchKey]span  // the previous stream's watches, until its first reset
 	gapFrom  linematch.Location // where reading stood at the Welcome
 	readTo   linematch.Location // the end of the last block read
+	welcomed bool               // a stream with lineage on was welcomed
 	awaiting bool               // welcomed, waiting for the stream's first reset
 	// completing: the stream's first reset is applied, but its set may go
 	// on in later updates until the stream's first Ack (WatchSetComplete);
@@ -262,7 +263,7 @@ func (t *Tracker) Welcome(settings *tokenwatchv1.LineageSettings) {
 		t.signalRoom()
 		return
 	}
-	t.on = true
+	t.on, t.welcomed = true, true
 	t.window = time.Duration(settings.LookbackMs) * time.Millisecond
 	switch {
 	case t.completing:
@@ -301,6 +302,7 @@ func (t *Tracker) Acked(ticket uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.queuedTo(ticket)
+	t.stages.acknowledged(ticket)
 	n := 0
 	for n < len(t.pins) && t.pins[n].ticket <= ticket {
 		n++
@@ -311,6 +313,27 @@ func (t *Tracker) Acked(ticket uint64) {
 	t.pins = t.pins[n:]
 	t.setPin()
 	t.signalRoom()
+}
+
+// Starts returns the long-running requests counted at their start whose
+// end a restart from the last acknowledged block reads: those not ended,
+// and those ended in a block not acknowledged. They are the keyed hashes of
+// their auditIDs, sorted, and the key (nil when there are none); gen
+// changes when they do. The checkpoint keeps them with the acknowledged
+// position, so that such a request's end, read again after a restart, is
+// not counted again. The slice is shared and must not be modified.
+func (t *Tracker) Starts() (key []byte, hashes []uint64, gen uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.stages.settled()
+}
+
+// RestoreStarts takes the starts a checkpoint kept (Starts); it is called
+// before the first block. A key of the wrong length is ignored.
+func (t *Tracker) RestoreStarts(key []byte, hashes []uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.stages.restore(key, hashes)
 }
 
 // setPin pins the index from the oldest pin held. Called with mu held.

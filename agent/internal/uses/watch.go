@@ -122,6 +122,7 @@ func (t *Tracker) Watch(u *tokenwatchv1.WatchUpdate) {
 	case u.GetReset_() && t.awaiting:
 		// The set may go on in later updates: see WatchSetComplete.
 		t.awaiting, t.completing = false, t.prior != nil
+		t.signalRoom() // Drain waits for it
 		if !t.completing {
 			t.forgetUnwatched()
 		}
