@@ -115,6 +115,12 @@ func (a *agent) openStore() (lost bool, err error) {
 		return false, err
 	}
 	a.resume, a.starts, err = a.store.LoadStarts()
+	if errors.Is(err, checkpoint.ErrBadStarts) {
+		// The position is good: a long-running request whose start was
+		// read before may count twice.
+		a.log.Warn("checkpoint's lineage starts ignored", "err", err)
+		return false, nil
+	}
 	if errors.Is(err, checkpoint.ErrMissing) {
 		// Deleted: start at --start-at, and report what that skips.
 		a.log.Warn("checkpoint missing although one was kept before; what --start-at skips is reported as lost", "err", err)

@@ -30,6 +30,11 @@ const MarkerName = "checkpoint.kept"
 // (MarkerName is there) and the checkpoint is gone.
 var ErrMissing = errors.New("checkpoint missing")
 
+// ErrBadStarts is returned by LoadStarts, with the position, when the
+// checkpoint's starts cannot be read: they only spare counting a
+// long-running request twice, so the position is still good to resume at.
+var ErrBadStarts = errors.New("open_starts unreadable, ignored")
+
 // version is the format written; Load refuses others.
 const version = 1
 
@@ -126,6 +131,9 @@ func (s *Store) Path() string { return s.path }
 // It is LoadStarts without the starts.
 func (s *Store) Load() (*follow.Position, error) {
 	p, _, err := s.LoadStarts()
+	if errors.Is(err, ErrBadStarts) {
+		err = nil
+	}
 	return p, err
 }
 
@@ -158,15 +166,16 @@ func (s *Store) LoadStarts() (*follow.Position, Starts, error) {
 	if len(fp) == 0 {
 		fp = nil
 	}
-	st, ok := f.Starts.starts()
-	if !ok {
-		return nil, Starts{}, fmt.Errorf("read checkpoint %s: corrupt (remove it to start over at --start-at): bad open_starts", s.path)
-	}
-	return &follow.Position{
+	pos := &follow.Position{
 		ID:     follow.Identity{Dev: f.Dev, Ino: f.Ino, FP: fp, FPLen: f.FPLen},
 		Name:   f.Name,
 		Offset: f.Offset,
-	}, st, nil
+	}
+	st, ok := f.Starts.starts()
+	if !ok {
+		return pos, Starts{}, fmt.Errorf("read checkpoint %s: %w", s.path, ErrBadStarts)
+	}
+	return pos, st, nil
 }
 
 // Save replaces the checkpoint with p durably, without starts.
