@@ -69,14 +69,21 @@ type Watch struct {
 type bounds struct{ from, until int64 }
 
 func boundsOf(w Watch) bounds {
-	b := bounds{from: math.MinInt64, until: math.MaxInt64}
+	from, until := w.Nanos()
+	return bounds{from: from, until: until}
+}
+
+// Nanos returns w's From and Until in Unix nanoseconds; a zero time is
+// math.MinInt64 or math.MaxInt64 (unbounded).
+func (w Watch) Nanos() (from, until int64) {
+	from, until = math.MinInt64, math.MaxInt64
 	if !w.From.IsZero() {
-		b.from = w.From.UnixNano()
+		from = w.From.UnixNano()
 	}
 	if !w.Until.IsZero() {
-		b.until = w.Until.UnixNano()
+		until = w.Until.UnixNano()
 	}
-	return b
+	return from, until
 }
 
 // hull returns the smallest bounds holding b and o.

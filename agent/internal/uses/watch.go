@@ -63,14 +63,8 @@ func watchOf(w *tokenwatchv1.Watch) (linematch.Watch, bool) {
 }
 
 func spanOf(w linematch.Watch) span {
-	s := span{from: math.MinInt64, until: math.MaxInt64}
-	if !w.From.IsZero() {
-		s.from = w.From.UnixNano()
-	}
-	if !w.Until.IsZero() {
-		s.until = w.Until.UnixNano()
-	}
-	return s
+	from, until := w.Nanos()
+	return span{from: from, until: until}
 }
 
 func (s span) hull(o span) span { return span{min(s.from, o.from), max(s.until, o.until)} }
