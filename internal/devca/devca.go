@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 )
 
@@ -46,11 +47,7 @@ type CA struct {
 // New creates a self-signed CA named commonName, valid for CAValidity. It
 // may sign one level of intermediates (see Intermediate).
 func New(commonName string) (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate CA key: %w", err)
-	}
-	serial, err := newSerial()
+	key, serial, err := newKey("CA")
 	if err != nil {
 		return nil, err
 	}
@@ -65,15 +62,39 @@ func New(commonName string) (*CA, error) {
 		IsCA:                  true,
 		MaxPathLen:            1,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert, der, err := createCA("CA certificate", tmpl, tmpl, key, key)
 	if err != nil {
-		return nil, fmt.Errorf("create CA certificate: %w", err)
+		return nil, err
+	}
+	return &CA{cert: cert, key: key, certPEM: pemCert(der)}, nil
+}
+
+// newKey generates a P-256 key and a serial number for the certificate
+// what names.
+func newKey(what string) (*ecdsa.PrivateKey, *big.Int, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate key for %s: %w", what, err)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, serial, nil
+}
+
+// createCA signs tmpl, a CA certificate for key, with parent and its key,
+// and parses the result.
+func createCA(what string, tmpl, parent *x509.Certificate, key, parentKey *ecdsa.PrivateKey) (*x509.Certificate, []byte, error) {
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create %s: %w", what, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("parse CA certificate: %w", err)
+		return nil, nil, fmt.Errorf("parse %s: %w", what, err)
 	}
-	return &CA{cert: cert, key: key, certPEM: pemCert(der)}, nil
+	return cert, der, nil
 }
 
 // CertPEM returns the CA certificate in PEM form (the ca.crt file).
@@ -94,11 +115,7 @@ func (ca *CA) Intermediate(trustDomain, cluster string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("intermediate SPIFFE ID for cluster %q: %w", cluster, err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate intermediate key: %w", err)
-	}
-	serial, err := newSerial()
+	key, serial, err := newKey("intermediate " + cluster)
 	if err != nil {
 		return nil, err
 	}
@@ -115,13 +132,9 @@ func (ca *CA) Intermediate(trustDomain, cluster string) (*CA, error) {
 		MaxPathLenZero:        true,
 		URIs:                  []*url.URL{id},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	cert, der, err := createCA(fmt.Sprintf("intermediate certificate for %q", cluster), tmpl, ca.cert, key, ca.key)
 	if err != nil {
-		return nil, fmt.Errorf("create intermediate certificate for %q: %w", cluster, err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("parse intermediate certificate: %w", err)
+		return nil, err
 	}
 	certPEM := pemCert(der)
 	return &CA{cert: cert, key: key, certPEM: certPEM, chainPEM: append(append([]byte(nil), certPEM...), ca.chainPEM...)}, nil
@@ -148,11 +161,7 @@ type Leaf struct {
 // Issue signs a leaf certificate for a fresh P-256 key. An intermediate's
 // CertPEM is followed by the intermediate's chain.
 func (ca *CA) Issue(l Leaf) (Pair, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return Pair{}, fmt.Errorf("generate key for %q: %w", l.CommonName, err)
-	}
-	serial, err := newSerial()
+	key, serial, err := newKey(strconv.Quote(l.CommonName))
 	if err != nil {
 		return Pair{}, err
 	}
