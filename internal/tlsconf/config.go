@@ -66,13 +66,9 @@ func Server(certFile, keyFile, clientCAFile string, logger *slog.Logger) (*tls.C
 // for gRPC use ClientCredentials, which also re-reads the CA bundle.
 // A nil logger discards reload messages.
 func Client(certFile, keyFile, caFile string, logger *slog.Logger) (*tls.Config, error) {
-	c, err := newClient(certFile, keyFile, caFile, logger)
+	c, roots, err := newClient(certFile, keyFile, caFile, logger)
 	if err != nil {
 		return nil, err
-	}
-	roots, err := c.roots()
-	if err != nil {
-		return nil, fmt.Errorf("client TLS CA: %w", err)
 	}
 	return c.config(roots), nil
 }
@@ -82,21 +78,27 @@ type client struct {
 	roots func() (*x509.CertPool, error)
 }
 
-func newClient(certFile, keyFile, caFile string, logger *slog.Logger) (*client, error) {
+// newClient reads the client's key pair and CA bundle, and returns the
+// roots as read now.
+func newClient(certFile, keyFile, caFile string, logger *slog.Logger) (*client, *x509.CertPool, error) {
 	logger = orDiscard(logger)
 	kp, err := newKeyPair(certFile, keyFile, logger)
 	if err != nil {
-		return nil, fmt.Errorf("client TLS: %w", err)
+		return nil, nil, fmt.Errorf("client TLS: %w", err)
 	}
 	c := &client{kp: kp, roots: x509.SystemCertPool}
 	if caFile != "" {
 		cas, err := newCAPool(caFile, logger)
 		if err != nil {
-			return nil, fmt.Errorf("client TLS CA: %w", err)
+			return nil, nil, fmt.Errorf("client TLS CA: %w", err)
 		}
 		c.roots = cas.current
 	}
-	return c, nil
+	roots, err := c.roots()
+	if err != nil {
+		return nil, nil, fmt.Errorf("client TLS CA: %w", err)
+	}
+	return c, roots, nil
 }
 
 func (c *client) config(roots *x509.CertPool) *tls.Config {

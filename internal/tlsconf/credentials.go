@@ -18,13 +18,9 @@ import (
 // certificate (which TLS 1.3 reveals only then) fails the handshake with
 // ErrRejectedByServer and the server's alert rather than a later EOF.
 func ClientCredentials(certFile, keyFile, caFile string, logger *slog.Logger) (credentials.TransportCredentials, error) {
-	c, err := newClient(certFile, keyFile, caFile, logger)
+	c, roots, err := newClient(certFile, keyFile, caFile, logger)
 	if err != nil {
 		return nil, err
-	}
-	roots, err := c.roots()
-	if err != nil {
-		return nil, fmt.Errorf("client TLS CA: %w", err)
 	}
 	return &reloadingCreds{
 		TransportCredentials: credentials.NewTLS(c.config(roots)),

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"strings"
 	"syscall"
@@ -148,12 +147,7 @@ var (
 // authentication. It does not look at the validity period (see
 // CheckValidity): that heals by renewal, these do not.
 func CheckAgentCertificate(cert *x509.Certificate, cluster string) error {
-	var ids []*url.URL
-	for _, u := range cert.URIs {
-		if strings.EqualFold(u.Scheme, "spiffe") {
-			ids = append(ids, u)
-		}
-	}
+	ids := spiffeIDs(cert)
 	switch len(ids) {
 	case 0:
 		return fmt.Errorf("%w (want %s)", ErrNoClusterID, ClusterID("<trust-domain>", cluster))

@@ -131,17 +131,23 @@ func checkChain(chain []*x509.Certificate, trustDomain, cluster string) error {
 	return nil
 }
 
-// ClusterFromCert returns the cluster name of an agent certificate. The
-// certificate must carry exactly one SPIFFE ID among its URI SANs (as an
-// X.509-SVID does), in trustDomain, of the form /cluster/<name>; other URI
-// schemes are ignored.
-func ClusterFromCert(cert *x509.Certificate, trustDomain string) (string, error) {
+// spiffeIDs are cert's SPIFFE IDs among its URI SANs.
+func spiffeIDs(cert *x509.Certificate) []*url.URL {
 	var ids []*url.URL
 	for _, u := range cert.URIs {
 		if strings.EqualFold(u.Scheme, "spiffe") {
 			ids = append(ids, u)
 		}
 	}
+	return ids
+}
+
+// ClusterFromCert returns the cluster name of an agent certificate. The
+// certificate must carry exactly one SPIFFE ID among its URI SANs (as an
+// X.509-SVID does), in trustDomain, of the form /cluster/<name>; other URI
+// schemes are ignored.
+func ClusterFromCert(cert *x509.Certificate, trustDomain string) (string, error) {
+	ids := spiffeIDs(cert)
 	switch len(ids) {
 	case 0:
 		return "", ErrNoClusterID
