@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -45,6 +46,7 @@ var lineageUses = []useWant{
 	{step: "U5_other_cluster", token: "T1", newReasons: []string{"other_cluster"}},
 	{step: "U6_T2_denied", token: "T2", newReasons: []string{"first_use", "source_ip_differs_from_mint", "sensitive_action"}, action: "secrets_read"},
 	{step: "U7_T3_mints_T4", token: "T3", newReasons: []string{"first_use", "source_ip_differs_from_mint", "sensitive_action"}, action: "token_mint"},
+	{step: "use_T5", token: "T5", newReasons: []string{"first_use", "source_ip_differs_from_mint"}},
 }
 
 // allReasons is the union of T1's reasons: every kind the contract names.
@@ -55,6 +57,7 @@ var mintOf = map[string]struct{ step, user, source, sa string }{
 	"T1": {"mint_T1", "alice", firstSource, "team-a/reader"},
 	"T2": {"U2_mint_T2", userReader, secondSource, "team-a/reader2"},
 	"T3": {"mint_T3", "alice", firstSource, "kube-system/lineage-minter"},
+	"T5": {"mint_T5_dry_run", "alice", firstSource, "team-a/reader"},
 }
 
 // summaryWant is the totals of a token's summaries over the whole run.
@@ -71,6 +74,7 @@ var lineageSummaries = map[string]summaryWant{
 		verbs: map[string]int64{"list secrets team-a": 2, "create serviceaccounts/token team-a": 1, "list configmaps team-a": 2}},
 	"T2": {uses: 1, sources: []string{firstSource}, clusters: []string{"c1"}, verbs: map[string]int64{"list secrets team-a": 1}},
 	"T3": {uses: 1, sources: []string{secondSource}, clusters: []string{"c1"}, verbs: map[string]int64{"create serviceaccounts/token kube-system": 1}},
+	"T5": {uses: 1, sources: []string{secondSource}, clusters: []string{"c1"}, verbs: map[string]int64{"list configmaps team-a": 1}},
 }
 
 var legacyWant = summaryWant{uses: 4, sources: []string{firstSource}, clusters: []string{"c1"},
@@ -79,7 +83,11 @@ var legacyWant = summaryWant{uses: 4, sources: []string{firstSource}, clusters: 
 
 // followupWant are alice's next steps: action per step.
 var followupWant = map[string]string{"alice_get_secret": "secrets_read", "alice_create_rolebinding": "rbac_write",
-	"mint_T3": "token_mint"}
+	"mint_T3": "token_mint", "mint_T5_dry_run": "token_mint"}
+
+// followupMint is the mint of alice's a followup names when it is not T1:
+// her latest one.
+var followupMint = map[string]string{"mint_T5_dry_run": "T3"}
 
 // lineageView is a run's records per token in terms of the scenario's
 // steps, so that two runs (other auditIDs, JTIs, times) compare.
@@ -120,7 +128,7 @@ func (v *lineageView) diff(w *lineageView) string {
 		}
 	}
 	cmp("token_request", v.Requests, w.Requests)
-	for _, tok := range []string{"T0", "T1", "T2", "T3", "T4"} {
+	for _, tok := range []string{"T0", "T1", "T2", "T3", "T4", "T5"} {
 		cmp(tok+" token_use", v.Uses[tok], w.Uses[tok])
 		cmp(tok+" reasons", v.Reasons[tok], w.Reasons[tok])
 		if !v.recounted[tok] && !w.recounted[tok] {
@@ -433,6 +441,7 @@ type requestWant struct {
 	ttl     time.Duration // the token's lifetime: watch_until - the request's time
 	chainOf string        // the watched token the mint was made with ("" none)
 	user    string        // the chain mint's user
+	dryRun  bool          // ?dryRun=All: tokenwatch.dry_run is true
 }
 
 var lineageRequests = []requestWant{
@@ -442,6 +451,7 @@ var lineageRequests = []requestWant{
 	// A kube-system service account: excluded by default, but the mint
 	// was made with a watched token.
 	{step: "U7_T3_mints_T4", ttl: 600 * time.Second, chainOf: "T3", user: userMinter},
+	{step: "mint_T5_dry_run", ttl: 600 * time.Second, dryRun: true},
 }
 
 // checkTokenRequests: alice's mints and the chains alert, with their watch
@@ -472,6 +482,9 @@ func checkTokenRequests(t *testing.T, x lineageIndex, recs []harness.Record, pre
 		watchUntil, err := time.Parse(time.RFC3339, rec.Str("tokenwatch.lineage.watch_until"))
 		if err != nil {
 			t.Errorf("%s: tokenwatch.lineage.watch_until %q: %v", what, rec.Str("tokenwatch.lineage.watch_until"), err)
+		}
+		if dry, ok := rec.Attrs["tokenwatch.dry_run"].(bool); !ok || dry != w.dryRun {
+			t.Errorf("%s: tokenwatch.dry_run = %v, want %v", what, rec.Attrs["tokenwatch.dry_run"], w.dryRun)
 		}
 		if capped, ok := rec.Attrs["tokenwatch.lineage.watch_capped"].(bool); !ok || capped {
 			t.Errorf("%s: tokenwatch.lineage.watch_capped = %v, want false", what, rec.Attrs["tokenwatch.lineage.watch_capped"])
@@ -566,7 +579,7 @@ func checkTokenUses(t *testing.T, x lineageIndex, recs []harness.Record) {
 			t.Errorf("token_use %s: %d records, want 1", u.step, got[u.step])
 		}
 	}
-	for _, tok := range []string{"T1", "T2", "T3"} {
+	for _, tok := range []string{"T1", "T2", "T3", "T5"} {
 		if firstUse[tok] != 1 {
 			t.Errorf("%s: %d token_use records with first_use among new_reasons, want 1", tok, firstUse[tok])
 		}
@@ -671,7 +684,8 @@ func checkFollowups(t *testing.T, x lineageIndex, recs []harness.Record) {
 			t.Errorf("%s: tokenwatch.lineage.action = %q, want %q", what, rec.Str("tokenwatch.lineage.action"), action)
 		}
 		severity(t, what, rec, "high", 17)
-		checkMintAttrs(t, x, what, rec, "T1")
+		mint := cmp.Or(followupMint[s.label], "T1")
+		checkMintAttrs(t, x, what, rec, mint)
 		checkRequestFields(t, what, rec, s, x.r.events[s.label])
 	}
 	for l := range followupWant {

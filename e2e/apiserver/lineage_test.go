@@ -32,6 +32,10 @@ import (
 //     mints T3 for kube-system/lineage-minter, which is used from
 //     127.0.0.2 to mint T4 for itself: kube-system's service accounts are
 //     excluded by default, but a mint made with a watched token alerts;
+//   - alice mints T5 for team-a/reader with ?dryRun=All (the apiserver still
+//     signs a working token, so it is watched: its alert says dry run) and
+//     T5 lists configmaps from 127.0.0.2 (its first use; alice's dry-run
+//     mint is her next step too, named after her latest mint, T3);
 //   - a legacy Secret-based token of team-a/legacy lists configmaps (and is
 //     denied secrets in team-b);
 //   - then T1 lists secrets again from 127.0.0.2 (nothing new), lists
@@ -121,9 +125,16 @@ func (r *lineageRun) record(t *testing.T, label, cluster, auditID string, err er
 // mint runs a TokenRequest as a step and keeps the token.
 func (r *lineageRun) mint(t *testing.T, label, token string, cl *kube.Client, ns, sa string, seconds int64) {
 	t.Helper()
+	r.mintWith(t, label, token, cl, (*kube.Client).MintTokenExpiring, ns, sa, seconds)
+}
+
+// mintWith is mint through how (a dry run, say).
+func (r *lineageRun) mintWith(t *testing.T, label, token string, cl *kube.Client,
+	how func(*kube.Client, context.Context, string, string, int64) kube.Mint, ns, sa string, seconds int64) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m := cl.MintTokenExpiring(ctx, ns, sa, seconds)
+	m := how(cl, ctx, ns, sa, seconds)
 	s := r.record(t, label, "c1", m.AuditID, m.Err)
 	if s.err != nil || m.Token == "" {
 		t.Fatalf("step %s: %s mints %s/%s: %v", label, cl.Name, ns, sa, s.err)
@@ -277,6 +288,10 @@ func (r *lineageRun) stepsBeforeRestart(t *testing.T) {
 	r.mint(t, "mint_T3", "T3", alice, "kube-system", "lineage-minter", 600)
 	t3 := c1.TokenClientFrom(t, "T3@"+secondSource, r.tokens["T3"], secondSource)
 	r.mint(t, "U7_T3_mints_T4", "T4", t3, "kube-system", "lineage-minter", 600)
+	// A dry run signs a working token too: it is watched like any other.
+	r.mintWith(t, "mint_T5_dry_run", "T5", alice, (*kube.Client).MintTokenDryRunExpiring, "team-a", "reader", 600)
+	t5 := c1.TokenClientFrom(t, "T5@"+secondSource, r.tokens["T5"], secondSource)
+	wantOK(t, r.do(t, "use_T5", "c1", listConfigMaps(t5, "team-a")))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -330,6 +345,8 @@ var lineageFacts = []auditFact{
 	{label: "alice_create_rolebinding", user: "alice", verb: "create", resource: "rolebindings", namespace: "team-a", source: firstSource, code: 201},
 	{label: "mint_T3", user: "alice", verb: "create", resource: "serviceaccounts/token", namespace: "kube-system", source: firstSource, code: 201, issues: "T3"},
 	{label: "U7_T3_mints_T4", user: userMinter, verb: "create", resource: "serviceaccounts/token", namespace: "kube-system", source: secondSource, code: 201, credential: "T3", issues: "T4"},
+	{label: "mint_T5_dry_run", user: "alice", verb: "create", resource: "serviceaccounts/token", namespace: "team-a", source: firstSource, code: 201, issues: "T5"},
+	{label: "use_T5", user: userReader, verb: "list", resource: "configmaps", namespace: "team-a", source: secondSource, code: 200, credential: "T5"},
 	{label: "legacy_list_1", user: userLegacy, verb: "list", resource: "configmaps", namespace: "team-a", source: firstSource, code: 200, legacy: true},
 	{label: "legacy_list_2", user: userLegacy, verb: "list", resource: "configmaps", namespace: "team-a", source: firstSource, code: 200, legacy: true},
 	{label: "legacy_list_3", user: userLegacy, verb: "list", resource: "configmaps", namespace: "team-a", source: firstSource, code: 200, legacy: true},

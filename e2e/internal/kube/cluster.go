@@ -313,6 +313,12 @@ func (cl *Client) MintTokenExpiring(ctx context.Context, ns, sa string, seconds 
 	return cl.mint(ctx, ns, sa, false, &seconds)
 }
 
+// MintTokenDryRunExpiring is MintTokenExpiring with ?dryRun=All: the
+// apiserver still signs a working token.
+func (cl *Client) MintTokenDryRunExpiring(ctx context.Context, ns, sa string, seconds int64) Mint {
+	return cl.mint(ctx, ns, sa, true, &seconds)
+}
+
 func (cl *Client) mint(ctx context.Context, ns, sa string, dryRun bool, seconds *int64) Mint {
 	var auditID string
 	ctx = WithAuditID(ctx, &auditID)
