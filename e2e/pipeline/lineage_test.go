@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -81,4 +82,97 @@ func mkdir(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// TestLineageWatchFull: with lineage.max_watched 2, mallory mints three
+// tokens and alice one, then each of M1, M3 and A1 is used. Mallory's
+// oldest watches make room (one minter cannot evict another's), a
+// lineage_watch_full record names the two dropped, the uses of M3 and A1
+// are reported, and M1's is not.
+func TestLineageWatchFull(t *testing.T) {
+	b := suite.Need(t)
+	logs := harness.LogDir(t)
+	dir := t.TempDir()
+	sink := harness.StartSink(t)
+	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
+	agg.Config = harness.WriteFile(t, dir, "aggregator.yaml",
+		"lineage:\n  enabled: true\n  lookback: 5m\n  max_watched: 2\n  summary_interval: 2s\n")
+	agg.Start(t)
+
+	now := time.Now().UTC()
+	mallory := authnv1.UserInfo{Username: "mallory", Groups: []string{"system:authenticated"}}
+	alice := authnv1.UserInfo{Username: "alice", Groups: []string{"system:authenticated"}}
+	type token struct {
+		name, jti, use string
+		by             authnv1.UserInfo
+		ns, sa         string
+	}
+	tokens := []token{
+		{name: "M1", by: mallory, ns: "team-b", sa: "app-1"},
+		{name: "M2", by: mallory, ns: "team-b", sa: "app-2"},
+		{name: "M3", by: mallory, ns: "team-b", sa: "app-3"},
+		{name: "A1", by: alice, ns: "team-a", sa: "deployer"},
+	}
+	log := filepath.Join(dir, "audit.log")
+	at := now
+	for i := range tokens {
+		tk := &tokens[i]
+		tk.jti, tk.use = auditwrite.NewID(), auditwrite.NewID()
+		if err := auditwrite.Append(log, auditwrite.Mint(auditwrite.NewID(), tk.jti, at, tk.by, tk.ns, tk.sa)...); err != nil {
+			t.Fatal(err)
+		}
+		at = at.Add(time.Second)
+	}
+	for _, i := range []int{0, 2, 3} { // M1, M3, A1
+		tk := tokens[i]
+		if err := auditwrite.Append(log, auditwrite.Use(tk.use, tk.jti, at, "10.0.0.50", "list", "secrets", tk.ns, tk.sa)); err != nil {
+			t.Fatal(err)
+		}
+		at = at.Add(time.Second)
+	}
+
+	agent := &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: "c1", Node: "cp-1", AuditLog: log, Aggregator: agg.Listen}
+	agent.RunOnce(t, 2*time.Minute)
+	usesOf := func(recs []harness.Record) map[string]int {
+		n := map[string]int{}
+		for _, r := range harness.ByEvent(recs, eventTokenUse) {
+			for _, tk := range tokens {
+				if r.Str("tokenwatch.lineage.jti") == tk.jti && r.Str("kubernetes.audit.auditID") == tk.use {
+					n[tk.name]++
+				}
+			}
+		}
+		return n
+	}
+	full := func(recs []harness.Record) []harness.Record {
+		var out []harness.Record
+		for _, r := range harness.ByEvent(recs, harness.EventPipeline) {
+			if r.Str("tokenwatch.pipeline.kind") == "lineage_watch_full" {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	if !sink.WaitFor(time.Minute, func(recs []harness.Record) bool {
+		n := usesOf(recs)
+		return n["M3"] == 1 && n["A1"] == 1 && len(full(recs)) > 0
+	}) {
+		t.Fatalf("within a minute: token_use %v (want M3 and A1), %d lineage_watch_full records (want 1)", usesOf(sink.Records()), len(full(sink.Records())))
+	}
+	sink.Quiet(3*time.Second, 20*time.Second)
+	recs := sink.Records()
+	if n := usesOf(recs); n["M1"] != 0 || n["M2"] != 0 {
+		t.Errorf("token_use of dropped watches: %v, want none for M1 and M2", n)
+	}
+	f := full(recs)
+	if len(f) != 1 {
+		t.Fatalf("%d lineage_watch_full records, want 1", len(f))
+	}
+	got := fmt.Sprint(f[0].Attrs["tokenwatch.lineage.dropped"], " ", f[0].Attrs["tokenwatch.lineage.max_watched"], " ", f[0].Attrs["tokenwatch.lineage.dropped_minters"])
+	if want := "2 2 [mallory=2]"; got != want {
+		t.Errorf("lineage_watch_full: dropped, max_watched, dropped_minters = %s, want %s", got, want)
+	}
+	if requests := harness.ByEvent(recs, harness.EventTokenRequest); len(requests) != len(tokens) {
+		t.Errorf("%d token_request records, want %d (a dropped watch does not drop its alert)", len(requests), len(tokens))
+	}
 }
