@@ -22,13 +22,7 @@ const eventTokenUse = "tokenwatch.token_use"
 // replay reads its small log long before that set arrives; it must not
 // end before the set's search is done.
 func TestReplayLineageWatchedElsewhere(t *testing.T) {
-	b := suite.Need(t)
-	logs := harness.LogDir(t)
-	dir := t.TempDir()
-	sink := harness.StartSink(t)
-	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
-	agg.Config = harness.WriteFile(t, dir, "aggregator.yaml", "lineage:\n  enabled: true\n  lookback: 5m\n")
-	agg.Start(t)
+	b, logs, dir, sink, agg := startLineage(t, "")
 
 	now := time.Now().UTC()
 	mintID, jti, useID := auditwrite.NewID(), auditwrite.NewID(), auditwrite.NewID()
@@ -75,6 +69,21 @@ func TestReplayLineageWatchedElsewhere(t *testing.T) {
 	}
 }
 
+// startLineage starts a sink and an aggregator with lineage on, its
+// lineage section extended by more (YAML lines indented by two), and
+// returns them with the binaries, the log folder and a work folder.
+func startLineage(t *testing.T, more string) (*harness.Binaries, string, string, *harness.Sink, *harness.Aggregator) {
+	t.Helper()
+	b := suite.Need(t)
+	logs := harness.LogDir(t)
+	dir := t.TempDir()
+	sink := harness.StartSink(t)
+	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
+	agg.Config = harness.WriteFile(t, dir, "aggregator.yaml", "lineage:\n  enabled: true\n  lookback: 5m\n"+more)
+	agg.Start(t)
+	return b, logs, dir, sink, agg
+}
+
 // mkdir makes path's folder and returns path.
 func mkdir(t *testing.T, path string) string {
 	t.Helper()
@@ -90,14 +99,7 @@ func mkdir(t *testing.T, path string) string {
 // lineage_watch_full record names the two dropped, the uses of M3 and A1
 // are reported, and M1's is not.
 func TestLineageWatchFull(t *testing.T) {
-	b := suite.Need(t)
-	logs := harness.LogDir(t)
-	dir := t.TempDir()
-	sink := harness.StartSink(t)
-	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
-	agg.Config = harness.WriteFile(t, dir, "aggregator.yaml",
-		"lineage:\n  enabled: true\n  lookback: 5m\n  max_watched: 2\n  summary_interval: 2s\n")
-	agg.Start(t)
+	b, logs, dir, sink, agg := startLineage(t, "  max_watched: 2\n  summary_interval: 2s\n")
 
 	now := time.Now().UTC()
 	mallory := authnv1.UserInfo{Username: "mallory", Groups: []string{"system:authenticated"}}
