@@ -1,6 +1,9 @@
 package rule
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -111,6 +114,7 @@ type Rule struct {
 	strict   bool
 	platform string
 	entries  []entry
+	id       uint64
 }
 
 type entry struct {
@@ -139,7 +143,31 @@ func New(cfg Config) (*Rule, error) {
 			names:      append([]string(nil), p.ServiceAccounts...),
 		})
 	}
+	r.id = ruleID(cfg)
 	return r, nil
+}
+
+// ID identifies what the rule decides: two rules with the same ID judge
+// every event alike. It is a digest of the configuration and the seed list,
+// so it is the same across restarts of one build and changes when a reload
+// changes the exclusions. It is never 0.
+func (r *Rule) ID() uint64 { return r.id }
+
+// ruleID digests cfg and the seed list.
+func ruleID(cfg Config) uint64 {
+	list := make([]string, len(seed))
+	for i, s := range seed {
+		list[i] = fmt.Sprintf("%s managed=%t", s.pattern, s.managed)
+	}
+	b, err := json.Marshal(struct {
+		Seed   []string
+		Config Config
+	}{list, cfg})
+	if err != nil { // a Config always encodes
+		panic("rule: encode config: " + err.Error())
+	}
+	sum := sha256.Sum256(b)
+	return max(binary.BigEndian.Uint64(sum[:8]), 1)
 }
 
 // Verdict is the outcome of Evaluate.
@@ -158,6 +186,11 @@ type Verdict struct {
 	// such an exclusion for a chain (a mint authenticated with a watched
 	// token); an explicit entry still wins.
 	ByDefault bool `json:"by_default,omitempty"`
+	// Rule is the ID of the rule that judged a matching event (Rule.ID),
+	// 0 for one that does not match (no exclusion is involved) and for a
+	// verdict made elsewhere. A verdict kept for later (a held event's) is
+	// still the rule's while the rule in force has that ID.
+	Rule uint64 `json:"-"`
 }
 
 // Alerts reports whether the verdict calls for an alert.
@@ -178,7 +211,7 @@ func (r *Rule) Judge(s *Subject) Verdict {
 	if !s.TokenCreate() || user == "" {
 		return Verdict{}
 	}
-	v := Verdict{Match: true}
+	v := Verdict{Match: true, Rule: r.id}
 	for i, en := range r.entries {
 		ok, mismatch := r.excludes(en, s, v.Mismatch == "")
 		if !ok {

@@ -322,3 +322,38 @@ func TestByDefault(t *testing.T) {
 		})
 	}
 }
+
+func TestID(t *testing.T) {
+	base := DefaultConfig()
+	added := DefaultConfig()
+	added.Add = []Pattern{{User: "ci-bot"}}
+	narrowed := DefaultConfig()
+	narrowed.Add = []Pattern{{User: "ci-bot", Namespaces: []string{"ci"}}}
+	loose := DefaultConfig()
+	loose.StrictGroups = false
+	anyPlatform := DefaultConfig()
+	anyPlatform.Platform = PlatformAny
+	replaced := added
+	replaced.ReplaceDefaults = true
+
+	if a, b := mustNew(t, base).ID(), mustNew(t, DefaultConfig()).ID(); a != b || a == 0 {
+		t.Errorf("ID of the same config = %d and %d, want equal and not 0", a, b)
+	}
+	seen := map[uint64]string{}
+	for name, cfg := range map[string]Config{"default": base, "added": added, "narrowed": narrowed,
+		"loose": loose, "any": anyPlatform, "replaced": replaced} {
+		id := mustNew(t, cfg).ID()
+		if other, ok := seen[id]; ok {
+			t.Errorf("configs %s and %s have the same ID %d", name, other, id)
+		}
+		seen[id] = name
+	}
+
+	r := mustNew(t, added)
+	if v := r.Evaluate(mint("ci-bot", nil, "a", "b")); v.Rule != r.ID() {
+		t.Errorf("matching verdict's Rule = %d, want the rule's ID %d", v.Rule, r.ID())
+	}
+	if v := r.Evaluate(mint("mallory", nil, "a", "b")); v.Rule != r.ID() || !v.Alerts() {
+		t.Errorf("alerting verdict = %+v, want Rule %d", v, r.ID())
+	}
+}
