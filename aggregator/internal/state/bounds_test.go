@@ -13,6 +13,7 @@ import (
 
 	"github.com/tokenwatch/tokenwatch/internal/alert"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
 )
 
 // requestKeyOf is a request key as the pipeline writes it (detect.Key.String)
@@ -180,5 +181,64 @@ func encodePendingV3(p *Pending) []byte {
 	b = append(b, p.Cluster...)
 	b = binary.AppendUvarint(b, uint64(len(p.Node)))
 	b = append(b, p.Node...)
+	return append(b, p.Event...)
+}
+
+// TestSchema4IsUpgraded: a version 4 file's pending entries had no verdict;
+// Open rewrites them, and they come back unjudged (Verdict.Rule 0), while
+// entries committed since keep theirs.
+func TestSchema4IsUpgraded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := []byte{0x0a, 0x01, 'z'}
+	old := Pending{Key: "k-held", Deadline: t0.Add(time.Second), Cluster: "prod", Node: "cp-1", Event: ev}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		id := requestKey(old.Key)
+		put := func(b []byte, k, v []byte) {
+			if err == nil {
+				err = tx.Bucket(b).Put(k, v)
+			}
+		}
+		put(bucketMeta, keySchema, []byte("4"))
+		put(bucketPending, id, encodePendingV4(&old))
+		put(bucketPendingDue, timeKey(old.Deadline, id), nil)
+		return err
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, path, &clock{t: t0})
+	defer s.Close()
+	judged := Pending{Key: "k-judged", Deadline: t0.Add(2 * time.Second), Cluster: "prod", Node: "cp-2", Event: ev,
+		Verdict: rule.Verdict{Match: true, Excluded: true, ByDefault: true, By: "system:node:*", Mismatch: "m", Rule: 42}}
+	mustCommit(t, s, Change{Pending: []Pending{judged}})
+	due, err := s.DuePending(t0.Add(time.Hour), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	judged.Unless = nil
+	want := []Pending{old, judged}
+	if diff := cmp.Diff(want, due, cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })); diff != "" {
+		t.Errorf("DuePending after upgrade (-want +got):\n%s", diff)
+	}
+}
+
+// encodePendingV4 is the pending value of schema 4: deadline, key,
+// cluster, node, event.
+func encodePendingV4(p *Pending) []byte {
+	b := u64(timeBits(p.Deadline))
+	for _, s := range []string{p.Key, p.Cluster, p.Node} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
 	return append(b, p.Event...)
 }

@@ -10,7 +10,8 @@
 //     late even after a restart) with the time it was recorded, pruned after
 //     the retention;
 //   - pending requests: non-final stages held for the stage grace, with their
-//     deadline and serialized event, so that a restart resumes them;
+//     deadline, serialized event and the rule's verdict on it (with the ID of
+//     the rule that gave it), so that a restart resumes them;
 //   - token lineage's state (lineage.Entry: watched tokens, followed minters,
 //     summary accumulators, what was reported), written with the batch that
 //     changed it and read back whole at start (LineageEntries).
@@ -30,9 +31,9 @@
 //
 // The file records its schema version. Version 2 added DoneAlone; version
 // 3 stopped rewriting a record's ID entry when it is exported (the outbox
-// tells); version 4 keys requests by digest. Open upgrades a version 1, 2
-// or 3 file in place and refuses any other version with an error naming
-// it, so an older aggregator does not misread a newer file. The lineage
+// tells); version 4 keys requests by digest; version 5 stores a held
+// event's verdict. Open upgrades a version 1 to 4 file in place and refuses
+// any other version with an error naming it, so an older aggregator does not misread a newer file. The lineage
 // bucket came without a new version: Open creates it where it is missing,
 // and an older aggregator leaves it alone.
 package state

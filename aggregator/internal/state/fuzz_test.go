@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"testing"
 	"time"
+
+	"github.com/tokenwatch/tokenwatch/internal/rule"
 )
 
 // FuzzPending: decoding stored pending bytes never panics, and what encode
@@ -13,12 +15,14 @@ func FuzzPending(f *testing.F) {
 	f.Add(int64(0), "", "", []byte(nil))
 	f.Add(int64(-5), "a\x00b", "ü", []byte{0xff})
 	f.Fuzz(func(t *testing.T, ns int64, cluster, node string, event []byte) {
-		// Arbitrary bytes as a stored value, of this schema and the last.
+		// Arbitrary bytes as a stored value, of this schema and the last two.
 		raw := append(append([]byte(cluster), node...), event...)
 		decodePending(raw)
+		decodePendingV4(raw)
 		decodePendingV3("k", raw)
 
-		p := Pending{Key: cluster + node, Deadline: time.Unix(0, ns), Cluster: cluster, Node: node, Event: event}
+		p := Pending{Key: cluster + node, Deadline: time.Unix(0, ns), Cluster: cluster, Node: node, Event: event,
+			Verdict: rule.Verdict{Match: len(event)%2 == 1, Excluded: len(node)%2 == 1, ByDefault: ns%2 == 0, By: node, Mismatch: cluster, Rule: uint64(ns)}}
 		got, err := decodePending(encodePending(&p))
 		if err != nil {
 			t.Fatalf("decode(encode(%+v)): %v", p, err)
@@ -27,7 +31,7 @@ func FuzzPending(f *testing.F) {
 		if ns < 0 {
 			wantDeadline = time.Unix(0, 0)
 		}
-		if !got.Deadline.Equal(wantDeadline) || got.Key != p.Key || got.Cluster != cluster || got.Node != node || !bytes.Equal(got.Event, event) {
+		if !got.Deadline.Equal(wantDeadline) || got.Key != p.Key || got.Cluster != cluster || got.Node != node || !bytes.Equal(got.Event, event) || got.Verdict != p.Verdict {
 			t.Fatalf("round trip: got %+v, want %+v", got, p)
 		}
 	})

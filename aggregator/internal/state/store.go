@@ -21,6 +21,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/internal/alert"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
 	"github.com/tokenwatch/tokenwatch/internal/lineage"
+	"github.com/tokenwatch/tokenwatch/internal/rule"
 )
 
 // FileName is the name of the store's file inside the state directory.
@@ -32,16 +33,20 @@ const FileName = "aggregator.db"
 // random page per record that version 3 no longer makes: an ID whose seq is
 // gone from the outbox is exported. Version 4 keys requests by a digest of
 // the request key (see requestKey) instead of the key itself, which holds
-// the client's Audit-ID, and keeps the key in the pending entry. Open
-// upgrades a version 1, 2 or 3 file in place (it rewrites the request keys
-// of the dedupe and pending buckets; other entries are read as they are)
-// and refuses any other version, so an older aggregator refuses a newer
-// file.
+// the client's Audit-ID, and keeps the key in the pending entry. Version 5
+// keeps with a held event the verdict it was held with and the ID of the
+// rule that gave it, so that it is judged again only when the rule has
+// changed. Open upgrades a version 1, 2 or 3 file in place (it rewrites the
+// request keys of the dedupe and pending buckets; other entries are read as
+// they are), a version 4 file's pending entries (without a verdict: those
+// are judged at their deadline), and refuses any other version, so an older
+// aggregator refuses a newer file.
 const (
-	schemaVersion   = "4"
+	schemaVersion   = "5"
 	schemaVersionV1 = "1"
 	schemaVersionV2 = "2"
 	schemaVersionV3 = "3"
+	schemaVersionV4 = "4"
 )
 
 // Buckets.
@@ -159,16 +164,23 @@ func Open(path string, opts Options) (s *Store, err error) {
 			}
 		}
 		meta := tx.Bucket(bucketMeta)
-		switch v := meta.Get(keySchema); {
+		v := meta.Get(keySchema)
+		var upgrade func(*bolt.Tx) error
+		switch {
 		case v == nil, string(v) == schemaVersionV1, string(v) == schemaVersionV2, string(v) == schemaVersionV3:
-			if err := upgradeRequestKeys(tx); err != nil {
+			upgrade = upgradeRequestKeys
+		case string(v) == schemaVersionV4:
+			upgrade = upgradePendingV4
+		case string(v) != schemaVersion:
+			return fmt.Errorf("unsupported schema version %q (this aggregator reads %q to %q): written by a newer aggregator?", v, schemaVersionV1, schemaVersion)
+		}
+		if upgrade != nil {
+			if err := upgrade(tx); err != nil {
 				return fmt.Errorf("upgrade schema %q to %q: %w", v, schemaVersion, err)
 			}
 			if err := meta.Put(keySchema, []byte(schemaVersion)); err != nil {
 				return fmt.Errorf("write schema version: %w", err)
 			}
-		case string(v) != schemaVersion:
-			return fmt.Errorf("unsupported schema version %q (this aggregator reads %q to %q): written by a newer aggregator?", v, schemaVersionV1, schemaVersion)
 		}
 		depth = tx.Bucket(bucketOutbox).Stats().KeyN
 		return nil
@@ -228,6 +240,9 @@ type Pending struct {
 	// Event is the held event as the aggregator received it: an encoded
 	// tokenwatchv1.TokenEvent.
 	Event []byte
+	// Verdict is the rule's verdict on Event when it was held; its Rule is
+	// 0 for an entry stored before schema 5 (the event was not judged yet).
+	Verdict rule.Verdict
 	// Unless lists the recorded states of Key this entry does not replace
 	// (detect.Step.Unless): the store leaves such a key as it is. It is
 	// checked inside the commit's transaction, so concurrent batches that
@@ -820,32 +835,103 @@ func upgradeRequestKeys(tx *bolt.Tx) error {
 	return nil
 }
 
+// upgradePendingV4 rewrites the pending entries of a schema 4 file in the
+// schema 5 layout, with no verdict.
+func upgradePendingV4(tx *bolt.Tx) error {
+	b := tx.Bucket(bucketPending)
+	type kv struct{ k, v []byte }
+	var all []kv
+	err := b.ForEach(func(k, v []byte) error {
+		p, err := decodePendingV4(v)
+		if err != nil {
+			return err
+		}
+		all = append(all, kv{bytes.Clone(k), encodePending(&p)})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", bucketPending, err)
+	}
+	for _, e := range all {
+		if err := b.Put(e.k, e.v); err != nil {
+			return fmt.Errorf("bucket %s: %w", bucketPending, err)
+		}
+	}
+	return nil
+}
+
 // encodePending lays out deadline (8 bytes), then key, cluster and node
-// (each a uvarint length + bytes), then the event bytes.
+// (each a uvarint length + bytes), then the verdict (encodeVerdict), then
+// the event bytes.
 func encodePending(p *Pending) []byte {
-	b := make([]byte, 8, 8+3*binary.MaxVarintLen64+len(p.Key)+len(p.Cluster)+len(p.Node)+len(p.Event))
+	v := &p.Verdict
+	b := make([]byte, 8, 8+5*binary.MaxVarintLen64+len(p.Key)+len(p.Cluster)+len(p.Node)+9+len(v.By)+len(v.Mismatch)+len(p.Event))
 	binary.BigEndian.PutUint64(b, timeBits(p.Deadline))
 	for _, s := range []string{p.Key, p.Cluster, p.Node} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
+	b = encodeVerdict(b, v)
 	return append(b, p.Event...)
 }
 
+// Flags of a stored verdict.
+const (
+	verdictMatch     = 1 << 0
+	verdictExcluded  = 1 << 1
+	verdictByDefault = 1 << 2
+)
+
+// encodeVerdict appends v: its rule ID (8 bytes), a flags byte, then By
+// and Mismatch (each a uvarint length + bytes).
+func encodeVerdict(b []byte, v *rule.Verdict) []byte {
+	b = binary.BigEndian.AppendUint64(b, v.Rule)
+	var flags byte
+	for _, f := range []struct {
+		set  bool
+		flag byte
+	}{{v.Match, verdictMatch}, {v.Excluded, verdictExcluded}, {v.ByDefault, verdictByDefault}} {
+		if f.set {
+			flags |= f.flag
+		}
+	}
+	b = append(b, flags)
+	for _, s := range []string{v.By, v.Mismatch} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+// pendingLayout is the schema of a stored pending value.
+type pendingLayout int
+
+const (
+	layoutV3 pendingLayout = iota // no key (it was the entry's key), no verdict
+	layoutV4                      // no verdict
+	layoutV5                      // this schema
+)
+
 // decodePending reads what encodePending wrote.
 func decodePending(v []byte) (Pending, error) {
-	return decodePendingFields(v, nil)
+	return decodePendingFields(v, "", layoutV5)
+}
+
+// decodePendingV4 reads a pending entry of schema 4, which had no verdict.
+func decodePendingV4(v []byte) (Pending, error) {
+	return decodePendingFields(v, "", layoutV4)
 }
 
 // decodePendingV3 reads a pending entry of schema 3 and earlier, which had
-// no key in its value: key is the entry's key.
+// no key in its value (key is the entry's key) and no verdict.
 func decodePendingV3(key string, v []byte) (Pending, error) {
-	return decodePendingFields(v, &key)
+	return decodePendingFields(v, key, layoutV3)
 }
 
-// decodePendingFields reads deadline, key (unless key is given), cluster,
-// node and event.
-func decodePendingFields(v []byte, key *string) (Pending, error) {
+// decodePendingFields reads deadline, key (unless the layout has none: key
+// is given), cluster, node, the verdict (when the layout has one) and the
+// event.
+func decodePendingFields(v []byte, key string, layout pendingLayout) (Pending, error) {
 	bad := errors.New("decode pending entry: truncated")
 	if len(v) < 8 {
 		return Pending{}, bad
@@ -861,13 +947,32 @@ func decodePendingFields(v []byte, key *string) (Pending, error) {
 		rest = rest[w+int(n):]
 		return s, true
 	}
-	fields := []*string{&p.Key, &p.Cluster, &p.Node}
-	if key != nil {
-		p.Key, fields = *key, fields[1:]
+	strs := func(fields ...*string) bool {
+		for _, f := range fields {
+			var ok bool
+			if *f, ok = str(); !ok {
+				return false
+			}
+		}
+		return true
 	}
-	for _, f := range fields {
-		var ok bool
-		if *f, ok = str(); !ok {
+	fields := []*string{&p.Key, &p.Cluster, &p.Node}
+	if layout == layoutV3 {
+		p.Key, fields = key, fields[1:]
+	}
+	if !strs(fields...) {
+		return Pending{}, bad
+	}
+	if layout == layoutV5 {
+		if len(rest) < 9 {
+			return Pending{}, bad
+		}
+		vd := &p.Verdict
+		flags := rest[8]
+		vd.Rule = binary.BigEndian.Uint64(rest)
+		vd.Match, vd.Excluded, vd.ByDefault = flags&verdictMatch != 0, flags&verdictExcluded != 0, flags&verdictByDefault != 0
+		rest = rest[9:]
+		if !strs(&vd.By, &vd.Mismatch) {
 			return Pending{}, bad
 		}
 	}

@@ -460,14 +460,14 @@ func TestSchemaVersions(t *testing.T) {
 	t.Run("unknown version is refused", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), FileName)
 		open(t, path, nil).Close()
-		setSchema(t, path, "5")
+		setSchema(t, path, "6")
 		s, err := Open(path, Options{})
 		if err == nil {
 			s.Close()
-			t.Fatal("Open(schema 5) succeeded")
+			t.Fatal("Open(schema 6) succeeded")
 		}
-		if !strings.Contains(err.Error(), `unsupported schema version "5"`) || !strings.Contains(err.Error(), path) {
-			t.Errorf("Open(schema 5) = %v, want an error naming the version and the file", err)
+		if !strings.Contains(err.Error(), `unsupported schema version "6"`) || !strings.Contains(err.Error(), path) {
+			t.Errorf("Open(schema 6) = %v, want an error naming the version and the file", err)
 		}
 	})
 }
