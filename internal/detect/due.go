@@ -13,8 +13,9 @@ type Held struct {
 	Deadline time.Time
 	// Event is the held event, nil when its stored form could not be read.
 	Event *audit.Event
-	// Verdict is the rule's verdict on Event with the rule in force at the
-	// deadline (the exclusions may have changed while it waited).
+	// Verdict is the rule's verdict on Event as the rule in force at the
+	// deadline gives it: the one the event was held with, or a new one
+	// when the exclusions changed while it waited.
 	Verdict rule.Verdict
 }
 

@@ -10,8 +10,9 @@
 // a RequestReceived is held as pending (in the encoding it arrived in) with a
 // deadline of now+stage_grace, a completion becomes the alert and marks the
 // request done, a late completion is dropped and counted. At its deadline a
-// lone RequestReceived is judged again with the rule in force then, and
-// detect.Due decides: it alerts alone (event.outcome=unknown) and marks the
+// lone RequestReceived keeps the verdict it was held with, unless the rule
+// was reloaded meanwhile (its ID differs): the rule in force then judges
+// it. detect.Due decides: it alerts alone (event.outcome=unknown) and marks the
 // request done alone, or marks it done when it no longer alerts. Every alerting request feeds the
 // correlator and passes the budget. All records of a batch are written in
 // one state commit, after which the batch may be acknowledged.

@@ -484,7 +484,7 @@ func (p *Pipeline) decide(ch *state.Change, res *Result, src detect.Source, cand
 			}
 			ch.Pending = append(ch.Pending, state.Pending{
 				Key: c.key, Deadline: step.Deadline,
-				Cluster: src.Cluster, Node: src.Node, Event: raw, Unless: step.Unless,
+				Cluster: src.Cluster, Node: src.Node, Event: raw, Verdict: c.v, Unless: step.Unless,
 			})
 			res.Held++
 		case detect.ActionAlert:
@@ -633,8 +633,8 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 }
 
 // expireLocked turns the due pendings into the steps detect.Due decides
-// for them, each judged again with the rule in force now (and as a chain
-// by lineage), and adds those to ch: an alert alone (a record, the request
+// for them, each with its verdict (heldVerdict) and judged as a chain by
+// lineage now, and adds those to ch: an alert alone (a record, the request
 // done alone), or the request done. It returns the number alerted and of
 // those the budget suppressed. p.mu must be held.
 func (p *Pipeline) expireLocked(ch *state.Change, run *lineageRun, due []state.Pending, now time.Time) (expired, suppressed int) {
@@ -649,7 +649,7 @@ func (p *Pipeline) expireLocked(ch *state.Change, run *lineageRun, due []state.P
 			continue
 		}
 		held[i].Event = wire.FromProto(&pe)
-		held[i].Verdict = p.chainVerdictLocked(now, held[i].Event, r.Evaluate(held[i].Event))
+		held[i].Verdict = p.chainVerdictLocked(now, held[i].Event, heldVerdict(r, pd, held[i].Event))
 	}
 	for i, step := range detect.Due(held, now) {
 		pd, h := due[i], held[i]
@@ -673,6 +673,16 @@ func (p *Pipeline) expireLocked(ch *state.Change, run *lineageRun, due []state.P
 		expired++
 	}
 	return expired, suppressed
+}
+
+// heldVerdict is the rule's verdict on a held event: the one it was held
+// with while the rule in force is the one that gave it, else (the rule was
+// reloaded meanwhile, or the entry predates stored verdicts) r's.
+func heldVerdict(r *rule.Rule, pd state.Pending, e *audit.Event) rule.Verdict {
+	if pd.Verdict.Rule != 0 && pd.Verdict.Rule == r.ID() {
+		return pd.Verdict
+	}
+	return r.Evaluate(e)
 }
 
 // periodic keeps the records that are not token-request alerts of due
