@@ -113,28 +113,14 @@ func TestCommitBoundsRecords(t *testing.T) {
 // Open rewrites them so that they are found under the bounded keys.
 func TestSchema3IsUpgraded(t *testing.T) {
 	path := filepath.Join(t.TempDir(), FileName)
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ev := []byte{0x0a, 0x01, 'z'}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		put := func(b []byte, k, v []byte) {
-			if err == nil {
-				err = tx.Bucket(b).Put(k, v)
-			}
-		}
-		mark := func(st detect.State) []byte {
-			v := make([]byte, 9)
-			v[0] = byte(st)
-			copy(v[1:], u64(timeBits(t0)))
-			return v
-		}
+	mark := func(st detect.State) []byte {
+		v := make([]byte, 9)
+		v[0] = byte(st)
+		copy(v[1:], u64(timeBits(t0)))
+		return v
+	}
+	writeFile(t, path, func(put func(bucket, k, v []byte)) {
 		put(bucketMeta, keySchema, []byte("3"))
 		put(bucketDedupe, []byte("k-done"), mark(detect.StateDone))
 		put(bucketDedupeAt, timeKey(t0, []byte("k-done")), nil)
@@ -143,12 +129,7 @@ func TestSchema3IsUpgraded(t *testing.T) {
 		old := encodePendingV3(&Pending{Deadline: t0.Add(time.Second), Cluster: "prod", Node: "cp-1", Event: ev})
 		put(bucketPending, []byte("k-held"), old)
 		put(bucketPendingDue, timeKey(t0.Add(time.Second), []byte("k-held")), nil)
-		return err
 	})
-	db.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	clk := &clock{t: t0}
 	s := open(t, path, clk)
 	defer s.Close()
@@ -189,33 +170,14 @@ func encodePendingV3(p *Pending) []byte {
 // entries committed since keep theirs.
 func TestSchema4IsUpgraded(t *testing.T) {
 	path := filepath.Join(t.TempDir(), FileName)
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ev := []byte{0x0a, 0x01, 'z'}
 	old := Pending{Key: "k-held", Deadline: t0.Add(time.Second), Cluster: "prod", Node: "cp-1", Event: ev}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
+	writeFile(t, path, func(put func(bucket, k, v []byte)) {
 		id := requestKey(old.Key)
-		put := func(b []byte, k, v []byte) {
-			if err == nil {
-				err = tx.Bucket(b).Put(k, v)
-			}
-		}
 		put(bucketMeta, keySchema, []byte("4"))
 		put(bucketPending, id, encodePendingV4(&old))
 		put(bucketPendingDue, timeKey(old.Deadline, id), nil)
-		return err
 	})
-	db.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := open(t, path, &clock{t: t0})
 	defer s.Close()
 	judged := Pending{Key: "k-judged", Deadline: t0.Add(2 * time.Second), Cluster: "prod", Node: "cp-2", Event: ev,
@@ -241,4 +203,34 @@ func encodePendingV4(p *Pending) []byte {
 		b = append(b, s...)
 	}
 	return append(b, p.Event...)
+}
+
+// writeFile writes a state file as an older aggregator left it: every
+// bucket, and the entries fill puts.
+func writeFile(t *testing.T, path string, fill func(put func(bucket, k, v []byte))) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		var err error
+		fill(func(b []byte, k, v []byte) {
+			if err == nil {
+				err = tx.Bucket(b).Put(k, v)
+			}
+		})
+		return err
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 }

@@ -785,31 +785,6 @@ func idKey(id string) []byte {
 // file, which used the request key itself as the key, under requestKey,
 // and the pending entries in the schema 4 layout.
 func upgradeRequestKeys(tx *bolt.Tx) error {
-	type kv struct{ k, v []byte }
-	rewrite := func(name []byte, conv func(k, v []byte) (kv, error)) error {
-		var all []kv
-		err := tx.Bucket(name).ForEach(func(k, v []byte) error {
-			e, err := conv(k, v)
-			all = append(all, e)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("bucket %s: %w", name, err)
-		}
-		if err := tx.DeleteBucket(name); err != nil {
-			return fmt.Errorf("bucket %s: %w", name, err)
-		}
-		b, err := tx.CreateBucket(name)
-		if err != nil {
-			return fmt.Errorf("bucket %s: %w", name, err)
-		}
-		for _, e := range all {
-			if err := b.Put(e.k, e.v); err != nil {
-				return fmt.Errorf("bucket %s: %w", name, err)
-			}
-		}
-		return nil
-	}
 	plain := func(k, v []byte) (kv, error) { return kv{requestKey(string(k)), bytes.Clone(v)}, nil }
 	timed := func(k, _ []byte) (kv, error) {
 		if len(k) < 8 {
@@ -828,7 +803,7 @@ func upgradeRequestKeys(tx *bolt.Tx) error {
 		name []byte
 		conv func(k, v []byte) (kv, error)
 	}{{bucketDedupe, plain}, {bucketDedupeAt, timed}, {bucketPending, pending}, {bucketPendingDue, timed}} {
-		if err := rewrite(b.name, b.conv); err != nil {
+		if err := rewriteBucket(tx, b.name, b.conv); err != nil {
 			return err
 		}
 	}
@@ -838,23 +813,37 @@ func upgradeRequestKeys(tx *bolt.Tx) error {
 // upgradePendingV4 rewrites the pending entries of a schema 4 file in the
 // schema 5 layout, with no verdict.
 func upgradePendingV4(tx *bolt.Tx) error {
-	b := tx.Bucket(bucketPending)
-	type kv struct{ k, v []byte }
-	var all []kv
-	err := b.ForEach(func(k, v []byte) error {
+	return rewriteBucket(tx, bucketPending, func(k, v []byte) (kv, error) {
 		p, err := decodePendingV4(v)
-		if err != nil {
-			return err
-		}
-		all = append(all, kv{bytes.Clone(k), encodePending(&p)})
-		return nil
+		return kv{bytes.Clone(k), encodePending(&p)}, err
+	})
+}
+
+// kv is a bucket entry.
+type kv struct{ k, v []byte }
+
+// rewriteBucket replaces every entry of bucket name with what conv makes
+// of it; the first error stops it.
+func rewriteBucket(tx *bolt.Tx, name []byte, conv func(k, v []byte) (kv, error)) error {
+	var all []kv
+	err := tx.Bucket(name).ForEach(func(k, v []byte) error {
+		e, err := conv(k, v)
+		all = append(all, e)
+		return err
 	})
 	if err != nil {
-		return fmt.Errorf("bucket %s: %w", bucketPending, err)
+		return fmt.Errorf("bucket %s: %w", name, err)
+	}
+	if err := tx.DeleteBucket(name); err != nil {
+		return fmt.Errorf("bucket %s: %w", name, err)
+	}
+	b, err := tx.CreateBucket(name)
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", name, err)
 	}
 	for _, e := range all {
 		if err := b.Put(e.k, e.v); err != nil {
-			return fmt.Errorf("bucket %s: %w", bucketPending, err)
+			return fmt.Errorf("bucket %s: %w", name, err)
 		}
 	}
 	return nil
@@ -887,13 +876,14 @@ const (
 func encodeVerdict(b []byte, v *rule.Verdict) []byte {
 	b = binary.BigEndian.AppendUint64(b, v.Rule)
 	var flags byte
-	for _, f := range []struct {
-		set  bool
-		flag byte
-	}{{v.Match, verdictMatch}, {v.Excluded, verdictExcluded}, {v.ByDefault, verdictByDefault}} {
-		if f.set {
-			flags |= f.flag
-		}
+	if v.Match {
+		flags |= verdictMatch
+	}
+	if v.Excluded {
+		flags |= verdictExcluded
+	}
+	if v.ByDefault {
+		flags |= verdictByDefault
 	}
 	b = append(b, flags)
 	for _, s := range []string{v.By, v.Mismatch} {
