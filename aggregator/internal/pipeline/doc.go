@@ -12,8 +12,9 @@
 // request done, a late completion is dropped and counted. At its deadline a
 // lone RequestReceived keeps the verdict it was held with, unless the rule
 // was reloaded meanwhile (its ID differs): the rule in force then judges
-// it. detect.Due decides: it alerts alone (event.outcome=unknown) and marks the
-// request done alone, or marks it done when it no longer alerts. Every alerting request feeds the
+// it. detect.Due decides: it alerts alone (event.outcome=unknown) and
+// marks the request done alone, or marks it done when it no longer alerts.
+// Every alerting request feeds the
 // correlator and passes the budget. All records of a batch are written in
 // one state commit, after which the batch may be acknowledged.
 //

@@ -649,7 +649,7 @@ func (p *Pipeline) expireLocked(ch *state.Change, run *lineageRun, due []state.P
 			continue
 		}
 		held[i].Event = wire.FromProto(&pe)
-		held[i].Verdict = p.chainVerdictLocked(now, held[i].Event, heldVerdict(r, pd, held[i].Event))
+		held[i].Verdict = p.chainVerdictLocked(now, held[i].Event, heldVerdict(r, pd.Verdict, held[i].Event))
 	}
 	for i, step := range detect.Due(held, now) {
 		pd, h := due[i], held[i]
@@ -677,10 +677,11 @@ func (p *Pipeline) expireLocked(ch *state.Change, run *lineageRun, due []state.P
 
 // heldVerdict is the rule's verdict on a held event: the one it was held
 // with while the rule in force is the one that gave it, else (the rule was
-// reloaded meanwhile, or the entry predates stored verdicts) r's.
-func heldVerdict(r *rule.Rule, pd state.Pending, e *audit.Event) rule.Verdict {
-	if pd.Verdict.Rule != 0 && pd.Verdict.Rule == r.ID() {
-		return pd.Verdict
+// reloaded meanwhile, or the entry predates stored verdicts: its verdict
+// names rule 0, which no rule has) r's.
+func heldVerdict(r *rule.Rule, held rule.Verdict, e *audit.Event) rule.Verdict {
+	if held.Rule == r.ID() {
+		return held
 	}
 	return r.Evaluate(e)
 }

@@ -33,7 +33,8 @@
 // 3 stopped rewriting a record's ID entry when it is exported (the outbox
 // tells); version 4 keys requests by digest; version 5 stores a held
 // event's verdict. Open upgrades a version 1 to 4 file in place and refuses
-// any other version with an error naming it, so an older aggregator does not misread a newer file. The lineage
-// bucket came without a new version: Open creates it where it is missing,
-// and an older aggregator leaves it alone.
+// any other version with an error naming it, so an older aggregator does
+// not misread a newer file. The lineage bucket came without a new version:
+// Open creates it where it is missing, and an older aggregator leaves it
+// alone.
 package state

@@ -783,7 +783,7 @@ func idKey(id string) []byte {
 
 // upgradeRequestKeys rewrites the request-keyed buckets of a schema 1 to 3
 // file, which used the request key itself as the key, under requestKey,
-// and the pending entries in the schema 4 layout.
+// and the pending entries in this schema's layout (without a verdict).
 func upgradeRequestKeys(tx *bolt.Tx) error {
 	plain := func(k, v []byte) (kv, error) { return kv{requestKey(string(k)), bytes.Clone(v)}, nil }
 	timed := func(k, _ []byte) (kv, error) {
