@@ -309,7 +309,7 @@ func TestLongLines(t *testing.T) {
 	if diff := cmp.Diff(wantLosses, losses, cmpIgnoreDetail); diff != "" {
 		t.Errorf("losses (-want +got):\n%s", diff)
 	}
-	if st := f.Stats(); st.LinesTooLong != 1 || st.Lines != 3 {
+	if st, _ := waitStats(f, func(st Stats) bool { return st.Lines >= 3 && st.LinesTooLong >= 1 }); st.LinesTooLong != 1 || st.Lines != 3 {
 		t.Errorf("Stats = %+v, want 1 line too long, 3 lines", st)
 	}
 	if len(f.buf) > DefaultMaxLine+1 {

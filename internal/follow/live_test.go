@@ -12,14 +12,25 @@ import (
 // waitLive waits until f reports the live file in state want.
 func waitLive(t *testing.T, f *Follower, want LiveState) Stats {
 	t.Helper()
+	st, ok := waitStats(f, func(st Stats) bool { return st.Live == want })
+	if !ok {
+		t.Fatalf("Stats().Live = %q (%s), want %q", st.Live, st.LiveErr, want)
+	}
+	return st
+}
+
+// waitStats waits up to 10 s for f's Stats to satisfy cond and returns the
+// last Stats read, and whether they did. Stats change after the handler
+// has returned, so a test that saw the lines must still wait for them.
+func waitStats(f *Follower, cond func(Stats) bool) (Stats, bool) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		st := f.Stats()
-		if st.Live == want {
-			return st
+		if cond(st) {
+			return st, true
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Stats().Live = %q (%s), want %q", st.Live, st.LiveErr, want)
+			return st, false
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

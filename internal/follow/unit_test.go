@@ -193,7 +193,7 @@ func TestStats(t *testing.T) {
 	rec := newRecorder()
 	f, _ := runFollower(t, Config{Path: live, StartAt: StartBeginning}, rec)
 	rec.waitLines(t, 3)
-	st := f.Stats()
+	st, _ := waitStats(f, func(st Stats) bool { return st.Lines >= 3 })
 	if st.Lines != 3 || st.Bytes != 300 || st.File != live || st.Offset != 300 || st.LastGrowth.IsZero() {
 		t.Errorf("Stats = %+v, want 3 lines, 300 bytes, at 300 in %s", st, live)
 	}
