@@ -1,6 +1,7 @@
 package follow
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -257,5 +258,54 @@ func TestLiveFileGoneUnlisted(t *testing.T) {
 			}
 			checkOffsets(t, dir, got)
 		})
+	}
+}
+
+// TestLiveCopyTruncatedAfterListing: a copytruncate rotation that happens
+// after the follower listed the folder but before it looked at the file it
+// holds at the live name makes that file look new (same inode, new data)
+// while the listing predates the copy. The copy holds all the data, so
+// nothing is reported lost.
+func TestLiveCopyTruncatedAfterListing(t *testing.T) {
+	dir := t.TempDir()
+	live := filepath.Join(dir, "audit.log")
+	appendFile(t, live, lines("a", 0, 10, 200)...)
+	f, err := New(Config{Path: live})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	ctx := context.Background()
+	watch := func(sibs []sibling) {
+		t.Helper()
+		src, err := openPlain(live, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.close()
+		if err := f.watchLive(ctx, rec, src, sibs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	watch(nil) // the live file is seen
+	before, err := f.lay.scan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Copied, then truncated and written again, after the listing.
+	data, err := os.ReadFile(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "audit-2026-11-27T00-00-01.000.log"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(live, 0); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, live, lines("b", 0, 10, 200)...)
+	watch(before)
+	if _, losses := rec.snapshot(); len(losses) != 0 {
+		t.Errorf("losses = %+v, want none: the copy holds the data", losses)
 	}
 }

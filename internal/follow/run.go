@@ -513,6 +513,15 @@ func (f *Follower) watchLive(ctx context.Context, h Handler, live *source, sibs 
 			lost = append(lost, e)
 		}
 	}
+	if len(lost) > 0 {
+		// The listing came before the look at the live file: a copytruncate
+		// in between leaves the live file new and the listing without the
+		// copy. A copy is whole before the truncation, so listing again
+		// now finds it; only a file deleted is still missing.
+		if again, err := f.lay.scan(); err == nil {
+			lost = slices.DeleteFunc(lost, func(e seenFile) bool { return hasFile(again, e.id) })
+		}
+	}
 	f.seen = f.seen[:0]
 	if live != nil && live.id.FPLen > 0 {
 		// Known by its data only once it has some: an empty file could
