@@ -261,51 +261,65 @@ func TestLiveFileGoneUnlisted(t *testing.T) {
 	}
 }
 
-// TestLiveCopyTruncatedAfterListing: a copytruncate rotation that happens
-// after the follower listed the folder but before it looked at the file it
-// holds at the live name makes that file look new (same inode, new data)
-// while the listing predates the copy. The copy holds all the data, so
-// nothing is reported lost.
-func TestLiveCopyTruncatedAfterListing(t *testing.T) {
-	dir := t.TempDir()
-	live := filepath.Join(dir, "audit.log")
-	appendFile(t, live, lines("a", 0, 10, 200)...)
-	f, err := New(Config{Path: live})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := newRecorder()
-	ctx := context.Background()
-	watch := func(sibs []sibling) {
-		t.Helper()
-		src, err := openPlain(live, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer src.close()
-		if err := f.watchLive(ctx, rec, src, sibs); err != nil {
-			t.Fatal(err)
-		}
-	}
-	watch(nil) // the live file is seen
-	before, err := f.lay.scan()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Copied, then truncated and written again, after the listing.
-	data, err := os.ReadFile(live)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "audit-2026-11-27T00-00-01.000.log"), data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(live, 0); err != nil {
-		t.Fatal(err)
-	}
-	appendFile(t, live, lines("b", 0, 10, 200)...)
-	watch(before)
-	if _, losses := rec.snapshot(); len(losses) != 0 {
-		t.Errorf("losses = %+v, want none: the copy holds the data", losses)
+// TestLiveCopyTruncated: a copytruncate rotation of the file the follower
+// has seen at the live name, at any point of candidates' steps (open the
+// live file, look at it, list the folder, report), loses nothing: the copy
+// holds all the data. Looking after the listing, as the follower once did,
+// made a rotation between the two look like a deleted file.
+func TestLiveCopyTruncated(t *testing.T) {
+	for _, at := range []string{"after open", "after look", "after listing"} {
+		t.Run(at, func(t *testing.T) {
+			dir := t.TempDir()
+			live := filepath.Join(dir, "audit.log")
+			appendFile(t, live, lines("a", 0, 10, 200)...)
+			f, err := New(Config{Path: live})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := newRecorder()
+			ctx := context.Background()
+			pass := 0
+			rotate := func(step string) {
+				if pass != 2 || step != at {
+					return
+				}
+				data, err := os.ReadFile(live)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, "audit-2026-11-27T00-00-01.000.log"), data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Truncate(live, 0); err != nil {
+					t.Fatal(err)
+				}
+				appendFile(t, live, lines("b", 0, 10, 200)...)
+			}
+			// candidates' steps, twice: the first time sees the live file.
+			for pass = 1; pass <= 2; pass++ {
+				src, err := openPlain(live, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rotate("after open")
+				gone := f.notAtLive(src)
+				if pass == 2 && at == "after open" && len(gone) != 1 {
+					t.Fatalf("notAtLive after the rotation = %+v, want the file seen first", gone)
+				}
+				rotate("after look")
+				sibs, err := f.lay.scan()
+				if err != nil {
+					t.Fatal(err)
+				}
+				rotate("after listing")
+				if err := f.watchLive(ctx, rec, src, gone, sibs); err != nil {
+					t.Fatal(err)
+				}
+				src.close()
+			}
+			if _, losses := rec.snapshot(); len(losses) != 0 {
+				t.Errorf("losses = %+v, want none: the copy holds the data", losses)
+			}
+		})
 	}
 }

@@ -423,6 +423,10 @@ func (f *Follower) candidates(ctx context.Context, h Handler) ([]sibling, error)
 	// then shows the file seen there among the siblings.
 	live, lerr := openPlain(f.cfg.Path, 0)
 	defer live.close()
+	// So are the files seen there earlier: one the live file no longer is
+	// was rotated away (renamed, or copied whole and then truncated) before
+	// this look, so the listing below shows it unless it was deleted.
+	gone := f.notAtLive(live)
 	sibs, err := f.lay.scan()
 	if err != nil {
 		f.warnOnce("scan siblings", err)
@@ -435,7 +439,7 @@ func (f *Follower) candidates(ctx context.Context, h Handler) ([]sibling, error)
 	}
 	if lerr == nil || errors.Is(lerr, os.ErrNotExist) {
 		// After the siblings: a file seen at the live name is newer.
-		if err := f.watchLive(ctx, h, live, sibs); err != nil {
+		if err := f.watchLive(ctx, h, live, gone, sibs); err != nil {
 			return nil, err
 		}
 	}
@@ -496,32 +500,29 @@ func (f *Follower) settlePending(ctx context.Context, h Handler, sibs []sibling,
 	return nil
 }
 
-// watchLive remembers the file at the live name (nil: none) while an older
-// file is read, and reports a file remembered before that is now neither
-// at the live name nor among sibs: rotated away and deleted (or truncated
-// in place without a copy) before a listing saw it. What it held is at
-// least the size it had when last seen.
-func (f *Follower) watchLive(ctx context.Context, h Handler, live *source, sibs []sibling) error {
-	var lost []seenFile
+// notAtLive returns the files remembered at the live name that the file
+// there now (nil: none) is not. It looks at the live file's data as it is
+// now, so it must come before the listing they are looked for in: a
+// copytruncate between a listing and this look would leave them neither
+// at the live name nor listed.
+func (f *Follower) notAtLive(live *source) []seenFile {
+	var gone []seenFile
 	for _, e := range f.seen {
-		switch {
-		case live != nil && live.matchesID(e.id):
-			// Still there: seen again below.
-		case hasFile(sibs, e.id):
-			// Listed: from now on a sibling like any other.
-		default:
-			lost = append(lost, e)
+		if live == nil || !live.matchesID(e.id) {
+			gone = append(gone, e)
 		}
 	}
-	if len(lost) > 0 {
-		// The listing came before the look at the live file: a copytruncate
-		// in between leaves the live file new and the listing without the
-		// copy. A copy is whole before the truncation, so listing again
-		// now finds it; only a file deleted is still missing.
-		if again, err := f.lay.scan(); err == nil {
-			lost = slices.DeleteFunc(lost, func(e seenFile) bool { return hasFile(again, e.id) })
-		}
-	}
+	return gone
+}
+
+// watchLive remembers the file at the live name (nil: none) while an older
+// file is read, and reports a file of gone (notAtLive, taken before sibs
+// was listed) that is not among sibs either: rotated away and deleted (or
+// truncated in place without a copy) before a listing saw it; one that is
+// listed is from now on a sibling like any other. What it held is at least
+// the size it had when last seen.
+func (f *Follower) watchLive(ctx context.Context, h Handler, live *source, gone []seenFile, sibs []sibling) error {
+	lost := slices.DeleteFunc(gone, func(e seenFile) bool { return hasFile(sibs, e.id) })
 	f.seen = f.seen[:0]
 	if live != nil && live.id.FPLen > 0 {
 		// Known by its data only once it has some: an empty file could
