@@ -16,6 +16,9 @@ const (
 	ReasonNoHeartbeat   = "no_heartbeat"
 	ReasonNoAuditGrowth = "no_audit_growth"
 	ReasonNoAuditData   = "no_audit_data"
+	// ReasonNoTokenRequests is a whole cluster's: its audit logs grow, yet
+	// none of its nodes has logged a token request for TokenRequestsAfter.
+	ReasonNoTokenRequests = "no_token_requests"
 )
 
 // FileState is what an agent says of its live audit log.
@@ -65,6 +68,11 @@ type Config struct {
 	// cluster_silent: then it is forgotten, freeing its place in the bound
 	// (<= 0: never).
 	ForgetAfter time.Duration `yaml:"forget_after"`
+	// TokenRequestsAfter is how long a cluster whose audit logs grow may go
+	// without any token request (a create on serviceaccounts/token, excluded
+	// or not) in them before it is silent with ReasonNoTokenRequests: its
+	// audit policy likely does not log them. <= 0 turns this check off.
+	TokenRequestsAfter time.Duration `yaml:"token_requests_after"`
 }
 
 // Tracker follows (cluster, node) pairs. It is not safe for concurrent use.
@@ -77,6 +85,18 @@ type Tracker struct {
 	clusters map[string]int       // tracked nodes per cluster
 	refused  map[string]*refusals // per cluster, not yet reported
 	reported map[string]time.Time // per cluster: the last nodes_refused
+	tokens   map[string]*tokens   // per tracked cluster: its token requests
+}
+
+// tokens is what a cluster's audit logs said of token requests.
+type tokens struct {
+	// seen is when the last token request arrived (aggregator clock), or
+	// when the cluster began to be tracked, if none has since.
+	seen time.Time
+	// silent is set while a no_token_requests cluster_silent has been
+	// emitted and not resumed: since is the seen it was emitted for.
+	silent bool
+	since  time.Time
 }
 
 // refusals are the node names refused in one cluster since its last
@@ -111,7 +131,7 @@ type state struct {
 // New returns a tracker for cfg.
 func New(cfg Config) *Tracker {
 	return &Tracker{cfg: cfg, nodes: map[node]*state{}, clusters: map[string]int{},
-		refused: map[string]*refusals{}, reported: map[string]time.Time{}}
+		refused: map[string]*refusals{}, reported: map[string]time.Time{}, tokens: map[string]*tokens{}}
 }
 
 // Join starts tracking cluster/name at now, as if heard then, and reports
@@ -145,7 +165,19 @@ func (t *Tracker) join(now time.Time, cluster, name string, report bool) bool {
 	}
 	t.nodes[k] = &state{heard: now}
 	t.clusters[cluster]++
+	if t.tokens[cluster] == nil {
+		t.tokens[cluster] = &tokens{seen: now}
+	}
 	return true
+}
+
+// TokenRequests records that a live (not replaying) agent of cluster
+// delivered token requests at now. A cluster with no tracked node is
+// ignored.
+func (t *Tracker) TokenRequests(now time.Time, cluster string) {
+	if c := t.tokens[cluster]; c != nil && now.After(c.seen) {
+		c.seen = now
+	}
 }
 
 func contains(names []string, name string) bool {
@@ -224,6 +256,7 @@ func (t *Tracker) Forget(cluster, name string) {
 	delete(t.nodes, k)
 	if t.clusters[cluster]--; t.clusters[cluster] <= 0 {
 		delete(t.clusters, cluster)
+		delete(t.tokens, cluster)
 	}
 }
 
@@ -233,7 +266,8 @@ func (t *Tracker) Nodes() int { return len(t.nodes) }
 // Check returns the records due at now: cluster_silent for a node silent for
 // After (once per silence) and cluster_resumed for a silent node heard from
 // again, in (cluster, node) order, then nodes_refused for clusters that
-// refused node names (at most one per cluster per After). Nodes silent
+// refused node names (at most one per cluster per After), then the clusters
+// silent or resumed for ReasonNoTokenRequests (see tokenRecords). Nodes silent
 // without heartbeat for ForgetAfter since their cluster_silent are
 // forgotten.
 func (t *Tracker) Check(now time.Time) []alert.Record {
@@ -271,7 +305,53 @@ func (t *Tracker) Check(now time.Time) []alert.Record {
 			s.silent = false
 		}
 	}
-	return append(out, t.refusedRecords(now)...)
+	out = append(out, t.refusedRecords(now)...)
+	return append(out, t.tokenRecords(now)...)
+}
+
+// tokenRecords returns, in cluster order, a cluster_silent for each cluster
+// without a token request for TokenRequestsAfter while at least one of its
+// nodes is not silent (its audit log grows: when all are silent, their own
+// records say why nothing comes), and a cluster_resumed for each such
+// cluster that delivered one since.
+func (t *Tracker) tokenRecords(now time.Time) []alert.Record {
+	if t.cfg.TokenRequestsAfter <= 0 {
+		return nil
+	}
+	flowing := map[string]bool{}
+	for k, s := range t.nodes {
+		if !s.silent {
+			flowing[k.cluster] = true
+		}
+	}
+	clusters := make([]string, 0, len(t.tokens))
+	for c := range t.tokens {
+		clusters = append(clusters, c)
+	}
+	sort.Strings(clusters)
+	var out []alert.Record
+	for _, c := range clusters {
+		tk := t.tokens[c]
+		switch {
+		case !tk.silent && now.Sub(tk.seen) >= t.cfg.TokenRequestsAfter && flowing[c]:
+			tk.silent, tk.since = true, tk.seen
+			out = append(out, tokenRecord("cluster_silent", c, tk.since, now, now.Sub(tk.since)))
+		case tk.silent && tk.seen.After(tk.since):
+			tk.silent = false
+			out = append(out, tokenRecord("cluster_resumed", c, tk.since, now, tk.seen.Sub(tk.since)))
+		}
+	}
+	return out
+}
+
+// tokenRecord is a no_token_requests record of cluster, silent since since.
+func tokenRecord(kind, cluster string, since, now time.Time, silentFor time.Duration) alert.Record {
+	body := fmt.Sprintf("Cluster %s is silent: its audit logs grow, but none has logged a token request (create on serviceaccounts/token) for %s; its audit policy may not log them, and tokenwatch cannot see them.",
+		cluster, silentFor.Round(time.Second))
+	if kind != "cluster_silent" {
+		body = fmt.Sprintf("Cluster %s logs token requests again after %s without any.", cluster, silentFor.Round(time.Second))
+	}
+	return silenceRecord(kind, cluster, "", ReasonNoTokenRequests, since, now, silentFor, body)
 }
 
 // forget drops the nodes silent without heartbeat for ForgetAfter since
@@ -348,8 +428,6 @@ func (t *Tracker) silence(now time.Time, s *state) (string, time.Time) {
 }
 
 func (t *Tracker) record(kind string, k node, s *state, now time.Time, silentFor time.Duration) alert.Record {
-	sum := sha256.Sum256([]byte(kind + "\x00" + k.cluster + "\x00" + k.name + "\x00" + s.since.UTC().Format(time.RFC3339Nano)))
-	sev, body := alert.High, ""
 	what := "no heartbeat from its agent"
 	switch s.reason {
 	case ReasonNoAuditGrowth:
@@ -357,12 +435,29 @@ func (t *Tracker) record(kind string, k node, s *state, now time.Time, silentFor
 	case ReasonNoAuditData:
 		what = "its agent reads nothing, its audit log is absent or unreadable (" + s.fileErr + ")"
 	}
-	secs := int64(silentFor / time.Second)
-	if kind == "cluster_silent" {
-		body = fmt.Sprintf("Node %s of cluster %s is silent: %s for %s.", k.name, k.cluster, what, silentFor.Round(time.Second))
-	} else {
-		sev = alert.Low
+	body := fmt.Sprintf("Node %s of cluster %s is silent: %s for %s.", k.name, k.cluster, what, silentFor.Round(time.Second))
+	if kind != "cluster_silent" {
 		body = fmt.Sprintf("Node %s of cluster %s is heard from again after %s of silence (%s).", k.name, k.cluster, silentFor.Round(time.Second), what)
+	}
+	return silenceRecord(kind, k.cluster, k.name, s.reason, s.since, now, silentFor, body)
+}
+
+// silenceRecord is a cluster_silent (high) or cluster_resumed (low) record
+// of a node, or of a whole cluster when node is "", silent since since for
+// reason. Its ID is the same for the same silence.
+func silenceRecord(kind, cluster, node, reason string, since, now time.Time, silentFor time.Duration, body string) alert.Record {
+	key := kind + "\x00" + cluster + "\x00" + node + "\x00"
+	if node == "" {
+		key += "\x00" + reason + "\x00"
+	}
+	sum := sha256.Sum256([]byte(key + since.UTC().Format(time.RFC3339Nano)))
+	sev := alert.High
+	if kind != "cluster_silent" {
+		sev = alert.Low
+	}
+	attrs := []alert.Attr{alert.String("tokenwatch.pipeline.kind", kind), alert.String("k8s.cluster.name", cluster)}
+	if node != "" {
+		attrs = append(attrs, alert.String("k8s.node.name", node))
 	}
 	return alert.Record{
 		ID:        "ps-" + hex.EncodeToString(sum[:16]),
@@ -370,12 +465,8 @@ func (t *Tracker) record(kind string, k node, s *state, now time.Time, silentFor
 		Time:      now,
 		Severity:  sev,
 		Body:      body,
-		Attrs: []alert.Attr{
-			alert.String("tokenwatch.pipeline.kind", kind),
-			alert.String("k8s.cluster.name", k.cluster),
-			alert.String("k8s.node.name", k.name),
-			alert.Int("tokenwatch.silent_for_seconds", secs),
-			alert.String("tokenwatch.silence.reason", s.reason),
-		},
+		Attrs: append(attrs,
+			alert.Int("tokenwatch.silent_for_seconds", int64(silentFor/time.Second)),
+			alert.String("tokenwatch.silence.reason", reason)),
 	}
 }

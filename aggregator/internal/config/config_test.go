@@ -105,6 +105,7 @@ func TestParseBad(t *testing.T) {
 		{"limits-hello.bad.yaml", "limits.hello_timeout: must be > 0"},
 		{"limits-nodes.bad.yaml", "limits.max_nodes_per_cluster: must be > 0"},
 		{"silence-forget.bad.yaml", "silence.forget_after: must be > 0"},
+		{"silence-tokens.bad.yaml", "silence.token_requests_after: must be >= 0 (0 turns the check off)"},
 		{"type.bad.yaml", "cannot unmarshal"},
 		{"lineage.bad.yaml", "lineage.max_token_ttl: must be > 0; lineage.max_watched: must be >= 1"},
 	}

@@ -479,6 +479,7 @@ func (s *Server) commitLoop(ctx context.Context, out acker, src detect.Source, r
 					break more
 				}
 			}
+			group.batch.Replay = replay
 			if err := s.commit(ctx, out, group, mem, log); err != nil {
 				return err
 			}

@@ -192,8 +192,8 @@ func TestStreamAcksAfterProcess(t *testing.T) {
 	if len(batches) != 2 || len(batches[0].Events) != 2 || len(batches[1].Events) != 1 {
 		t.Fatalf("processed %d batches, want 2 with 2 and 1 events", len(batches))
 	}
-	if src := batches[0].Source; src.Cluster != "prod" || src.Node != "cp-1" {
-		t.Errorf("source = %+v, want prod/cp-1", src)
+	if src := batches[0].Source; src.Cluster != "prod" || src.Node != "cp-1" || batches[0].Replay {
+		t.Errorf("source = %+v (replay %v), want prod/cp-1, live", src, batches[0].Replay)
 	}
 	if e := batches[0].Events[0]; e.AuditID != "a1" || e.Username() != "alice" || !e.IsTokenCreate() {
 		t.Errorf("event = %+v, want a1 by alice, a token create", e)
@@ -212,8 +212,12 @@ func TestStreamReplayNotTracked(t *testing.T) {
 	recv(t, st)
 	send(t, st, heartbeat(), batchMsg(1, "a1"))
 	recv(t, st)
-	if _, heard := rec.snapshot(); len(heard) != 0 {
+	batches, heard := rec.snapshot()
+	if len(heard) != 0 {
 		t.Errorf("replay agent heard = %q, want none", heard)
+	}
+	if len(batches) != 1 || !batches[0].Replay {
+		t.Errorf("replay agent's batches = %+v, want one marked Replay", batches)
 	}
 }
 

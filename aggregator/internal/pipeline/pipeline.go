@@ -99,6 +99,9 @@ type Batch struct {
 	// it matched and did not send one by one.
 	Uses   []Use
 	Counts []lineage.Count
+	// Replay: the batch is a replaying agent's (--once), whose old logs
+	// say nothing of what its cluster logs now (silence).
+	Replay bool
 }
 
 // Result tells what one batch did.
@@ -324,6 +327,7 @@ type candidate struct {
 // nothing of it should be acknowledged (a re-send is deduplicated).
 func (p *Pipeline) Process(ctx context.Context, b Batch) (Result, error) {
 	cands, creates, res := p.candidates(b)
+	p.sawTokenRequests(&b, res.Excluded+len(cands))
 	if len(cands) == 0 && len(creates) == 0 && len(b.Losses) == 0 && len(b.Uses) == 0 && len(b.Counts) == 0 {
 		p.m.count(&res)
 		return res, nil
@@ -543,6 +547,17 @@ func (p *Pipeline) Heard(cluster, node string, lastGrowth time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.silence.Heard(p.now(), cluster, node, lastGrowth)
+}
+
+// sawTokenRequests records that b, holding n token requests, is one of a
+// live agent's (see silence.Tracker.TokenRequests).
+func (p *Pipeline) sawTokenRequests(b *Batch, n int) {
+	if b.Replay || n == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.silence.TokenRequests(p.now(), b.Source.Cluster)
 }
 
 // HeardBeat is Heard with what the heartbeat says of the agent's audit

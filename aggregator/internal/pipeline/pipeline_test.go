@@ -18,6 +18,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/internal/audit"
 	"github.com/tokenwatch/tokenwatch/internal/detect"
 	"github.com/tokenwatch/tokenwatch/internal/rule"
+	"github.com/tokenwatch/tokenwatch/internal/silence"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -563,6 +564,58 @@ func TestSilence(t *testing.T) {
 	f.tick(t)
 	if got, want := summary(t, f.outbox(t), alert.EventPipeline), []string{"cluster_resumed", "cluster_silent"}; !equal(got, want) {
 		t.Fatalf("pipeline records = %q, want %q", got, want)
+	}
+}
+
+// TestSilenceNoTokenRequests: a cluster whose logs grow without a token
+// request for silence.token_requests_after is silent; any token request of
+// a live agent counts, excluded ones and those the codec screened out
+// included, a replaying agent's does not.
+func TestSilenceNoTokenRequests(t *testing.T) {
+	kubelet := ev{user: "system:node:cp-1", groups: []string{"system:nodes", "system:authenticated"},
+		stage: audit.StageResponseComplete, id: "k1", rrt: "2026-11-26T23:00:00Z", code: 201}
+	tests := []struct {
+		name   string
+		batch  Batch
+		silent bool
+	}{
+		{"an excluded token request", batch("prod", "cp-1", kubelet), false},
+		{"token requests screened out before the batch", Batch{Source: detect.Source{Cluster: "prod", Node: "cp-1"}, Excluded: 3}, false},
+		{"an alerting token request", batch("prod", "cp-1", completed("mallory", "m1", "2026-11-26T23:00:00Z", 201)), false},
+		{"a replaying agent's", func() Batch { b := batch("prod", "cp-1", kubelet); b.Replay = true; return b }(), true},
+		{"not a token request", Batch{Source: detect.Source{Cluster: "prod", Node: "cp-1"}, NotMatched: 5}, true},
+		{"another cluster's", batch("dev", "cp-1", kubelet), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := config.Default()
+			cfg.Silence.TokenRequestsAfter = time.Hour
+			f := newFixture(t, cfg)
+			beat := func() {
+				f.p.HeardBeat("prod", "cp-1", silence.Beat{LastGrowth: f.clk.Now(), File: silence.FilePresent})
+				f.p.HeardBeat("dev", "cp-1", silence.Beat{LastGrowth: f.clk.Now(), File: silence.FilePresent})
+			}
+			beat()
+			f.clk.Add(40 * time.Minute)
+			beat()
+			f.process(t, tt.batch)
+			f.clk.Add(40 * time.Minute)
+			beat()
+			f.tick(t)
+			var got []string
+			for _, r := range f.outbox(t) {
+				if r.EventName == alert.EventPipeline && str(t, r, "k8s.cluster.name") == "prod" {
+					got = append(got, str(t, r, "tokenwatch.pipeline.kind")+" "+str(t, r, "tokenwatch.silence.reason"))
+				}
+			}
+			var want []string
+			if tt.silent {
+				want = []string{"cluster_silent no_token_requests"}
+			}
+			if !equal(got, want) {
+				t.Errorf("prod's pipeline records = %q, want %q", got, want)
+			}
+		})
 	}
 }
 
