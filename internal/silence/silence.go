@@ -346,7 +346,7 @@ func (t *Tracker) tokenRecords(now time.Time) []alert.Record {
 
 // tokenRecord is a no_token_requests record of cluster, silent since since.
 func tokenRecord(kind, cluster string, since, now time.Time, silentFor time.Duration) alert.Record {
-	body := fmt.Sprintf("Cluster %s is silent: its audit logs grow, but none has logged a token request (create on serviceaccounts/token) for %s; its audit policy may not log them, and tokenwatch cannot see them.",
+	body := fmt.Sprintf("Cluster %s is silent: its audit logs grow, but none has logged a token request (create on serviceaccounts/token) for %s; its audit policy may not log them (or the apiserver writes another format than --audit-log-format=json), and tokenwatch cannot see them.",
 		cluster, silentFor.Round(time.Second))
 	if kind != "cluster_silent" {
 		body = fmt.Sprintf("Cluster %s logs token requests again after %s without any.", cluster, silentFor.Round(time.Second))

@@ -119,7 +119,7 @@ func TestTokenRequestsRecords(t *testing.T) {
 		Time:      at(200),
 		Severity:  alert.High,
 		Body: "Cluster prod is silent: its audit logs grow, but none has logged a token request " +
-			"(create on serviceaccounts/token) for 3h20m0s; its audit policy may not log them, and tokenwatch cannot see them.",
+			"(create on serviceaccounts/token) for 3h20m0s; its audit policy may not log them (or the apiserver writes another format than --audit-log-format=json), and tokenwatch cannot see them.",
 		Attrs: []alert.Attr{
 			alert.String("tokenwatch.pipeline.kind", "cluster_silent"),
 			alert.String("k8s.cluster.name", "prod"),
