@@ -73,6 +73,7 @@ func parseFlags(args []string, help io.Writer) (agent.Config, slog.Level, bool, 
 	fs.StringVar(&c.StartAt, "start-at", "end", "`beginning|end`: where to begin in the live file without a checkpoint (with --once: beginning)")
 	fs.BoolVar(&c.Once, "once", false, "replay: read the --audit-log files (plain or .gz) to their end, wait for every acknowledgement, exit")
 	fs.DurationVar(&c.OnceTimeout, "once-timeout", agent.DefaultOnceTimeout, "with --once, exit 1 when the aggregator cannot be reached for this `DURATION`")
+	fs.StringVar(&c.AuditPolicyFile, "audit-policy-file", "", "the kube-apiserver's audit policy `FILE` (its --audit-policy-file), read-only: its SHA-256 goes with each heartbeat and the aggregator reports a change (default: not watched)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `HOST:PORT` (default: off)")
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "log `LEVEL`: debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")

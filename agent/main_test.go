@@ -29,6 +29,7 @@ func TestFlagErrors(t *testing.T) {
 		{"gz without once", with("--audit-log", "/x/audit.log.gz"), "agent: --audit-log /x/audit.log.gz: a compressed file can only be replayed with --once"},
 		{"bad once-timeout", with("--once", "--once-timeout", "0s"), "agent: --once-timeout 0s: must be positive"},
 		{"bad metrics-addr", with("--metrics-addr", "localhost"), `agent: --metrics-addr "localhost": want HOST:PORT`},
+		{"audit policy with --once", with("--once", "--audit-policy-file", "/etc/kubernetes/audit-policy.yaml"), "agent: --audit-policy-file: watched only while following, not with --once"},
 		{"several files without --once", with("--audit-log", "a.log", "--audit-log", "b.log"), "agent: --audit-log given 2 times: several files are replayed only with --once"},
 		{"several files with a checkpoint", with("--once", "--audit-log", "a.log", "--audit-log", "b.log", "--state-dir", "st"), "agent: --state-dir: a checkpoint follows one file: replay several --audit-log files without it"},
 		{"stray argument", with("audit.log"), `agent: unexpected argument "audit.log": every setting is a flag`},

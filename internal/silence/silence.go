@@ -45,6 +45,8 @@ type Beat struct {
 	LastGrowth time.Time
 	File       FileState
 	FileError  string // why the file is missing
+	// Policy is what the agent says of the audit policy file it watches.
+	Policy Policy
 }
 
 // KindNodesRefused is the tokenwatch.pipeline.kind of the record that
@@ -121,6 +123,9 @@ type state struct {
 	// not say so); fileErr is its last explanation.
 	missing time.Time
 	fileErr string
+	// policy is the audit policy file as last heard, policyBase as it was
+	// at the last audit_policy_changed (or when first heard).
+	policy, policyBase Policy
 	// silent is set while a cluster_silent has been emitted and not
 	// resumed: since is when the silence began.
 	silent bool
@@ -241,6 +246,7 @@ func (t *Tracker) HeardBeat(now time.Time, cluster, name string, b Beat) {
 			s.growth = now // nothing read yet: growth is awaited from now
 		}
 	}
+	s.heardPolicy(b.Policy)
 	if now.After(s.heard) {
 		s.heard = now
 	}
@@ -265,7 +271,8 @@ func (t *Tracker) Nodes() int { return len(t.nodes) }
 
 // Check returns the records due at now: cluster_silent for a node silent for
 // After (once per silence) and cluster_resumed for a silent node heard from
-// again, in (cluster, node) order, then nodes_refused for clusters that
+// again, in (cluster, node) order, then audit_policy_changed for nodes whose
+// audit policy file changed (see policyRecords), then nodes_refused for clusters that
 // refused node names (at most one per cluster per After), then the clusters
 // silent or resumed for ReasonNoTokenRequests (see tokenRecords). Nodes silent
 // without heartbeat for ForgetAfter since their cluster_silent are
@@ -305,6 +312,7 @@ func (t *Tracker) Check(now time.Time) []alert.Record {
 			s.silent = false
 		}
 	}
+	out = append(out, t.policyRecords(now, keys)...)
 	out = append(out, t.refusedRecords(now)...)
 	return append(out, t.tokenRecords(now)...)
 }

@@ -37,6 +37,10 @@ type Config struct {
 	Once        bool          // --once
 	OnceTimeout time.Duration // --once-timeout
 	MetricsAddr string        // --metrics-addr; empty serves none
+	// AuditPolicyFile is the kube-apiserver's audit policy file
+	// (--audit-policy-file; empty: not watched): its digest goes with each
+	// heartbeat, so that the aggregator reports a change.
+	AuditPolicyFile string
 
 	// MoreAuditLogs are the further --audit-log values: with Once, files
 	// or directories replayed with AuditLog, in log order.
@@ -139,6 +143,9 @@ func (c *Config) validateReading() error {
 	}
 	if len(c.MoreAuditLogs) > 0 && c.StateDir != "" {
 		return errors.New("--state-dir: a checkpoint follows one file: replay several --audit-log files without it")
+	}
+	if c.Once && c.AuditPolicyFile != "" {
+		return errors.New("--audit-policy-file: watched only while following, not with --once")
 	}
 	if c.Once && c.OnceTimeout <= 0 {
 		return fmt.Errorf("--once-timeout %s: must be positive", c.OnceTimeout)

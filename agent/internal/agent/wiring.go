@@ -77,7 +77,7 @@ func newAgent(c Config) (*agent, error) {
 			Replay: c.Once, SessionId: sessionID(),
 		},
 		GiveUpAfter: giveUp,
-		Status:      func() *tokenwatchv1.Heartbeat { return heartbeat(fol.Stats()) },
+		Status:      status(fol, newPolicyWatch(c.AuditPolicyFile, a.log)),
 		OnAck:       a.p.onAck,
 		Classify:    classifier(c),
 		Lineage:     a.lin,

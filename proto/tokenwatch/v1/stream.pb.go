@@ -1114,9 +1114,15 @@ type Heartbeat struct {
 	// agent started is LastGrowth: absent until the first line is read.
 	FileState AuditFileState `protobuf:"varint,9,opt,name=file_state,json=fileState,proto3,enum=tokenwatch.v1.AuditFileState" json:"file_state,omitempty"`
 	// FileError says why the live audit log is absent or unreadable.
-	FileError     string `protobuf:"bytes,10,opt,name=file_error,json=fileError,proto3" json:"file_error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	FileError string `protobuf:"bytes,10,opt,name=file_error,json=fileError,proto3" json:"file_error,omitempty"`
+	// AuditPolicySha256 is the hex SHA-256 of the kube-apiserver's audit
+	// policy file (the agent's --audit-policy-file) when the heartbeat was
+	// sent; empty when the agent does not watch it or cannot read it.
+	AuditPolicySha256 string `protobuf:"bytes,11,opt,name=audit_policy_sha256,json=auditPolicySha256,proto3" json:"audit_policy_sha256,omitempty"`
+	// AuditPolicyError says why the watched audit policy file cannot be read.
+	AuditPolicyError string `protobuf:"bytes,12,opt,name=audit_policy_error,json=auditPolicyError,proto3" json:"audit_policy_error,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
@@ -1215,6 +1221,20 @@ func (x *Heartbeat) GetFileState() AuditFileState {
 func (x *Heartbeat) GetFileError() string {
 	if x != nil {
 		return x.FileError
+	}
+	return ""
+}
+
+func (x *Heartbeat) GetAuditPolicySha256() string {
+	if x != nil {
+		return x.AuditPolicySha256
+	}
+	return ""
+}
+
+func (x *Heartbeat) GetAuditPolicyError() string {
+	if x != nil {
+		return x.AuditPolicyError
 	}
 	return ""
 }
@@ -2090,7 +2110,7 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x04R\x05count\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xf1\x02\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xcf\x03\n" +
 	"\tHeartbeat\x12.\n" +
 	"\x04sent\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04sent\x12\x12\n" +
 	"\x04file\x18\x02 \x01(\tR\x04file\x12\x16\n" +
@@ -2106,7 +2126,9 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"file_state\x18\t \x01(\x0e2\x1d.tokenwatch.v1.AuditFileStateR\tfileState\x12\x1d\n" +
 	"\n" +
 	"file_error\x18\n" +
-	" \x01(\tR\tfileError\"\xa0\x02\n" +
+	" \x01(\tR\tfileError\x12.\n" +
+	"\x13audit_policy_sha256\x18\v \x01(\tR\x11auditPolicySha256\x12,\n" +
+	"\x12audit_policy_error\x18\f \x01(\tR\x10auditPolicyError\"\xa0\x02\n" +
 	"\n" +
 	"LossReport\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x12\n" +

@@ -1,0 +1,84 @@
+package silence
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestAuditPolicyChanges(t *testing.T) {
+	a, b := Policy{SHA256: "aaaa"}, Policy{SHA256: "bbbb"}
+	gone := Policy{Err: "open /etc/kubernetes/audit-policy.yaml: no such file or directory"}
+	type change struct{ Node, Was, Is string }
+	type beat struct {
+		node   string
+		policy Policy
+	}
+	tests := []struct {
+		name  string
+		beats [][]beat // per minute
+		want  [][]change
+	}{
+		{"unchanged", [][]beat{{{"n1", a}}, {{"n1", a}}, {{"n1", a}}}, [][]change{nil, nil, nil}},
+		{"changed, then back", [][]beat{{{"n1", a}}, {{"n1", b}}, {{"n1", b}}, {{"n1", a}}},
+			[][]change{nil, {{"n1", "aaaa", "bbbb"}}, nil, {{"n1", "bbbb", "aaaa"}}}},
+		{"not watched, then watched: the first is the baseline", [][]beat{{{"n1", Policy{}}}, {{"n1", a}}, {{"n1", a}}},
+			[][]change{nil, nil, nil}},
+		{"a heartbeat without it changes nothing", [][]beat{{{"n1", a}}, {{"n1", Policy{}}}, {{"n1", a}}},
+			[][]change{nil, nil, nil}},
+		{"unreadable, then readable again", [][]beat{{{"n1", a}}, {{"n1", gone}}, {{"n1", a}}},
+			[][]change{nil, {{"n1", "aaaa", ""}}, {{"n1", "", "aaaa"}}}},
+		{"two changes between checks: one record", [][]beat{{{"n1", a}}, {{"n1", gone}, {"n1", b}}},
+			[][]change{nil, {{"n1", "aaaa", "bbbb"}}}},
+		{"each node has its own", [][]beat{{{"n1", a}, {"n2", b}}, {{"n1", a}, {"n2", a}}},
+			[][]change{nil, {{"n2", "bbbb", "aaaa"}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tr := New(Config{After: 5 * time.Minute})
+			for m, beats := range tt.beats {
+				for _, hb := range beats {
+					tr.HeardBeat(at(float64(m)), "prod", hb.node, Beat{LastGrowth: agentClock(float64(m)), File: FilePresent, Policy: hb.policy})
+				}
+				var got []change
+				for _, r := range tr.Check(at(float64(m))) {
+					if k, _ := r.Attr("tokenwatch.pipeline.kind"); k.Str != KindAuditPolicyChanged {
+						continue
+					}
+					n, _ := r.Attr("k8s.node.name")
+					was, _ := r.Attr("tokenwatch.audit_policy.previous_sha256")
+					is, _ := r.Attr("tokenwatch.audit_policy.sha256")
+					got = append(got, change{n.Str, was.Str, is.Str})
+				}
+				if diff := cmp.Diff(tt.want[m], got); diff != "" {
+					t.Errorf("minute %d (-want +got):\n%s", m, diff)
+				}
+			}
+		})
+	}
+}
+
+func TestAuditPolicyRecord(t *testing.T) {
+	tr := New(Config{After: 5 * time.Minute})
+	tr.HeardBeat(at(0), "prod", "cp-1", Beat{Policy: Policy{SHA256: "aaaa"}})
+	tr.Check(at(0))
+	tr.HeardBeat(at(1), "prod", "cp-1", Beat{Policy: Policy{Err: strings.Repeat("e", 300)}})
+	recs := tr.Check(at(1))
+	if len(recs) != 1 {
+		t.Fatalf("records = %v, want one", short(recs))
+	}
+	r := recs[0]
+	if r.Severity.Number != 17 || r.ID == "" {
+		t.Errorf("severity %v, ID %q: want high and an ID", r.Severity, r.ID)
+	}
+	want := "The audit policy file on node cp-1 of cluster prod changed (unreadable: " + strings.Repeat("e", 256) +
+		"..., was sha256 aaaa). kube-apiserver applies it when it restarts: a rule above tokenwatch's can hide token requests from it."
+	if r.Body != want {
+		t.Errorf("body = %q\nwant %q", r.Body, want)
+	}
+	if e, ok := r.Attr("tokenwatch.audit_policy.error"); !ok || len(e.Str) != 259 {
+		t.Errorf("error attribute = %q, want the error bounded to 256 bytes and an ellipsis", e.Str)
+	}
+}
