@@ -2,6 +2,8 @@ package hostile
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,5 +89,84 @@ func TestUnloggedTokenRequestsReported(t *testing.T) {
 	}
 	if n := len(harness.ByEvent(sink.Records(), "tokenwatch.token_request")); n != 0 {
 		t.Errorf("%d token_request alerts for kubelets' excluded mints, want 0", n)
+	}
+}
+
+// TestAuditPolicyChangeReported: an agent watching the apiserver's audit
+// policy file (--audit-policy-file) makes the aggregator report an edit of
+// it as audit_policy_changed, with the node and both digests; the first
+// digest it hears is the baseline, not a change.
+func TestAuditPolicyChangeReported(t *testing.T) {
+	b := suite.Need(t)
+	logs := harness.LogDir(t)
+	dir := t.TempDir()
+	auditLog := filepath.Join(dir, "audit", "audit.log")
+	policy := filepath.Join(dir, "audit-policy.yaml")
+	if err := os.MkdirAll(filepath.Dir(auditLog), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := auditwrite.Run(context.Background(), auditwrite.Config{Path: auditLog, Mode: auditwrite.Lumberjack,
+		MaxSizeMB: 1024, Events: 50, SystemEvery: 5, Cluster: "prod"}); err != nil {
+		t.Fatalf("write the audit log: %v", err)
+	}
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kit, err := os.ReadFile(filepath.Join(root, "deploy", "kubeadm", "audit-policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(policy, kit, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	sink := harness.StartSink(t)
+	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
+	agg.Start(t)
+	agent := &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: "prod", Node: "cp-1", AuditLog: auditLog,
+		Aggregator: agg.Listen, StartAt: "beginning", Extra: []string{"--audit-policy-file", policy}}
+	agent.Start(t)
+	const bound = 60 * time.Second // failure bounds, not measurements
+	// The agent digests the file for each heartbeat: the first one is the
+	// aggregator's baseline. The edit comes after it was sent.
+	if err := agent.Proc.WaitStderr("audit policy file watched", bound); err != nil {
+		agent.Proc.Dump(t)
+		t.Fatal(err)
+	}
+	// An edit that hides one identity's token requests: a rule above the kit's.
+	hidden := strings.Replace(string(kit), "rules:\n", "rules:\n  - level: None\n    users: [\"mallory\"]\n", 1)
+	if hidden == string(kit) {
+		t.Fatal("the kit's policy has no rules: line to insert before")
+	}
+	if err := os.WriteFile(policy, []byte(hidden), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	changed := func(recs []harness.Record) []harness.Record {
+		var out []harness.Record
+		for _, r := range harness.ByEvent(recs, "tokenwatch.pipeline") {
+			if r.Str("tokenwatch.pipeline.kind") == "audit_policy_changed" {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	if !sink.WaitFor(bound, func(r []harness.Record) bool { return len(changed(r)) > 0 }) {
+		agg.Proc.Dump(t)
+		t.Fatalf("no audit_policy_changed within %v of the edit", bound)
+	}
+	digest := func(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+	r := changed(sink.Records())[0]
+	if got := len(changed(sink.Records())); got != 1 {
+		t.Errorf("%d audit_policy_changed records, want 1 (the baseline is no change)", got)
+	}
+	if r.Str("k8s.cluster.name") != "prod" || r.Str("k8s.node.name") != "cp-1" {
+		t.Errorf("record for %s/%s, want prod/cp-1", r.Str("k8s.cluster.name"), r.Str("k8s.node.name"))
+	}
+	if was, is := r.Str("tokenwatch.audit_policy.previous_sha256"), r.Str("tokenwatch.audit_policy.sha256"); was != digest(kit) || is != digest([]byte(hidden)) {
+		t.Errorf("digests %s -> %s, want %s -> %s", was, is, digest(kit), digest([]byte(hidden)))
+	}
+	if r.SeverityNumber != 17 {
+		t.Errorf("severity %d, want 17 (high)", r.SeverityNumber)
 	}
 }
