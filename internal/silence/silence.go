@@ -139,6 +139,9 @@ func New(cfg Config) *Tracker {
 		refused: map[string]*refusals{}, reported: map[string]time.Time{}, tokens: map[string]*tokens{}}
 }
 
+// SetConfig applies cfg from now on, keeping what is tracked (a reload).
+func (t *Tracker) SetConfig(cfg Config) { t.cfg = cfg }
+
 // Join starts tracking cluster/name at now, as if heard then, and reports
 // whether it is tracked: a node already tracked is; a new one only while
 // its cluster has fewer than MaxNodesPerCluster nodes. A refusal is counted

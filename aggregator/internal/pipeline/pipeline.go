@@ -280,7 +280,12 @@ func (p *Pipeline) Apply(c config.Config) error {
 	if first || p.cfg.Silence != c.Silence {
 		sc := c.Silence // the file sets its node bound in limits
 		sc.MaxNodesPerCluster = c.Limits.MaxNodesPerCluster
-		p.silence = silence.New(sc)
+		if first {
+			p.silence = silence.New(sc)
+		} else {
+			// Keep what nodes said (audit policy baselines included).
+			p.silence.SetConfig(sc)
+		}
 	}
 	if !first && c.Lineage != p.linCfg {
 		p.logger.Warn("config reload: lineage changed; it is read at start and takes effect at the next restart")

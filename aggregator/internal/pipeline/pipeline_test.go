@@ -453,6 +453,28 @@ func TestApplyFleetSections(t *testing.T) {
 	}
 }
 
+// TestApplyKeepsNodes: a reload that changes the silence section keeps
+// what nodes said: an audit policy edited after it is still compared with
+// the digest heard before it.
+func TestApplyKeepsNodes(t *testing.T) {
+	f := newFixture(t, config.Default())
+	beat := func(sum string) {
+		f.p.HeardBeat("prod", "cp-1", silence.Beat{LastGrowth: f.clk.Now(), File: silence.FilePresent, Policy: silence.Policy{SHA256: sum}})
+	}
+	beat("aaaa")
+	f.tick(t)
+	cfg := config.Default()
+	cfg.Silence.After = 10 * time.Minute
+	if err := f.p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	beat("bbbb")
+	f.tick(t)
+	if got, want := summary(t, f.outbox(t), alert.EventPipeline), []string{silence.KindAuditPolicyChanged}; !equal(got, want) {
+		t.Errorf("pipeline records after a reload = %q, want %q", got, want)
+	}
+}
+
 func TestBudget(t *testing.T) {
 	cfg := config.Default()
 	cfg.Budget.MaxAlerts = 2
