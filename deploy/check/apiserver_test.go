@@ -148,7 +148,7 @@ func TestControlPlane(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	kits := []string{"otelcol", "check/testdata/prometheus", "check/testdata/prometheus-spoke"}
+	kits := []string{"otelcol", "check/testdata/prometheus", "check/testdata/prometheus-spoke", "check/testdata/audit-policy"}
 	for _, name := range overlays(t) {
 		kits = append(kits, "overlays/"+name)
 	}

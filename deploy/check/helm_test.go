@@ -210,6 +210,12 @@ func TestHelmTemplate(t *testing.T) {
 			sameSubstance(t, kustomizeBuild(t, deployPath(t, "overlays", name)), objs)
 		})
 	}
+	// agent.auditPolicyFile renders what components/audit-policy adds.
+	t.Run("audit policy", func(t *testing.T) {
+		objs := helmTemplate(t, helm, shapes["single-cluster"], "--set", "agent.auditPolicyFile=/etc/kubernetes/audit/policy.yaml")
+		checkRendered(t, objs)
+		sameSubstance(t, kustomizeBuild(t, deployPath(t, "check", "testdata", "audit-policy")), objs)
+	})
 	for _, c := range []struct{ name, shape, kit string }{
 		{"prometheus", "single-cluster", "prometheus"},
 		{"prometheus spoke", "spoke", "prometheus-spoke"},

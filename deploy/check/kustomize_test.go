@@ -21,7 +21,7 @@ import (
 var (
 	agentFlags = []string{
 		"audit-log", "cluster", "node-name", "aggregator", "insecure", "tls-cert", "tls-key",
-		"tls-ca", "state-dir", "start-at", "once", "once-timeout", "metrics-addr",
+		"tls-ca", "state-dir", "start-at", "once", "once-timeout", "metrics-addr", "audit-policy-file",
 	}
 	aggregatorFlags = []string{
 		"listen", "insecure", "tls-cert", "tls-key", "tls-client-ca", "trust-domain",
@@ -292,6 +292,17 @@ func checkAgent(t *testing.T, objs []object, o object) {
 		t.Errorf("agent: the directory of --audit-log %s is not a hostPath volume", auditLog)
 	} else if !m.ReadOnly {
 		t.Errorf("agent: the audit directory is mounted read-write")
+	}
+	// The audit policy, when watched: its directory, a read-only hostPath
+	// (the directory, so that a policy replaced by a rename is seen).
+	if policy := a["audit-policy-file"]; policy != "" {
+		v, m := mountOf(spec, c, filepath.Dir(policy))
+		switch {
+		case v == nil || v.HostPath == nil || v.HostPath.Path != filepath.Dir(policy):
+			t.Errorf("agent: the directory of --audit-policy-file %s is not its hostPath volume", policy)
+		case !m.ReadOnly:
+			t.Errorf("agent: the audit policy directory is mounted read-write")
+		}
 	}
 	// The checkpoint: a hostPath state directory.
 	v, m = mountOf(spec, c, a["state-dir"])
