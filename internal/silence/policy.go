@@ -13,6 +13,10 @@ import (
 // reports that a node's audit policy file changed, or became unreadable.
 const KindAuditPolicyChanged = "audit_policy_changed"
 
+// maxDigest is the length of a hex SHA-256; a longer value (from a
+// misbehaving agent) is cut there.
+const maxDigest = 64
+
 // Policy is what a heartbeat says of the node's kube-apiserver audit policy
 // file: its digest, or why it cannot be read; zero when the agent does not
 // watch it (no --audit-policy-file, or an older agent).
@@ -38,6 +42,9 @@ func (s *state) heardPolicy(p Policy) {
 	}
 	if len(p.Err) > maxFileError {
 		p.Err = p.Err[:maxFileError] + "..."
+	}
+	if len(p.SHA256) > maxDigest { // not a hex SHA-256: kept bounded
+		p.SHA256 = p.SHA256[:maxDigest] + "..."
 	}
 	s.policy = p
 }

@@ -81,4 +81,13 @@ func TestAuditPolicyRecord(t *testing.T) {
 	if e, ok := r.Attr("tokenwatch.audit_policy.error"); !ok || len(e.Str) != 259 {
 		t.Errorf("error attribute = %q, want the error bounded to 256 bytes and an ellipsis", e.Str)
 	}
+	// A digest that is not one (a misbehaving agent's megabytes) is bounded.
+	tr.HeardBeat(at(2), "prod", "cp-1", Beat{Policy: Policy{SHA256: strings.Repeat("f", 1<<20)}})
+	recs = tr.Check(at(2))
+	if len(recs) != 1 {
+		t.Fatalf("records = %v, want one", short(recs))
+	}
+	if d, _ := recs[0].Attr("tokenwatch.audit_policy.sha256"); len(d.Str) != 67 || len(recs[0].Body) > 1024 {
+		t.Errorf("digest attribute of %d bytes, body of %d: want 64 bytes and an ellipsis, a short body", len(d.Str), len(recs[0].Body))
+	}
 }
