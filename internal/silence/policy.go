@@ -51,7 +51,10 @@ func (s *state) heardPolicy(p Policy) {
 
 // policyRecords returns, for the nodes of keys in their order, an
 // audit_policy_changed record for each whose policy file is not what it
-// was at the last record, or at the first heartbeat that named it.
+// was at the last record, or at the first heartbeat that named it. A node
+// has at most one per After: the first change is reported at once, later
+// ones when After has passed since the last record, as the file is then
+// (so a heartbeat stream flipping digests cannot flood the outbox).
 func (t *Tracker) policyRecords(now time.Time, keys []node) []alert.Record {
 	var out []alert.Record
 	for _, k := range keys {
@@ -60,9 +63,11 @@ func (t *Tracker) policyRecords(now time.Time, keys []node) []alert.Record {
 		case !s.policy.known() || s.policy == s.policyBase:
 		case !s.policyBase.known():
 			s.policyBase = s.policy // the first one heard: nothing to compare with
+		case !s.policyAt.IsZero() && now.Sub(s.policyAt) < t.cfg.After:
+			// reported within After: held
 		default:
 			out = append(out, policyRecord(k, s.policyBase, s.policy, now))
-			s.policyBase = s.policy
+			s.policyBase, s.policyAt = s.policy, now
 		}
 	}
 	return out

@@ -22,14 +22,16 @@ func TestAuditPolicyChanges(t *testing.T) {
 		want  [][]change
 	}{
 		{"unchanged", [][]beat{{{"n1", a}}, {{"n1", a}}, {{"n1", a}}}, [][]change{nil, nil, nil}},
-		{"changed, then back", [][]beat{{{"n1", a}}, {{"n1", b}}, {{"n1", b}}, {{"n1", a}}},
-			[][]change{nil, {{"n1", "aaaa", "bbbb"}}, nil, {{"n1", "bbbb", "aaaa"}}}},
+		{"changed, then back: at most one record per silence.after", [][]beat{{{"n1", a}}, {{"n1", b}}, {{"n1", b}}, {{"n1", a}}, {{"n1", a}}, {{"n1", a}}, {{"n1", a}}},
+			[][]change{nil, {{"n1", "aaaa", "bbbb"}}, nil, nil, nil, nil, {{"n1", "bbbb", "aaaa"}}}},
+		{"flipping within silence.after: held, then the file as it is", [][]beat{{{"n1", a}}, {{"n1", b}}, {{"n1", a}}, {{"n1", b}}, {{"n1", b}}, {{"n1", b}}, {{"n1", b}}},
+			[][]change{nil, {{"n1", "aaaa", "bbbb"}}, nil, nil, nil, nil, nil}},
 		{"not watched, then watched: the first is the baseline", [][]beat{{{"n1", Policy{}}}, {{"n1", a}}, {{"n1", a}}},
 			[][]change{nil, nil, nil}},
 		{"a heartbeat without it changes nothing", [][]beat{{{"n1", a}}, {{"n1", Policy{}}}, {{"n1", a}}},
 			[][]change{nil, nil, nil}},
-		{"unreadable, then readable again", [][]beat{{{"n1", a}}, {{"n1", gone}}, {{"n1", a}}},
-			[][]change{nil, {{"n1", "aaaa", ""}}, {{"n1", "", "aaaa"}}}},
+		{"unreadable, then readable again", [][]beat{{{"n1", a}}, {{"n1", gone}}, {{"n1", a}}, {{"n1", a}}, {{"n1", a}}, {{"n1", a}}, {{"n1", a}}},
+			[][]change{nil, {{"n1", "aaaa", ""}}, nil, nil, nil, nil, {{"n1", "", "aaaa"}}}},
 		{"two changes between checks: one record", [][]beat{{{"n1", a}}, {{"n1", gone}, {"n1", b}}},
 			[][]change{nil, {{"n1", "aaaa", "bbbb"}}}},
 		{"each node has its own", [][]beat{{{"n1", a}, {"n2", b}}, {{"n1", a}, {"n2", a}}},
@@ -82,8 +84,8 @@ func TestAuditPolicyRecord(t *testing.T) {
 		t.Errorf("error attribute = %q, want the error bounded to 256 bytes and an ellipsis", e.Str)
 	}
 	// A digest that is not one (a misbehaving agent's megabytes) is bounded.
-	tr.HeardBeat(at(2), "prod", "cp-1", Beat{Policy: Policy{SHA256: strings.Repeat("f", 1<<20)}})
-	recs = tr.Check(at(2))
+	tr.HeardBeat(at(7), "prod", "cp-1", Beat{Policy: Policy{SHA256: strings.Repeat("f", 1<<20)}})
+	recs = tr.Check(at(7)) // silence.after since the last record
 	if len(recs) != 1 {
 		t.Fatalf("records = %v, want one", short(recs))
 	}

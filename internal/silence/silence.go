@@ -124,8 +124,10 @@ type state struct {
 	missing time.Time
 	fileErr string
 	// policy is the audit policy file as last heard, policyBase as it was
-	// at the last audit_policy_changed (or when first heard).
+	// at the last audit_policy_changed (or when first heard), policyAt the
+	// time of that record.
 	policy, policyBase Policy
+	policyAt           time.Time
 	// silent is set while a cluster_silent has been emitted and not
 	// resumed: since is when the silence began.
 	silent bool
