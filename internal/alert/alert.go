@@ -4,6 +4,8 @@
 package alert
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"time"
 )
 
@@ -13,6 +15,14 @@ const (
 	EventCorrelation  = "tokenwatch.correlation"
 	EventPipeline     = "tokenwatch.pipeline"
 )
+
+// PipelineID is the ID of a pipeline record named by key: the same key, the
+// same ID, so that a record made again (after a restart, say) is
+// deduplicated.
+func PipelineID(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return "ps-" + hex.EncodeToString(sum[:16])
+}
 
 // Severity is the seed rule's vocabulary with its OpenTelemetry number.
 type Severity struct {

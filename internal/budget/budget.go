@@ -1,8 +1,6 @@
 package budget
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"sort"
 	"strings"
@@ -158,9 +156,8 @@ func (b *Budget) summary(w window, end time.Time) alert.Record {
 	if len(top) > 3 {
 		top = append(top[:3:3], "...")
 	}
-	sum := sha256.Sum256([]byte("alerts_suppressed\x00" + w.start.UTC().Format(time.RFC3339Nano) + "\x00" + end.UTC().Format(time.RFC3339Nano)))
 	return alert.Record{
-		ID:        "ps-" + hex.EncodeToString(sum[:16]),
+		ID:        alert.PipelineID("alerts_suppressed\x00" + w.start.UTC().Format(time.RFC3339Nano) + "\x00" + end.UTC().Format(time.RFC3339Nano)),
 		EventName: alert.EventPipeline,
 		Time:      end,
 		Severity:  alert.Low,

@@ -1,8 +1,6 @@
 package silence
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -74,8 +72,6 @@ func (t *Tracker) policyRecords(now time.Time, keys []node) []alert.Record {
 }
 
 func policyRecord(k node, was, is Policy, now time.Time) alert.Record {
-	sum := sha256.Sum256([]byte(KindAuditPolicyChanged + "\x00" + k.cluster + "\x00" + k.name + "\x00" +
-		was.String() + "\x00" + is.String() + "\x00" + now.UTC().Format(time.RFC3339Nano)))
 	attrs := []alert.Attr{
 		alert.String("tokenwatch.pipeline.kind", KindAuditPolicyChanged),
 		alert.String("k8s.cluster.name", k.cluster),
@@ -87,7 +83,8 @@ func policyRecord(k node, was, is Policy, now time.Time) alert.Record {
 		attrs = append(attrs, alert.String("tokenwatch.audit_policy.error", is.Err))
 	}
 	return alert.Record{
-		ID:        "ps-" + hex.EncodeToString(sum[:16]),
+		ID: alert.PipelineID(KindAuditPolicyChanged + "\x00" + k.cluster + "\x00" + k.name + "\x00" +
+			was.String() + "\x00" + is.String() + "\x00" + now.UTC().Format(time.RFC3339Nano)),
 		EventName: alert.EventPipeline,
 		Time:      now,
 		Severity:  alert.High,

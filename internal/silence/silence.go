@@ -1,8 +1,6 @@
 package silence
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"sort"
 	"strings"
@@ -400,9 +398,8 @@ func (t *Tracker) refusedRecords(now time.Time) []alert.Record {
 		r := t.refused[c]
 		delete(t.refused, c)
 		t.reported[c] = now
-		sum := sha256.Sum256([]byte(KindNodesRefused + "\x00" + c + "\x00" + r.first.UTC().Format(time.RFC3339Nano)))
 		out = append(out, alert.Record{
-			ID:        "ps-" + hex.EncodeToString(sum[:16]),
+			ID:        alert.PipelineID(KindNodesRefused + "\x00" + c + "\x00" + r.first.UTC().Format(time.RFC3339Nano)),
 			EventName: alert.EventPipeline,
 			Time:      now,
 			Severity:  alert.High,
@@ -463,7 +460,6 @@ func silenceRecord(kind, cluster, node, reason string, since, now time.Time, sil
 	if node == "" {
 		key += "\x00" + reason + "\x00"
 	}
-	sum := sha256.Sum256([]byte(key + since.UTC().Format(time.RFC3339Nano)))
 	sev := alert.High
 	if kind != "cluster_silent" {
 		sev = alert.Low
@@ -473,7 +469,7 @@ func silenceRecord(kind, cluster, node, reason string, since, now time.Time, sil
 		attrs = append(attrs, alert.String("k8s.node.name", node))
 	}
 	return alert.Record{
-		ID:        "ps-" + hex.EncodeToString(sum[:16]),
+		ID:        alert.PipelineID(key + since.UTC().Format(time.RFC3339Nano)),
 		EventName: alert.EventPipeline,
 		Time:      now,
 		Severity:  sev,
