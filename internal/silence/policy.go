@@ -2,6 +2,7 @@ package silence
 
 import (
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/tokenwatch/tokenwatch/internal/alert"
@@ -61,11 +62,13 @@ func (t *Tracker) policyRecords(now time.Time, keys []node) []alert.Record {
 		case !s.policy.known() || s.policy == s.policyBase:
 		case !s.policyBase.known():
 			s.policyBase = s.policy // the first one heard: nothing to compare with
+			t.baselineLog = append(t.baselineLog, Baseline{Cluster: k.cluster, Node: k.name, Policy: s.policy})
 		case !s.policyAt.IsZero() && now.Sub(s.policyAt) < t.cfg.After:
 			// reported within After: held
 		default:
 			out = append(out, policyRecord(k, s.policyBase, s.policy, now))
 			s.policyBase, s.policyAt = s.policy, now
+			t.baselineLog = append(t.baselineLog, Baseline{Cluster: k.cluster, Node: k.name, Policy: s.policy})
 		}
 	}
 	return out
@@ -93,4 +96,58 @@ func policyRecord(k node, was, is Policy, now time.Time) alert.Record {
 			k.name, k.cluster, is, was),
 		Attrs: attrs,
 	}
+}
+
+// Baseline is a node's audit policy baseline: what its file was at the last
+// audit_policy_changed, or when first heard. A zero Policy deletes it.
+// Baselines are kept across restarts, so an edit made while the aggregator
+// was down is reported when the node is heard again.
+type Baseline struct {
+	Cluster, Node string
+	Policy        Policy
+}
+
+// Baselines returns the changes of baselines since the last call, in the
+// order they were made (a later one for the same node replaces an earlier
+// one), for the caller to store; RestoreBaselines takes them back.
+func (t *Tracker) Baselines() []Baseline {
+	out := t.baselineLog
+	t.baselineLog = nil
+	return out
+}
+
+// RestoreBaselines takes back, at now, the baselines stored before a
+// restart: a node heard again compares its file with its baseline, and the
+// baseline of one not heard again within After+ForgetAfter (when
+// ForgetAfter > 0) is dropped, as the node would have been forgotten.
+// Baselines of nodes already tracked, or without a policy, are ignored.
+func (t *Tracker) RestoreBaselines(now time.Time, bs []Baseline) {
+	for _, b := range bs {
+		k := node{b.Cluster, b.Node}
+		if !b.Policy.known() || t.nodes[k] != nil {
+			continue
+		}
+		if t.baselines == nil {
+			t.baselines = map[node]Policy{}
+		}
+		t.baselines[k] = b.Policy
+	}
+	t.restoredAt = now
+}
+
+// forgetBaselines drops the restored baselines of nodes not heard within
+// After+ForgetAfter of their restoring.
+func (t *Tracker) forgetBaselines(now time.Time) {
+	if len(t.baselines) == 0 || now.Sub(t.restoredAt) < t.cfg.After+t.cfg.ForgetAfter {
+		return
+	}
+	keys := make([]node, 0, len(t.baselines))
+	for k := range t.baselines {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].less(keys[j]) })
+	for _, k := range keys {
+		t.baselineLog = append(t.baselineLog, Baseline{Cluster: k.cluster, Node: k.name})
+	}
+	t.baselines = nil
 }

@@ -93,3 +93,62 @@ func TestAuditPolicyRecord(t *testing.T) {
 		t.Errorf("digest attribute of %d bytes, body of %d: want 64 bytes and an ellipsis, a short body", len(d.Str), len(recs[0].Body))
 	}
 }
+
+// TestAuditPolicyBaselines: the tracker hands out each baseline it takes
+// (first heard, then at each record) and each it drops (a forgotten node),
+// and a tracker given them back reports a file changed meanwhile at once.
+func TestAuditPolicyBaselines(t *testing.T) {
+	a, b, c := Policy{SHA256: "aaaa"}, Policy{SHA256: "bbbb"}, Policy{SHA256: "cccc"}
+	cfg := Config{After: 5 * time.Minute, ForgetAfter: 60 * time.Minute}
+	tr := New(cfg)
+	tr.HeardBeat(at(0), "prod", "cp-1", Beat{Policy: a})
+	tr.HeardBeat(at(0), "prod", "cp-2", Beat{Policy: a})
+	tr.HeardBeat(at(0), "prod", "cp-3", Beat{}) // not watched: no baseline
+	tr.Check(at(0))
+	want := []Baseline{{"prod", "cp-1", a}, {"prod", "cp-2", a}}
+	if diff := cmp.Diff(want, tr.Baselines()); diff != "" {
+		t.Fatalf("first heard (-want +got):\n%s", diff)
+	}
+	if got := tr.Baselines(); got != nil {
+		t.Fatalf("handed out twice: %v", got)
+	}
+	tr.HeardBeat(at(1), "prod", "cp-1", Beat{Policy: b})
+	tr.Check(at(1))
+	if diff := cmp.Diff([]Baseline{{"prod", "cp-1", b}}, tr.Baselines()); diff != "" {
+		t.Fatalf("after a record (-want +got):\n%s", diff)
+	}
+
+	// A restart: cp-1 was edited while the aggregator was down, cp-2 was not,
+	// cp-9 is never heard again.
+	stored := []Baseline{{"prod", "cp-1", b}, {"prod", "cp-2", a}, {"prod", "cp-9", a}, {"prod", "cp-bad", Policy{}}}
+	tr = New(cfg)
+	tr.RestoreBaselines(at(10), stored)
+	tr.Join(at(10), "prod", "cp-1")
+	tr.HeardBeat(at(10), "prod", "cp-1", Beat{Policy: c})
+	tr.HeardBeat(at(10), "prod", "cp-2", Beat{Policy: a})
+	var got []string
+	for _, r := range tr.Check(at(10)) {
+		n, _ := r.Attr("k8s.node.name")
+		was, _ := r.Attr("tokenwatch.audit_policy.previous_sha256")
+		got = append(got, n.Str+" "+was.Str)
+	}
+	if diff := cmp.Diff([]string{"cp-1 bbbb"}, got); diff != "" {
+		t.Errorf("records after the restart (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]Baseline{{"prod", "cp-1", c}}, tr.Baselines()); diff != "" {
+		t.Errorf("baselines after the restart (-want +got):\n%s", diff)
+	}
+	// cp-9's restored baseline goes After+ForgetAfter after the restart;
+	// cp-2's, heard then, when cp-2 itself is forgotten (silent since 10).
+	tr.HeardBeat(at(74), "prod", "cp-1", Beat{Policy: c})
+	tr.Check(at(74))
+	if got := tr.Baselines(); got != nil {
+		t.Errorf("baselines dropped before After+ForgetAfter: %v", got)
+	}
+	tr.HeardBeat(at(75), "prod", "cp-1", Beat{Policy: c})
+	tr.Check(at(75))
+	want = []Baseline{{Cluster: "prod", Node: "cp-9"}, {Cluster: "prod", Node: "cp-2"}}
+	if diff := cmp.Diff(want, tr.Baselines()); diff != "" {
+		t.Errorf("nodes not heard and forgotten (-want +got):\n%s", diff)
+	}
+}

@@ -86,6 +86,12 @@ type Tracker struct {
 	refused  map[string]*refusals // per cluster, not yet reported
 	reported map[string]time.Time // per cluster: the last nodes_refused
 	tokens   map[string]*tokens   // per tracked cluster: its token requests
+	// baselines are the audit policy baselines restored from the store (see
+	// RestoreBaselines) for nodes not heard since; baselineLog the changes
+	// of baselines to store, in order (see Baselines).
+	baselines   map[node]Policy
+	restoredAt  time.Time
+	baselineLog []Baseline
 }
 
 // tokens is what a cluster's audit logs said of token requests.
@@ -108,6 +114,14 @@ type refusals struct {
 }
 
 type node struct{ cluster, name string }
+
+// less orders nodes by cluster, then name.
+func (n node) less(o node) bool {
+	if n.cluster != o.cluster {
+		return n.cluster < o.cluster
+	}
+	return n.name < o.name
+}
 
 type state struct {
 	heard time.Time // aggregator clock: the last heartbeat
@@ -171,7 +185,8 @@ func (t *Tracker) join(now time.Time, cluster, name string, report bool) bool {
 		}
 		return false
 	}
-	t.nodes[k] = &state{heard: now}
+	t.nodes[k] = &state{heard: now, policyBase: t.baselines[k]}
+	delete(t.baselines, k)
 	t.clusters[cluster]++
 	if t.tokens[cluster] == nil {
 		t.tokens[cluster] = &tokens{seen: now}
@@ -262,6 +277,9 @@ func (t *Tracker) Forget(cluster, name string) {
 	if t.nodes[k] == nil {
 		return
 	}
+	if t.nodes[k].policyBase.known() {
+		t.baselineLog = append(t.baselineLog, Baseline{Cluster: cluster, Node: name})
+	}
 	delete(t.nodes, k)
 	if t.clusters[cluster]--; t.clusters[cluster] <= 0 {
 		delete(t.clusters, cluster)
@@ -289,12 +307,7 @@ func (t *Tracker) Check(now time.Time) []alert.Record {
 	for k := range t.nodes {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].cluster != keys[j].cluster {
-			return keys[i].cluster < keys[j].cluster
-		}
-		return keys[i].name < keys[j].name
-	})
+	sort.Slice(keys, func(i, j int) bool { return keys[i].less(keys[j]) })
 	var out []alert.Record
 	for _, k := range keys {
 		s := t.nodes[k]
@@ -376,6 +389,7 @@ func (t *Tracker) forget(now time.Time) {
 	if t.cfg.ForgetAfter <= 0 {
 		return
 	}
+	t.forgetBaselines(now)
 	for k, s := range t.nodes {
 		if s.silent && s.reason == ReasonNoHeartbeat && now.Sub(s.since) >= t.cfg.After+t.cfg.ForgetAfter {
 			t.Forget(k.cluster, k.name)

@@ -151,7 +151,8 @@ type Pipeline struct {
 	corrBase  correlate.Stats // of correlators replaced by a reload
 	budget    *budget.Budget  // nil when off
 	silence   *silence.Tracker
-	carry     []alert.Record // periodic records whose commit failed, retried
+	carry     []alert.Record     // periodic records whose commit failed, retried
+	carryBase []silence.Baseline // audit policy baselines whose commit failed, retried
 	retention time.Duration
 	// lastExpire is when the correlator last dropped old events.
 	lastExpire time.Time
@@ -235,7 +236,30 @@ func New(opts Options) (*Pipeline, error) {
 	if err := p.openLineage(opts.Registerer); err != nil {
 		return nil, fmt.Errorf("new pipeline: %w", err)
 	}
+	if err := p.restoreBaselines(); err != nil {
+		return nil, fmt.Errorf("new pipeline: %w", err)
+	}
 	return p, nil
+}
+
+// restoreBaselines gives the silence tracker the audit policy baselines
+// stored before a restart.
+func (p *Pipeline) restoreBaselines() error {
+	bs, unreadable, err := p.store.Baselines()
+	if err != nil {
+		return err
+	}
+	if unreadable > 0 {
+		p.logger.Warn("audit policy baselines unreadable in the state store: those nodes take their next digest as baseline",
+			"count", unreadable)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.silence.RestoreBaselines(p.now(), bs)
+	if len(bs) > 0 {
+		p.logger.Info("audit policy baselines restored", "nodes", len(bs))
+	}
+	return nil
 }
 
 // Apply puts a new configuration in force without a restart. The rule and
@@ -623,6 +647,7 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 		ch.Records = append(ch.Records, p.budget.Flush(now)...)
 	}
 	ch.Records = append(ch.Records, p.silence.Check(now)...)
+	ch.Baselines = append(p.carryBase, p.silence.Baselines()...)
 	if now.Sub(p.lastExpire) >= expireInterval || now.Before(p.lastExpire) {
 		p.corr.Expire(now)
 		p.lastExpire = now
@@ -636,12 +661,14 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 		// Due pendings are still in the store and come back by themselves;
 		// lineage is rebuilt from the store.
 		p.carry = periodic(ch.Records, due)
+		p.carryBase = ch.Baselines
 		if run.entries {
 			p.linStale.Store(true)
 		}
 		return 0, fmt.Errorf("tick: %w", err)
 	}
-	p.carry = nil
+	p.carry, p.carryBase = nil, nil
+	p.logBaselines(ch.Baselines)
 	p.m.expired.Add(float64(expired))
 	p.m.events.suppressed.Add(float64(suppressed))
 	p.m.recordsAdded.Add(float64(added))
@@ -650,6 +677,19 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 		p.onWatch(run.add, run.remove)
 	}
 	return added, nil
+}
+
+// logBaselines logs the audit policy baselines stored: the digest each
+// node's file is compared with from now on, across restarts.
+func (p *Pipeline) logBaselines(bs []silence.Baseline) {
+	for _, b := range bs {
+		if b.Policy == (silence.Policy{}) {
+			p.logger.Info("audit policy baseline dropped: node forgotten", "cluster", b.Cluster, "node", b.Node)
+			continue
+		}
+		p.logger.Info("audit policy baseline stored", "cluster", b.Cluster, "node", b.Node,
+			"sha256", b.Policy.SHA256, "policy_error", b.Policy.Err)
+	}
 }
 
 // expireLocked turns the due pendings into the steps detect.Due decides

@@ -475,6 +475,28 @@ func TestApplyKeepsNodes(t *testing.T) {
 	}
 }
 
+// TestBaselinesKeptAcrossRestarts: a node's audit policy baseline is
+// stored, so an edit made while the aggregator was down is reported by
+// the next one; without it the edited file would be the new baseline.
+func TestBaselinesKeptAcrossRestarts(t *testing.T) {
+	f := newFixture(t, config.Default())
+	beat := func(f *fixture, sum string) {
+		f.p.HeardBeat("prod", "cp-1", silence.Beat{LastGrowth: f.clk.Now(), File: silence.FilePresent, Policy: silence.Policy{SHA256: sum}})
+	}
+	beat(f, "aaaa")
+	f.tick(t)
+	f = f.reopen(t, config.Default())
+	beat(f, "bbbb")
+	f.tick(t)
+	recs := f.outbox(t)
+	if got, want := summary(t, recs, alert.EventPipeline), []string{silence.KindAuditPolicyChanged}; !equal(got, want) {
+		t.Fatalf("pipeline records after a restart = %q, want %q", got, want)
+	}
+	if got := str(t, recs[0], "tokenwatch.audit_policy.previous_sha256"); got != "aaaa" {
+		t.Errorf("previous digest %q, want aaaa", got)
+	}
+}
+
 func TestBudget(t *testing.T) {
 	cfg := config.Default()
 	cfg.Budget.MaxAlerts = 2

@@ -22,6 +22,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/internal/detect"
 	"github.com/tokenwatch/tokenwatch/internal/lineage"
 	"github.com/tokenwatch/tokenwatch/internal/rule"
+	"github.com/tokenwatch/tokenwatch/internal/silence"
 )
 
 // FileName is the name of the store's file inside the state directory.
@@ -61,7 +62,7 @@ var (
 	bucketPendingDue = []byte("pending_due") // deadline (8 bytes BE) + requestKey -> nil
 
 	allBuckets = [][]byte{bucketMeta, bucketOutbox, bucketIDs, bucketExportedAt,
-		bucketDedupe, bucketDedupeAt, bucketPending, bucketPendingDue, bucketLineage}
+		bucketDedupe, bucketDedupeAt, bucketPending, bucketPendingDue, bucketLineage, bucketBaselines}
 
 	keySchema = []byte("schema")
 )
@@ -269,12 +270,16 @@ type Change struct {
 	// lineage.State.Changes returns them; LineageEntries reads them back.
 	LineagePut    []lineage.Entry
 	LineageDelete []string
+	// Baselines stores audit policy baselines, in order (a zero Policy
+	// deletes), as silence.Tracker.Baselines returns them; Store.Baselines
+	// reads them back.
+	Baselines []silence.Baseline
 }
 
 // Empty reports whether c changes nothing.
 func (c *Change) Empty() bool {
 	return len(c.Records) == 0 && len(c.Pending) == 0 && len(c.Done) == 0 && len(c.DoneAlone) == 0 &&
-		len(c.LineagePut) == 0 && len(c.LineageDelete) == 0
+		len(c.LineagePut) == 0 && len(c.LineageDelete) == 0 && len(c.Baselines) == 0
 }
 
 // Commit writes c in one transaction and returns once it is durable. It
@@ -303,6 +308,10 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 	if err != nil {
 		return func() (int, error) { return 0, err }
 	}
+	base, err := encodeBaselines(c.Baselines)
+	if err != nil {
+		return func() (int, error) { return 0, err }
+	}
 
 	var added int
 	var outboxed []uint64 // outbox seq of c.Records[i], 0 when not added
@@ -319,6 +328,9 @@ func (s *Store) Submit(c Change) (wait func() (added int, err error)) {
 			return err
 		}
 		if err := putLineage(tx, lin, c.LineageDelete); err != nil {
+			return err
+		}
+		if err := putBaselines(tx, base); err != nil {
 			return err
 		}
 		return markDone(tx, c, now)
