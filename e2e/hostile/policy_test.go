@@ -97,11 +97,76 @@ func TestUnloggedTokenRequestsReported(t *testing.T) {
 // it as audit_policy_changed, with the node and both digests; the first
 // digest it hears is the baseline, not a change.
 func TestAuditPolicyChangeReported(t *testing.T) {
+	w := startPolicyWatch(t)
+	// The agent digests the file for each heartbeat: the first one is the
+	// aggregator's baseline. The edit comes after it was sent.
+	if err := w.agent.Proc.WaitStderr("audit policy file watched", policyBound); err != nil {
+		w.agent.Proc.Dump(t)
+		t.Fatal(err)
+	}
+	hidden := w.hide(t)
+	if !w.sink.WaitFor(policyBound, func(r []harness.Record) bool { return len(policyChanged(r)) > 0 }) {
+		w.agg.Proc.Dump(t)
+		t.Fatalf("no audit_policy_changed within %v of the edit", policyBound)
+	}
+	r := policyChanged(w.sink.Records())[0]
+	if got := len(policyChanged(w.sink.Records())); got != 1 {
+		t.Errorf("%d audit_policy_changed records, want 1 (the baseline is no change)", got)
+	}
+	if r.Str("k8s.cluster.name") != "prod" || r.Str("k8s.node.name") != "cp-1" {
+		t.Errorf("record for %s/%s, want prod/cp-1", r.Str("k8s.cluster.name"), r.Str("k8s.node.name"))
+	}
+	if was, is := r.Str("tokenwatch.audit_policy.previous_sha256"), r.Str("tokenwatch.audit_policy.sha256"); was != sha256Hex(w.kit) || is != sha256Hex(hidden) {
+		t.Errorf("digests %s -> %s, want %s -> %s", was, is, sha256Hex(w.kit), sha256Hex(hidden))
+	}
+	if r.SeverityNumber != 17 {
+		t.Errorf("severity %d, want 17 (high)", r.SeverityNumber)
+	}
+}
+
+// TestAuditPolicyEditWhileAggregatorDown: the aggregator keeps each node's
+// audit policy baseline in its state, so an edit made while it was down is
+// reported by the next run, at the node's first heartbeat; it would
+// otherwise take the edited file as the baseline and say nothing.
+func TestAuditPolicyEditWhileAggregatorDown(t *testing.T) {
+	w := startPolicyWatch(t)
+	if err := w.agg.Proc.WaitStderr("audit policy baseline stored", policyBound); err != nil {
+		w.agg.Proc.Dump(t)
+		t.Fatal(err)
+	}
+	if err := w.agg.Proc.Stop(policyBound); err != nil {
+		t.Fatalf("aggregator graceful stop: %v", err)
+	}
+	hidden := w.hide(t)
+	w.agg.Start(t)
+	if !w.sink.WaitFor(policyBound, func(r []harness.Record) bool { return len(policyChanged(r)) > 0 }) {
+		w.agg.Proc.Dump(t)
+		t.Fatalf("no audit_policy_changed within %v of the restart", policyBound)
+	}
+	r := policyChanged(w.sink.Records())[0]
+	if was, is := r.Str("tokenwatch.audit_policy.previous_sha256"), r.Str("tokenwatch.audit_policy.sha256"); was != sha256Hex(w.kit) || is != sha256Hex(hidden) {
+		t.Errorf("digests %s -> %s, want %s -> %s", was, is, sha256Hex(w.kit), sha256Hex(hidden))
+	}
+}
+
+const policyBound = 60 * time.Second // failure bounds, not measurements
+
+// policyWatch is an aggregator and an agent of node prod/cp-1 watching a
+// copy of the kit's audit policy.
+type policyWatch struct {
+	sink   *harness.Sink
+	agg    *harness.Aggregator
+	agent  *harness.Agent
+	policy string
+	kit    []byte
+}
+
+func startPolicyWatch(t *testing.T) *policyWatch {
 	b := suite.Need(t)
 	logs := harness.LogDir(t)
 	dir := t.TempDir()
 	auditLog := filepath.Join(dir, "audit", "audit.log")
-	policy := filepath.Join(dir, "audit-policy.yaml")
+	w := &policyWatch{policy: filepath.Join(dir, "audit-policy.yaml")}
 	if err := os.MkdirAll(filepath.Dir(auditLog), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -113,60 +178,43 @@ func TestAuditPolicyChangeReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kit, err := os.ReadFile(filepath.Join(root, "deploy", "kubeadm", "audit-policy.yaml"))
-	if err != nil {
+	if w.kit, err = os.ReadFile(filepath.Join(root, "deploy", "kubeadm", "audit-policy.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(policy, kit, 0o600); err != nil {
+	if err := os.WriteFile(w.policy, w.kit, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	w.sink = harness.StartSink(t)
+	w.agg = harness.NewAggregator(t, b, logs, w.sink.Endpoint)
+	w.agg.Start(t)
+	w.agent = &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: "prod", Node: "cp-1", AuditLog: auditLog,
+		Aggregator: w.agg.Listen, StartAt: "beginning", Extra: []string{"--audit-policy-file", w.policy}}
+	w.agent.Start(t)
+	return w
+}
 
-	sink := harness.StartSink(t)
-	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
-	agg.Start(t)
-	agent := &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: "prod", Node: "cp-1", AuditLog: auditLog,
-		Aggregator: agg.Listen, StartAt: "beginning", Extra: []string{"--audit-policy-file", policy}}
-	agent.Start(t)
-	const bound = 60 * time.Second // failure bounds, not measurements
-	// The agent digests the file for each heartbeat: the first one is the
-	// aggregator's baseline. The edit comes after it was sent.
-	if err := agent.Proc.WaitStderr("audit policy file watched", bound); err != nil {
-		agent.Proc.Dump(t)
-		t.Fatal(err)
-	}
-	// An edit that hides one identity's token requests: a rule above the kit's.
-	hidden := strings.Replace(string(kit), "rules:\n", "rules:\n  - level: None\n    users: [\"mallory\"]\n", 1)
-	if hidden == string(kit) {
+// hide edits the policy to hide one identity's token requests (a rule
+// above the kit's) and returns the new file.
+func (w *policyWatch) hide(t *testing.T) []byte {
+	hidden := strings.Replace(string(w.kit), "rules:\n", "rules:\n  - level: None\n    users: [\"mallory\"]\n", 1)
+	if hidden == string(w.kit) {
 		t.Fatal("the kit's policy has no rules: line to insert before")
 	}
-	if err := os.WriteFile(policy, []byte(hidden), 0o600); err != nil {
+	if err := os.WriteFile(w.policy, []byte(hidden), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	changed := func(recs []harness.Record) []harness.Record {
-		var out []harness.Record
-		for _, r := range harness.ByEvent(recs, "tokenwatch.pipeline") {
-			if r.Str("tokenwatch.pipeline.kind") == "audit_policy_changed" {
-				out = append(out, r)
-			}
-		}
-		return out
-	}
-	if !sink.WaitFor(bound, func(r []harness.Record) bool { return len(changed(r)) > 0 }) {
-		agg.Proc.Dump(t)
-		t.Fatalf("no audit_policy_changed within %v of the edit", bound)
-	}
-	digest := func(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
-	r := changed(sink.Records())[0]
-	if got := len(changed(sink.Records())); got != 1 {
-		t.Errorf("%d audit_policy_changed records, want 1 (the baseline is no change)", got)
-	}
-	if r.Str("k8s.cluster.name") != "prod" || r.Str("k8s.node.name") != "cp-1" {
-		t.Errorf("record for %s/%s, want prod/cp-1", r.Str("k8s.cluster.name"), r.Str("k8s.node.name"))
-	}
-	if was, is := r.Str("tokenwatch.audit_policy.previous_sha256"), r.Str("tokenwatch.audit_policy.sha256"); was != digest(kit) || is != digest([]byte(hidden)) {
-		t.Errorf("digests %s -> %s, want %s -> %s", was, is, digest(kit), digest([]byte(hidden)))
-	}
-	if r.SeverityNumber != 17 {
-		t.Errorf("severity %d, want 17 (high)", r.SeverityNumber)
-	}
+	return []byte(hidden)
 }
+
+// policyChanged returns the audit_policy_changed records of recs.
+func policyChanged(recs []harness.Record) []harness.Record {
+	var out []harness.Record
+	for _, r := range harness.ByEvent(recs, "tokenwatch.pipeline") {
+		if r.Str("tokenwatch.pipeline.kind") == "audit_policy_changed" {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func sha256Hex(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
