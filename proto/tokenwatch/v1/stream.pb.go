@@ -1121,8 +1121,15 @@ type Heartbeat struct {
 	AuditPolicySha256 string `protobuf:"bytes,11,opt,name=audit_policy_sha256,json=auditPolicySha256,proto3" json:"audit_policy_sha256,omitempty"`
 	// AuditPolicyError says why the watched audit policy file cannot be read.
 	AuditPolicyError string `protobuf:"bytes,12,opt,name=audit_policy_error,json=auditPolicyError,proto3" json:"audit_policy_error,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// AuditPolicyGaps says which token requests (create on
+	// serviceaccounts/token) the watched audit policy keeps out of the audit
+	// log, one phrase per rule ("rule 2 (level None) hides token requests by
+	// users mallory"), separated by "; ", or why the agent cannot read the
+	// policy; empty when it logs every token request at a stage tokenwatch
+	// reads, or when the agent does not watch the file or cannot read it.
+	AuditPolicyGaps string `protobuf:"bytes,13,opt,name=audit_policy_gaps,json=auditPolicyGaps,proto3" json:"audit_policy_gaps,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
@@ -1235,6 +1242,13 @@ func (x *Heartbeat) GetAuditPolicySha256() string {
 func (x *Heartbeat) GetAuditPolicyError() string {
 	if x != nil {
 		return x.AuditPolicyError
+	}
+	return ""
+}
+
+func (x *Heartbeat) GetAuditPolicyGaps() string {
+	if x != nil {
+		return x.AuditPolicyGaps
 	}
 	return ""
 }
@@ -2110,7 +2124,7 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x04R\x05count\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xcf\x03\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xfb\x03\n" +
 	"\tHeartbeat\x12.\n" +
 	"\x04sent\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04sent\x12\x12\n" +
 	"\x04file\x18\x02 \x01(\tR\x04file\x12\x16\n" +
@@ -2128,7 +2142,8 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"file_error\x18\n" +
 	" \x01(\tR\tfileError\x12.\n" +
 	"\x13audit_policy_sha256\x18\v \x01(\tR\x11auditPolicySha256\x12,\n" +
-	"\x12audit_policy_error\x18\f \x01(\tR\x10auditPolicyError\"\xa0\x02\n" +
+	"\x12audit_policy_error\x18\f \x01(\tR\x10auditPolicyError\x12*\n" +
+	"\x11audit_policy_gaps\x18\r \x01(\tR\x0fauditPolicyGaps\"\xa0\x02\n" +
 	"\n" +
 	"LossReport\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x12\n" +
