@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/tokenwatch/tokenwatch/internal/auditpolicy"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
 
@@ -24,8 +26,8 @@ type policyWatch struct {
 	path string
 	log  *slog.Logger
 
-	mu         sync.Mutex
-	sum, fault string // the last result
+	mu               sync.Mutex
+	sum, fault, gaps string // the last result
 }
 
 // newPolicyWatch watches path; nil when path is empty.
@@ -42,56 +44,96 @@ func status(fol reader, pw *policyWatch) func() *tokenwatchv1.Heartbeat {
 	return func() *tokenwatchv1.Heartbeat {
 		h := heartbeat(fol.Stats())
 		if pw != nil {
-			h.AuditPolicySha256, h.AuditPolicyError = pw.check()
+			h.AuditPolicySha256, h.AuditPolicyError, h.AuditPolicyGaps = pw.check()
 		}
 		return h
 	}
 }
 
-// check digests the file now: its hex SHA-256, or why it cannot be read.
-func (w *policyWatch) check() (sum, fault string) {
-	sum, err := digestFile(w.path)
+// check digests the file now: its hex SHA-256 and which token requests
+// it keeps out of the audit log (see gapsOf), or why it cannot be read.
+func (w *policyWatch) check() (sum, fault, gaps string) {
+	data, err := readPolicy(w.path)
 	if err != nil {
 		fault = err.Error()
+	} else {
+		d := sha256.Sum256(data)
+		sum = hex.EncodeToString(d[:])
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	switch {
+	case sum == w.sum:
+		gaps = w.gaps // the same file: the same gaps
+	case fault == "":
+		gaps = gapsOf(data)
+	}
+	w.logChange(sum, fault, gaps)
+	w.sum, w.fault, w.gaps = sum, fault, gaps
+	return sum, fault, gaps
+}
+
+// logChange logs what changed since the last check, once; a policy that
+// keeps token requests out of the log is a warning.
+func (w *policyWatch) logChange(sum, fault, gaps string) {
+	level, attrs := slog.LevelInfo, []any{"path", w.path, "sha256", sum}
+	if gaps != "" {
+		level, attrs = slog.LevelWarn, append(attrs, "token_requests_unlogged", gaps)
+	}
+	ctx := context.Background()
 	switch {
 	case sum == w.sum && fault == w.fault:
 	case fault != "":
 		w.log.Warn("audit policy file not readable", "path", w.path, "err", fault)
 	case w.sum == "" && w.fault == "":
-		w.log.Info("audit policy file watched", "path", w.path, "sha256", sum)
+		w.log.Log(ctx, level, "audit policy file watched", attrs...)
 	case w.fault != "":
-		w.log.Info("audit policy file readable again", "path", w.path, "sha256", sum)
+		w.log.Log(ctx, level, "audit policy file readable again", attrs...)
 	default:
-		w.log.Warn("audit policy file changed", "path", w.path, "sha256", sum, "previous_sha256", w.sum)
+		w.log.Log(ctx, slog.LevelWarn, "audit policy file changed", append(attrs, "previous_sha256", w.sum)...)
 	}
-	w.sum, w.fault = sum, fault
-	return sum, fault
 }
 
-// digestFile returns the hex SHA-256 of the regular file at path.
-func digestFile(path string) (string, error) {
+// maxGaps bounds the gaps sent in a heartbeat.
+const maxGaps = 1024
+
+// gapsOf describes the token requests the policy in data keeps out of the
+// audit log ("" for none), or says that it is not a policy the agent can
+// read; at most maxGaps bytes.
+func gapsOf(data []byte) string {
+	var gaps string
+	if p, err := auditpolicy.Parse(data); err != nil {
+		gaps = "not an audit policy tokenwatch can read (" + err.Error() + ")"
+	} else {
+		gaps = auditpolicy.Describe(p.Gaps())
+	}
+	if len(gaps) > maxGaps {
+		gaps = gaps[:maxGaps] + "..."
+	}
+	return gaps
+}
+
+// readPolicy returns the content of the regular file at path, at most
+// maxPolicyBytes.
+func readPolicy(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("%s: not a regular file", path)
+		return nil, fmt.Errorf("%s: not a regular file", path)
 	}
-	h := sha256.New()
-	n, err := io.Copy(h, io.LimitReader(f, maxPolicyBytes+1))
+	data, err := io.ReadAll(io.LimitReader(f, maxPolicyBytes+1))
 	if err != nil {
-		return "", fmt.Errorf("read %s: %w", path, err)
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	if n > maxPolicyBytes {
-		return "", errors.New(path + ": larger than 4 MiB, not an audit policy")
+	if len(data) > maxPolicyBytes {
+		return nil, errors.New(path + ": larger than 4 MiB, not an audit policy")
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return data, nil
 }

@@ -50,7 +50,7 @@ func TestPolicyWatch(t *testing.T) {
 			t.Fatalf("%s: %v", s.name, err)
 		}
 		before := logs.Len()
-		sum, fault := w.check()
+		sum, fault, _ := w.check()
 		if sum != s.sum || (s.fault == "") != (fault == "") || !strings.Contains(fault, s.fault) {
 			t.Errorf("%s: check() = %q, %q; want %q, an error with %q", s.name, sum, fault, s.sum, s.fault)
 		}
@@ -76,10 +76,50 @@ func TestPolicyWatchFirstRead(t *testing.T) {
 	}
 	var logs bytes.Buffer
 	w := newPolicyWatch(path, slog.New(slog.NewTextHandler(&logs, nil)))
-	if sum, fault := w.check(); len(sum) != 64 || fault != "" {
+	if sum, fault, _ := w.check(); len(sum) != 64 || fault != "" {
 		t.Fatalf("check() = %q, %q", sum, fault)
 	}
 	if !strings.Contains(logs.String(), "audit policy file watched") {
 		t.Errorf("log = %q, want the file watched", logs.String())
+	}
+}
+
+// TestPolicyWatchGaps: the watch says which token requests the policy keeps
+// out of the audit log, and warns of them with the line that logs the
+// file's change.
+func TestPolicyWatchGaps(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	const head = "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n"
+	const tokenwatchRule = "  - level: Request\n    verbs: [\"create\"]\n    resources:\n      - group: \"\"\n        resources: [\"serviceaccounts/token\"]\n"
+	var logs bytes.Buffer
+	w := newPolicyWatch(path, slog.New(slog.NewTextHandler(&logs, nil)))
+	steps := []struct {
+		name, policy, gaps, line string
+	}{
+		{"logs them all", head + tokenwatchRule, "", "level=INFO msg=\"audit policy file watched\""},
+		{"hides one user", head + "  - level: None\n    users: [\"mallory\"]\n" + tokenwatchRule,
+			"rule 1 (level None) hides token requests by users mallory",
+			"level=WARN msg=\"audit policy file changed\""},
+		{"not a policy", "rules: [x]\n", "not an audit policy tokenwatch can read (parse audit policy: ",
+			"token_requests_unlogged=\"not an audit policy"},
+	}
+	for _, s := range steps {
+		if err := os.WriteFile(path, []byte(s.policy), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		before := logs.Len()
+		_, fault, gaps := w.check()
+		if fault != "" || !strings.HasPrefix(gaps, s.gaps) || (s.gaps == "") != (gaps == "") {
+			t.Errorf("%s: check() gaps %q, fault %q; want gaps %q", s.name, gaps, fault, s.gaps)
+		}
+		if line := logs.String()[before:]; !strings.Contains(line, s.line) || strings.Count(line, "\n") != 1 {
+			t.Errorf("%s: logged %q, want one line with %q", s.name, line, s.line)
+		}
+		if _, _, again := w.check(); again != gaps {
+			t.Errorf("%s: second check gaps %q, want %q", s.name, again, gaps)
+		}
+	}
+	if !strings.Contains(logs.String(), `token_requests_unlogged="rule 1 (level None) hides token requests by users mallory"`) {
+		t.Errorf("log = %q, want the gap named", logs.String())
 	}
 }
