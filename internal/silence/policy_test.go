@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/tokenwatch/tokenwatch/internal/alert"
 )
 
 func TestAuditPolicyChanges(t *testing.T) {
@@ -150,5 +152,55 @@ func TestAuditPolicyBaselines(t *testing.T) {
 	want = []Baseline{{Cluster: "prod", Node: "cp-9"}, {Cluster: "prod", Node: "cp-2"}}
 	if diff := cmp.Diff(want, tr.Baselines()); diff != "" {
 		t.Errorf("nodes not heard and forgotten (-want +got):\n%s", diff)
+	}
+}
+
+// TestAuditPolicyGaps: a policy that keeps token requests out of the log
+// is reported when first heard (audit_policy_gap), not again for the same
+// file after a restart, with its gaps in a change record, and again when
+// the agent reads other gaps in the same file.
+func TestAuditPolicyGaps(t *testing.T) {
+	const hides = "rule 1 (level None) hides token requests by users mallory"
+	kinds := func(recs []alert.Record) []string {
+		var out []string
+		for _, r := range recs {
+			k, _ := r.Attr("tokenwatch.pipeline.kind")
+			g, _ := r.Attr("tokenwatch.audit_policy.gaps")
+			out = append(out, k.Str+" "+g.Str)
+		}
+		return out
+	}
+	cfg := Config{After: 5 * time.Minute}
+	tr := New(cfg)
+	tr.HeardBeat(at(0), "prod", "cp-1", Beat{Policy: Policy{SHA256: "aaaa", Gaps: hides}})
+	tr.HeardBeat(at(0), "prod", "cp-2", Beat{Policy: Policy{SHA256: "bbbb"}})
+	recs := tr.Check(at(0))
+	if diff := cmp.Diff([]string{KindAuditPolicyGap + " " + hides}, kinds(recs)); diff != "" {
+		t.Fatalf("first heard (-want +got):\n%s", diff)
+	}
+	if n, _ := recs[0].Attr("k8s.node.name"); n.Str != "cp-1" || recs[0].Severity.Number != 17 ||
+		!strings.Contains(recs[0].Body, "keeps token requests out of the audit log") {
+		t.Errorf("gap record %+v", recs[0])
+	}
+	// The first change of cp-2 is reported at once, with its gaps.
+	tr.HeardBeat(at(1), "prod", "cp-2", Beat{Policy: Policy{SHA256: "cccc", Gaps: hides}})
+	if diff := cmp.Diff([]string{KindAuditPolicyChanged + " " + hides}, kinds(tr.Check(at(1)))); diff != "" {
+		t.Errorf("change (-want +got):\n%s", diff)
+	}
+	// A restart: the same files say nothing more.
+	stored := tr.Baselines()
+	tr = New(cfg)
+	tr.RestoreBaselines(at(2), stored)
+	tr.HeardBeat(at(2), "prod", "cp-1", Beat{Policy: Policy{SHA256: "aaaa", Gaps: hides}})
+	tr.HeardBeat(at(2), "prod", "cp-2", Beat{Policy: Policy{SHA256: "cccc", Gaps: hides}})
+	if recs := tr.Check(at(2)); len(recs) != 0 {
+		t.Errorf("after a restart: %q, want nothing", kinds(recs))
+	}
+	// The same file read with other gaps (a newer agent) is reported, and
+	// read without any is not.
+	tr.HeardBeat(at(3), "prod", "cp-1", Beat{Policy: Policy{SHA256: "aaaa", Gaps: "rule 2 (level None) hides every token request"}})
+	tr.HeardBeat(at(3), "prod", "cp-2", Beat{Policy: Policy{SHA256: "cccc"}})
+	if diff := cmp.Diff([]string{KindAuditPolicyGap + " rule 2 (level None) hides every token request"}, kinds(tr.Check(at(3)))); diff != "" {
+		t.Errorf("same file, other gaps (-want +got):\n%s", diff)
 	}
 }

@@ -509,7 +509,7 @@ func beatOf(hb *tokenwatchv1.Heartbeat) silence.Beat {
 	case tokenwatchv1.AuditFileState_AUDIT_FILE_STATE_ABSENT, tokenwatchv1.AuditFileState_AUDIT_FILE_STATE_UNREADABLE:
 		b.File, b.FileError = silence.FileMissing, hb.GetFileError()
 	}
-	b.Policy = silence.Policy{SHA256: hb.GetAuditPolicySha256(), Err: hb.GetAuditPolicyError()}
+	b.Policy = silence.Policy{SHA256: hb.GetAuditPolicySha256(), Err: hb.GetAuditPolicyError(), Gaps: hb.GetAuditPolicyGaps()}
 	return b
 }
 

@@ -683,12 +683,12 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 // node's file is compared with from now on, across restarts.
 func (p *Pipeline) logBaselines(bs []silence.Baseline) {
 	for _, b := range bs {
-		if b.Policy == (silence.Policy{}) {
+		if b.Policy.SHA256 == "" && b.Policy.Err == "" {
 			p.logger.Info("audit policy baseline dropped: node forgotten", "cluster", b.Cluster, "node", b.Node)
 			continue
 		}
 		p.logger.Info("audit policy baseline stored", "cluster", b.Cluster, "node", b.Node,
-			"sha256", b.Policy.SHA256, "policy_error", b.Policy.Err)
+			"sha256", b.Policy.SHA256, "policy_error", b.Policy.Err, "token_requests_unlogged", b.Policy.Gaps)
 	}
 }
 

@@ -22,12 +22,13 @@ var bucketBaselines = []byte("audit_policy_baselines")
 type baselineValue struct {
 	SHA256 string `json:"sha256,omitempty"`
 	Err    string `json:"error,omitempty"`
+	Gaps   string `json:"gaps,omitempty"`
 }
 
 func baselineKey(cluster, node string) []byte { return []byte(cluster + "\x00" + node) }
 
 // encodeBaselines encodes a change's baselines before the transaction; a
-// nil value deletes.
+// baseline whose policy says nothing of the file is a deletion (nil value).
 func encodeBaselines(bs []silence.Baseline) ([]encoded, error) {
 	out := make([]encoded, len(bs))
 	for i, b := range bs {
@@ -35,10 +36,10 @@ func encodeBaselines(bs []silence.Baseline) ([]encoded, error) {
 			return nil, fmt.Errorf("commit: audit policy baseline %d: bad node %q/%q", i, b.Cluster, b.Node)
 		}
 		out[i].id = baselineKey(b.Cluster, b.Node)
-		if b.Policy == (silence.Policy{}) {
-			continue
+		if b.Policy.SHA256 == "" && b.Policy.Err == "" {
+			continue // deleted
 		}
-		v, err := json.Marshal(baselineValue{SHA256: b.Policy.SHA256, Err: b.Policy.Err})
+		v, err := json.Marshal(baselineValue{SHA256: b.Policy.SHA256, Err: b.Policy.Err, Gaps: b.Policy.Gaps})
 		if err != nil {
 			return nil, fmt.Errorf("commit: encode audit policy baseline: %w", err)
 		}
@@ -73,12 +74,12 @@ func (s *Store) Baselines() (bs []silence.Baseline, unreadable int, err error) {
 		return tx.Bucket(bucketBaselines).ForEach(func(k, v []byte) error {
 			cluster, node, ok := strings.Cut(string(k), "\x00")
 			var bv baselineValue
-			if !ok || cluster == "" || node == "" || json.Unmarshal(v, &bv) != nil || bv == (baselineValue{}) {
+			if !ok || cluster == "" || node == "" || json.Unmarshal(v, &bv) != nil || bv.SHA256 == "" && bv.Err == "" {
 				unreadable++
 				return nil
 			}
 			bs = append(bs, silence.Baseline{Cluster: cluster, Node: node,
-				Policy: silence.Policy{SHA256: bv.SHA256, Err: bv.Err}})
+				Policy: silence.Policy{SHA256: bv.SHA256, Err: bv.Err, Gaps: bv.Gaps}})
 			return nil
 		})
 	})

@@ -270,9 +270,9 @@ type Change struct {
 	// lineage.State.Changes returns them; LineageEntries reads them back.
 	LineagePut    []lineage.Entry
 	LineageDelete []string
-	// Baselines stores audit policy baselines, in order (a zero Policy
-	// deletes), as silence.Tracker.Baselines returns them; Store.Baselines
-	// reads them back.
+	// Baselines stores audit policy baselines, in order (one whose Policy
+	// has no SHA256 and no Err deletes), as silence.Tracker.Baselines
+	// returns them; Store.Baselines reads them back.
 	Baselines []silence.Baseline
 }
 
