@@ -122,6 +122,34 @@ func TestAuditPolicyChangeReported(t *testing.T) {
 	if r.SeverityNumber != 17 {
 		t.Errorf("severity %d, want 17 (high)", r.SeverityNumber)
 	}
+	if got, want := r.Str("tokenwatch.audit_policy.gaps"), "rule 1 (level None) hides token requests by users mallory"; got != want {
+		t.Errorf("gaps %q, want %q", got, want)
+	}
+}
+
+// TestAuditPolicyGapReported: a policy that keeps some token requests out
+// of the audit log from the start (a rule above tokenwatch's that drops
+// kube-system) is reported as audit_policy_gap when first heard, naming
+// the rule and what it hides; the file is the baseline, unchanged.
+func TestAuditPolicyGapReported(t *testing.T) {
+	w := startPolicyWatch(t, func(kit string) string {
+		return strings.Replace(kit, "rules:\n", "rules:\n  - level: None\n    namespaces: [\"kube-system\"]\n", 1)
+	})
+	if !w.sink.WaitFor(policyBound, func(r []harness.Record) bool { return len(policyRecords(r, "audit_policy_gap")) > 0 }) {
+		w.agg.Proc.Dump(t)
+		t.Fatalf("no audit_policy_gap within %v", policyBound)
+	}
+	r := policyRecords(w.sink.Records(), "audit_policy_gap")[0]
+	if got, want := r.Str("tokenwatch.audit_policy.gaps"), "rule 1 (level None) hides token requests in namespaces kube-system"; got != want {
+		t.Errorf("gaps %q, want %q", got, want)
+	}
+	if r.Str("k8s.node.name") != "cp-1" || r.Str("tokenwatch.audit_policy.sha256") != sha256Hex(w.kit) || r.SeverityNumber != 17 {
+		t.Errorf("record for node %q, digest %q, severity %d; want cp-1, the file's, 17",
+			r.Str("k8s.node.name"), r.Str("tokenwatch.audit_policy.sha256"), r.SeverityNumber)
+	}
+	if err := w.agent.Proc.WaitStderr("token_requests_unlogged", policyBound); err != nil {
+		t.Errorf("the agent did not warn of the gap: %v", err)
+	}
 }
 
 // TestAuditPolicyEditWhileAggregatorDown: the aggregator keeps each node's
@@ -161,7 +189,9 @@ type policyWatch struct {
 	kit    []byte
 }
 
-func startPolicyWatch(t *testing.T) *policyWatch {
+// startPolicyWatch starts them; edit, when given, changes the kit's policy
+// before the start.
+func startPolicyWatch(t *testing.T, edit ...func(kit string) string) *policyWatch {
 	b := suite.Need(t)
 	logs := harness.LogDir(t)
 	dir := t.TempDir()
@@ -180,6 +210,9 @@ func startPolicyWatch(t *testing.T) *policyWatch {
 	}
 	if w.kit, err = os.ReadFile(filepath.Join(root, "deploy", "kubeadm", "audit-policy.yaml")); err != nil {
 		t.Fatal(err)
+	}
+	for _, e := range edit {
+		w.kit = []byte(e(string(w.kit)))
 	}
 	if err := os.WriteFile(w.policy, w.kit, 0o600); err != nil {
 		t.Fatal(err)
@@ -208,9 +241,14 @@ func (w *policyWatch) hide(t *testing.T) []byte {
 
 // policyChanged returns the audit_policy_changed records of recs.
 func policyChanged(recs []harness.Record) []harness.Record {
+	return policyRecords(recs, "audit_policy_changed")
+}
+
+// policyRecords returns the tokenwatch.pipeline records of kind in recs.
+func policyRecords(recs []harness.Record, kind string) []harness.Record {
 	var out []harness.Record
 	for _, r := range harness.ByEvent(recs, "tokenwatch.pipeline") {
-		if r.Str("tokenwatch.pipeline.kind") == "audit_policy_changed" {
+		if r.Str("tokenwatch.pipeline.kind") == kind {
 			out = append(out, r)
 		}
 	}
