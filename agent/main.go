@@ -21,7 +21,7 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 // run parses args, runs the agent and returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
-	cfg, logLevel, showVersion, err := parseFlags(args, stdout)
+	cfg, logLevel, show, err := parseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -29,9 +29,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "agent:", err)
 		return 2
 	}
-	if showVersion {
+	if show.version {
 		fmt.Fprintln(stdout, version.String("agent"))
 		return 0
+	}
+	if show.policy != "" {
+		return checkPolicy(show.policy, stdout, stderr)
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
 	if err := cfg.Validate(); err != nil {
@@ -51,11 +54,39 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// checkPolicy prints which token requests the audit policy at path keeps
+// out of the audit log and returns the exit code: 0 for none, 1 for some,
+// 2 when it cannot be read as a policy.
+func checkPolicy(path string, stdout, stderr io.Writer) int {
+	gaps, err := agent.CheckAuditPolicy(path)
+	if err != nil {
+		fmt.Fprintln(stderr, "agent:", err)
+		return 2
+	}
+	if len(gaps) == 0 {
+		fmt.Fprintf(stdout, "%s: every token request is logged at a stage tokenwatch reads\n", path)
+		return 0
+	}
+	fmt.Fprintf(stdout, "%s keeps token requests out of the audit log, where tokenwatch cannot see them:\n", path)
+	for _, g := range gaps {
+		fmt.Fprintln(stdout, "  "+g.String())
+	}
+	fmt.Fprintln(stdout, "Put the tokenwatch rule first (deploy/kubeadm/audit-policy.yaml's first rule).")
+	return 1
+}
+
+// shown is what a run prints instead of running: the version, or the
+// check of an audit policy file.
+type shown struct {
+	version bool
+	policy  string
+}
+
 // parseFlags fills the agent's Config from the command line, applying the
 // defaults that depend on other flags (--once changes --start-at and
 // --state-dir). --help prints the usage to help; a bad flag is only
 // returned, for run to report on one line.
-func parseFlags(args []string, help io.Writer) (agent.Config, slog.Level, bool, error) {
+func parseFlags(args []string, help io.Writer) (agent.Config, slog.Level, shown, error) {
 	var c agent.Config
 	var level slog.Level
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
@@ -76,17 +107,19 @@ func parseFlags(args []string, help io.Writer) (agent.Config, slog.Level, bool, 
 	fs.StringVar(&c.AuditPolicyFile, "audit-policy-file", "", "the kube-apiserver's audit policy `FILE` (its --audit-policy-file), read-only: its SHA-256 goes with each heartbeat and the aggregator reports a change (default: not watched)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `HOST:PORT` (default: off)")
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "log `LEVEL`: debug, info, warn or error")
-	showVersion := fs.Bool("version", false, "print the version and exit")
+	var show shown
+	fs.BoolVar(&show.version, "version", false, "print the version and exit")
+	fs.StringVar(&show.policy, "check-audit-policy", "", "read the audit policy `FILE` as kube-apiserver applies it to token requests, print those it keeps out of the audit log, and exit: 0 for none, 1 for some, 2 when it cannot be read")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(help)
 		fmt.Fprintln(help, "Usage of agent:")
 		fs.PrintDefaults()
-		return c, level, false, err
+		return c, level, show, err
 	} else if err != nil {
-		return c, level, false, fmt.Errorf("%w (see --help)", err)
+		return c, level, show, fmt.Errorf("%w (see --help)", err)
 	}
 	if fs.NArg() > 0 {
-		return c, level, false, fmt.Errorf("unexpected argument %q: every setting is a flag", fs.Arg(0))
+		return c, level, show, fmt.Errorf("unexpected argument %q: every setting is a flag", fs.Arg(0))
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -96,7 +129,7 @@ func parseFlags(args []string, help io.Writer) (agent.Config, slog.Level, bool, 
 	if c.Once && !set["state-dir"] {
 		c.StateDir = ""
 	}
-	return c, level, *showVersion, nil
+	return c, level, show, nil
 }
 
 func defaultNode() string {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -76,7 +78,7 @@ func TestHelpListsEveryFlag(t *testing.T) {
 		t.Errorf("--help printed %q on stderr, want the usage on stdout", stderr.String())
 	}
 	for _, f := range []string{"audit-log", "cluster", "node-name", "aggregator", "insecure", "tls-cert", "tls-key", "tls-ca",
-		"state-dir", "start-at", "once", "once-timeout", "metrics-addr", "log-level", "version"} {
+		"state-dir", "start-at", "once", "once-timeout", "metrics-addr", "log-level", "version", "audit-policy-file", "check-audit-policy"} {
 		if !strings.Contains(stdout.String(), "-"+f+" ") && !strings.Contains(stdout.String(), "-"+f+"\n") {
 			t.Errorf("--help does not list --%s", f)
 		}
@@ -113,5 +115,41 @@ func TestVersion(t *testing.T) {
 	want := regexp.MustCompile(`^tokenwatch agent \S+ \(commit \S+, go\S+\)\n$`)
 	if code != 0 || !want.MatchString(stdout.String()) || stderr.Len() != 0 {
 		t.Errorf("--version = %d, stdout %q, stderr %q; want 0 and one line matching %s", code, stdout.String(), stderr.String(), want)
+	}
+}
+
+// TestCheckAuditPolicy: --check-audit-policy reads a policy without
+// running the agent (no --cluster or --aggregator needed), lists what it
+// hides, and says so in its exit code.
+func TestCheckAuditPolicy(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, s string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	kit := filepath.Join("..", "deploy", "kubeadm", "audit-policy.yaml")
+	hides := write("hides.yaml", "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: None\n    namespaces: [\"kube-system\"]\n  - level: Metadata\n")
+	tests := []struct {
+		name         string
+		path         string
+		code         int
+		stdout, errs string
+	}{
+		{"the kit's", kit, 0, "every token request is logged", ""},
+		{"one that hides kube-system", hides, 1, "  rule 1 (level None) hides token requests in namespaces kube-system\n", ""},
+		{"not a policy", write("cm.yaml", "kind: ConfigMap\n"), 2, "", "agent: check audit policy " + dir},
+		{"absent", filepath.Join(dir, "none.yaml"), 2, "", "agent: check audit policy: open "},
+	}
+	for _, tt := range tests {
+		var stdout, stderr bytes.Buffer
+		code := run([]string{"--check-audit-policy", tt.path}, &stdout, &stderr)
+		if code != tt.code || !strings.Contains(stdout.String(), tt.stdout) || (tt.stdout == "") != (stdout.Len() == 0) ||
+			!strings.HasPrefix(stderr.String(), tt.errs) || (tt.errs == "") != (stderr.Len() == 0) || strings.Count(stderr.String(), "\n") > 1 {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want %d, stdout with %q, stderr starting %q",
+				tt.name, code, stdout.String(), stderr.String(), tt.code, tt.stdout, tt.errs)
+		}
 	}
 }

@@ -137,3 +137,17 @@ func readPolicy(path string) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// CheckAuditPolicy reads the audit policy at path and returns the rules
+// that keep token requests out of the audit log (see auditpolicy.Gaps).
+func CheckAuditPolicy(path string) ([]auditpolicy.Gap, error) {
+	data, err := readPolicy(path)
+	if err != nil {
+		return nil, fmt.Errorf("check audit policy: %w", err)
+	}
+	p, err := auditpolicy.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("check audit policy %s: %w", path, err)
+	}
+	return p.Gaps(), nil
+}
