@@ -11,6 +11,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/tokenwatch/tokenwatch/agent/internal/metrics"
 	"github.com/tokenwatch/tokenwatch/internal/auditpolicy"
 	tokenwatchv1 "github.com/tokenwatch/tokenwatch/proto/tokenwatch/v1"
 )
@@ -48,6 +49,19 @@ func status(fol reader, pw *policyWatch) func() *tokenwatchv1.Heartbeat {
 		}
 		return h
 	}
+}
+
+// state is the file's state for tokenwatch_agent_audit_policy_state, as
+// checked now.
+func (w *policyWatch) state() string {
+	_, fault, gaps := w.check()
+	switch {
+	case fault != "":
+		return metrics.PolicyUnread
+	case gaps != "":
+		return metrics.PolicyHides
+	}
+	return metrics.PolicyLogged
 }
 
 // check digests the file now: its hex SHA-256 and which token requests

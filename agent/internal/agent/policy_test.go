@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tokenwatch/tokenwatch/agent/internal/metrics"
 )
 
 // TestPolicyWatch: each check digests the file as it is now, says why it
@@ -94,14 +96,14 @@ func TestPolicyWatchGaps(t *testing.T) {
 	var logs bytes.Buffer
 	w := newPolicyWatch(path, slog.New(slog.NewTextHandler(&logs, nil)))
 	steps := []struct {
-		name, policy, gaps, line string
+		name, policy, gaps, line, state string
 	}{
-		{"logs them all", head + tokenwatchRule, "", "level=INFO msg=\"audit policy file watched\""},
+		{"logs them all", head + tokenwatchRule, "", "level=INFO msg=\"audit policy file watched\"", metrics.PolicyLogged},
 		{"hides one user", head + "  - level: None\n    users: [\"mallory\"]\n" + tokenwatchRule,
 			"rule 1 (level None) hides token requests by users mallory",
-			"level=WARN msg=\"audit policy file changed\""},
+			"level=WARN msg=\"audit policy file changed\"", metrics.PolicyHides},
 		{"not a policy", "rules: [x]\n", "not an audit policy tokenwatch can read (parse audit policy: ",
-			"token_requests_unlogged=\"not an audit policy"},
+			"token_requests_unlogged=\"not an audit policy", metrics.PolicyHides},
 	}
 	for _, s := range steps {
 		if err := os.WriteFile(path, []byte(s.policy), 0o600); err != nil {
@@ -118,6 +120,15 @@ func TestPolicyWatchGaps(t *testing.T) {
 		if _, _, again := w.check(); again != gaps {
 			t.Errorf("%s: second check gaps %q, want %q", s.name, again, gaps)
 		}
+		if got := w.state(); got != s.state {
+			t.Errorf("%s: state %q, want %q", s.name, got, s.state)
+		}
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.state(); got != metrics.PolicyUnread {
+		t.Errorf("removed: state %q, want %q", got, metrics.PolicyUnread)
 	}
 	if !strings.Contains(logs.String(), `token_requests_unlogged="rule 1 (level None) hides token requests by users mallory"`) {
 		t.Errorf("log = %q, want the gap named", logs.String())

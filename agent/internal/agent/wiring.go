@@ -69,6 +69,7 @@ func newAgent(c Config) (*agent, error) {
 	if c.Once {
 		giveUp = c.OnceTimeout
 	}
+	pw := newPolicyWatch(c.AuditPolicyFile, a.log)
 	snd, err := sender.New(sender.Config{
 		Target:      c.Aggregator,
 		Credentials: creds,
@@ -77,7 +78,7 @@ func newAgent(c Config) (*agent, error) {
 			Replay: c.Once, SessionId: sessionID(),
 		},
 		GiveUpAfter: giveUp,
-		Status:      status(fol, newPolicyWatch(c.AuditPolicyFile, a.log)),
+		Status:      status(fol, pw),
 		OnAck:       a.p.onAck,
 		Classify:    classifier(c),
 		Lineage:     a.lin,
@@ -92,7 +93,11 @@ func newAgent(c Config) (*agent, error) {
 	if !c.Insecure {
 		certs = map[string]string{"client": c.TLSCert, "ca": c.TLSCA}
 	}
-	a.p.m = metrics.New(metrics.Sources{Follow: fol.Stats, Send: snd.Stats, Lineage: a.lin.Stats, Certificates: certs})
+	src := metrics.Sources{Follow: fol.Stats, Send: snd.Stats, Lineage: a.lin.Stats, Certificates: certs}
+	if pw != nil {
+		src.AuditPolicy = pw.state
+	}
+	a.p.m = metrics.New(src)
 	a.delivery = &delivery{snd: snd, log: a.log, done: make(chan struct{})}
 	a.following = &following{fol: fol, p: a.p, snd: snd, lin: a.lin, log: a.log, path: c.AuditLog}
 	if err := a.components(fol, snd); err != nil {

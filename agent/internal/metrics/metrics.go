@@ -27,11 +27,22 @@ type Sources struct {
 	Send   func() sender.Stats
 	// Lineage, when set, gives the tokenwatch_agent_lineage_* figures.
 	Lineage func() uses.Stats
+	// AuditPolicy gives the state of the watched audit policy file (see
+	// AuditPolicyStates); nil when none is watched.
+	AuditPolicy func() string
 	// Certificates maps a certificate label ("client", "ca") to its PEM
 	// file, read at each scrape for
 	// tokenwatch_agent_certificate_expiry_timestamp_seconds.
 	Certificates map[string]string
 }
+
+// States of tokenwatch_agent_audit_policy_state.
+const (
+	PolicyUnwatched = "unwatched"            // no --audit-policy-file
+	PolicyLogged    = "logged"               // every token request is logged at a stage tokenwatch reads
+	PolicyHides     = "hides_token_requests" // some are kept out of the audit log
+	PolicyUnread    = "unreadable"           // the file cannot be read
+)
 
 // Agent holds the agent's metrics.
 type Agent struct {
@@ -112,6 +123,7 @@ func New(src Sources) *Agent {
 	if l := src.Lineage; l != nil {
 		registerLineage(reg, l, src.Send)
 	}
+	reg.MustRegister(policyState(src.AuditPolicy))
 	if len(src.Certificates) > 0 {
 		reg.MustRegister(certExpiry{desc: prometheus.NewDesc("tokenwatch_agent_certificate_expiry_timestamp_seconds",
 			"When a certificate the agent holds expires (the earliest NotAfter in its file), Unix seconds.",
@@ -119,6 +131,21 @@ func New(src Sources) *Agent {
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return a
+}
+
+// policyState is tokenwatch_agent_audit_policy_state, read from cur (nil:
+// unwatched).
+func policyState(cur func() string) prometheus.Collector {
+	if cur == nil {
+		cur = func() string { return PolicyUnwatched }
+	}
+	return stateSet{
+		desc: prometheus.NewDesc("tokenwatch_agent_audit_policy_state",
+			"1 for the state of the kube-apiserver audit policy file (--audit-policy-file): unwatched, logged (every token request logged at a stage tokenwatch reads), hides_token_requests, or unreadable.",
+			[]string{"state"}, nil),
+		states: []string{PolicyUnwatched, PolicyLogged, PolicyHides, PolicyUnread},
+		cur:    cur,
+	}
 }
 
 // funcCollector reads one value at scrape time.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -95,4 +96,42 @@ func TestEndpoints(t *testing.T) {
 		t.Errorf("ServeListener = %v, want nil after its context ends", err)
 	}
 	http.DefaultClient.CloseIdleConnections()
+}
+
+// TestAuditPolicyState: one of the four states is 1, read at each scrape;
+// without a watched file it is unwatched.
+func TestAuditPolicyState(t *testing.T) {
+	states := func(a *Agent) map[string]float64 {
+		t.Helper()
+		mfs, err := a.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]float64{}
+		for _, mf := range mfs {
+			if mf.GetName() != "tokenwatch_agent_audit_policy_state" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				out[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+			}
+		}
+		return out
+	}
+	want := func(cur string) map[string]float64 {
+		m := map[string]float64{PolicyUnwatched: 0, PolicyLogged: 0, PolicyHides: 0, PolicyUnread: 0}
+		m[cur] = 1
+		return m
+	}
+	if got := states(New(Sources{})); !maps.Equal(got, want(PolicyUnwatched)) {
+		t.Errorf("without a watched file: %v", got)
+	}
+	cur := PolicyLogged
+	a := New(Sources{AuditPolicy: func() string { return cur }})
+	for _, s := range []string{PolicyLogged, PolicyHides, PolicyUnread} {
+		cur = s
+		if got := states(a); !maps.Equal(got, want(s)) {
+			t.Errorf("%s: %v", s, got)
+		}
+	}
 }
