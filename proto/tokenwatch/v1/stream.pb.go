@@ -1128,8 +1128,13 @@ type Heartbeat struct {
 	// policy; empty when it logs every token request at a stage tokenwatch
 	// reads, or when the agent does not watch the file or cannot read it.
 	AuditPolicyGaps string `protobuf:"bytes,13,opt,name=audit_policy_gaps,json=auditPolicyGaps,proto3" json:"audit_policy_gaps,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// AuditLogFormatError says why the live audit log's newest complete line
+	// is not a JSON audit event (kube-apiserver writes
+	// --audit-log-format=legacy, say: nothing in it can be matched); empty
+	// when it is one, or when no complete line could be seen.
+	AuditLogFormatError string `protobuf:"bytes,14,opt,name=audit_log_format_error,json=auditLogFormatError,proto3" json:"audit_log_format_error,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
@@ -1249,6 +1254,13 @@ func (x *Heartbeat) GetAuditPolicyError() string {
 func (x *Heartbeat) GetAuditPolicyGaps() string {
 	if x != nil {
 		return x.AuditPolicyGaps
+	}
+	return ""
+}
+
+func (x *Heartbeat) GetAuditLogFormatError() string {
+	if x != nil {
+		return x.AuditLogFormatError
 	}
 	return ""
 }
@@ -2124,7 +2136,7 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x04R\x05count\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xfb\x03\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xb0\x04\n" +
 	"\tHeartbeat\x12.\n" +
 	"\x04sent\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04sent\x12\x12\n" +
 	"\x04file\x18\x02 \x01(\tR\x04file\x12\x16\n" +
@@ -2143,7 +2155,8 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	" \x01(\tR\tfileError\x12.\n" +
 	"\x13audit_policy_sha256\x18\v \x01(\tR\x11auditPolicySha256\x12,\n" +
 	"\x12audit_policy_error\x18\f \x01(\tR\x10auditPolicyError\x12*\n" +
-	"\x11audit_policy_gaps\x18\r \x01(\tR\x0fauditPolicyGaps\"\xa0\x02\n" +
+	"\x11audit_policy_gaps\x18\r \x01(\tR\x0fauditPolicyGaps\x123\n" +
+	"\x16audit_log_format_error\x18\x0e \x01(\tR\x13auditLogFormatError\"\xa0\x02\n" +
 	"\n" +
 	"LossReport\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x12\n" +
