@@ -39,11 +39,12 @@ func newPolicyWatch(path string, log *slog.Logger) *policyWatch {
 	return &policyWatch{path: path, log: log}
 }
 
-// status returns the heartbeat function: fol's state, and with pw the
-// policy file's digest.
-func status(fol reader, pw *policyWatch) func() *tokenwatchv1.Heartbeat {
+// status returns the heartbeat function: fol's state, with fw the format of
+// the live audit log, and with pw the policy file's digest.
+func status(fol reader, fw *formatWatch, pw *policyWatch) func() *tokenwatchv1.Heartbeat {
 	return func() *tokenwatchv1.Heartbeat {
 		h := heartbeat(fol.Stats())
+		h.AuditLogFormatError = fw.check()
 		if pw != nil {
 			h.AuditPolicySha256, h.AuditPolicyError, h.AuditPolicyGaps = pw.check()
 		}

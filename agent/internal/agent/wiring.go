@@ -70,6 +70,10 @@ func newAgent(c Config) (*agent, error) {
 		giveUp = c.OnceTimeout
 	}
 	pw := newPolicyWatch(c.AuditPolicyFile, a.log)
+	var fw *formatWatch // a replay reads files of the past
+	if !c.Once {
+		fw = newFormatWatch(c.AuditLog, a.log)
+	}
 	snd, err := sender.New(sender.Config{
 		Target:      c.Aggregator,
 		Credentials: creds,
@@ -78,7 +82,7 @@ func newAgent(c Config) (*agent, error) {
 			Replay: c.Once, SessionId: sessionID(),
 		},
 		GiveUpAfter: giveUp,
-		Status:      status(fol, pw),
+		Status:      status(fol, fw, pw),
 		OnAck:       a.p.onAck,
 		Classify:    classifier(c),
 		Lineage:     a.lin,
