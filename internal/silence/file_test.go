@@ -86,3 +86,44 @@ func TestNoAuditDataBody(t *testing.T) {
 		t.Errorf("body = %q", b)
 	}
 }
+
+// TestAuditLogNotJSON: an agent whose audit log grows but is not JSON (a
+// legacy-format log) makes its node silent with audit_log_not_json After
+// from the first such heartbeat, however regular its heartbeats and its
+// growth; a reconnection does not restart the wait; a JSON line ends it.
+func TestAuditLogNotJSON(t *testing.T) {
+	const legacy = "its lines are in the legacy text format"
+	tr := New(Config{After: 5 * time.Minute})
+	tr.Join(at(0), "a", "n1")
+	beat := func(m float64, f Format) []rec {
+		fault := ""
+		if f == FormatNotJSON {
+			fault = legacy
+		}
+		tr.HeardBeat(at(m), "a", "n1", Beat{LastGrowth: agentClock(m), File: FilePresent, Format: f, FormatErr: fault})
+		return short(tr.Check(at(m)))
+	}
+	for m := 0.0; m < 5; m++ {
+		if got := beat(m, FormatNotJSON); len(got) > 0 {
+			t.Fatalf("minute %v: %v, want nothing yet", m, got)
+		}
+		if m == 3 {
+			tr.Heard(at(m), "a", "n1", time.Time{}) // the agent reconnects
+		}
+	}
+	want := []rec{{"cluster_silent", "a", "n1", ReasonAuditLogNotJSON, 300}}
+	recs := tr.Check(at(5))
+	if diff := cmp.Diff(want, short(recs)); diff != "" {
+		t.Fatalf("minute 5 (-want +got):\n%s", diff)
+	}
+	if !strings.Contains(recs[0].Body, "its audit log grows but is not JSON: "+legacy) {
+		t.Errorf("body = %q", recs[0].Body)
+	}
+	if got := beat(6, FormatNotJSON); len(got) > 0 {
+		t.Errorf("minute 6: %v, want nothing (once per silence)", got)
+	}
+	want = []rec{{"cluster_resumed", "a", "n1", ReasonAuditLogNotJSON, 420}}
+	if diff := cmp.Diff(want, beat(7, FormatJSON)); diff != "" {
+		t.Errorf("minute 7 (-want +got):\n%s", diff)
+	}
+}

@@ -14,6 +14,10 @@ const (
 	ReasonNoHeartbeat   = "no_heartbeat"
 	ReasonNoAuditGrowth = "no_audit_growth"
 	ReasonNoAuditData   = "no_audit_data"
+	// ReasonAuditLogNotJSON: the agent says its audit log's lines are not
+	// JSON audit events (--audit-log-format=legacy): it grows, and nothing
+	// in it can be matched.
+	ReasonAuditLogNotJSON = "audit_log_not_json"
 	// ReasonNoTokenRequests is a whole cluster's: its audit logs grow, yet
 	// none of its nodes has logged a token request for TokenRequestsAfter.
 	ReasonNoTokenRequests = "no_token_requests"
@@ -33,6 +37,20 @@ const (
 	FileMissing
 )
 
+// Format is what an agent says of its audit log's newest lines.
+type Format int
+
+// Formats.
+const (
+	// FormatUnknown: this is not a heartbeat; what was known stays.
+	FormatUnknown Format = iota
+	// FormatJSON: JSON audit events, or the agent does not say (an older
+	// agent).
+	FormatJSON
+	// FormatNotJSON: not JSON audit events (--audit-log-format=legacy).
+	FormatNotJSON
+)
+
 // maxFileError bounds the agent's explanation kept for a record body.
 const maxFileError = 256
 
@@ -43,6 +61,10 @@ type Beat struct {
 	LastGrowth time.Time
 	File       FileState
 	FileError  string // why the file is missing
+	// Format is what the agent says of its audit log's format, FormatErr
+	// why it is not JSON.
+	Format    Format
+	FormatErr string
 	// Policy is what the agent says of the audit policy file it watches.
 	Policy Policy
 }
@@ -135,6 +157,11 @@ type state struct {
 	// not say so); fileErr is its last explanation.
 	missing time.Time
 	fileErr string
+	// notJSON is when the agent first said its audit log's lines are not
+	// JSON, without saying since that they are (zero: it did not say so);
+	// formatErr is its last explanation.
+	notJSON   time.Time
+	formatErr string
 	// policy is the audit policy file as last heard, policyBase as it was
 	// at the last audit_policy_changed (or when first heard), policyAt the
 	// time of that record.
@@ -264,10 +291,29 @@ func (t *Tracker) HeardBeat(now time.Time, cluster, name string, b Beat) {
 			s.growth = now // nothing read yet: growth is awaited from now
 		}
 	}
+	s.heardFormat(now, b.Format, b.FormatErr)
 	s.heardPolicy(b.Policy)
 	if now.After(s.heard) {
 		s.heard = now
 	}
+}
+
+// heardFormat takes what a heartbeat says of the audit log's format.
+func (s *state) heardFormat(now time.Time, f Format, fault string) {
+	switch f {
+	case FormatUnknown:
+		return
+	case FormatJSON:
+		s.notJSON, s.formatErr = time.Time{}, ""
+		return
+	}
+	if s.notJSON.IsZero() {
+		s.notJSON = now
+	}
+	if len(fault) > maxFileError {
+		fault = fault[:maxFileError] + "..."
+	}
+	s.formatErr = fault
 }
 
 // Forget stops tracking cluster/node (a replaying agent, a node removed on
@@ -321,7 +367,7 @@ func (t *Tracker) Check(now time.Time) []alert.Record {
 			switch {
 			case s.reason == ReasonNoAuditGrowth && s.growth.After(back):
 				back = s.growth
-			case s.reason == ReasonNoAuditData:
+			case s.reason == ReasonNoAuditData, s.reason == ReasonAuditLogNotJSON:
 				back = now
 			}
 			out = append(out, t.record("cluster_resumed", k, s, now, back.Sub(s.since)))
@@ -445,6 +491,9 @@ func (t *Tracker) silence(now time.Time, s *state) (string, time.Time) {
 			return ReasonNoAuditData, since
 		}
 	}
+	if !s.notJSON.IsZero() && now.Sub(s.notJSON) >= t.cfg.After {
+		return ReasonAuditLogNotJSON, s.notJSON
+	}
 	if !s.growth.IsZero() && now.Sub(s.growth) >= t.cfg.After {
 		return ReasonNoAuditGrowth, s.growth
 	}
@@ -458,6 +507,8 @@ func (t *Tracker) record(kind string, k node, s *state, now time.Time, silentFor
 		what = "its audit log has not grown"
 	case ReasonNoAuditData:
 		what = "its agent reads nothing, its audit log is absent or unreadable (" + s.fileErr + ")"
+	case ReasonAuditLogNotJSON:
+		what = "its audit log grows but is not JSON: " + s.formatErr
 	}
 	body := fmt.Sprintf("Node %s of cluster %s is silent: %s for %s.", k.name, k.cluster, what, silentFor.Round(time.Second))
 	if kind != "cluster_silent" {

@@ -510,6 +510,10 @@ func beatOf(hb *tokenwatchv1.Heartbeat) silence.Beat {
 		b.File, b.FileError = silence.FileMissing, hb.GetFileError()
 	}
 	b.Policy = silence.Policy{SHA256: hb.GetAuditPolicySha256(), Err: hb.GetAuditPolicyError(), Gaps: hb.GetAuditPolicyGaps()}
+	b.Format, b.FormatErr = silence.FormatJSON, hb.GetAuditLogFormatError()
+	if b.FormatErr != "" {
+		b.Format = silence.FormatNotJSON
+	}
 	return b
 }
 
