@@ -101,6 +101,9 @@ func newAgent(c Config) (*agent, error) {
 	if pw != nil {
 		src.AuditPolicy = pw.state
 	}
+	if fw != nil {
+		src.AuditLogJSON = func() bool { return fw.check() == "" }
+	}
 	a.p.m = metrics.New(src)
 	a.delivery = &delivery{snd: snd, log: a.log, done: make(chan struct{})}
 	a.following = &following{fol: fol, p: a.p, snd: snd, lin: a.lin, log: a.log, path: c.AuditLog}

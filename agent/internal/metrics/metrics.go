@@ -27,6 +27,9 @@ type Sources struct {
 	Send   func() sender.Stats
 	// Lineage, when set, gives the tokenwatch_agent_lineage_* figures.
 	Lineage func() uses.Stats
+	// AuditLogJSON reports whether the live audit log's newest line is a
+	// JSON audit event (true when unknown); nil: not looked at (--once).
+	AuditLogJSON func() bool
 	// AuditPolicy gives the state of the watched audit policy file (see
 	// AuditPolicyStates); nil when none is watched.
 	AuditPolicy func() string
@@ -88,6 +91,38 @@ func New(src Sources) *Agent {
 		desc := prometheus.NewDesc("tokenwatch_agent_"+name, help, nil, nil)
 		reg.MustRegister(funcCollector{desc: desc, kind: kind, v: v})
 	}
+	registerAuditLog(reg, src)
+	if s := src.Send; s != nil {
+		fn(prometheus.CounterValue, "events_sent_total", "Token events sent, re-sends included.", func() float64 { return float64(s().EventsSent) })
+		fn(prometheus.CounterValue, "events_acked_total", "Token events acknowledged by the aggregator.", func() float64 { return float64(s().EventsAcked) })
+		fn(prometheus.CounterValue, "reconnects_total", "Streams opened after the first.", func() float64 { return float64(s().Reconnects) })
+		fn(prometheus.GaugeValue, "unacked_events", "Token events sent or queued and not acknowledged.", func() float64 { return float64(s().UnackedEvents) })
+		fn(prometheus.GaugeValue, "connected", "1 while a stream to the aggregator is open and welcomed.", func() float64 {
+			if s().Connected {
+				return 1
+			}
+			return 0
+		})
+	}
+	if l := src.Lineage; l != nil {
+		registerLineage(reg, l, src.Send)
+	}
+	if len(src.Certificates) > 0 {
+		reg.MustRegister(certExpiry{desc: prometheus.NewDesc("tokenwatch_agent_certificate_expiry_timestamp_seconds",
+			"When a certificate the agent holds expires (the earliest NotAfter in its file), Unix seconds.",
+			[]string{"certificate"}, nil), files: src.Certificates})
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return a
+}
+
+// registerAuditLog registers what the agent says of its audit log and of
+// the audit policy file.
+func registerAuditLog(reg *prometheus.Registry, src Sources) {
+	fn := func(kind prometheus.ValueType, name, help string, v func() float64) {
+		desc := prometheus.NewDesc("tokenwatch_agent_"+name, help, nil, nil)
+		reg.MustRegister(funcCollector{desc: desc, kind: kind, v: v})
+	}
 	if f := src.Follow; f != nil {
 		fn(prometheus.CounterValue, "lines_read_total", "Audit log lines read.", func() float64 { return float64(f().Lines) })
 		fn(prometheus.CounterValue, "read_bytes_total", "Audit log bytes read.", func() float64 { return float64(f().Bytes) })
@@ -108,29 +143,15 @@ func New(src Sources) *Agent {
 			return 0
 		})
 	}
-	if s := src.Send; s != nil {
-		fn(prometheus.CounterValue, "events_sent_total", "Token events sent, re-sends included.", func() float64 { return float64(s().EventsSent) })
-		fn(prometheus.CounterValue, "events_acked_total", "Token events acknowledged by the aggregator.", func() float64 { return float64(s().EventsAcked) })
-		fn(prometheus.CounterValue, "reconnects_total", "Streams opened after the first.", func() float64 { return float64(s().Reconnects) })
-		fn(prometheus.GaugeValue, "unacked_events", "Token events sent or queued and not acknowledged.", func() float64 { return float64(s().UnackedEvents) })
-		fn(prometheus.GaugeValue, "connected", "1 while a stream to the aggregator is open and welcomed.", func() float64 {
-			if s().Connected {
+	reg.MustRegister(policyState(src.AuditPolicy))
+	if j := src.AuditLogJSON; j != nil {
+		fn(prometheus.GaugeValue, "audit_log_json", "1 while the live audit log's newest complete line is a JSON audit event (or none is seen), 0 when it is not (--audit-log-format=legacy).", func() float64 {
+			if j() {
 				return 1
 			}
 			return 0
 		})
 	}
-	if l := src.Lineage; l != nil {
-		registerLineage(reg, l, src.Send)
-	}
-	reg.MustRegister(policyState(src.AuditPolicy))
-	if len(src.Certificates) > 0 {
-		reg.MustRegister(certExpiry{desc: prometheus.NewDesc("tokenwatch_agent_certificate_expiry_timestamp_seconds",
-			"When a certificate the agent holds expires (the earliest NotAfter in its file), Unix seconds.",
-			[]string{"certificate"}, nil), files: src.Certificates})
-	}
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return a
 }
 
 // policyState is tokenwatch_agent_audit_policy_state, read from cur (nil:

@@ -135,3 +135,36 @@ func TestAuditPolicyState(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditLogJSON: the gauge follows its source at each scrape and is
+// absent without one (a replay).
+func TestAuditLogJSON(t *testing.T) {
+	value := func(a *Agent) (float64, bool) {
+		t.Helper()
+		mfs, err := a.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "tokenwatch_agent_audit_log_json" {
+				return mf.GetMetric()[0].GetGauge().GetValue(), true
+			}
+		}
+		return 0, false
+	}
+	if _, ok := value(New(Sources{})); ok {
+		t.Error("tokenwatch_agent_audit_log_json without a source")
+	}
+	json := true
+	a := New(Sources{AuditLogJSON: func() bool { return json }})
+	for _, j := range []bool{true, false, true} {
+		json = j
+		want := 0.0
+		if j {
+			want = 1
+		}
+		if got, ok := value(a); !ok || got != want {
+			t.Errorf("json=%v: gauge %v (present %v), want %v", j, got, ok, want)
+		}
+	}
+}
