@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/tokenwatch/tokenwatch/e2e/internal/auditwrite"
 	"github.com/tokenwatch/tokenwatch/e2e/internal/harness"
 )
 
@@ -23,15 +21,7 @@ import (
 func TestLegacyAuditLogFormatReported(t *testing.T) {
 	b := suite.Need(t)
 	logs := harness.LogDir(t)
-	dir := t.TempDir()
-	auditLog := filepath.Join(dir, "audit", "audit.log")
-	if err := os.MkdirAll(filepath.Dir(auditLog), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := auditwrite.Run(context.Background(), auditwrite.Config{Path: auditLog, Mode: auditwrite.Lumberjack,
-		MaxSizeMB: 1024, Events: 20, SystemEvery: 5, Cluster: "prod"}); err != nil {
-		t.Fatalf("write the audit log: %v", err)
-	}
+	dir, auditLog := newAuditLog(t, 20, 5)
 	sink := harness.StartSink(t)
 	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
 	// Agents send a heartbeat every 10 s: silence.after must exceed that.
@@ -98,10 +88,7 @@ func TestLegacyAuditLogFormatReported(t *testing.T) {
 	stop()
 	wg.Wait()
 	// JSON lines again (the flag reverted).
-	if _, err := auditwrite.Run(context.Background(), auditwrite.Config{Path: auditLog, Mode: auditwrite.Lumberjack,
-		MaxSizeMB: 1024, Events: 5, Cluster: "prod"}); err != nil {
-		t.Fatalf("write the audit log: %v", err)
-	}
+	writeAudit(t, auditLog, 5, 0)
 	if !sink.WaitFor(bound, func(r []harness.Record) bool { return len(reason(r)) >= 2 }) {
 		agg.Proc.Dump(t)
 		t.Fatalf("no cluster_resumed within %v of JSON lines; records %v", bound, reason(sink.Records()))

@@ -1,7 +1,6 @@
 package hostile
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenwatch/tokenwatch/e2e/internal/auditwrite"
 	"github.com/tokenwatch/tokenwatch/e2e/internal/harness"
 )
 
@@ -23,19 +21,7 @@ import (
 func TestUnloggedTokenRequestsReported(t *testing.T) {
 	b := suite.Need(t)
 	logs := harness.LogDir(t)
-	dir := t.TempDir()
-	auditLog := filepath.Join(dir, "audit", "audit.log")
-	if err := os.MkdirAll(filepath.Dir(auditLog), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	write := func(events, systemEvery int) {
-		t.Helper()
-		if _, err := auditwrite.Run(context.Background(), auditwrite.Config{Path: auditLog, Mode: auditwrite.Lumberjack,
-			MaxSizeMB: 1024, Events: events, SystemEvery: systemEvery, Cluster: "prod"}); err != nil {
-			t.Fatalf("write the audit log: %v", err)
-		}
-	}
-	write(200, 0) // routine requests only: the policy logs no token request
+	dir, auditLog := newAuditLog(t, 200, 0) // routine requests only: the policy logs no token request
 
 	sink := harness.StartSink(t)
 	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
@@ -79,7 +65,7 @@ func TestUnloggedTokenRequestsReported(t *testing.T) {
 	}
 
 	// The policy logs token requests again: kubelets' mints arrive.
-	write(20, 2)
+	writeAudit(t, auditLog, 20, 2)
 	if !sink.WaitFor(bound, func(r []harness.Record) bool { return len(silence(r)) >= 2 }) {
 		agg.Proc.Dump(t)
 		t.Fatalf("no cluster_resumed (no_token_requests) within %v of token requests logged again; records %v", bound, silence(sink.Records()))
@@ -194,16 +180,8 @@ type policyWatch struct {
 func startPolicyWatch(t *testing.T, edit ...func(kit string) string) *policyWatch {
 	b := suite.Need(t)
 	logs := harness.LogDir(t)
-	dir := t.TempDir()
-	auditLog := filepath.Join(dir, "audit", "audit.log")
+	dir, auditLog := newAuditLog(t, 50, 5)
 	w := &policyWatch{policy: filepath.Join(dir, "audit-policy.yaml")}
-	if err := os.MkdirAll(filepath.Dir(auditLog), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := auditwrite.Run(context.Background(), auditwrite.Config{Path: auditLog, Mode: auditwrite.Lumberjack,
-		MaxSizeMB: 1024, Events: 50, SystemEvery: 5, Cluster: "prod"}); err != nil {
-		t.Fatalf("write the audit log: %v", err)
-	}
 	root, err := harness.RepoRoot()
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 )
 
@@ -65,23 +64,16 @@ var errNoLine = errors.New("no complete line in view")
 // lastLine returns the newest complete line of the file, without its
 // newline; it is valid until the next call.
 func (w *formatWatch) lastLine() ([]byte, error) {
-	f, err := os.Open(w.path)
+	f, size, err := openRegular(w.path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, errNoLine
-	}
-	off := max(0, fi.Size()-formatWindow)
+	off := max(0, size-formatWindow)
 	if w.buf == nil {
 		w.buf = make([]byte, formatWindow)
 	}
-	n, err := f.ReadAt(w.buf[:fi.Size()-off], off)
+	n, err := f.ReadAt(w.buf[:size-off], off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}

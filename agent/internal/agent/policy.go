@@ -131,18 +131,11 @@ func gapsOf(data []byte) string {
 // readPolicy returns the content of the regular file at path, at most
 // maxPolicyBytes.
 func readPolicy(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, _, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
 	data, err := io.ReadAll(io.LimitReader(f, maxPolicyBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
@@ -165,4 +158,21 @@ func CheckAuditPolicy(path string) ([]auditpolicy.Gap, error) {
 		return nil, fmt.Errorf("check audit policy %s: %w", path, err)
 	}
 	return p.Gaps(), nil
+}
+
+// openRegular opens the regular file at path and returns its size.
+func openRegular(path string) (*os.File, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s: not a regular file", path)
+	}
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, fi.Size(), nil
 }
