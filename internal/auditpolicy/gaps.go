@@ -103,7 +103,7 @@ func (g Gap) String() string {
 		what = "token requests " + strings.Join(who, " ")
 	}
 	if g.Rule < 0 {
-		return "no rule matches " + what + " (level None)"
+		return "token requests no rule matches are not logged (level None)"
 	}
 	how := "level " + g.Level
 	if g.Level != LevelNone && g.Level != "" {

@@ -47,7 +47,7 @@ func TestGaps(t *testing.T) {
 		{"tokenwatch rule first", tokenwatchRule + "  - level: None\n", ""},
 		{"catch-all Metadata", "  - level: Metadata\n", ""},
 		{"no rule for them", "  - level: Metadata\n    resources:\n      - group: \"\"\n        resources: [\"pods\"]\n",
-			"no rule matches every token request (level None)"},
+			"token requests no rule matches are not logged (level None)"},
 		{"one user hidden above", "  - level: None\n    users: [\"mallory\"]\n" + tokenwatchRule,
 			"rule 1 (level None) hides token requests by users mallory"},
 		{"a namespace hidden", "  - level: None\n    namespaces: [\"kube-system\"]\n" + tokenwatchRule,
@@ -66,7 +66,7 @@ func TestGaps(t *testing.T) {
 		{"the core group without a list", "  - level: None\n    resources:\n      - group: \"\"\n" + tokenwatchRule,
 			"rule 1 (level None) hides every token request"},
 		{"two gaps, then the default", "  - level: None\n    users: [\"a\"]\n  - level: Request\n    users: [\"b\"]\n  - level: None\n    namespaces: [\"x\", \"y\"]\n",
-			"rule 1 (level None) hides token requests by users a; rule 3 (level None) hides token requests in namespaces x, y; no rule matches every token request (level None)"},
+			"rule 1 (level None) hides token requests by users a; rule 3 (level None) hides token requests in namespaces x, y; token requests no rule matches are not logged (level None)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
