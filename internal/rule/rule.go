@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/tokenwatch/tokenwatch/internal/audit"
@@ -76,6 +77,36 @@ type Config struct {
 	Add []Pattern `yaml:"add"`
 }
 
+// matchesAll reports whether pattern, made of '*' alone, matches every
+// string.
+func matchesAll(pattern string) bool { return pattern != "" && strings.Trim(pattern, "*") == "" }
+
+// anyTarget reports whether a narrowing list narrows nothing: empty, or
+// holding a pattern that matches every name.
+func anyTarget(patterns []string) bool {
+	return len(patterns) == 0 || slices.ContainsFunc(patterns, matchesAll)
+}
+
+// everyone reports whether p excludes every token request.
+func (p Pattern) everyone() bool {
+	return matchesAll(p.User) && anyTarget(p.Namespaces) && anyTarget(p.ServiceAccounts)
+}
+
+// Warnings names the added exclusions that blind tokenwatch to the token
+// requests an attacker most likely makes without being an error: a user
+// pattern matching every service account (the identity a stolen token acts
+// as), for any target.
+func (cfg Config) Warnings() []string {
+	const probe = "system:serviceaccount:tokenwatch-probe-namespace:tokenwatch-probe-name"
+	var out []string
+	for i, p := range cfg.Add {
+		if !p.everyone() && Wildcard(p.User, probe) && anyTarget(p.Namespaces) && anyTarget(p.ServiceAccounts) {
+			out = append(out, fmt.Sprintf("exclusions.add[%d].user %q excludes the token requests of every service account, for any target: a stolen service-account token minting more goes unseen", i, p.User))
+		}
+	}
+	return out
+}
+
 // DefaultConfig returns the contract's defaults: both hardenings on, the seed
 // list kept, nothing added.
 func DefaultConfig() Config {
@@ -94,6 +125,9 @@ func (cfg Config) Validate() error {
 	for i, p := range cfg.Add {
 		if p.User == "" {
 			errs = append(errs, fmt.Errorf("exclusions.add[%d].user: must not be empty", i))
+		}
+		if p.everyone() {
+			errs = append(errs, fmt.Errorf("exclusions.add[%d]: user %q for any service account excludes every token request, so tokenwatch would alert on nothing; narrow it with namespaces or service_accounts", i, p.User))
 		}
 		for j, n := range p.Namespaces {
 			if n == "" {

@@ -200,6 +200,8 @@ func TestNewValidates(t *testing.T) {
 		{"empty user", Config{Platform: PlatformAny, Add: []Pattern{{User: "a"}, {User: ""}}}, "exclusions.add[1].user"},
 		{"empty namespace", Config{Platform: PlatformAny, Add: []Pattern{{User: "a", Namespaces: []string{""}}}}, "exclusions.add[0].namespaces[0]"},
 		{"empty sa", Config{Platform: PlatformAny, Add: []Pattern{{User: "a", ServiceAccounts: []string{"x", ""}}}}, "exclusions.add[0].service_accounts[1]"},
+		{"every user, any target", Config{Platform: PlatformAny, Add: []Pattern{{User: "a"}, {User: "*"}}}, "exclusions.add[1]: user \"*\" for any service account excludes every token request"},
+		{"every user, targets that narrow nothing", Config{Platform: PlatformAny, Add: []Pattern{{User: "**", Namespaces: []string{"x", "*"}, ServiceAccounts: []string{"*"}}}}, "exclusions.add[0]: user \"**\""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -211,6 +213,31 @@ func TestNewValidates(t *testing.T) {
 	}
 	if _, err := New(DefaultConfig()); err != nil {
 		t.Errorf("New(DefaultConfig()) = %v", err)
+	}
+}
+
+// TestExclusionWarnings: an added pattern matching every service account,
+// for any target, is named; narrowed ones and the seed list are not, and
+// a pattern that excludes everything is an error, not a warning.
+func TestExclusionWarnings(t *testing.T) {
+	cfg := Config{Platform: PlatformSelfManaged, Add: []Pattern{
+		{User: "system:serviceaccount:vault:vault"},
+		{User: "system:serviceaccount:*"},
+		{User: "system:*", Namespaces: []string{"ci-*"}},
+		{User: "system:*", ServiceAccounts: []string{"*"}},
+	}}
+	want := []string{
+		`exclusions.add[1].user "system:serviceaccount:*" excludes the token requests of every service account, for any target: a stolen service-account token minting more goes unseen`,
+		`exclusions.add[3].user "system:*" excludes the token requests of every service account, for any target: a stolen service-account token minting more goes unseen`,
+	}
+	if diff := cmp.Diff(want, cfg.Warnings()); diff != "" {
+		t.Errorf("Warnings (-want +got):\n%s", diff)
+	}
+	if got := DefaultConfig().Warnings(); got != nil {
+		t.Errorf("the defaults warn: %q", got)
+	}
+	if got := (Config{Add: []Pattern{{User: "*"}}}).Warnings(); got != nil {
+		t.Errorf("an error is also a warning: %q", got)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -262,6 +263,21 @@ func (p *Pipeline) restoreBaselines() error {
 	return nil
 }
 
+// warnExclusions logs what in the exclusions about to apply may blind
+// tokenwatch, at the first configuration and when it changes. p.mu must be
+// held.
+func (p *Pipeline) warnExclusions(first bool, c rule.Config) {
+	if c.ReplaceDefaults && (first || !p.cfg.Exclusions.ReplaceDefaults) {
+		p.logger.Warn("exclusions.replace_defaults is true: the seed rule's exclusion list is DROPPED, only exclusions.add applies",
+			"added", len(c.Add))
+	}
+	if w := c.Warnings(); first || !slices.Equal(w, p.cfg.Exclusions.Warnings()) {
+		for _, line := range w {
+			p.logger.Warn("broad exclusion: " + line)
+		}
+	}
+}
+
 // Apply puts a new configuration in force without a restart. The rule and
 // grace apply to the next batch; correlation, budget and silence are rebuilt
 // only when their section changed (their windows start afresh then).
@@ -276,10 +292,7 @@ func (p *Pipeline) Apply(c config.Config) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	first := p.corr == nil
-	if c.Exclusions.ReplaceDefaults && (first || !p.cfg.Exclusions.ReplaceDefaults) {
-		p.logger.Warn("exclusions.replace_defaults is true: the seed rule's exclusion list is DROPPED, only exclusions.add applies",
-			"added", len(c.Exclusions.Add))
-	}
+	p.warnExclusions(first, c.Exclusions)
 	if first || !p.cfg.Correlation.Equal(c.Correlation) {
 		if p.corr != nil {
 			st := p.corr.Stats()

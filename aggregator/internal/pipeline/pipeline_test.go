@@ -1,7 +1,9 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -765,5 +767,40 @@ func TestConcurrentOneRecordPerRequest(t *testing.T) {
 		if n != 1 {
 			t.Errorf("request %s alerted %d times, want 1", k, n)
 		}
+	}
+}
+
+// TestExclusionWarningsLogged: a configuration whose exclusions may blind
+// tokenwatch is logged when it comes into force, once, not at every
+// reload that keeps it.
+func TestExclusionWarningsLogged(t *testing.T) {
+	var logs bytes.Buffer
+	cfg := config.Default()
+	cfg.Exclusions.Add = []rule.Pattern{{User: "system:serviceaccount:*"}}
+	cfg.Exclusions.ReplaceDefaults = true
+	store, err := state.Open(filepath.Join(t.TempDir(), "state.db"), state.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	p, err := New(Options{Store: store, Config: cfg, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"broad exclusion: exclusions.add[0].user \\\"system:serviceaccount:*\\\" excludes the token requests of every service account", "DROPPED"} {
+		if strings.Count(logs.String(), want) != 1 {
+			t.Errorf("log %q, want %q once", logs.String(), want)
+		}
+	}
+	before := logs.Len()
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := logs.String()[before:]; got != "" {
+		t.Errorf("a reload that keeps them logged %q again", got)
+	}
+	cfg.Exclusions.Add = []rule.Pattern{{User: "*"}}
+	if err := p.Apply(cfg); err == nil || !strings.Contains(err.Error(), "excludes every token request") {
+		t.Errorf("Apply of an exclusion of everyone = %v, want it refused", err)
 	}
 }
