@@ -58,20 +58,28 @@ func run(args []string, stdout, stderr io.Writer) int {
 // out of the audit log and returns the exit code: 0 for none, 1 for some,
 // 2 when it cannot be read as a policy.
 func checkPolicy(path string, stdout, stderr io.Writer) int {
-	gaps, err := agent.CheckAuditPolicy(path)
+	gaps, leaks, err := agent.CheckAuditPolicy(path)
 	if err != nil {
 		fmt.Fprintln(stderr, "agent:", err)
 		return 2
 	}
-	if len(gaps) == 0 {
-		fmt.Fprintf(stdout, "%s: every token request is logged at a stage tokenwatch reads\n", path)
+	if len(gaps) == 0 && len(leaks) == 0 {
+		fmt.Fprintf(stdout, "%s: every token request is logged at a stage tokenwatch reads, none with its token\n", path)
 		return 0
 	}
-	fmt.Fprintf(stdout, "%s keeps token requests out of the audit log, where tokenwatch cannot see them:\n", path)
-	for _, g := range gaps {
-		fmt.Fprintln(stdout, "  "+g.String())
+	if len(gaps) > 0 {
+		fmt.Fprintf(stdout, "%s keeps token requests out of the audit log, where tokenwatch cannot see them:\n", path)
+		for _, g := range gaps {
+			fmt.Fprintln(stdout, "  "+g.String())
+		}
 	}
-	fmt.Fprintln(stdout, "Put the tokenwatch rule first (deploy/kubeadm/audit-policy.yaml's first rule).")
+	if len(leaks) > 0 {
+		fmt.Fprintf(stdout, "%s writes minted tokens into the audit log in clear text:\n", path)
+		for _, g := range leaks {
+			fmt.Fprintln(stdout, "  "+g.String())
+		}
+	}
+	fmt.Fprintln(stdout, "Put the tokenwatch rule first (deploy/kubeadm/audit-policy.yaml's first rule: level Request).")
 	return 1
 }
 
@@ -109,7 +117,7 @@ func parseFlags(args []string, help io.Writer) (agent.Config, slog.Level, shown,
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "log `LEVEL`: debug, info, warn or error")
 	var show shown
 	fs.BoolVar(&show.version, "version", false, "print the version and exit")
-	fs.StringVar(&show.policy, "check-audit-policy", "", "read the audit policy `FILE` as kube-apiserver applies it to token requests, print those it keeps out of the audit log, and exit: 0 for none, 1 for some, 2 when it cannot be read")
+	fs.StringVar(&show.policy, "check-audit-policy", "", "read the audit policy `FILE` as kube-apiserver applies it to token requests, print those it keeps out of the audit log or logs with their token, and exit: 0 for none, 1 for some, 2 when it cannot be read")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(help)
 		fmt.Fprintln(help, "Usage of agent:")

@@ -140,6 +140,8 @@ func TestCheckAuditPolicy(t *testing.T) {
 	}{
 		{"the kit's", kit, 0, "every token request is logged", ""},
 		{"one that hides kube-system", hides, 1, "  rule 1 (level None) hides token requests in namespaces kube-system\n", ""},
+		{"one that logs tokens", write("leaks.yaml", "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: RequestResponse\n"), 1,
+			"writes minted tokens into the audit log in clear text:\n  rule 1 (level RequestResponse) writes the minted token of every token request into the audit log\n", ""},
 		{"not a policy", write("cm.yaml", "kind: ConfigMap\n"), 2, "", "agent: check audit policy " + dir},
 		{"absent", filepath.Join(dir, "none.yaml"), 2, "", "agent: check audit policy: open "},
 	}

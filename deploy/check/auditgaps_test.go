@@ -17,9 +17,9 @@ import (
 // TestAuditPolicyGapsAgreeWithAPIServer holds the agent's reading of audit
 // policies (internal/auditpolicy, behind --audit-policy-file) to the
 // apiserver's own loader and evaluator: on random valid policies, every
-// token request gets the same level and omitted stages, and a policy the
-// agent finds without gaps logs every one of them at a stage tokenwatch
-// reads.
+// token request gets the same level and omitted stages, every one left
+// unlogged is covered by a gap the agent reports, and every one logged with
+// its response (the minted token) by a leak it reports.
 func TestAuditPolicyGapsAgreeWithAPIServer(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 13))
 	loaded := 0
@@ -35,7 +35,7 @@ func TestAuditPolicyGapsAgreeWithAPIServer(t *testing.T) {
 			t.Fatalf("the apiserver loads a policy tokenwatch cannot parse (%v):\n%s", err, data)
 		}
 		ev := policy.NewPolicyRuleEvaluator(want)
-		gaps := got.Gaps()
+		gaps, leaks := got.Gaps(), got.Leaks()
 		for _, q := range auditpolicytest.Probes() {
 			cfg := ev.EvaluatePolicyRule(authorizer.AttributesRecord{
 				User: &user.DefaultInfo{Name: q.User, Groups: q.Groups}, Verb: "create",
@@ -58,6 +58,10 @@ func TestAuditPolicyGapsAgreeWithAPIServer(t *testing.T) {
 				slices.Contains(cfg.OmitStages, auditinternal.StageRequestReceived) && slices.Contains(cfg.OmitStages, auditinternal.StageResponseComplete)
 			if hidden && !slices.ContainsFunc(gaps, func(g auditpolicy.Gap) bool { return g.Covers(q) }) {
 				t.Fatalf("request %+v is not logged, yet no gap covers it (gaps: %q); policy:\n%s", q, auditpolicy.Describe(gaps), data)
+			}
+			leaked := cfg.Level == auditinternal.LevelRequestResponse && !slices.Contains(cfg.OmitStages, auditinternal.StageResponseComplete)
+			if leaked && !slices.ContainsFunc(leaks, func(g auditpolicy.Gap) bool { return g.Covers(q) }) {
+				t.Fatalf("request %+v is logged with its token, yet no leak covers it (leaks: %q); policy:\n%s", q, auditpolicy.Describe(leaks), data)
 			}
 		}
 	}

@@ -31,6 +31,32 @@ func (g Gap) Everyone() bool {
 // that user's in one namespace, say). Nil when every token request is
 // logged at a stage tokenwatch reads.
 func (p *Policy) Gaps() []Gap {
+	gaps := p.rulesWhere(func(r *Rule) bool { return Hidden(r.Level, union(p.OmitStages, r.OmitStages)) })
+	if p.ends() {
+		return gaps
+	}
+	return append(gaps, Gap{Rule: -1, Level: LevelNone})
+}
+
+// Leaks returns, in rule order, the rules that log some token requests at
+// RequestResponse with their ResponseComplete stage: with the response,
+// which holds the minted token, so every such token sits in clear text in
+// the audit files. Like Gaps, it errs on the side of reporting. Nil when
+// none does.
+func (p *Policy) Leaks() []Gap {
+	return p.rulesWhere(func(r *Rule) bool { return Leaked(r.Level, union(p.OmitStages, r.OmitStages)) })
+}
+
+// Leaked reports whether a token request given level and omit is logged
+// with its response, the minted token.
+func Leaked(level string, omit []string) bool {
+	return level == LevelRequestResponse && !slices.Contains(omit, StageResponseComplete)
+}
+
+// rulesWhere returns the rules for which keep holds among those that match
+// some token requests, down to the first that matches them all, each with
+// its conditions.
+func (p *Policy) rulesWhere(keep func(r *Rule) bool) []Gap {
 	var out []Gap
 	for i := range p.Rules {
 		r := &p.Rules[i]
@@ -39,14 +65,24 @@ func (p *Policy) Gaps() []Gap {
 			continue
 		}
 		g.Rule = i
-		if Hidden(r.Level, union(p.OmitStages, r.OmitStages)) {
+		if keep(r) {
 			out = append(out, g)
 		}
 		if g.Everyone() {
 			return out
 		}
 	}
-	return append(out, Gap{Rule: -1, Level: LevelNone})
+	return out
+}
+
+// ends reports whether a rule matches every token request.
+func (p *Policy) ends() bool {
+	for i := range p.Rules {
+		if g, ok := p.Rules[i].tokenGap(); ok && g.Everyone() {
+			return true
+		}
+	}
+	return false
 }
 
 // tokenGap returns the conditions under which the rule matches token
@@ -104,6 +140,9 @@ func (g Gap) String() string {
 	}
 	if g.Rule < 0 {
 		return "token requests no rule matches are not logged (level None)"
+	}
+	if g.Level == LevelRequestResponse {
+		return fmt.Sprintf("rule %d (level RequestResponse) writes the minted token of %s into the audit log", g.Rule+1, what)
 	}
 	how := "level " + g.Level
 	if g.Level != LevelNone && g.Level != "" {

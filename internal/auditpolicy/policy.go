@@ -17,6 +17,7 @@ import (
 // Levels and stages of audit.k8s.io/v1.
 const (
 	LevelNone             = "None"
+	LevelRequestResponse  = "RequestResponse"
 	StageRequestReceived  = "RequestReceived"
 	StageResponseComplete = "ResponseComplete"
 )

@@ -101,7 +101,7 @@ func TestParseErrors(t *testing.T) {
 }
 
 // TestGapsCoverDecide: on random policies, every request Decide hides is
-// covered by a gap, and a policy without gaps hides none.
+// covered by a gap, and every one it logs with its token by a leak.
 func TestGapsCoverDecide(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 2000 {
@@ -116,5 +116,32 @@ func TestGapsCoverDecide(t *testing.T) {
 				t.Fatalf("request %+v hidden by %+v, not covered by gaps %q", q, p, auditpolicy.Describe(gaps))
 			}
 		}
+		leaks := p.Leaks()
+		for _, q := range auditpolicytest.Probes() {
+			_, level, omit := p.Decide(q)
+			if auditpolicy.Leaked(level, omit) && !slices.ContainsFunc(leaks, func(g auditpolicy.Gap) bool { return g.Covers(q) }) {
+				t.Fatalf("request %+v logged with its token by %+v, not covered by leaks %q", q, p, auditpolicy.Describe(leaks))
+			}
+		}
+	}
+}
+
+func TestLeaks(t *testing.T) {
+	tests := []struct {
+		name, rules, want string
+	}{
+		{"tokenwatch rule first", tokenwatchRule + "  - level: RequestResponse\n", ""},
+		{"everything at RequestResponse", "  - level: RequestResponse\n",
+			"rule 1 (level RequestResponse) writes the minted token of every token request into the audit log"},
+		{"for one group, then the kit's rule", "  - level: RequestResponse\n    userGroups: [\"ops\"]\n" + tokenwatchRule,
+			"rule 1 (level RequestResponse) writes the minted token of token requests by groups ops into the audit log"},
+		{"the response stage omitted", "  - level: RequestResponse\n    omitStages: [\"ResponseComplete\"]\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := auditpolicy.Describe(mustParse(t, head+"rules:\n"+tt.rules).Leaks()); got != tt.want {
+				t.Errorf("leaks = %q\nwant    %q", got, tt.want)
+			}
+		})
 	}
 }

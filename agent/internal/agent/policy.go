@@ -66,7 +66,7 @@ func (w *policyWatch) state() string {
 }
 
 // check digests the file now: its hex SHA-256 and which token requests
-// it keeps out of the audit log (see gapsOf), or why it cannot be read.
+// it keeps out of the audit log (see read), or why it cannot be read.
 func (w *policyWatch) check() (sum, fault, gaps string) {
 	data, err := readPolicy(w.path)
 	if err != nil {
@@ -81,7 +81,7 @@ func (w *policyWatch) check() (sum, fault, gaps string) {
 	case sum == w.sum:
 		gaps = w.gaps // the same file: the same gaps
 	case fault == "":
-		gaps = gapsOf(data)
+		gaps = w.read(data)
 	}
 	w.logChange(sum, fault, gaps)
 	w.sum, w.fault, w.gaps = sum, fault, gaps
@@ -112,15 +112,21 @@ func (w *policyWatch) logChange(sum, fault, gaps string) {
 // maxGaps bounds the gaps sent in a heartbeat.
 const maxGaps = 1024
 
-// gapsOf describes the token requests the policy in data keeps out of the
-// audit log ("" for none), or says that it is not a policy the agent can
-// read; at most maxGaps bytes.
-func gapsOf(data []byte) string {
+// read reads a new content of the file: it returns the token requests the
+// policy keeps out of the audit log ("" for none), or says that it is not a
+// policy the agent can read, in at most maxGaps bytes; and it warns of the
+// rules that write minted tokens into the audit log (not a blind spot: a
+// leak of the very credentials tokenwatch watches).
+func (w *policyWatch) read(data []byte) string {
 	var gaps string
 	if p, err := auditpolicy.Parse(data); err != nil {
 		gaps = "not an audit policy tokenwatch can read (" + err.Error() + ")"
 	} else {
 		gaps = auditpolicy.Describe(p.Gaps())
+		if leaks := p.Leaks(); len(leaks) > 0 {
+			w.log.Warn("audit policy writes minted tokens into the audit log in clear text; keep token requests at level Request",
+				"path", w.path, "rules", auditpolicy.Describe(leaks))
+		}
 	}
 	if len(gaps) > maxGaps {
 		gaps = gaps[:maxGaps] + "..."
@@ -147,17 +153,18 @@ func readPolicy(path string) ([]byte, error) {
 }
 
 // CheckAuditPolicy reads the audit policy at path and returns the rules
-// that keep token requests out of the audit log (see auditpolicy.Gaps).
-func CheckAuditPolicy(path string) ([]auditpolicy.Gap, error) {
+// that keep token requests out of the audit log (see auditpolicy.Gaps) and
+// those that log the minted tokens (auditpolicy.Leaks).
+func CheckAuditPolicy(path string) (gaps, leaks []auditpolicy.Gap, err error) {
 	data, err := readPolicy(path)
 	if err != nil {
-		return nil, fmt.Errorf("check audit policy: %w", err)
+		return nil, nil, fmt.Errorf("check audit policy: %w", err)
 	}
 	p, err := auditpolicy.Parse(data)
 	if err != nil {
-		return nil, fmt.Errorf("check audit policy %s: %w", path, err)
+		return nil, nil, fmt.Errorf("check audit policy %s: %w", path, err)
 	}
-	return p.Gaps(), nil
+	return p.Gaps(), p.Leaks(), nil
 }
 
 // openRegular opens the regular file at path and returns its size.

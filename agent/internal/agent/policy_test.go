@@ -134,3 +134,20 @@ func TestPolicyWatchGaps(t *testing.T) {
 		t.Errorf("log = %q, want the gap named", logs.String())
 	}
 }
+
+// TestPolicyWatchLeaks: a policy that logs token requests with their
+// response is warned of once per content, naming the rule.
+func TestPolicyWatchLeaks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, []byte("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: RequestResponse\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	w := newPolicyWatch(path, slog.New(slog.NewTextHandler(&logs, nil)))
+	w.check()
+	w.check()
+	const want = `msg="audit policy writes minted tokens into the audit log in clear text; keep token requests at level Request"`
+	if n := strings.Count(logs.String(), want); n != 1 || !strings.Contains(logs.String(), "rule 1 (level RequestResponse) writes the minted token of every token request") {
+		t.Errorf("log %q: want the leak named once", logs.String())
+	}
+}
