@@ -35,7 +35,9 @@ type Policy struct {
 	Gaps string
 }
 
-func (p Policy) known() bool { return p.SHA256 != "" || p.Err != "" }
+// Known reports whether p says something of the file: a digest or an
+// error (a baseline that does not is a deletion).
+func (p Policy) Known() bool { return p.SHA256 != "" || p.Err != "" }
 
 // sameFile reports whether p and o say the same of the file (their gaps,
 // read from it, aside).
@@ -51,7 +53,7 @@ func (p Policy) String() string {
 // heardPolicy takes what a heartbeat says of the policy file; a heartbeat
 // that says nothing leaves what was known.
 func (s *state) heardPolicy(p Policy) {
-	if !p.known() {
+	if !p.Known() {
 		return
 	}
 	if len(p.Err) > maxFileError {
@@ -81,9 +83,9 @@ func (t *Tracker) policyRecords(now time.Time, keys []node) []alert.Record {
 		s := t.nodes[k]
 		base := s.policyBase
 		switch {
-		case !s.policy.known() || s.policy == base:
+		case !s.policy.Known() || s.policy == base:
 			continue
-		case !base.known(): // the first one heard: nothing to compare with
+		case !base.Known(): // the first one heard: nothing to compare with
 			if s.policy.Gaps != "" {
 				out = append(out, gapRecord(k, s.policy, now))
 			}
@@ -154,10 +156,9 @@ func policyRecord(k node, was, is Policy, now time.Time) alert.Record {
 }
 
 // Baseline is a node's audit policy baseline: what its file was at the last
-// audit_policy_changed, or when first heard. A Policy without SHA256 and
-// Err deletes it.
-// Baselines are kept across restarts, so an edit made while the aggregator
-// was down is reported when the node is heard again.
+// audit_policy_changed, or when first heard; one whose Policy is not Known
+// deletes it. Baselines are kept across restarts, so an edit made while the
+// aggregator was down is reported when the node is heard again.
 type Baseline struct {
 	Cluster, Node string
 	Policy        Policy
@@ -180,7 +181,7 @@ func (t *Tracker) Baselines() []Baseline {
 func (t *Tracker) RestoreBaselines(now time.Time, bs []Baseline) {
 	for _, b := range bs {
 		k := node{b.Cluster, b.Node}
-		if !b.Policy.known() || t.nodes[k] != nil {
+		if !b.Policy.Known() || t.nodes[k] != nil {
 			continue
 		}
 		if t.baselines == nil {

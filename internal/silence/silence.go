@@ -323,7 +323,7 @@ func (t *Tracker) Forget(cluster, name string) {
 	if t.nodes[k] == nil {
 		return
 	}
-	if t.nodes[k].policyBase.known() {
+	if t.nodes[k].policyBase.Known() {
 		t.baselineLog = append(t.baselineLog, Baseline{Cluster: cluster, Node: name})
 	}
 	delete(t.nodes, k)

@@ -696,7 +696,7 @@ func (p *Pipeline) tickAt(ctx context.Context, final bool) (int, error) {
 // node's file is compared with from now on, across restarts.
 func (p *Pipeline) logBaselines(bs []silence.Baseline) {
 	for _, b := range bs {
-		if b.Policy.SHA256 == "" && b.Policy.Err == "" {
+		if !b.Policy.Known() {
 			p.logger.Info("audit policy baseline dropped: node forgotten", "cluster", b.Cluster, "node", b.Node)
 			continue
 		}

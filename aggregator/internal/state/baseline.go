@@ -28,7 +28,7 @@ type baselineValue struct {
 func baselineKey(cluster, node string) []byte { return []byte(cluster + "\x00" + node) }
 
 // encodeBaselines encodes a change's baselines before the transaction; a
-// baseline whose policy says nothing of the file is a deletion (nil value).
+// baseline whose policy is not Known is a deletion (nil value).
 func encodeBaselines(bs []silence.Baseline) ([]encoded, error) {
 	out := make([]encoded, len(bs))
 	for i, b := range bs {
@@ -36,7 +36,7 @@ func encodeBaselines(bs []silence.Baseline) ([]encoded, error) {
 			return nil, fmt.Errorf("commit: audit policy baseline %d: bad node %q/%q", i, b.Cluster, b.Node)
 		}
 		out[i].id = baselineKey(b.Cluster, b.Node)
-		if b.Policy.SHA256 == "" && b.Policy.Err == "" {
+		if !b.Policy.Known() {
 			continue // deleted
 		}
 		v, err := json.Marshal(baselineValue{SHA256: b.Policy.SHA256, Err: b.Policy.Err, Gaps: b.Policy.Gaps})
@@ -74,12 +74,15 @@ func (s *Store) Baselines() (bs []silence.Baseline, unreadable int, err error) {
 		return tx.Bucket(bucketBaselines).ForEach(func(k, v []byte) error {
 			cluster, node, ok := strings.Cut(string(k), "\x00")
 			var bv baselineValue
-			if !ok || cluster == "" || node == "" || json.Unmarshal(v, &bv) != nil || bv.SHA256 == "" && bv.Err == "" {
+			if ok && json.Unmarshal(v, &bv) != nil {
+				ok = false
+			}
+			p := silence.Policy{SHA256: bv.SHA256, Err: bv.Err, Gaps: bv.Gaps}
+			if !ok || cluster == "" || node == "" || !p.Known() {
 				unreadable++
 				return nil
 			}
-			bs = append(bs, silence.Baseline{Cluster: cluster, Node: node,
-				Policy: silence.Policy{SHA256: bv.SHA256, Err: bv.Err, Gaps: bv.Gaps}})
+			bs = append(bs, silence.Baseline{Cluster: cluster, Node: node, Policy: p})
 			return nil
 		})
 	})

@@ -271,8 +271,8 @@ type Change struct {
 	LineagePut    []lineage.Entry
 	LineageDelete []string
 	// Baselines stores audit policy baselines, in order (one whose Policy
-	// has no SHA256 and no Err deletes), as silence.Tracker.Baselines
-	// returns them; Store.Baselines reads them back.
+	// is not Known deletes), as silence.Tracker.Baselines returns them;
+	// Store.Baselines reads them back.
 	Baselines []silence.Baseline
 }
 
