@@ -30,8 +30,8 @@ type Sources struct {
 	// AuditLogJSON reports whether the live audit log's newest line is a
 	// JSON audit event (true when unknown); nil: not looked at (--once).
 	AuditLogJSON func() bool
-	// AuditPolicy gives the state of the watched audit policy file (see
-	// AuditPolicyStates); nil when none is watched.
+	// AuditPolicy gives the state of the watched audit policy file, one of
+	// the Policy* states; nil when none is watched.
 	AuditPolicy func() string
 	// Certificates maps a certificate label ("client", "ca") to its PEM
 	// file, read at each scrape for
@@ -87,17 +87,13 @@ func New(src Sources) *Agent {
 	}, []string{"mark"})
 	reg.MustRegister(a.Marked)
 
-	fn := func(kind prometheus.ValueType, name, help string, v func() float64) {
-		desc := prometheus.NewDesc("tokenwatch_agent_"+name, help, nil, nil)
-		reg.MustRegister(funcCollector{desc: desc, kind: kind, v: v})
-	}
 	registerAuditLog(reg, src)
 	if s := src.Send; s != nil {
-		fn(prometheus.CounterValue, "events_sent_total", "Token events sent, re-sends included.", func() float64 { return float64(s().EventsSent) })
-		fn(prometheus.CounterValue, "events_acked_total", "Token events acknowledged by the aggregator.", func() float64 { return float64(s().EventsAcked) })
-		fn(prometheus.CounterValue, "reconnects_total", "Streams opened after the first.", func() float64 { return float64(s().Reconnects) })
-		fn(prometheus.GaugeValue, "unacked_events", "Token events sent or queued and not acknowledged.", func() float64 { return float64(s().UnackedEvents) })
-		fn(prometheus.GaugeValue, "connected", "1 while a stream to the aggregator is open and welcomed.", func() float64 {
+		registerFunc(reg, prometheus.CounterValue, "events_sent_total", "Token events sent, re-sends included.", func() float64 { return float64(s().EventsSent) })
+		registerFunc(reg, prometheus.CounterValue, "events_acked_total", "Token events acknowledged by the aggregator.", func() float64 { return float64(s().EventsAcked) })
+		registerFunc(reg, prometheus.CounterValue, "reconnects_total", "Streams opened after the first.", func() float64 { return float64(s().Reconnects) })
+		registerFunc(reg, prometheus.GaugeValue, "unacked_events", "Token events sent or queued and not acknowledged.", func() float64 { return float64(s().UnackedEvents) })
+		registerFunc(reg, prometheus.GaugeValue, "connected", "1 while a stream to the aggregator is open and welcomed.", func() float64 {
 			if s().Connected {
 				return 1
 			}
@@ -119,16 +115,12 @@ func New(src Sources) *Agent {
 // registerAuditLog registers what the agent says of its audit log and of
 // the audit policy file.
 func registerAuditLog(reg *prometheus.Registry, src Sources) {
-	fn := func(kind prometheus.ValueType, name, help string, v func() float64) {
-		desc := prometheus.NewDesc("tokenwatch_agent_"+name, help, nil, nil)
-		reg.MustRegister(funcCollector{desc: desc, kind: kind, v: v})
-	}
 	if f := src.Follow; f != nil {
-		fn(prometheus.CounterValue, "lines_read_total", "Audit log lines read.", func() float64 { return float64(f().Lines) })
-		fn(prometheus.CounterValue, "read_bytes_total", "Audit log bytes read.", func() float64 { return float64(f().Bytes) })
-		fn(prometheus.CounterValue, "rotations_total", "Times the live audit log was rotated away or truncated.", func() float64 { return float64(f().Rotations) })
-		fn(prometheus.CounterValue, "lines_too_long_total", "Lines longer than the limit, skipped and reported.", func() float64 { return float64(f().LinesTooLong) })
-		fn(prometheus.GaugeValue, "behind_bytes", "Audit data not read yet: the rest of the file and newer rotated files.", func() float64 { return float64(f().Behind) })
+		registerFunc(reg, prometheus.CounterValue, "lines_read_total", "Audit log lines read.", func() float64 { return float64(f().Lines) })
+		registerFunc(reg, prometheus.CounterValue, "read_bytes_total", "Audit log bytes read.", func() float64 { return float64(f().Bytes) })
+		registerFunc(reg, prometheus.CounterValue, "rotations_total", "Times the live audit log was rotated away or truncated.", func() float64 { return float64(f().Rotations) })
+		registerFunc(reg, prometheus.CounterValue, "lines_too_long_total", "Lines longer than the limit, skipped and reported.", func() float64 { return float64(f().LinesTooLong) })
+		registerFunc(reg, prometheus.GaugeValue, "behind_bytes", "Audit data not read yet: the rest of the file and newer rotated files.", func() float64 { return float64(f().Behind) })
 		reg.MustRegister(stateSet{
 			desc: prometheus.NewDesc("tokenwatch_agent_audit_log_state",
 				"1 for the state of the live audit log (--audit-log): present, absent or unreadable; the agent is ready only while it is present.",
@@ -136,7 +128,7 @@ func registerAuditLog(reg *prometheus.Registry, src Sources) {
 			states: []string{string(follow.LivePresent), string(follow.LiveAbsent), string(follow.LiveUnreadable)},
 			cur:    func() string { return string(f().Live) },
 		})
-		fn(prometheus.GaugeValue, "last_growth_timestamp_seconds", "When audit data was last read.", func() float64 {
+		registerFunc(reg, prometheus.GaugeValue, "last_growth_timestamp_seconds", "When audit data was last read.", func() float64 {
 			if t := f().LastGrowth; !t.IsZero() {
 				return float64(t.UnixNano()) / 1e9
 			}
@@ -145,7 +137,7 @@ func registerAuditLog(reg *prometheus.Registry, src Sources) {
 	}
 	reg.MustRegister(policyState(src.AuditPolicy))
 	if j := src.AuditLogJSON; j != nil {
-		fn(prometheus.GaugeValue, "audit_log_json", "1 while the live audit log's newest complete line is a JSON audit event (or none is seen), 0 when it is not (--audit-log-format=legacy).", func() float64 {
+		registerFunc(reg, prometheus.GaugeValue, "audit_log_json", "1 while the live audit log's newest complete line is a JSON audit event (or none is seen), 0 when it is not (--audit-log-format=legacy).", func() float64 {
 			if j() {
 				return 1
 			}
@@ -167,6 +159,12 @@ func policyState(cur func() string) prometheus.Collector {
 		states: []string{PolicyUnwatched, PolicyLogged, PolicyHides, PolicyUnread},
 		cur:    cur,
 	}
+}
+
+// registerFunc registers tokenwatch_agent_<name>, read from v at each
+// scrape.
+func registerFunc(reg *prometheus.Registry, kind prometheus.ValueType, name, help string, v func() float64) {
+	reg.MustRegister(funcCollector{desc: prometheus.NewDesc("tokenwatch_agent_"+name, help, nil, nil), kind: kind, v: v})
 }
 
 // funcCollector reads one value at scrape time.
