@@ -31,8 +31,8 @@ func (g Gap) Everyone() bool {
 // that user's in one namespace, say). Nil when every token request is
 // logged at a stage tokenwatch reads.
 func (p *Policy) Gaps() []Gap {
-	gaps := p.rulesWhere(func(r *Rule) bool { return Hidden(r.Level, union(p.OmitStages, r.OmitStages)) })
-	if p.ends() {
+	gaps, ended := p.rulesWhere(func(r *Rule) bool { return Hidden(r.Level, union(p.OmitStages, r.OmitStages)) })
+	if ended {
 		return gaps
 	}
 	return append(gaps, Gap{Rule: -1, Level: LevelNone})
@@ -44,7 +44,8 @@ func (p *Policy) Gaps() []Gap {
 // the audit files. Like Gaps, it errs on the side of reporting. Nil when
 // none does.
 func (p *Policy) Leaks() []Gap {
-	return p.rulesWhere(func(r *Rule) bool { return Leaked(r.Level, union(p.OmitStages, r.OmitStages)) })
+	leaks, _ := p.rulesWhere(func(r *Rule) bool { return Leaked(r.Level, union(p.OmitStages, r.OmitStages)) })
+	return leaks
 }
 
 // Leaked reports whether a token request given level and omit is logged
@@ -55,9 +56,9 @@ func Leaked(level string, omit []string) bool {
 
 // rulesWhere returns the rules for which keep holds among those that match
 // some token requests, down to the first that matches them all, each with
-// its conditions.
-func (p *Policy) rulesWhere(keep func(r *Rule) bool) []Gap {
-	var out []Gap
+// its conditions, and whether there was such a rule (else the rest go to
+// the default level, None).
+func (p *Policy) rulesWhere(keep func(r *Rule) bool) (out []Gap, ended bool) {
 	for i := range p.Rules {
 		r := &p.Rules[i]
 		g, ok := r.tokenGap()
@@ -69,20 +70,10 @@ func (p *Policy) rulesWhere(keep func(r *Rule) bool) []Gap {
 			out = append(out, g)
 		}
 		if g.Everyone() {
-			return out
+			return out, true
 		}
 	}
-	return out
-}
-
-// ends reports whether a rule matches every token request.
-func (p *Policy) ends() bool {
-	for i := range p.Rules {
-		if g, ok := p.Rules[i].tokenGap(); ok && g.Everyone() {
-			return true
-		}
-	}
-	return false
+	return out, false
 }
 
 // tokenGap returns the conditions under which the rule matches token
