@@ -109,40 +109,11 @@ func union(a, b []string) []string {
 }
 
 // matches is kube-apiserver's ruleMatches for a token request (verb create,
-// core group, serviceaccounts/token, a namespaced resource request).
+// core group, serviceaccounts/token, a namespaced resource request): the
+// rule matches token requests at all, and q meets its conditions.
 func (r *Rule) matches(q Request) bool {
-	if len(r.Users) > 0 && !slices.Contains(r.Users, q.User) {
-		return false
-	}
-	if len(r.UserGroups) > 0 && !slices.ContainsFunc(q.Groups, func(g string) bool { return slices.Contains(r.UserGroups, g) }) {
-		return false
-	}
-	if len(r.Verbs) > 0 && !slices.Contains(r.Verbs, "create") {
-		return false
-	}
-	if len(r.Namespaces) > 0 || len(r.Resources) > 0 {
-		if len(r.Namespaces) > 0 && !slices.Contains(r.Namespaces, q.Namespace) {
-			return false
-		}
-		if len(r.Resources) == 0 {
-			return true
-		}
-		for _, gr := range r.Resources {
-			if gr.Group != "" {
-				continue
-			}
-			if len(gr.Resources) == 0 {
-				return true
-			}
-			if (len(gr.ResourceNames) == 0 || slices.Contains(gr.ResourceNames, q.Name)) &&
-				slices.ContainsFunc(gr.Resources, tokenResource) {
-				return true
-			}
-		}
-		return false
-	}
-	// A rule of non-resource URLs matches no resource request.
-	return len(r.NonResourceURLs) == 0
+	g, ok := r.tokenGap()
+	return ok && g.Covers(q)
 }
 
 // tokenResource reports whether a policy's resource entry names
