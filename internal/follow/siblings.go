@@ -20,6 +20,8 @@ type sibling struct {
 	dev, ino uint64
 	size     int64
 	key      orderKey
+	// named: the order comes from a lumberjack backup's name.
+	named bool
 }
 
 // orderKey orders siblings from oldest to newest: by the rotation time in a
@@ -126,7 +128,7 @@ func (l layout) scanOnce() (out []sibling, consistent bool, err error) {
 		}
 		dev, ino := devIno(fi)
 		out = append(out, sibling{
-			path: filepath.Join(l.dir, e.Name()), gz: gz, dev: dev, ino: ino, size: fi.Size(), key: k,
+			path: filepath.Join(l.dir, e.Name()), gz: gz, dev: dev, ino: ino, size: fi.Size(), key: k, named: fromName,
 		})
 	}
 	slices.SortStableFunc(out, func(a, b sibling) int {
