@@ -40,11 +40,13 @@ func newPolicyWatch(path string, log *slog.Logger) *policyWatch {
 }
 
 // status returns the heartbeat function: fol's state, with fw the format of
-// the live audit log, and with pw the policy file's digest.
-func status(fol reader, fw *formatWatch, pw *policyWatch) func() *tokenwatchv1.Heartbeat {
+// the live audit log, rw its rotation size, and with pw the policy file's
+// digest.
+func status(fol reader, fw *formatWatch, rw *rotationWatch, pw *policyWatch) func() *tokenwatchv1.Heartbeat {
 	return func() *tokenwatchv1.Heartbeat {
 		h := heartbeat(fol.Stats())
 		h.AuditLogFormatError = fw.check()
+		h.AuditLogRotationBytes = uint64(rw.check())
 		if pw != nil {
 			h.AuditPolicySha256, h.AuditPolicyError, h.AuditPolicyGaps = pw.check()
 		}

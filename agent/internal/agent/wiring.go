@@ -71,8 +71,10 @@ func newAgent(c Config) (*agent, error) {
 	}
 	pw := newPolicyWatch(c.AuditPolicyFile, a.log)
 	var fw *formatWatch // a replay reads files of the past
+	var rw *rotationWatch
 	if !c.Once {
 		fw = newFormatWatch(c.AuditLog, a.log)
+		rw = newRotationWatch(c.AuditLog, a.log)
 	}
 	snd, err := sender.New(sender.Config{
 		Target:      c.Aggregator,
@@ -82,7 +84,7 @@ func newAgent(c Config) (*agent, error) {
 			Replay: c.Once, SessionId: sessionID(),
 		},
 		GiveUpAfter: giveUp,
-		Status:      status(fol, fw, pw),
+		Status:      status(fol, fw, rw, pw),
 		OnAck:       a.p.onAck,
 		Classify:    classifier(c),
 		Lineage:     a.lin,
@@ -103,6 +105,7 @@ func newAgent(c Config) (*agent, error) {
 	}
 	if fw != nil {
 		src.AuditLogJSON = func() bool { return fw.check() == "" }
+		src.AuditLogRotation = rw.check
 	}
 	a.p.m = metrics.New(src)
 	a.delivery = &delivery{snd: snd, log: a.log, done: make(chan struct{})}

@@ -30,6 +30,9 @@ type Sources struct {
 	// AuditLogJSON reports whether the live audit log's newest line is a
 	// JSON audit event (true when unknown); nil: not looked at (--once).
 	AuditLogJSON func() bool
+	// AuditLogRotation gives the size, in bytes, at which kube-apiserver
+	// rotates the audit log, as inferred (0: unknown); nil: not looked at.
+	AuditLogRotation func() int64
 	// AuditPolicy gives the state of the watched audit policy file, one of
 	// the Policy* states; nil when none is watched.
 	AuditPolicy func() string
@@ -142,6 +145,11 @@ func registerAuditLog(reg *prometheus.Registry, src Sources) {
 				return 1
 			}
 			return 0
+		})
+	}
+	if r := src.AuditLogRotation; r != nil {
+		registerFunc(reg, prometheus.GaugeValue, "audit_log_rotation_bytes", "The largest size at which kube-apiserver may have made its newest audit log rotation (--audit-log-maxsize, inferred from the rotated file); 0 when unknown. An event longer than it never reaches the file.", func() float64 {
+			return float64(r())
 		})
 	}
 }

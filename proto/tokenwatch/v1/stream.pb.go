@@ -1133,8 +1133,15 @@ type Heartbeat struct {
 	// --audit-log-format=legacy, say: nothing in it can be matched); empty
 	// when it is one, or when no complete line could be seen.
 	AuditLogFormatError string `protobuf:"bytes,14,opt,name=audit_log_format_error,json=auditLogFormatError,proto3" json:"audit_log_format_error,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// AuditLogRotationBytes is the largest size at which kube-apiserver's log
+	// writer (lumberjack, --audit-log-maxsize) may have made its newest
+	// rotation, inferred from the rotated file and the first line after it:
+	// a multiple of 1 MiB. lumberjack refuses a line longer than it, so such
+	// an event never reaches the file. 0 when unknown (no rotation seen, one
+	// made by another tool, or an older agent).
+	AuditLogRotationBytes uint64 `protobuf:"varint,15,opt,name=audit_log_rotation_bytes,json=auditLogRotationBytes,proto3" json:"audit_log_rotation_bytes,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
@@ -1263,6 +1270,13 @@ func (x *Heartbeat) GetAuditLogFormatError() string {
 		return x.AuditLogFormatError
 	}
 	return ""
+}
+
+func (x *Heartbeat) GetAuditLogRotationBytes() uint64 {
+	if x != nil {
+		return x.AuditLogRotationBytes
+	}
+	return 0
 }
 
 // LossReport is audit data the agent could not deliver.
@@ -2136,7 +2150,7 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x04R\x05count\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xb0\x04\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xe9\x04\n" +
 	"\tHeartbeat\x12.\n" +
 	"\x04sent\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04sent\x12\x12\n" +
 	"\x04file\x18\x02 \x01(\tR\x04file\x12\x16\n" +
@@ -2156,7 +2170,8 @@ const file_tokenwatch_v1_stream_proto_rawDesc = "" +
 	"\x13audit_policy_sha256\x18\v \x01(\tR\x11auditPolicySha256\x12,\n" +
 	"\x12audit_policy_error\x18\f \x01(\tR\x10auditPolicyError\x12*\n" +
 	"\x11audit_policy_gaps\x18\r \x01(\tR\x0fauditPolicyGaps\x123\n" +
-	"\x16audit_log_format_error\x18\x0e \x01(\tR\x13auditLogFormatError\"\xa0\x02\n" +
+	"\x16audit_log_format_error\x18\x0e \x01(\tR\x13auditLogFormatError\x127\n" +
+	"\x18audit_log_rotation_bytes\x18\x0f \x01(\x04R\x15auditLogRotationBytes\"\xa0\x02\n" +
 	"\n" +
 	"LossReport\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x12\n" +
