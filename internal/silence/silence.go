@@ -67,6 +67,9 @@ type Beat struct {
 	FormatErr string
 	// Policy is what the agent says of the audit policy file it watches.
 	Policy Policy
+	// RotationBytes is the size at which the node's kube-apiserver rotates
+	// its audit log, as the agent infers it (0: unknown).
+	RotationBytes int64
 }
 
 // KindNodesRefused is the tokenwatch.pipeline.kind of the record that
@@ -167,6 +170,11 @@ type state struct {
 	// time of that record.
 	policy, policyBase Policy
 	policyAt           time.Time
+	// rotation is the audit log's rotation size as last heard (0:
+	// unknown), rotationRep the size at the last audit_log_rotation_small
+	// (or the last safe size), rotationAt the time of that record.
+	rotation, rotationRep int64
+	rotationAt            time.Time
 	// silent is set while a cluster_silent has been emitted and not
 	// resumed: since is when the silence began.
 	silent bool
@@ -293,6 +301,7 @@ func (t *Tracker) HeardBeat(now time.Time, cluster, name string, b Beat) {
 	}
 	s.heardFormat(now, b.Format, b.FormatErr)
 	s.heardPolicy(b.Policy)
+	s.heardRotation(b.RotationBytes)
 	if now.After(s.heard) {
 		s.heard = now
 	}
@@ -375,6 +384,7 @@ func (t *Tracker) Check(now time.Time) []alert.Record {
 		}
 	}
 	out = append(out, t.policyRecords(now, keys)...)
+	out = append(out, t.rotationRecords(now, keys)...)
 	out = append(out, t.refusedRecords(now)...)
 	return append(out, t.tokenRecords(now)...)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -510,6 +511,7 @@ func beatOf(hb *tokenwatchv1.Heartbeat) silence.Beat {
 		b.File, b.FileError = silence.FileMissing, hb.GetFileError()
 	}
 	b.Policy = silence.Policy{SHA256: hb.GetAuditPolicySha256(), Err: hb.GetAuditPolicyError(), Gaps: hb.GetAuditPolicyGaps()}
+	b.RotationBytes = int64(min(hb.GetAuditLogRotationBytes(), math.MaxInt64))
 	b.Format, b.FormatErr = silence.FormatJSON, hb.GetAuditLogFormatError()
 	if b.FormatErr != "" {
 		b.Format = silence.FormatNotJSON
