@@ -31,6 +31,9 @@ type RawMintOptions struct {
 	AuditID string
 	// Audiences of the TokenRequest's spec (default the apiserver's).
 	Audiences []string
+	// Body, when set, is sent as is instead of a TokenRequest built from
+	// Audiences: JSON a client writes itself, unescaped.
+	Body []byte
 }
 
 // RawMint POSTs a TokenRequest for ns/sa with o's identity, header and body.
@@ -56,6 +59,9 @@ func (c *Cluster) RawMint(t testing.TB, ctx context.Context, ns, sa string, o Ra
 		"spec": map[string]any{"audiences": o.Audiences},
 	})
 	must(t, err)
+	if o.Body != nil {
+		body = o.Body
+	}
 	url := fmt.Sprintf("%s/api/v1/namespaces/%s/serviceaccounts/%s/token", c.Host, ns, sa)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	must(t, err)
