@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -36,25 +35,10 @@ func truncated(r harness.Record, key string) bool {
 // The apiserver rotates at 8 MB: lumberjack refuses any event larger than
 // --audit-log-maxsize before an agent can see it.
 func TestHostileRequests(t *testing.T) {
-	b := suite.Need(t)
-	if k8sErr != nil {
-		t.Fatalf("kube-apiserver/etcd did not build: %v", k8sErr)
-	}
-	logs := harness.LogDir(t)
-	etcd := kube.StartEtcd(t, k8sDir, logs)
-	sink := harness.StartSink(t)
-	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
-	agg.Start(t)
-	c := kube.StartCluster(t, k8sDir, logs, etcd, kube.Options{Name: "h1", MaxSizeMB: 8})
-	agent := &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: c.Name, Node: "cp-" + c.Name,
-		AuditLog: c.AuditLog, Aggregator: agg.Listen, StateDir: filepath.Join(t.TempDir(), "agent-state"),
-		Metrics: harness.Addr(harness.FreePort(t)), StartAt: "beginning"}
-	agent.Start(t)
+	w := startWatched(t, kube.Options{Name: "h1", MaxSizeMB: 8}, "")
+	c, agent, agg, sink := w.c, w.agent, w.agg, w.sink
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := c.Setup(ctx); err != nil {
-		t.Fatal(err)
-	}
 
 	longID := func(who string) string {
 		p := "hostile-" + who + "-"

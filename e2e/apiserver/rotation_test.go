@@ -3,6 +3,7 @@ package apiserver
 import (
 	"context"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -20,6 +21,48 @@ import (
 func escapedPadding() []byte {
 	return []byte(`{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"audiences":["` +
 		strings.Repeat("<", 3145000) + `"]}}`)
+}
+
+// watched is one kube-apiserver, set up (kube.Cluster.Setup), watched by
+// an agent reading its audit log from the beginning, with an aggregator
+// exporting to sink.
+type watched struct {
+	c     *kube.Cluster
+	agent *harness.Agent
+	agg   *harness.Aggregator
+	sink  *harness.Sink
+}
+
+// startWatched starts etcd, a sink, an aggregator (with aggConfig as its
+// --config file when not empty), a kube-apiserver with o and its agent.
+func startWatched(t *testing.T, o kube.Options, aggConfig string) watched {
+	t.Helper()
+	b := suite.Need(t)
+	if k8sErr != nil {
+		t.Fatalf("kube-apiserver/etcd did not build: %v", k8sErr)
+	}
+	logs := harness.LogDir(t)
+	etcd := kube.StartEtcd(t, k8sDir, logs)
+	w := watched{sink: harness.StartSink(t)}
+	w.agg = harness.NewAggregator(t, b, logs, w.sink.Endpoint)
+	if aggConfig != "" {
+		w.agg.Config = filepath.Join(t.TempDir(), "aggregator.yaml")
+		if err := os.WriteFile(w.agg.Config, []byte(aggConfig), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.agg.Start(t)
+	w.c = kube.StartCluster(t, k8sDir, logs, etcd, o)
+	w.agent = &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: w.c.Name, Node: "cp-" + w.c.Name,
+		AuditLog: w.c.AuditLog, Aggregator: w.agg.Listen, StateDir: filepath.Join(t.TempDir(), "agent-state"),
+		Metrics: harness.Addr(harness.FreePort(t)), StartAt: "beginning"}
+	w.agent.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := w.c.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return w
 }
 
 // rotationRecords returns the audit_log_rotation_small records.
@@ -41,25 +84,10 @@ func rotationRecords(recs []harness.Record) []harness.Record {
 // warns, exposes it, and the aggregator reports it once
 // (audit_log_rotation_small), so the blind spot is said before it is used.
 func TestSmallRotationReported(t *testing.T) {
-	b := suite.Need(t)
-	if k8sErr != nil {
-		t.Fatalf("kube-apiserver/etcd did not build: %v", k8sErr)
-	}
-	logs := harness.LogDir(t)
-	etcd := kube.StartEtcd(t, k8sDir, logs)
-	sink := harness.StartSink(t)
-	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
-	agg.Start(t)
-	c := kube.StartCluster(t, k8sDir, logs, etcd, kube.Options{Name: "rot1", MaxSizeMB: 1})
-	agent := &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: c.Name, Node: "cp-" + c.Name,
-		AuditLog: c.AuditLog, Aggregator: agg.Listen, StateDir: filepath.Join(t.TempDir(), "agent-state"),
-		Metrics: harness.Addr(harness.FreePort(t)), StartAt: "beginning"}
-	agent.Start(t)
+	w := startWatched(t, kube.Options{Name: "rot1", MaxSizeMB: 1}, "")
+	c, agent, agg, sink := w.c, w.agent, w.agg, w.sink
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := c.Setup(ctx); err != nil {
-		t.Fatal(err)
-	}
 	for len(c.AuditFiles()) < 2 { // the apiserver's own rotation
 		if err := c.Admin.Load(ctx, 100, 4); err != nil {
 			t.Fatalf("no rotation: %v", err)
@@ -120,26 +148,17 @@ func TestSmallRotationReported(t *testing.T) {
 // audit_log_rotation_small holds the apiserver to is enough. The line is
 // longer than the agent's 16 MiB line limit, so it is read in bounded
 // memory, sent with its fields cut, and the bytes not kept are reported.
+// The apiserver takes about 2 s to process and write such a request, past
+// the default alerting.stage_grace: here it is long enough for the
+// completion to alert.
 func TestEscapedPaddingAlertsAt19MiB(t *testing.T) {
-	b := suite.Need(t)
-	if k8sErr != nil {
-		t.Fatalf("kube-apiserver/etcd did not build: %v", k8sErr)
-	}
-	logs := harness.LogDir(t)
-	etcd := kube.StartEtcd(t, k8sDir, logs)
-	sink := harness.StartSink(t)
-	agg := harness.NewAggregator(t, b, logs, sink.Endpoint)
-	agg.Start(t)
-	c := kube.StartCluster(t, k8sDir, logs, etcd, kube.Options{Name: "rot19", MaxSizeMB: 19})
-	agent := &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: c.Name, Node: "cp-" + c.Name,
-		AuditLog: c.AuditLog, Aggregator: agg.Listen, StateDir: filepath.Join(t.TempDir(), "agent-state"),
-		Metrics: harness.Addr(harness.FreePort(t)), StartAt: "beginning"}
-	agent.Start(t)
+	w := startWatched(t, kube.Options{Name: "rot19", MaxSizeMB: 19},
+		// The apiserver takes seconds to process and write such a request:
+		// its completion must not come after the default 2s grace.
+		"alerting:\n  stage_grace: 2m\n")
+	c, agent, sink := w.c, w.agent, w.sink
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := c.Setup(ctx); err != nil {
-		t.Fatal(err)
-	}
 	padded := c.RawMint(t, ctx, "team-a", "app", kube.RawMintOptions{User: "alice", Body: escapedPadding()})
 	if padded.Status != http.StatusCreated {
 		t.Fatalf("padded TokenRequest: HTTP %d, want 201", padded.Status)
