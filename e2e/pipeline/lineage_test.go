@@ -69,6 +69,58 @@ func TestReplayLineageWatchedElsewhere(t *testing.T) {
 	}
 }
 
+// TestLateCompletionWatched: a token request whose completion comes after
+// alerting.stage_grace (a request padded to take seconds at the apiserver)
+// alerts alone from its RequestReceived; its late completion makes no
+// second record, but the token it minted, named only there, is watched:
+// its use is reported. Without that, padding a request would keep its
+// token out of lineage.
+func TestLateCompletionWatched(t *testing.T) {
+	b, logs, dir, sink, agg := startLineage(t, "")
+	now := time.Now().UTC()
+	mintID, jti, useID := auditwrite.NewID(), auditwrite.NewID(), auditwrite.NewID()
+	alice := authnv1.UserInfo{Username: "alice", Groups: []string{"system:authenticated"}}
+	stages := auditwrite.Mint(mintID, jti, now, alice, "team-a", "deployer")
+	path := mkdir(t, filepath.Join(dir, "cp-1", "audit.log"))
+	if err := auditwrite.Append(path, stages[0]); err != nil {
+		t.Fatal(err)
+	}
+	agent := &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: "c1", Node: "cp-1", AuditLog: path,
+		Aggregator: agg.Listen, StateDir: filepath.Join(dir, "agent-state"), StartAt: "beginning"}
+	agent.Start(t)
+	mints := func(recs []harness.Record) []harness.Record {
+		var out []harness.Record
+		for _, r := range harness.ByEvent(recs, harness.EventTokenRequest) {
+			if r.Str("kubernetes.audit.auditID") == mintID {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	if !sink.WaitFor(time.Minute, func(recs []harness.Record) bool { return len(mints(recs)) > 0 }) {
+		t.Fatal("the RequestReceived did not alert alone within a minute")
+	}
+	if err := auditwrite.Append(path, stages[len(stages)-1], auditwrite.Use(useID, jti, now.Add(time.Second), "10.0.0.50", "list", "secrets", "team-a", "deployer")); err != nil {
+		t.Fatal(err)
+	}
+	used := func(recs []harness.Record) bool {
+		for _, r := range harness.ByEvent(recs, eventTokenUse) {
+			if r.Str("kubernetes.audit.auditID") == useID && r.Str("tokenwatch.lineage.jti") == jti {
+				return true
+			}
+		}
+		return false
+	}
+	if !sink.WaitFor(time.Minute, used) {
+		agg.Proc.Dump(t)
+		t.Fatalf("no token_use for %s (token %s, minted by the late completion) within a minute", useID, jti)
+	}
+	sink.Quiet(2*time.Second, 30*time.Second)
+	if got := mints(sink.Records()); len(got) != 1 || got[0].Str("event.outcome") != "unknown" {
+		t.Errorf("%d token_request records for the mint, want one with outcome unknown", len(got))
+	}
+}
+
 // startLineage starts a sink and an aggregator with lineage on, its
 // lineage section extended by more (YAML lines indented by two), and
 // returns them with the binaries, the log folder and a work folder.

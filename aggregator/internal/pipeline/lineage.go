@@ -354,6 +354,20 @@ func (p *Pipeline) lineageAlertLocked(run *lineageRun, now time.Time, src detect
 	return rec, chained, true
 }
 
+// watchLateLocked watches the token minted by a, a completion that came
+// after its request alerted alone from its RequestReceived (a request
+// padded to take seconds, say): the minted token's ID is only in the
+// completion, and without it lineage could not follow the token. It makes
+// no record. p.mu must be held.
+func (p *Pipeline) watchLateLocked(run *lineageRun, now time.Time, src detect.Source, a alerting) {
+	if chain, chained := p.lin.Chain(now, a.e); !a.v.Alerts() && !(chained && chain.Alerts(a.v)) {
+		return
+	}
+	if m, ok := p.lin.MintOf(src, a.e); ok {
+		run.merge(p.lin.Mint(now, m))
+	}
+}
+
 // bypassesBudget reports whether a lineage record is emitted whatever the
 // budget: pipeline records (never silent) and a token_use that reports a
 // token's first use.

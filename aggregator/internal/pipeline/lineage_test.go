@@ -323,6 +323,54 @@ func TestLineageChainHeld(t *testing.T) {
 	diffLines(t, "chain alerted alone", got, []string{"unknown jti-1 high"})
 }
 
+// TestLineageLateCompletion: a completion that comes after its request
+// alerted alone makes no second record, but the token it minted is watched
+// (its ID is only in the completion), and its uses are reported; that of a
+// request that did not alert is not.
+func TestLineageLateCompletion(t *testing.T) {
+	for _, c := range []struct {
+		user    string
+		watched bool
+	}{{"alice", true}, {kubeSystemFoo, false}} {
+		t.Run(c.user, func(t *testing.T) {
+			f := newFixture(t, config.Default())
+			m := t0.Add(-time.Second)
+			done := mintEv(c.user, "jti-1", "", m)
+			held := *done
+			held.Stage, held.ResponseStatus, held.Annotations = audit.StageRequestReceived, nil, nil
+			if res := f.process(t, events(prod, &held)); res.Held+res.Excluded != 1 {
+				t.Fatalf("RequestReceived: %+v", res)
+			}
+			f.clk.Add(3 * time.Second)
+			f.tick(t)
+			res := f.process(t, events(prod, done))
+			if res.Records != 0 {
+				t.Errorf("late completion: %+v, want no record", res)
+			}
+			var want []string
+			if c.watched {
+				want = []string{"actor_user/alice", "token/jti-1"}
+				if res.DroppedLate != 1 {
+					t.Errorf("late completion: %+v, want DroppedLate 1", res)
+				}
+			}
+			diffLines(t, "WatchAdd", watches(res.WatchAdd), want)
+			f.process(t, events(prod, mintEv("mallory", "jti-2", "jti-1", m.Add(2*time.Second))))
+			var chained []string
+			for _, r := range f.outbox(t) {
+				if r.EventName == alert.EventTokenRequest && str(t, r, "kubernetes.audit.auditID") == "mint-jti-2" {
+					chained = append(chained, str(t, r, lineage.AttrParentJTI))
+				}
+			}
+			wantParent := "<absent>"
+			if c.watched {
+				wantParent = "jti-1"
+			}
+			diffLines(t, "a mint with the late completion's token", chained, []string{wantParent})
+		})
+	}
+}
+
 // TestLineageBudget: a budget-held alert still puts its token on the
 // watch; its first use and a chain bypass the budget, another token_use
 // counts against it.

@@ -355,6 +355,10 @@ type alerting struct {
 	e   *audit.Event
 	v   rule.Verdict // when it does not alert, e alerts only as a chain
 	rec alert.Record
+	// late: e is the completion of a request already alerted alone from
+	// its RequestReceived. It makes no record, but the token it minted,
+	// named only in the completion, is watched.
+	late bool
 }
 
 type candidate struct {
@@ -440,6 +444,10 @@ func (p *Pipeline) submitLocked(ch *state.Change, res *Result, run *lineageRun, 
 	}
 	src := b.Source
 	for _, a := range alerts {
+		if a.late {
+			p.watchLateLocked(run, now, src, a)
+			continue
+		}
 		rec, chained, ok := p.lineageAlertLocked(run, now, src, a)
 		if !ok { // not a chain after all: the default exclusion stands
 			res.Alerted--
@@ -538,6 +546,7 @@ func (p *Pipeline) decide(ch *state.Change, res *Result, src detect.Source, cand
 			ch.Done = append(ch.Done, c.key)
 			res.Alerted++
 		case detect.ActionDropLate:
+			alerts = append(alerts, alerting{e: c.e, v: c.v, late: true})
 			res.DroppedLate++
 		default:
 			res.Ignored++
