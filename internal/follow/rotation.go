@@ -45,8 +45,12 @@ func NewRotationProbe(path string, maxLine int64) *RotationProbe {
 	return &RotationProbe{l: newLayout(path), maxLine: maxLine}
 }
 
-// errNoNewline: the next file's first line is not complete (yet).
-var errNoNewline = errors.New("first line not complete")
+// errNoNewline: the next file's first line is not complete (yet);
+// errLongLine: it is longer than the probe reads.
+var (
+	errNoNewline = errors.New("first line not complete")
+	errLongLine  = errors.New("first line too long")
+)
 
 // Size returns the largest size, in bytes, at which the writer may have
 // made the newest lumberjack backup: a multiple of 1 MiB. It is 0 when no
@@ -74,10 +78,13 @@ func (p *RotationProbe) Size() (int64, error) {
 		return p.size, err
 	}
 	line, err := firstLine(next, p.maxLine)
-	if errors.Is(err, errNoNewline) {
-		return p.size, nil // being written, or longer than maxLine
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, errNoNewline): // being written: looked at again
+		return p.size, nil
+	case errors.Is(err, errLongLine): // not looked at again
+		p.key = k
+		return p.size, nil
+	case err != nil:
 		return p.size, err
 	}
 	p.key, p.size = k, RotationBound(s, line)
@@ -186,5 +193,5 @@ func firstLine(s sibling, max int64) (int64, error) {
 			return 0, fmt.Errorf("read %s: %w", s.path, err)
 		}
 	}
-	return 0, errNoNewline
+	return 0, errLongLine
 }

@@ -143,4 +143,8 @@ func TestRotationProbeNewest(t *testing.T) {
 	if got, err := p.Size(); err != nil || got != mib {
 		t.Fatalf("Size() = %d, %v; want 1 MiB once the line is complete", got, err)
 	}
+	short := NewRotationProbe(path, 100) // reads at most 100 bytes of a line
+	if got, err := short.Size(); err != nil || got != 0 {
+		t.Fatalf("Size() with a first line longer than the probe reads = %d, %v; want 0", got, err)
+	}
 }
