@@ -121,6 +121,48 @@ func TestLateCompletionWatched(t *testing.T) {
 	}
 }
 
+// TestLineageWatchEnds: a token is watched for its lifetime from its mint
+// (here lineage.default_token_ttl, 10m, as the TokenRequest logs no
+// expirationSeconds), by the time the requests were logged: a use logged
+// within it is reported, one logged after it is not, though both are read
+// at once.
+func TestLineageWatchEnds(t *testing.T) {
+	b, logs, dir, sink, agg := startLineage(t, "  default_token_ttl: 10m\n")
+	now := time.Now().UTC()
+	mintID, jti, inID, outID := auditwrite.NewID(), auditwrite.NewID(), auditwrite.NewID(), auditwrite.NewID()
+	alice := authnv1.UserInfo{Username: "alice", Groups: []string{"system:authenticated"}}
+	mint := now.Add(-30 * time.Minute)
+	evs := auditwrite.Mint(mintID, jti, mint, alice, "team-a", "deployer")
+	evs = append(evs,
+		// From another address: were it a use, it would be reported.
+		auditwrite.Use(outID, jti, mint.Add(10*time.Minute+time.Second), "10.0.0.66", "list", "secrets", "team-a", "deployer"),
+		auditwrite.Use(inID, jti, mint.Add(10*time.Minute), "10.0.0.50", "get", "secrets", "team-a", "deployer"))
+	path := mkdir(t, filepath.Join(dir, "cp-1", "audit.log"))
+	if err := auditwrite.Append(path, evs...); err != nil {
+		t.Fatal(err)
+	}
+	agent := &harness.Agent{Bin: b.Agent, LogDir: logs, Cluster: "c1", Node: "cp-1", AuditLog: path,
+		Aggregator: agg.Listen, StateDir: filepath.Join(dir, "agent-state"), StartAt: "beginning"}
+	agent.Start(t)
+	usesOf := func(recs []harness.Record) map[string]int {
+		n := map[string]int{}
+		for _, r := range harness.ByEvent(recs, eventTokenUse) {
+			if r.Str("tokenwatch.lineage.jti") == jti {
+				n[r.Str("kubernetes.audit.auditID")]++
+			}
+		}
+		return n
+	}
+	if !sink.WaitFor(time.Minute, func(recs []harness.Record) bool { return usesOf(recs)[inID] > 0 }) {
+		agg.Proc.Dump(t)
+		t.Fatal("the use logged at the end of the token's lifetime was not reported within a minute")
+	}
+	sink.Quiet(2*time.Second, 30*time.Second)
+	if got := usesOf(sink.Records()); got[inID] != 1 || got[outID] != 0 {
+		t.Errorf("token_use records: %d for the use at the watch's end, %d for the one a second after; want 1 and 0", got[inID], got[outID])
+	}
+}
+
 // startLineage starts a sink and an aggregator with lineage on, its
 // lineage section extended by more (YAML lines indented by two), and
 // returns them with the binaries, the log folder and a work folder.
