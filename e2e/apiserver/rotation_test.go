@@ -65,6 +65,32 @@ func startWatched(t *testing.T, o kube.Options, aggConfig string) watched {
 	return w
 }
 
+// mintPadded has alice mint a token with a body of escapedPadding, waits
+// until it alerts and the sink is quiet, and returns its token_request
+// records.
+func mintPadded(t *testing.T, ctx context.Context, w watched) []harness.Record {
+	t.Helper()
+	padded := w.c.RawMint(t, ctx, "team-a", "app", kube.RawMintOptions{User: "alice", Body: escapedPadding()})
+	if padded.Status != http.StatusCreated {
+		t.Fatalf("padded TokenRequest: HTTP %d, want 201", padded.Status)
+	}
+	alerts := func(recs []harness.Record) []harness.Record {
+		var out []harness.Record
+		for _, r := range harness.ByEvent(recs, harness.EventTokenRequest) {
+			if r.Str("kubernetes.audit.auditID") == padded.AuditID {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	if !w.sink.WaitFor(2*time.Minute, func(r []harness.Record) bool { return len(alerts(r)) > 0 }) {
+		w.agent.Proc.Dump(t)
+		t.Fatal("the padded TokenRequest did not alert")
+	}
+	w.sink.Quiet(4*time.Second, 30*time.Second)
+	return alerts(w.sink.Records())
+}
+
 // rotationRecords returns the audit_log_rotation_small records.
 func rotationRecords(recs []harness.Record) []harness.Record {
 	var out []harness.Record
@@ -116,24 +142,7 @@ func TestSmallRotationReported(t *testing.T) {
 
 	// What it warns of: the padded request's completion never reaches the
 	// file, so it alerts from RequestReceived alone, its outcome unknown.
-	padded := c.RawMint(t, ctx, "team-a", "app", kube.RawMintOptions{User: "alice", Body: escapedPadding()})
-	if padded.Status != http.StatusCreated {
-		t.Fatalf("padded TokenRequest: HTTP %d, want 201", padded.Status)
-	}
-	alerts := func(recs []harness.Record) []harness.Record {
-		var out []harness.Record
-		for _, r := range harness.ByEvent(recs, harness.EventTokenRequest) {
-			if r.Str("kubernetes.audit.auditID") == padded.AuditID {
-				out = append(out, r)
-			}
-		}
-		return out
-	}
-	if !sink.WaitFor(2*time.Minute, func(r []harness.Record) bool { return len(alerts(r)) > 0 }) {
-		t.Fatal("the padded TokenRequest did not alert from its RequestReceived stage")
-	}
-	sink.Quiet(4*time.Second, 30*time.Second)
-	got := alerts(sink.Records())
+	got := mintPadded(t, ctx, w)
 	if len(got) != 1 || got[0].Str("event.outcome") != "unknown" || got[0].Str("user.name") != "alice" {
 		t.Errorf("padded TokenRequest: %d alerts (outcome %q), want one by alice with outcome unknown", len(got), got[0].Str("event.outcome"))
 	}
@@ -156,29 +165,11 @@ func TestEscapedPaddingAlertsAt19MiB(t *testing.T) {
 		// The apiserver takes seconds to process and write such a request:
 		// its completion must not come after the default 2s grace.
 		"alerting:\n  stage_grace: 2m\n")
-	c, agent, sink := w.c, w.agent, w.sink
+	sink := w.sink
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	padded := c.RawMint(t, ctx, "team-a", "app", kube.RawMintOptions{User: "alice", Body: escapedPadding()})
-	if padded.Status != http.StatusCreated {
-		t.Fatalf("padded TokenRequest: HTTP %d, want 201", padded.Status)
-	}
-	alerts := func(recs []harness.Record) []harness.Record {
-		var out []harness.Record
-		for _, r := range harness.ByEvent(recs, harness.EventTokenRequest) {
-			if r.Str("kubernetes.audit.auditID") == padded.AuditID {
-				out = append(out, r)
-			}
-		}
-		return out
-	}
-	if !sink.WaitFor(2*time.Minute, func(r []harness.Record) bool { return len(alerts(r)) > 0 }) {
-		agent.Proc.Dump(t)
-		t.Fatal("the padded TokenRequest did not alert")
-	}
-	sink.Quiet(4*time.Second, 30*time.Second)
+	got := mintPadded(t, ctx, w)
 	recs := sink.Records()
-	got := alerts(recs)
 	if len(got) != 1 || got[0].Str("event.outcome") != "success" || got[0].Str("user.name") != "alice" {
 		t.Errorf("padded TokenRequest: %d alerts (outcome %q), want one by alice with outcome success", len(got), got[0].Str("event.outcome"))
 	}
