@@ -93,6 +93,11 @@ type Config struct {
 	// cluster_silent: then it is forgotten, freeing its place in the bound
 	// (<= 0: never).
 	ForgetAfter time.Duration `yaml:"forget_after"`
+	// ExpectedNodes is, per cluster, how many control-plane nodes (one
+	// kube-apiserver and agent each) it has: a cluster with fewer nodes
+	// tracked for After is silent with ReasonNodesMissing, so an apiserver
+	// that no agent watches is reported. Absent clusters are not checked.
+	ExpectedNodes map[string]int `yaml:"expected_nodes"`
 	// TokenRequestsAfter is how long a cluster whose audit logs grow may go
 	// without any token request (a create on serviceaccounts/token, excluded
 	// or not) in them before it is silent with ReasonNoTokenRequests: its
@@ -117,6 +122,8 @@ type Tracker struct {
 	baselines   map[node]Policy
 	restoredAt  time.Time
 	baselineLog []Baseline
+	// short are the clusters of ExpectedNodes seen with fewer nodes.
+	short map[string]*shortage
 }
 
 // tokens is what a cluster's audit logs said of token requests.
@@ -185,7 +192,8 @@ type state struct {
 // New returns a tracker for cfg.
 func New(cfg Config) *Tracker {
 	return &Tracker{cfg: cfg, nodes: map[node]*state{}, clusters: map[string]int{},
-		refused: map[string]*refusals{}, reported: map[string]time.Time{}, tokens: map[string]*tokens{}}
+		refused: map[string]*refusals{}, reported: map[string]time.Time{}, tokens: map[string]*tokens{},
+		short: map[string]*shortage{}}
 }
 
 // SetConfig applies cfg from now on, keeping what is tracked (a reload).
@@ -386,7 +394,8 @@ func (t *Tracker) Check(now time.Time) []alert.Record {
 	out = append(out, t.policyRecords(now, keys)...)
 	out = append(out, t.rotationRecords(now, keys)...)
 	out = append(out, t.refusedRecords(now)...)
-	return append(out, t.tokenRecords(now)...)
+	out = append(out, t.tokenRecords(now)...)
+	return append(out, t.expectedRecords(now)...)
 }
 
 // tokenRecords returns, in cluster order, a cluster_silent for each cluster

@@ -140,7 +140,7 @@ func (c Config) Validate() error {
 	var errs []string
 	for _, err := range []error{
 		c.Exclusions.Validate(), c.Alerting.Validate(), c.Correlation.Validate(),
-		c.Budget.Validate(), c.Silence.Validate(), c.Limits.Validate(), c.Lineage.Validate(),
+		c.Budget.Validate(), c.silence().Validate(), c.Limits.Validate(), c.Lineage.Validate(),
 	} {
 		errs = appendErrors(errs, err)
 	}
@@ -148,6 +148,14 @@ func (c Config) Validate() error {
 		return nil
 	}
 	return errors.New(strings.Join(errs, "; "))
+}
+
+// silence is the silence section with the node bound of the limits
+// section, as silence detection runs with it.
+func (c Config) silence() silence.Config {
+	sc := c.Silence
+	sc.MaxNodesPerCluster = c.Limits.MaxNodesPerCluster
+	return sc
 }
 
 // appendErrors appends err's message to errs, each error of a join apart.

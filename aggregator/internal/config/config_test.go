@@ -31,7 +31,7 @@ func TestParseGood(t *testing.T) {
 		Alerting:    Alerting{StageGrace: 1500 * time.Millisecond, DedupeRetention: 48 * time.Hour},
 		Correlation: correlate.Config{Window: 15 * time.Minute, Lateness: 0, Clusters: 3, ServiceAccounts: 10, IgnoreUsers: []string{"breakglass"}},
 		Budget:      budget.Config{MaxAlerts: 100, Window: time.Minute},
-		Silence:     silence.Config{After: 2 * time.Minute, ForgetAfter: time.Hour},
+		Silence:     silence.Config{After: 2 * time.Minute, ForgetAfter: time.Hour, ExpectedNodes: map[string]int{"prod": 3, "staging": 1}},
 		Limits:      DefaultLimits(),
 		Lineage: lineage.Config{
 			Enabled: false, DefaultTokenTTL: 30 * time.Minute, MaxTokenTTL: 12 * time.Hour,
@@ -106,6 +106,7 @@ func TestParseBad(t *testing.T) {
 		{"limits-nodes.bad.yaml", "limits.max_nodes_per_cluster: must be > 0"},
 		{"silence-forget.bad.yaml", "silence.forget_after: must be > 0"},
 		{"silence-tokens.bad.yaml", "silence.token_requests_after: must be >= 0 (0 turns the check off)"},
+		{"silence-expected.bad.yaml", "silence.expected_nodes.prod: must be >= 1, got 0; silence.expected_nodes.staging: 20 exceeds limits.max_nodes_per_cluster (16)"},
 		{"type.bad.yaml", "cannot unmarshal"},
 		{"lineage.bad.yaml", "lineage.max_token_ttl: must be > 0; lineage.max_watched: must be >= 1"},
 	}

@@ -314,7 +314,7 @@ func (p *Pipeline) Apply(c config.Config) error {
 			p.budget = budget.New(c.Budget)
 		}
 	}
-	if first || p.cfg.Silence != c.Silence {
+	if first || !p.cfg.Silence.Equal(c.Silence) {
 		sc := c.Silence // the file sets its node bound in limits
 		sc.MaxNodesPerCluster = c.Limits.MaxNodesPerCluster
 		if first {
