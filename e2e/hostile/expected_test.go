@@ -12,7 +12,8 @@ import (
 // cluster prod has two control-plane nodes, an agent that never connects
 // (a node the DaemonSet does not reach) is reported: cluster_silent with
 // the reason nodes_missing and the node heard, silence.after after the
-// start; cluster_resumed once the second agent is heard. Without it the
+// start, and tokenwatch_aggregator_silences; cluster_resumed once the
+// second agent is heard. Without it the
 // audit log of that node's kube-apiserver would be read by no one, and
 // nothing would say so.
 func TestMissingControlPlaneNodeReported(t *testing.T) {
@@ -41,6 +42,9 @@ func TestMissingControlPlaneNodeReported(t *testing.T) {
 	heard, _ := r.Attrs["tokenwatch.nodes.heard_names"].([]any)
 	if !slices.Equal(heard, []any{"cp-1"}) || r.Attrs["tokenwatch.nodes.expected"] != int64(2) || r.SeverityNumber != 17 {
 		t.Errorf("record: heard %v, expected %v, severity %d; want [cp-1], 2, 17", heard, r.Attrs["tokenwatch.nodes.expected"], r.SeverityNumber)
+	}
+	if m := harness.MetricLines(agg.Metrics, "tokenwatch_aggregator_silences"); !slices.Contains(m, `tokenwatch_aggregator_silences{cluster="prod",reason="nodes_missing"} 1`) {
+		t.Errorf("aggregator metric: %q, want prod's nodes_missing at 1", m)
 	}
 	start("cp-2", auditLog2)
 	if !sink.WaitFor(time.Minute, missing("cluster_resumed")) {

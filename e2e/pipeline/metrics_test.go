@@ -21,6 +21,7 @@ import (
 // only known once it happens.
 var eventOnly = map[string]string{
 	"tokenwatch_agent_losses_total": "a loss report (its reasons are an open set)",
+	"tokenwatch_aggregator_silences": "a cluster_silent (one series per silent cluster and reason)",
 }
 
 // TestMetricsUsedExist runs an mTLS agent and aggregator on loopback, feeds

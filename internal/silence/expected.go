@@ -86,3 +86,30 @@ func (t *Tracker) nodesRecord(kind, c string, want int, since, now time.Time) al
 		alert.Strings("tokenwatch.nodes.heard_names", names))
 	return r
 }
+
+// SilentKey is a cluster and a reason of silence.
+type SilentKey struct{ Cluster, Reason string }
+
+// Silent counts what is silent now, per cluster and reason: the nodes silent
+// for a node's reason, 1 for a whole cluster's (no_token_requests,
+// nodes_missing). Each has had its cluster_silent record and no
+// cluster_resumed since.
+func (t *Tracker) Silent() map[SilentKey]int {
+	out := map[SilentKey]int{}
+	for k, s := range t.nodes {
+		if s.silent {
+			out[SilentKey{k.cluster, s.reason}]++
+		}
+	}
+	for c, tk := range t.tokens {
+		if tk.silent {
+			out[SilentKey{c, ReasonNoTokenRequests}]++
+		}
+	}
+	for c, sh := range t.short {
+		if sh.silent {
+			out[SilentKey{c, ReasonNodesMissing}]++
+		}
+	}
+	return out
+}

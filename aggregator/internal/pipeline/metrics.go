@@ -6,6 +6,7 @@ import (
 	"github.com/tokenwatch/tokenwatch/internal/alert"
 	"github.com/tokenwatch/tokenwatch/internal/correlate"
 	"github.com/tokenwatch/tokenwatch/internal/lineage"
+	"github.com/tokenwatch/tokenwatch/internal/silence"
 )
 
 type eventCounters struct {
@@ -22,7 +23,7 @@ type metrics struct {
 	lineage       *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer, corr func() correlate.Stats) *metrics {
+func newMetrics(reg prometheus.Registerer, corr func() correlate.Stats, silent func() map[silence.SilentKey]int) *metrics {
 	ev := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tokenwatch_aggregator_events_total",
 		Help: "Token-create events processed, by result: excluded, not_matched, held (pending its completion), alerted, dropped_late (completion after the grace), ignored (duplicate), suppressed (held back by the budget).",
@@ -67,7 +68,7 @@ func newMetrics(reg prometheus.Registerer, corr func() correlate.Stats) *metrics
 		m.lineage.WithLabelValues(n)
 	}
 	if reg != nil {
-		reg.MustRegister(m.lineage)
+		reg.MustRegister(m.lineage, silences{silent})
 		reg.MustRegister(ev, m.recordsAdded, m.losses, m.expired, m.pendingBroken, m.tickErrors,
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "tokenwatch_aggregator_correlation_late_events_total",
@@ -83,6 +84,22 @@ func newMetrics(reg prometheus.Registerer, corr func() correlate.Stats) *metrics
 			}, func() float64 { return float64(corr().Clamped) }))
 	}
 	return m
+}
+
+// silences is tokenwatch_aggregator_silences, read from silent.
+type silences struct {
+	silent func() map[silence.SilentKey]int
+}
+
+var silencesDesc = prometheus.NewDesc("tokenwatch_aggregator_silences",
+	"What is silent now, by cluster and tokenwatch.silence.reason: the nodes silent for a node's reason, 1 for a whole cluster's (no_token_requests, nodes_missing); each has had its cluster_silent record and no cluster_resumed since.",
+	[]string{"cluster", "reason"}, nil)
+
+func (s silences) Describe(ch chan<- *prometheus.Desc) { ch <- silencesDesc }
+func (s silences) Collect(ch chan<- prometheus.Metric) {
+	for k, n := range s.silent() {
+		ch <- prometheus.MustNewConstMetric(silencesDesc, prometheus.GaugeValue, float64(n), k.Cluster, k.Reason)
+	}
 }
 
 func (m *metrics) count(r *Result) {

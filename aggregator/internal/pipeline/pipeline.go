@@ -230,7 +230,7 @@ func New(opts Options) (*Pipeline, error) {
 	if p.prune <= 0 {
 		p.prune = DefaultPruneInterval
 	}
-	p.m = newMetrics(opts.Registerer, p.correlationStats)
+	p.m = newMetrics(opts.Registerer, p.correlationStats, p.silent)
 	if err := p.Apply(opts.Config); err != nil {
 		return nil, fmt.Errorf("new pipeline: %w", err)
 	}
@@ -581,6 +581,16 @@ func (p *Pipeline) alertLocked(ch *state.Change, now time.Time, cluster string, 
 	}
 	ch.Records = append(ch.Records, rec)
 	return true
+}
+
+// silent is what silence detection holds silent now.
+func (p *Pipeline) silent() map[silence.SilentKey]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.silence == nil { // scraped before New applied the configuration
+		return nil
+	}
+	return p.silence.Silent()
 }
 
 // Join admits a (non-replay) agent's node before its stream is welcomed:

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
 	"github.com/tokenwatch/tokenwatch/aggregator/internal/config"
@@ -611,6 +613,49 @@ func TestSilence(t *testing.T) {
 	if got, want := summary(t, f.outbox(t), alert.EventPipeline), []string{"cluster_resumed", "cluster_silent"}; !equal(got, want) {
 		t.Fatalf("pipeline records = %q, want %q", got, want)
 	}
+}
+
+// TestSilencesMetric: tokenwatch_aggregator_silences counts what is
+// silent, by cluster and reason, from its cluster_silent to its
+// cluster_resumed.
+func TestSilencesMetric(t *testing.T) {
+	clk := &clock{t: t0}
+	store, err := state.Open(filepath.Join(t.TempDir(), "state.db"), state.Options{Now: clk.Now, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	cfg := config.Default()
+	cfg.Silence.ExpectedNodes = map[string]int{"prod": 3}
+	reg := prometheus.NewPedanticRegistry()
+	p, err := New(Options{Store: store, Config: cfg, Now: clk.Now, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{p: p, store: store, clk: clk}
+	const head = "# HELP tokenwatch_aggregator_silences " + `What is silent now, by cluster and tokenwatch.silence.reason: the nodes silent for a node's reason, 1 for a whole cluster's (no_token_requests, nodes_missing); each has had its cluster_silent record and no cluster_resumed since.
+# TYPE tokenwatch_aggregator_silences gauge
+`
+	check := func(want string) {
+		t.Helper()
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tokenwatch_aggregator_silences"); err != nil {
+			t.Error(err)
+		}
+	}
+	f.p.Heard("prod", "cp-1", t0)
+	f.p.Heard("prod", "cp-2", t0)
+	f.tick(t)
+	check("")
+	f.clk.Add(6 * time.Minute)
+	f.p.Heard("prod", "cp-2", f.clk.Now())
+	f.tick(t)
+	check(head + `tokenwatch_aggregator_silences{cluster="prod",reason="no_heartbeat"} 1
+tokenwatch_aggregator_silences{cluster="prod",reason="nodes_missing"} 1
+`)
+	f.p.Heard("prod", "cp-1", f.clk.Now())
+	f.p.Heard("prod", "cp-3", f.clk.Now())
+	f.tick(t)
+	check("")
 }
 
 // TestSilenceNoTokenRequests: a cluster whose logs grow without a token
