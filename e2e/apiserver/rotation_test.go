@@ -93,13 +93,7 @@ func mintPadded(t *testing.T, ctx context.Context, w watched) []harness.Record {
 
 // rotationRecords returns the audit_log_rotation_small records.
 func rotationRecords(recs []harness.Record) []harness.Record {
-	var out []harness.Record
-	for _, r := range harness.ByEvent(recs, harness.EventPipeline) {
-		if r.Str("tokenwatch.pipeline.kind") == "audit_log_rotation_small" {
-			out = append(out, r)
-		}
-	}
-	return out
+	return harness.ByKind(recs, "audit_log_rotation_small")
 }
 
 // TestSmallRotationReported: a kube-apiserver that rotates its audit log
@@ -174,10 +168,8 @@ func TestEscapedPaddingAlertsAt19MiB(t *testing.T) {
 		t.Errorf("padded TokenRequest: %d alerts (outcome %q), want one by alice with outcome success", len(got), got[0].Str("event.outcome"))
 	}
 	var lost []string
-	for _, r := range harness.ByEvent(recs, harness.EventPipeline) {
-		if r.Str("tokenwatch.pipeline.kind") == "audit_data_lost" {
-			lost = append(lost, r.Str("tokenwatch.loss.reason"))
-		}
+	for _, r := range harness.ByKind(recs, "audit_data_lost") {
+		lost = append(lost, r.Str("tokenwatch.loss.reason"))
 	}
 	if !slices.Equal(lost, []string{"line_too_long"}) {
 		t.Errorf("audit_data_lost reasons %q, want one line_too_long (the 18.9 MB line's bytes not kept)", lost)

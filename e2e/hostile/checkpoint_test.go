@@ -95,11 +95,5 @@ func TestDeletedCheckpointReported(t *testing.T) {
 }
 
 func lossRecords(recs []harness.Record) []harness.Record {
-	var out []harness.Record
-	for _, r := range harness.ByEvent(recs, harness.EventPipeline) {
-		if r.Str("tokenwatch.pipeline.kind") == "audit_data_lost" {
-			out = append(out, r)
-		}
-	}
-	return out
+	return harness.ByKind(recs, "audit_data_lost")
 }

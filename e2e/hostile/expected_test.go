@@ -58,7 +58,7 @@ func TestMissingControlPlaneNodeReported(t *testing.T) {
 // nodesMissing returns the records of kind with the reason nodes_missing.
 func nodesMissing(recs []harness.Record, kind string) []harness.Record {
 	var out []harness.Record
-	for _, r := range policyRecords(recs, kind) {
+	for _, r := range harness.ByKind(recs, kind) {
 		if r.Str("tokenwatch.silence.reason") == "nodes_missing" {
 			out = append(out, r)
 		}

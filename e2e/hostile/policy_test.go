@@ -121,11 +121,11 @@ func TestAuditPolicyGapReported(t *testing.T) {
 	w := startPolicyWatch(t, func(kit string) string {
 		return strings.Replace(kit, "rules:\n", "rules:\n  - level: None\n    namespaces: [\"kube-system\"]\n", 1)
 	})
-	if !w.sink.WaitFor(policyBound, func(r []harness.Record) bool { return len(policyRecords(r, "audit_policy_gap")) > 0 }) {
+	if !w.sink.WaitFor(policyBound, func(r []harness.Record) bool { return len(harness.ByKind(r, "audit_policy_gap")) > 0 }) {
 		w.agg.Proc.Dump(t)
 		t.Fatalf("no audit_policy_gap within %v", policyBound)
 	}
-	r := policyRecords(w.sink.Records(), "audit_policy_gap")[0]
+	r := harness.ByKind(w.sink.Records(), "audit_policy_gap")[0]
 	if got, want := r.Str("tokenwatch.audit_policy.gaps"), "rule 1 (level None) hides token requests in namespaces kube-system"; got != want {
 		t.Errorf("gaps %q, want %q", got, want)
 	}
@@ -219,18 +219,7 @@ func (w *policyWatch) hide(t *testing.T) []byte {
 
 // policyChanged returns the audit_policy_changed records of recs.
 func policyChanged(recs []harness.Record) []harness.Record {
-	return policyRecords(recs, "audit_policy_changed")
-}
-
-// policyRecords returns the tokenwatch.pipeline records of kind in recs.
-func policyRecords(recs []harness.Record, kind string) []harness.Record {
-	var out []harness.Record
-	for _, r := range harness.ByEvent(recs, "tokenwatch.pipeline") {
-		if r.Str("tokenwatch.pipeline.kind") == kind {
-			out = append(out, r)
-		}
-	}
-	return out
+	return harness.ByKind(recs, "audit_policy_changed")
 }
 
 func sha256Hex(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }

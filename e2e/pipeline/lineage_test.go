@@ -240,15 +240,7 @@ func TestLineageWatchFull(t *testing.T) {
 		}
 		return n
 	}
-	full := func(recs []harness.Record) []harness.Record {
-		var out []harness.Record
-		for _, r := range harness.ByEvent(recs, harness.EventPipeline) {
-			if r.Str("tokenwatch.pipeline.kind") == "lineage_watch_full" {
-				out = append(out, r)
-			}
-		}
-		return out
-	}
+	full := func(recs []harness.Record) []harness.Record { return harness.ByKind(recs, "lineage_watch_full") }
 	if !sink.WaitFor(time.Minute, func(recs []harness.Record) bool {
 		n := usesOf(recs)
 		return n["M3"] == 1 && n["A1"] == 1 && len(full(recs)) > 0

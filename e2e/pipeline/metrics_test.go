@@ -17,10 +17,10 @@ import (
 )
 
 // eventOnly are metrics the rules and dashboard use that a healthy run
-// cannot show: a counter vector whose label values (here: loss reasons) are
-// only known once it happens.
+// cannot show: a vector whose label values (loss reasons, silent clusters)
+// are only known once it happens.
 var eventOnly = map[string]string{
-	"tokenwatch_agent_losses_total": "a loss report (its reasons are an open set)",
+	"tokenwatch_agent_losses_total":  "a loss report (its reasons are an open set)",
 	"tokenwatch_aggregator_silences": "a cluster_silent (one series per silent cluster and reason)",
 }
 

@@ -219,6 +219,18 @@ func (s *Sink) Quiet(d, max time.Duration) {
 	}
 }
 
+// ByKind returns the tokenwatch.pipeline records of the given
+// tokenwatch.pipeline.kind.
+func ByKind(recs []Record, kind string) []Record {
+	var out []Record
+	for _, r := range ByEvent(recs, EventPipeline) {
+		if r.Str("tokenwatch.pipeline.kind") == kind {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // ByEvent returns the records with the given EventName.
 func ByEvent(recs []Record, name string) []Record {
 	var out []Record
